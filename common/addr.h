@@ -1,0 +1,20 @@
+/* addr.h - "HOST:PORT" and "[V6]:PORT" parsing and socket helpers. */
+#ifndef CESSNA_ADDR_H
+#define CESSNA_ADDR_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+/* 0, or -EINVAL with a reason in err. HOST may be a name (resolved once, numeric preferred). */
+int addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err, size_t errlen);
+
+/* A listening TCP socket (SO_REUSEADDR, backlog 512) on s, or -errno with a reason in err. */
+int addr_listen(const char *s, char *err, size_t errlen);
+
+/* A connected TCP socket (blocking, TCP_NODELAY) to s, or -errno with a reason in err. */
+int addr_connect(const char *s, char *err, size_t errlen);
+
+/* The port a bound socket listens on, or -1. */
+int addr_local_port(int fd);
+
+#endif

@@ -1,0 +1,69 @@
+/* cessna.h - the API of a CESSNA edge application.
+ *
+ * An app is a shared object that defines one symbol:
+ *
+ *     const struct cessna_app cessna_app = { CESSNA_ABI_VERSION, "name", ... };
+ *
+ * and is built out of tree with:  cc -shared -fPIC -I include app.c -o app.so
+ *
+ * The runtime calls the app's functions one event at a time, in the order the edge
+ * supervisor assigned. The app must be deterministic: the same events must give the same
+ * state and the same outputs. So it must not use sockets, clocks, randomness, threads or
+ * files; it uses cessna_now_ms(), cessna_random(), cessna_set_timeout() and
+ * cessna_cache_read() instead. Its state lives in the arena (cessna_malloc and friends)
+ * or in the module's static variables: both are part of every snapshot.
+ */
+#ifndef CESSNA_H
+#define CESSNA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CESSNA_ABI_VERSION 1u
+
+struct cessna_app {
+    unsigned abi_version;                                  /* CESSNA_ABI_VERSION */
+    const char *name;
+    int  (*init)(void);                                    /* optional; nonzero fails the session */
+    void (*accept_client_connection)(void);                /* optional */
+    void (*recv_client_msg)(const void *data, size_t len); /* required */
+    void (*recv_server_msg)(const void *data, size_t len); /* required */
+    void (*shutdown)(void);                                /* optional */
+};
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Queue one message to the client / server. 0, or -EMSGSIZE when len exceeds the edge's
+ * max_message_bytes, or -EINVAL after shutdown. */
+int         cessna_send_msg_to_client(const void *data, size_t len);
+int         cessna_send_msg_to_server(const void *data, size_t len);
+
+/* An immutable object from the edge's cache directory (cache_dir/NAME), or NULL when absent.
+ * The content stays valid for the whole session. What came back is recorded in the event
+ * order, so replay sees the same thing. */
+const void *cessna_cache_read(const char *name, size_t *len);
+
+/* Call fn(arg) after delay_ms; the firing is an ordered event. Returns a timer id (> 0),
+ * or 0 when the timer table is full. cessna_cancel_timeout: 0, or -ENOENT. */
+uint64_t    cessna_set_timeout(void (*fn)(void *arg), void *arg, uint64_t delay_ms);
+int         cessna_cancel_timeout(uint64_t id);
+
+uint64_t    cessna_now_ms(void);    /* the current event's time (ms since the Unix epoch) */
+uint64_t    cessna_random(void);    /* deterministic per session */
+
+/* The arena allocator: like malloc and friends; memory is part of every snapshot. */
+void       *cessna_malloc(size_t n);
+void       *cessna_calloc(size_t k, size_t n);
+void       *cessna_realloc(void *p, size_t n);
+void        cessna_free(void *p);
+
+/* The session id (the same on every edge that runs this session). */
+uint64_t    cessna_session_id(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
