@@ -1,0 +1,172 @@
+/* config.c - parse the [edge] INI file with inih; every error names file and line. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ini.h>
+
+#include "config.h"
+
+struct parse_state {
+    struct config *c;
+    const char *path;
+    FILE *f;
+    int line;          /* the line the reader handed to inih last */
+    unsigned seen;     /* bit per key, to refuse duplicates and find missing ones */
+    char *err;
+    size_t errlen;
+    int failed;
+};
+
+enum key_kind { K_STRING, K_ADDR, K_U64, K_U32, K_STANDBY };
+
+struct key {
+    const char *name;
+    enum key_kind kind;
+    size_t offset;
+    size_t size;       /* strings: buffer size */
+    uint64_t min, max; /* numbers */
+    int required;
+};
+
+#define STR(field, kind, req) { #field, kind, offsetof(struct config, field), \
+                                sizeof(((struct config *)0)->field), 0, 0, req }
+static const struct key keys[] = {
+    STR(listen, K_ADDR, 1),
+    STR(server, K_ADDR, 1),
+    STR(app, K_STRING, 1),
+    STR(state_dir, K_STRING, 0),
+    STR(control, K_STRING, 0),
+    STR(cache_dir, K_STRING, 0),
+    { "snapshot_interval_ms", K_U64, offsetof(struct config, snapshot_interval_ms), 0, 0, 86400000, 0 },
+    { "standby", K_STANDBY, offsetof(struct config, standby), 0, 0, 0, 0 },
+    { "max_sessions", K_U32, offsetof(struct config, max_sessions), 0, 1, 65536, 0 },
+    { "max_message_bytes", K_U32, offsetof(struct config, max_message_bytes), 0, 1, 64u << 20, 0 },
+};
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+void config_defaults(struct config *c)
+{
+    memset(c, 0, sizeof(*c));
+    snprintf(c->state_dir, sizeof(c->state_dir), "/var/lib/cessna");
+    c->snapshot_interval_ms = 1000;
+    c->standby = STANDBY_COLD;
+    c->max_sessions = 1024;
+    c->max_message_bytes = 1u << 20;
+}
+
+static int fail(struct parse_state *st, const char *fmt, const char *a, const char *b)
+{
+    if (!st->failed) {
+        int n = snprintf(st->err, st->errlen, "%s:%d: ", st->path, st->line);
+        if (n >= 0 && (size_t)n < st->errlen)
+            snprintf(st->err + n, st->errlen - (size_t)n, fmt, a, b);
+        st->failed = 1;
+    }
+    return 0;
+}
+
+static int set_number(struct parse_state *st, const struct key *k, const char *value)
+{
+    char *end;
+    unsigned long long v;
+
+    errno = 0;
+    v = strtoull(value, &end, 10);
+    if (!*value || *end || errno || value[0] == '-' || v < k->min || v > k->max) {
+        char range[64];
+        snprintf(range, sizeof(range), "%llu..%llu", (unsigned long long)k->min,
+                 (unsigned long long)k->max);
+        return fail(st, "bad value '%s' for this key (want a whole number in %s)", value, range);
+    }
+    if (k->kind == K_U64)
+        *(uint64_t *)((char *)st->c + k->offset) = v;
+    else
+        *(uint32_t *)((char *)st->c + k->offset) = (uint32_t)v;
+    return 1;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct parse_state *st = user;
+
+    if (strcmp(section, "edge") != 0)
+        return fail(st, "unknown section [%s] (the only section is [edge])%s", section, "");
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct key *k = &keys[i];
+        if (strcmp(k->name, name) != 0)
+            continue;
+        if (st->seen & (1u << i))
+            return fail(st, "key '%s' given twice%s", name, "");
+        st->seen |= 1u << i;
+        switch (k->kind) {
+        case K_ADDR:
+            if (!strchr(value, ':'))
+                return fail(st, "bad value '%s' for '%s' (want HOST:PORT)", value, name);
+            /* fall through */
+        case K_STRING:
+            if (strlen(value) >= k->size)
+                return fail(st, "value of '%s' too long%s", name, "");
+            memcpy((char *)st->c + k->offset, value, strlen(value) + 1);
+            return 1;
+        case K_U64:
+        case K_U32:
+            return set_number(st, k, value);
+        case K_STANDBY:
+            if (strcmp(value, "cold") == 0)
+                st->c->standby = STANDBY_COLD;
+            else if (strcmp(value, "hot") == 0)
+                st->c->standby = STANDBY_HOT;
+            else
+                return fail(st, "bad value '%s' for 'standby' (want cold or hot)%s", value, "");
+            return 1;
+        }
+    }
+    return fail(st, "unknown key '%s'%s", name, "");
+}
+
+/* inih reads through this, so the handler knows the line it is looking at. */
+static char *reader(char *str, int num, void *stream)
+{
+    struct parse_state *st = stream;
+    char *s = fgets(str, num, st->f);
+
+    if (s)
+        st->line++;
+    return s;
+}
+
+int config_load(const char *path, struct config *c, char *err, size_t errlen)
+{
+    struct parse_state st = { .c = c, .path = path, .err = err, .errlen = errlen };
+    int rc;
+
+    config_defaults(c);
+    st.f = fopen(path, "r");
+    if (!st.f) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -EINVAL;
+    }
+    rc = ini_parse_stream(reader, &st, handler, &st);
+    fclose(st.f);
+    if (rc != 0) {
+        if (!st.failed)
+            snprintf(err, errlen, "%s:%d: syntax error (want 'key = value' or '[edge]')",
+                     path, rc);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < NKEYS; i++) {
+        if (keys[i].required && !(st.seen & (1u << i))) {
+            snprintf(err, errlen, "%s: missing key '%s' in [edge]", path, keys[i].name);
+            return -EINVAL;
+        }
+    }
+    if (!c->control[0] &&
+        snprintf(c->control, sizeof(c->control), "%s/control.sock", c->state_dir) >=
+            (int)sizeof(c->control)) {
+        snprintf(err, errlen, "%s: state_dir too long for the control socket path", path);
+        return -EINVAL;
+    }
+    return 0;
+}

@@ -1,0 +1,29 @@
+/* config.h - the edge's INI configuration, section [edge] (README "Configuration"). */
+#ifndef CESSNA_CONFIG_H
+#define CESSNA_CONFIG_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum standby_mode { STANDBY_COLD = 0, STANDBY_HOT = 1 };
+
+struct config {
+    char     listen[256];          /* HOST:PORT for client endpoints (required) */
+    char     server[256];          /* HOST:PORT of the server endpoint (required) */
+    char     app[PATH_MAX];        /* path of the app module .so (required) */
+    char     state_dir[PATH_MAX];  /* snapshots and ordering logs (default /var/lib/cessna) */
+    char     control[PATH_MAX];    /* control socket (default STATE_DIR/control.sock) */
+    char     cache_dir[PATH_MAX];  /* objects for cessna_cache_read ("" = no cache) */
+    uint64_t snapshot_interval_ms; /* 0 = no periodic snapshots (default 1000) */
+    enum standby_mode standby;     /* cold | hot (default cold) */
+    uint32_t max_sessions;         /* default 1024 */
+    uint32_t max_message_bytes;    /* default 1 MiB, at most 64 MiB */
+};
+
+/* Defaults, then the file. 0, or -EINVAL with "FILE:LINE: reason" (or "FILE: reason") in err. */
+int config_load(const char *path, struct config *c, char *err, size_t errlen);
+
+void config_defaults(struct config *c);
+
+#endif

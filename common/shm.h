@@ -1,0 +1,77 @@
+/* shm.h - the per-session shared memory between the supervisor and its worker, and the
+ * records that cross it (DESIGN.md section 7).
+ *
+ * Layout of the session memfd:  [struct shm_ctl, one page] [input ring] [output ring]
+ * input ring:  supervisor -> worker, the ordered events (EV_*)
+ * output ring: worker -> supervisor, outputs and requests (OUT_*)
+ * Every record's payload starts with struct shm_rec, then message bytes if any. */
+#ifndef CESSNA_SHM_H
+#define CESSNA_SHM_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ring.h"
+
+#define SHM_MAGIC   0x43534d31u /* "CSM1" */
+#define SHM_CTL_LEN 4096u
+
+struct shm_ctl {
+    uint32_t magic;
+    uint32_t ring_size;
+    uint64_t session_id;
+    uint32_t max_message;
+    uint32_t pad;
+    _Atomic uint64_t consumed;  /* position of the last event the worker finished */
+    char error[256];            /* the worker's reason when it gives up (NUL-terminated) */
+};
+
+/* Input records (supervisor -> worker). a and b per type. */
+enum shm_ev {
+    EV_START = 1,   /* session start: init(), accept_client_connection() */
+    EV_CLIENT,      /* a = seq; message bytes follow */
+    EV_SERVER,      /* a = seq; message bytes follow */
+    EV_TIMER,       /* a = timer id */
+    EV_CLOSE,       /* a = 1 client closed, 2 server closed: shutdown(), then exit */
+};
+
+/* Output records (worker -> supervisor). */
+enum shm_out {
+    OUT_CLIENT = 16,  /* a = output number; message bytes follow */
+    OUT_SERVER,       /* a = output number; message bytes follow */
+    OUT_TIMER_ARM,    /* a = timer id, b = delay ms */
+    OUT_TIMER_CANCEL, /* a = timer id */
+    OUT_CACHE_READ,   /* a = xxh3-64 of the content (0 = miss), b = length; name follows */
+    OUT_DONE,         /* the worker finished shutdown() and exits */
+    OUT_FAIL,         /* the worker gives up (reason in shm_ctl.error) and exits */
+};
+
+struct shm_rec {
+    uint64_t pos;   /* event position: of this event (input) or of the event that produced it */
+    uint64_t time;  /* input: the event's time in ms; output: 0 */
+    uint64_t a;
+    uint64_t b;
+};
+
+static inline size_t shm_total_size(uint32_t ring_size)
+{
+    return SHM_CTL_LEN + 2 * ring_mem_size(ring_size);
+}
+static inline void *shm_in_ring(void *base)  { return (char *)base + SHM_CTL_LEN; }
+static inline void *shm_out_ring(void *base, uint32_t ring_size)
+{
+    return (char *)base + SHM_CTL_LEN + ring_mem_size(ring_size);
+}
+
+/* The ring size for a max message size: a power of two holding at least 4 largest records. */
+static inline uint32_t shm_ring_size(uint32_t max_message)
+{
+    uint32_t want = 4 * (max_message + (uint32_t)sizeof(struct shm_rec) + 64), size = 1u << 16;
+
+    while (size < want)
+        size <<= 1;
+    return size;
+}
+
+#endif

@@ -1,0 +1,327 @@
+/* loop.c - cessna-supervisor: one io_uring loop for every socket, worker doorbell, worker
+ * death and timer of every session (DESIGN.md section 7). */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <limits.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "log.h"
+#include "proc.h"
+#include "sup.h"
+
+struct sup S;
+
+struct io_uring_sqe *sup_sqe(void)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&S.ring);
+
+    while (!sqe) {
+        io_uring_submit(&S.ring);
+        sqe = io_uring_get_sqe(&S.ring);
+    }
+    return sqe;
+}
+
+void sup_arm_recv(struct session *s, struct conn *c)
+{
+    if (c->recv_armed || c->fd < 0 || c->eof)
+        return;
+    if (sess_rbuf(c) < 0) {
+        LOG(LOG_ERROR, "session=%llu msg=\"out of memory for a receive buffer\"",
+            (unsigned long long)s->id);
+        return;
+    }
+    if (c->rlen == c->rcap)
+        return;   /* full of frames waiting for the worker */
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_recv(sqe, c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+    io_uring_sqe_set_data64(sqe, UD(OP_RECV, s->slot, c->side));
+    c->recv_armed = 1;
+    s->inflight++;
+}
+
+/* Start sending whatever is queued, if no send is in flight. */
+void sup_flush(struct session *s, struct conn *c)
+{
+    if (c->send_armed || c->fd < 0 || !c->up || c->connect_armed)
+        return;
+    if (!c->sending.len && c->pending.len) {
+        struct outbuf t = c->sending;
+        c->sending = c->pending;
+        c->pending = t;
+        c->sent = 0;
+    }
+    if (!c->sending.len)
+        return;
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_send(sqe, c->fd, c->sending.data + c->sent, c->sending.len - c->sent, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, UD(OP_SEND, s->slot, c->side));
+    c->send_armed = 1;
+    s->inflight++;
+}
+
+static void arm_accept(int fd, enum op op)
+{
+    struct io_uring_sqe *sqe = sup_sqe();
+
+    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, UD(op, 0, 0));
+}
+
+static void arm_signal(void)
+{
+    static struct signalfd_siginfo si;
+    struct io_uring_sqe *sqe = sup_sqe();
+
+    io_uring_prep_read(sqe, S.signal_fd, &si, sizeof(si), 0);
+    io_uring_sqe_set_data64(sqe, UD(OP_SIGNAL, 0, 0));
+}
+
+static void arm_zygote_watch(void)
+{
+    struct io_uring_sqe *sqe = sup_sqe();
+
+    io_uring_prep_poll_add(sqe, S.zygote_pidfd, POLLIN);
+    io_uring_sqe_set_data64(sqe, UD(OP_ZYGOTE, 0, 0));
+}
+
+static void on_accept(struct io_uring_cqe *cqe, int listen_fd, enum op op)
+{
+    if (cqe->res >= 0) {
+        int one = 1;
+        if (op == OP_ACCEPT) {
+            setsockopt(cqe->res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            sess_accept(cqe->res);
+        } else {
+            ctl_serve(cqe->res);
+        }
+    } else if (cqe->res != -EINTR && cqe->res != -ECANCELED) {
+        LOG(LOG_WARN, "msg=\"accept\" error=\"%s\"", strerror(-cqe->res));
+    }
+    if (!(cqe->flags & IORING_CQE_F_MORE) && !S.stopping)
+        arm_accept(listen_fd, op);
+}
+
+static void dispatch(struct io_uring_cqe *cqe)
+{
+    uint64_t ud = io_uring_cqe_get_data64(cqe);
+    int op = UD_OP(ud);
+    uint32_t slot = UD_SLOT(ud), arg = UD_ARG(ud);
+    struct session *s = NULL;
+
+    if (op == OP_ACCEPT)
+        return on_accept(cqe, S.listen_fd, OP_ACCEPT);
+    if (op == OP_CTL_ACCEPT)
+        return on_accept(cqe, S.ctl_fd, OP_CTL_ACCEPT);
+    if (op == OP_SIGNAL) {
+        LOG(LOG_INFO, "msg=\"stopping on signal\"");
+        S.stopping = 1;
+        return;
+    }
+    if (op == OP_ZYGOTE) {
+        LOG(LOG_ERROR, "msg=\"the zygote died; no new sessions can start\" pid=%d", (int)S.zygote_pid);
+        S.stopping = 1;
+        return;
+    }
+    if (slot >= S.cfg.max_sessions)
+        return;
+    s = &S.sessions[slot];
+    if (s->state == S_FREE)
+        return;   /* cannot happen: a slot is freed only with nothing in flight */
+    switch (op) {
+    case OP_RECV:    sess_on_recv(s, (enum side)arg, cqe->res); break;
+    case OP_SEND:    sess_on_send(s, (enum side)arg, cqe->res); break;
+    case OP_CONNECT: sess_on_connect(s, cqe->res); break;
+    case OP_DOORBELL: sess_on_doorbell(s, cqe->res); break;
+    case OP_PIDFD:   sess_on_pidfd(s, cqe->res); break;
+    case OP_TIMER:   sess_on_timer(s, arg, cqe->res); break;
+    case OP_TIMER_CANCEL: sess_release_op(s); break;
+    }
+}
+
+static int run_loop(void)
+{
+    while (!S.stopping) {
+        struct io_uring_cqe *cqe;
+        unsigned head, n = 0;
+        int rc;
+
+        sess_ring_doorbells();   /* the before-sleep hook: one doorbell per worker per batch */
+        rc = io_uring_submit_and_wait(&S.ring, 1);
+        if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
+            LOG(LOG_ERROR, "msg=\"io_uring_submit_and_wait\" error=\"%s\"", strerror(-rc));
+            return 1;
+        }
+        io_uring_for_each_cqe(&S.ring, head, cqe) {
+            dispatch(cqe);
+            n++;
+        }
+        io_uring_cq_advance(&S.ring, n);
+    }
+    return 0;
+}
+
+static int setup_ring(void)
+{
+    struct io_uring_params p;
+
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
+              IORING_SETUP_DEFER_TASKRUN;
+    if (io_uring_queue_init_params(4096, &S.ring, &p) == 0)
+        return 0;
+    memset(&p, 0, sizeof(p));   /* older kernels: plain ring */
+    return io_uring_queue_init_params(4096, &S.ring, &p);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: cessna-supervisor -c FILE\n"
+        "\n"
+        "Runs a CESSNA edge node: accepts client endpoints on [edge] listen, connects each\n"
+        "session to the server endpoint, and runs the app module in one worker process per\n"
+        "session. Prints 'ready listen=HOST:PORT' on stdout once it accepts sessions.\n"
+        "\n"
+        "  -c, --config FILE   the INI configuration (section [edge]; see README)\n"
+        "  -t, --check         check the configuration and exit\n"
+        "  -h, --help          this text\n"
+        "\n"
+        "Environment: CESSNA_LOG=error|warn|info|debug (default info), logs on stderr.\n");
+}
+
+static int mkdir_p(const char *path)
+{
+    char buf[PATH_MAX];
+
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0700) == -1 && errno != EEXIST)
+                return -errno;
+            *p = '/';
+        }
+    }
+    if (mkdir(buf, 0700) == -1 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "check", no_argument, NULL, 't' },
+        { "help", no_argument, NULL, 'h' },
+        { 0 },
+    };
+    const char *cfgpath = NULL;
+    char err[512];
+    int check = 0, c, rc;
+    sigset_t mask;
+
+    while ((c = getopt_long(argc, argv, "c:th", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': cfgpath = optarg; break;
+        case 't': check = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!cfgpath || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    log_init("cessna-supervisor");
+    if (config_load(cfgpath, &S.cfg, err, sizeof(err)) < 0 ||
+        addr_parse(S.cfg.server, &S.server_addr, &S.server_addrlen, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        return 2;
+    }
+    if (access(S.cfg.app, R_OK) == -1) {
+        fprintf(stderr, "cessna-supervisor: %s: app module %s: %s\n", cfgpath, S.cfg.app,
+                strerror(errno));
+        return 2;
+    }
+    if (check) {
+        printf("%s: ok\n", cfgpath);
+        return 0;
+    }
+    S.max_body = S.cfg.max_message_bytes + WIRE_MAX_OVERHEAD;
+    S.ring_size = shm_ring_size(S.cfg.max_message_bytes);
+    S.sessions = calloc(S.cfg.max_sessions, sizeof(*S.sessions));
+    if (!S.sessions) {
+        fprintf(stderr, "cessna-supervisor: out of memory for %u sessions\n", S.cfg.max_sessions);
+        return 1;
+    }
+    if ((rc = mkdir_p(S.cfg.state_dir)) < 0) {
+        fprintf(stderr, "cessna-supervisor: state_dir %s: %s\n", S.cfg.state_dir, strerror(-rc));
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    S.signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
+
+    if (zygote_start(S.cfg.app, S.cfg.cache_dir, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        return 1;
+    }
+    S.listen_fd = addr_listen(S.cfg.listen, err, sizeof(err));
+    if (S.listen_fd < 0) {
+        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        return 1;
+    }
+    S.ctl_fd = ctl_listen(S.cfg.control, err, sizeof(err));
+    if (S.ctl_fd < 0) {
+        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        return 1;
+    }
+    if ((rc = setup_ring()) < 0) {
+        fprintf(stderr, "cessna-supervisor: io_uring: %s\n", strerror(-rc));
+        return 1;
+    }
+    proc_close_in_child(S.listen_fd);
+    proc_close_in_child(S.ctl_fd);
+    proc_close_in_child(S.ring.ring_fd);
+    arm_accept(S.listen_fd, OP_ACCEPT);
+    arm_accept(S.ctl_fd, OP_CTL_ACCEPT);
+    arm_signal();
+    arm_zygote_watch();
+
+    /* Report the real address (the config may say port 0). */
+    char host[256];
+    snprintf(host, sizeof(host), "%s", S.cfg.listen);
+    char *colon = strrchr(host, ':');
+    if (colon)
+        *colon = 0;
+    printf("ready listen=%s:%d\n", host, addr_local_port(S.listen_fd));
+    fflush(stdout);
+    LOG(LOG_INFO, "msg=\"ready\" listen=%s:%d server=%s app=%s control=%s", host,
+        addr_local_port(S.listen_fd), S.cfg.server, S.cfg.app, S.cfg.control);
+
+    rc = run_loop();
+
+    /* Stop: workers die with us (PDEATHSIG); close the zygote's socket so it exits too. */
+    for (uint32_t i = 0; i < S.cfg.max_sessions; i++)
+        if (S.sessions[i].pid > 0 && !S.sessions[i].worker_reaped)
+            kill(S.sessions[i].pid, SIGKILL);
+    close(S.zygote_sock);
+    kill(S.zygote_pid, SIGKILL);
+    unlink(S.cfg.control);
+    LOG(LOG_INFO, "msg=\"stopped\"");
+    return rc;
+}

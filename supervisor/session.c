@@ -1,0 +1,995 @@
+/* session.c - one client-server session at the edge: handshake, the event order, the
+ * worker's rings, numbered outputs with the piggybacked order, timers, and the end.
+ *
+ * The supervisor is the only orderer (DESIGN.md 2.1): every event gets its position here,
+ * in push_event(), before the worker sees it. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "order.h"
+#include "sup.h"
+
+#define SEND_HIGH_WATER (4u << 20)  /* stop draining a worker while this much waits to go out */
+#define RECV_SLACK      (64u << 10)
+
+static void session_fail(struct session *s, uint32_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void conn_close(struct session *s, struct conn *c);
+static void maybe_free(struct session *s);
+static void drain_worker(struct session *s);
+static void timers_cancel_all(struct session *s);
+
+static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- outgoing bytes ---- */
+
+static int outbuf_reserve(struct outbuf *b, size_t more)
+{
+    if (b->len + more <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 16384;
+    while (cap < b->len + more)
+        cap *= 2;
+    uint8_t *p = realloc(b->data, cap);
+    if (!p)
+        return -ENOMEM;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+/* Append bytes to a connection's pending output; sup_flush() sends them. */
+static int conn_queue(struct conn *c, const void *a, size_t alen, const void *b, size_t blen)
+{
+    if (outbuf_reserve(&c->pending, alen + blen) < 0)
+        return -ENOMEM;
+    memcpy(c->pending.data + c->pending.len, a, alen);
+    if (blen)
+        memcpy(c->pending.data + c->pending.len + alen, b, blen);
+    c->pending.len += alen + blen;
+    return 0;
+}
+
+static void conn_queue_error(struct conn *c, uint32_t code, const char *text)
+{
+    uint8_t buf[WIRE_HDR_LEN + 4 + WIRE_ERROR_MAX];
+    size_t n = wire_put_error(buf, sizeof(buf), code, "%s", text);
+
+    conn_queue(c, buf, n, NULL, 0);
+}
+
+/* ---- the event order ---- */
+
+static int order_append(struct session *s, const struct order_entry *e)
+{
+    uint64_t idx = s->next_pos - s->order_base;
+
+    if (s->order_len + ORDER_ENTRY_MAX > s->order_cap) {
+        size_t cap = s->order_cap ? s->order_cap * 2 : 4096;
+        uint8_t *p = realloc(s->order, cap);
+        if (!p)
+            return -ENOMEM;
+        s->order = p;
+        s->order_cap = cap;
+    }
+    if (idx >= s->order_end_cap) {
+        size_t cap = s->order_end_cap ? s->order_end_cap * 2 : 1024;
+        size_t *p = realloc(s->order_end, cap * sizeof(*p));
+        if (!p)
+            return -ENOMEM;
+        s->order_end = p;
+        s->order_end_cap = cap;
+    }
+    s->order_len += order_encode(s->order + s->order_len, e, &s->order_prev_time);
+    s->order_end[idx] = s->order_len;
+    return 0;
+}
+
+/* Drop the entries that both endpoints already hold. */
+static void order_trim(struct session *s)
+{
+    uint64_t upto = s->c[0].order_sent < s->c[1].order_sent ? s->c[0].order_sent
+                                                             : s->c[1].order_sent;
+    uint64_t drop = upto >= s->order_base ? upto - s->order_base + 1 : 0;
+    uint64_t held = s->next_pos - s->order_base;
+
+    if (drop < 1024 || drop * 2 < held)
+        return;  /* trim in large steps: the moves stay cheap */
+    size_t off = s->order_end[drop - 1];
+    memmove(s->order, s->order + off, s->order_len - off);
+    s->order_len -= off;
+    for (uint64_t i = drop; i < held; i++)
+        s->order_end[i - drop] = s->order_end[i] - off;
+    s->order_base += drop;
+}
+
+/* The order bytes an endpoint lacks, up to the event at position pos. */
+static void order_delta(struct session *s, struct conn *c, uint64_t pos,
+                        const uint8_t **p, uint32_t *len)
+{
+    size_t from, to;
+
+    *len = 0;
+    if (pos <= c->order_sent || pos < s->order_base)
+        return;
+    from = c->order_sent >= s->order_base ? s->order_end[c->order_sent - s->order_base] : 0;
+    to = s->order_end[pos - s->order_base];
+    *p = s->order + from;
+    *len = (uint32_t)(to - from);
+    c->order_sent = pos;
+}
+
+/* Give the next event its position and hand it to the worker. 0, -EAGAIN when the input
+ * ring is full (the caller waits for the worker), -ENOMEM. */
+static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
+                      const void *data, size_t len)
+{
+    struct order_entry e = { .src = src };
+    struct shm_rec *r;
+
+    r = ring_reserve(&s->in, type, (uint32_t)(sizeof(*r) + len));
+    if (!r) {
+        if (ring_wait_prepare(&s->in, (uint32_t)(sizeof(*r) + len)))
+            return -EAGAIN;
+        r = ring_reserve(&s->in, type, (uint32_t)(sizeof(*r) + len));
+        if (!r)
+            return -EAGAIN;
+    }
+    e.time_ms = now_ms();
+    if (e.time_ms < s->last_time)
+        e.time_ms = s->last_time;  /* event times never go backwards */
+    e.timer_id = type == EV_TIMER ? a : 0;
+    if (order_append(s, &e) < 0)
+        return -ENOMEM;
+    s->last_time = e.time_ms;
+    r->pos = s->next_pos++;
+    r->time = e.time_ms;
+    r->a = a;
+    r->b = 0;
+    if (len)
+        memcpy(r + 1, data, len);
+    ring_commit(&s->in);
+    if (!s->in_dirty) {
+        s->in_dirty = 1;
+        s->next_dirty = S.dirty;
+        S.dirty = s;
+    }
+    return 0;
+}
+
+/* Before the loop sleeps: wake the workers that got events, once per batch. */
+void sess_ring_doorbells(void)
+{
+    uint64_t one = 1;
+
+    for (struct session *s = S.dirty; s; s = s->next_dirty) {
+        s->in_dirty = 0;
+        if (s->doorbell_in >= 0 && ring_wants_wakeup(&s->in) &&
+            write(s->doorbell_in, &one, sizeof(one)) == -1)
+            LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
+    }
+    S.dirty = NULL;
+}
+
+/* ---- session lifecycle ---- */
+
+static struct session *slot_alloc(void)
+{
+    for (uint32_t i = 0; i < S.cfg.max_sessions; i++)
+        if (S.sessions[i].state == S_FREE)
+            return &S.sessions[i];
+    return NULL;
+}
+
+static void conn_init(struct conn *c, enum side side, int fd)
+{
+    memset(c, 0, sizeof(*c));
+    c->fd = fd;
+    c->side = side;
+    c->next_seq = 1;
+}
+
+void sess_accept(int fd)
+{
+    struct session *s = slot_alloc();
+
+    if (!s) {
+        uint8_t buf[256];
+        size_t n = wire_put_error(buf, sizeof(buf), WIRE_ERR_UNAVAILABLE,
+                                  "edge full: max_sessions=%u sessions are open", S.cfg.max_sessions);
+        if (send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) == -1)
+            LOG(LOG_DEBUG, "msg=\"edge full, error not delivered\"");
+        close(fd);
+        LOG(LOG_WARN, "msg=\"session refused: edge full\" max_sessions=%u", S.cfg.max_sessions);
+        return;
+    }
+    uint32_t slot = (uint32_t)(s - S.sessions);
+    memset(s, 0, sizeof(*s));
+    s->slot = slot;
+    s->state = S_HELLO;
+    s->pidfd = s->doorbell_in = s->doorbell_out = -1;
+    s->next_pos = 1;
+    s->order_base = 1;
+    conn_init(&s->c[SIDE_CLIENT], SIDE_CLIENT, fd);
+    conn_init(&s->c[SIDE_SERVER], SIDE_SERVER, -1);
+    s->c[SIDE_CLIENT].up = 1;
+    S.nsessions++;
+    sup_arm_recv(s, &s->c[SIDE_CLIENT]);
+}
+
+/* Shared memory, doorbells and the worker, for a session that said HELLO. */
+static int start_worker(struct session *s, char *err, size_t errlen)
+{
+    int memfd = -1;
+
+    s->shm_len = shm_total_size(S.ring_size);
+    memfd = memfd_create("cessna-session", MFD_CLOEXEC);
+    if (memfd == -1 || ftruncate(memfd, (off_t)s->shm_len) == -1) {
+        snprintf(err, errlen, "session memory: %s", strerror(errno));
+        goto fail;
+    }
+    s->shm = mmap(NULL, s->shm_len, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (s->shm == MAP_FAILED) {
+        s->shm = NULL;
+        snprintf(err, errlen, "mmap session memory: %s", strerror(errno));
+        goto fail;
+    }
+    s->ctl = s->shm;
+    s->ctl->magic = SHM_MAGIC;
+    s->ctl->ring_size = S.ring_size;
+    s->ctl->session_id = s->id;
+    s->ctl->max_message = S.cfg.max_message_bytes;
+    ring_format(shm_in_ring(s->shm), S.ring_size);
+    ring_format(shm_out_ring(s->shm, S.ring_size), S.ring_size);
+    ring_attach(&s->in, shm_in_ring(s->shm));
+    ring_attach(&s->out, shm_out_ring(s->shm, S.ring_size));
+    s->doorbell_in = eventfd(0, EFD_CLOEXEC);
+    s->doorbell_out = eventfd(0, EFD_CLOEXEC);
+    if (s->doorbell_in == -1 || s->doorbell_out == -1) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    if (zygote_spawn(s, memfd, err, errlen) < 0)
+        goto fail;
+    close(memfd);
+
+    /* Watch the worker's doorbell and its death. */
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_read(sqe, s->doorbell_out, &s->doorbell_val, sizeof(s->doorbell_val), 0);
+    io_uring_sqe_set_data64(sqe, UD(OP_DOORBELL, s->slot, 0));
+    s->doorbell_armed = 1;
+    sqe = sup_sqe();
+    io_uring_prep_poll_add(sqe, s->pidfd, POLLIN);
+    io_uring_sqe_set_data64(sqe, UD(OP_PIDFD, s->slot, 0));
+    s->pidfd_armed = 1;
+    s->inflight += 2;
+    ring_sleep_prepare(&s->out);
+    return 0;
+fail:
+    if (memfd >= 0)
+        close(memfd);
+    return -EINVAL;
+}
+
+static void on_hello(struct session *s, const struct wire_frame *f)
+{
+    struct conn *srv = &s->c[SIDE_SERVER];
+    uint8_t hello[WIRE_HDR_LEN + 32];
+    char err[256];
+    int fd;
+
+    if (f->u.hello.role != WIRE_ROLE_CLIENT || f->u.hello.session_id != 0) {
+        session_fail(s, WIRE_ERR_UNEXPECTED, "HELLO must come from a client with session id 0");
+        return;
+    }
+    if (getrandom(&s->id, sizeof(s->id), 0) != sizeof(s->id) ||
+        getrandom(s->token, sizeof(s->token), 0) != sizeof(s->token)) {
+        session_fail(s, WIRE_ERR_UNAVAILABLE, "getrandom failed: %s", strerror(errno));
+        return;
+    }
+    s->id &= 0x7fffffffffffffffull;  /* printable as a signed number too */
+    S.stats.sessions_total++;
+    s->state = S_CONNECTING;
+    if (start_worker(s, err, sizeof(err)) < 0) {
+        session_fail(s, WIRE_ERR_UNAVAILABLE, "cannot start a worker: %s", err);
+        return;
+    }
+    fd = socket(S.server_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        session_fail(s, WIRE_ERR_UNAVAILABLE, "socket: %s", strerror(errno));
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    srv->fd = fd;
+    /* HELLO goes first; the server connection is not `up` until WELCOME, so nothing else
+     * is sent before it. */
+    conn_queue(srv, hello, wire_put_hello(hello, WIRE_ROLE_EDGE, s->id, s->token), NULL, 0);
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&S.server_addr, S.server_addrlen);
+    io_uring_sqe_set_data64(sqe, UD(OP_CONNECT, s->slot, SIDE_SERVER));
+    srv->connect_armed = 1;
+    s->inflight++;
+    LOG(LOG_INFO, "session=%llu msg=\"new session\" worker=%d", ull(s->id), (int)s->pid);
+}
+
+void sess_on_connect(struct session *s, int res)
+{
+    struct conn *srv = &s->c[SIDE_SERVER];
+
+    srv->connect_armed = 0;
+    sess_release_op(s);
+    if (s->state != S_CONNECTING)
+        return maybe_free(s);
+    if (res < 0) {
+        srv->eof = 1;
+        session_fail(s, WIRE_ERR_UNAVAILABLE, "server endpoint %s unreachable: %s",
+                     S.cfg.server, strerror(-res));
+        return;
+    }
+    /* Only HELLO is queued: the app starts (and may send) after WELCOME. */
+    srv->up = 1;
+    sup_flush(s, srv);
+    sup_arm_recv(s, srv);
+}
+
+static void on_welcome(struct session *s, const struct wire_frame *f)
+{
+    uint8_t buf[WIRE_HDR_LEN + 24];
+    struct conn *cli = &s->c[SIDE_CLIENT], *srv = &s->c[SIDE_SERVER];
+
+    if (f->u.welcome.session_id != s->id ||
+        memcmp(f->u.welcome.token, s->token, WIRE_TOKEN_LEN) != 0) {
+        session_fail(s, WIRE_ERR_AUTH, "server endpoint answered with another session id or token");
+        return;
+    }
+    s->state = S_LIVE;
+    srv->up = 1;
+    /* WELCOME to the client before anything the app says; the app starts now. */
+    conn_queue(cli, buf, wire_put_welcome(buf, s->id, s->token), NULL, 0);
+    if (push_event(s, EV_START, ORDER_START, 0, NULL, 0) < 0) {
+        session_fail(s, WIRE_ERR_SESSION, "cannot hand the start event to the worker");
+        return;
+    }
+    sup_flush(s, cli);
+    sup_flush(s, srv);
+}
+
+/* The endpoint on `side` is gone or said CLOSE: an ordered CLOSE event for the app. */
+static void side_closed(struct session *s, enum side side)
+{
+    if (s->state == S_LIVE) {
+        int rc = push_event(s, EV_CLOSE, side == SIDE_CLIENT ? ORDER_CLOSE_CLIENT : ORDER_CLOSE_SERVER,
+                            side == SIDE_CLIENT ? 1 : 2, NULL, 0);
+        if (rc == 0) {
+            s->state = S_CLOSING;
+            LOG(LOG_INFO, "session=%llu msg=\"closing\" by=%s", ull(s->id),
+                side == SIDE_CLIENT ? "client" : "server");
+            return;
+        }
+        if (rc == -EAGAIN) {
+            /* The input ring is full: the worker is slow. Retry when it drains. */
+            s->c[side].stalled = 1;
+            return;
+        }
+    }
+    if (s->state < S_CLOSING)
+        session_fail(s, WIRE_ERR_SESSION, "%s endpoint left before the session started",
+                     side == SIDE_CLIENT ? "client" : "server");
+}
+
+/* One frame from an endpoint. 0 when consumed, -EAGAIN when it must wait for the worker,
+ * -EPROTO when the connection is done for. */
+static int handle_frame(struct session *s, struct conn *c, const struct wire_frame *f)
+{
+    if (c->side == SIDE_CLIENT && s->state == S_HELLO) {
+        if (f->type == WIRE_HELLO) {
+            on_hello(s, f);
+            return 0;
+        }
+        if (f->type == WIRE_RESUME) {
+            session_fail(s, WIRE_ERR_UNSUPPORTED, "RESUME is not supported by this edge yet");
+            return -EPROTO;
+        }
+    } else if (c->side == SIDE_SERVER && s->state == S_CONNECTING) {
+        if (f->type == WIRE_WELCOME) {
+            on_welcome(s, f);
+            return 0;
+        }
+        if (f->type == WIRE_ERROR) {
+            session_fail(s, WIRE_ERR_UNAVAILABLE, "server endpoint refused the session: %.*s",
+                         (int)f->u.error.text_len, f->u.error.text);
+            return -EPROTO;
+        }
+    } else if (s->state == S_LIVE) {
+        if (f->type == WIRE_DATA) {
+            if (f->u.data.seq != c->next_seq) {
+                S.stats.bad_frames++;
+                session_fail(s, WIRE_ERR_PROTO, "DATA from the %s with seq %llu, expected %llu",
+                             c->side == SIDE_CLIENT ? "client" : "server",
+                             ull(f->u.data.seq), ull(c->next_seq));
+                return -EPROTO;
+            }
+            if (f->u.data.len > S.cfg.max_message_bytes) {
+                S.stats.bad_frames++;
+                session_fail(s, WIRE_ERR_TOO_BIG, "message of %zu bytes exceeds max_message_bytes=%u",
+                             f->u.data.len, S.cfg.max_message_bytes);
+                return -EPROTO;
+            }
+            int rc = push_event(s, c->side == SIDE_CLIENT ? EV_CLIENT : EV_SERVER,
+                                c->side == SIDE_CLIENT ? ORDER_CLIENT : ORDER_SERVER,
+                                f->u.data.seq, f->u.data.payload, f->u.data.len);
+            if (rc == -EAGAIN)
+                return -EAGAIN;
+            if (rc < 0) {
+                session_fail(s, WIRE_ERR_SESSION, "out of memory");
+                return -EPROTO;
+            }
+            c->next_seq++;
+            S.stats.msgs_in++;
+            S.stats.bytes_in += f->u.data.len;
+            return 0;
+        }
+        if (f->type == WIRE_CLOSE) {
+            c->eof = 1;
+            side_closed(s, c->side);
+            return -EPROTO;  /* read nothing more from this endpoint */
+        }
+        if (f->type == WIRE_ERROR) {
+            LOG(LOG_WARN, "session=%llu msg=\"endpoint sent ERROR\" side=%s text=\"%.*s\"",
+                ull(s->id), c->side == SIDE_CLIENT ? "client" : "server",
+                (int)f->u.error.text_len, f->u.error.text);
+            c->eof = 1;
+            side_closed(s, c->side);
+            return -EPROTO;
+        }
+    } else if (s->state >= S_CLOSING) {
+        return 0;  /* ending: input is discarded */
+    }
+    S.stats.bad_frames++;
+    session_fail(s, WIRE_ERR_UNEXPECTED, "unexpected %s frame from the %s",
+                 wire_type_name(f->type), c->side == SIDE_CLIENT ? "client" : "server");
+    return -EPROTO;
+}
+
+/* Parse and handle the complete frames in c's receive buffer. */
+static void process_input(struct session *s, struct conn *c)
+{
+    size_t off = 0;
+    int stop = 0;
+
+    c->stalled = 0;
+    while (!stop && !c->draining) {
+        struct wire_frame f;
+        long n = wire_next(c->rbuf + off, c->rlen - off, S.max_body, &f);
+
+        if (n == -EAGAIN)
+            break;
+        if (n < 0) {
+            S.stats.bad_frames++;
+            if (n == -EMSGSIZE) {
+                struct wire_hdr h;
+                wire_parse_hdr(c->rbuf + off, c->rlen - off, SIZE_MAX, &h);
+                session_fail(s, WIRE_ERR_TOO_BIG, "frame of %u bytes exceeds the limit of %zu",
+                             h.len, S.max_body);
+            } else {
+                session_fail(s, WIRE_ERR_PROTO, "malformed frame from the %s",
+                             c->side == SIDE_CLIENT ? "client" : "server");
+            }
+            return;
+        }
+        switch (handle_frame(s, c, &f)) {
+        case 0:
+            off += (size_t)n;
+            break;
+        case -EAGAIN:
+            c->stalled = 1;
+            stop = 1;
+            break;
+        default:
+            off += (size_t)n;
+            stop = 1;
+            c->eof = 1;
+        }
+    }
+    if (off) {
+        memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+        c->rlen -= off;
+    }
+    if (!c->stalled && !c->eof && c->fd >= 0)
+        sup_arm_recv(s, c);
+}
+
+void sess_on_recv(struct session *s, enum side side, int res)
+{
+    struct conn *c = &s->c[side];
+
+    c->recv_armed = 0;
+    sess_release_op(s);
+    if (res > 0)
+        c->rlen += (size_t)res;
+    if (c->draining) {
+        /* Discard input until the peer closes, so our ERROR or CLOSE reaches it intact. */
+        c->rlen = 0;
+        if (res <= 0)
+            c->eof = 1;
+        conn_close(s, c);
+        return maybe_free(s);
+    }
+    if (res <= 0) {
+        c->eof = 1;
+        if (c->rlen > 0) {
+            S.stats.bad_frames++;
+            LOG(LOG_WARN, "session=%llu msg=\"truncated frame at disconnect\" side=%s bytes=%zu",
+                ull(s->id), side == SIDE_CLIENT ? "client" : "server", c->rlen);
+        }
+        if (res < 0 && res != -ECONNRESET)
+            LOG(LOG_WARN, "session=%llu msg=\"recv\" error=\"%s\"", ull(s->id), strerror(-res));
+        if (s->state == S_HELLO) {
+            session_fail(s, WIRE_ERR_PROTO, "disconnected before HELLO");
+        } else {
+            side_closed(s, side);
+        }
+        return maybe_free(s);
+    }
+    process_input(s, c);
+    maybe_free(s);
+}
+
+void sess_on_send(struct session *s, enum side side, int res)
+{
+    struct conn *c = &s->c[side];
+
+    c->send_armed = 0;
+    sess_release_op(s);
+    if (res < 0) {
+        if (res != -EPIPE && res != -ECONNRESET)
+            LOG(LOG_WARN, "session=%llu msg=\"send\" side=%s error=\"%s\"", ull(s->id),
+                side == SIDE_CLIENT ? "client" : "server", strerror(-res));
+        c->eof = 1;
+        c->sending.len = c->pending.len = c->sent = 0;
+        if (s->state < S_DEAD)
+            side_closed(s, side);
+        conn_close(s, c);
+        return maybe_free(s);
+    }
+    c->sent += (size_t)res;
+    if (c->sent == c->sending.len) {
+        c->sent = c->sending.len = 0;
+        struct outbuf t = c->sending;
+        c->sending = c->pending;
+        c->pending = t;
+    }
+    sup_flush(s, c);
+    if (s->out_stalled && c->pending.len < SEND_HIGH_WATER) {
+        s->out_stalled = 0;
+        drain_worker(s);   /* what the worker left waiting */
+    }
+    if (c->draining)
+        conn_close(s, c);
+    maybe_free(s);
+}
+
+/* ---- the worker's outputs ---- */
+
+static int timer_arm(struct session *s, uint64_t id, uint64_t delay_ms)
+{
+    uint32_t i;
+
+    for (i = 0; i < s->ntimers && s->timers[i].id; i++)
+        ;
+    if (i == s->ntimers) {
+        if (s->ntimers >= 0xffffff)
+            return -ENOSPC;
+        struct stimer *t = realloc(s->timers, (s->ntimers + 16) * sizeof(*t));
+        if (!t)
+            return -ENOMEM;
+        memset(t + s->ntimers, 0, 16 * sizeof(*t));
+        s->timers = t;
+        s->ntimers += 16;
+    }
+    s->timers[i].id = id;
+    s->timers[i].ts.tv_sec = (long long)(delay_ms / 1000);
+    s->timers[i].ts.tv_nsec = (long long)(delay_ms % 1000) * 1000000;
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_timeout(sqe, &s->timers[i].ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, UD(OP_TIMER, s->slot, i));
+    s->inflight++;
+    return 0;
+}
+
+static void timer_cancel(struct session *s, uint64_t id)
+{
+    for (uint32_t i = 0; i < s->ntimers; i++) {
+        if (s->timers[i].id == id) {
+            struct io_uring_sqe *sqe = sup_sqe();
+            io_uring_prep_timeout_remove(sqe, UD(OP_TIMER, s->slot, i), 0);
+            io_uring_sqe_set_data64(sqe, UD(OP_TIMER_CANCEL, s->slot, 0));
+            s->inflight++;
+            s->timers[i].id = 0;   /* a firing that races with this is ignored */
+            return;
+        }
+    }
+}
+
+static void timers_cancel_all(struct session *s)
+{
+    for (uint32_t i = 0; i < s->ntimers; i++)
+        if (s->timers[i].id)
+            timer_cancel(s, s->timers[i].id);
+}
+
+void sess_on_timer(struct session *s, uint32_t idx, int res)
+{
+    sess_release_op(s);
+    if (idx >= s->ntimers || !s->timers[idx].id)
+        return maybe_free(s);   /* cancelled */
+    uint64_t id = s->timers[idx].id;
+    if (res != -ETIME || s->state != S_LIVE) {
+        s->timers[idx].id = 0;
+        return maybe_free(s);
+    }
+    if (push_event(s, EV_TIMER, ORDER_TIMER, id, NULL, 0) == -EAGAIN) {
+        /* The worker is behind: try again shortly; the firing keeps its turn in no queue,
+         * which is fine, since its position is assigned only when it gets in. */
+        s->timers[idx].ts = (struct __kernel_timespec){ 0, 1000000 };
+        struct io_uring_sqe *sqe = sup_sqe();
+        io_uring_prep_timeout(sqe, &s->timers[idx].ts, 0, 0);
+        io_uring_sqe_set_data64(sqe, UD(OP_TIMER, s->slot, idx));
+        s->inflight++;
+        return;
+    }
+    s->timers[idx].id = 0;
+}
+
+static void send_output(struct session *s, enum side side, const struct shm_rec *r,
+                        const void *payload, size_t len)
+{
+    struct conn *c = &s->c[side];
+    uint8_t hdr[WIRE_OUT_HDR_LEN];
+    const uint8_t *order = NULL;
+    uint32_t olen;
+
+    if (c->eof || c->draining)
+        return;   /* that endpoint is gone; its outputs go nowhere */
+    order_delta(s, c, r->pos, &order, &olen);
+    wire_put_out_hdr(hdr, r->a, NULL, 0, olen + len);
+    /* header, then the order delta, then the payload */
+    if (outbuf_reserve(&c->pending, sizeof(hdr) + olen + len) < 0) {
+        session_fail(s, WIRE_ERR_SESSION, "out of memory");
+        return;
+    }
+    wire_le32(hdr + WIRE_HDR_LEN + 8, olen);
+    conn_queue(c, hdr, sizeof(hdr), order, olen);
+    conn_queue(c, payload, len, NULL, 0);
+    s->outputs[side] = r->a;
+    S.stats.msgs_out++;
+    S.stats.bytes_out += len;
+}
+
+static void worker_finished(struct session *s)
+{
+    uint8_t buf[WIRE_HDR_LEN];
+
+    s->worker_done = 1;
+    if (s->state >= S_DEAD)
+        return;
+    s->state = S_DEAD;
+    for (int i = 0; i < 2; i++) {
+        struct conn *c = &s->c[i];
+        if (c->fd >= 0 && !c->draining) {
+            if (!c->eof || c->up)
+                conn_queue(c, buf, wire_put_close(buf), NULL, 0);
+            conn_close(s, c);
+        }
+    }
+    timers_cancel_all(s);
+    LOG(LOG_INFO, "session=%llu msg=\"session closed\" events=%llu to_client=%llu to_server=%llu",
+        ull(s->id), ull(s->next_pos - 1), ull(s->outputs[0]), ull(s->outputs[1]));
+}
+
+/* Take the worker's outputs: numbered messages go out with their order delta. Never frees
+ * the session. */
+static void drain_worker(struct session *s)
+{
+    for (;;) {
+        uint16_t type;
+        uint32_t len;
+        const struct shm_rec *r;
+
+        while (!s->out_stalled && (r = ring_peek(&s->out, &type, &len))) {
+            const void *payload = r + 1;
+            size_t plen = len - sizeof(*r);
+            switch (type) {
+            case OUT_CLIENT:
+            case OUT_SERVER: {
+                enum side side = type == OUT_CLIENT ? SIDE_CLIENT : SIDE_SERVER;
+                send_output(s, side, r, payload, plen);
+                if (s->c[side].pending.len >= SEND_HIGH_WATER)
+                    s->out_stalled = 1;
+                break;
+            }
+            case OUT_TIMER_ARM:
+                if (s->state == S_LIVE && timer_arm(s, r->a, r->b) < 0)
+                    LOG(LOG_WARN, "session=%llu msg=\"timer not armed\"", ull(s->id));
+                break;
+            case OUT_TIMER_CANCEL:
+                timer_cancel(s, r->a);
+                break;
+            case OUT_CACHE_READ:
+                LOG(LOG_DEBUG, "session=%llu msg=\"cache read\" pos=%llu name=%.*s hash=%016llx",
+                    ull(s->id), ull(r->pos), (int)plen, (const char *)payload, ull(r->a));
+                break;
+            case OUT_DONE:
+                worker_finished(s);
+                break;
+            case OUT_FAIL:
+                s->ctl->error[sizeof(s->ctl->error) - 1] = 0;
+                session_fail(s, WIRE_ERR_SESSION, "session failed at event %llu: %s",
+                             ull(r->pos), s->ctl->error);
+                break;
+            default:
+                session_fail(s, WIRE_ERR_SESSION, "worker wrote an unknown record %u", type);
+                break;
+            }
+            ring_pop(&s->out);
+        }
+        if (ring_producer_waits(&s->out) && s->doorbell_in >= 0) {
+            uint64_t one = 1;
+            if (write(s->doorbell_in, &one, sizeof(one)) == -1)
+                LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
+        }
+        sup_flush(s, &s->c[SIDE_CLIENT]);
+        sup_flush(s, &s->c[SIDE_SERVER]);
+        order_trim(s);
+        /* Input that waited for room in the worker's ring. */
+        for (int i = 0; i < 2; i++) {
+            struct conn *c = &s->c[i];
+            if (c->stalled && !c->draining && c->fd >= 0) {
+                if (c->eof)
+                    side_closed(s, c->side);
+                else
+                    process_input(s, c);
+            }
+        }
+        if (s->out_stalled || s->worker_done || ring_sleep_prepare(&s->out))
+            break;
+    }
+}
+
+void sess_on_doorbell(struct session *s, int res)
+{
+    s->doorbell_armed = 0;
+    sess_release_op(s);
+    if (res < 0 && res != -EINTR && res != -ECANCELED)
+        LOG(LOG_WARN, "session=%llu msg=\"doorbell read\" error=\"%s\"", ull(s->id), strerror(-res));
+    if (s->state != S_DEAD || !s->worker_done)
+        drain_worker(s);
+    if (!s->doorbell_armed && !s->worker_reaped && s->doorbell_out >= 0 && s->state != S_FREE &&
+        !s->worker_done) {
+        struct io_uring_sqe *sqe = sup_sqe();
+        io_uring_prep_read(sqe, s->doorbell_out, &s->doorbell_val, sizeof(s->doorbell_val), 0);
+        io_uring_sqe_set_data64(sqe, UD(OP_DOORBELL, s->slot, 0));
+        s->doorbell_armed = 1;
+        s->inflight++;
+    }
+    maybe_free(s);
+}
+
+static const char *describe_status(const siginfo_t *si, char *buf, size_t len)
+{
+    if (si->si_code == CLD_EXITED)
+        snprintf(buf, len, "exit status %d", si->si_status);
+    else
+        snprintf(buf, len, "signal %d (%s)%s", si->si_status, strsignal(si->si_status),
+                 si->si_code == CLD_DUMPED ? ", core dumped" : "");
+    return buf;
+}
+
+void sess_on_pidfd(struct session *s, int res)
+{
+    siginfo_t si;
+    char how[96];
+
+    s->pidfd_armed = 0;
+    sess_release_op(s);
+    memset(&si, 0, sizeof(si));
+    if (waitid(P_PIDFD, (id_t)s->pidfd, &si, WEXITED | WNOHANG | __WALL) == -1) {
+        LOG(LOG_WARN, "session=%llu msg=\"waitid\" error=\"%s\"", ull(s->id), strerror(errno));
+        return maybe_free(s);   /* the pidfd stays unarmed; the session ends without it */
+    }
+    s->worker_reaped = 1;
+    close(s->pidfd);
+    s->pidfd = -1;
+    /* Anything the worker wrote before it died still counts. */
+    if (!s->worker_done && s->state != S_DEAD)
+        drain_worker(s);
+    describe_status(&si, how, sizeof(how));
+    if (!s->worker_done && s->state != S_DEAD) {
+        uint64_t consumed = atomic_load(&s->ctl->consumed);
+        S.stats.worker_deaths++;
+        if (consumed + 1 < s->next_pos)
+            session_fail(s, WIRE_ERR_SESSION, "worker pid %d died: %s at event %llu",
+                         (int)s->pid, how, ull(consumed + 1));
+        else
+            session_fail(s, WIRE_ERR_SESSION, "worker pid %d died: %s after event %llu",
+                         (int)s->pid, how, ull(consumed));
+    } else {
+        LOG(LOG_DEBUG, "session=%llu msg=\"worker exited\" pid=%d status=\"%s\"", ull(s->id),
+            (int)s->pid, how);
+    }
+    if (s->doorbell_armed) {
+        uint64_t one = 1;   /* complete the pending doorbell read, so the slot can go */
+        if (write(s->doorbell_out, &one, sizeof(one)) == -1)
+            LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
+    }
+    maybe_free(s);
+}
+
+/* ---- the end of a session ---- */
+
+/* Flush what is queued, shut down our side, read until the peer's EOF, then close. */
+static void conn_close(struct session *s, struct conn *c)
+{
+    if (c->fd < 0)
+        return;
+    c->draining = 1;
+    c->stalled = 0;
+    if (c->connect_armed)
+        return;
+    sup_flush(s, c);
+    if (c->send_armed || c->sending.len || c->pending.len)
+        return;
+    if (!c->eof) {
+        shutdown(c->fd, SHUT_WR);
+        if (!c->recv_armed) {
+            c->rlen = 0;
+            sup_arm_recv(s, c);
+        }
+        return;
+    }
+    if (c->recv_armed) {
+        shutdown(c->fd, SHUT_RDWR);  /* completes the pending recv */
+        return;
+    }
+    close(c->fd);
+    c->fd = -1;
+}
+
+static void session_fail(struct session *s, uint32_t code, const char *fmt, ...)
+{
+    char text[WIRE_ERROR_MAX];
+    va_list ap;
+
+    if (s->state >= S_DEAD)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    if (s->state >= S_CONNECTING)
+        S.stats.sessions_failed++;
+    LOG(LOG_WARN, "session=%llu msg=\"session failed\" reason=\"%s\"", ull(s->id), text);
+    s->state = S_DEAD;
+    for (int i = 0; i < 2; i++) {
+        struct conn *c = &s->c[i];
+        if (c->fd < 0 || c->draining)
+            continue;
+        if (!c->up) {
+            c->pending.len = 0;   /* a server endpoint not greeted yet hears nothing */
+            c->eof = 1;
+        } else if (!c->eof) {
+            conn_queue_error(c, code, text);
+        }
+        conn_close(s, c);
+    }
+    timers_cancel_all(s);
+    if (s->pid > 0 && !s->worker_reaped)
+        kill(s->pid, SIGKILL);
+}
+
+void sess_release_op(struct session *s)
+{
+    if (s->inflight)
+        s->inflight--;
+}
+
+static void maybe_free(struct session *s)
+{
+    if (s->state != S_DEAD || s->inflight)
+        return;
+    for (int i = 0; i < 2; i++)
+        if (s->c[i].fd >= 0)
+            conn_close(s, &s->c[i]);
+    if (s->c[0].fd >= 0 || s->c[1].fd >= 0 || s->inflight)
+        return;
+    if (s->pid > 0 && !s->worker_reaped)
+        return;   /* wait for the pidfd to report the exit */
+    for (int i = 0; i < 2; i++) {
+        free(s->c[i].rbuf);
+        free(s->c[i].sending.data);
+        free(s->c[i].pending.data);
+    }
+    if (s->shm)
+        munmap(s->shm, s->shm_len);
+    if (s->doorbell_in >= 0)
+        close(s->doorbell_in);
+    if (s->doorbell_out >= 0)
+        close(s->doorbell_out);
+    if (s->pidfd >= 0)
+        close(s->pidfd);
+    free(s->order);
+    free(s->order_end);
+    free(s->timers);
+    /* take it off the doorbell list if it is there */
+    for (struct session **p = &S.dirty; *p; p = &(*p)->next_dirty) {
+        if (*p == s) {
+            *p = s->next_dirty;
+            break;
+        }
+    }
+    memset(s, 0, sizeof(*s));
+    s->state = S_FREE;
+    s->c[0].fd = s->c[1].fd = -1;
+    S.nsessions--;
+}
+
+/* ---- operator actions ---- */
+
+struct session *sess_find(uint64_t id)
+{
+    for (uint32_t i = 0; i < S.cfg.max_sessions; i++)
+        if (S.sessions[i].state != S_FREE && S.sessions[i].state != S_HELLO &&
+            S.sessions[i].id == id)
+            return &S.sessions[i];
+    return NULL;
+}
+
+int sess_kill_worker(uint64_t id, char *msg, size_t len)
+{
+    struct session *s = sess_find(id);
+
+    if (!s) {
+        snprintf(msg, len, "error: no session %llu\n", ull(id));
+        return -ENOENT;
+    }
+    if (s->pid <= 0 || s->worker_reaped) {
+        snprintf(msg, len, "error: session %llu has no live worker\n", ull(id));
+        return -ESRCH;
+    }
+    kill(s->pid, SIGKILL);
+    snprintf(msg, len, "ok killed worker=%d session=%llu\n", (int)s->pid, ull(id));
+    return 0;
+}
+
+/* Receive buffers are allocated when first needed. */
+int sess_rbuf(struct conn *c)
+{
+    if (c->rbuf)
+        return 0;
+    c->rcap = S.max_body + WIRE_HDR_LEN + RECV_SLACK;
+    c->rbuf = malloc(c->rcap);
+    return c->rbuf ? 0 : -ENOMEM;
+}

@@ -1,0 +1,153 @@
+/* sup.h - the supervisor's types: the io_uring loop, connections, sessions. */
+#ifndef CESSNA_SUP_H
+#define CESSNA_SUP_H
+
+#include <liburing.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "ring.h"
+#include "shm.h"
+#include "wire.h"
+
+/* user_data of every io_uring operation: {operation, session slot, argument}. */
+enum op {
+    OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_DOORBELL, OP_PIDFD,
+    OP_TIMER, OP_TIMER_CANCEL, OP_CTL_ACCEPT, OP_SIGNAL, OP_ZYGOTE,
+};
+#define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
+#define UD_OP(ud)   ((int)((ud) >> 56))
+#define UD_SLOT(ud) ((uint32_t)(((ud) >> 24) & 0xffffffff))
+#define UD_ARG(ud)  ((uint32_t)((ud) & 0xffffff))
+
+enum side { SIDE_CLIENT = 0, SIDE_SERVER = 1 };
+
+/* Outgoing bytes: one buffer being sent (immutable while the kernel reads it) and one
+ * collecting what comes next; they swap when the send completes. */
+struct outbuf {
+    uint8_t *data;
+    size_t len, cap;
+};
+
+struct conn {
+    int fd;
+    enum side side;
+    uint8_t *rbuf;          /* received bytes not yet parsed */
+    size_t rlen, rcap;
+    struct outbuf sending, pending;
+    size_t sent;            /* bytes of `sending` already written */
+    unsigned recv_armed : 1, send_armed : 1, connect_armed : 1;
+    unsigned stalled : 1;   /* frames wait for room in the worker's input ring */
+    unsigned up : 1;        /* connected and greeted; sending allowed */
+    unsigned draining : 1;  /* closing: flush, shut down writes, discard input until EOF */
+    unsigned eof : 1;       /* the peer's EOF (or an error) was seen */
+    uint64_t next_seq;      /* DATA sequence number expected next */
+    uint64_t order_sent;    /* event position up to which this endpoint has the order */
+};
+
+enum sess_state {
+    S_FREE = 0,
+    S_HELLO,       /* client accepted, waiting for its HELLO */
+    S_CONNECTING,  /* worker spawned, server endpoint being reached */
+    S_LIVE,
+    S_CLOSING,     /* CLOSE event handed to the worker, waiting for it to finish */
+    S_DEAD,        /* ended: flushing, then freed once nothing is in flight */
+};
+
+struct stimer {
+    uint64_t id;            /* the app's timer id; 0 = free slot */
+    struct __kernel_timespec ts;
+};
+
+struct session {
+    uint32_t slot;
+    enum sess_state state;
+    uint64_t id;
+    uint8_t token[WIRE_TOKEN_LEN];
+    struct conn c[2];
+    unsigned inflight;      /* io_uring operations not completed yet */
+
+    /* the worker */
+    pid_t pid;
+    int pidfd, doorbell_in, doorbell_out;
+    void *shm;
+    size_t shm_len;
+    struct shm_ctl *ctl;
+    struct ring in, out;
+    uint64_t doorbell_val;
+    unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, pidfd_armed : 1;
+    unsigned out_stalled : 1, in_dirty : 1;
+
+    /* event order */
+    uint64_t next_pos;          /* position of the next event */
+    uint64_t last_time;
+    uint8_t *order;             /* encoded entries from position order_base on */
+    size_t order_len, order_cap;
+    size_t *order_end;          /* order_end[p - order_base]: end of entry p in `order` */
+    size_t order_end_cap;
+    uint64_t order_base;        /* first position held in `order` */
+    uint64_t order_prev_time;   /* time of the last entry encoded */
+
+    struct stimer *timers;
+    uint32_t ntimers;
+
+    uint64_t outputs[2];        /* outputs sent to client / server */
+    struct session *next_dirty;
+};
+
+struct sup_stats {
+    uint64_t sessions_total, sessions_failed, worker_deaths, bad_frames;
+    uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
+};
+
+struct sup {
+    struct config cfg;
+    struct io_uring ring;
+    int listen_fd, ctl_fd, signal_fd;
+    struct sockaddr_storage server_addr;
+    socklen_t server_addrlen;
+    size_t max_body;            /* largest frame body accepted */
+    uint32_t ring_size;
+
+    int zygote_sock, zygote_pidfd;
+    pid_t zygote_pid;
+
+    struct session *sessions;   /* max_sessions slots */
+    uint32_t nsessions;
+    struct session *dirty;      /* sessions whose worker doorbell must ring before sleeping */
+    struct sup_stats stats;
+    int stopping;
+};
+
+extern struct sup S;
+
+/* loop.c */
+struct io_uring_sqe *sup_sqe(void);
+void sup_arm_recv(struct session *s, struct conn *c);
+void sup_flush(struct session *s, struct conn *c);
+
+/* session.c */
+void sess_accept(int fd);
+void sess_on_recv(struct session *s, enum side side, int res);
+void sess_on_send(struct session *s, enum side side, int res);
+void sess_on_connect(struct session *s, int res);
+void sess_on_doorbell(struct session *s, int res);
+void sess_on_pidfd(struct session *s, int res);
+void sess_on_timer(struct session *s, uint32_t idx, int res);
+void sess_ring_doorbells(void);
+void sess_release_op(struct session *s);
+int  sess_rbuf(struct conn *c);
+struct session *sess_find(uint64_t id);
+int  sess_kill_worker(uint64_t id, char *msg, size_t len);
+
+/* zygote.c */
+int zygote_start(const char *app, const char *cache_dir, char *err, size_t errlen);
+int zygote_spawn(struct session *s, int memfd, char *err, size_t errlen);
+
+/* control.c */
+int  ctl_listen(const char *path, char *err, size_t errlen);
+void ctl_serve(int fd);
+
+#endif

@@ -1,0 +1,151 @@
+/* main.c - cessna-worker: the zygote of one app (DESIGN.md section 6).
+ *
+ * The supervisor starts it with ASLR off; it loads the app module, reserves the arena at
+ * its fixed address, reports ready, then forks one worker per session on request. Workers
+ * are created with CLONE_PARENT, so the supervisor is their parent: it reaps them and sees
+ * how they died. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "proc.h"
+#include "runtime.h"
+#include "spawn.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: cessna-worker --zygote --app MODULE.so --fd N [--cache-dir DIR]\n"
+        "\n"
+        "The per-app zygote that cessna-supervisor starts; it is not run by hand.\n"
+        "It loads MODULE.so, then forks one worker per session on the supervisor's\n"
+        "request over the socket N. Workers appear as 'cessna-worker' in ps.\n");
+}
+
+/* Re-exec with ADDR_NO_RANDOMIZE, so the layout is the same in every zygote. */
+static void ensure_no_aslr(char **argv)
+{
+    int pers = personality(0xffffffff);
+
+    if (pers == -1 || (pers & ADDR_NO_RANDOMIZE))
+        return;
+    if (personality((unsigned long)pers | ADDR_NO_RANDOMIZE) == -1)
+        return;
+    execv("/proc/self/exe", argv);
+    LOG(LOG_WARN, "msg=\"cannot re-exec without ASLR\" error=\"%s\"", strerror(errno));
+}
+
+static void report_ready(int sock, int status, const char *text)
+{
+    struct spawn_ready r;
+
+    memset(&r, 0, sizeof(r));
+    r.version = SPAWN_VERSION;
+    r.status = status;
+    snprintf(r.text, sizeof(r.text), "%s", text);
+    spawn_send(sock, &r, sizeof(r), NULL, 0);
+}
+
+static void spawn_one(int sock, const struct spawn_request *req, const int *fds)
+{
+    struct spawn_reply rep;
+    int pidfd = -1;
+    pid_t pid = proc_fork(PROC_SIBLING, &pidfd);
+
+    if (pid == 0) {
+        struct rt_session s = {
+            .session_id = req->session_id, .ring_size = req->ring_size,
+            .max_message = req->max_message,
+            .memfd = fds[0], .doorbell_in = fds[1], .doorbell_out = fds[2],
+        };
+        close(sock);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        rt_run(&s);
+    }
+    memset(&rep, 0, sizeof(rep));
+    rep.version = SPAWN_VERSION;
+    rep.status = pid < 0 ? pid : 0;
+    rep.pid = pid < 0 ? 0 : pid;
+    spawn_send(sock, &rep, sizeof(rep), &pidfd, pid < 0 ? 0 : 1);
+    if (pidfd >= 0)
+        close(pidfd);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "zygote", no_argument, NULL, 'z' },
+        { "app", required_argument, NULL, 'a' },
+        { "fd", required_argument, NULL, 'f' },
+        { "cache-dir", required_argument, NULL, 'c' },
+        { "help", no_argument, NULL, 'h' },
+        { 0 },
+    };
+    const char *app = NULL, *cache_dir = NULL;
+    int sock = -1, zygote = 0, c;
+    char err[256];
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'z': zygote = 1; break;
+        case 'a': app = optarg; break;
+        case 'f': sock = atoi(optarg); break;
+        case 'c': cache_dir = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!zygote || !app || sock < 0) {
+        usage(stderr);
+        return 2;
+    }
+    log_init("cessna-zygote");
+    ensure_no_aslr(argv);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (rt_load_app(app, err, sizeof(err)) < 0 || rt_reserve_arena(err, sizeof(err)) < 0) {
+        report_ready(sock, -EINVAL, err);
+        return 1;
+    }
+    if (cache_dir && *cache_dir) {
+        int dfd = open(cache_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (dfd == -1) {
+            snprintf(err, sizeof(err), "cache_dir %s: %s", cache_dir, strerror(errno));
+            report_ready(sock, -errno, err);
+            return 1;
+        }
+        rt_set_cache_dir(dfd);
+    }
+    report_ready(sock, 0, "ready");
+
+    for (;;) {
+        struct spawn_request req;
+        int fds[3], nfds, rc;
+
+        rc = spawn_recv(sock, &req, sizeof(req), fds, 3, &nfds);
+        if (rc < 0) {
+            for (int i = 0; i < nfds; i++)
+                close(fds[i]);
+            if (rc == -EPIPE)
+                return 0;   /* the supervisor closed the socket: we are done */
+            LOG(LOG_ERROR, "msg=\"spawn request\" error=\"%s\"", strerror(-rc));
+            return 1;
+        }
+        if (req.version != SPAWN_VERSION || nfds != 3) {
+            LOG(LOG_ERROR, "msg=\"bad spawn request\" version=%u fds=%d", req.version, nfds);
+        } else {
+            spawn_one(sock, &req, fds);
+        }
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+    }
+}

@@ -1,0 +1,492 @@
+/* runtime.c - the app API (include/cessna.h) and a worker's event loop.
+ *
+ * A worker is a pure function of its events (DESIGN.md section 2): it reads ordered events
+ * from the input ring, calls the app, and writes numbered outputs to the output ring. All
+ * state that must survive a snapshot lives in the arena: the app's allocations and the
+ * runtime's own struct rt_state (the first allocation in the arena). */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "cessna.h"
+#include "arena.h"
+#include "log.h"
+#include "runtime.h"
+#include "shm.h"
+
+#define RT_MAX_TIMERS   4096
+#define RT_FLUSH_EVERY  32     /* ring the supervisor at least this often under load */
+
+struct rt_timer {
+    uint64_t id;
+    void (*fn)(void *arg);
+    void *arg;
+};
+
+struct rt_cache_obj {
+    char *name;
+    void *data;
+    size_t len;
+};
+
+/* The runtime state that snapshots must capture: it lives in the arena. */
+struct rt_state {
+    uint64_t session_id;
+    uint64_t pos;            /* the event being processed */
+    uint64_t now_ms;         /* its time */
+    uint64_t out_no[2];      /* outputs numbered so far, to the client [0] and server [1] */
+    uint64_t seq[2];         /* last message consumed from the client [0] and server [1] */
+    uint64_t next_timer_id;
+    uint64_t prng;
+    struct rt_timer *timers;
+    uint32_t ntimers, timer_cap;
+    struct rt_cache_obj *cache;
+    uint32_t ncache, cache_cap;
+    int shut_down;
+};
+
+/* Process-local: rebuilt on every start, never snapshotted. */
+static struct {
+    const struct cessna_app *app;
+    struct rt_state *st;
+    struct ring in, out;
+    struct shm_ctl *ctl;
+    int doorbell_in, doorbell_out;
+    uint32_t max_message;
+    int cache_dirfd;
+    unsigned unflushed;
+} L = { .cache_dirfd = -1 };
+
+/* ---- zygote side ---- */
+
+int rt_load_app(const char *path, char *err, size_t errlen)
+{
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    const struct cessna_app *app;
+
+    if (!h) {
+        snprintf(err, errlen, "app module %s: %s", path, dlerror());
+        return -ENOENT;
+    }
+    app = dlsym(h, "cessna_app");
+    if (!app) {
+        snprintf(err, errlen, "app module %s: no symbol 'cessna_app' (define "
+                 "const struct cessna_app cessna_app = {...})", path);
+        return -EINVAL;
+    }
+    if (app->abi_version != CESSNA_ABI_VERSION) {
+        snprintf(err, errlen, "app module %s: abi_version %u, this runtime speaks %u",
+                 path, app->abi_version, CESSNA_ABI_VERSION);
+        return -EINVAL;
+    }
+    if (!app->recv_client_msg || !app->recv_server_msg) {
+        snprintf(err, errlen, "app module %s: recv_client_msg and recv_server_msg are required",
+                 path);
+        return -EINVAL;
+    }
+    L.app = app;
+    return 0;
+}
+
+int rt_reserve_arena(char *err, size_t errlen)
+{
+    void *p = mmap(RT_ARENA_BASE, RT_ARENA_SIZE, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+
+    if (p == MAP_FAILED || p != RT_ARENA_BASE) {
+        snprintf(err, errlen, "cannot map the arena at %p: %s", RT_ARENA_BASE,
+                 p == MAP_FAILED ? strerror(errno) : "address taken");
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void rt_set_cache_dir(int dirfd)
+{
+    L.cache_dirfd = dirfd;
+}
+
+/* ---- doorbells and rings ---- */
+
+static void ring_bell(int fd)
+{
+    uint64_t one = 1;
+
+    while (write(fd, &one, sizeof(one)) == -1 && errno == EINTR)
+        ;
+}
+
+static void wait_bell(void)
+{
+    uint64_t v;
+
+    while (read(L.doorbell_in, &v, sizeof(v)) == -1 && errno == EINTR)
+        ;
+}
+
+/* Tell the supervisor about outputs, if it is waiting for them. */
+static void flush_outputs(void)
+{
+    L.unflushed = 0;
+    if (ring_wants_wakeup(&L.out))
+        ring_bell(L.doorbell_out);
+}
+
+__attribute__((noreturn, format(printf, 1, 2)))
+static void rt_fail(const char *fmt, ...)
+{
+    va_list ap;
+    struct shm_rec *r;
+
+    va_start(ap, fmt);
+    vsnprintf(L.ctl->error, sizeof(L.ctl->error), fmt, ap);
+    va_end(ap);
+    r = ring_reserve(&L.out, OUT_FAIL, sizeof(*r));
+    if (r) {
+        memset(r, 0, sizeof(*r));
+        r->pos = L.st ? L.st->pos : 0;
+        ring_commit(&L.out);
+    }
+    ring_bell(L.doorbell_out);
+    _exit(1);
+}
+
+/* Room for an output record; waits for the supervisor to drain when the ring is full. */
+static struct shm_rec *out_reserve(uint16_t type, size_t len)
+{
+    for (;;) {
+        struct shm_rec *r = ring_reserve(&L.out, type, (uint32_t)(sizeof(*r) + len));
+        if (r) {
+            memset(r, 0, sizeof(*r));
+            r->pos = L.st->pos;
+            return r;
+        }
+        ring_bell(L.doorbell_out);
+        if (ring_wait_prepare(&L.out, (uint32_t)(sizeof(*r) + len)))
+            wait_bell();
+    }
+}
+
+static void out_commit(void)
+{
+    ring_commit(&L.out);
+    if (++L.unflushed >= RT_FLUSH_EVERY)
+        flush_outputs();
+}
+
+/* ---- the app API ---- */
+
+static int send_msg(int dest, const void *data, size_t len)
+{
+    struct shm_rec *r;
+
+    if (!L.st)
+        return -EINVAL;
+    if (len > L.max_message)
+        return -EMSGSIZE;
+    r = out_reserve(dest == 0 ? OUT_CLIENT : OUT_SERVER, len);
+    r->a = ++L.st->out_no[dest];
+    memcpy(r + 1, data, len);
+    out_commit();
+    return 0;
+}
+
+int cessna_send_msg_to_client(const void *data, size_t len)
+{
+    return send_msg(0, data, len);
+}
+
+int cessna_send_msg_to_server(const void *data, size_t len)
+{
+    return send_msg(1, data, len);
+}
+
+uint64_t cessna_now_ms(void)
+{
+    return L.st ? L.st->now_ms : 0;
+}
+
+uint64_t cessna_session_id(void)
+{
+    return L.st ? L.st->session_id : 0;
+}
+
+/* splitmix64: small, fast, and its whole state is one word in the arena. */
+uint64_t cessna_random(void)
+{
+    uint64_t z = (L.st->prng += 0x9e3779b97f4a7c15ull);
+
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void *cessna_malloc(size_t n) { return arena_malloc(n); }
+void *cessna_calloc(size_t k, size_t n) { return arena_calloc(k, n); }
+void *cessna_realloc(void *p, size_t n) { return arena_realloc(p, n); }
+void cessna_free(void *p) { arena_free(p); }
+
+uint64_t cessna_set_timeout(void (*fn)(void *arg), void *arg, uint64_t delay_ms)
+{
+    struct rt_state *st = L.st;
+    struct shm_rec *r;
+
+    if (!st || !fn || st->ntimers >= RT_MAX_TIMERS)
+        return 0;
+    if (st->ntimers == st->timer_cap) {
+        uint32_t cap = st->timer_cap ? st->timer_cap * 2 : 16;
+        struct rt_timer *t = arena_realloc(st->timers, cap * sizeof(*t));
+        if (!t)
+            return 0;
+        st->timers = t;
+        st->timer_cap = cap;
+    }
+    st->timers[st->ntimers++] = (struct rt_timer){ ++st->next_timer_id, fn, arg };
+    r = out_reserve(OUT_TIMER_ARM, 0);
+    r->a = st->next_timer_id;
+    r->b = delay_ms;
+    out_commit();
+    return st->next_timer_id;
+}
+
+/* Removes the timer from the table; returns its callback, or NULL if it is not armed. */
+static struct rt_timer take_timer(uint64_t id)
+{
+    struct rt_state *st = L.st;
+    struct rt_timer none = { 0, NULL, NULL };
+
+    for (uint32_t i = 0; i < st->ntimers; i++) {
+        if (st->timers[i].id == id) {
+            struct rt_timer t = st->timers[i];
+            /* keep the table in arming order: deterministic and simple */
+            memmove(&st->timers[i], &st->timers[i + 1], (st->ntimers - i - 1) * sizeof(t));
+            st->ntimers--;
+            return t;
+        }
+    }
+    return none;
+}
+
+int cessna_cancel_timeout(uint64_t id)
+{
+    struct shm_rec *r;
+
+    if (!L.st || !take_timer(id).fn)
+        return -ENOENT;
+    r = out_reserve(OUT_TIMER_CANCEL, 0);
+    r->a = id;
+    out_commit();
+    return 0;
+}
+
+static int cache_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+
+    if (n == 0 || n > 200 || name[0] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Reads cache_dir/NAME into the arena; NULL when absent or unreadable. */
+static struct rt_cache_obj *cache_load(const char *name)
+{
+    struct rt_state *st = L.st;
+    struct rt_cache_obj *o;
+    struct stat sb;
+    char *data = NULL;
+    size_t got = 0;
+    int fd;
+
+    if (L.cache_dirfd < 0)
+        return NULL;
+    fd = openat(L.cache_dirfd, name, O_RDONLY | O_CLOEXEC);
+    if (fd == -1)
+        return NULL;
+    if (fstat(fd, &sb) == -1 || !S_ISREG(sb.st_mode) || sb.st_size > (off_t)L.max_message)
+        goto fail;
+    data = arena_malloc((size_t)sb.st_size + 1);
+    if (!data)
+        goto fail;
+    while (got < (size_t)sb.st_size) {
+        ssize_t n = read(fd, data + got, (size_t)sb.st_size - got);
+        if (n <= 0)
+            goto fail;
+        got += (size_t)n;
+    }
+    data[got] = 0;
+    if (st->ncache == st->cache_cap) {
+        uint32_t cap = st->cache_cap ? st->cache_cap * 2 : 8;
+        struct rt_cache_obj *c = arena_realloc(st->cache, cap * sizeof(*c));
+        if (!c)
+            goto fail;
+        st->cache = c;
+        st->cache_cap = cap;
+    }
+    o = &st->cache[st->ncache];
+    o->name = arena_malloc(strlen(name) + 1);
+    if (!o->name)
+        goto fail;
+    strcpy(o->name, name);
+    o->data = data;
+    o->len = got;
+    st->ncache++;
+    close(fd);
+    return o;
+fail:
+    arena_free(data);
+    close(fd);
+    return NULL;
+}
+
+const void *cessna_cache_read(const char *name, size_t *len)
+{
+    struct rt_state *st = L.st;
+    struct rt_cache_obj *o = NULL;
+    struct shm_rec *r;
+    size_t nlen;
+
+    if (!st || !name || !cache_name_ok(name))
+        return NULL;
+    for (uint32_t i = 0; i < st->ncache && !o; i++)
+        if (strcmp(st->cache[i].name, name) == 0)
+            o = &st->cache[i];
+    if (!o)
+        o = cache_load(name);
+    /* Record what came back, so replay can check it gets the same. */
+    nlen = strlen(name);
+    r = out_reserve(OUT_CACHE_READ, nlen);
+    r->a = o ? XXH3_64bits(o->data, o->len) | 1 : 0;
+    r->b = o ? o->len : 0;
+    memcpy(r + 1, name, nlen);
+    out_commit();
+    if (!o)
+        return NULL;
+    if (len)
+        *len = o->len;
+    return o->data;
+}
+
+/* ---- the event loop ---- */
+
+__attribute__((noreturn))
+static void finish(void)
+{
+    struct shm_rec *r;
+
+    if (!L.st->shut_down) {
+        L.st->shut_down = 1;
+        if (L.app->shutdown)
+            L.app->shutdown();
+    }
+    r = out_reserve(OUT_DONE, 0);
+    (void)r;
+    ring_commit(&L.out);
+    atomic_store(&L.ctl->consumed, L.st->pos);
+    ring_bell(L.doorbell_out);
+    _exit(0);
+}
+
+static void handle_event(uint16_t type, const struct shm_rec *ev, uint32_t len)
+{
+    struct rt_state *st = L.st;
+    const void *msg = ev + 1;
+    size_t mlen = len - sizeof(*ev);
+
+    st->pos = ev->pos;
+    st->now_ms = ev->time;
+    switch (type) {
+    case EV_START:
+        if (L.app->init) {
+            int rc = L.app->init();
+            if (rc != 0)
+                rt_fail("app %s: init() returned %d", L.app->name ? L.app->name : "?", rc);
+        }
+        if (L.app->accept_client_connection)
+            L.app->accept_client_connection();
+        break;
+    case EV_CLIENT:
+        st->seq[0] = ev->a;
+        L.app->recv_client_msg(msg, mlen);
+        break;
+    case EV_SERVER:
+        st->seq[1] = ev->a;
+        L.app->recv_server_msg(msg, mlen);
+        break;
+    case EV_TIMER: {
+        /* A timer cancelled after it fired but before this event is simply gone. */
+        struct rt_timer t = take_timer(ev->a);
+        if (t.fn)
+            t.fn(t.arg);
+        break;
+    }
+    case EV_CLOSE:
+        finish();
+    default:
+        rt_fail("unknown event type %u at position %llu", type, (unsigned long long)ev->pos);
+    }
+}
+
+void rt_run(const struct rt_session *s)
+{
+    size_t total = shm_total_size(s->ring_size);
+    void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
+
+    log_init("cessna-worker");
+    if (base == MAP_FAILED) {
+        LOG(LOG_ERROR, "session=%llu msg=\"cannot map session memory\" error=\"%s\"",
+            (unsigned long long)s->session_id, strerror(errno));
+        _exit(1);
+    }
+    close(s->memfd);
+    L.ctl = base;
+    L.doorbell_in = s->doorbell_in;
+    L.doorbell_out = s->doorbell_out;
+    L.max_message = s->max_message;
+    if (ring_attach(&L.in, shm_in_ring(base)) < 0 ||
+        ring_attach(&L.out, shm_out_ring(base, s->ring_size)) < 0) {
+        LOG(LOG_ERROR, "session=%llu msg=\"bad session memory\"", (unsigned long long)s->session_id);
+        _exit(1);
+    }
+    if (arena_init(RT_ARENA_BASE, RT_ARENA_SIZE) < 0 ||
+        !(L.st = arena_calloc(1, sizeof(*L.st))))
+        rt_fail("cannot set up the arena");
+    L.st->session_id = s->session_id;
+    L.st->prng = s->session_id;
+
+    for (;;) {
+        uint16_t type;
+        uint32_t len;
+        const struct shm_rec *ev = ring_peek(&L.in, &type, &len);
+
+        if (!ev) {
+            flush_outputs();
+            if (ring_sleep_prepare(&L.in))
+                wait_bell();
+            ring_sleep_done(&L.in);
+            continue;
+        }
+        if (len < sizeof(*ev))
+            rt_fail("short event record (%u bytes)", len);
+        uint64_t pos = ev->pos;
+        handle_event(type, ev, len);
+        ring_pop(&L.in);
+        atomic_store_explicit(&L.ctl->consumed, pos, memory_order_release);
+        if (ring_producer_waits(&L.in))
+            ring_bell(L.doorbell_out);
+    }
+}

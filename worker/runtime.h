@@ -1,0 +1,31 @@
+/* runtime.h - the worker side: the app module, the arena, and a session's event loop. */
+#ifndef CESSNA_RUNTIME_H
+#define CESSNA_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The arena sits at the same fixed address in every worker of every edge (ASLR is off in
+ * the zygote), so pointers inside it stay valid in a snapshot restored elsewhere. */
+#define RT_ARENA_BASE ((void *)0x100000000000ull)
+#define RT_ARENA_SIZE (4ull << 30)
+
+struct rt_session {
+    uint64_t session_id;
+    uint32_t ring_size;
+    uint32_t max_message;
+    int memfd;       /* the session's shared memory (shm.h) */
+    int doorbell_in; /* eventfd: the supervisor rings it for us */
+    int doorbell_out;/* eventfd: we ring it for the supervisor */
+};
+
+/* Zygote: load and check the app module; reserve the arena. 0, or -errno with a reason. */
+int rt_load_app(const char *path, char *err, size_t errlen);
+int rt_reserve_arena(char *err, size_t errlen);
+/* Zygote: the directory cessna_cache_read() reads from (an O_PATH fd), or -1 for none. */
+void rt_set_cache_dir(int dirfd);
+
+/* Worker: run the session until it ends; never returns. */
+void rt_run(const struct rt_session *s) __attribute__((noreturn));
+
+#endif
