@@ -7,7 +7,7 @@ WERROR   ?= 1
 SANITIZE ?=
 CC       ?= cc
 
-WARN     := -Wall -Wextra -Wundef -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
+WARN     := -Wall -Wextra -Wundef -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter -Wno-format-truncation
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 $(WARN) -D_GNU_SOURCE -Iinclude -Icommon -fPIC
 CFLAGS   += -DCESSNA_BUILD_DIR=\"$(abspath $(BUILD))\"

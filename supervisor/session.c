@@ -345,7 +345,7 @@ void sess_on_connect(struct session *s, int res)
     if (s->state != S_CONNECTING)
         return maybe_free(s);
     if (res < 0) {
-        srv->eof = 1;
+        srv->eof = srv->dead = 1;
         session_fail(s, WIRE_ERR_UNAVAILABLE, "server endpoint %s unreachable: %s",
                      S.cfg.server, strerror(-res));
         return;
@@ -541,6 +541,7 @@ void sess_on_recv(struct session *s, enum side side, int res)
     }
     if (res <= 0) {
         c->eof = 1;
+        c->dead = res < 0;
         if (c->rlen > 0) {
             S.stats.bad_frames++;
             LOG(LOG_WARN, "session=%llu msg=\"truncated frame at disconnect\" side=%s bytes=%zu",
@@ -569,7 +570,7 @@ void sess_on_send(struct session *s, enum side side, int res)
         if (res != -EPIPE && res != -ECONNRESET)
             LOG(LOG_WARN, "session=%llu msg=\"send\" side=%s error=\"%s\"", ull(s->id),
                 side == SIDE_CLIENT ? "client" : "server", strerror(-res));
-        c->eof = 1;
+        c->eof = c->dead = 1;
         c->sending.len = c->pending.len = c->sent = 0;
         if (s->state < S_DEAD)
             side_closed(s, side);
@@ -673,7 +674,7 @@ static void send_output(struct session *s, enum side side, const struct shm_rec 
     const uint8_t *order = NULL;
     uint32_t olen;
 
-    if (c->eof || c->draining)
+    if (c->dead || c->draining || c->fd < 0)
         return;   /* that endpoint is gone; its outputs go nowhere */
     order_delta(s, c, r->pos, &order, &olen);
     wire_put_out_hdr(hdr, r->a, NULL, 0, olen + len);
@@ -701,7 +702,7 @@ static void worker_finished(struct session *s)
     for (int i = 0; i < 2; i++) {
         struct conn *c = &s->c[i];
         if (c->fd >= 0 && !c->draining) {
-            if (!c->eof || c->up)
+            if (!c->dead && c->up)
                 conn_queue(c, buf, wire_put_close(buf), NULL, 0);
             conn_close(s, c);
         }
@@ -900,7 +901,7 @@ static void session_fail(struct session *s, uint32_t code, const char *fmt, ...)
         if (!c->up) {
             c->pending.len = 0;   /* a server endpoint not greeted yet hears nothing */
             c->eof = 1;
-        } else if (!c->eof) {
+        } else if (!c->dead) {
             conn_queue_error(c, code, text);
         }
         conn_close(s, c);

@@ -42,7 +42,8 @@ struct conn {
     unsigned stalled : 1;   /* frames wait for room in the worker's input ring */
     unsigned up : 1;        /* connected and greeted; sending allowed */
     unsigned draining : 1;  /* closing: flush, shut down writes, discard input until EOF */
-    unsigned eof : 1;       /* the peer's EOF (or an error) was seen */
+    unsigned eof : 1;       /* nothing more to read: the peer's EOF, CLOSE or an error */
+    unsigned dead : 1;      /* nothing can be written: connect or send failed, reset */
     uint64_t next_seq;      /* DATA sequence number expected next */
     uint64_t order_sent;    /* event position up to which this endpoint has the order */
 };

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install what CESSNA-C needs on Debian 12 (run as root). Safe to run again.
+set -euo pipefail
+PKGS="build-essential pkg-config liburing-dev libxxhash-dev libzstd-dev libcriterion-dev
+      zlib1g-dev libinih-dev haproxy redis-server redis-tools python3"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq $missing
+    # The redis-server package starts a system instance; the tests run their own.
+    (systemctl disable --now redis-server 2>/dev/null || service redis-server stop 2>/dev/null) || true
+fi

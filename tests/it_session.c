@@ -1,0 +1,307 @@
+/* it_session.c - integration: native endpoints through a real supervisor and workers. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "cessna_endpoint.h"
+#include "order.h"
+#include "t_helpers.h"
+#include "wire.h"
+
+TestSuite(session, .timeout = 60);
+
+static struct cessna_ep *connect_ep(const struct t_edge *e)
+{
+    char err[256];
+    struct cessna_ep *ep = cessna_ep_connect(e->sup.addr, err, sizeof(err));
+
+    if (!ep)
+        cr_assert_fail("cessna_ep_connect %s: %s", e->sup.addr, err);
+    return ep;
+}
+
+/* Send one message and expect it back unchanged (passthrough + echo server). */
+static void round_trip(struct cessna_ep *ep, const void *msg, size_t len)
+{
+    const void *got;
+    long n;
+
+    cr_assert_eq(cessna_ep_send(ep, msg, len), 0);
+    n = cessna_ep_recv(ep, &got);
+    cr_assert_eq(n, (long)len, "echo of %zu bytes came back as %ld (%s)", len, n, cessna_ep_error(ep));
+    cr_assert(memcmp(got, msg, len) == 0, "echo differs");
+}
+
+Test(session, echo_round_trip_and_piggybacked_order)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char buf[64];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
+    struct cessna_ep *ep = connect_ep(&e);
+    for (int i = 0; i < 100; i++) {
+        int n = snprintf(buf, sizeof(buf), "message %d", i);
+        round_trip(ep, buf, (size_t)n);
+    }
+    cr_assert_eq(cessna_ep_last_out(ep), 100);
+
+    /* The order this endpoint holds: START, then (client, server) 100 times, because
+     * each echo came back before the next message went out; the last entry is the server
+     * message whose output (the last echo) the client received. */
+    size_t olen, off = 0;
+    const uint8_t *order = cessna_ep_order(ep, &olen);
+    uint64_t prev = 0;
+    struct order_entry ent;
+    cr_assert_eq(order_decode(order, olen, &off, &ent, &prev), 0);
+    cr_assert_eq(ent.src, ORDER_START);
+    for (int i = 0; i < 100; i++) {
+        cr_assert_eq(order_decode(order, olen, &off, &ent, &prev), 0);
+        cr_assert_eq(ent.src, ORDER_CLIENT, "entry %d", 2 * i + 2);
+        cr_assert_eq(order_decode(order, olen, &off, &ent, &prev), 0);
+        cr_assert_eq(ent.src, ORDER_SERVER, "entry %d", 2 * i + 3);
+    }
+    cr_assert_eq(off, olen, "no entries beyond the last output's event");
+
+    char out[4096];
+    t_ctl(&e, "sessions", out, sizeof(out));
+    cr_assert_eq(t_field(out, "id"), cessna_ep_session_id(ep), "ctl: %s", out);
+    cr_assert(t_field(out, "worker") > 0, "ctl: %s", out);
+    cr_assert_eq(t_field(out, "to_client"), 100, "ctl: %s", out);
+    cr_assert(t_field(out, "events") >= 200, "ctl: %s", out);
+
+    /* The worker is a process named cessna-worker. */
+    char path[64], comm[64] = "";
+    snprintf(path, sizeof(path), "/proc/%llu/comm", (unsigned long long)t_field(out, "worker"));
+    FILE *f = fopen(path, "r");
+    cr_assert(f && fgets(comm, sizeof(comm), f), "no process %s", path);
+    fclose(f);
+    cr_assert_str_eq(comm, "cessna-worker\n");
+
+    cr_assert_eq(cessna_ep_close(ep, 5000), 0, "close: %s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+}
+
+struct stream_arg {
+    const struct t_edge *e;
+    int index;
+    int ok;
+    char why[256];
+};
+
+/* One session: 200 messages of varied sizes, pipelined 8 deep, checked byte for byte. */
+static void *stream_session(void *p)
+{
+    struct stream_arg *a = p;
+    char err[256];
+    struct cessna_ep *ep = cessna_ep_connect(a->e->sup.addr, err, sizeof(err));
+    static __thread uint8_t msg[70000];
+    uint8_t expect[70000];
+    int sent = 0, recvd = 0;
+
+    if (!ep) {
+        snprintf(a->why, sizeof(a->why), "connect: %s", err);
+        return NULL;
+    }
+    while (recvd < 200) {
+        while (sent < 200 && sent - recvd < 8) {
+            size_t len = 1 + (size_t)((sent * 7919 + a->index * 104729) % 65536);
+            t_fill(msg, len, (uint64_t)a->index << 32 | (uint64_t)sent);
+            if (cessna_ep_send(ep, msg, len) < 0) {
+                snprintf(a->why, sizeof(a->why), "send %d failed", sent);
+                goto out;
+            }
+            sent++;
+        }
+        const void *got;
+        long n = cessna_ep_recv(ep, &got);
+        size_t len = 1 + (size_t)((recvd * 7919 + a->index * 104729) % 65536);
+        t_fill(expect, len, (uint64_t)a->index << 32 | (uint64_t)recvd);
+        if (n != (long)len || memcmp(got, expect, len) != 0) {
+            snprintf(a->why, sizeof(a->why), "message %d: got %ld bytes, want %zu (%s)", recvd, n,
+                     len, cessna_ep_error(ep));
+            goto out;
+        }
+        recvd++;
+    }
+    a->ok = cessna_ep_close(ep, 5000) == 0;
+    if (!a->ok)
+        snprintf(a->why, sizeof(a->why), "close: %s", cessna_ep_error(ep));
+out:
+    cessna_ep_free(ep);
+    return NULL;
+}
+
+Test(session, fifty_concurrent_sessions_byte_exact, .timeout = 120)
+{
+    enum { N = 50 };
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct stream_arg args[N];
+    pthread_t th[N];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
+    for (int i = 0; i < N; i++) {
+        args[i] = (struct stream_arg){ .e = &e, .index = i };
+        pthread_create(&th[i], NULL, stream_session, &args[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        cr_expect(args[i].ok, "session %d: %s", i, args[i].why);
+    }
+    char out[1024];
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_assert_eq(t_field(out, "sessions_total"), N, "%s", out);
+    cr_assert_eq(t_field(out, "msgs_in"), 2 * N * 200, "%s", out);
+    cr_assert_eq(t_field(out, "worker_deaths"), 0, "%s", out);
+    t_edge_stop(&e);
+}
+
+Test(session, client_close_reaches_server_and_runs_shutdown)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
+    struct cessna_ep *ep = connect_ep(&e);
+    round_trip(ep, "x", 1);
+    cr_assert_eq(cessna_ep_close(ep, 5000), 0, "%s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    for (int i = 0; i < 200 && srv.closes == 0; i++)
+        usleep(10000);
+    cr_assert_eq(srv.closes, 1, "the server endpoint saw CLOSE");
+    cr_assert_eq(srv.errors, 0);
+    /* The worker is gone and the session freed. */
+    char out[1024];
+    for (int i = 0; i < 200; i++) {
+        t_ctl(&e, "stats", out, sizeof(out));
+        if (t_field(out, "sessions") == 0)
+            break;
+        usleep(10000);
+    }
+    cr_assert_eq(t_field(out, "sessions"), 0, "%s", out);
+    t_edge_stop(&e);
+}
+
+/* A server endpoint that answers one message and then closes the session. */
+static void *close_after_one(void *arg)
+{
+    int lfd = *(int *)arg;
+    char err[256];
+    const void *msg;
+    struct cessna_ep *ep = cessna_ep_accept(lfd, err, sizeof(err));
+
+    if (!ep)
+        return NULL;
+    long n = cessna_ep_recv(ep, &msg);
+    if (n >= 0)
+        cessna_ep_send(ep, "bye", 3);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    return NULL;
+}
+
+Test(session, server_close_reaches_client)
+{
+    char err[256];
+    int lfd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
+    char addr[64];
+    pthread_t t;
+    struct t_edge e;
+    const void *got;
+
+    cr_assert(lfd >= 0, "%s", err);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", addr_local_port(lfd));
+    pthread_create(&t, NULL, close_after_one, &lfd);
+    t_edge_start(&e, t_app("passthrough"), addr, NULL);
+    struct cessna_ep *ep = connect_ep(&e);
+    cr_assert_eq(cessna_ep_send(ep, "hi", 2), 0);
+    cr_assert_eq(cessna_ep_recv(ep, &got), 3);
+    cr_assert(memcmp(got, "bye", 3) == 0);
+    cr_assert_eq(cessna_ep_recv(ep, &got), CESSNA_EP_CLOSED, "then CLOSE (%s)", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    pthread_join(t, NULL);
+    t_edge_stop(&e);
+}
+
+Test(session, timers_fire_as_ordered_events)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    const void *got;
+    long n;
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("sequencer"), srv.addr, NULL);
+    struct cessna_ep *ep = connect_ep(&e);
+    cr_assert_eq(cessna_ep_send(ep, "TICK 30", 7), 0);
+    /* The echo of TICK (tagged by the sequencer) and the TOCK, in some order. */
+    int tocks = 0, echoes = 0;
+    for (int i = 0; i < 2; i++) {
+        n = cessna_ep_recv(ep, &got);
+        cr_assert(n > 0, "%s", cessna_ep_error(ep));
+        if (n >= 4 && memcmp(got, "TOCK", 4) == 0)
+            tocks++;
+        else
+            echoes++;
+    }
+    cr_assert_eq(tocks, 1);
+    cr_assert_eq(echoes, 1);
+    /* The order holds a TIMER entry with the timer's id. */
+    size_t olen, off = 0;
+    const uint8_t *order = cessna_ep_order(ep, &olen);
+    uint64_t prev = 0;
+    struct order_entry ent;
+    int timers = 0;
+    while (off < olen) {
+        cr_assert_eq(order_decode(order, olen, &off, &ent, &prev), 0);
+        if (ent.src == ORDER_TIMER) {
+            timers++;
+            cr_assert_eq(ent.timer_id, 1);
+        }
+    }
+    cr_assert_eq(timers, 1);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+}
+
+Test(session, worker_death_fails_only_its_session)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char out[4096], cmd[64];
+    const void *got;
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
+    struct cessna_ep *victim = connect_ep(&e), *other = connect_ep(&e);
+    round_trip(victim, "a", 1);
+    round_trip(other, "b", 1);
+
+    snprintf(cmd, sizeof(cmd), "kill-worker %llu", (unsigned long long)cessna_ep_session_id(victim));
+    t_ctl(&e, cmd, out, sizeof(out));
+    cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+    long n = cessna_ep_recv(victim, &got);
+    cr_assert_eq(n, -ECONNABORTED, "the victim gets ERROR, got %ld", n);
+    cr_assert(strstr(cessna_ep_error(victim), "signal 9"), "error names the signal: %s",
+              cessna_ep_error(victim));
+    cessna_ep_free(victim);
+
+    round_trip(other, "still here", 10);
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_assert_eq(t_field(out, "worker_deaths"), 1, "%s", out);
+    cessna_ep_close(other, 5000);
+    cessna_ep_free(other);
+    t_edge_stop(&e);
+}

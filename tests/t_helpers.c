@@ -1,0 +1,374 @@
+/* t_helpers.c - see t_helpers.h. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "cessna_endpoint.h"
+#include "t_helpers.h"
+#include "wire.h"
+
+static char pathbuf[8][512];
+static int pathidx;
+
+static const char *path_of(const char *kind, const char *name, const char *suffix)
+{
+    char *p = pathbuf[pathidx++ % 8];
+    snprintf(p, 512, "%s/%s/%s%s", CESSNA_BUILD_DIR, kind, name, suffix);
+    return p;
+}
+
+const char *t_bin(const char *name) { return path_of("bin", name, ""); }
+const char *t_app(const char *name) { return path_of("apps", name, ".so"); }
+const char *t_tool(const char *name) { return path_of("tools", name, ""); }
+
+const char *t_tmpdir(void)
+{
+    static char dir[256];
+    snprintf(dir, sizeof(dir), "/tmp/cessna-test.XXXXXX");
+    if (!mkdtemp(dir))
+        cr_assert_fail("mkdtemp: %s", strerror(errno));
+    return dir;
+}
+
+static long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+pid_t t_start_raw(const char *dir, const char *name, char *const argv[], int *out_fd)
+{
+    int pfd[2];
+    char log[512];
+    pid_t pid;
+
+    snprintf(log, sizeof(log), "%s/%s.log", dir, name);
+    if (pipe2(pfd, O_CLOEXEC) == -1)
+        cr_assert_fail("pipe: %s", strerror(errno));
+    pid = fork();
+    if (pid == -1)
+        cr_assert_fail("fork: %s", strerror(errno));
+    if (pid == 0) {
+        int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(pfd[1], 1);
+        if (lfd >= 0)
+            dup2(lfd, 2);
+        execv(argv[0], argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(pfd[1]);
+    *out_fd = pfd[0];
+    return pid;
+}
+
+void t_start(struct t_proc *p, const char *dir, const char *name, char *const argv[])
+{
+    char buf[512];
+    size_t len = 0;
+    long deadline = now_ms() + 10000;
+
+    memset(p, 0, sizeof(*p));
+    snprintf(p->log, sizeof(p->log), "%s/%s.log", dir, name);
+    p->pid = t_start_raw(dir, name, argv, &p->out_fd);
+    while (now_ms() < deadline) {
+        struct pollfd pfd = { .fd = p->out_fd, .events = POLLIN };
+        if (poll(&pfd, 1, 100) <= 0)
+            continue;
+        ssize_t n = read(p->out_fd, buf + len, sizeof(buf) - 1 - len);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        buf[len] = 0;
+        char *r = strstr(buf, "ready listen=");
+        if (r && strchr(r, '\n')) {
+            r += strlen("ready listen=");
+            *strchr(r, '\n') = 0;
+            snprintf(p->addr, sizeof(p->addr), "%s", r);
+            return;
+        }
+    }
+    kill(p->pid, SIGKILL);
+    cr_assert_fail("%s did not become ready (log: %s)", name, p->log);
+}
+
+int t_wait(pid_t pid, int timeout_ms)
+{
+    long deadline = now_ms() + timeout_ms;
+    int status;
+
+    do {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return status;
+        usleep(5000);
+    } while (now_ms() < deadline);
+    return -1;
+}
+
+int t_stop(struct t_proc *p)
+{
+    int status;
+
+    if (p->pid <= 0)
+        return 0;
+    kill(p->pid, SIGTERM);
+    status = t_wait(p->pid, 2000);
+    if (status == -1) {
+        kill(p->pid, SIGKILL);
+        status = t_wait(p->pid, 2000);
+    }
+    close(p->out_fd);
+    p->pid = 0;
+    return status;
+}
+
+void t_edge_start(struct t_edge *e, const char *app, const char *server_addr, const char *extra)
+{
+    char cfg[600];
+    FILE *f;
+
+    snprintf(e->dir, sizeof(e->dir), "%s", t_tmpdir());
+    snprintf(e->control, sizeof(e->control), "%s/control.sock", e->dir);
+    snprintf(cfg, sizeof(cfg), "%s/edge.ini", e->dir);
+    f = fopen(cfg, "w");
+    if (!f)
+        cr_assert_fail("write %s: %s", cfg, strerror(errno));
+    fprintf(f, "[edge]\nlisten = 127.0.0.1:0\nserver = %s\napp = %s\nstate_dir = %s/state\n"
+               "control = %s\n%s", server_addr, app, e->dir, e->control, extra ? extra : "");
+    fclose(f);
+    char *argv[] = { (char *)t_bin("cessna-supervisor"), "-c", cfg, NULL };
+    t_start(&e->sup, e->dir, "supervisor", argv);
+}
+
+void t_edge_stop(struct t_edge *e)
+{
+    t_stop(&e->sup);
+}
+
+void t_ctl(const struct t_edge *e, const char *cmd, char *out, size_t len)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    size_t got = 0;
+    ssize_t n;
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", e->control);
+    if (fd == -1 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1)
+        cr_assert_fail("control socket %s: %s", e->control, strerror(errno));
+    t_write_all(fd, cmd, strlen(cmd));
+    t_write_all(fd, "\n", 1);
+    while (got + 1 < len && (n = read(fd, out + got, len - 1 - got)) > 0)
+        got += (size_t)n;
+    out[got] = 0;
+    close(fd);
+}
+
+uint64_t t_field(const char *text, const char *key)
+{
+    char pat[64];
+    const char *p = text;
+
+    snprintf(pat, sizeof(pat), "%s=", key);
+    while ((p = strstr(p, pat))) {
+        if (p == text || p[-1] == ' ' || p[-1] == '\n')
+            return strtoull(p + strlen(pat), NULL, 10);
+        p++;
+    }
+    return 0;
+}
+
+/* ---- echo servers ---- */
+
+struct echo_session {
+    struct t_echo_ep *owner;
+    struct cessna_ep *ep;
+};
+
+static void *echo_ep_session(void *arg)
+{
+    struct echo_session *es = arg;
+    const void *msg;
+    long n;
+
+    while ((n = cessna_ep_recv(es->ep, &msg)) >= 0) {
+        if (cessna_ep_send(es->ep, msg, (size_t)n) < 0)
+            break;
+    }
+    if (n == CESSNA_EP_CLOSED)
+        __atomic_add_fetch(&es->owner->closes, 1, __ATOMIC_SEQ_CST);
+    else
+        __atomic_add_fetch(&es->owner->errors, 1, __ATOMIC_SEQ_CST);
+    cessna_ep_free(es->ep);
+    free(es);
+    return NULL;
+}
+
+static void *echo_ep_accept(void *arg)
+{
+    struct t_echo_ep *e = arg;
+    char err[256];
+
+    for (;;) {
+        struct cessna_ep *ep = cessna_ep_accept(e->listen_fd, err, sizeof(err));
+        if (!ep)
+            continue;
+        struct echo_session *es = malloc(sizeof(*es));
+        pthread_t t;
+        es->owner = e;
+        es->ep = ep;
+        __atomic_add_fetch(&e->sessions, 1, __ATOMIC_SEQ_CST);
+        pthread_create(&t, NULL, echo_ep_session, es);
+        pthread_detach(t);
+    }
+    return NULL;
+}
+
+void t_echo_ep_start(struct t_echo_ep *e)
+{
+    char err[256];
+    pthread_t t;
+
+    memset(e, 0, sizeof(*e));
+    e->listen_fd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
+    if (e->listen_fd < 0)
+        cr_assert_fail("cessna_ep_listen: %s", err);
+    snprintf(e->addr, sizeof(e->addr), "127.0.0.1:%d", addr_local_port(e->listen_fd));
+    pthread_create(&t, NULL, echo_ep_accept, e);
+    pthread_detach(t);
+}
+
+static void *echo_tcp_conn(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    char buf[65536];
+    ssize_t n;
+
+    while ((n = read(fd, buf, sizeof(buf))) > 0) {
+        ssize_t off = 0;
+        while (off < n) {
+            ssize_t w = write(fd, buf + off, (size_t)(n - off));
+            if (w <= 0)
+                goto out;
+            off += w;
+        }
+    }
+out:
+    close(fd);
+    return NULL;
+}
+
+static void *echo_tcp_accept(void *arg)
+{
+    struct t_echo_tcp *e = arg;
+
+    for (;;) {
+        int fd = accept(e->listen_fd, NULL, NULL);
+        pthread_t t;
+        if (fd < 0)
+            continue;
+        pthread_create(&t, NULL, echo_tcp_conn, (void *)(intptr_t)fd);
+        pthread_detach(t);
+    }
+    return NULL;
+}
+
+void t_echo_tcp_start(struct t_echo_tcp *e)
+{
+    char err[256];
+    pthread_t t;
+
+    e->listen_fd = addr_listen("127.0.0.1:0", err, sizeof(err));
+    if (e->listen_fd < 0)
+        cr_assert_fail("listen: %s", err);
+    snprintf(e->addr, sizeof(e->addr), "127.0.0.1:%d", addr_local_port(e->listen_fd));
+    pthread_create(&t, NULL, echo_tcp_accept, e);
+    pthread_detach(t);
+}
+
+/* ---- plain sockets ---- */
+
+int t_connect(const char *addr)
+{
+    char err[256];
+    int fd = addr_connect(addr, err, sizeof(err));
+
+    if (fd < 0)
+        cr_assert_fail("connect: %s", err);
+    return fd;
+}
+
+void t_write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+
+    while (len) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            cr_assert_fail("write: %s", n == 0 ? "closed" : strerror(errno));
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+size_t t_read_n(int fd, void *buf, size_t len, int timeout_ms)
+{
+    long deadline = now_ms() + timeout_ms;
+    size_t got = 0;
+
+    while (got < len) {
+        long left = deadline - now_ms();
+        struct pollfd pfd = { .fd = fd, .events = POLLIN };
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+            break;
+        ssize_t n = read(fd, (char *)buf + got, len - got);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    return got;
+}
+
+long t_read_frame(int fd, void *buf, size_t cap, int timeout_ms)
+{
+    uint8_t *p = buf;
+    size_t got = t_read_n(fd, p, WIRE_HDR_LEN, timeout_ms);
+    uint32_t len;
+
+    if (got == 0)
+        return 0;
+    if (got < WIRE_HDR_LEN)
+        return -1;
+    len = wire_get32(p + 8);
+    if (WIRE_HDR_LEN + len > cap)
+        cr_assert_fail("frame of %u bytes is larger than the test's buffer", len);
+    if (t_read_n(fd, p + WIRE_HDR_LEN, len, timeout_ms) < len)
+        return -1;
+    return (long)(WIRE_HDR_LEN + len);
+}
+
+void t_fill(void *buf, size_t len, uint64_t seed)
+{
+    uint8_t *p = buf;
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+
+    for (size_t i = 0; i < len; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p[i] = (uint8_t)x;
+    }
+}

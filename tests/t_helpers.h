@@ -1,0 +1,74 @@
+/* t_helpers.h - shared helpers for the integration tests: real processes on loopback.
+ * Every t_* function that sets something up stops the test (cr_fatal) when it fails. */
+#ifndef CESSNA_T_HELPERS_H
+#define CESSNA_T_HELPERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct t_proc {
+    pid_t pid;
+    int out_fd;         /* the child's stdout */
+    char addr[64];      /* from its "ready listen=ADDR" line */
+    char log[256];      /* where its stderr goes */
+};
+
+/* A fresh temp directory (removed by nothing: tests leave their logs for debugging). */
+const char *t_tmpdir(void);
+/* Path of a built binary / app / tool. */
+const char *t_bin(const char *name);
+const char *t_app(const char *name);
+const char *t_tool(const char *name);
+
+/* Start argv with stdout piped and stderr to a log in dir; wait for "ready listen=". */
+void t_start(struct t_proc *p, const char *dir, const char *name, char *const argv[]);
+/* Start without waiting for a ready line (for programs that are expected to fail). */
+pid_t t_start_raw(const char *dir, const char *name, char *const argv[], int *out_fd);
+/* SIGTERM, wait up to 2 s, then SIGKILL. Returns the wait status. */
+int t_stop(struct t_proc *p);
+/* Wait for a pid with a timeout in ms: the wait status, or -1 on timeout. */
+int t_wait(pid_t pid, int timeout_ms);
+
+struct t_edge {
+    struct t_proc sup;
+    char dir[256];
+    char control[300];
+};
+/* A supervisor running app (a path) toward server_addr; extra is appended to [edge]. */
+void t_edge_start(struct t_edge *e, const char *app, const char *server_addr, const char *extra);
+void t_edge_stop(struct t_edge *e);
+/* Ask the control socket; the reply is NUL-terminated in out. */
+void t_ctl(const struct t_edge *e, const char *cmd, char *out, size_t len);
+/* The value of key= in text (first match), or 0. */
+uint64_t t_field(const char *text, const char *key);
+
+/* A native server endpoint (libcessna-endpoint) that echoes every message back, one thread
+ * per session. Counts sessions that ended with CLOSE. */
+struct t_echo_ep {
+    int listen_fd;
+    char addr[64];
+    volatile int closes, errors, sessions;
+};
+void t_echo_ep_start(struct t_echo_ep *e);
+
+/* A plain TCP echo server, one thread per connection. */
+struct t_echo_tcp {
+    int listen_fd;
+    char addr[64];
+};
+void t_echo_tcp_start(struct t_echo_tcp *e);
+
+/* Plain TCP helpers. */
+int  t_connect(const char *addr);
+void t_write_all(int fd, const void *buf, size_t len);
+/* Read exactly len bytes within timeout_ms; returns bytes read (less on EOF/timeout). */
+size_t t_read_n(int fd, void *buf, size_t len, int timeout_ms);
+/* Read one CESSNA frame within timeout_ms into buf; returns its total length, 0 on EOF,
+ * -1 on timeout. */
+long t_read_frame(int fd, void *buf, size_t cap, int timeout_ms);
+
+/* Deterministic pseudo-random bytes. */
+void t_fill(void *buf, size_t len, uint64_t seed);
+
+#endif
