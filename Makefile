@@ -31,6 +31,7 @@ SUPER_SRC    := $(filter-out supervisor/cessna_ctl.c,$(wildcard supervisor/*.c))
 WORKER_SRC   := $(wildcard worker/*.c)
 ENDPOINT_LIB := endpoint/endpoint.c
 APPS         := $(patsubst apps/%.c,$(BUILD)/apps/%.so,$(wildcard apps/*.c))
+TEST_APPS    := $(patsubst tests/apps/%.c,$(BUILD)/tests/apps/%.so,$(wildcard tests/apps/*.c))
 TOOLS        := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(wildcard tests/tools/*.c))
 UNIT_SRC     := $(wildcard tests/test_*.c)
 IT_SRC       := $(wildcard tests/it_*.c)
@@ -41,7 +42,7 @@ obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 BINS := $(BUILD)/bin/cessna-supervisor $(BUILD)/bin/cessna-worker $(BUILD)/bin/cessna-ctl \
         $(BUILD)/bin/cessna-client-proxy $(BUILD)/bin/cessna-server-proxy $(BUILD)/bin/cessna-bench
 
-all: $(BINS) $(BUILD)/lib/libcessna-endpoint.a $(APPS) $(TOOLS) $(BUILD)/tests/cessna-tests
+all: $(BINS) $(BUILD)/lib/libcessna-endpoint.a $(APPS) $(TEST_APPS) $(TOOLS) $(BUILD)/tests/cessna-tests
 
 # Objects rebuild when the flags change.
 $(BUILD)/flags.stamp: FORCE
@@ -88,6 +89,10 @@ $(BUILD)/apps/%.so: apps/%.c include/cessna.h $(BUILD)/flags.stamp
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  APP     $@")
 	$(Q)$(CC) $(APP_CFLAGS) $(if $(SANITIZE),-fsanitize=undefined) $< -o $@ $(LDLIBS_APP)
+
+$(BUILD)/tests/apps/%.so: tests/apps/%.c include/cessna.h $(BUILD)/flags.stamp
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(APP_CFLAGS) $< -o $@
 
 $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a $(BUILD)/flags.stamp
 	@mkdir -p $(dir $@)

@@ -542,14 +542,13 @@ void sess_on_recv(struct session *s, enum side side, int res)
     if (res <= 0) {
         c->eof = 1;
         c->dead = res < 0;
-        if (c->rlen > 0) {
-            S.stats.bad_frames++;
-            LOG(LOG_WARN, "session=%llu msg=\"truncated frame at disconnect\" side=%s bytes=%zu",
-                ull(s->id), side == SIDE_CLIENT ? "client" : "server", c->rlen);
-        }
         if (res < 0 && res != -ECONNRESET)
             LOG(LOG_WARN, "session=%llu msg=\"recv\" error=\"%s\"", ull(s->id), strerror(-res));
-        if (s->state == S_HELLO) {
+        if (c->rlen > 0) {
+            S.stats.bad_frames++;
+            session_fail(s, WIRE_ERR_PROTO, "truncated frame: the %s stopped sending after %zu "
+                         "bytes of a frame", side == SIDE_CLIENT ? "client" : "server", c->rlen);
+        } else if (s->state == S_HELLO) {
             session_fail(s, WIRE_ERR_PROTO, "disconnected before HELLO");
         } else {
             side_closed(s, side);

@@ -32,6 +32,7 @@ static const char *path_of(const char *kind, const char *name, const char *suffi
 const char *t_bin(const char *name) { return path_of("bin", name, ""); }
 const char *t_app(const char *name) { return path_of("apps", name, ".so"); }
 const char *t_tool(const char *name) { return path_of("tools", name, ""); }
+const char *t_test_app(const char *name) { return path_of("tests/apps", name, ".so"); }
 
 const char *t_tmpdir(void)
 {
@@ -169,8 +170,9 @@ void t_ctl(const struct t_edge *e, const char *cmd, char *out, size_t len)
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", e->control);
     if (fd == -1 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1)
         cr_assert_fail("control socket %s: %s", e->control, strerror(errno));
-    t_write_all(fd, cmd, strlen(cmd));
-    t_write_all(fd, "\n", 1);
+    char line[256];
+    int n0 = snprintf(line, sizeof(line), "%s\n", cmd);
+    t_write_all(fd, line, (size_t)n0);   /* one write: the supervisor reads one line */
     while (got + 1 < len && (n = read(fd, out + got, len - 1 - got)) > 0)
         got += (size_t)n;
     out[got] = 0;
@@ -311,14 +313,14 @@ int t_connect(const char *addr)
     return fd;
 }
 
-void t_write_all(int fd, const void *buf, size_t len)
+void t_write_all_at(int fd, const void *buf, size_t len, const char *file, int line)
 {
     const char *p = buf;
 
     while (len) {
         ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
         if (n <= 0)
-            cr_assert_fail("write: %s", n == 0 ? "closed" : strerror(errno));
+            cr_assert_fail("write at %s:%d: %s", file, line, n == 0 ? "closed" : strerror(errno));
         p += n;
         len -= (size_t)n;
     }

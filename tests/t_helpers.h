@@ -20,6 +20,7 @@ const char *t_tmpdir(void);
 const char *t_bin(const char *name);
 const char *t_app(const char *name);
 const char *t_tool(const char *name);
+const char *t_test_app(const char *name);   /* tests/apps/NAME.c, built for the tests */
 
 /* Start argv with stdout piped and stderr to a log in dir; wait for "ready listen=". */
 void t_start(struct t_proc *p, const char *dir, const char *name, char *const argv[]);
@@ -61,7 +62,8 @@ void t_echo_tcp_start(struct t_echo_tcp *e);
 
 /* Plain TCP helpers. */
 int  t_connect(const char *addr);
-void t_write_all(int fd, const void *buf, size_t len);
+void t_write_all_at(int fd, const void *buf, size_t len, const char *file, int line);
+#define t_write_all(fd, buf, len) t_write_all_at((fd), (buf), (len), __FILE__, __LINE__)
 /* Read exactly len bytes within timeout_ms; returns bytes read (less on EOF/timeout). */
 size_t t_read_n(int fd, void *buf, size_t len, int timeout_ms);
 /* Read one CESSNA frame within timeout_ms into buf; returns its total length, 0 on EOF,
