@@ -7,7 +7,7 @@
 
 /* The arena sits at the same fixed address in every worker of every edge (ASLR is off in
  * the zygote), so pointers inside it stay valid in a snapshot restored elsewhere. */
-#define RT_ARENA_BASE ((void *)0x100000000000ull)
+#define RT_ARENA_BASE ((void *)0x200000000000ull)   /* above ASan's shadow too */
 #define RT_ARENA_SIZE (4ull << 30)
 
 struct rt_session {

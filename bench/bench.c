@@ -1,0 +1,283 @@
+/* bench.c - cessna-bench: main, options, and the run loop (one path at a time: bring its
+ * processes up, measure latency then throughput per message size, bring them down).
+ *
+ * Exit status: 0 when every selected path ran (whether or not the targets were met),
+ * 1 when a path could not be run, 2 on a usage error.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+
+#ifndef CESSNA_BUILD_DIR
+#define CESSNA_BUILD_DIR "build"
+#endif
+
+#define DEFAULT_MESSAGES 20000 /* 64 B latency round trips; sizes above 1 KiB get a quarter */
+#define DEFAULT_SECONDS  3.0
+#define QUICK_MESSAGES   2000
+#define QUICK_SECONDS    1.0
+#define MAX_SIZE         (1u << 20)
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: cessna-bench [options]\n"
+            "\n"
+            "Round-trip latency (p50, p99, p99.9) and throughput on loopback, for plain TCP,\n"
+            "HAProxy chains and the CESSNA edge paths, printed as a markdown table.\n"
+            "\n"
+            "  --messages N   latency round trips for sizes up to 1 KiB (default %d);\n"
+            "                 larger sizes get N/4 (so 5000 for 16 KiB by default)\n"
+            "  --seconds S    length of each throughput run (default %.0f)\n"
+            "  --quick        CI smoke: %d round trips (%d above 1 KiB), %.0f s throughput\n"
+            "  --sizes LIST   message sizes in bytes (default 64,16384; at most %u)\n"
+            "  --paths LIST   subset of direct,haproxy1,haproxy3,edge-native,edge-proxies\n"
+            "                 (default all)\n"
+            "  --build DIR    where bin/ and apps/ are (default %s)\n"
+            "  --haproxy BIN  the haproxy binary (default /usr/sbin/haproxy)\n"
+            "  --keep-tmp     keep the temp dir (configs, children's logs) instead of removing it\n"
+            "  --help         this text\n"
+            "\n"
+            "Paths: direct = client -> echo; haproxy1 = client -> haproxy -> echo;\n"
+            "edge-native = libcessna-endpoint client -> cessna-supervisor (passthrough.so) ->\n"
+            "libcessna-endpoint echo server; haproxy3 = three chained haproxies;\n"
+            "edge-proxies = client -> cessna-client-proxy -> cessna-supervisor ->\n"
+            "cessna-server-proxy -> echo. Targets: each edge path's p50 within %.1fx and\n"
+            "throughput at least %.1fx of its HAProxy baseline (haproxy1, haproxy3).\n"
+            "\n"
+            "Exit: 0 when every selected path ran (PASS or MISS), 1 when one could not run,\n"
+            "2 on a usage error.\n",
+            DEFAULT_MESSAGES, DEFAULT_SECONDS, QUICK_MESSAGES, QUICK_MESSAGES / 4, QUICK_SECONDS,
+            MAX_SIZE, CESSNA_BUILD_DIR, 1.5, 0.5);
+}
+
+static int parse_sizes(struct bench_opts *o, const char *list)
+{
+    char buf[256], *save = NULL;
+
+    snprintf(buf, sizeof(buf), "%s", list);
+    o->nsizes = 0;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *end;
+        unsigned long long v = strtoull(tok, &end, 10);
+
+        if (*end || v == 0 || v > MAX_SIZE || o->nsizes == BENCH_MAX_SIZES) {
+            fprintf(stderr, "cessna-bench: bad --sizes '%s' (1..%u bytes, at most %d sizes)\n",
+                    list, MAX_SIZE, BENCH_MAX_SIZES);
+            return -EINVAL;
+        }
+        o->sizes[o->nsizes++] = (size_t)v;
+    }
+    return o->nsizes ? 0 : -EINVAL;
+}
+
+static int parse_paths(struct bench_opts *o, const char *list)
+{
+    char buf[256], *save = NULL;
+    int n = 0;
+
+    snprintf(buf, sizeof(buf), "%s", list);
+    memset(o->selected, 0, sizeof(o->selected));
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        enum bench_path p;
+
+        if (stack_path_parse(tok, &p) < 0) {
+            fprintf(stderr, "cessna-bench: unknown path '%s' in --paths (want direct, haproxy1, "
+                            "haproxy3, edge-native, edge-proxies)\n", tok);
+            return -EINVAL;
+        }
+        o->selected[p] = 1;
+        n++;
+    }
+    return n ? 0 : -EINVAL;
+}
+
+static int parse_number(const char *opt, const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+
+    if (*end || end == s || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "cessna-bench: bad %s '%s' (want %g..%g)\n", opt, s, lo, hi);
+        return -EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+/* 0 to run, 1 after --help, -EINVAL on a usage error. */
+static int parse_options(struct bench_opts *o, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },          { "messages", required_argument, NULL, 'm' },
+        { "seconds", required_argument, NULL, 's' }, { "quick", no_argument, NULL, 'q' },
+        { "build", required_argument, NULL, 'b' },   { "sizes", required_argument, NULL, 'z' },
+        { "paths", required_argument, NULL, 'p' },   { "haproxy", required_argument, NULL, 'x' },
+        { "keep-tmp", no_argument, NULL, 'k' },
+        { NULL, 0, NULL, 0 },
+    };
+    double messages = 0, seconds = 0;
+    int quick = 0, c;
+
+    memset(o, 0, sizeof(*o));
+    snprintf(o->build, sizeof(o->build), "%s", CESSNA_BUILD_DIR);
+    snprintf(o->haproxy, sizeof(o->haproxy), "%s", "/usr/sbin/haproxy");
+    parse_sizes(o, "64,16384");
+    for (int p = 0; p < PATH_COUNT; p++)
+        o->selected[p] = 1;
+
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int rc = 0;
+
+        switch (c) {
+        case 'h': usage(stdout); return 1;
+        case 'm': rc = parse_number("--messages", optarg, 1, 1e8, &messages); break;
+        case 's': rc = parse_number("--seconds", optarg, 0.1, 3600, &seconds); break;
+        case 'q': quick = 1; break;
+        case 'k': o->keep_tmp = 1; break;
+        case 'b': snprintf(o->build, sizeof(o->build), "%s", optarg); break;
+        case 'x': snprintf(o->haproxy, sizeof(o->haproxy), "%s", optarg); break;
+        case 'z': rc = parse_sizes(o, optarg); break;
+        case 'p': rc = parse_paths(o, optarg); break;
+        default: rc = -EINVAL; break;
+        }
+        if (rc < 0)
+            return -EINVAL;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "cessna-bench: unexpected argument '%s'\n", argv[optind]);
+        return -EINVAL;
+    }
+    char abs[PATH_MAX];
+    if (realpath(o->build, abs)) /* the children get absolute paths in their configs */
+        snprintf(o->build, sizeof(o->build), "%s", abs);
+    /* Explicit counts win over --quick, whatever the order. */
+    o->messages = messages > 0 ? (size_t)messages : quick ? QUICK_MESSAGES : DEFAULT_MESSAGES;
+    o->seconds = seconds > 0 ? seconds : quick ? QUICK_SECONDS : DEFAULT_SECONDS;
+    return 0;
+}
+
+static size_t messages_for(const struct bench_opts *o, size_t size)
+{
+    if (size <= 1024)
+        return o->messages;
+    return o->messages / 4 ? o->messages / 4 : 1;
+}
+
+/* Name what failed: the run's own error, plus any process of the path that died. */
+static void fail_result(struct bench_result *r, struct bench_stack *s, const char *what,
+                        const char *why)
+{
+    char dead[BENCH_ERRLEN / 2];
+    int died = s && stack_check(s, dead, sizeof(dead)) < 0;
+
+    r->failed = 1;
+    if (proc_interrupted())
+        return; /* the signal thread is ending the bench */
+    if (snprintf(r->err, sizeof(r->err), "%s: %s%s%s", what, why, died ? "; " : "",
+                 died ? dead : "") >= (int)sizeof(r->err))
+        strcpy(r->err + sizeof(r->err) - 4, "...");
+    fprintf(stderr, "cessna-bench: FAILED %s\n", r->err);
+}
+
+/* Latency, then throughput, on one connection (a new session on the edge paths). */
+static void run_size(struct bench_stack *s, const struct bench_opts *o, size_t size,
+                     struct bench_result *r)
+{
+    char what[96], err[BENCH_ERRLEN];
+    size_t count = messages_for(o, size);
+    struct bench_conn c;
+    int rc;
+
+    snprintf(what, sizeof(what), "%s %zu B", stack_path_name(s->path), size);
+    if (stack_check(s, err, sizeof(err)) < 0) {
+        fail_result(r, NULL, what, err);
+        return;
+    }
+    if (load_connect(&c, s->entry, s->native, err, sizeof(err)) < 0) {
+        snprintf(what + strlen(what), sizeof(what) - strlen(what), " connect to %s", s->entry);
+        fail_result(r, s, what, err);
+        return;
+    }
+    fprintf(stderr, "cessna-bench: %s: latency, %zu round trips\n", what, count);
+    rc = load_latency(&c, size, count, &r->lat, err, sizeof(err));
+    if (rc < 0) {
+        strncat(what, " latency", sizeof(what) - strlen(what) - 1);
+        fail_result(r, s, what, err);
+        load_close(&c);
+        return;
+    }
+    fprintf(stderr, "cessna-bench: %s: throughput, %.1f s\n", what, o->seconds);
+    rc = load_throughput(&c, size, o->seconds, &r->tput, err, sizeof(err));
+    load_close(&c);
+    if (rc < 0) {
+        strncat(what, " throughput", sizeof(what) - strlen(what) - 1);
+        fail_result(r, s, what, err);
+        return;
+    }
+    r->ran = 1;
+}
+
+static int run_path(enum bench_path path, const struct bench_opts *o,
+                    struct bench_result res[BENCH_MAX_SIZES])
+{
+    char err[BENCH_ERRLEN], what[64];
+    struct bench_stack s;
+    int failed = 0;
+
+    fprintf(stderr, "cessna-bench: %s: starting its processes\n", stack_path_name(path));
+    if (stack_up(&s, path, o, err, sizeof(err)) < 0) {
+        snprintf(what, sizeof(what), "%s setup", stack_path_name(path));
+        for (int si = 0; si < o->nsizes; si++)
+            fail_result(&res[si], NULL, what, err);
+        stack_down(&s);
+        return -1;
+    }
+    for (int si = 0; si < o->nsizes; si++) {
+        run_size(&s, o, o->sizes[si], &res[si]);
+        failed |= res[si].failed;
+    }
+    stack_down(&s);
+    return failed ? -1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    static struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES];
+    struct bench_opts o;
+    char err[BENCH_ERRLEN];
+    int rc, failed = 0;
+
+    rc = parse_options(&o, argc, argv);
+    if (rc != 0) {
+        if (rc < 0)
+            fprintf(stderr, "usage: cessna-bench [options]; see cessna-bench --help\n");
+        return rc < 0 ? 2 : 0;
+    }
+    if (proc_tmpdir_create(o.tmpdir, sizeof(o.tmpdir), err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-bench: %s\n", err);
+        return 1;
+    }
+    if (proc_install_signals(o.keep_tmp ? NULL : o.tmpdir, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-bench: %s\n", err);
+        proc_tmpdir_remove(o.tmpdir);
+        return 1;
+    }
+    for (int p = 0; p < PATH_COUNT; p++)
+        if (o.selected[p] && run_path((enum bench_path)p, &o, res[p]) < 0)
+            failed = 1;
+
+    report_print(stdout, &o, res);
+    if (o.keep_tmp)
+        fprintf(stderr, "cessna-bench: configs and logs kept in %s\n", o.tmpdir);
+    else
+        proc_tmpdir_remove(o.tmpdir);
+    if (failed)
+        fprintf(stderr, "cessna-bench: some paths could not be run (see Errors above)%s\n",
+                o.keep_tmp ? "" : "; rerun with --keep-tmp to keep the children's logs");
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,367 @@
+/* stacks.c - bring up (and down) the processes of one path, from the echo server outwards,
+ * each one ready before the next one that connects to it starts.
+ *
+ *   direct        client -> echo
+ *   haproxy1      client -> hap -> echo
+ *   haproxy3      client -> hap -> hap -> hap -> echo
+ *   edge-native   cessna_ep_connect -> cessna-supervisor (passthrough.so) -> native echo
+ *   edge-proxies  client -> cessna-client-proxy -> cessna-supervisor -> cessna-server-proxy -> echo
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "bench.h"
+#include "cessna_endpoint.h"
+
+#define READY_TIMEOUT_MS 10000
+#define STOP_GRACE_MS    2000
+
+static const char *const path_names[PATH_COUNT] = {
+    [PATH_DIRECT] = "direct",           [PATH_HAPROXY1] = "haproxy1",
+    [PATH_EDGE_NATIVE] = "edge-native", [PATH_HAPROXY3] = "haproxy3",
+    [PATH_EDGE_PROXIES] = "edge-proxies",
+};
+
+const char *stack_path_name(enum bench_path path)
+{
+    return path < PATH_COUNT ? path_names[path] : "?";
+}
+
+int stack_path_parse(const char *name, enum bench_path *path)
+{
+    for (int i = 0; i < PATH_COUNT; i++)
+        if (strcmp(name, path_names[i]) == 0) {
+            *path = (enum bench_path)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+enum bench_path stack_baseline(enum bench_path edge)
+{
+    if (edge == PATH_EDGE_NATIVE)
+        return PATH_HAPROXY1;
+    if (edge == PATH_EDGE_PROXIES)
+        return PATH_HAPROXY3;
+    return PATH_COUNT;
+}
+
+static struct bench_proc *stack_next(struct bench_stack *s)
+{
+    return &s->procs[s->nprocs];
+}
+
+/* Start a child; on success it belongs to the stack (stopped by stack_down). */
+static int stack_start(struct bench_stack *s, const struct proc_spec *spec,
+                       const struct bench_opts *o, char *err, size_t errlen)
+{
+    int rc;
+
+    if (s->nprocs == BENCH_MAX_PROCS) {
+        snprintf(err, errlen, "too many processes in one path");
+        return -E2BIG;
+    }
+    rc = proc_start(stack_next(s), spec, o->tmpdir, err, errlen);
+    if (rc == 0)
+        s->nprocs++;
+    return rc;
+}
+
+static int need_file(const char *path, int exec, const char *hint, char *err, size_t errlen)
+{
+    if (access(path, exec ? X_OK : R_OK) == 0)
+        return 0;
+    int rc = -errno;
+    snprintf(err, errlen, "%s: %s%s", path, strerror(errno), hint);
+    return rc;
+}
+
+/* A plain TCP echo server in a child; its address in addr. */
+static int start_echo(struct bench_stack *s, const struct bench_opts *o, int native,
+                      char *addr, size_t addrlen, char *err, size_t errlen)
+{
+    char why[256];
+    int lfd, port, rc;
+
+    if (native)
+        lfd = cessna_ep_listen("127.0.0.1:0", why, sizeof(why));
+    else
+        lfd = addr_listen("127.0.0.1:0", why, sizeof(why));
+    if (lfd < 0) {
+        snprintf(err, errlen, "%s echo server: %s", native ? "native" : "plain", why);
+        return lfd;
+    }
+    port = addr_local_port(lfd);
+    struct proc_spec spec = {
+        .name = native ? "echo-native" : "echo", .keep_fd = lfd,
+        .fn = native ? echo_native_main : echo_plain_main, .arg = &lfd,
+    };
+    rc = stack_start(s, &spec, o, err, errlen);
+    close(lfd); /* the child has it; connections queue in its backlog meanwhile */
+    if (rc < 0)
+        return rc;
+    snprintf(addr, addrlen, "127.0.0.1:%d", port);
+    return 0;
+}
+
+/* A port that was free a moment ago, for HAProxy's frontend. */
+static int free_port(char *err, size_t errlen)
+{
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof(sin);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), rc;
+
+    if (fd == -1 || bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == -1 ||
+        getsockname(fd, (struct sockaddr *)&sin, &len) == -1) {
+        rc = -errno;
+        snprintf(err, errlen, "picking a free port: %s", strerror(errno));
+        if (fd != -1)
+            close(fd);
+        return rc;
+    }
+    close(fd);
+    return ntohs(sin.sin_port);
+}
+
+static int write_text(const char *path, const char *text, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "w");
+    int rc = 0;
+
+    if (!f) {
+        rc = -errno;
+        snprintf(err, errlen, "create %s: %s", path, strerror(errno));
+        return rc;
+    }
+    fputs(text, f);
+    if (fclose(f) != 0) {
+        rc = -errno;
+        snprintf(err, errlen, "write %s: %s", path, strerror(errno));
+    }
+    return rc;
+}
+
+static int write_haproxy_cfg(const char *path, int port, const char *backend, char *err,
+                             size_t errlen)
+{
+    char cfg[1024];
+
+    snprintf(cfg, sizeof(cfg),
+             "global\n"
+             "    nbthread 1\n"
+             "    maxconn 1024\n"
+             "defaults\n"
+             "    mode tcp\n"
+             "    timeout connect 30s\n"
+             "    timeout client 30s\n"
+             "    timeout server 30s\n"
+             "frontend fe\n"
+             "    bind 127.0.0.1:%d\n"
+             "    default_backend be\n"
+             "backend be\n"
+             "    server next %s\n",
+             port, backend);
+    return write_text(path, cfg, err, errlen);
+}
+
+/* One HAProxy in TCP mode forwarding to backend; its frontend address in addr. A port
+ * taken between picking and binding makes HAProxy exit: try another one. */
+static int start_haproxy(struct bench_stack *s, const struct bench_opts *o, const char *name,
+                         const char *backend, char *addr, size_t addrlen, char *err,
+                         size_t errlen)
+{
+    char cfg[PATH_MAX + 64];
+    int rc = -EINVAL;
+
+    snprintf(cfg, sizeof(cfg), "%s/%s.cfg", o->tmpdir, name);
+    for (int attempt = 0; attempt < 3; attempt++) {
+        char *argv[] = { (char *)o->haproxy, "-f", cfg, "-db", NULL };
+        struct proc_spec spec = { .name = name, .keep_fd = -1, .argv = argv };
+        int port = free_port(err, errlen);
+
+        if (port < 0)
+            return port;
+        rc = write_haproxy_cfg(cfg, port, backend, err, errlen);
+        if (rc < 0)
+            return rc;
+        rc = stack_start(s, &spec, o, err, errlen);
+        if (rc < 0)
+            return rc;
+        rc = proc_wait_port(&s->procs[s->nprocs - 1], port, READY_TIMEOUT_MS, err, errlen);
+        if (rc == 0) {
+            snprintf(addr, addrlen, "127.0.0.1:%d", port);
+            return 0;
+        }
+        proc_stop(&s->procs[--s->nprocs], STOP_GRACE_MS);
+    }
+    return rc;
+}
+
+static int start_haproxy_chain(struct bench_stack *s, const struct bench_opts *o, int hops,
+                               const char *target, char *err, size_t errlen)
+{
+    char next[64], addr[64];
+    int rc;
+
+    snprintf(next, sizeof(next), "%s", target);
+    /* Start from the hop next to the echo server, so each backend exists already. */
+    for (int hop = hops; hop >= 1; hop--) {
+        char name[48];
+
+        snprintf(name, sizeof(name), "%s.hop%d", stack_path_name(s->path), hop);
+        rc = start_haproxy(s, o, name, next, addr, sizeof(addr), err, errlen);
+        if (rc < 0)
+            return rc;
+        snprintf(next, sizeof(next), "%s", addr);
+    }
+    snprintf(s->entry, sizeof(s->entry), "%s", next);
+    return 0;
+}
+
+/* A child that says "ready listen=HOST:PORT" on stdout when it listens. */
+static int start_ready_child(struct bench_stack *s, const struct bench_opts *o, const char *name,
+                             char *const argv[], char *addr, size_t addrlen, char *err,
+                             size_t errlen)
+{
+    struct proc_spec spec = { .name = name, .want_stdout = 1, .keep_fd = -1, .argv = argv };
+    int rc = need_file(argv[0], 1, " (build it: make)", err, errlen);
+
+    if (rc < 0)
+        return rc;
+    rc = stack_start(s, &spec, o, err, errlen);
+    if (rc < 0)
+        return rc;
+    return proc_read_ready(&s->procs[s->nprocs - 1], READY_TIMEOUT_MS, addr, addrlen, err,
+                           errlen);
+}
+
+static int start_supervisor(struct bench_stack *s, const struct bench_opts *o, const char *server,
+                            char *addr, size_t addrlen, char *err, size_t errlen)
+{
+    char bin[PATH_MAX + 32], app[PATH_MAX + 32], ini[PATH_MAX + 32], state[PATH_MAX + 32];
+    char text[4 * PATH_MAX + 512];
+    const char *name = stack_path_name(s->path);
+    int rc;
+
+    snprintf(bin, sizeof(bin), "%s/bin/cessna-supervisor", o->build);
+    snprintf(app, sizeof(app), "%s/apps/passthrough.so", o->build);
+    snprintf(ini, sizeof(ini), "%s/%s.ini", o->tmpdir, name);
+    snprintf(state, sizeof(state), "%s/%s.state", o->tmpdir, name);
+    rc = need_file(app, 0, " (build it: make)", err, errlen);
+    if (rc < 0)
+        return rc;
+    if (mkdir(state, 0700) == -1 && errno != EEXIST) {
+        rc = -errno;
+        snprintf(err, errlen, "mkdir %s: %s", state, strerror(errno));
+        return rc;
+    }
+    snprintf(text, sizeof(text),
+             "[edge]\n"
+             "listen = 127.0.0.1:0\n"
+             "server = %s\n"
+             "app = %s\n"
+             "state_dir = %s\n"
+             "control = %s/%s.ctl.sock\n"
+             "standby = cold\n"
+             "snapshot_interval_ms = 0\n"
+             "max_sessions = 64\n"
+             "max_message_bytes = 1048576\n",
+             server, app, state, o->tmpdir, name);
+    rc = write_text(ini, text, err, errlen);
+    if (rc < 0)
+        return rc;
+    char *argv[] = { bin, "-c", ini, NULL };
+    return start_ready_child(s, o, "cessna-supervisor", argv, addr, addrlen, err, errlen);
+}
+
+static int up_edge_native(struct bench_stack *s, const struct bench_opts *o, char *err,
+                          size_t errlen)
+{
+    char echo[64];
+    int rc = start_echo(s, o, 1, echo, sizeof(echo), err, errlen);
+
+    if (rc == 0)
+        rc = start_supervisor(s, o, echo, s->entry, sizeof(s->entry), err, errlen);
+    s->native = 1;
+    return rc;
+}
+
+static int up_edge_proxies(struct bench_stack *s, const struct bench_opts *o, char *err,
+                           size_t errlen)
+{
+    char echo[64], sproxy[64], edge[64], bin[PATH_MAX + 32];
+    int rc = start_echo(s, o, 0, echo, sizeof(echo), err, errlen);
+
+    if (rc < 0)
+        return rc;
+    snprintf(bin, sizeof(bin), "%s/bin/cessna-server-proxy", o->build);
+    char *sargv[] = { bin, "--listen", "127.0.0.1:0", "--target", echo, NULL };
+    rc = start_ready_child(s, o, "cessna-server-proxy", sargv, sproxy, sizeof(sproxy), err,
+                           errlen);
+    if (rc < 0)
+        return rc;
+    rc = start_supervisor(s, o, sproxy, edge, sizeof(edge), err, errlen);
+    if (rc < 0)
+        return rc;
+    snprintf(bin, sizeof(bin), "%s/bin/cessna-client-proxy", o->build);
+    char *cargv[] = { bin, "--listen", "127.0.0.1:0", "--edge", edge, NULL };
+    return start_ready_child(s, o, "cessna-client-proxy", cargv, s->entry, sizeof(s->entry),
+                             err, errlen);
+}
+
+int stack_up(struct bench_stack *s, enum bench_path path, const struct bench_opts *o,
+             char *err, size_t errlen)
+{
+    char echo[64];
+    int rc;
+
+    memset(s, 0, sizeof(*s));
+    s->path = path;
+    switch (path) {
+    case PATH_EDGE_NATIVE:
+        return up_edge_native(s, o, err, errlen);
+    case PATH_EDGE_PROXIES:
+        return up_edge_proxies(s, o, err, errlen);
+    default:
+        break;
+    }
+    if (path != PATH_DIRECT) {
+        rc = need_file(o->haproxy, 1, " (install haproxy or pass --haproxy)", err, errlen);
+        if (rc < 0)
+            return rc;
+    }
+    rc = start_echo(s, o, 0, echo, sizeof(echo), err, errlen);
+    if (rc < 0)
+        return rc;
+    if (path == PATH_DIRECT) {
+        snprintf(s->entry, sizeof(s->entry), "%s", echo);
+        return 0;
+    }
+    return start_haproxy_chain(s, o, path == PATH_HAPROXY1 ? 1 : 3, echo, err, errlen);
+}
+
+/* 0 while every process of the path runs; else which one ended and how. */
+int stack_check(struct bench_stack *s, char *err, size_t errlen)
+{
+    for (int i = 0; i < s->nprocs; i++) {
+        int rc = proc_check(&s->procs[i], err, errlen);
+
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Stop from the client side inwards, so no process sees its upstream vanish first. */
+void stack_down(struct bench_stack *s)
+{
+    for (int i = s->nprocs - 1; i >= 0; i--)
+        proc_stop(&s->procs[i], STOP_GRACE_MS);
+    s->nprocs = 0;
+}
