@@ -10,42 +10,57 @@
 
 #include "addr.h"
 
-int addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err, size_t errlen)
+int addr_split(const char *s, char *host, size_t hostlen, char *port, size_t portlen,
+               char *err, size_t errlen)
 {
-    char host[256];
-    const char *port;
-    struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
-    int rc;
+    const char *h, *p, *end;
+    size_t hl;
 
     if (!s || !*s) {
         snprintf(err, errlen, "empty address (want HOST:PORT)");
         return -EINVAL;
     }
     if (s[0] == '[') {
-        const char *end = strchr(s, ']');
-        if (!end || end[1] != ':' || (size_t)(end - s - 1) >= sizeof(host)) {
+        end = strchr(s, ']');
+        if (!end || end[1] != ':') {
             snprintf(err, errlen, "bad address '%s' (want [V6ADDR]:PORT)", s);
             return -EINVAL;
         }
-        memcpy(host, s + 1, (size_t)(end - s - 1));
-        host[end - s - 1] = 0;
-        port = end + 2;
+        h = s + 1;
+        hl = (size_t)(end - h);
+        p = end + 2;
     } else {
-        const char *colon = strrchr(s, ':');
-        if (!colon || colon == s || (size_t)(colon - s) >= sizeof(host)) {
+        end = strrchr(s, ':');
+        if (!end) {
             snprintf(err, errlen, "bad address '%s' (want HOST:PORT)", s);
             return -EINVAL;
         }
-        memcpy(host, s, (size_t)(colon - s));
-        host[colon - s] = 0;
-        port = colon + 1;
+        h = s;
+        hl = (size_t)(end - s);
+        p = end + 1;
     }
-    char *endp;
-    long p = strtol(port, &endp, 10);
-    if (!*port || *endp || p < 0 || p > 65535) {
-        snprintf(err, errlen, "bad port in '%s' (want 0..65535)", s);
+    char *pend;
+    long pv = strtol(p, &pend, 10);
+    if (hl == 0 || hl >= hostlen || !*p || *pend || pv < 0 || pv > 65535 ||
+        strlen(p) >= portlen) {
+        snprintf(err, errlen, "bad address '%s' (want HOST:PORT, port 0..65535)", s);
         return -EINVAL;
     }
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    strcpy(port, p);
+    return 0;
+}
+
+int addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err, size_t errlen)
+{
+    char host[256], port[16];
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
+    int rc;
+
+    rc = addr_split(s, host, sizeof(host), port, sizeof(port), err, errlen);
+    if (rc < 0)
+        return rc;
     rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0 || !res) {
         snprintf(err, errlen, "cannot resolve '%s': %s", host, gai_strerror(rc));

@@ -5,6 +5,10 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+/* Syntax only, no name lookup: split HOST:PORT or [V6]:PORT. 0, or -EINVAL with a reason. */
+int addr_split(const char *s, char *host, size_t hostlen, char *port, size_t portlen,
+               char *err, size_t errlen);
+
 /* 0, or -EINVAL with a reason in err. HOST may be a name (resolved once, numeric preferred). */
 int addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err, size_t errlen);
 

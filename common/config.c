@@ -6,6 +6,7 @@
 
 #include <ini.h>
 
+#include "addr.h"
 #include "config.h"
 
 struct parse_state {
@@ -13,6 +14,7 @@ struct parse_state {
     const char *path;
     FILE *f;
     int line;          /* the line the reader handed to inih last */
+    int fail_line;     /* the line of the first error our handler found */
     unsigned seen;     /* bit per key, to refuse duplicates and find missing ones */
     char *err;
     size_t errlen;
@@ -59,6 +61,7 @@ void config_defaults(struct config *c)
 static int fail(struct parse_state *st, const char *fmt, const char *a, const char *b)
 {
     if (!st->failed) {
+        st->fail_line = st->line;
         int n = snprintf(st->err, st->errlen, "%s:%d: ", st->path, st->line);
         if (n >= 0 && (size_t)n < st->errlen)
             snprintf(st->err + n, st->errlen - (size_t)n, fmt, a, b);
@@ -101,9 +104,11 @@ static int handler(void *user, const char *section, const char *name, const char
             return fail(st, "key '%s' given twice%s", name, "");
         st->seen |= 1u << i;
         switch (k->kind) {
-        case K_ADDR:
-            if (!strchr(value, ':'))
+        case K_ADDR: {
+            char host[256], port[16], why[160];
+            if (addr_split(value, host, sizeof(host), port, sizeof(port), why, sizeof(why)) < 0)
                 return fail(st, "bad value '%s' for '%s' (want HOST:PORT)", value, name);
+        }
             /* fall through */
         case K_STRING:
             if (strlen(value) >= k->size)
@@ -126,14 +131,23 @@ static int handler(void *user, const char *section, const char *name, const char
     return fail(st, "unknown key '%s'%s", name, "");
 }
 
-/* inih reads through this, so the handler knows the line it is looking at. */
+/* inih reads through this, so the handler knows the line it is looking at. inih takes
+ * lines of at most INI_MAX_LINE - 1 characters; a longer one is an error here, instead of
+ * being split in two. */
 static char *reader(char *str, int num, void *stream)
 {
     struct parse_state *st = stream;
     char *s = fgets(str, num, st->f);
 
-    if (s)
-        st->line++;
+    if (!s)
+        return NULL;
+    st->line++;
+    if (!strchr(s, '\n') && !feof(st->f)) {
+        char limit[16];
+        snprintf(limit, sizeof(limit), "%d", num - 2);
+        fail(st, "line longer than %s characters%s", limit, "");
+        return NULL;
+    }
     return s;
 }
 
@@ -150,12 +164,14 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
     }
     rc = ini_parse_stream(reader, &st, handler, &st);
     fclose(st.f);
-    if (rc != 0) {
-        if (!st.failed)
-            snprintf(err, errlen, "%s:%d: syntax error (want 'key = value' or '[edge]')",
+    if (rc != 0 && (!st.failed || rc < st.fail_line)) {
+        st.failed = 0;   /* inih's syntax error comes first */
+        snprintf(err, errlen, "%s:%d: syntax error (want 'key = value' or '[edge]')",
                      path, rc);
         return -EINVAL;
     }
+    if (st.failed)
+        return -EINVAL;
     for (size_t i = 0; i < NKEYS; i++) {
         if (keys[i].required && !(st.seen & (1u << i))) {
             snprintf(err, errlen, "%s: missing key '%s' in [edge]", path, keys[i].name);
