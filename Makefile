@@ -110,6 +110,7 @@ test: all
 
 # Same tests, sanitizer build, separate build dir.
 test-sanitize:
+	LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
 	$(MAKE) BUILD=build-san SANITIZE=address,undefined test
 
 demo: all

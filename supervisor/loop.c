@@ -156,7 +156,8 @@ static int run_loop(void)
         unsigned head, n = 0;
         int rc;
 
-        sess_ring_doorbells();   /* the before-sleep hook: one doorbell per worker per batch */
+        while (S.dirty)
+            sess_ring_doorbells();   /* the before-sleep hook: one doorbell per worker per batch */
         rc = io_uring_submit_and_wait(&S.ring, 1);
         if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
             LOG(LOG_ERROR, "msg=\"io_uring_submit_and_wait\" error=\"%s\"", strerror(-rc));

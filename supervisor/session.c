@@ -180,18 +180,61 @@ static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
     return 0;
 }
 
+/* After handing events to workers, watch their output rings this long before sleeping:
+ * a worker usually answers within microseconds, and catching that by polling saves a
+ * sleep and a wakeup of the supervisor per event (a large share of per-message latency). */
+#define SPIN_NS     30000
+#define SPIN_WATCH  16
+
+static long long mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+static void spin_for_outputs(struct session **watch, int n)
+{
+    long long deadline = mono_ns() + SPIN_NS;
+    int pending = n;
+
+    io_uring_submit(&S.ring);   /* what is queued goes out while we wait */
+    for (int i = 0; i < n; i++)
+        ring_sleep_done(&watch[i]->out);   /* no doorbell needed while we watch */
+    while (pending && mono_ns() < deadline) {
+        for (int i = 0; i < n; i++) {
+            if (watch[i] && !ring_empty(&watch[i]->out)) {
+                drain_worker(watch[i]);
+                watch[i] = NULL;
+                pending--;
+            }
+        }
+        __builtin_ia32_pause();
+    }
+    for (int i = 0; i < n; i++)
+        if (watch[i] && !ring_sleep_prepare(&watch[i]->out))
+            drain_worker(watch[i]);
+}
+
 /* Before the loop sleeps: wake the workers that got events, once per batch. */
 void sess_ring_doorbells(void)
 {
+    struct session *watch[SPIN_WATCH];
     uint64_t one = 1;
+    int n = 0;
 
     for (struct session *s = S.dirty; s; s = s->next_dirty) {
         s->in_dirty = 0;
         if (s->doorbell_in >= 0 && ring_wants_wakeup(&s->in) &&
             write(s->doorbell_in, &one, sizeof(one)) == -1)
             LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
+        if (n < SPIN_WATCH && s->state == S_LIVE && !s->out_stalled)
+            watch[n++] = s;
     }
     S.dirty = NULL;
+    if (n)
+        spin_for_outputs(watch, n);
 }
 
 /* ---- session lifecycle ---- */

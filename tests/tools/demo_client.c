@@ -138,5 +138,7 @@ int main(int argc, char **argv)
     int match = got == nbytes && s.sent == nbytes && memcmp(data, echo, nbytes) == 0;
     printf("sent=%zu received=%zu match=%s\n", s.sent, got, match ? "yes" : "no");
     fflush(stdout);
+    free(data);
+    free(echo);
     return match ? 0 : 1;
 }
