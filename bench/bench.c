@@ -40,6 +40,7 @@ static void usage(FILE *f)
             "  --build DIR    where bin/ and apps/ are (default %s)\n"
             "  --haproxy BIN  the haproxy binary (default /usr/sbin/haproxy)\n"
             "  --keep-tmp     keep the temp dir (configs, children's logs) instead of removing it\n"
+            "  --busy-poll auto|off  the edge's busy_poll setting (default auto)\n"
             "  --help         this text\n"
             "\n"
             "Paths: direct = client -> echo; haproxy1 = client -> haproxy -> echo;\n"
@@ -118,6 +119,7 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         { "build", required_argument, NULL, 'b' },   { "sizes", required_argument, NULL, 'z' },
         { "paths", required_argument, NULL, 'p' },   { "haproxy", required_argument, NULL, 'x' },
         { "keep-tmp", no_argument, NULL, 'k' },
+        { "busy-poll", required_argument, NULL, 'B' },
         { NULL, 0, NULL, 0 },
     };
     double messages = 0, seconds = 0;
@@ -139,6 +141,13 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         case 's': rc = parse_number("--seconds", optarg, 0.1, 3600, &seconds); break;
         case 'q': quick = 1; break;
         case 'k': o->keep_tmp = 1; break;
+        case 'B':
+            if (strcmp(optarg, "auto") && strcmp(optarg, "off")) {
+                fprintf(stderr, "cessna-bench: --busy-poll takes auto or off\n");
+                return -EINVAL;
+            }
+            o->busy_poll_off = strcmp(optarg, "off") == 0;
+            break;
         case 'b': snprintf(o->build, sizeof(o->build), "%s", optarg); break;
         case 'x': snprintf(o->haproxy, sizeof(o->haproxy), "%s", optarg); break;
         case 'z': rc = parse_sizes(o, optarg); break;

@@ -43,6 +43,7 @@ struct bench_opts {
     int    selected[PATH_COUNT];
     char   tmpdir[PATH_MAX];        /* configs, logs, state; removed at the end */
     int    keep_tmp;                /* unless this is set */
+    int    busy_poll_off;           /* run the edge with busy_poll = off */
 };
 
 /* ---- procs.c: child processes ---- */

@@ -271,8 +271,9 @@ static int start_supervisor(struct bench_stack *s, const struct bench_opts *o, c
              "standby = cold\n"
              "snapshot_interval_ms = 0\n"
              "max_sessions = 64\n"
-             "max_message_bytes = 1048576\n",
-             server, app, state, o->tmpdir, name);
+             "max_message_bytes = 1048576\n"
+             "busy_poll = %s\n",
+             server, app, state, o->tmpdir, name, o->busy_poll_off ? "off" : "auto");
     rc = write_text(ini, text, err, errlen);
     if (rc < 0)
         return rc;

@@ -21,7 +21,7 @@ struct parse_state {
     int failed;
 };
 
-enum key_kind { K_STRING, K_ADDR, K_U64, K_U32, K_STANDBY };
+enum key_kind { K_STRING, K_ADDR, K_U64, K_U32, K_STANDBY, K_BUSY_POLL };
 
 struct key {
     const char *name;
@@ -45,6 +45,7 @@ static const struct key keys[] = {
     { "standby", K_STANDBY, offsetof(struct config, standby), 0, 0, 0, 0 },
     { "max_sessions", K_U32, offsetof(struct config, max_sessions), 0, 1, 65536, 0 },
     { "max_message_bytes", K_U32, offsetof(struct config, max_message_bytes), 0, 1, 64u << 20, 0 },
+    { "busy_poll", K_BUSY_POLL, offsetof(struct config, busy_poll), 0, 0, 0, 0 },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -56,6 +57,7 @@ void config_defaults(struct config *c)
     c->standby = STANDBY_COLD;
     c->max_sessions = 1024;
     c->max_message_bytes = 1u << 20;
+    c->busy_poll = 1;
 }
 
 static int fail(struct parse_state *st, const char *fmt, const char *a, const char *b)
@@ -125,6 +127,11 @@ static int handler(void *user, const char *section, const char *name, const char
                 st->c->standby = STANDBY_HOT;
             else
                 return fail(st, "bad value '%s' for 'standby' (want cold or hot)%s", value, "");
+            return 1;
+        case K_BUSY_POLL:
+            if (strcmp(value, "auto") != 0 && strcmp(value, "off") != 0)
+                return fail(st, "bad value '%s' for 'busy_poll' (want auto or off)%s", value, "");
+            st->c->busy_poll = strcmp(value, "auto") == 0;
             return 1;
         }
     }

@@ -19,6 +19,7 @@ struct config {
     enum standby_mode standby;     /* cold | hot (default cold) */
     uint32_t max_sessions;         /* default 1024 */
     uint32_t max_message_bytes;    /* default 1 MiB, at most 64 MiB */
+    int      busy_poll;            /* 1 = auto (poll briefly when cores are spare), 0 = off */
 };
 
 /* Defaults, then the file. 0, or -EINVAL with "FILE:LINE: reason" (or "FILE: reason") in err. */

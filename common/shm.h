@@ -24,6 +24,8 @@ struct shm_ctl {
     uint32_t max_message;
     uint32_t pad;
     _Atomic uint64_t consumed;  /* position of the last event the worker finished */
+    _Atomic uint32_t spin_ns;   /* how long the worker may poll for input before sleeping */
+    uint32_t pad2;
     char error[256];            /* the worker's reason when it gives up (NUL-terminated) */
 };
 

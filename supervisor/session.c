@@ -194,6 +194,26 @@ static long long mono_ns(void)
     return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
+/* Polling instead of sleeping pays only with a core to spare: workers may poll while
+ * fewer sessions have a worker than there are cores, and not otherwise. */
+#define WORKER_SPIN_NS 50000
+
+static void update_spin_policy(void)
+{
+    uint32_t workers = 0, spin;
+
+    for (uint32_t i = 0; i < S.cfg.max_sessions; i++)
+        if (S.sessions[i].ctl && !S.sessions[i].worker_reaped)
+            workers++;
+    spin = S.cfg.busy_poll && workers < S.ncpu ? WORKER_SPIN_NS : 0;
+    if (spin == S.spin_ns)
+        return;
+    S.spin_ns = spin;
+    for (uint32_t i = 0; i < S.cfg.max_sessions; i++)
+        if (S.sessions[i].ctl)
+            atomic_store(&S.sessions[i].ctl->spin_ns, spin);
+}
+
 static void spin_for_outputs(struct session **watch, int n)
 {
     long long deadline = mono_ns() + SPIN_NS;
@@ -233,7 +253,7 @@ void sess_ring_doorbells(void)
             watch[n++] = s;
     }
     S.dirty = NULL;
-    if (n)
+    if (n && S.spin_ns)
         spin_for_outputs(watch, n);
 }
 
@@ -305,6 +325,7 @@ static int start_worker(struct session *s, char *err, size_t errlen)
     s->ctl->ring_size = S.ring_size;
     s->ctl->session_id = s->id;
     s->ctl->max_message = S.cfg.max_message_bytes;
+    s->ctl->spin_ns = S.spin_ns;
     ring_format(shm_in_ring(s->shm), S.ring_size);
     ring_format(shm_out_ring(s->shm, S.ring_size), S.ring_size);
     ring_attach(&s->in, shm_in_ring(s->shm));
@@ -330,6 +351,7 @@ static int start_worker(struct session *s, char *err, size_t errlen)
     s->pidfd_armed = 1;
     s->inflight += 2;
     ring_sleep_prepare(&s->out);
+    update_spin_policy();
     return 0;
 fail:
     if (memfd >= 0)
@@ -867,6 +889,7 @@ void sess_on_pidfd(struct session *s, int res)
     s->worker_reaped = 1;
     close(s->pidfd);
     s->pidfd = -1;
+    update_spin_policy();
     /* Anything the worker wrote before it died still counts. */
     if (!s->worker_done && s->state != S_DEAD)
         drain_worker(s);

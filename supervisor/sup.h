@@ -119,6 +119,8 @@ struct sup {
     uint32_t nsessions;
     struct session *dirty;      /* sessions whose worker doorbell must ring before sleeping */
     struct sup_stats stats;
+    uint32_t ncpu;              /* online cores */
+    uint32_t spin_ns;           /* what workers may poll now (see update_spin_policy) */
     int stopping;
 };
 
