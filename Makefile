@@ -104,8 +104,10 @@ $(BUILD)/tests/cessna-tests: $(call obj,$(UNIT_SRC) $(IT_SRC) $(THELP_SRC) worke
 		$(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,-lcriterion $(LDLIBS) -lz -lpthread)
 
+# `make test` and `make demo` first install what is missing (Debian, as root), then build.
 TEST_JOBS ?= 2
-test: all
+test: deps
+	$(MAKE) all
 	$(BUILD)/tests/cessna-tests --jobs $(TEST_JOBS) $(TEST_ARGS)
 
 # Same tests, sanitizer build, separate build dir.
@@ -113,7 +115,8 @@ test-sanitize:
 	LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
 	$(MAKE) BUILD=build-san SANITIZE=address,undefined test
 
-demo: all
+demo: deps
+	$(MAKE) all
 	scripts/demo.sh $(BUILD)
 
 deps:

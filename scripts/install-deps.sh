@@ -2,12 +2,16 @@
 # Install what CESSNA-C needs on Debian 12 (run as root). Safe to run again.
 set -euo pipefail
 PKGS="build-essential pkg-config liburing-dev libxxhash-dev libzstd-dev libcriterion-dev
-      zlib1g-dev libinih-dev haproxy redis-server redis-tools python3"
+      zlib1g-dev libinih-dev haproxy redis-server redis-tools"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "install-deps: missing Debian packages:$missing; run as root to install them" >&2
+        exit 1
+    fi
     echo "installing:$missing"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
