@@ -75,9 +75,9 @@ $(BUILD)/bin/cessna-worker: $(call obj,$(WORKER_SRC)) $(BUILD)/libcommon.a
 	$(call link,-rdynamic $(LDLIBS) -ldl)
 $(BUILD)/bin/cessna-ctl: $(call obj,supervisor/cessna_ctl.c) $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS))
-$(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c) $(BUILD)/lib/libcessna-endpoint.a
+$(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c endpoint/relay.c) $(BUILD)/lib/libcessna-endpoint.a
 	$(call link,)
-$(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c) $(BUILD)/lib/libcessna-endpoint.a
+$(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c endpoint/relay.c) $(BUILD)/lib/libcessna-endpoint.a
 	$(call link,)
 $(BUILD)/bin/cessna-bench: $(call obj,$(wildcard bench/*.c)) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS) -lpthread -lm)
