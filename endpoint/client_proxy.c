@@ -134,76 +134,20 @@ static void serve(int pfd)
     relay_free(&r);
 }
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: cessna-client-proxy --listen HOST:PORT --edge HOST:PORT[,HOST:PORT...]\n"
-            "                           [--max-message-bytes N]\n"
-            "Lets unmodified TCP clients use CESSNA: each connection to --listen opens a\n"
-            "session at the first edge that answers; every chunk read from the client is one\n"
-            "message, every message from the edge is written back. Prints 'ready listen=ADDR'.\n"
-            "  --max-message-bytes N   largest message (default 1048576)\n");
-}
+static const char usage[] =
+    "usage: cessna-client-proxy --listen HOST:PORT --edge HOST:PORT[,HOST:PORT...]\n"
+    "                           [--max-message-bytes N]\n"
+    "Lets unmodified TCP clients use CESSNA: each connection to --listen opens a\n"
+    "session at the first edge that answers; every chunk read from the client is one\n"
+    "message, every message from the edge is written back. Prints 'ready listen=ADDR'.\n"
+    "  --max-message-bytes N   largest message (default 1048576)\n";
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "listen", required_argument, NULL, 'l' },
-        { "edge", required_argument, NULL, 'e' },
-        { "max-message-bytes", required_argument, NULL, 'm' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+    static const struct proxy_spec spec = {
+        .name = "cessna-client-proxy", .peer_opt = "edge", .usage = usage, .serve = serve,
+        .peer = &opt_edges, .max_msg = &opt_max_msg,
     };
-    struct sigaction sa = { .sa_handler = SIG_DFL, .sa_flags = SA_NOCLDWAIT };
-    const char *listen_addr = NULL;
-    char err[256], *end;
-    int c, lfd;
 
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'l':
-            listen_addr = optarg;
-            break;
-        case 'e':
-            opt_edges = optarg;
-            break;
-        case 'm': {
-            errno = 0;
-            unsigned long long v = strtoull(optarg, &end, 10);
-            if (errno || *end || v == 0 || v > MAX_MESSAGE_MAX) {
-                fprintf(stderr, "cessna-client-proxy: bad --max-message-bytes '%s' (1..%u)\n",
-                        optarg, MAX_MESSAGE_MAX);
-                return 2;
-            }
-            opt_max_msg = (size_t)v;
-            break;
-        }
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (!listen_addr || !opt_edges || optind != argc) {
-        usage(stderr);
-        return 2;
-    }
-    log_init("cessna-client-proxy");
-    signal(SIGPIPE, SIG_IGN);
-    sigaction(SIGCHLD, &sa, NULL);
-    lfd = addr_listen(listen_addr, err, sizeof(err));
-    if (lfd < 0) {
-        LOG(LOG_ERROR, "msg=\"cannot listen\" err=\"%s\"", err);
-        return 1;
-    }
-    if (proxy_print_ready(lfd) < 0) {
-        LOG(LOG_ERROR, "msg=\"getsockname failed\" err=\"%s\"", strerror(errno));
-        return 1;
-    }
-    LOG(LOG_INFO, "msg=\"listening\" listen=%s edges=%s max_message_bytes=%zu", listen_addr,
-        opt_edges, opt_max_msg);
-    proxy_accept_loop(lfd, serve);
-    return 0;
+    return proxy_main(argc, argv, &spec);
 }

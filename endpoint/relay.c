@@ -1,6 +1,7 @@
 /* relay.c - see relay.h. */
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -444,4 +445,69 @@ void proxy_accept_loop(int lfd, void (*serve)(int fd))
             LOG(LOG_ERROR, "msg=\"fork failed\" err=\"%s\"", strerror(errno));
         close(fd);
     }
+}
+
+/* ---- the command line, the same for both proxies ---- */
+
+int proxy_main(int argc, char **argv, const struct proxy_spec *spec)
+{
+    const struct option opts[] = {
+        { "listen", required_argument, NULL, 'l' },
+        { spec->peer_opt, required_argument, NULL, 'p' },
+        { "max-message-bytes", required_argument, NULL, 'm' },
+        { "help", no_argument, NULL, 'h' },
+        { 0 },
+    };
+    struct sigaction sa = { .sa_handler = SIG_DFL, .sa_flags = SA_NOCLDWAIT };
+    const char *listen_addr = NULL;
+    char err[256], *end;
+    int c, lfd;
+
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'l':
+            listen_addr = optarg;
+            break;
+        case 'p':
+            *spec->peer = optarg;
+            break;
+        case 'm': {
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno || *end || v == 0 || v > MAX_MESSAGE_MAX) {
+                fprintf(stderr, "%s: bad --max-message-bytes '%s' (1..%u)\n", spec->name,
+                        optarg, MAX_MESSAGE_MAX);
+                return 2;
+            }
+            *spec->max_msg = (size_t)v;
+            break;
+        }
+        case 'h':
+            fputs(spec->usage, stdout);
+            return 0;
+        default:
+            fputs(spec->usage, stderr);
+            return 2;
+        }
+    }
+    if (!listen_addr || !*spec->peer || optind != argc) {
+        fputs(spec->usage, stderr);
+        return 2;
+    }
+    log_init(spec->name);
+    signal(SIGPIPE, SIG_IGN);
+    sigaction(SIGCHLD, &sa, NULL);
+    lfd = addr_listen(listen_addr, err, sizeof(err));
+    if (lfd < 0) {
+        LOG(LOG_ERROR, "msg=\"cannot listen\" err=\"%s\"", err);
+        return 1;
+    }
+    if (proxy_print_ready(lfd) < 0) {
+        LOG(LOG_ERROR, "msg=\"getsockname failed\" err=\"%s\"", strerror(errno));
+        return 1;
+    }
+    LOG(LOG_INFO, "msg=\"listening\" listen=%s %s=%s max_message_bytes=%zu", listen_addr,
+        spec->peer_opt, *spec->peer, *spec->max_msg);
+    proxy_accept_loop(lfd, spec->serve);
+    return 0;
 }

@@ -67,4 +67,16 @@ int  proxy_print_ready(int lfd);
 /* Accept for ever; each connection gets a child process running serve(fd). */
 void proxy_accept_loop(int lfd, void (*serve)(int fd));
 
+/* What differs between the two proxies' command lines. */
+struct proxy_spec {
+    const char *name;         /* "cessna-client-proxy" */
+    const char *peer_opt;     /* "edge" or "target" */
+    const char *usage;        /* the --help text */
+    void (*serve)(int fd);    /* runs in the child for each accepted connection */
+    const char **peer;        /* where the peer option's value goes */
+    size_t *max_msg;          /* where --max-message-bytes goes (holds the default) */
+};
+/* Parse the command line, listen, print the ready line, serve for ever. Exit status. */
+int  proxy_main(int argc, char **argv, const struct proxy_spec *spec);
+
 #endif
