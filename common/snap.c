@@ -1,0 +1,995 @@
+/* snap.c - see snap.h. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+#include <zstd.h>
+
+#include "snap.h"
+
+#define WBUF_CAP (256u * 1024u)
+/* Store a page compressed only when that saves at least this much of it. */
+#define ZSTD_MAX_STORED (SNAP_PAGE - SNAP_PAGE / 8)
+
+static const uint8_t hdr_magic[8] = { 'C', 'S', 'N', 'A', 'P', 0, 0, 1 };
+static const uint8_t trl_magic[8] = { 'C', 'S', 'N', 'A', 'P', 'E', 'N', 'D' };
+
+static int snap_level = 1;
+
+void snap_set_compression(int level)
+{
+    snap_level = level;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    uint32_t v = 0;
+
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err || !errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Append to a "; "-separated list of non-fatal problems. */
+static void add_err(char *err, size_t errlen, const char *msg)
+{
+    size_t n;
+
+    if (!err || !errlen)
+        return;
+    n = strnlen(err, errlen);
+    if (n + 1 >= errlen)
+        return;
+    snprintf(err + n, errlen - n, "%s%s", n ? "; " : "", msg);
+}
+
+static uint64_t region_pages(const struct snap_region *r)
+{
+    return r->len / SNAP_PAGE;
+}
+
+static uint64_t total_pages(const struct snap_meta *m)
+{
+    uint64_t t = 0;
+
+    for (uint32_t r = 0; r < m->nregions; r++)
+        t += region_pages(&m->regions[r]);   /* each < 2^52: no overflow */
+    return t;
+}
+
+/* Consistency of metadata, shared by writer (-EINVAL) and reader (-EBADMSG). */
+static int check_meta(const struct snap_meta *m, char *why, size_t whylen)
+{
+    if (m->kind != SNAP_FULL && m->kind != SNAP_DELTA) {
+        set_err(why, whylen, "kind %u is neither full nor delta", m->kind);
+        return -1;
+    }
+    if (m->kind == SNAP_FULL && m->base_position != 0) {
+        set_err(why, whylen, "full snapshot with base position %llu (want 0)",
+                (unsigned long long)m->base_position);
+        return -1;
+    }
+    if (m->kind == SNAP_DELTA && m->base_position >= m->position) {
+        set_err(why, whylen, "delta at position %llu on base %llu: the base must be older",
+                (unsigned long long)m->position, (unsigned long long)m->base_position);
+        return -1;
+    }
+    if (m->nregions > SNAP_MAX_REGIONS) {
+        set_err(why, whylen, "%u regions (at most %d)", m->nregions, SNAP_MAX_REGIONS);
+        return -1;
+    }
+    for (uint32_t r = 0; r < m->nregions; r++) {
+        const struct snap_region *a = &m->regions[r];
+
+        if (a->addr % SNAP_PAGE || a->len % SNAP_PAGE || a->len > UINT64_MAX - a->addr) {
+            set_err(why, whylen, "region %u [%#llx, +%#llx) is not page-aligned or wraps", r,
+                    (unsigned long long)a->addr, (unsigned long long)a->len);
+            return -1;
+        }
+        for (uint32_t s = 0; s < r; s++) {
+            const struct snap_region *b = &m->regions[s];
+
+            if (a->len && b->len && a->addr < b->addr + b->len && b->addr < a->addr + a->len) {
+                set_err(why, whylen, "regions %u and %u overlap", s, r);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static void hdr_encode(uint8_t *h, const struct snap_meta *m, uint32_t flags, uint64_t nrecords)
+{
+    memset(h, 0, SNAP_HDR_LEN);
+    memcpy(h, hdr_magic, 8);
+    put32(h + 8, SNAP_VERSION);
+    put32(h + 12, SNAP_HDR_LEN);
+    put32(h + 16, SNAP_PAGE);
+    put32(h + 20, m->kind);
+    put32(h + 24, flags);
+    put32(h + 28, m->nregions);
+    put64(h + 32, m->session_id);
+    put64(h + 40, m->position);
+    put64(h + 48, m->base_position);
+    put64(h + 56, m->seq[0]);
+    put64(h + 64, m->seq[1]);
+    put64(h + 72, m->out_no[0]);
+    put64(h + 80, m->out_no[1]);
+    memcpy(h + 88, m->fingerprint, 32);
+    put64(h + 120, nrecords);
+    for (uint32_t r = 0; r < m->nregions; r++) {
+        put64(h + 128 + 16 * r, m->regions[r].addr);
+        put64(h + 136 + 16 * r, m->regions[r].len);
+    }
+    put64(h + 256, XXH3_64bits(h, 256));
+}
+
+/* Decode and check a header; have = bytes available (the file size). */
+static int hdr_decode(const uint8_t *h, uint64_t have, struct snap_meta *m, uint64_t *nrecords,
+                      char *why, size_t whylen)
+{
+    char sub[160];
+    uint32_t flags;
+
+    if (have < SNAP_HDR_LEN + SNAP_TRAILER_LEN) {
+        set_err(why, whylen, "truncated: %llu bytes, less than a header and a trailer",
+                (unsigned long long)have);
+        return -EBADMSG;
+    }
+    if (memcmp(h, hdr_magic, 8)) {
+        set_err(why, whylen, "bad magic: not a snapshot file");
+        return -EBADMSG;
+    }
+    if (get64(h + 256) != XXH3_64bits(h, 256)) {
+        set_err(why, whylen, "header checksum mismatch: header corrupt");
+        return -EBADMSG;
+    }
+    if (get32(h + 8) != SNAP_VERSION) {
+        set_err(why, whylen, "unsupported version %u (this build reads %u)", get32(h + 8),
+                SNAP_VERSION);
+        return -EBADMSG;
+    }
+    if (get32(h + 12) != SNAP_HDR_LEN || get32(h + 16) != SNAP_PAGE) {
+        set_err(why, whylen, "header length %u / page size %u (want %u / %u)", get32(h + 12),
+                get32(h + 16), SNAP_HDR_LEN, SNAP_PAGE);
+        return -EBADMSG;
+    }
+    flags = get32(h + 24);
+    if (flags & ~SNAP_HF_ZSTD) {
+        set_err(why, whylen, "unknown header flags %#x", flags);
+        return -EBADMSG;
+    }
+    memset(m, 0, sizeof(*m));
+    m->kind = get32(h + 20);
+    m->nregions = get32(h + 28);
+    m->session_id = get64(h + 32);
+    m->position = get64(h + 40);
+    m->base_position = get64(h + 48);
+    m->seq[0] = get64(h + 56);
+    m->seq[1] = get64(h + 64);
+    m->out_no[0] = get64(h + 72);
+    m->out_no[1] = get64(h + 80);
+    memcpy(m->fingerprint, h + 88, 32);
+    *nrecords = get64(h + 120);
+    for (uint32_t r = 0; r < SNAP_MAX_REGIONS; r++) {
+        uint64_t addr = get64(h + 128 + 16 * r), len = get64(h + 136 + 16 * r);
+
+        if (r < m->nregions && r < SNAP_MAX_REGIONS) {
+            m->regions[r].addr = addr;
+            m->regions[r].len = len;
+        } else if (addr || len) {
+            set_err(why, whylen, "unused region slot %u is not zero", r);
+            return -EBADMSG;
+        }
+    }
+    if (check_meta(m, sub, sizeof(sub))) {
+        set_err(why, whylen, "bad header: %s", sub);
+        return -EBADMSG;
+    }
+    if (*nrecords > total_pages(m) ||
+        (m->kind == SNAP_FULL && *nrecords != total_pages(m))) {
+        set_err(why, whylen, "%llu page records for %llu pages in a %s snapshot",
+                (unsigned long long)*nrecords, (unsigned long long)total_pages(m),
+                m->kind == SNAP_FULL ? "full" : "delta");
+        return -EBADMSG;
+    }
+    return 0;
+}
+
+/* ---- writer ---- */
+
+/* A buffered writer that hashes what goes through it (Redis's rio, in small). */
+struct wbuf {
+    int fd;
+    uint8_t *buf;
+    size_t used;
+    uint64_t bytes;
+    XXH3_state_t *xs;
+};
+
+static int wbuf_flush(struct wbuf *w)
+{
+    size_t off = 0;
+
+    while (off < w->used) {
+        ssize_t n = write(w->fd, w->buf + off, w->used - off);
+
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        off += (size_t)n;
+    }
+    w->used = 0;
+    return 0;
+}
+
+/* Buffer without hashing (the trailer). */
+static int wbuf_raw(struct wbuf *w, const void *p, size_t len)
+{
+    const uint8_t *s = p;
+
+    w->bytes += len;
+    while (len) {
+        size_t k = WBUF_CAP - w->used;
+        int rc;
+
+        if (k > len)
+            k = len;
+        memcpy(w->buf + w->used, s, k);
+        w->used += k;
+        s += k;
+        len -= k;
+        if (w->used == WBUF_CAP && (rc = wbuf_flush(w)))
+            return rc;
+    }
+    return 0;
+}
+
+static int wbuf_put(struct wbuf *w, const void *p, size_t len)
+{
+    XXH3_64bits_update(w->xs, p, len);
+    return wbuf_raw(w, p, len);
+}
+
+static int page_is_zero(const uint8_t *p)
+{
+    return p[0] == 0 && !memcmp(p, p + 1, SNAP_PAGE - 1);
+}
+
+static int must_write(const struct snap_meta *m, const struct snap_hashes *hs, uint32_t r,
+                      uint64_t i, uint64_t h)
+{
+    uint64_t old;
+
+    if (m->kind == SNAP_FULL || !hs || !hs->page[r] || i >= hs->npages[r])
+        return 1;
+    old = hs->page[r][i];
+    return old == 0 || old != h;
+}
+
+int snap_write(const char *dir, const struct snap_meta *m, struct snap_hashes *hashes,
+               struct snap_stats *stats, char *err, size_t errlen)
+{
+    char why[160], name[64], tmp[96];
+    uint8_t hdr[SNAP_HDR_LEN], trl[SNAP_TRAILER_LEN], rec[SNAP_REC_HDR_LEN];
+    uint64_t first[SNAP_MAX_REGIONS] = { 0 }, total, nrec = 0, *newh = NULL;
+    struct wbuf w = { .fd = -1 };
+    ZSTD_CCtx *cctx = NULL;
+    uint8_t *zbuf = NULL;
+    size_t zcap = ZSTD_compressBound(SNAP_PAGE);
+    int level = snap_level, dfd = -1, created = 0, rc;
+    const char *step, *file = NULL;   /* what failed, and in which file of dir */
+
+    set_err(err, errlen, "%s", "");
+    if (check_meta(m, why, sizeof(why))) {
+        set_err(err, errlen, "meta: %s", why);
+        return -EINVAL;
+    }
+
+    /* The new hash of every page: which pages go in, and the table once durable. */
+    total = total_pages(m);
+    if (total > SIZE_MAX / sizeof(uint64_t)) {
+        set_err(err, errlen, "meta: %llu pages", (unsigned long long)total);
+        return -EINVAL;
+    }
+    newh = malloc(total ? total * sizeof(uint64_t) : 1);
+    if (!newh) {
+        rc = -ENOMEM;
+        step = "malloc";
+        goto fail;
+    }
+    for (uint64_t r = 0, at = 0; r < m->nregions; r++) {
+        const uint8_t *base = (const uint8_t *)(uintptr_t)m->regions[r].addr;
+        uint64_t np = region_pages(&m->regions[r]);
+
+        first[r] = at;
+        for (uint64_t i = 0; i < np; i++, at++) {
+            newh[at] = XXH3_64bits(base + i * SNAP_PAGE, SNAP_PAGE);
+            nrec += must_write(m, hashes, (uint32_t)r, i, newh[at]);
+        }
+    }
+
+    snap_name(name, sizeof(name), m->position, m->kind);
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%d", name, (int)getpid());
+    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd == -1) {
+        rc = -errno;
+        step = "open dir";
+        goto fail;
+    }
+    file = tmp;
+    w.fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (w.fd == -1) {
+        rc = -errno;
+        step = "open";
+        goto fail;
+    }
+    created = 1;
+    w.buf = malloc(WBUF_CAP);
+    w.xs = XXH3_createState();
+    if (level)
+        cctx = ZSTD_createCCtx(), zbuf = malloc(zcap);
+    if (!w.buf || !w.xs || (level && (!cctx || !zbuf))) {
+        rc = -ENOMEM;
+        step = "malloc";
+        goto fail;
+    }
+    XXH3_64bits_reset(w.xs);
+
+    step = "write";
+    hdr_encode(hdr, m, level ? SNAP_HF_ZSTD : 0, nrec);
+    if ((rc = wbuf_put(&w, hdr, sizeof(hdr))))
+        goto fail;
+    for (uint32_t r = 0; r < m->nregions; r++) {
+        const uint8_t *base = (const uint8_t *)(uintptr_t)m->regions[r].addr;
+        uint64_t np = region_pages(&m->regions[r]);
+
+        for (uint64_t i = 0; i < np; i++) {
+            const uint8_t *page = base + i * SNAP_PAGE, *data = page;
+            uint32_t flags = SNAP_REC_RAW, len = SNAP_PAGE;
+
+            if (!must_write(m, hashes, r, i, newh[first[r] + i]))
+                continue;
+            if (page_is_zero(page)) {
+                flags = SNAP_REC_ZERO;
+                len = 0;
+            } else if (cctx) {
+                size_t cs = ZSTD_compressCCtx(cctx, zbuf, zcap, page, SNAP_PAGE, level);
+
+                if (!ZSTD_isError(cs) && cs > 0 && cs <= ZSTD_MAX_STORED) {
+                    flags = SNAP_REC_ZSTD;
+                    len = (uint32_t)cs;
+                    data = zbuf;
+                }
+            }
+            put32(rec, r);
+            put32(rec + 4, flags);
+            put64(rec + 8, i);
+            put32(rec + 16, len);
+            if ((rc = wbuf_put(&w, rec, sizeof(rec))) || (rc = wbuf_put(&w, data, len)))
+                goto fail;
+        }
+    }
+    memcpy(trl, trl_magic, 8);
+    put64(trl + 8, nrec);
+    put64(trl + 16, w.bytes + SNAP_TRAILER_LEN);
+    put64(trl + 24, XXH3_64bits_digest(w.xs));
+    if ((rc = wbuf_raw(&w, trl, sizeof(trl))) || (rc = wbuf_flush(&w)))
+        goto fail;
+
+    if (fsync(w.fd) == -1) {
+        rc = -errno;
+        step = "fsync";
+        goto fail;
+    }
+    rc = close(w.fd);
+    w.fd = -1;
+    if (rc == -1) {
+        rc = -errno;
+        step = "close";
+        goto fail;
+    }
+    if (renameat(dfd, tmp, dfd, name) == -1) {
+        rc = -errno;
+        step = "rename";
+        goto fail;
+    }
+    created = 0;
+    file = name;
+    if (fsync(dfd) == -1) {
+        /* Not known durable: take it away so no chain is built on it. */
+        rc = -errno;
+        step = "fsync dir";
+        unlinkat(dfd, name, 0);
+        goto fail;
+    }
+
+    /* Durable: now the hash tables may move on. */
+    if (hashes) {
+        for (uint32_t r = 0; r < SNAP_MAX_REGIONS; r++) {
+            uint64_t np = r < m->nregions ? region_pages(&m->regions[r]) : 0;
+            uint64_t keep = np < hashes->npages[r] ? np : hashes->npages[r];
+
+            if (!hashes->page[r])
+                continue;
+            memcpy(hashes->page[r], newh + first[r], keep * sizeof(uint64_t));
+            memset(hashes->page[r] + keep, 0, (hashes->npages[r] - keep) * sizeof(uint64_t));
+        }
+    }
+    if (stats) {
+        stats->bytes = w.bytes;
+        stats->pages_written = nrec;
+        stats->pages_total = total;
+    }
+    rc = 0;
+    goto out;
+
+fail:
+    set_err(err, errlen, "%s %s%s%s: %s", step, dir, file ? "/" : "", file ? file : "",
+            strerror(-rc));
+out:
+    if (w.fd != -1)
+        close(w.fd);
+    if (created)
+        unlinkat(dfd, tmp, 0);
+    if (dfd != -1)
+        close(dfd);
+    ZSTD_freeCCtx(cctx);
+    XXH3_freeState(w.xs);
+    free(zbuf);
+    free(w.buf);
+    free(newh);
+    return rc;
+}
+
+/* ---- reader ---- */
+
+/* What a caller of read_snap() requires beyond a valid file. */
+struct expect {
+    uint32_t kind;                  /* 0: any */
+    uint64_t position;              /* checked when kind != 0 */
+    const struct snap_meta *prev;   /* non-NULL: must be the next link after prev */
+};
+
+/* May m follow prev in a chain? */
+static int link_ok(const struct snap_meta *prev, const struct snap_meta *m, char *why,
+                   size_t whylen)
+{
+    if (m->kind != SNAP_DELTA || m->base_position != prev->position) {
+        set_err(why, whylen, "broken chain: %s at %llu has base %llu, previous is %llu",
+                m->kind == SNAP_DELTA ? "delta" : "full", (unsigned long long)m->position,
+                (unsigned long long)m->base_position, (unsigned long long)prev->position);
+        return -1;
+    }
+    if (m->session_id != prev->session_id ||
+        memcmp(m->fingerprint, prev->fingerprint, sizeof(m->fingerprint))) {
+        set_err(why, whylen, "broken chain: session or layout fingerprint differs from base %llu",
+                (unsigned long long)prev->position);
+        return -1;
+    }
+    for (uint32_t r = 0; r < m->nregions && r < prev->nregions; r++) {
+        if (m->regions[r].addr != prev->regions[r].addr) {
+            set_err(why, whylen, "broken chain: region %u moved from %#llx to %#llx", r,
+                    (unsigned long long)prev->regions[r].addr,
+                    (unsigned long long)m->regions[r].addr);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int read_full(int fd, uint8_t *buf, size_t len, off_t at)
+{
+    size_t got = 0;
+
+    while (got < len) {
+        ssize_t n = pread(fd, buf + got, len - got, at + (off_t)got);
+
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EBADMSG;    /* the file shrank under us */
+        got += (size_t)n;
+    }
+    return 0;
+}
+
+/* Walk the records of a fully read file: structure (pass 0), zstd test-decode (pass 1,
+ * after the checksum), or apply to memory (pass 2). */
+static int walk_records(const uint8_t *buf, size_t end, const struct snap_meta *m,
+                        uint64_t nrec, int pass, ZSTD_DCtx **dctx, char *why, size_t whylen)
+{
+    uint8_t scratch[SNAP_PAGE];
+    size_t off = SNAP_HDR_LEN;
+    uint64_t prev_r = 0, prev_i = 0;
+
+    for (uint64_t k = 0; k < nrec; k++) {
+        const uint8_t *p = buf + off, *data;
+        uint32_t r, flags, len;
+        uint64_t i;
+        uint8_t *dst;
+
+        if (end - off < SNAP_REC_HDR_LEN) {
+            set_err(why, whylen, "truncated: record %llu of %llu starts at %zu, data ends at %zu",
+                    (unsigned long long)k, (unsigned long long)nrec, off, end);
+            return -EBADMSG;
+        }
+        r = get32(p);
+        flags = get32(p + 4);
+        i = get64(p + 8);
+        len = get32(p + 16);
+        data = p + SNAP_REC_HDR_LEN;
+        if (pass == 0) {
+            if (r >= m->nregions || i >= region_pages(&m->regions[r])) {
+                set_err(why, whylen, "record %llu: page %llu of region %u is outside the regions",
+                        (unsigned long long)k, (unsigned long long)i, r);
+                return -EBADMSG;
+            }
+            if (k > 0 && (r < prev_r || (r == prev_r && i <= prev_i))) {
+                set_err(why, whylen, "record %llu: page %u/%llu out of order",
+                        (unsigned long long)k, r, (unsigned long long)i);
+                return -EBADMSG;
+            }
+            if (!((flags == SNAP_REC_RAW && len == SNAP_PAGE) ||
+                  (flags == SNAP_REC_ZSTD && len > 0 && len < SNAP_PAGE) ||
+                  (flags == SNAP_REC_ZERO && len == 0))) {
+                set_err(why, whylen, "record %llu: flags %u with stored length %u",
+                        (unsigned long long)k, flags, len);
+                return -EBADMSG;
+            }
+            if (end - off - SNAP_REC_HDR_LEN < len) {
+                set_err(why, whylen, "truncated: record %llu of %llu (%u bytes at %zu) runs past "
+                        "the data, which ends at %zu", (unsigned long long)k,
+                        (unsigned long long)nrec, len, off + SNAP_REC_HDR_LEN, end);
+                return -EBADMSG;
+            }
+            prev_r = r;
+            prev_i = i;
+        } else if (pass == 1) {
+            if (flags == SNAP_REC_ZSTD) {
+                size_t n;
+
+                if (!*dctx && !(*dctx = ZSTD_createDCtx())) {
+                    set_err(why, whylen, "zstd: out of memory");
+                    return -ENOMEM;
+                }
+                n = ZSTD_decompressDCtx(*dctx, scratch, sizeof(scratch), data, len);
+                if (ZSTD_isError(n) || n != SNAP_PAGE) {
+                    set_err(why, whylen, "record %llu: compressed page does not decode to %d bytes",
+                            (unsigned long long)k, SNAP_PAGE);
+                    return -EBADMSG;
+                }
+            }
+        } else {
+            dst = (uint8_t *)(uintptr_t)(m->regions[r].addr + i * SNAP_PAGE);
+            if (flags == SNAP_REC_RAW)
+                memcpy(dst, data, SNAP_PAGE);
+            else if (flags == SNAP_REC_ZERO)
+                memset(dst, 0, SNAP_PAGE);
+            else if (ZSTD_isError(ZSTD_decompressDCtx(*dctx, dst, SNAP_PAGE, data, len)))
+                return -EIO;    /* decoded fine in pass 1: cannot happen */
+        }
+        off += SNAP_REC_HDR_LEN + len;
+    }
+    if (pass == 0 && off != end) {
+        set_err(why, whylen, "%zu bytes after the last of %llu records: trailing garbage",
+                end - off, (unsigned long long)nrec);
+        return -EBADMSG;
+    }
+    return 0;
+}
+
+static int read_snap(const char *path, const uint8_t *expect_fp, int apply,
+                     const struct expect *ex, struct snap_meta *out, char *err, size_t errlen)
+{
+    char why[256];
+    uint8_t hdr[SNAP_HDR_LEN], *buf = NULL;
+    const uint8_t *trl;
+    struct snap_meta m;
+    struct stat st;
+    uint64_t nrec, maxlen, size;
+    size_t end;
+    ZSTD_DCtx *dctx = NULL;
+    int fd, rc;
+
+    set_err(err, errlen, "%s", "");
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        rc = -errno;
+        set_err(err, errlen, "open %s: %s", path, strerror(-rc));
+        return rc;
+    }
+    if (fstat(fd, &st) == -1) {
+        rc = -errno;
+        set_err(err, errlen, "fstat %s: %s", path, strerror(-rc));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = -EINVAL;
+        set_err(err, errlen, "%s: not a regular file", path);
+        goto out;
+    }
+    size = (uint64_t)st.st_size;
+
+    /* The header alone first: it bounds the size and carries the fingerprint. */
+    rc = read_full(fd, hdr, size < sizeof(hdr) ? (size_t)size : sizeof(hdr), 0);
+    if (rc == 0)
+        rc = hdr_decode(hdr, size, &m, &nrec, why, sizeof(why));
+    else if (rc == -EBADMSG)
+        set_err(why, sizeof(why), "truncated while reading");
+    else
+        snprintf(why, sizeof(why), "read: %s", strerror(-rc));
+    if (rc)
+        goto bad;
+    if (ex && ex->kind && (m.kind != ex->kind || m.position != ex->position)) {
+        set_err(why, sizeof(why), "holds a %s at position %llu, the name says a %s at %llu",
+                m.kind == SNAP_FULL ? "full" : "delta", (unsigned long long)m.position,
+                ex->kind == SNAP_FULL ? "full" : "delta", (unsigned long long)ex->position);
+        rc = -EBADMSG;
+        goto bad;
+    }
+    if (ex && ex->prev && link_ok(ex->prev, &m, why, sizeof(why))) {
+        rc = -EBADMSG;
+        goto bad;
+    }
+    if (expect_fp && memcmp(expect_fp, m.fingerprint, sizeof(m.fingerprint))) {
+        rc = -EXDEV;
+        set_err(err, errlen, "%s: layout fingerprint differs: snapshot from another build or "
+                "layout", path);
+        goto out;
+    }
+    /* The largest file nrec records make; on overflow there is no bound to check. */
+    if (!__builtin_mul_overflow(nrec, (uint64_t)(SNAP_REC_HDR_LEN + SNAP_PAGE), &maxlen) &&
+        !__builtin_add_overflow(maxlen, (uint64_t)(SNAP_HDR_LEN + SNAP_TRAILER_LEN), &maxlen) &&
+        size > maxlen) {
+        set_err(why, sizeof(why), "%llu bytes, more than its %llu records can fill (%llu): "
+                "trailing garbage", (unsigned long long)size, (unsigned long long)nrec,
+                (unsigned long long)maxlen);
+        rc = -EBADMSG;
+        goto bad;
+    }
+
+    buf = malloc((size_t)size);
+    if (!buf) {
+        rc = -ENOMEM;
+        set_err(err, errlen, "%s: cannot allocate %llu bytes", path, (unsigned long long)size);
+        goto out;
+    }
+    rc = read_full(fd, buf, (size_t)size, 0);
+    if (rc == -EBADMSG)
+        set_err(why, sizeof(why), "truncated while reading");
+    else if (rc)
+        snprintf(why, sizeof(why), "read: %s", strerror(-rc));
+    else if (memcmp(buf, hdr, sizeof(hdr))) {
+        set_err(why, sizeof(why), "header changed while reading");
+        rc = -EBADMSG;
+    }
+    if (rc)
+        goto bad;
+
+    end = (size_t)size - SNAP_TRAILER_LEN;
+    if ((rc = walk_records(buf, end, &m, nrec, 0, &dctx, why, sizeof(why))))
+        goto bad;
+    trl = buf + end;
+    rc = -EBADMSG;
+    if (memcmp(trl, trl_magic, 8)) {
+        set_err(why, sizeof(why), "bad trailer magic");
+        goto bad;
+    }
+    if (get64(trl + 8) != nrec) {
+        set_err(why, sizeof(why), "trailer counts %llu records, the header %llu",
+                (unsigned long long)get64(trl + 8), (unsigned long long)nrec);
+        goto bad;
+    }
+    if (get64(trl + 16) != size) {
+        set_err(why, sizeof(why), "trailer says %llu bytes, the file has %llu",
+                (unsigned long long)get64(trl + 16), (unsigned long long)size);
+        goto bad;
+    }
+    if (get64(trl + 24) != XXH3_64bits(buf, end)) {
+        set_err(why, sizeof(why), "checksum mismatch: file corrupt");
+        goto bad;
+    }
+    if ((rc = walk_records(buf, end, &m, nrec, 1, &dctx, why, sizeof(why))))
+        goto bad;
+
+    /* Verified: only now may memory change. */
+    if (apply && (rc = walk_records(buf, end, &m, nrec, 2, &dctx, why, sizeof(why)))) {
+        set_err(err, errlen, "%s: applying a verified file failed", path);
+        goto out;
+    }
+    *out = m;
+    rc = 0;
+    goto out;
+
+bad:
+    set_err(err, errlen, "%s: %s", path, why);
+out:
+    ZSTD_freeDCtx(dctx);
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+int snap_read(const char *path, const uint8_t *expect_fingerprint, int apply,
+              struct snap_meta *m, char *err, size_t errlen)
+{
+    return read_snap(path, expect_fingerprint, apply, NULL, m, err, errlen);
+}
+
+/* ---- directories and chains ---- */
+
+void snap_name(char *buf, size_t len, uint64_t position, uint32_t kind)
+{
+    snprintf(buf, len, "snap-%020llu.%s", (unsigned long long)position,
+             kind == SNAP_FULL ? "full" : "delta");
+}
+
+/* Parse "snap-<20 digits>.full|.delta" with an optional ".tmp.<digits>". */
+static int parse_name(const char *s, uint64_t *pos, uint32_t *kind, int *tmp)
+{
+    uint64_t v = 0;
+
+    if (strncmp(s, "snap-", 5))
+        return -1;
+    s += 5;
+    for (int i = 0; i < 20; i++, s++) {
+        unsigned d = (unsigned)(*s - '0');
+
+        if (d > 9 || v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    if (!strncmp(s, ".full", 5))
+        *kind = SNAP_FULL, s += 5;
+    else if (!strncmp(s, ".delta", 6))
+        *kind = SNAP_DELTA, s += 6;
+    else
+        return -1;
+    *pos = v;
+    *tmp = 0;
+    if (!*s)
+        return 0;
+    if (strncmp(s, ".tmp.", 5) || !s[5])
+        return -1;
+    for (s += 5; *s; s++)
+        if (*s < '0' || *s > '9')
+            return -1;
+    *tmp = 1;
+    return 0;
+}
+
+struct ent {
+    uint64_t pos;
+    uint32_t kind;
+    int state;              /* 0 not yet verified, 1 good, -1 bad */
+    struct snap_meta m;
+};
+
+static int ent_cmp(const void *a, const void *b)
+{
+    const struct ent *x = a, *y = b;
+
+    if (x->pos != y->pos)
+        return x->pos < y->pos ? -1 : 1;
+    return x->kind < y->kind ? -1 : x->kind > y->kind;
+}
+
+static int ent_verify(const char *dir, struct ent *e, char *err, size_t errlen)
+{
+    char path[PATH_MAX], name[64], why[PATH_MAX + 256];
+    struct expect ex = { .kind = e->kind, .position = e->pos };
+
+    if (e->state)
+        return e->state;
+    snap_name(name, sizeof(name), e->pos, e->kind);
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    why[0] = 0;
+    if (read_snap(path, NULL, 0, &ex, &e->m, why, sizeof(why))) {
+        e->state = -1;
+        add_err(err, errlen, why);
+    } else {
+        e->state = 1;
+    }
+    return e->state;
+}
+
+int snap_find_chain(const char *dir, uint64_t *positions, int max, int *n, char *err, size_t errlen)
+{
+    struct ent *ents = NULL, *grown;
+    size_t nents = 0, cap = 0;
+    struct dirent *de;
+    DIR *d;
+    int rc = -ENOENT, found = 0;
+
+    set_err(err, errlen, "%s", "");
+    *n = 0;
+    if (max < 1)
+        return -EINVAL;
+    d = opendir(dir);
+    if (!d) {
+        rc = -errno;
+        set_err(err, errlen, "opendir %s: %s", dir, strerror(-rc));
+        return rc;
+    }
+    while ((de = readdir(d))) {
+        uint64_t pos;
+        uint32_t kind;
+        int tmp;
+
+        if (parse_name(de->d_name, &pos, &kind, &tmp) || tmp)
+            continue;
+        if (nents == cap) {
+            cap = cap ? 2 * cap : 16;
+            grown = realloc(ents, cap * sizeof(*ents));
+            if (!grown) {
+                rc = -ENOMEM;
+                set_err(err, errlen, "listing %s: out of memory", dir);
+                goto out;
+            }
+            ents = grown;
+        }
+        ents[nents++] = (struct ent){ .pos = pos, .kind = kind };
+    }
+    if (nents)
+        qsort(ents, nents, sizeof(*ents), ent_cmp);
+
+    /* The newest full that verifies, then follow links, newest candidate first. */
+    for (size_t f = nents; f-- > 0;) {
+        const struct snap_meta *cur;
+
+        if (ents[f].kind != SNAP_FULL || ent_verify(dir, &ents[f], err, errlen) != 1)
+            continue;
+        positions[0] = ents[f].pos;
+        *n = 1;
+        cur = &ents[f].m;
+        for (;;) {
+            size_t next = 0;
+            char why[256];
+
+            for (size_t j = nents; j-- > f + 1 && !next;) {
+                if (ents[j].kind != SNAP_DELTA || ents[j].pos <= cur->position)
+                    continue;
+                if (ent_verify(dir, &ents[j], err, errlen) == 1 &&
+                    !link_ok(cur, &ents[j].m, why, sizeof(why)))
+                    next = j;
+            }
+            if (!next)
+                break;
+            if (*n == max) {
+                add_err(err, errlen, "chain longer than the room for it: cut");
+                break;
+            }
+            positions[(*n)++] = ents[next].pos;
+            cur = &ents[next].m;
+        }
+        found = 1;
+        break;
+    }
+    if (found) {
+        rc = 0;
+    } else {
+        char msg[PATH_MAX + 64];
+
+        snprintf(msg, sizeof(msg), "no full snapshot that verifies in %s", dir);
+        add_err(err, errlen, msg);
+    }
+out:
+    closedir(d);
+    free(ents);
+    return rc;
+}
+
+int snap_restore_chain(const char *dir, const uint64_t *positions, int n,
+                       const uint8_t *expect_fingerprint, struct snap_meta *m,
+                       char *err, size_t errlen)
+{
+    struct snap_meta prev, cur;
+    char path[PATH_MAX], name[64];
+    int rc;
+
+    set_err(err, errlen, "%s", "");
+    if (n < 1) {
+        set_err(err, errlen, "empty chain");
+        return -EINVAL;
+    }
+    for (int i = 0; i < n; i++) {
+        struct expect ex = {
+            .kind = i ? SNAP_DELTA : SNAP_FULL,
+            .position = positions[i],
+            .prev = i ? &prev : NULL,
+        };
+
+        snap_name(name, sizeof(name), positions[i], ex.kind);
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, name) >= sizeof(path)) {
+            set_err(err, errlen, "%s: path too long", dir);
+            return -ENAMETOOLONG;
+        }
+        rc = read_snap(path, expect_fingerprint, 1, &ex, &cur, err, errlen);
+        if (rc)
+            return rc;
+        prev = cur;
+    }
+    *m = prev;
+    return 0;
+}
+
+int snap_prune(const char *dir, uint64_t keep_from)
+{
+    char name[64];
+    struct dirent *de;
+    struct stat st;
+    DIR *d;
+    int removed = 0, rc = 0;
+
+    d = opendir(dir);
+    if (!d)
+        return -errno;
+    snap_name(name, sizeof(name), keep_from, SNAP_FULL);
+    if (fstatat(dirfd(d), name, &st, 0) == -1) {
+        rc = -errno;
+        closedir(d);
+        return rc;
+    }
+    while ((de = readdir(d))) {
+        uint64_t pos;
+        uint32_t kind;
+        int tmp;
+
+        if (parse_name(de->d_name, &pos, &kind, &tmp) || pos >= keep_from)
+            continue;
+        if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+            removed++;
+        else if (errno != ENOENT)
+            rc = -errno;
+    }
+    closedir(d);
+    return rc ? rc : removed;
+}
