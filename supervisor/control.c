@@ -58,10 +58,10 @@ static size_t list_sessions(char *out, size_t cap)
         uint64_t events = s->ctl ? atomic_load(&s->ctl->consumed) : 0;
         n += (size_t)snprintf(out + n, cap - n,
             "id=%llu worker=%d state=%s events=%llu ordered=%llu to_client=%llu to_server=%llu "
-            "standby=- snapshot=-\n",
+            "recoveries=%u standby=- snapshot=-\n",
             (unsigned long long)s->id, s->worker_reaped ? 0 : (int)s->pid, state_names[s->state],
             (unsigned long long)events, (unsigned long long)(s->next_pos - 1),
-            (unsigned long long)s->outputs[0], (unsigned long long)s->outputs[1]);
+            (unsigned long long)s->outputs[0], (unsigned long long)s->outputs[1], s->recoveries);
     }
     return n;
 }
@@ -70,12 +70,12 @@ static size_t stats(char *out, size_t cap)
 {
     return (size_t)snprintf(out, cap,
         "sessions=%u sessions_total=%llu sessions_failed=%llu worker_deaths=%llu "
-        "bad_frames=%llu msgs_in=%llu msgs_out=%llu bytes_in=%llu bytes_out=%llu recoveries=0\n",
+        "bad_frames=%llu msgs_in=%llu msgs_out=%llu bytes_in=%llu bytes_out=%llu recoveries=%llu\n",
         S.nsessions, (unsigned long long)S.stats.sessions_total,
         (unsigned long long)S.stats.sessions_failed, (unsigned long long)S.stats.worker_deaths,
         (unsigned long long)S.stats.bad_frames, (unsigned long long)S.stats.msgs_in,
         (unsigned long long)S.stats.msgs_out, (unsigned long long)S.stats.bytes_in,
-        (unsigned long long)S.stats.bytes_out);
+        (unsigned long long)S.stats.bytes_out, (unsigned long long)S.stats.recoveries);
 }
 
 void ctl_serve(int fd)

@@ -142,41 +142,38 @@ static void order_delta(struct session *s, struct conn *c, uint64_t pos,
     c->order_sent = pos;
 }
 
-/* Give the next event its position and hand it to the worker. 0, -EAGAIN when the input
- * ring is full (the caller waits for the worker), -ENOMEM. */
-static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
-                      const void *data, size_t len)
+/* Hand stored events to the worker while its input ring has room. */
+static void feed_worker(struct session *s)
 {
-    struct order_entry e = { .src = src };
-    struct shm_rec *r;
-
-    r = ring_reserve(&s->in, type, (uint32_t)(sizeof(*r) + len));
-    if (!r) {
-        if (ring_wait_prepare(&s->in, (uint32_t)(sizeof(*r) + len)))
-            return -EAGAIN;
-        r = ring_reserve(&s->in, type, (uint32_t)(sizeof(*r) + len));
-        if (!r)
-            return -EAGAIN;
-    }
-    e.time_ms = now_ms();
-    if (e.time_ms < s->last_time)
-        e.time_ms = s->last_time;  /* event times never go backwards */
-    e.timer_id = type == EV_TIMER ? a : 0;
-    if (order_append(s, &e) < 0)
-        return -ENOMEM;
-    s->last_time = e.time_ms;
-    r->pos = s->next_pos++;
-    r->time = e.time_ms;
-    r->a = a;
-    r->b = 0;
-    if (len)
-        memcpy(r + 1, data, len);
-    ring_commit(&s->in);
+    if (s->pid <= 0 || s->worker_reaped || !evstore_feed(&s->ev, &s->in))
+        return;
     if (!s->in_dirty) {
         s->in_dirty = 1;
         s->next_dirty = S.dirty;
         S.dirty = s;
     }
+}
+
+/* Give the next event its position, keep it, and hand it to the worker. 0, -EAGAIN when
+ * the worker is too far behind (the caller waits for it), -ENOMEM. */
+static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
+                      const void *data, size_t len)
+{
+    struct order_entry e = { .src = src };
+    struct shm_rec r;
+
+    if (evstore_unfed(&s->ev) > S.ring_size)
+        return -EAGAIN;
+    e.time_ms = now_ms();
+    if (e.time_ms < s->last_time)
+        e.time_ms = s->last_time;  /* event times never go backwards */
+    e.timer_id = type == EV_TIMER ? a : 0;
+    r = (struct shm_rec){ .pos = s->next_pos, .time = e.time_ms, .a = a };
+    if (order_append(s, &e) < 0 || evstore_append(&s->ev, type, &r, data, len) < 0)
+        return -ENOMEM;
+    s->last_time = e.time_ms;
+    s->next_pos++;
+    feed_worker(s);
     return 0;
 }
 
@@ -293,7 +290,7 @@ void sess_accept(int fd)
     memset(s, 0, sizeof(*s));
     s->slot = slot;
     s->state = S_HELLO;
-    s->pidfd = s->doorbell_in = s->doorbell_out = -1;
+    s->pidfd = s->doorbell_in = s->doorbell_out = s->memfd = -1;
     s->next_pos = 1;
     s->order_base = 1;
     conn_init(&s->c[SIDE_CLIENT], SIDE_CLIENT, fd);
@@ -304,21 +301,57 @@ void sess_accept(int fd)
 }
 
 /* Shared memory, doorbells and the worker, for a session that said HELLO. */
+/* (Re)start a worker on the session's memory: fresh rings, a process from the zygote,
+ * and io_uring watching its doorbell and its death. The worker starts from scratch and
+ * the stored events are fed to it from the first one held. */
+static int spawn_worker(struct session *s, char *err, size_t errlen)
+{
+    ring_format(shm_in_ring(s->shm), S.ring_size);
+    ring_format(shm_out_ring(s->shm, S.ring_size), S.ring_size);
+    ring_attach(&s->in, shm_in_ring(s->shm));
+    ring_attach(&s->out, shm_out_ring(s->shm, S.ring_size));
+    atomic_store(&s->ctl->consumed, 0);
+    s->ctl->error[0] = 0;
+    s->worker_reaped = 0;
+    s->pid = 0;
+    if (zygote_spawn(s, s->memfd, err, errlen) < 0)
+        return -EINVAL;
+    if (evstore_rewind(&s->ev, 0) < 0) {
+        snprintf(err, errlen, "the events since the session start are no longer held");
+        return -ENOENT;
+    }
+    if (!s->doorbell_armed) {
+        struct io_uring_sqe *sqe = sup_sqe();
+        io_uring_prep_read(sqe, s->doorbell_out, &s->doorbell_val, sizeof(s->doorbell_val), 0);
+        io_uring_sqe_set_data64(sqe, UD(OP_DOORBELL, s->slot, 0));
+        s->doorbell_armed = 1;
+        s->inflight++;
+    }
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_poll_add(sqe, s->pidfd, POLLIN);
+    io_uring_sqe_set_data64(sqe, UD(OP_PIDFD, s->slot, 0));
+    s->pidfd_armed = 1;
+    s->inflight++;
+    ring_sleep_prepare(&s->out);
+    update_spin_policy();
+    feed_worker(s);
+    return 0;
+}
+
+/* Shared memory and doorbells for a session that said HELLO, then its first worker. */
 static int start_worker(struct session *s, char *err, size_t errlen)
 {
-    int memfd = -1;
-
     s->shm_len = shm_total_size(S.ring_size);
-    memfd = memfd_create("cessna-session", MFD_CLOEXEC);
-    if (memfd == -1 || ftruncate(memfd, (off_t)s->shm_len) == -1) {
+    s->memfd = memfd_create("cessna-session", MFD_CLOEXEC);
+    if (s->memfd == -1 || ftruncate(s->memfd, (off_t)s->shm_len) == -1) {
         snprintf(err, errlen, "session memory: %s", strerror(errno));
-        goto fail;
+        return -ENOMEM;
     }
-    s->shm = mmap(NULL, s->shm_len, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    s->shm = mmap(NULL, s->shm_len, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
     if (s->shm == MAP_FAILED) {
         s->shm = NULL;
         snprintf(err, errlen, "mmap session memory: %s", strerror(errno));
-        goto fail;
+        return -ENOMEM;
     }
     s->ctl = s->shm;
     s->ctl->magic = SHM_MAGIC;
@@ -326,37 +359,13 @@ static int start_worker(struct session *s, char *err, size_t errlen)
     s->ctl->session_id = s->id;
     s->ctl->max_message = S.cfg.max_message_bytes;
     s->ctl->spin_ns = S.spin_ns;
-    ring_format(shm_in_ring(s->shm), S.ring_size);
-    ring_format(shm_out_ring(s->shm, S.ring_size), S.ring_size);
-    ring_attach(&s->in, shm_in_ring(s->shm));
-    ring_attach(&s->out, shm_out_ring(s->shm, S.ring_size));
     s->doorbell_in = eventfd(0, EFD_CLOEXEC);
     s->doorbell_out = eventfd(0, EFD_CLOEXEC);
     if (s->doorbell_in == -1 || s->doorbell_out == -1) {
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
-        goto fail;
+        return -EMFILE;
     }
-    if (zygote_spawn(s, memfd, err, errlen) < 0)
-        goto fail;
-    close(memfd);
-
-    /* Watch the worker's doorbell and its death. */
-    struct io_uring_sqe *sqe = sup_sqe();
-    io_uring_prep_read(sqe, s->doorbell_out, &s->doorbell_val, sizeof(s->doorbell_val), 0);
-    io_uring_sqe_set_data64(sqe, UD(OP_DOORBELL, s->slot, 0));
-    s->doorbell_armed = 1;
-    sqe = sup_sqe();
-    io_uring_prep_poll_add(sqe, s->pidfd, POLLIN);
-    io_uring_sqe_set_data64(sqe, UD(OP_PIDFD, s->slot, 0));
-    s->pidfd_armed = 1;
-    s->inflight += 2;
-    ring_sleep_prepare(&s->out);
-    update_spin_policy();
-    return 0;
-fail:
-    if (memfd >= 0)
-        close(memfd);
-    return -EINVAL;
+    return spawn_worker(s, err, errlen);
 }
 
 static void on_hello(struct session *s, const struct wire_frame *f)
@@ -740,6 +749,8 @@ static void send_output(struct session *s, enum side side, const struct shm_rec 
 
     if (c->dead || c->draining || c->fd < 0)
         return;   /* that endpoint is gone; its outputs go nowhere */
+    if (r->a <= s->outputs[side])
+        return;   /* replay after a recovery: the endpoint has this one */
     order_delta(s, c, r->pos, &order, &olen);
     wire_put_out_hdr(hdr, r->a, NULL, 0, olen + len);
     /* header, then the order delta, then the payload */
@@ -798,6 +809,9 @@ static void drain_worker(struct session *s)
                 break;
             }
             case OUT_TIMER_ARM:
+                if (r->a <= s->max_timer_id)
+                    break;   /* armed before a recovery already */
+                s->max_timer_id = r->a;
                 if (s->state == S_LIVE && timer_arm(s, r->a, r->b) < 0)
                     LOG(LOG_WARN, "session=%llu msg=\"timer not armed\"", ull(s->id));
                 break;
@@ -830,6 +844,7 @@ static void drain_worker(struct session *s)
         sup_flush(s, &s->c[SIDE_CLIENT]);
         sup_flush(s, &s->c[SIDE_SERVER]);
         order_trim(s);
+        feed_worker(s);
         /* Input that waited for room in the worker's ring. */
         for (int i = 0; i < 2; i++) {
             struct conn *c = &s->c[i];
@@ -874,6 +889,37 @@ static const char *describe_status(const siginfo_t *si, char *buf, size_t len)
     return buf;
 }
 
+/* A worker died in the middle of a session: start another that replays the stored events
+ * (DESIGN.md section 3). Outputs the endpoints already have are dropped as they come again.
+ * A worker that dies again at the same event has a deterministic bug: the session fails. */
+static void recover(struct session *s, const char *how)
+{
+    uint64_t consumed = atomic_load(&s->ctl->consumed);
+    int busy = consumed + 1 < s->next_pos;   /* it died while an event was waiting */
+    pid_t old = s->pid;
+    char err[256];
+
+    S.stats.worker_deaths++;
+    if (busy && s->crash_pos == consumed + 1) {
+        session_fail(s, WIRE_ERR_SESSION, "worker pid %d died again at event %llu: %s; "
+                     "the session is failed (replay it offline)", (int)old,
+                     ull(consumed + 1), how);
+        return;
+    }
+    if (busy)
+        s->crash_pos = consumed + 1;
+    if (spawn_worker(s, err, sizeof(err)) < 0) {
+        session_fail(s, WIRE_ERR_SESSION, "worker pid %d died (%s) and no new one could start: %s",
+                     (int)old, how, err);
+        return;
+    }
+    s->recoveries++;
+    S.stats.recoveries++;
+    LOG(LOG_WARN, "session=%llu msg=\"worker died, recovering\" old=%d status=\"%s\" "
+        "at_event=%llu new=%d replay=%llu", ull(s->id), (int)old, how, ull(consumed + 1),
+        (int)s->pid, ull(s->next_pos - 1));
+}
+
 void sess_on_pidfd(struct session *s, int res)
 {
     siginfo_t si;
@@ -894,20 +940,17 @@ void sess_on_pidfd(struct session *s, int res)
     if (!s->worker_done && s->state != S_DEAD)
         drain_worker(s);
     describe_status(&si, how, sizeof(how));
-    if (!s->worker_done && s->state != S_DEAD) {
-        uint64_t consumed = atomic_load(&s->ctl->consumed);
+    if (!s->worker_done && (s->state == S_LIVE || s->state == S_CLOSING)) {
+        recover(s, how);
+    } else if (!s->worker_done && s->state != S_DEAD) {
         S.stats.worker_deaths++;
-        if (consumed + 1 < s->next_pos)
-            session_fail(s, WIRE_ERR_SESSION, "worker pid %d died: %s at event %llu",
-                         (int)s->pid, how, ull(consumed + 1));
-        else
-            session_fail(s, WIRE_ERR_SESSION, "worker pid %d died: %s after event %llu",
-                         (int)s->pid, how, ull(consumed));
+        session_fail(s, WIRE_ERR_SESSION, "worker pid %d died before the session started: %s",
+                     (int)s->pid, how);
     } else {
         LOG(LOG_DEBUG, "session=%llu msg=\"worker exited\" pid=%d status=\"%s\"", ull(s->id),
             (int)s->pid, how);
     }
-    if (s->doorbell_armed) {
+    if (s->worker_reaped && s->doorbell_armed) {
         uint64_t one = 1;   /* complete the pending doorbell read, so the slot can go */
         if (write(s->doorbell_out, &one, sizeof(one)) == -1)
             LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
@@ -1006,6 +1049,9 @@ static void maybe_free(struct session *s)
         close(s->doorbell_out);
     if (s->pidfd >= 0)
         close(s->pidfd);
+    if (s->memfd >= 0)
+        close(s->memfd);
+    evstore_free(&s->ev);
     free(s->order);
     free(s->order_end);
     free(s->timers);

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include "config.h"
+#include "evstore.h"
 #include "ring.h"
 #include "shm.h"
 #include "wire.h"
@@ -72,7 +73,7 @@ struct session {
 
     /* the worker */
     pid_t pid;
-    int pidfd, doorbell_in, doorbell_out;
+    int pidfd, doorbell_in, doorbell_out, memfd;
     void *shm;
     size_t shm_len;
     struct shm_ctl *ctl;
@@ -80,6 +81,12 @@ struct session {
     uint64_t doorbell_val;
     unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, pidfd_armed : 1;
     unsigned out_stalled : 1, in_dirty : 1;
+
+    /* events since the last durable snapshot, and local recovery */
+    struct evstore ev;
+    uint64_t crash_pos;         /* the event a worker last died at (0: none) */
+    uint64_t max_timer_id;      /* timers armed so far: a replayed arm is not armed twice */
+    uint32_t recoveries;
 
     /* event order */
     uint64_t next_pos;          /* position of the next event */
@@ -99,7 +106,7 @@ struct session {
 };
 
 struct sup_stats {
-    uint64_t sessions_total, sessions_failed, worker_deaths, bad_frames;
+    uint64_t sessions_total, sessions_failed, worker_deaths, recoveries, bad_frames;
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
 };
 

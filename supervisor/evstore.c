@@ -1,0 +1,113 @@
+/* evstore.c - see evstore.h. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "evstore.h"
+
+#define REC_HDR 8u
+
+static size_t rec_space(size_t payload)
+{
+    return (REC_HDR + payload + 7u) & ~(size_t)7u;
+}
+
+static uint32_t rec_len(const uint8_t *p)
+{
+    uint32_t len;
+
+    memcpy(&len, p, 4);
+    return len;
+}
+
+int evstore_append(struct evstore *e, uint16_t type, const struct shm_rec *rec,
+                   const void *data, size_t len)
+{
+    size_t need = rec_space(sizeof(*rec) + len);
+    uint32_t plen = (uint32_t)(sizeof(*rec) + len);
+    uint8_t *p;
+
+    if (e->len + need > e->cap) {
+        size_t cap = e->cap ? e->cap : 65536;
+        while (cap < e->len + need)
+            cap *= 2;
+        p = realloc(e->buf, cap);
+        if (!p)
+            return -ENOMEM;
+        e->buf = p;
+        e->cap = cap;
+    }
+    if (!e->count)
+        e->first = rec->pos;
+    p = e->buf + e->len;
+    memcpy(p, &plen, 4);
+    memcpy(p + 4, &type, 2);
+    memset(p + 6, 0, 2);
+    memcpy(p + REC_HDR, rec, sizeof(*rec));
+    if (len)
+        memcpy(p + REC_HDR + sizeof(*rec), data, len);
+    e->len += need;
+    e->count++;
+    return 0;
+}
+
+unsigned evstore_feed(struct evstore *e, struct ring *r)
+{
+    unsigned n = 0;
+
+    while (e->fed < e->len) {
+        const uint8_t *p = e->buf + e->fed;
+        uint32_t len = rec_len(p);
+        uint16_t type;
+        void *dst;
+
+        memcpy(&type, p + 4, 2);
+        dst = ring_reserve(r, type, len);
+        if (!dst && (!ring_wait_prepare(r, len) || !(dst = ring_reserve(r, type, len))))
+            break;
+        memcpy(dst, p + REC_HDR, len);
+        ring_commit(r);
+        e->fed += rec_space(len);
+        n++;
+    }
+    return n;
+}
+
+/* Byte offset of the record at position pos (first <= pos <= first + count). */
+static size_t offset_of(const struct evstore *e, uint64_t pos)
+{
+    size_t off = 0;
+
+    for (uint64_t p = e->first; p < pos && off < e->len; p++)
+        off += rec_space(rec_len(e->buf + off));
+    return off;
+}
+
+int evstore_rewind(struct evstore *e, uint64_t p)
+{
+    if (e->count && (p + 1 < e->first || p > e->first + e->count))
+        return -ENOENT;
+    e->fed = e->count ? offset_of(e, p + 1) : 0;
+    return 0;
+}
+
+void evstore_drop_through(struct evstore *e, uint64_t p)
+{
+    if (!e->count || p < e->first)
+        return;
+    uint64_t drop = p - e->first + 1;
+    if (drop > e->count)
+        drop = e->count;
+    size_t off = offset_of(e, e->first + drop);
+    memmove(e->buf, e->buf + off, e->len - off);
+    e->len -= off;
+    e->fed = e->fed > off ? e->fed - off : 0;
+    e->first += drop;
+    e->count -= drop;
+}
+
+void evstore_free(struct evstore *e)
+{
+    free(e->buf);
+    memset(e, 0, sizeof(*e));
+}

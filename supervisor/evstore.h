@@ -1,0 +1,38 @@
+/* evstore.h - a session's events since its last durable snapshot, in order, with their
+ * payloads (DESIGN.md 2.4: nothing forgotten early). The worker's input ring is fed from
+ * here, so live events and replay after a recovery take the same path.
+ *
+ * Records are laid out as in the rings: u32 len, u16 type, u16 0, then struct shm_rec and
+ * the message bytes, padded to 8. Positions are consecutive from `first`. */
+#ifndef CESSNA_EVSTORE_H
+#define CESSNA_EVSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ring.h"
+#include "shm.h"
+
+struct evstore {
+    uint8_t *buf;
+    size_t len, cap;
+    uint64_t first;     /* position of the first record held (1 at the start) */
+    uint64_t count;     /* records held */
+    size_t fed;         /* bytes already handed to the worker's ring */
+};
+
+/* Append an event; its shm_rec is filled from rec, payload copied. 0 or -ENOMEM. */
+int  evstore_append(struct evstore *e, uint16_t type, const struct shm_rec *rec,
+                    const void *data, size_t len);
+/* Copy records into the ring while it has room. Returns how many were fed. */
+unsigned evstore_feed(struct evstore *e, struct ring *r);
+/* Bytes appended but not yet fed. */
+static inline size_t evstore_unfed(const struct evstore *e) { return e->len - e->fed; }
+/* Feed again from the first event after position p (after a recovery). 0, or -ENOENT
+ * when p + 1 is no longer held. */
+int  evstore_rewind(struct evstore *e, uint64_t p);
+/* Drop the events up to position p (a snapshot at p is durable). */
+void evstore_drop_through(struct evstore *e, uint64_t p);
+void evstore_free(struct evstore *e);
+
+#endif
