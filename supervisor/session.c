@@ -891,11 +891,12 @@ static const char *describe_status(const siginfo_t *si, char *buf, size_t len)
 
 /* A worker died in the middle of a session: start another that replays the stored events
  * (DESIGN.md section 3). Outputs the endpoints already have are dropped as they come again.
- * A worker that dies again at the same event has a deterministic bug: the session fails. */
-static void recover(struct session *s, const char *how)
+ * A worker that crashes (by its own fault: not SIGKILL, which comes from outside) twice at
+ * the same event has a deterministic bug: the session fails instead of looping. */
+static void recover(struct session *s, const char *how, int own_fault)
 {
     uint64_t consumed = atomic_load(&s->ctl->consumed);
-    int busy = consumed + 1 < s->next_pos;   /* it died while an event was waiting */
+    int busy = own_fault && consumed + 1 < s->next_pos;   /* crashed on a waiting event */
     pid_t old = s->pid;
     char err[256];
 
@@ -941,7 +942,7 @@ void sess_on_pidfd(struct session *s, int res)
         drain_worker(s);
     describe_status(&si, how, sizeof(how));
     if (!s->worker_done && (s->state == S_LIVE || s->state == S_CLOSING)) {
-        recover(s, how);
+        recover(s, how, !(si.si_code == CLD_KILLED && si.si_status == SIGKILL));
     } else if (!s->worker_done && s->state != S_DEAD) {
         S.stats.worker_deaths++;
         session_fail(s, WIRE_ERR_SESSION, "worker pid %d died before the session started: %s",
