@@ -26,6 +26,14 @@ struct shm_ctl {
     _Atomic uint64_t consumed;  /* position of the last event the worker finished */
     _Atomic uint32_t spin_ns;   /* how long the worker may poll for input before sleeping */
     uint32_t pad2;
+    /* A snapshot request: the supervisor fills the fields, then snap_pos (release); the
+     * worker forks when it has finished event snap_pos (DESIGN.md section 5). */
+    uint64_t snap_base;         /* 0: full; else the durable snapshot a delta builds on */
+    uint64_t snap_gen;          /* the worker generation the request is for */
+    uint32_t snap_hot;          /* 1: the child stays, stopped, as the hot standby */
+    uint32_t pad3;
+    _Atomic uint64_t snap_pos;
+    _Atomic uint64_t fork_ns;   /* the last snapshot's fork pause, as the worker saw it */
     char error[256];            /* the worker's reason when it gives up (NUL-terminated) */
 };
 
@@ -47,6 +55,20 @@ enum shm_out {
     OUT_CACHE_READ,   /* a = xxh3-64 of the content (0 = miss), b = length; name follows */
     OUT_DONE,         /* the worker finished shutdown() and exits */
     OUT_FAIL,         /* the worker gives up (reason in shm_ctl.error) and exits */
+};
+
+/* What a snapshot child reports on the session's report socket (fixed size, versioned). */
+#define SNAP_REPORT_VERSION 1u
+struct snap_report {
+    uint32_t version;
+    int32_t  status;        /* 0, or -errno */
+    int32_t  pid;           /* the child */
+    uint32_t hot;           /* it now waits, stopped, as the hot standby */
+    uint64_t position;
+    uint64_t gen;
+    uint64_t bytes, pages_written, pages_total;
+    uint64_t write_ns;
+    char     text[200];     /* the reason, when status != 0 */
 };
 
 struct shm_rec {

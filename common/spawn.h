@@ -2,7 +2,8 @@
  * SOCK_SEQPACKET socketpair. Fixed-size, zeroed, versioned records (STYLE.md 4).
  *
  *   zygote -> supervisor, once:  spawn_ready   (status 0, or -errno and a reason)
- *   supervisor -> zygote:        spawn_request + fds [memfd, doorbell to worker, doorbell to supervisor]
+ *   supervisor -> zygote:        spawn_request + fds [memfd, doorbell to worker, doorbell to
+ *                                supervisor, snapshot report socket]
  *   zygote -> supervisor:        spawn_reply   + fd  [pidfd of the new worker] when status == 0
  */
 #ifndef CESSNA_SPAWN_H
@@ -25,6 +26,7 @@ struct spawn_request {
     uint64_t session_id;
     uint32_t max_message;
     uint32_t pad;
+    uint64_t restore_pos;   /* 0: start fresh; else restore the snapshot at this position */
 };
 
 struct spawn_reply {

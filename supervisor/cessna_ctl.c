@@ -17,6 +17,7 @@ static void usage(FILE *f)
         "                    to_client= to_server= standby= snapshot=\n"
         "  stats             counters of the edge node\n"
         "  kill-worker ID    SIGKILL the worker of session ID (for demos and tests)\n"
+        "  snapshot ID       take a snapshot of session ID now\n"
         "\n"
         "  -s, --socket PATH the supervisor's control socket ([edge] control)\n"
         "  -h, --help        this text\n");
@@ -46,12 +47,12 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (strcmp(argv[optind], "kill-worker") == 0) {
+    if (strcmp(argv[optind], "kill-worker") == 0 || strcmp(argv[optind], "snapshot") == 0) {
         if (optind + 2 != argc) {
-            fprintf(stderr, "cessna-ctl: kill-worker needs a session id\n");
+            fprintf(stderr, "cessna-ctl: %s needs a session id\n", argv[optind]);
             return 2;
         }
-        snprintf(cmd, sizeof(cmd), "kill-worker %s\n", argv[optind + 1]);
+        snprintf(cmd, sizeof(cmd), "%s %s\n", argv[optind], argv[optind + 1]);
     } else if ((strcmp(argv[optind], "sessions") == 0 || strcmp(argv[optind], "stats") == 0) &&
                optind + 1 == argc) {
         snprintf(cmd, sizeof(cmd), "%s\n", argv[optind]);

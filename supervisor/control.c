@@ -51,17 +51,26 @@ static size_t list_sessions(char *out, size_t cap)
 {
     size_t n = 0;
 
-    for (uint32_t i = 0; i < S.cfg.max_sessions && n + 256 < cap; i++) {
+    for (uint32_t i = 0; i < S.cfg.max_sessions && n + 512 < cap; i++) {
         struct session *s = &S.sessions[i];
+        char standby[16] = "-", snapshot[24] = "-";
         if (s->state == S_FREE || s->state == S_HELLO)
             continue;
+        if (s->standby_pid > 0)
+            snprintf(standby, sizeof(standby), "%d", (int)s->standby_pid);
+        if (s->snap_pos)
+            snprintf(snapshot, sizeof(snapshot), "%llu", (unsigned long long)s->snap_pos);
         uint64_t events = s->ctl ? atomic_load(&s->ctl->consumed) : 0;
         n += (size_t)snprintf(out + n, cap - n,
             "id=%llu worker=%d state=%s events=%llu ordered=%llu to_client=%llu to_server=%llu "
-            "recoveries=%u standby=- snapshot=-\n",
+            "recoveries=%u standby=%s snapshot=%s snapshots=%llu snapshot_bytes=%llu "
+            "fork_us=%llu write_us=%llu held_events=%llu\n",
             (unsigned long long)s->id, s->worker_reaped ? 0 : (int)s->pid, state_names[s->state],
             (unsigned long long)events, (unsigned long long)(s->next_pos - 1),
-            (unsigned long long)s->outputs[0], (unsigned long long)s->outputs[1], s->recoveries);
+            (unsigned long long)s->outputs[0], (unsigned long long)s->outputs[1], s->recoveries,
+            standby, snapshot, (unsigned long long)s->snapshots,
+            (unsigned long long)s->snap_bytes, (unsigned long long)(s->snap_fork_ns / 1000),
+            (unsigned long long)(s->snap_write_ns / 1000), (unsigned long long)s->ev.count);
     }
     return n;
 }
@@ -70,12 +79,15 @@ static size_t stats(char *out, size_t cap)
 {
     return (size_t)snprintf(out, cap,
         "sessions=%u sessions_total=%llu sessions_failed=%llu worker_deaths=%llu "
-        "bad_frames=%llu msgs_in=%llu msgs_out=%llu bytes_in=%llu bytes_out=%llu recoveries=%llu\n",
+        "bad_frames=%llu msgs_in=%llu msgs_out=%llu bytes_in=%llu bytes_out=%llu recoveries=%llu "
+        "hot_takeovers=%llu cold_restores=%llu snapshots=%llu snapshot_failures=%llu\n",
         S.nsessions, (unsigned long long)S.stats.sessions_total,
         (unsigned long long)S.stats.sessions_failed, (unsigned long long)S.stats.worker_deaths,
         (unsigned long long)S.stats.bad_frames, (unsigned long long)S.stats.msgs_in,
         (unsigned long long)S.stats.msgs_out, (unsigned long long)S.stats.bytes_in,
-        (unsigned long long)S.stats.bytes_out, (unsigned long long)S.stats.recoveries);
+        (unsigned long long)S.stats.bytes_out, (unsigned long long)S.stats.recoveries,
+        (unsigned long long)S.stats.hot_takeovers, (unsigned long long)S.stats.cold_restores,
+        (unsigned long long)S.stats.snapshots, (unsigned long long)S.stats.snapshot_failures);
 }
 
 void ctl_serve(int fd)
@@ -100,6 +112,16 @@ void ctl_serve(int fd)
         n = list_sessions(out, cap);
     } else if (strcmp(cmd, "stats") == 0) {
         n = stats(out, cap);
+    } else if (strncmp(cmd, "snapshot ", 9) == 0) {
+        char *end;
+        unsigned long long id = strtoull(cmd + 9, &end, 0);
+        struct session *s = *end || end == cmd + 9 ? NULL : sess_find(id);
+        if (!s)
+            n = (size_t)snprintf(out, cap, "error: no session '%s'\n", cmd + 9);
+        else {
+            recovery_request_snapshot(s, out, cap);
+            n = strlen(out);
+        }
     } else if (strncmp(cmd, "kill-worker ", 12) == 0) {
         char *end;
         unsigned long long id = strtoull(cmd + 12, &end, 0);
@@ -111,7 +133,7 @@ void ctl_serve(int fd)
         }
     } else {
         n = (size_t)snprintf(out, cap, "error: unknown command '%s' (sessions, stats, "
-                             "kill-worker ID)\n", cmd);
+                             "kill-worker ID, snapshot ID)\n", cmd);
     }
     if (send(fd, out, n, MSG_NOSIGNAL) == -1)
         LOG(LOG_DEBUG, "msg=\"control reply not delivered\" error=\"%s\"", strerror(errno));

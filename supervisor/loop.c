@@ -128,6 +128,14 @@ static void dispatch(struct io_uring_cqe *cqe)
         S.stopping = 1;
         return;
     }
+    if (op == OP_REAP) {
+        recovery_on_reap((int)arg);
+        return;
+    }
+    if (op == OP_TICK) {
+        recovery_on_tick();
+        return;
+    }
     if (op == OP_ZYGOTE) {
         LOG(LOG_ERROR, "msg=\"the zygote died; no new sessions can start\" pid=%d", (int)S.zygote_pid);
         S.stopping = 1;
@@ -146,7 +154,11 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_PIDFD:   sess_on_pidfd(s, cqe->res); break;
     case OP_TIMER:   sess_on_timer(s, arg, cqe->res); break;
     case OP_TIMER_CANCEL: sess_release_op(s); break;
+    case OP_REPORT:  recovery_on_report(s, cqe->res); break;
+    case OP_STANDBY: recovery_on_standby(s, cqe->res); break;
     }
+    if (s->state != S_FREE)
+        sess_maybe_free(s);
 }
 
 static int run_loop(void)
@@ -278,7 +290,7 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &mask, NULL);
     S.signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
 
-    if (zygote_start(S.cfg.app, S.cfg.cache_dir, err, sizeof(err)) < 0) {
+    if (zygote_start(S.cfg.app, S.cfg.cache_dir, S.cfg.state_dir, err, sizeof(err)) < 0) {
         fprintf(stderr, "cessna-supervisor: %s\n", err);
         return 1;
     }
@@ -303,6 +315,7 @@ int main(int argc, char **argv)
     arm_accept(S.ctl_fd, OP_CTL_ACCEPT);
     arm_signal();
     arm_zygote_watch();
+    recovery_tick_arm();
 
     /* Report the real address (the config may say port 0). */
     char host[256];

@@ -27,16 +27,13 @@
 #define SEND_HIGH_WATER (4u << 20)  /* stop draining a worker while this much waits to go out */
 #define RECV_SLACK      (64u << 10)
 
-static void session_fail(struct session *s, uint32_t code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 static void conn_close(struct session *s, struct conn *c);
-static void maybe_free(struct session *s);
 static void drain_worker(struct session *s);
 static void timers_cancel_all(struct session *s);
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
 
-static uint64_t now_ms(void)
+uint64_t sess_now_ms(void)
 {
     struct timespec ts;
 
@@ -143,7 +140,7 @@ static void order_delta(struct session *s, struct conn *c, uint64_t pos,
 }
 
 /* Hand stored events to the worker while its input ring has room. */
-static void feed_worker(struct session *s)
+void sess_feed(struct session *s)
 {
     if (s->pid <= 0 || s->worker_reaped || !evstore_feed(&s->ev, &s->in))
         return;
@@ -164,7 +161,7 @@ static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
 
     if (evstore_unfed(&s->ev) > S.ring_size)
         return -EAGAIN;
-    e.time_ms = now_ms();
+    e.time_ms = sess_now_ms();
     if (e.time_ms < s->last_time)
         e.time_ms = s->last_time;  /* event times never go backwards */
     e.timer_id = type == EV_TIMER ? a : 0;
@@ -173,7 +170,7 @@ static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
         return -ENOMEM;
     s->last_time = e.time_ms;
     s->next_pos++;
-    feed_worker(s);
+    sess_feed(s);
     return 0;
 }
 
@@ -291,6 +288,7 @@ void sess_accept(int fd)
     s->slot = slot;
     s->state = S_HELLO;
     s->pidfd = s->doorbell_in = s->doorbell_out = s->memfd = -1;
+    s->report_fd = s->report_worker_fd = s->standby_pidfd = -1;
     s->next_pos = 1;
     s->order_base = 1;
     conn_init(&s->c[SIDE_CLIENT], SIDE_CLIENT, fd);
@@ -301,25 +299,30 @@ void sess_accept(int fd)
 }
 
 /* Shared memory, doorbells and the worker, for a session that said HELLO. */
-/* (Re)start a worker on the session's memory: fresh rings, a process from the zygote,
- * and io_uring watching its doorbell and its death. The worker starts from scratch and
- * the stored events are fed to it from the first one held. */
-static int spawn_worker(struct session *s, char *err, size_t errlen)
+/* (Re)start a worker on the session's memory: fresh rings, a process from the zygote
+ * (starting fresh, or from the snapshot at restore_pos), and io_uring watching its doorbell
+ * and its death. The stored events after restore_pos are fed to it. */
+int sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t errlen)
 {
     ring_format(shm_in_ring(s->shm), S.ring_size);
     ring_format(shm_out_ring(s->shm, S.ring_size), S.ring_size);
     ring_attach(&s->in, shm_in_ring(s->shm));
     ring_attach(&s->out, shm_out_ring(s->shm, S.ring_size));
-    atomic_store(&s->ctl->consumed, 0);
+    atomic_store(&s->ctl->consumed, restore_pos);
+    atomic_store(&s->ctl->snap_pos, 0);
     s->ctl->error[0] = 0;
     s->worker_reaped = 0;
     s->pid = 0;
-    if (zygote_spawn(s, s->memfd, err, errlen) < 0)
-        return -EINVAL;
-    if (evstore_rewind(&s->ev, 0) < 0) {
-        snprintf(err, errlen, "the events since the session start are no longer held");
+    s->gen++;
+    s->snap_inflight = 0;
+    s->need_full = 1;
+    if (evstore_rewind(&s->ev, restore_pos) < 0) {
+        snprintf(err, errlen, "the events after position %llu are no longer held",
+                 ull(restore_pos));
         return -ENOENT;
     }
+    if (zygote_spawn(s, s->memfd, restore_pos, err, errlen) < 0)
+        return -EINVAL;
     if (!s->doorbell_armed) {
         struct io_uring_sqe *sqe = sup_sqe();
         io_uring_prep_read(sqe, s->doorbell_out, &s->doorbell_val, sizeof(s->doorbell_val), 0);
@@ -334,7 +337,7 @@ static int spawn_worker(struct session *s, char *err, size_t errlen)
     s->inflight++;
     ring_sleep_prepare(&s->out);
     update_spin_policy();
-    feed_worker(s);
+    sess_feed(s);
     return 0;
 }
 
@@ -365,7 +368,9 @@ static int start_worker(struct session *s, char *err, size_t errlen)
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
         return -EMFILE;
     }
-    return spawn_worker(s, err, errlen);
+    if (recovery_setup(s, err, errlen) < 0)
+        return -EIO;
+    return sess_spawn_worker(s, 0, err, errlen);
 }
 
 static void on_hello(struct session *s, const struct wire_frame *f)
@@ -376,24 +381,24 @@ static void on_hello(struct session *s, const struct wire_frame *f)
     int fd;
 
     if (f->u.hello.role != WIRE_ROLE_CLIENT || f->u.hello.session_id != 0) {
-        session_fail(s, WIRE_ERR_UNEXPECTED, "HELLO must come from a client with session id 0");
+        sess_fail(s, WIRE_ERR_UNEXPECTED, "HELLO must come from a client with session id 0");
         return;
     }
     if (getrandom(&s->id, sizeof(s->id), 0) != sizeof(s->id) ||
         getrandom(s->token, sizeof(s->token), 0) != sizeof(s->token)) {
-        session_fail(s, WIRE_ERR_UNAVAILABLE, "getrandom failed: %s", strerror(errno));
+        sess_fail(s, WIRE_ERR_UNAVAILABLE, "getrandom failed: %s", strerror(errno));
         return;
     }
     s->id &= 0x7fffffffffffffffull;  /* printable as a signed number too */
     S.stats.sessions_total++;
     s->state = S_CONNECTING;
     if (start_worker(s, err, sizeof(err)) < 0) {
-        session_fail(s, WIRE_ERR_UNAVAILABLE, "cannot start a worker: %s", err);
+        sess_fail(s, WIRE_ERR_UNAVAILABLE, "cannot start a worker: %s", err);
         return;
     }
     fd = socket(S.server_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd == -1) {
-        session_fail(s, WIRE_ERR_UNAVAILABLE, "socket: %s", strerror(errno));
+        sess_fail(s, WIRE_ERR_UNAVAILABLE, "socket: %s", strerror(errno));
         return;
     }
     int one = 1;
@@ -417,10 +422,10 @@ void sess_on_connect(struct session *s, int res)
     srv->connect_armed = 0;
     sess_release_op(s);
     if (s->state != S_CONNECTING)
-        return maybe_free(s);
+        return sess_maybe_free(s);
     if (res < 0) {
         srv->eof = srv->dead = 1;
-        session_fail(s, WIRE_ERR_UNAVAILABLE, "server endpoint %s unreachable: %s",
+        sess_fail(s, WIRE_ERR_UNAVAILABLE, "server endpoint %s unreachable: %s",
                      S.cfg.server, strerror(-res));
         return;
     }
@@ -437,7 +442,7 @@ static void on_welcome(struct session *s, const struct wire_frame *f)
 
     if (f->u.welcome.session_id != s->id ||
         memcmp(f->u.welcome.token, s->token, WIRE_TOKEN_LEN) != 0) {
-        session_fail(s, WIRE_ERR_AUTH, "server endpoint answered with another session id or token");
+        sess_fail(s, WIRE_ERR_AUTH, "server endpoint answered with another session id or token");
         return;
     }
     s->state = S_LIVE;
@@ -445,7 +450,7 @@ static void on_welcome(struct session *s, const struct wire_frame *f)
     /* WELCOME to the client before anything the app says; the app starts now. */
     conn_queue(cli, buf, wire_put_welcome(buf, s->id, s->token), NULL, 0);
     if (push_event(s, EV_START, ORDER_START, 0, NULL, 0) < 0) {
-        session_fail(s, WIRE_ERR_SESSION, "cannot hand the start event to the worker");
+        sess_fail(s, WIRE_ERR_SESSION, "cannot hand the start event to the worker");
         return;
     }
     sup_flush(s, cli);
@@ -471,7 +476,7 @@ static void side_closed(struct session *s, enum side side)
         }
     }
     if (s->state < S_CLOSING)
-        session_fail(s, WIRE_ERR_SESSION, "%s endpoint left before the session started",
+        sess_fail(s, WIRE_ERR_SESSION, "%s endpoint left before the session started",
                      side == SIDE_CLIENT ? "client" : "server");
 }
 
@@ -485,7 +490,7 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
             return 0;
         }
         if (f->type == WIRE_RESUME) {
-            session_fail(s, WIRE_ERR_UNSUPPORTED, "RESUME is not supported by this edge yet");
+            sess_fail(s, WIRE_ERR_UNSUPPORTED, "RESUME is not supported by this edge yet");
             return -EPROTO;
         }
     } else if (c->side == SIDE_SERVER && s->state == S_CONNECTING) {
@@ -494,7 +499,7 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
             return 0;
         }
         if (f->type == WIRE_ERROR) {
-            session_fail(s, WIRE_ERR_UNAVAILABLE, "server endpoint refused the session: %.*s",
+            sess_fail(s, WIRE_ERR_UNAVAILABLE, "server endpoint refused the session: %.*s",
                          (int)f->u.error.text_len, f->u.error.text);
             return -EPROTO;
         }
@@ -502,14 +507,14 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
         if (f->type == WIRE_DATA) {
             if (f->u.data.seq != c->next_seq) {
                 S.stats.bad_frames++;
-                session_fail(s, WIRE_ERR_PROTO, "DATA from the %s with seq %llu, expected %llu",
+                sess_fail(s, WIRE_ERR_PROTO, "DATA from the %s with seq %llu, expected %llu",
                              c->side == SIDE_CLIENT ? "client" : "server",
                              ull(f->u.data.seq), ull(c->next_seq));
                 return -EPROTO;
             }
             if (f->u.data.len > S.cfg.max_message_bytes) {
                 S.stats.bad_frames++;
-                session_fail(s, WIRE_ERR_TOO_BIG, "message of %zu bytes exceeds max_message_bytes=%u",
+                sess_fail(s, WIRE_ERR_TOO_BIG, "message of %zu bytes exceeds max_message_bytes=%u",
                              f->u.data.len, S.cfg.max_message_bytes);
                 return -EPROTO;
             }
@@ -519,7 +524,7 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
             if (rc == -EAGAIN)
                 return -EAGAIN;
             if (rc < 0) {
-                session_fail(s, WIRE_ERR_SESSION, "out of memory");
+                sess_fail(s, WIRE_ERR_SESSION, "out of memory");
                 return -EPROTO;
             }
             c->next_seq++;
@@ -544,7 +549,7 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
         return 0;  /* ending: input is discarded */
     }
     S.stats.bad_frames++;
-    session_fail(s, WIRE_ERR_UNEXPECTED, "unexpected %s frame from the %s",
+    sess_fail(s, WIRE_ERR_UNEXPECTED, "unexpected %s frame from the %s",
                  wire_type_name(f->type), c->side == SIDE_CLIENT ? "client" : "server");
     return -EPROTO;
 }
@@ -567,10 +572,10 @@ static void process_input(struct session *s, struct conn *c)
             if (n == -EMSGSIZE) {
                 struct wire_hdr h;
                 wire_parse_hdr(c->rbuf + off, c->rlen - off, SIZE_MAX, &h);
-                session_fail(s, WIRE_ERR_TOO_BIG, "frame of %u bytes exceeds the limit of %zu",
+                sess_fail(s, WIRE_ERR_TOO_BIG, "frame of %u bytes exceeds the limit of %zu",
                              h.len, S.max_body);
             } else {
-                session_fail(s, WIRE_ERR_PROTO, "malformed frame from the %s",
+                sess_fail(s, WIRE_ERR_PROTO, "malformed frame from the %s",
                              c->side == SIDE_CLIENT ? "client" : "server");
             }
             return;
@@ -611,7 +616,7 @@ void sess_on_recv(struct session *s, enum side side, int res)
         if (res <= 0)
             c->eof = 1;
         conn_close(s, c);
-        return maybe_free(s);
+        return sess_maybe_free(s);
     }
     if (res <= 0) {
         c->eof = 1;
@@ -620,17 +625,17 @@ void sess_on_recv(struct session *s, enum side side, int res)
             LOG(LOG_WARN, "session=%llu msg=\"recv\" error=\"%s\"", ull(s->id), strerror(-res));
         if (c->rlen > 0) {
             S.stats.bad_frames++;
-            session_fail(s, WIRE_ERR_PROTO, "truncated frame: the %s stopped sending after %zu "
+            sess_fail(s, WIRE_ERR_PROTO, "truncated frame: the %s stopped sending after %zu "
                          "bytes of a frame", side == SIDE_CLIENT ? "client" : "server", c->rlen);
         } else if (s->state == S_HELLO) {
-            session_fail(s, WIRE_ERR_PROTO, "disconnected before HELLO");
+            sess_fail(s, WIRE_ERR_PROTO, "disconnected before HELLO");
         } else {
             side_closed(s, side);
         }
-        return maybe_free(s);
+        return sess_maybe_free(s);
     }
     process_input(s, c);
-    maybe_free(s);
+    sess_maybe_free(s);
 }
 
 void sess_on_send(struct session *s, enum side side, int res)
@@ -648,7 +653,7 @@ void sess_on_send(struct session *s, enum side side, int res)
         if (s->state < S_DEAD)
             side_closed(s, side);
         conn_close(s, c);
-        return maybe_free(s);
+        return sess_maybe_free(s);
     }
     c->sent += (size_t)res;
     if (c->sent == c->sending.len) {
@@ -664,7 +669,7 @@ void sess_on_send(struct session *s, enum side side, int res)
     }
     if (c->draining)
         conn_close(s, c);
-    maybe_free(s);
+    sess_maybe_free(s);
 }
 
 /* ---- the worker's outputs ---- */
@@ -720,11 +725,11 @@ void sess_on_timer(struct session *s, uint32_t idx, int res)
 {
     sess_release_op(s);
     if (idx >= s->ntimers || !s->timers[idx].id)
-        return maybe_free(s);   /* cancelled */
+        return sess_maybe_free(s);   /* cancelled */
     uint64_t id = s->timers[idx].id;
     if (res != -ETIME || s->state != S_LIVE) {
         s->timers[idx].id = 0;
-        return maybe_free(s);
+        return sess_maybe_free(s);
     }
     if (push_event(s, EV_TIMER, ORDER_TIMER, id, NULL, 0) == -EAGAIN) {
         /* The worker is behind: try again shortly; the firing keeps its turn in no queue,
@@ -755,7 +760,7 @@ static void send_output(struct session *s, enum side side, const struct shm_rec 
     wire_put_out_hdr(hdr, r->a, NULL, 0, olen + len);
     /* header, then the order delta, then the payload */
     if (outbuf_reserve(&c->pending, sizeof(hdr) + olen + len) < 0) {
-        session_fail(s, WIRE_ERR_SESSION, "out of memory");
+        sess_fail(s, WIRE_ERR_SESSION, "out of memory");
         return;
     }
     wire_le32(hdr + WIRE_HDR_LEN + 8, olen);
@@ -783,6 +788,7 @@ static void worker_finished(struct session *s)
         }
     }
     timers_cancel_all(s);
+    recovery_end(s);
     LOG(LOG_INFO, "session=%llu msg=\"session closed\" events=%llu to_client=%llu to_server=%llu",
         ull(s->id), ull(s->next_pos - 1), ull(s->outputs[0]), ull(s->outputs[1]));
 }
@@ -827,11 +833,11 @@ static void drain_worker(struct session *s)
                 break;
             case OUT_FAIL:
                 s->ctl->error[sizeof(s->ctl->error) - 1] = 0;
-                session_fail(s, WIRE_ERR_SESSION, "session failed at event %llu: %s",
+                sess_fail(s, WIRE_ERR_SESSION, "session failed at event %llu: %s",
                              ull(r->pos), s->ctl->error);
                 break;
             default:
-                session_fail(s, WIRE_ERR_SESSION, "worker wrote an unknown record %u", type);
+                sess_fail(s, WIRE_ERR_SESSION, "worker wrote an unknown record %u", type);
                 break;
             }
             ring_pop(&s->out);
@@ -844,7 +850,7 @@ static void drain_worker(struct session *s)
         sup_flush(s, &s->c[SIDE_CLIENT]);
         sup_flush(s, &s->c[SIDE_SERVER]);
         order_trim(s);
-        feed_worker(s);
+        sess_feed(s);
         /* Input that waited for room in the worker's ring. */
         for (int i = 0; i < 2; i++) {
             struct conn *c = &s->c[i];
@@ -876,7 +882,7 @@ void sess_on_doorbell(struct session *s, int res)
         s->doorbell_armed = 1;
         s->inflight++;
     }
-    maybe_free(s);
+    sess_maybe_free(s);
 }
 
 static const char *describe_status(const siginfo_t *si, char *buf, size_t len)
@@ -889,38 +895,6 @@ static const char *describe_status(const siginfo_t *si, char *buf, size_t len)
     return buf;
 }
 
-/* A worker died in the middle of a session: start another that replays the stored events
- * (DESIGN.md section 3). Outputs the endpoints already have are dropped as they come again.
- * A worker that crashes (by its own fault: not SIGKILL, which comes from outside) twice at
- * the same event has a deterministic bug: the session fails instead of looping. */
-static void recover(struct session *s, const char *how, int own_fault)
-{
-    uint64_t consumed = atomic_load(&s->ctl->consumed);
-    int busy = own_fault && consumed + 1 < s->next_pos;   /* crashed on a waiting event */
-    pid_t old = s->pid;
-    char err[256];
-
-    S.stats.worker_deaths++;
-    if (busy && s->crash_pos == consumed + 1) {
-        session_fail(s, WIRE_ERR_SESSION, "worker pid %d died again at event %llu: %s; "
-                     "the session is failed (replay it offline)", (int)old,
-                     ull(consumed + 1), how);
-        return;
-    }
-    if (busy)
-        s->crash_pos = consumed + 1;
-    if (spawn_worker(s, err, sizeof(err)) < 0) {
-        session_fail(s, WIRE_ERR_SESSION, "worker pid %d died (%s) and no new one could start: %s",
-                     (int)old, how, err);
-        return;
-    }
-    s->recoveries++;
-    S.stats.recoveries++;
-    LOG(LOG_WARN, "session=%llu msg=\"worker died, recovering\" old=%d status=\"%s\" "
-        "at_event=%llu new=%d replay=%llu", ull(s->id), (int)old, how, ull(consumed + 1),
-        (int)s->pid, ull(s->next_pos - 1));
-}
-
 void sess_on_pidfd(struct session *s, int res)
 {
     siginfo_t si;
@@ -931,7 +905,7 @@ void sess_on_pidfd(struct session *s, int res)
     memset(&si, 0, sizeof(si));
     if (waitid(P_PIDFD, (id_t)s->pidfd, &si, WEXITED | WNOHANG | __WALL) == -1) {
         LOG(LOG_WARN, "session=%llu msg=\"waitid\" error=\"%s\"", ull(s->id), strerror(errno));
-        return maybe_free(s);   /* the pidfd stays unarmed; the session ends without it */
+        return sess_maybe_free(s);   /* the pidfd stays unarmed; the session ends without it */
     }
     s->worker_reaped = 1;
     close(s->pidfd);
@@ -942,10 +916,10 @@ void sess_on_pidfd(struct session *s, int res)
         drain_worker(s);
     describe_status(&si, how, sizeof(how));
     if (!s->worker_done && (s->state == S_LIVE || s->state == S_CLOSING)) {
-        recover(s, how, !(si.si_code == CLD_KILLED && si.si_status == SIGKILL));
+        recovery_start(s, how, !(si.si_code == CLD_KILLED && si.si_status == SIGKILL));
     } else if (!s->worker_done && s->state != S_DEAD) {
         S.stats.worker_deaths++;
-        session_fail(s, WIRE_ERR_SESSION, "worker pid %d died before the session started: %s",
+        sess_fail(s, WIRE_ERR_SESSION, "worker pid %d died before the session started: %s",
                      (int)s->pid, how);
     } else {
         LOG(LOG_DEBUG, "session=%llu msg=\"worker exited\" pid=%d status=\"%s\"", ull(s->id),
@@ -956,7 +930,7 @@ void sess_on_pidfd(struct session *s, int res)
         if (write(s->doorbell_out, &one, sizeof(one)) == -1)
             LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
     }
-    maybe_free(s);
+    sess_maybe_free(s);
 }
 
 /* ---- the end of a session ---- */
@@ -989,7 +963,7 @@ static void conn_close(struct session *s, struct conn *c)
     c->fd = -1;
 }
 
-static void session_fail(struct session *s, uint32_t code, const char *fmt, ...)
+void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
 {
     char text[WIRE_ERROR_MAX];
     va_list ap;
@@ -1016,6 +990,7 @@ static void session_fail(struct session *s, uint32_t code, const char *fmt, ...)
         conn_close(s, c);
     }
     timers_cancel_all(s);
+    recovery_end(s);
     if (s->pid > 0 && !s->worker_reaped)
         kill(s->pid, SIGKILL);
 }
@@ -1026,7 +1001,7 @@ void sess_release_op(struct session *s)
         s->inflight--;
 }
 
-static void maybe_free(struct session *s)
+void sess_maybe_free(struct session *s)
 {
     if (s->state != S_DEAD || s->inflight)
         return;
@@ -1052,6 +1027,10 @@ static void maybe_free(struct session *s)
         close(s->pidfd);
     if (s->memfd >= 0)
         close(s->memfd);
+    if (s->report_fd >= 0)
+        close(s->report_fd);
+    if (s->report_worker_fd >= 0)
+        close(s->report_worker_fd);
     evstore_free(&s->ev);
     free(s->order);
     free(s->order_end);
@@ -1067,6 +1046,18 @@ static void maybe_free(struct session *s)
     s->state = S_FREE;
     s->c[0].fd = s->c[1].fd = -1;
     S.nsessions--;
+}
+
+/* A frame for both endpoints (those still there). */
+void sess_send_all(struct session *s, const void *frame, size_t len)
+{
+    for (int i = 0; i < 2; i++) {
+        struct conn *c = &s->c[i];
+        if (c->fd < 0 || c->dead || c->draining || !c->up)
+            continue;
+        conn_queue(c, frame, len, NULL, 0);
+        sup_flush(s, c);
+    }
 }
 
 /* ---- operator actions ---- */

@@ -17,6 +17,7 @@
 enum op {
     OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_DOORBELL, OP_PIDFD,
     OP_TIMER, OP_TIMER_CANCEL, OP_CTL_ACCEPT, OP_SIGNAL, OP_ZYGOTE,
+    OP_REPORT, OP_STANDBY, OP_TICK, OP_REAP,
 };
 #define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
 #define UD_OP(ud)   ((int)((ud) >> 56))
@@ -88,6 +89,18 @@ struct session {
     uint64_t max_timer_id;      /* timers armed so far: a replayed arm is not armed twice */
     uint32_t recoveries;
 
+    /* snapshots (recovery.c) */
+    int report_fd, report_worker_fd;    /* snapshot children report on this socketpair */
+    struct snap_report report;
+    unsigned report_armed : 1, snap_inflight : 1, need_full : 1;
+    uint64_t gen;                       /* worker generation: stale reports are ignored */
+    uint64_t snap_pos;                  /* newest durable snapshot, 0 = none */
+    uint64_t snap_requested_ms;
+    uint32_t deltas_since_full;
+    pid_t standby_pid;                  /* the hot standby, 0 = none */
+    int standby_pidfd;
+    uint64_t snapshots, snap_bytes, snap_write_ns, snap_fork_ns;
+
     /* event order */
     uint64_t next_pos;          /* position of the next event */
     uint64_t last_time;
@@ -107,6 +120,7 @@ struct session {
 
 struct sup_stats {
     uint64_t sessions_total, sessions_failed, worker_deaths, recoveries, bad_frames;
+    uint64_t snapshots, snapshot_failures, hot_takeovers, cold_restores;
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
 };
 
@@ -138,7 +152,24 @@ struct io_uring_sqe *sup_sqe(void);
 void sup_arm_recv(struct session *s, struct conn *c);
 void sup_flush(struct session *s, struct conn *c);
 
+/* recovery.c: snapshots, the hot standby, and bringing a session back after its worker died */
+void recovery_tick_arm(void);
+void recovery_on_tick(void);
+void recovery_on_report(struct session *s, int res);
+void recovery_on_standby(struct session *s, int res);
+void recovery_on_reap(int pidfd);
+int  recovery_request_snapshot(struct session *s, char *msg, size_t len);
+void recovery_start(struct session *s, const char *how, int own_fault);
+void recovery_end(struct session *s);   /* the session is over: drop the standby */
+int  recovery_setup(struct session *s, char *err, size_t errlen);
+
 /* session.c */
+int  sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t errlen);
+void sess_feed(struct session *s);
+void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void sess_send_all(struct session *s, const void *frame, size_t len);
+uint64_t sess_now_ms(void);
 void sess_accept(int fd);
 void sess_on_recv(struct session *s, enum side side, int res);
 void sess_on_send(struct session *s, enum side side, int res);
@@ -148,13 +179,16 @@ void sess_on_pidfd(struct session *s, int res);
 void sess_on_timer(struct session *s, uint32_t idx, int res);
 void sess_ring_doorbells(void);
 void sess_release_op(struct session *s);
+/* Free the slot of an ended session once nothing of it is in flight (safe to call often). */
+void sess_maybe_free(struct session *s);
 int  sess_rbuf(struct conn *c);
 struct session *sess_find(uint64_t id);
 int  sess_kill_worker(uint64_t id, char *msg, size_t len);
 
 /* zygote.c */
-int zygote_start(const char *app, const char *cache_dir, char *err, size_t errlen);
-int zygote_spawn(struct session *s, int memfd, char *err, size_t errlen);
+int zygote_start(const char *app, const char *cache_dir, const char *state_dir, char *err,
+                 size_t errlen);
+int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, size_t errlen);
 
 /* control.c */
 int  ctl_listen(const char *path, char *err, size_t errlen);

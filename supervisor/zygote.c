@@ -17,7 +17,8 @@
 
 #define ZYGOTE_READY_TIMEOUT_MS 10000
 
-int zygote_start(const char *app, const char *cache_dir, char *err, size_t errlen)
+int zygote_start(const char *app, const char *cache_dir, const char *state_dir, char *err,
+                 size_t errlen)
 {
     char dir[PATH_MAX], exe[PATH_MAX + 32], fdarg[16];
     struct spawn_ready ready;
@@ -47,7 +48,8 @@ int zygote_start(const char *app, const char *cache_dir, char *err, size_t errle
     }
     if (pid == 0) {
         char *argv[] = { exe, "--zygote", "--app", (char *)app, "--fd", fdarg,
-                         "--cache-dir", (char *)(cache_dir ? cache_dir : ""), NULL };
+                         "--cache-dir", (char *)(cache_dir ? cache_dir : ""),
+                         "--state-dir", (char *)state_dir, NULL };
         int fd = dup(sv[1]);   /* without CLOEXEC: it crosses the exec */
         snprintf(fdarg, sizeof(fdarg), "%d", fd);
         personality(ADDR_NO_RANDOMIZE);
@@ -87,18 +89,20 @@ fail:
 }
 
 /* Synchronous: the zygote answers within a fork's time. */
-int zygote_spawn(struct session *s, int memfd, char *err, size_t errlen)
+int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, size_t errlen)
 {
     struct spawn_request req;
     struct spawn_reply rep;
-    int fds[3] = { memfd, s->doorbell_in, s->doorbell_out }, pidfd = -1, nfds, rc;
+    int fds[4] = { memfd, s->doorbell_in, s->doorbell_out, s->report_worker_fd };
+    int pidfd = -1, nfds, rc;
 
     memset(&req, 0, sizeof(req));
     req.version = SPAWN_VERSION;
     req.ring_size = S.ring_size;
     req.session_id = s->id;
     req.max_message = S.cfg.max_message_bytes;
-    rc = spawn_send(S.zygote_sock, &req, sizeof(req), fds, 3);
+    req.restore_pos = restore_pos;
+    rc = spawn_send(S.zygote_sock, &req, sizeof(req), fds, 4);
     if (rc == 0)
         rc = spawn_recv(S.zygote_sock, &rep, sizeof(rep), &pidfd, 1, &nfds);
     if (rc < 0) {

@@ -191,8 +191,15 @@ static int run_sessions(struct run *run, const char *extra, int with_kills)
             break;
         usleep(10000);
     }
-    t_ctl(&e, "stats", stats, sizeof(stats));
+    /* every session ends and is freed: workers, standbys and snapshot children included */
+    for (int i = 0; i < 500; i++) {
+        t_ctl(&e, "stats", stats, sizeof(stats));
+        if (t_field(stats, "sessions") == 0)
+            break;
+        usleep(10000);
+    }
     cr_log_info("%s: %s", with_kills ? "with kills" : "without kills", stats);
+    cr_assert_eq(t_field(stats, "sessions"), 0, "sessions left open: %s", stats);
     if (with_kills)
         cr_assert(t_field(stats, "recoveries") >= 20, "kills must land for the test to mean "
                   "anything: %s", stats);
@@ -224,4 +231,15 @@ static void compare_runs(const char *extra)
 Test(recovery, random_kills_cold_standby, .timeout = 180)
 {
     compare_runs("standby = cold\nsnapshot_interval_ms = 20\n");
+}
+
+Test(recovery, random_kills_hot_standby, .timeout = 180)
+{
+    compare_runs("standby = hot\nsnapshot_interval_ms = 20\n");
+}
+
+/* Without snapshots the replacement replays every event from the start. */
+Test(recovery, random_kills_without_snapshots, .timeout = 180)
+{
+    compare_runs("snapshot_interval_ms = 0\n");
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -64,6 +65,7 @@ pid_t t_start_raw(const char *dir, const char *name, char *const argv[], int *ou
         cr_assert_fail("fork: %s", strerror(errno));
     if (pid == 0) {
         int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* a failed test leaves nothing running */
         dup2(pfd[1], 1);
         if (lfd >= 0)
             dup2(lfd, 2);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -194,9 +195,11 @@ static void *t_edge_main(void *arg)
     return NULL;
 }
 
-static void t_edge_start(struct t_edge *e, uint64_t sid)
+static void t_edge_start(struct t_edge *e, uint64_t sid, const char *refuse)
 {
+    memset(e, 0, sizeof(*e));
     e->sid = sid;
+    e->refuse = refuse;
     e->fd = -1;
     e->lfd = t_listen(&e->port);
     cr_assert_eq(pthread_create(&e->th, NULL, t_edge_main, e), 0);
@@ -214,8 +217,7 @@ static struct cessna_ep *t_client(struct t_edge *e, uint64_t sid)
     char addr[64], err[256];
     struct cessna_ep *ep;
 
-    memset(e, 0, sizeof(*e));
-    t_edge_start(e, sid);
+    t_edge_start(e, sid, NULL);
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", e->port);
     ep = cessna_ep_connect(addr, err, sizeof(err));
     t_edge_join(e);
@@ -252,7 +254,7 @@ Test(endpoint, connect_tries_each_edge, .timeout = 10)
     struct t_edge e = { 0 };
     struct cessna_ep *ep;
 
-    t_edge_start(&e, 9);
+    t_edge_start(&e, 9, NULL);
     snprintf(addr, sizeof(addr), "127.0.0.1:%d,127.0.0.1:%d", t_dead_port(), e.port);
     ep = cessna_ep_connect(addr, err, sizeof(err));
     t_edge_join(&e);
@@ -276,9 +278,9 @@ Test(endpoint, connect_no_edge_answers, .timeout = 10)
 Test(endpoint, connect_refused_with_error, .timeout = 10)
 {
     char addr[64], err[256] = "";
-    struct t_edge e = { .refuse = "edge is full" };
+    struct t_edge e;
 
-    t_edge_start(&e, 1);
+    t_edge_start(&e, 1, "edge is full");
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", e.port);
     cr_expect_null(cessna_ep_connect(addr, err, sizeof(err)));
     t_edge_join(&e);
@@ -734,6 +736,7 @@ static pid_t t_proxy(const char *name, const char *opt, const char *arg, const c
     pid = fork();
     cr_assert_neq(pid, -1);
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed test leaves no proxy behind */
         dup2(p[1], STDOUT_FILENO);
         close(p[0]);
         close(p[1]);
@@ -994,13 +997,13 @@ Test(server_proxy, pipelined_both_ways, .timeout = 10)
 }
 
 /* A client proxy in front of a fake edge; a plain client connected through it. */
-static pid_t t_client_proxy(struct t_edge *e, uint64_t sid, int *plain)
+static pid_t t_client_proxy(struct t_edge *e, uint64_t sid, const char *refuse, int *plain)
 {
     char edges[128];
     int port;
     pid_t pid;
 
-    t_edge_start(e, sid);
+    t_edge_start(e, sid, refuse);
     snprintf(edges, sizeof(edges), "127.0.0.1:%d,127.0.0.1:%d", t_dead_port(), e->port);
     pid = t_proxy("cessna-client-proxy", "--edge", edges, NULL, &port);
     *plain = t_connect(port);
@@ -1028,7 +1031,7 @@ Test(client_proxy, relays_and_closes, .timeout = 10)
 {
     struct t_edge e = { 0 };
     int plain;
-    pid_t pid = t_client_proxy(&e, 11, &plain);
+    pid_t pid = t_client_proxy(&e, 11, NULL, &plain);
     struct wire_frame f;
 
     cr_assert(e.got_hello);
@@ -1061,7 +1064,7 @@ Test(client_proxy, edge_close_and_error_end_the_client, .timeout = 10)
 {
     struct t_edge e = { 0 };
     int plain;
-    pid_t pid = t_client_proxy(&e, 12, &plain);
+    pid_t pid = t_client_proxy(&e, 12, NULL, &plain);
     struct wire_frame f;
     uint8_t buf[128];
 
@@ -1074,7 +1077,7 @@ Test(client_proxy, edge_close_and_error_end_the_client, .timeout = 10)
     close(e.fd);
     t_proxy_stop(pid);
 
-    pid = t_client_proxy(&e, 13, &plain);
+    pid = t_client_proxy(&e, 13, NULL, &plain);
     t_send_out(e.fd, 1, "partial");
     cr_assert_eq(t_write(e.fd, buf, wire_put_error(buf, sizeof(buf), WIRE_ERR_SESSION,
                                                    "app crashed")), 0);
@@ -1089,7 +1092,7 @@ Test(client_proxy, bad_frames_get_error, .timeout = 10)
 {
     struct t_edge e = { 0 };
     int plain;
-    pid_t pid = t_client_proxy(&e, 14, &plain);
+    pid_t pid = t_client_proxy(&e, 14, NULL, &plain);
     uint8_t buf[64];
 
     t_send_data(e.fd, 1, "clients do not get DATA");
@@ -1099,7 +1102,7 @@ Test(client_proxy, bad_frames_get_error, .timeout = 10)
     close(e.fd);
     t_proxy_stop(pid);
 
-    pid = t_client_proxy(&e, 15, &plain);
+    pid = t_client_proxy(&e, 15, NULL, &plain);
     cr_assert_eq(t_write(e.fd, buf, wire_put_hello(buf, WIRE_ROLE_EDGE, 1, t_token)), 0);
     t_expect_error(e.fd, WIRE_ERR_UNEXPECTED, "HELLO");
     t_expect_plain_eof(plain);
@@ -1110,9 +1113,9 @@ Test(client_proxy, bad_frames_get_error, .timeout = 10)
 
 Test(client_proxy, refused_session_closes_client, .timeout = 10)
 {
-    struct t_edge e = { .refuse = "no capacity" };
+    struct t_edge e;
     int plain;
-    pid_t pid = t_client_proxy(&e, 16, &plain);
+    pid_t pid = t_client_proxy(&e, 16, "no capacity", &plain);
 
     t_expect_plain_eof(plain);
     close(plain);
@@ -1149,7 +1152,7 @@ Test(client_proxy, pipelined_both_ways, .timeout = 10)
     pthread_t pump, edge;
     static uint8_t buf[1 << 16];
     size_t got = 0;
-    pid_t pid = t_client_proxy(&e, 17, &p.fd);
+    pid_t pid = t_client_proxy(&e, 17, NULL, &p.fd);
 
     x.fd = e.fd;
     x.n = 1 << 30;

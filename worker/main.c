@@ -19,11 +19,12 @@
 #include "proc.h"
 #include "runtime.h"
 #include "spawn.h"
+#include "wsnap.h"
 
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: cessna-worker --zygote --app MODULE.so --fd N [--cache-dir DIR]\n"
+        "usage: cessna-worker --zygote --app MODULE.so --fd N --state-dir DIR [--cache-dir DIR]\n"
         "\n"
         "The per-app zygote that cessna-supervisor starts; it is not run by hand.\n"
         "It loads MODULE.so, then forks one worker per session on the supervisor's\n"
@@ -65,6 +66,7 @@ static void spawn_one(int sock, const struct spawn_request *req, const int *fds)
             .session_id = req->session_id, .ring_size = req->ring_size,
             .max_message = req->max_message,
             .memfd = fds[0], .doorbell_in = fds[1], .doorbell_out = fds[2],
+            .report_fd = fds[3], .restore_pos = req->restore_pos,
         };
         close(sock);
         prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -86,6 +88,7 @@ int main(int argc, char **argv)
         { "app", required_argument, NULL, 'a' },
         { "fd", required_argument, NULL, 'f' },
         { "cache-dir", required_argument, NULL, 'c' },
+        { "state-dir", required_argument, NULL, 's' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
@@ -99,6 +102,7 @@ int main(int argc, char **argv)
         case 'a': app = optarg; break;
         case 'f': sock = atoi(optarg); break;
         case 'c': cache_dir = optarg; break;
+        case 's': rt_set_state_dir(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -112,7 +116,8 @@ int main(int argc, char **argv)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     signal(SIGPIPE, SIG_IGN);
 
-    if (rt_load_app(app, err, sizeof(err)) < 0 || rt_reserve_arena(err, sizeof(err)) < 0) {
+    if (rt_load_app(app, err, sizeof(err)) < 0 || rt_reserve_arena(err, sizeof(err)) < 0 ||
+        wsnap_init(app, err, sizeof(err)) < 0) {
         report_ready(sock, -EINVAL, err);
         return 1;
     }
@@ -129,9 +134,9 @@ int main(int argc, char **argv)
 
     for (;;) {
         struct spawn_request req;
-        int fds[3], nfds, rc;
+        int fds[4], nfds, rc;
 
-        rc = spawn_recv(sock, &req, sizeof(req), fds, 3, &nfds);
+        rc = spawn_recv(sock, &req, sizeof(req), fds, 4, &nfds);
         if (rc < 0) {
             for (int i = 0; i < nfds; i++)
                 close(fds[i]);
@@ -140,7 +145,7 @@ int main(int argc, char **argv)
             LOG(LOG_ERROR, "msg=\"spawn request\" error=\"%s\"", strerror(-rc));
             return 1;
         }
-        if (req.version != SPAWN_VERSION || nfds != 3) {
+        if (req.version != SPAWN_VERSION || nfds != 4) {
             LOG(LOG_ERROR, "msg=\"bad spawn request\" version=%u fds=%d", req.version, nfds);
         } else {
             spawn_one(sock, &req, fds);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 #include "log.h"
 #include "runtime.h"
 #include "shm.h"
+#include "wsnap.h"
 
 #define RT_MAX_TIMERS   4096
 #define RT_FLUSH_EVERY  32     /* ring the supervisor at least this often under load */
@@ -64,7 +66,12 @@ static struct {
     uint32_t max_message;
     int cache_dirfd;
     unsigned unflushed;
-} L = { .cache_dirfd = -1 };
+    const char *state_dir;
+    int report_fd;
+    uint64_t snap_done;     /* the last snapshot request acted on */
+} L = { .cache_dirfd = -1, .state_dir = "." };
+
+_Static_assert(sizeof(struct rt_state) <= RT_STATE_SPACE, "runtime state fits its page");
 
 /* ---- zygote side ---- */
 
@@ -113,6 +120,11 @@ int rt_reserve_arena(char *err, size_t errlen)
 void rt_set_cache_dir(int dirfd)
 {
     L.cache_dirfd = dirfd;
+}
+
+void rt_set_state_dir(const char *dir)
+{
+    L.state_dir = dir;
 }
 
 /* ---- doorbells and rings ---- */
@@ -450,6 +462,54 @@ static long long mono_ns(void)
     return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
+static void attach_rings(void)
+{
+    if (ring_attach(&L.in, shm_in_ring(L.ctl)) < 0 ||
+        ring_attach(&L.out, shm_out_ring(L.ctl, L.ctl->ring_size)) < 0) {
+        LOG(LOG_ERROR, "msg=\"bad session memory\"");
+        _exit(1);
+    }
+}
+
+/* A snapshot request for the event just finished: fork the frozen child (DESIGN.md 5). */
+static int snapshot_due(void)
+{
+    uint64_t req = atomic_load_explicit(&L.ctl->snap_pos, memory_order_acquire);
+
+    return req && req == L.st->pos && req != L.snap_done;
+}
+
+static void take_snapshot(void)
+{
+    struct wsnap_request rq = {
+        .state_dir = L.state_dir, .session_id = L.st->session_id, .position = L.st->pos,
+        .base = L.ctl->snap_base, .gen = L.ctl->snap_gen, .hot = (int)L.ctl->snap_hot,
+    };
+    uint64_t fork_ns = 0;
+    int rc;
+
+    L.snap_done = rq.position;
+    memcpy(rq.seq, L.st->seq, sizeof(rq.seq));
+    memcpy(rq.out_no, L.st->out_no, sizeof(rq.out_no));
+    flush_outputs();
+    rc = wsnap_take(&rq, L.report_fd, &fork_ns);
+    if (rc == 1) {
+        /* We are the hot standby, woken to take over: the supervisor has reset the rings
+         * and feeds us the events after our position. */
+        attach_rings();
+        log_init("cessna-worker");
+        return;
+    }
+    if (rc < 0) {
+        struct snap_report rep = { .version = SNAP_REPORT_VERSION, .status = rc,
+                                   .position = rq.position, .gen = rq.gen };
+        snprintf(rep.text, sizeof(rep.text), "fork: %s", strerror(-rc));
+        if (send(L.report_fd, &rep, sizeof(rep), MSG_NOSIGNAL) == -1)
+            LOG(LOG_WARN, "msg=\"snapshot report lost\"");
+    }
+    atomic_store(&L.ctl->fork_ns, fork_ns);
+}
+
 /* With a core to spare (the supervisor says so in spin_ns), poll the input ring a little
  * before sleeping: an event that arrives meanwhile costs no wakeup. 1 if one arrived. */
 static int spin_for_input(void)
@@ -462,7 +522,7 @@ static int spin_for_input(void)
     deadline = mono_ns() + budget;
     do {
         for (int i = 0; i < 64; i++) {
-            if (!ring_empty(&L.in))
+            if (!ring_empty(&L.in) || snapshot_due())
                 return 1;
             __builtin_ia32_pause();
         }
@@ -474,6 +534,7 @@ void rt_run(const struct rt_session *s)
 {
     size_t total = shm_total_size(s->ring_size);
     void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
+    char err[256];
 
     log_init("cessna-worker");
     if (base == MAP_FAILED) {
@@ -485,23 +546,39 @@ void rt_run(const struct rt_session *s)
     L.ctl = base;
     L.doorbell_in = s->doorbell_in;
     L.doorbell_out = s->doorbell_out;
+    L.report_fd = s->report_fd;
     L.max_message = s->max_message;
-    if (ring_attach(&L.in, shm_in_ring(base)) < 0 ||
-        ring_attach(&L.out, shm_out_ring(base, s->ring_size)) < 0) {
-        LOG(LOG_ERROR, "session=%llu msg=\"bad session memory\"", (unsigned long long)s->session_id);
-        _exit(1);
+    attach_rings();
+    if (wsnap_setup(err, sizeof(err)) < 0)
+        rt_fail("%s", err);
+    L.st = (struct rt_state *)RT_ARENA_BASE;
+    if (s->restore_pos) {
+        struct snap_meta m;
+        int rc = wsnap_restore(L.state_dir, s->session_id, s->restore_pos, &m, err, sizeof(err));
+        if (rc < 0)
+            rt_fail("cannot restore snapshot %llu: %s", (unsigned long long)s->restore_pos, err);
+        arena_attach((char *)RT_ARENA_BASE + RT_STATE_SPACE);
+        if (L.st->session_id != s->session_id || L.st->pos != s->restore_pos)
+            rt_fail("snapshot %llu holds session %llu at position %llu",
+                    (unsigned long long)s->restore_pos, (unsigned long long)L.st->session_id,
+                    (unsigned long long)L.st->pos);
+        L.snap_done = L.st->pos;
+    } else {
+        if (arena_init((char *)RT_ARENA_BASE + RT_STATE_SPACE, RT_ARENA_SIZE - RT_STATE_SPACE) < 0)
+            rt_fail("cannot set up the arena");
+        memset(L.st, 0, sizeof(*L.st));
+        L.st->session_id = s->session_id;
+        L.st->prng = s->session_id;
     }
-    if (arena_init(RT_ARENA_BASE, RT_ARENA_SIZE) < 0 ||
-        !(L.st = arena_calloc(1, sizeof(*L.st))))
-        rt_fail("cannot set up the arena");
-    L.st->session_id = s->session_id;
-    L.st->prng = s->session_id;
 
     for (;;) {
         uint16_t type;
         uint32_t len;
-        const struct shm_rec *ev = ring_peek(&L.in, &type, &len);
+        const struct shm_rec *ev;
 
+        if (snapshot_due())
+            take_snapshot();
+        ev = ring_peek(&L.in, &type, &len);
         if (!ev) {
             flush_outputs();
             if (spin_for_input())

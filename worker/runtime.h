@@ -9,6 +9,8 @@
  * the zygote), so pointers inside it stay valid in a snapshot restored elsewhere. */
 #define RT_ARENA_BASE ((void *)0x200000000000ull)   /* above ASan's shadow too */
 #define RT_ARENA_SIZE (4ull << 30)
+/* The first page of the arena holds the runtime's own state; the allocator gets the rest. */
+#define RT_STATE_SPACE 4096ull
 
 struct rt_session {
     uint64_t session_id;
@@ -17,6 +19,8 @@ struct rt_session {
     int memfd;       /* the session's shared memory (shm.h) */
     int doorbell_in; /* eventfd: the supervisor rings it for us */
     int doorbell_out;/* eventfd: we ring it for the supervisor */
+    int report_fd;   /* snapshot children report here */
+    uint64_t restore_pos;   /* 0: start fresh; else restore the snapshot at this position */
 };
 
 /* Zygote: load and check the app module; reserve the arena. 0, or -errno with a reason. */
@@ -24,6 +28,8 @@ int rt_load_app(const char *path, char *err, size_t errlen);
 int rt_reserve_arena(char *err, size_t errlen);
 /* Zygote: the directory cessna_cache_read() reads from (an O_PATH fd), or -1 for none. */
 void rt_set_cache_dir(int dirfd);
+/* Zygote: where snapshots go (STATE_DIR/SESSION_ID/). */
+void rt_set_state_dir(const char *dir);
 
 /* Worker: run the session until it ends; never returns. */
 void rt_run(const struct rt_session *s) __attribute__((noreturn));

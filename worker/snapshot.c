@@ -1,0 +1,257 @@
+/* snapshot.c - the worker's side of snapshots (DESIGN.md section 5): which memory is the
+ * session's state, the layout fingerprint, the frozen fork child that writes a snapshot,
+ * and restoring one into a fresh worker. The file format is common/snap.c. */
+#include <elf.h>
+#include <errno.h>
+#include <link.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "arena.h"
+#include "proc.h"
+#include "runtime.h"
+#include "shm.h"
+#include "snap.h"
+#include "wsnap.h"
+
+#define MAX_MODULE_REGIONS (SNAP_MAX_REGIONS - 1)
+
+static struct {
+    const char *app_path;
+    struct snap_region module[MAX_MODULE_REGIONS];  /* the app's writable segments */
+    int nmodule;
+    uint8_t fingerprint[32];
+    struct snap_hashes hashes;                      /* shared with snapshot children */
+} W;
+
+static long long mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+/* The GNU build id of a loaded object, hashed (0 if it has none). */
+static uint64_t build_id(const struct dl_phdr_info *info)
+{
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_NOTE)
+            continue;
+        const uint8_t *p = (const uint8_t *)(info->dlpi_addr + ph->p_vaddr);
+        const uint8_t *end = p + ph->p_memsz;
+        while (p + sizeof(ElfW(Nhdr)) <= end) {
+            const ElfW(Nhdr) *n = (const ElfW(Nhdr) *)p;
+            const uint8_t *desc = p + sizeof(*n) + ((n->n_namesz + 3) & ~3u);
+            if (n->n_type == NT_GNU_BUILD_ID)
+                return XXH3_64bits(desc, n->n_descsz);
+            p = desc + ((n->n_descsz + 3) & ~3u);
+        }
+    }
+    return 0;
+}
+
+struct scan {
+    uint64_t fp[4];     /* worker build id and base, module build id and base */
+    int found_module;
+};
+
+/* Writable PT_LOAD segments of the app module, minus its RELRO part (made read-only after
+ * relocation, and identical wherever the layout is). */
+static int scan_object(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    struct scan *sc = arg;
+    uint64_t relro_lo = 0, relro_hi = 0;
+
+    (void)size;
+    if (info->dlpi_name[0] == 0 && !sc->fp[0]) {   /* the worker binary itself */
+        sc->fp[0] = build_id(info);
+        sc->fp[1] = info->dlpi_addr;
+        return 0;
+    }
+    if (strcmp(info->dlpi_name, W.app_path) != 0)
+        return 0;
+    sc->found_module = 1;
+    sc->fp[2] = build_id(info);
+    sc->fp[3] = info->dlpi_addr;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_GNU_RELRO) {   /* the pages the loader makes read-only */
+            relro_lo = (info->dlpi_addr + ph->p_vaddr) & ~4095ull;
+            relro_hi = (info->dlpi_addr + ph->p_vaddr + ph->p_memsz) & ~4095ull;
+        }
+    }
+    for (int i = 0; i < info->dlpi_phnum && W.nmodule < MAX_MODULE_REGIONS; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_W))
+            continue;
+        uint64_t lo = (info->dlpi_addr + ph->p_vaddr) & ~4095ull;
+        uint64_t hi = (info->dlpi_addr + ph->p_vaddr + ph->p_memsz + 4095) & ~4095ull;
+        if (relro_hi > lo && relro_lo < hi) {   /* RELRO sits at the start of the segment */
+            if (relro_lo > lo)
+                hi = relro_lo;
+            else
+                lo = relro_hi;
+        }
+        if (hi > lo)
+            W.module[W.nmodule++] = (struct snap_region){ lo, hi - lo };
+    }
+    return 0;
+}
+
+int wsnap_init(const char *app_path, char *err, size_t errlen)
+{
+    struct scan sc;
+    uint64_t arena = (uint64_t)(uintptr_t)RT_ARENA_BASE;
+
+    memset(&sc, 0, sizeof(sc));
+    W.app_path = app_path;
+    W.nmodule = 0;
+    dl_iterate_phdr(scan_object, &sc);
+    if (!sc.found_module) {
+        snprintf(err, errlen, "app module %s is not loaded", app_path);
+        return -ENOENT;
+    }
+    /* two 128-bit hashes of (build ids, load addresses, arena base) */
+    XXH128_hash_t a = XXH3_128bits_withSeed(sc.fp, sizeof(sc.fp), arena);
+    XXH128_hash_t b = XXH3_128bits_withSeed(sc.fp, sizeof(sc.fp), ~arena);
+    memcpy(W.fingerprint, &a, 16);
+    memcpy(W.fingerprint + 16, &b, 16);
+    return 0;
+}
+
+int wsnap_setup(char *err, size_t errlen)
+{
+    /* One hash per page the regions can ever hold; untouched entries cost nothing. */
+    for (int r = 0; r <= W.nmodule; r++) {
+        uint64_t pages = r == 0 ? RT_ARENA_SIZE / SNAP_PAGE : W.module[r - 1].len / SNAP_PAGE;
+        void *p = mmap(NULL, pages * sizeof(uint64_t), PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) {
+            snprintf(err, errlen, "page hash table %d (%llu pages): %s", r,
+                     (unsigned long long)pages, strerror(errno));
+            return -ENOMEM;
+        }
+        W.hashes.page[r] = p;
+        W.hashes.npages[r] = pages;
+    }
+    return 0;
+}
+
+static void fill_meta(struct snap_meta *m, uint64_t session_id, uint64_t position,
+                      uint64_t base, const uint64_t *seq, const uint64_t *out_no)
+{
+    memset(m, 0, sizeof(*m));
+    m->session_id = session_id;
+    m->position = position;
+    m->base_position = base;
+    m->kind = base ? SNAP_DELTA : SNAP_FULL;
+    memcpy(m->seq, seq, sizeof(m->seq));
+    memcpy(m->out_no, out_no, sizeof(m->out_no));
+    memcpy(m->fingerprint, W.fingerprint, sizeof(m->fingerprint));
+    /* region 0: the runtime state page and the arena up to its high-water mark */
+    m->regions[0].addr = (uint64_t)(uintptr_t)RT_ARENA_BASE;
+    m->regions[0].len = RT_STATE_SPACE + arena_extent();
+    m->nregions = 1;
+    for (int i = 0; i < W.nmodule; i++)
+        m->regions[m->nregions++] = W.module[i];
+}
+
+void wsnap_dir(char *buf, size_t len, const char *state_dir, uint64_t session_id)
+{
+    snprintf(buf, len, "%s/%llu", state_dir, (unsigned long long)session_id);
+}
+
+/* In the frozen child: write, report, then leave (cold) or wait as the hot standby.
+ * Returns only in a hot standby that the supervisor woke up to take over. */
+static void child_write(const struct wsnap_request *rq, int report_fd)
+{
+    struct snap_report rep;
+    struct snap_meta m;
+    struct snap_stats st;
+    char dir[PATH_MAX];
+    long long t0 = mono_ns();
+
+    memset(&rep, 0, sizeof(rep));
+    rep.version = SNAP_REPORT_VERSION;
+    rep.pid = getpid();
+    rep.position = rq->position;
+    rep.gen = rq->gen;
+    wsnap_dir(dir, sizeof(dir), rq->state_dir, rq->session_id);
+    fill_meta(&m, rq->session_id, rq->position, rq->base, rq->seq, rq->out_no);
+    rep.status = snap_write(dir, &m, &W.hashes, &st, rep.text, sizeof(rep.text));
+    rep.write_ns = (uint64_t)(mono_ns() - t0);
+    if (rep.status == 0) {
+        rep.bytes = st.bytes;
+        rep.pages_written = st.pages_written;
+        rep.pages_total = st.pages_total;
+    }
+    rep.hot = rq->hot && rep.status == 0;
+    if (send(report_fd, &rep, sizeof(rep), MSG_NOSIGNAL) != (ssize_t)sizeof(rep) || !rep.hot)
+        _exit(rep.status == 0 ? 0 : 1);
+    /* The hot standby: frozen at this position until the supervisor needs it. */
+    raise(SIGSTOP);
+}
+
+int wsnap_take(const struct wsnap_request *rq, int report_fd, uint64_t *fork_ns)
+{
+    long long t0 = mono_ns();
+    pid_t pid = proc_fork(PROC_SIBLING, NULL);
+
+    if (pid < 0)
+        return pid;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* our parent is the supervisor (CLONE_PARENT) */
+        child_write(rq, report_fd);
+        return 1;   /* a hot standby taking over */
+    }
+    *fork_ns = (uint64_t)(mono_ns() - t0);
+    return 0;
+}
+
+/* The chain that ends at `position`, found by following base links back to a full (a
+ * newer chain, written by a worker that died meanwhile, may sit beside it). */
+int wsnap_restore(const char *state_dir, uint64_t session_id, uint64_t position,
+                  struct snap_meta *m, char *err, size_t errlen)
+{
+    uint64_t chain[256];
+    char dir[PATH_MAX], path[PATH_MAX + 64], name[64];
+    int n = 0, rc;
+
+    wsnap_dir(dir, sizeof(dir), state_dir, session_id);
+    for (uint64_t p = position; n < 256;) {
+        struct snap_meta mm;
+        snap_name(name, sizeof(name), p, SNAP_FULL);
+        snprintf(path, sizeof(path), "%s/%s", dir, name);
+        if (access(path, R_OK) == -1) {
+            snap_name(name, sizeof(name), p, SNAP_DELTA);
+            snprintf(path, sizeof(path), "%s/%s", dir, name);
+        }
+        rc = snap_read(path, W.fingerprint, 0, &mm, err, errlen);
+        if (rc < 0)
+            return rc;
+        chain[n++] = p;
+        if (mm.kind == SNAP_FULL)
+            break;
+        p = mm.base_position;
+    }
+    if (n == 256) {
+        snprintf(err, errlen, "snapshot chain of %s too long", dir);
+        return -ELOOP;
+    }
+    for (int i = 0; i < n / 2; i++) {   /* oldest first */
+        uint64_t t = chain[i];
+        chain[i] = chain[n - 1 - i];
+        chain[n - 1 - i] = t;
+    }
+    return snap_restore_chain(dir, chain, n, W.fingerprint, m, err, errlen);
+}

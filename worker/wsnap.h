@@ -1,0 +1,34 @@
+/* wsnap.h - the worker's side of snapshots (see snapshot.c). */
+#ifndef CESSNA_WSNAP_H
+#define CESSNA_WSNAP_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "snap.h"
+
+struct wsnap_request {
+    const char *state_dir;
+    uint64_t session_id;
+    uint64_t position;      /* the state right after this event */
+    uint64_t base;          /* 0: a full snapshot; else the delta's base */
+    uint64_t gen;           /* the worker generation, echoed in the report */
+    int hot;                /* the child stays as the hot standby */
+    uint64_t seq[2], out_no[2];
+};
+
+/* Zygote, after loading the app: find its writable segments, compute the fingerprint. */
+int  wsnap_init(const char *app_path, char *err, size_t errlen);
+/* Worker: the page-hash tables shared with its snapshot children. */
+int  wsnap_setup(char *err, size_t errlen);
+/* Fork the frozen child that writes the snapshot and reports on report_fd. 0 in the
+ * worker (with the fork's pause in *fork_ns), 1 in a hot standby the supervisor woke to
+ * take over, -errno if the fork failed. */
+int  wsnap_take(const struct wsnap_request *rq, int report_fd, uint64_t *fork_ns);
+/* Fresh worker: restore the session's snapshot at `position` (its chain) into memory. */
+int  wsnap_restore(const char *state_dir, uint64_t session_id, uint64_t position,
+                   struct snap_meta *m, char *err, size_t errlen);
+void wsnap_dir(char *buf, size_t len, const char *state_dir, uint64_t session_id);
+
+#endif
