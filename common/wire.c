@@ -12,7 +12,7 @@ static const char *const type_names[] = {
     [WIRE_DATA] = "DATA",             [WIRE_OUT] = "OUT",
     [WIRE_SNAP_DURABLE] = "SNAP_DURABLE", [WIRE_SNAP_PUT] = "SNAP_PUT",
     [WIRE_SNAP_ACK] = "SNAP_ACK",     [WIRE_CLOSE] = "CLOSE",
-    [WIRE_ERROR] = "ERROR",
+    [WIRE_ERROR] = "ERROR",           [WIRE_ORDER] = "ORDER",
 };
 
 const char *wire_type_name(uint8_t type)
@@ -111,6 +111,12 @@ int wire_decode(const struct wire_hdr *h, const void *body, struct wire_frame *f
         return 0;
     case WIRE_CLOSE:
         return n == 0 ? 0 : -EPROTO;
+    case WIRE_ORDER:
+        if (n == 0 || n > WIRE_ORDER_PIECE)
+            return -EPROTO;
+        f->u.out.order = p;
+        f->u.out.order_len = (uint32_t)n;
+        return 0;
     case WIRE_ERROR:
         if (n < 4 || n > 4 + WIRE_ERROR_MAX)
             return -EPROTO;

@@ -25,6 +25,9 @@
  *   SNAP_ACK      u64 position
  *   CLOSE         empty: the session ends
  *   ERROR         u32 code, text (not NUL-terminated); the sender closes after it
+ *   ORDER         order bytes only: a long order delta goes ahead of its OUT in pieces of
+ *                 whole entries, so no frame grows past the limit (decoded into u.out,
+ *                 with out_no 0 and no payload)
  */
 #ifndef CESSNA_WIRE_H
 #define CESSNA_WIRE_H
@@ -52,7 +55,8 @@ enum wire_type {
     WIRE_SNAP_ACK,
     WIRE_CLOSE,
     WIRE_ERROR,
-    WIRE_TYPE_MAX = WIRE_ERROR,
+    WIRE_ORDER,
+    WIRE_TYPE_MAX = WIRE_ORDER,
 };
 
 enum wire_role { WIRE_ROLE_CLIENT = 1, WIRE_ROLE_EDGE = 2 };
@@ -125,6 +129,7 @@ size_t wire_put_error(void *buf, size_t cap, uint32_t code, const char *fmt, ...
 #define WIRE_DATA_HDR_LEN (WIRE_HDR_LEN + 8u)
 #define WIRE_OUT_HDR_LEN  (WIRE_HDR_LEN + 12u)
 #define WIRE_ERROR_MAX    512u
+#define WIRE_ORDER_PIECE  2048u   /* order bytes an OUT or ORDER frame carries at most */
 
 const char *wire_type_name(uint8_t type);
 

@@ -326,6 +326,11 @@ static long ep_next(struct cessna_ep *ep, const void **data, int timeout_ms)
             *data = f.u.out.payload;
             return (long)f.u.out.len;
         }
+        case WIRE_ORDER:
+            rc = ep_take_order(ep, &f, 0);
+            if (rc < 0)
+                return rc;
+            continue;
         case WIRE_CLOSE:
             ep->state = 1;
             return CESSNA_EP_CLOSED;

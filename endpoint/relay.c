@@ -137,19 +137,33 @@ static void relay_plain_gone(struct relay *r)
         r->deadline = now_ms() + (r->close_wait_ms >= 0 ? r->close_wait_ms : CLOSE_WAIT_MS);
 }
 
-/* Check an OUT's order bytes and queue its payload unless it is a duplicate. */
-static void relay_out(struct relay *r, const struct wire_frame *f)
+/* Check the order bytes of an OUT or ORDER frame. 0 with the last entry's time in *t. */
+static int relay_check_order(struct relay *r, const struct wire_frame *f, uint64_t *t)
 {
     struct order_entry e;
     size_t off = 0;
-    uint64_t t = r->order_time;
 
+    *t = r->order_time;
     while (off < f->u.out.order_len) {
-        if (order_decode(f->u.out.order, f->u.out.order_len, &off, &e, &t) < 0) {
-            relay_fail(r, WIRE_ERR_PROTO, "bad frame: bad event order in OUT %llu at byte %zu",
-                       (unsigned long long)f->u.out.out_no, off);
-            return;
+        if (order_decode(f->u.out.order, f->u.out.order_len, &off, &e, t) < 0) {
+            relay_fail(r, WIRE_ERR_PROTO, "bad frame: bad event order in %s at byte %zu",
+                       wire_type_name(f->type), off);
+            return -EPROTO;
         }
+    }
+    return 0;
+}
+
+/* Check an OUT's order bytes and queue its payload unless it is a duplicate. */
+static void relay_out(struct relay *r, const struct wire_frame *f)
+{
+    uint64_t t;
+
+    if (relay_check_order(r, f, &t) < 0)
+        return;
+    if (f->type == WIRE_ORDER) {
+        r->order_time = t;
+        return;
     }
     if (f->u.out.out_no <= r->last_out)
         return;
@@ -188,6 +202,7 @@ static void relay_frames(struct relay *r)
         r->in.len -= WIRE_HDR_LEN + h.len;
         switch (f.type) {
         case WIRE_OUT:
+        case WIRE_ORDER:
             relay_out(r, &f);
             break;
         case WIRE_CLOSE:

@@ -124,18 +124,43 @@ static void order_trim(struct session *s)
 }
 
 /* The order bytes an endpoint lacks, up to the event at position pos. */
+static size_t order_end_of(const struct session *s, uint64_t p)
+{
+    return p >= s->order_base ? s->order_end[p - s->order_base] : 0;
+}
+
+static int conn_queue(struct conn *c, const void *a, size_t alen, const void *b, size_t blen);
+
+/* The order bytes an endpoint lacks, up to the event at position pos. A delta longer than
+ * WIRE_ORDER_PIECE goes ahead in ORDER frames of whole entries; the rest is returned for
+ * the OUT that follows. */
 static void order_delta(struct session *s, struct conn *c, uint64_t pos,
                         const uint8_t **p, uint32_t *len)
 {
-    size_t from, to;
+    size_t from;
 
     *len = 0;
     if (pos <= c->order_sent || pos < s->order_base)
         return;
-    from = c->order_sent >= s->order_base ? s->order_end[c->order_sent - s->order_base] : 0;
-    to = s->order_end[pos - s->order_base];
+    from = order_end_of(s, c->order_sent);
+    while (order_end_of(s, pos) - from > WIRE_ORDER_PIECE) {
+        uint64_t lo = c->order_sent + 1, hi = pos;   /* the last entry that still fits */
+        while (lo < hi) {
+            uint64_t mid = lo + (hi - lo + 1) / 2;
+            if (order_end_of(s, mid) - from <= WIRE_ORDER_PIECE)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        uint8_t hdr[WIRE_HDR_LEN];
+        size_t n = order_end_of(s, lo) - from;
+        wire_put_hdr(hdr, WIRE_ORDER, (uint32_t)n);
+        conn_queue(c, hdr, sizeof(hdr), s->order + from, n);
+        c->order_sent = lo;
+        from += n;
+    }
     *p = s->order + from;
-    *len = (uint32_t)(to - from);
+    *len = (uint32_t)(order_end_of(s, pos) - from);
     c->order_sent = pos;
 }
 

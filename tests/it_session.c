@@ -329,3 +329,66 @@ Test(session, killed_worker_is_replaced_and_the_session_goes_on)
     cessna_ep_free(other);
     t_edge_stop(&e);
 }
+
+/* A server endpoint that reads `count` messages, then answers once. */
+struct quiet_arg { int lfd; int count; };
+
+static void *quiet_server(void *p)
+{
+    struct quiet_arg *a = p;
+    char err[256];
+    const void *msg;
+    struct cessna_ep *ep = cessna_ep_accept(a->lfd, err, sizeof(err));
+
+    if (!ep)
+        return NULL;
+    for (int i = 0; i < a->count; i++)
+        if (cessna_ep_recv(ep, &msg) < 0)
+            break;
+    cessna_ep_send(ep, "done", 4);
+    cessna_ep_recv(ep, &msg);   /* until the session closes */
+    cessna_ep_free(ep);
+    return NULL;
+}
+
+/* Thousands of events before the client's first output: the order delta it needs is far
+ * longer than one frame may carry, so it arrives in ORDER frames ahead of the OUT. */
+Test(session, long_order_delta_arrives_in_pieces)
+{
+    enum { N = 5000 };
+    char err[256], addr[64];
+    struct quiet_arg qa = { .count = N };
+    struct t_edge e;
+    pthread_t t;
+    const void *got;
+
+    qa.lfd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert(qa.lfd >= 0, "%s", err);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", addr_local_port(qa.lfd));
+    pthread_create(&t, NULL, quiet_server, &qa);
+    t_edge_start(&e, t_app("passthrough"), addr, NULL);
+    struct cessna_ep *ep = connect_ep(&e);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(cessna_ep_send(ep, "m", 1), 0);
+    long n = cessna_ep_recv(ep, &got);
+    cr_assert_eq(n, 4, "the answer arrives (%s)", cessna_ep_error(ep));
+
+    size_t olen, off = 0;
+    const uint8_t *order = cessna_ep_order(ep, &olen);
+    uint64_t prev = 0;
+    struct order_entry ent;
+    int clients = 0, servers = 0, entries = 0;
+    while (off < olen) {
+        cr_assert_eq(order_decode(order, olen, &off, &ent, &prev), 0);
+        entries++;
+        clients += ent.src == ORDER_CLIENT;
+        servers += ent.src == ORDER_SERVER;
+    }
+    cr_assert_eq(entries, 1 + N + 1, "START, every client message, the answer");
+    cr_assert_eq(clients, N);
+    cr_assert_eq(servers, 1);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    pthread_join(t, NULL);
+    t_edge_stop(&e);
+}

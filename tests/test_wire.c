@@ -270,7 +270,7 @@ Test(wire, type_names)
 
 /* ---- a sample of valid frames, one or more per type ------------------------------------- */
 
-#define NSAMPLES 15
+#define NSAMPLES 16
 #define SAMPLE_MAX 1024
 
 /* Writes sample i into buf (SAMPLE_MAX bytes) and returns its length. */
@@ -304,6 +304,10 @@ static size_t sample_frame(int i, uint8_t *buf)
         n = wire_put_data_hdr(buf, 3, 900);
         memset(buf + n, 'x', 900);
         return n + 900;
+    case 15:
+        n = wire_put_hdr(buf, WIRE_ORDER, sizeof(order));
+        memcpy(buf + n, order, sizeof(order));
+        return n + sizeof(order);
     }
     cr_assert_fail("no sample %d", i);
     return 0;
