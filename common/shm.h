@@ -34,6 +34,11 @@ struct shm_ctl {
     uint32_t pad3;
     _Atomic uint64_t snap_pos;
     _Atomic uint64_t fork_ns;   /* the last snapshot's fork pause, as the worker saw it */
+    /* Recovery timing (CLOCK_MONOTONIC ns): the supervisor sets replay_until, the worker
+     * stamps when it started running, how long loading the snapshot took, and when it
+     * finished event replay_until. */
+    uint64_t replay_until;
+    _Atomic uint64_t started_ns, load_ns, replayed_ns;
     char error[256];            /* the worker's reason when it gives up (NUL-terminated) */
 };
 

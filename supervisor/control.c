@@ -47,13 +47,42 @@ int ctl_listen(const char *path, char *err, size_t errlen)
     return fd;
 }
 
+/* The last recovery, split as in the slides: process start, snapshot load, replay. */
+static const char *recovery_timing(const struct session *s, char *buf, size_t len)
+{
+    uint64_t started, load, replayed;
+
+    buf[0] = 0;
+    if (!s->recoveries || !s->ctl)
+        return buf;
+    started = atomic_load(&s->ctl->started_ns);
+    load = atomic_load(&s->ctl->load_ns);
+    replayed = atomic_load(&s->ctl->replayed_ns);
+    if (!started || started < s->died_ns)
+        return buf;
+    uint64_t start_us = (started - s->died_ns) / 1000;
+    if (!replayed || replayed < started) {
+        snprintf(buf, len, " recovery=%s recovery_start_us=%llu recovery_load_us=%llu "
+                 "recovery_replay_us=-", s->recovery_mode ? s->recovery_mode : "?",
+                 (unsigned long long)start_us, (unsigned long long)(load / 1000));
+        return buf;
+    }
+    snprintf(buf, len, " recovery=%s recovery_us=%llu recovery_start_us=%llu "
+             "recovery_load_us=%llu recovery_replay_us=%llu",
+             s->recovery_mode ? s->recovery_mode : "?",
+             (unsigned long long)((replayed - s->died_ns) / 1000), (unsigned long long)start_us,
+             (unsigned long long)(load / 1000),
+             (unsigned long long)((replayed - started - load) / 1000));
+    return buf;
+}
+
 static size_t list_sessions(char *out, size_t cap)
 {
     size_t n = 0;
 
     for (uint32_t i = 0; i < S.cfg.max_sessions && n + 512 < cap; i++) {
         struct session *s = &S.sessions[i];
-        char standby[16] = "-", snapshot[24] = "-";
+        char standby[16] = "-", snapshot[24] = "-", timing[200];
         if (s->state == S_FREE || s->state == S_HELLO)
             continue;
         if (s->standby_pid > 0)
@@ -64,13 +93,14 @@ static size_t list_sessions(char *out, size_t cap)
         n += (size_t)snprintf(out + n, cap - n,
             "id=%llu worker=%d state=%s events=%llu ordered=%llu to_client=%llu to_server=%llu "
             "recoveries=%u standby=%s snapshot=%s snapshots=%llu snapshot_bytes=%llu "
-            "fork_us=%llu write_us=%llu held_events=%llu\n",
+            "fork_us=%llu write_us=%llu held_events=%llu%s\n",
             (unsigned long long)s->id, s->worker_reaped ? 0 : (int)s->pid, state_names[s->state],
             (unsigned long long)events, (unsigned long long)(s->next_pos - 1),
             (unsigned long long)s->outputs[0], (unsigned long long)s->outputs[1], s->recoveries,
             standby, snapshot, (unsigned long long)s->snapshots,
             (unsigned long long)s->snap_bytes, (unsigned long long)(s->snap_fork_ns / 1000),
-            (unsigned long long)(s->snap_write_ns / 1000), (unsigned long long)s->ev.count);
+            (unsigned long long)(s->snap_write_ns / 1000), (unsigned long long)s->ev.count,
+            recovery_timing(s, timing, sizeof(timing)));
     }
     return n;
 }

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -28,6 +29,14 @@
 #define FULL_EVERY 8   /* a full snapshot after this many deltas */
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 static void arm_report(struct session *s)
 {
@@ -312,6 +321,11 @@ void recovery_start(struct session *s, const char *how, int own_fault)
     int rc = -1;
 
     S.stats.worker_deaths++;
+    s->died_ns = mono_ns();
+    s->ctl->replay_until = s->next_pos - 1;
+    atomic_store(&s->ctl->started_ns, 0);
+    atomic_store(&s->ctl->load_ns, 0);
+    atomic_store(&s->ctl->replayed_ns, 0);
     if (busy && s->crash_pos == consumed + 1) {
         sess_fail(s, WIRE_ERR_SESSION, "worker pid %d died again at event %llu: %s; "
                   "the session is failed (replay it offline)", (int)old, ull(consumed + 1), how);
@@ -341,6 +355,7 @@ void recovery_start(struct session *s, const char *how, int own_fault)
         return;
     }
     s->recoveries++;
+    s->recovery_mode = mode;
     S.stats.recoveries++;
     LOG(LOG_WARN, "session=%llu msg=\"worker died, recovering\" old=%d status=\"%s\" "
         "at_event=%llu new=%d mode=%s snapshot=%llu replay=%llu", ull(s->id), (int)old, how,

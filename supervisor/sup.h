@@ -100,6 +100,8 @@ struct session {
     pid_t standby_pid;                  /* the hot standby, 0 = none */
     int standby_pidfd;
     uint64_t snapshots, snap_bytes, snap_write_ns, snap_fork_ns;
+    uint64_t died_ns;                   /* when the last worker death was noticed */
+    const char *recovery_mode;          /* of the last recovery: fresh, cold or hot */
 
     /* event order */
     uint64_t next_pos;          /* position of the next event */

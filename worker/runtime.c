@@ -462,6 +462,8 @@ static long long mono_ns(void)
     return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
+static long long mono_ns(void);
+
 static void attach_rings(void)
 {
     if (ring_attach(&L.in, shm_in_ring(L.ctl)) < 0 ||
@@ -496,6 +498,7 @@ static void take_snapshot(void)
     if (rc == 1) {
         /* We are the hot standby, woken to take over: the supervisor has reset the rings
          * and feeds us the events after our position. */
+        atomic_store(&L.ctl->started_ns, (uint64_t)mono_ns());
         attach_rings();
         log_init("cessna-worker");
         return;
@@ -552,8 +555,10 @@ void rt_run(const struct rt_session *s)
     if (wsnap_setup(err, sizeof(err)) < 0)
         rt_fail("%s", err);
     L.st = (struct rt_state *)RT_ARENA_BASE;
+    atomic_store(&L.ctl->started_ns, (uint64_t)mono_ns());
     if (s->restore_pos) {
         struct snap_meta m;
+        long long t0 = mono_ns();
         int rc = wsnap_restore(L.state_dir, s->session_id, s->restore_pos, &m, err, sizeof(err));
         if (rc < 0)
             rt_fail("cannot restore snapshot %llu: %s", (unsigned long long)s->restore_pos, err);
@@ -563,6 +568,7 @@ void rt_run(const struct rt_session *s)
                     (unsigned long long)s->restore_pos, (unsigned long long)L.st->session_id,
                     (unsigned long long)L.st->pos);
         L.snap_done = L.st->pos;
+        atomic_store(&L.ctl->load_ns, (uint64_t)(mono_ns() - t0));
     } else {
         if (arena_init((char *)RT_ARENA_BASE + RT_STATE_SPACE, RT_ARENA_SIZE - RT_STATE_SPACE) < 0)
             rt_fail("cannot set up the arena");
@@ -594,6 +600,8 @@ void rt_run(const struct rt_session *s)
         handle_event(type, ev, len);
         ring_pop(&L.in);
         atomic_store_explicit(&L.ctl->consumed, pos, memory_order_release);
+        if (pos == L.ctl->replay_until)
+            atomic_store(&L.ctl->replayed_ns, (uint64_t)mono_ns());
         if (ring_producer_waits(&L.in))
             ring_bell(L.doorbell_out);
     }
