@@ -40,6 +40,7 @@ THELP_SRC    := $(wildcard tests/t_*.c)
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
 BINS := $(BUILD)/bin/cessna-supervisor $(BUILD)/bin/cessna-worker $(BUILD)/bin/cessna-ctl \
+        $(BUILD)/bin/cessna-replay \
         $(BUILD)/bin/cessna-client-proxy $(BUILD)/bin/cessna-server-proxy $(BUILD)/bin/cessna-bench
 
 all: $(BINS) $(BUILD)/lib/libcessna-endpoint.a $(APPS) $(TEST_APPS) $(TOOLS) $(BUILD)/tests/cessna-tests
@@ -73,6 +74,9 @@ $(BUILD)/bin/cessna-supervisor: $(call obj,$(SUPER_SRC)) $(BUILD)/libcommon.a
 # The worker exports the app API (cessna_*) to the dlopen()ed app module.
 $(BUILD)/bin/cessna-worker: $(call obj,$(WORKER_SRC)) $(BUILD)/libcommon.a
 	$(call link,-rdynamic $(LDLIBS) -ldl)
+# cessna-replay is the worker binary under another name: the same layout as the edge's.
+$(BUILD)/bin/cessna-replay: $(BUILD)/bin/cessna-worker
+	$(Q)ln -sf cessna-worker $@
 $(BUILD)/bin/cessna-ctl: $(call obj,supervisor/cessna_ctl.c) $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS))
 $(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c endpoint/relay.c) $(BUILD)/lib/libcessna-endpoint.a

@@ -110,14 +110,16 @@ static size_t stats(char *out, size_t cap)
     return (size_t)snprintf(out, cap,
         "sessions=%u sessions_total=%llu sessions_failed=%llu worker_deaths=%llu "
         "bad_frames=%llu msgs_in=%llu msgs_out=%llu bytes_in=%llu bytes_out=%llu recoveries=%llu "
-        "hot_takeovers=%llu cold_restores=%llu snapshots=%llu snapshot_failures=%llu\n",
+        "hot_takeovers=%llu cold_restores=%llu snapshots=%llu snapshot_failures=%llu "
+        "log_failures=%llu\n",
         S.nsessions, (unsigned long long)S.stats.sessions_total,
         (unsigned long long)S.stats.sessions_failed, (unsigned long long)S.stats.worker_deaths,
         (unsigned long long)S.stats.bad_frames, (unsigned long long)S.stats.msgs_in,
         (unsigned long long)S.stats.msgs_out, (unsigned long long)S.stats.bytes_in,
         (unsigned long long)S.stats.bytes_out, (unsigned long long)S.stats.recoveries,
         (unsigned long long)S.stats.hot_takeovers, (unsigned long long)S.stats.cold_restores,
-        (unsigned long long)S.stats.snapshots, (unsigned long long)S.stats.snapshot_failures);
+        (unsigned long long)S.stats.snapshots, (unsigned long long)S.stats.snapshot_failures,
+        (unsigned long long)S.stats.log_failures);
 }
 
 void ctl_serve(int fd)

@@ -20,11 +20,26 @@ static uint32_t rec_len(const uint8_t *p)
     return len;
 }
 
+void evrec_put(uint8_t *dst, uint16_t type, const struct shm_rec *rec, const void *data,
+               size_t len)
+{
+    uint32_t plen = (uint32_t)(sizeof(*rec) + len);
+
+    memcpy(dst, &plen, 4);
+    memcpy(dst + 4, &type, 2);
+    memset(dst + 6, 0, 2);
+    memcpy(dst + REC_HDR, rec, sizeof(*rec));
+    if (len)
+        memcpy(dst + REC_HDR + sizeof(*rec), data, len);
+    size_t end = REC_HDR + plen, space = evrec_space(len);
+    if (space > end)
+        memset(dst + end, 0, space - end);
+}
+
 int evstore_append(struct evstore *e, uint16_t type, const struct shm_rec *rec,
                    const void *data, size_t len)
 {
-    size_t need = rec_space(sizeof(*rec) + len);
-    uint32_t plen = (uint32_t)(sizeof(*rec) + len);
+    size_t need = evrec_space(len);
     uint8_t *p;
 
     if (e->len + need > e->cap) {
@@ -39,13 +54,7 @@ int evstore_append(struct evstore *e, uint16_t type, const struct shm_rec *rec,
     }
     if (!e->count)
         e->first = rec->pos;
-    p = e->buf + e->len;
-    memcpy(p, &plen, 4);
-    memcpy(p + 4, &type, 2);
-    memset(p + 6, 0, 2);
-    memcpy(p + REC_HDR, rec, sizeof(*rec));
-    if (len)
-        memcpy(p + REC_HDR + sizeof(*rec), data, len);
+    evrec_put(e->buf + e->len, type, rec, data, len);
     e->len += need;
     e->count++;
     return 0;

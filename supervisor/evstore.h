@@ -13,6 +13,17 @@
 #include "ring.h"
 #include "shm.h"
 
+#define EVREC_HDR 8u
+
+/* Bytes a record with a payload of len bytes takes (header, shm_rec, payload, padding). */
+static inline size_t evrec_space(size_t len)
+{
+    return (EVREC_HDR + sizeof(struct shm_rec) + len + 7u) & ~(size_t)7u;
+}
+/* Encode a record at dst (evrec_space(len) bytes). */
+void evrec_put(uint8_t *dst, uint16_t type, const struct shm_rec *rec, const void *data,
+               size_t len);
+
 struct evstore {
     uint8_t *buf;
     size_t len, cap;

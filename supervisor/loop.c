@@ -156,6 +156,7 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_TIMER_CANCEL: sess_release_op(s); break;
     case OP_REPORT:  recovery_on_report(s, cqe->res); break;
     case OP_STANDBY: recovery_on_standby(s, cqe->res); break;
+    case OP_LOGWRITE: olog_on_write(s, cqe->res); break;
     }
     if (s->state != S_FREE)
         sess_maybe_free(s);
@@ -168,8 +169,11 @@ static int run_loop(void)
         unsigned head, n = 0;
         int rc;
 
-        while (S.dirty)
-            sess_ring_doorbells();   /* the before-sleep hook: one doorbell per worker per batch */
+        while (S.dirty || S.log_dirty) {
+            olog_flush_all();
+            if (S.dirty)
+                sess_ring_doorbells();
+        }   /* the before-sleep hook: one doorbell per worker per batch */
         rc = io_uring_submit_and_wait(&S.ring, 1);
         if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
             LOG(LOG_ERROR, "msg=\"io_uring_submit_and_wait\" error=\"%s\"", strerror(-rc));

@@ -234,6 +234,7 @@ void recovery_on_report(struct session *s, int res)
         s->snap_fork_ns = atomic_load(&s->ctl->fork_ns);
         S.stats.snapshots++;
         evstore_drop_through(&s->ev, r->position);
+        olog_durable(s, r->position);
         if (r->hot) {
             drop_standby(s);
             s->standby_pid = r->pid;

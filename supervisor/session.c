@@ -193,6 +193,7 @@ static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
     r = (struct shm_rec){ .pos = s->next_pos, .time = e.time_ms, .a = a };
     if (order_append(s, &e) < 0 || evstore_append(&s->ev, type, &r, data, len) < 0)
         return -ENOMEM;
+    olog_append(s, type, &r, data, len);
     s->last_time = e.time_ms;
     s->next_pos++;
     sess_feed(s);
@@ -313,7 +314,7 @@ void sess_accept(int fd)
     s->slot = slot;
     s->state = S_HELLO;
     s->pidfd = s->doorbell_in = s->doorbell_out = s->memfd = -1;
-    s->report_fd = s->report_worker_fd = s->standby_pidfd = -1;
+    s->report_fd = s->report_worker_fd = s->standby_pidfd = s->log_fd = -1;
     s->next_pos = 1;
     s->order_base = 1;
     conn_init(&s->c[SIDE_CLIENT], SIDE_CLIENT, fd);
@@ -393,7 +394,7 @@ static int start_worker(struct session *s, char *err, size_t errlen)
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
         return -EMFILE;
     }
-    if (recovery_setup(s, err, errlen) < 0)
+    if (recovery_setup(s, err, errlen) < 0 || olog_start(s, err, errlen) < 0)
         return -EIO;
     return sess_spawn_worker(s, 0, err, errlen);
 }
@@ -1057,13 +1058,20 @@ void sess_maybe_free(struct session *s)
     if (s->report_worker_fd >= 0)
         close(s->report_worker_fd);
     evstore_free(&s->ev);
+    olog_end(s);
     free(s->order);
     free(s->order_end);
     free(s->timers);
-    /* take it off the doorbell list if it is there */
+    /* take it off the doorbell and log lists if it is there */
     for (struct session **p = &S.dirty; *p; p = &(*p)->next_dirty) {
         if (*p == s) {
             *p = s->next_dirty;
+            break;
+        }
+    }
+    for (struct session **p = &S.log_dirty; *p; p = &(*p)->next_log_dirty) {
+        if (*p == s) {
+            *p = s->next_log_dirty;
             break;
         }
     }

@@ -17,7 +17,7 @@
 enum op {
     OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_DOORBELL, OP_PIDFD,
     OP_TIMER, OP_TIMER_CANCEL, OP_CTL_ACCEPT, OP_SIGNAL, OP_ZYGOTE,
-    OP_REPORT, OP_STANDBY, OP_TICK, OP_REAP,
+    OP_REPORT, OP_STANDBY, OP_TICK, OP_REAP, OP_LOGWRITE,
 };
 #define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
 #define UD_OP(ud)   ((int)((ud) >> 56))
@@ -101,6 +101,18 @@ struct session {
     int standby_pidfd;
     uint64_t snapshots, snap_bytes, snap_write_ns, snap_fork_ns;
     uint64_t died_ns;                   /* when the last worker death was noticed */
+
+    /* the ordering log files (olog.c) */
+    int log_fd;
+    uint64_t log_off;                   /* bytes of the current file written or in flight */
+    struct outbuf log_pend, log_write;  /* collecting / being written */
+    size_t log_written;                 /* bytes of log_write done */
+    uint64_t log_pend_first;            /* position of the first record in log_pend */
+    uint64_t log_rotate;                /* a durable snapshot position to rotate after */
+    uint64_t log_files[32];             /* first positions of the files on disk */
+    int log_nfiles;
+    unsigned log_writing : 1, log_failed : 1, log_dirty : 1;
+    struct session *next_log_dirty;
     const char *recovery_mode;          /* of the last recovery: fresh, cold or hot */
 
     /* event order */
@@ -122,7 +134,7 @@ struct session {
 
 struct sup_stats {
     uint64_t sessions_total, sessions_failed, worker_deaths, recoveries, bad_frames;
-    uint64_t snapshots, snapshot_failures, hot_takeovers, cold_restores;
+    uint64_t snapshots, snapshot_failures, hot_takeovers, cold_restores, log_failures;
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
 };
 
@@ -141,6 +153,7 @@ struct sup {
     struct session *sessions;   /* max_sessions slots */
     uint32_t nsessions;
     struct session *dirty;      /* sessions whose worker doorbell must ring before sleeping */
+    struct session *log_dirty;  /* sessions with event log bytes to write */
     struct sup_stats stats;
     uint32_t ncpu;              /* online cores */
     uint32_t spin_ns;           /* what workers may poll now (see update_spin_policy) */
@@ -164,6 +177,15 @@ int  recovery_request_snapshot(struct session *s, char *msg, size_t len);
 void recovery_start(struct session *s, const char *how, int own_fault);
 void recovery_end(struct session *s);   /* the session is over: drop the standby */
 int  recovery_setup(struct session *s, char *err, size_t errlen);
+
+/* olog.c: the ordering log files */
+int  olog_start(struct session *s, char *err, size_t errlen);
+void olog_append(struct session *s, uint16_t type, const struct shm_rec *r, const void *data,
+                 size_t len);
+void olog_flush_all(void);
+void olog_on_write(struct session *s, int res);
+void olog_durable(struct session *s, uint64_t p);
+void olog_end(struct session *s);
 
 /* session.c */
 int  sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t errlen);

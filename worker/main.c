@@ -31,19 +31,6 @@ static void usage(FILE *f)
         "request over the socket N. Workers appear as 'cessna-worker' in ps.\n");
 }
 
-/* Re-exec with ADDR_NO_RANDOMIZE, so the layout is the same in every zygote. */
-static void ensure_no_aslr(char **argv)
-{
-    int pers = personality(0xffffffff);
-
-    if (pers == -1 || (pers & ADDR_NO_RANDOMIZE))
-        return;
-    if (personality((unsigned long)pers | ADDR_NO_RANDOMIZE) == -1)
-        return;
-    execv("/proc/self/exe", argv);
-    LOG(LOG_WARN, "msg=\"cannot re-exec without ASLR\" error=\"%s\"", strerror(errno));
-}
-
 static void report_ready(int sock, int status, const char *text)
 {
     struct spawn_ready r;
@@ -83,6 +70,11 @@ static void spawn_one(int sock, const struct spawn_request *req, const int *fds)
 
 int main(int argc, char **argv)
 {
+    const char *self = strrchr(argv[0], '/');
+
+    if (strcmp(self ? self + 1 : argv[0], "cessna-replay") == 0)
+        return replay_main(argc, argv);
+
     static const struct option opts[] = {
         { "zygote", no_argument, NULL, 'z' },
         { "app", required_argument, NULL, 'a' },
@@ -112,7 +104,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_init("cessna-zygote");
-    ensure_no_aslr(argv);
+    rt_ensure_no_aslr(argv);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     signal(SIGPIPE, SIG_IGN);
 

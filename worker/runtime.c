@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/personality.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -74,6 +75,20 @@ static struct {
 _Static_assert(sizeof(struct rt_state) <= RT_STATE_SPACE, "runtime state fits its page");
 
 /* ---- zygote side ---- */
+
+/* Re-exec with ADDR_NO_RANDOMIZE, so the layout is the same in every zygote. */
+void rt_ensure_no_aslr(char **argv)
+{
+    int pers = personality(0xffffffff);
+
+    if (pers == -1 || (pers & ADDR_NO_RANDOMIZE))
+        return;
+    if (personality((unsigned long)pers | ADDR_NO_RANDOMIZE) == -1)
+        return;
+    execv("/proc/self/exe", argv);
+    LOG(LOG_WARN, "msg=\"cannot re-exec without ASLR\" error=\"%s\"", strerror(errno));
+}
+
 
 int rt_load_app(const char *path, char *err, size_t errlen)
 {

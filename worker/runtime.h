@@ -23,6 +23,9 @@ struct rt_session {
     uint64_t restore_pos;   /* 0: start fresh; else restore the snapshot at this position */
 };
 
+/* Re-exec this program with ASLR off unless it is off already: the layout must be the
+ * same in every process that runs the app (snapshots hold raw pointers). */
+void rt_ensure_no_aslr(char **argv);
 /* Zygote: load and check the app module; reserve the arena. 0, or -errno with a reason. */
 int rt_load_app(const char *path, char *err, size_t errlen);
 int rt_reserve_arena(char *err, size_t errlen);
@@ -30,6 +33,9 @@ int rt_reserve_arena(char *err, size_t errlen);
 void rt_set_cache_dir(int dirfd);
 /* Zygote: where snapshots go (STATE_DIR/SESSION_ID/). */
 void rt_set_state_dir(const char *dir);
+
+/* cessna-replay's main (the same binary as the worker, called by that name). */
+int replay_main(int argc, char **argv);
 
 /* Worker: run the session until it ends; never returns. */
 void rt_run(const struct rt_session *s) __attribute__((noreturn));

@@ -1,0 +1,109 @@
+/* it_replay.c - integration: the ordering log files and cessna-replay, offline. */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cessna_endpoint.h"
+#include "t_helpers.h"
+
+TestSuite(replay, .timeout = 60);
+
+/* Run cessna-replay; its stdout in out, its exit status returned. */
+static int replay(const struct t_edge *e, const char *app, uint64_t id, char *out, size_t len)
+{
+    char state[300], sid[32];
+    int fd;
+
+    snprintf(state, sizeof(state), "%s/state", e->dir);
+    snprintf(sid, sizeof(sid), "%llu", (unsigned long long)id);
+    char *argv[] = { (char *)t_bin("cessna-replay"), "--app", (char *)app, "--state-dir", state,
+                     "--session", sid, NULL };
+    pid_t pid = t_start_raw(e->dir, "replay", argv, &fd);
+    size_t got = t_read_n(fd, out, len - 1, 20000);
+    out[got] = 0;
+    int status = t_wait(pid, 20000);
+    close(fd);
+    cr_assert(status != -1 && WIFEXITED(status), "cessna-replay ends: %s", out);
+    return WEXITSTATUS(status);
+}
+
+static int count_logs(const struct t_edge *e, uint64_t id)
+{
+    char dir[400];
+    int n = 0;
+    struct dirent *de;
+
+    snprintf(dir, sizeof(dir), "%s/state/%llu", e->dir, (unsigned long long)id);
+    DIR *d = opendir(dir);
+    cr_assert(d, "%s exists", dir);
+    while ((de = readdir(d)))
+        n += strncmp(de->d_name, "events-", 7) == 0;
+    closedir(d);
+    return n;
+}
+
+Test(replay, crash_is_found_offline_at_the_same_event)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char err[256], out[4096];
+    const void *got;
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_test_app("crashy"), srv.addr, "snapshot_interval_ms = 10\n");
+    struct cessna_ep *ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
+    cr_assert(ep, "%s", err);
+    for (int i = 0; i < 50; i++) {
+        cr_assert_eq(cessna_ep_send(ep, "hello", 5), 0);
+        cr_assert_eq(cessna_ep_recv(ep, &got), 5);
+        usleep(1000);
+    }
+    uint64_t id = cessna_ep_session_id(ep);
+    cr_assert_eq(cessna_ep_send(ep, "CRASH", 5), 0);
+    cr_assert_eq(cessna_ep_recv(ep, &got), -ECONNABORTED);
+    const char *at = strstr(cessna_ep_error(ep), "again at event ");
+    cr_assert(at, "%s", cessna_ep_error(ep));
+    unsigned long long event = strtoull(at + strlen("again at event "), NULL, 10);
+    cessna_ep_free(ep);
+    usleep(100000);   /* the log's last batch reaches the file */
+
+    cr_assert_eq(replay(&e, t_test_app("crashy"), id, out, sizeof(out)), 3, "%s", out);
+    char want[64];
+    snprintf(want, sizeof(want), "CRASH at event %llu: signal 11", event);
+    cr_assert(strstr(out, want), "replay says '%s', want '%s'", out, want);
+    cr_assert(!strstr(out, "snapshot 0,"), "replay started from a snapshot: %s", out);
+    t_edge_stop(&e);
+}
+
+Test(replay, clean_session_replays_without_crash_and_old_logs_go)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char err[256], out[4096];
+    const void *got;
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("sequencer"), srv.addr, "snapshot_interval_ms = 10\n");
+    struct cessna_ep *ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
+    cr_assert(ep, "%s", err);
+    uint64_t id = cessna_ep_session_id(ep);
+    for (int i = 0; i < 100; i++) {
+        cr_assert_eq(cessna_ep_send(ep, "tick", 4), 0);
+        cr_assert(cessna_ep_recv(ep, &got) > 0);
+        usleep(1000);
+    }
+    usleep(100000);
+    /* Snapshots made the older log files unnecessary: only the newest ones stay. */
+    int logs = count_logs(&e, id);
+    cr_assert(logs >= 1 && logs <= 3, "%d event log files", logs);
+    cr_assert_eq(replay(&e, t_app("sequencer"), id, out, sizeof(out)), 0, "%s", out);
+    cr_assert(strstr(out, "without a crash"), "%s", out);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+}

@@ -1,0 +1,246 @@
+/* replay_main.c - cessna-replay: re-run a session offline from its newest snapshot and its
+ * ordering log (STATE_DIR/SESSION_ID/), with the same app module, and report where it
+ * crashes. A worker is forked exactly as the edge runs one; this process plays the
+ * supervisor: it feeds the logged events in order and reads the outputs.
+ *
+ * It is the cessna-worker binary itself (build/bin/cessna-replay is a link to it), so the
+ * layout, and with it the snapshot's fingerprint, is the edge's. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "evlog.h"
+#include "log.h"
+#include "proc.h"
+#include "runtime.h"
+#include "shm.h"
+#include "snap.h"
+#include "wsnap.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: cessna-replay --app MODULE.so --state-dir DIR --session ID [--fresh]\n"
+        "\n"
+        "Re-runs session ID offline: restores its newest snapshot from DIR/ID/ (or starts\n"
+        "fresh with --fresh, which needs the log from event 1), feeds the logged events\n"
+        "(DIR/ID/events-*.log) to the app in their order, and reports whether and where the\n"
+        "app crashes. Use the same build and app module as the edge that ran the session.\n"
+        "Exit status: 0 no crash, 3 the app crashed, 1 replay not possible, 2 usage.\n");
+}
+
+struct replay {
+    struct shm_ctl *ctl;
+    struct ring in, out;
+    int bell_in, bell_out, pidfd;
+    pid_t pid;
+    uint64_t outputs[2], last_pos;
+};
+
+/* Drain the worker's outputs; returns 1 when it said DONE or FAIL. */
+static int drain(struct replay *r)
+{
+    uint16_t type;
+    uint32_t len;
+    const struct shm_rec *rec;
+    int done = 0;
+
+    while ((rec = ring_peek(&r->out, &type, &len))) {
+        if (type == OUT_CLIENT || type == OUT_SERVER)
+            r->outputs[type == OUT_SERVER]++;
+        else if (type == OUT_DONE || type == OUT_FAIL)
+            done = 1;
+        ring_pop(&r->out);
+    }
+    if (ring_producer_waits(&r->out)) {
+        uint64_t one = 1;
+        if (write(r->bell_in, &one, sizeof(one)) == -1)
+            return done;
+    }
+    return done;
+}
+
+/* Feed records from *off while the ring has room; rings the worker's doorbell. */
+static void feed(struct replay *r, const struct evlog_reader *ev, size_t *off)
+{
+    uint64_t one = 1;
+    int fed = 0;
+
+    while (*off < ev->len) {
+        uint32_t len;
+        uint16_t type;
+        memcpy(&len, ev->buf + *off, 4);
+        memcpy(&type, ev->buf + *off + 4, 2);
+        void *dst = ring_reserve(&r->in, type, len);
+        if (!dst)
+            break;
+        memcpy(dst, ev->buf + *off + 8, len);
+        ring_commit(&r->in);
+        *off += (8 + (size_t)len + 7) & ~(size_t)7;
+        fed = 1;
+    }
+    if (fed && ring_wants_wakeup(&r->in) && write(r->bell_in, &one, sizeof(one)) == -1)
+        LOG(LOG_WARN, "msg=\"doorbell\" error=\"%s\"", strerror(errno));
+}
+
+static int start_worker(struct replay *r, uint64_t session_id, uint64_t restore_pos,
+                        uint32_t max_message)
+{
+    uint32_t ring_size = shm_ring_size(max_message);
+    size_t total = shm_total_size(ring_size);
+    int memfd = memfd_create("cessna-replay", MFD_CLOEXEC), sv[2];
+    void *base;
+
+    if (memfd == -1 || ftruncate(memfd, (off_t)total) == -1 ||
+        socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1)
+        return -errno;
+    base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (base == MAP_FAILED)
+        return -errno;
+    r->ctl = base;
+    r->ctl->magic = SHM_MAGIC;
+    r->ctl->ring_size = ring_size;
+    r->ctl->session_id = session_id;
+    r->ctl->max_message = max_message;
+    atomic_store(&r->ctl->consumed, restore_pos);
+    ring_format(shm_in_ring(base), ring_size);
+    ring_format(shm_out_ring(base, ring_size), ring_size);
+    ring_attach(&r->in, shm_in_ring(base));
+    ring_attach(&r->out, shm_out_ring(base, ring_size));
+    ring_sleep_prepare(&r->out);
+    r->bell_in = eventfd(0, EFD_CLOEXEC);
+    r->bell_out = eventfd(0, EFD_CLOEXEC);
+    r->pid = proc_fork(0, &r->pidfd);
+    if (r->pid < 0)
+        return r->pid;
+    if (r->pid == 0) {
+        struct rt_session s = {
+            .session_id = session_id, .ring_size = ring_size, .max_message = max_message,
+            .memfd = memfd, .doorbell_in = r->bell_in, .doorbell_out = r->bell_out,
+            .report_fd = sv[1], .restore_pos = restore_pos,
+        };
+        rt_run(&s);
+    }
+    close(memfd);
+    return 0;
+}
+
+int replay_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "app", required_argument, NULL, 'a' },
+        { "state-dir", required_argument, NULL, 'd' },
+        { "session", required_argument, NULL, 's' },
+        { "fresh", no_argument, NULL, 'f' },
+        { "help", no_argument, NULL, 'h' },
+        { 0 },
+    };
+    const char *app = NULL, *state_dir = NULL;
+    unsigned long long session_id = 0;
+    int fresh = 0, c;
+    char err[512], dir[PATH_MAX];
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'a': app = optarg; break;
+        case 'd': state_dir = optarg; break;
+        case 's': session_id = strtoull(optarg, NULL, 0); break;
+        case 'f': fresh = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!app || !state_dir || !session_id) {
+        usage(stderr);
+        return 2;
+    }
+    log_init("cessna-replay");
+    rt_ensure_no_aslr(argv);
+    signal(SIGPIPE, SIG_IGN);
+    rt_set_state_dir(state_dir);
+    if (rt_load_app(app, err, sizeof(err)) < 0 || rt_reserve_arena(err, sizeof(err)) < 0 ||
+        wsnap_init(app, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-replay: %s\n", err);
+        return 1;
+    }
+
+    /* Where to start: the newest snapshot chain, unless --fresh. */
+    uint64_t chain[256], from = 0;
+    int n = 0;
+    wsnap_dir(dir, sizeof(dir), state_dir, session_id);
+    if (!fresh) {
+        char why[256] = "";
+        if (snap_find_chain(dir, chain, 256, &n, why, sizeof(why)) == 0 && n > 0)
+            from = chain[n - 1];
+        else
+            printf("no usable snapshot in %s (%s): replaying from the session start\n", dir, why);
+    }
+    struct evlog_reader ev;
+    if (evlog_read_dir(dir, session_id, from, &ev, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-replay: %s\n", err);
+        return 1;
+    }
+    printf("session %llu: snapshot %llu, then %llu logged events\n", session_id,
+           (unsigned long long)from, (unsigned long long)ev.count);
+    fflush(stdout);
+
+    struct replay r;
+    memset(&r, 0, sizeof(r));
+    if (start_worker(&r, session_id, from, 64u << 20) < 0) {
+        fprintf(stderr, "cessna-replay: cannot start a worker: %s\n", strerror(errno));
+        return 1;
+    }
+    uint64_t last = ev.count ? ev.first + ev.count - 1 : from;
+    size_t off = 0;
+    int done = 0;
+    for (;;) {
+        feed(&r, &ev, &off);
+        done |= drain(&r);
+        /* done when every event is consumed and the worker is up (the snapshot loaded) */
+        if (done || (atomic_load(&r.ctl->consumed) >= last && atomic_load(&r.ctl->started_ns) &&
+                     (!from || atomic_load(&r.ctl->load_ns))))
+            break;
+        struct pollfd p[2] = { { r.bell_out, POLLIN, 0 }, { r.pidfd, POLLIN, 0 } };
+        poll(p, 2, 100);
+        if (p[0].revents & POLLIN) {
+            uint64_t v;
+            if (read(r.bell_out, &v, sizeof(v)) == -1)
+                break;
+        }
+        if (p[1].revents & POLLIN)
+            break;
+    }
+    drain(&r);
+    uint64_t consumed = atomic_load(&r.ctl->consumed);
+    siginfo_t si;
+    memset(&si, 0, sizeof(si));
+    if (consumed < last || r.ctl->error[0]) {
+        waitid(P_PIDFD, (id_t)r.pidfd, &si, WEXITED);
+        r.ctl->error[sizeof(r.ctl->error) - 1] = 0;
+        if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED) {
+            printf("CRASH at event %llu: signal %d (%s)\n", (unsigned long long)(consumed + 1),
+                   si.si_status, strsignal(si.si_status));
+            return 3;
+        }
+        printf("the worker stopped at event %llu: %s\n", (unsigned long long)consumed,
+               r.ctl->error[0] ? r.ctl->error : "exited");
+        return 1;
+    }
+    printf("replayed events %llu..%llu without a crash; outputs: to_client=%llu to_server=%llu\n",
+           (unsigned long long)(from + 1), (unsigned long long)last,
+           (unsigned long long)r.outputs[0], (unsigned long long)r.outputs[1]);
+    kill(r.pid, SIGKILL);
+    waitid(P_PIDFD, (id_t)r.pidfd, &si, WEXITED);
+    evlog_reader_free(&ev);
+    return 0;
+}
