@@ -72,21 +72,32 @@ int addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len, char 
     return 0;
 }
 
+/* A TCP socket for the address s: fd, or -errno with a reason; *ss and *len filled. */
+static int tcp_socket(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *err,
+                      size_t errlen)
+{
+    int fd, rc = addr_parse(s, ss, len, err, errlen);
+
+    if (rc < 0)
+        return rc;
+    fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        rc = -errno;
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return rc;
+    }
+    return fd;
+}
+
 int addr_listen(const char *s, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t len;
     int fd, one = 1, rc;
 
-    rc = addr_parse(s, &ss, &len, err, errlen);
-    if (rc < 0)
-        return rc;
-    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd == -1) {
-        rc = -errno;
-        snprintf(err, errlen, "socket: %s", strerror(errno));
-        return rc;
-    }
+    fd = tcp_socket(s, &ss, &len, err, errlen);
+    if (fd < 0)
+        return fd;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&ss, len) == -1 || listen(fd, 512) == -1) {
         rc = -errno;
@@ -103,15 +114,9 @@ int addr_connect(const char *s, char *err, size_t errlen)
     socklen_t len;
     int fd, one = 1, rc;
 
-    rc = addr_parse(s, &ss, &len, err, errlen);
-    if (rc < 0)
-        return rc;
-    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd == -1) {
-        rc = -errno;
-        snprintf(err, errlen, "socket: %s", strerror(errno));
-        return rc;
-    }
+    fd = tcp_socket(s, &ss, &len, err, errlen);
+    if (fd < 0)
+        return fd;
     if (connect(fd, (struct sockaddr *)&ss, len) == -1) {
         rc = -errno;
         snprintf(err, errlen, "connect to %s: %s", s, strerror(errno));

@@ -124,7 +124,8 @@ static void submit(struct session *s)
     if (s->log_rotate) {
         /* After a durable snapshot: new events go to a new file, covered files go. */
         uint64_t first = s->log_pend.len ? s->log_pend_first : s->next_pos;
-        if (open_file(s, first, err, sizeof(err)) < 0)
+        int same = s->log_nfiles && s->log_files[s->log_nfiles - 1] == first;
+        if (!same && open_file(s, first, err, sizeof(err)) < 0)   /* else: nothing new yet */
             return log_fail(s, err, EIO);
         remove_covered(s, s->log_rotate);
         s->log_rotate = 0;

@@ -276,31 +276,11 @@ static int promote_standby(struct session *s, char *err, size_t errlen)
 
     if (pid <= 0 || pidfd < 0)
         return -ESRCH;
-    ring_format(shm_in_ring(s->shm), S.ring_size);
-    ring_format(shm_out_ring(s->shm, S.ring_size), S.ring_size);
-    ring_attach(&s->in, shm_in_ring(s->shm));
-    ring_attach(&s->out, shm_out_ring(s->shm, S.ring_size));
-    atomic_store(&s->ctl->consumed, s->snap_pos);
-    atomic_store(&s->ctl->snap_pos, 0);
-    s->ctl->error[0] = 0;
-    if (evstore_rewind(&s->ev, s->snap_pos) < 0) {
-        snprintf(err, errlen, "the events after position %llu are no longer held", ull(s->snap_pos));
+    if (sess_reset_worker(s, s->snap_pos, err, errlen) < 0)
         return -ENOENT;
-    }
-    s->gen++;
-    s->snap_inflight = 0;
-    s->need_full = 1;
-    s->pid = pid;
-    s->pidfd = pidfd;
-    s->worker_reaped = 0;
     s->standby_pid = 0;
     s->standby_pidfd = -1;   /* its armed watch now only releases; a new one watches the worker */
-    struct io_uring_sqe *sqe = sup_sqe();
-    io_uring_prep_poll_add(sqe, s->pidfd, POLLIN);
-    io_uring_sqe_set_data64(sqe, UD(OP_PIDFD, s->slot, 0));
-    s->pidfd_armed = 1;
-    s->inflight++;
-    ring_sleep_prepare(&s->out);
+    sess_watch_worker(s, pid, pidfd);
     if (kill(pid, SIGCONT) == -1) {
         snprintf(err, errlen, "SIGCONT to the standby %d: %s", (int)pid, strerror(errno));
         return -errno;

@@ -328,27 +328,30 @@ void sess_accept(int fd)
 /* (Re)start a worker on the session's memory: fresh rings, a process from the zygote
  * (starting fresh, or from the snapshot at restore_pos), and io_uring watching its doorbell
  * and its death. The stored events after restore_pos are fed to it. */
-int sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t errlen)
+int sess_reset_worker(struct session *s, uint64_t position, char *err, size_t errlen)
 {
     ring_format(shm_in_ring(s->shm), S.ring_size);
     ring_format(shm_out_ring(s->shm, S.ring_size), S.ring_size);
     ring_attach(&s->in, shm_in_ring(s->shm));
     ring_attach(&s->out, shm_out_ring(s->shm, S.ring_size));
-    atomic_store(&s->ctl->consumed, restore_pos);
+    atomic_store(&s->ctl->consumed, position);
     atomic_store(&s->ctl->snap_pos, 0);
     s->ctl->error[0] = 0;
-    s->worker_reaped = 0;
-    s->pid = 0;
     s->gen++;
     s->snap_inflight = 0;
-    s->need_full = 1;
-    if (evstore_rewind(&s->ev, restore_pos) < 0) {
-        snprintf(err, errlen, "the events after position %llu are no longer held",
-                 ull(restore_pos));
+    s->need_full = 1;   /* the new worker's page hashes start empty */
+    if (evstore_rewind(&s->ev, position) < 0) {
+        snprintf(err, errlen, "the events after position %llu are no longer held", ull(position));
         return -ENOENT;
     }
-    if (zygote_spawn(s, s->memfd, restore_pos, err, errlen) < 0)
-        return -EINVAL;
+    return 0;
+}
+
+void sess_watch_worker(struct session *s, pid_t pid, int pidfd)
+{
+    s->pid = pid;
+    s->pidfd = pidfd;
+    s->worker_reaped = 0;
     if (!s->doorbell_armed) {
         struct io_uring_sqe *sqe = sup_sqe();
         io_uring_prep_read(sqe, s->doorbell_out, &s->doorbell_val, sizeof(s->doorbell_val), 0);
@@ -363,6 +366,16 @@ int sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t
     s->inflight++;
     ring_sleep_prepare(&s->out);
     update_spin_policy();
+}
+
+int sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t errlen)
+{
+    if (sess_reset_worker(s, restore_pos, err, errlen) < 0)
+        return -ENOENT;
+    s->pid = 0;
+    if (zygote_spawn(s, s->memfd, restore_pos, err, errlen) < 0)
+        return -EINVAL;
+    sess_watch_worker(s, s->pid, s->pidfd);
     sess_feed(s);
     return 0;
 }

@@ -188,6 +188,11 @@ void olog_durable(struct session *s, uint64_t p);
 void olog_end(struct session *s);
 
 /* session.c */
+/* Fresh rings and the held events rewound to `position`, for a worker about to take over. */
+int  sess_reset_worker(struct session *s, uint64_t position, char *err, size_t errlen);
+/* Watch a (new) worker process: its pidfd and its doorbell. */
+void sess_watch_worker(struct session *s, pid_t pid, int pidfd);
+/* A worker from the zygote: fresh (restore_pos 0) or from the snapshot at restore_pos. */
 int  sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t errlen);
 void sess_feed(struct session *s);
 void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
