@@ -93,6 +93,31 @@ static void feed(struct replay *r, const struct evlog_reader *ev, size_t *off)
         LOG(LOG_WARN, "msg=\"doorbell\" error=\"%s\"", strerror(errno));
 }
 
+/* Say how the replay ended: 0 no crash, 3 the app crashed, 1 the worker stopped. */
+static int report(struct replay *r, uint64_t from, uint64_t last)
+{
+    uint64_t consumed = atomic_load(&r->ctl->consumed);
+    siginfo_t si;
+
+    if (consumed >= last && !r->ctl->error[0]) {
+        printf("replayed events %llu..%llu without a crash; outputs: to_client=%llu "
+               "to_server=%llu\n", (unsigned long long)(from + 1), (unsigned long long)last,
+               (unsigned long long)r->outputs[0], (unsigned long long)r->outputs[1]);
+        return 0;
+    }
+    memset(&si, 0, sizeof(si));
+    waitid(P_PIDFD, (id_t)r->pidfd, &si, WEXITED);
+    r->ctl->error[sizeof(r->ctl->error) - 1] = 0;
+    if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED) {
+        printf("CRASH at event %llu: signal %d (%s)\n", (unsigned long long)(consumed + 1),
+               si.si_status, strsignal(si.si_status));
+        return 3;
+    }
+    printf("the worker stopped at event %llu: %s\n", (unsigned long long)consumed,
+           r->ctl->error[0] ? r->ctl->error : "exited");
+    return 1;
+}
+
 static int start_worker(struct replay *r, uint64_t session_id, uint64_t restore_pos,
                         uint32_t max_message)
 {
@@ -221,26 +246,10 @@ int replay_main(int argc, char **argv)
             break;
     }
     drain(&r);
-    uint64_t consumed = atomic_load(&r.ctl->consumed);
-    siginfo_t si;
-    memset(&si, 0, sizeof(si));
-    if (consumed < last || r.ctl->error[0]) {
-        waitid(P_PIDFD, (id_t)r.pidfd, &si, WEXITED);
-        r.ctl->error[sizeof(r.ctl->error) - 1] = 0;
-        if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED) {
-            printf("CRASH at event %llu: signal %d (%s)\n", (unsigned long long)(consumed + 1),
-                   si.si_status, strsignal(si.si_status));
-            return 3;
-        }
-        printf("the worker stopped at event %llu: %s\n", (unsigned long long)consumed,
-               r.ctl->error[0] ? r.ctl->error : "exited");
-        return 1;
-    }
-    printf("replayed events %llu..%llu without a crash; outputs: to_client=%llu to_server=%llu\n",
-           (unsigned long long)(from + 1), (unsigned long long)last,
-           (unsigned long long)r.outputs[0], (unsigned long long)r.outputs[1]);
+    int rc = report(&r, from, last);
     kill(r.pid, SIGKILL);
-    waitid(P_PIDFD, (id_t)r.pidfd, &si, WEXITED);
+    siginfo_t si;
+    waitid(P_PIDFD, (id_t)r.pidfd, &si, WEXITED | WNOHANG);
     evlog_reader_free(&ev);
-    return 0;
+    return rc;
 }
