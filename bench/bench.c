@@ -1,8 +1,9 @@
 /* bench.c - cessna-bench: main, options, and the run loop (one path at a time: bring its
- * processes up, measure latency then throughput per message size, bring them down).
+ * processes up, measure latency then throughput per message size, bring them down; then
+ * the sections: snapshot, recovery, snapshot-latency).
  *
- * Exit status: 0 when every selected path ran (whether or not the targets were met),
- * 1 when a path could not be run, 2 on a usage error.
+ * Exit status: 0 when every selected path and section ran (whether or not the targets
+ * were met), 1 when one could not be run, 2 on a usage error.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -21,6 +22,20 @@
 #define QUICK_MESSAGES   2000
 #define QUICK_SECONDS    1.0
 #define MAX_SIZE         (1u << 20)
+#define DEFAULT_SNAP_SIZES     "64K,1M,16M,256M"
+#define DEFAULT_SNAP_RUNS      3
+#define QUICK_SNAP_RUNS        1
+#define DEFAULT_RECOVERY_RUNS  10
+#define QUICK_RECOVERY_RUNS    3
+#define DEFAULT_RECOVERY_MSGS  1000
+#define DEFAULT_RECOVERY_STATE (1u << 20)
+#define DEFAULT_SNAP_INTERVAL  100
+#define MAX_STATE              (1ull << 30) /* ballast per session, at most */
+
+static const char *const section_names[SEC_COUNT] = {
+    [SEC_SNAPSHOT] = "snapshot", [SEC_RECOVERY] = "recovery",
+    [SEC_SNAP_LATENCY] = "snapshot-latency",
+};
 
 static void usage(FILE *f)
 {
@@ -35,12 +50,22 @@ static void usage(FILE *f)
             "  --seconds S    length of each throughput run (default %.0f)\n"
             "  --quick        CI smoke: %d round trips (%d above 1 KiB), %.0f s throughput\n"
             "  --sizes LIST   message sizes in bytes (default 64,16384; at most %u)\n"
-            "  --paths LIST   subset of direct,haproxy1,haproxy3,edge-native,edge-proxies\n"
-            "                 (default all)\n"
+            "  --paths LIST   subset of direct,haproxy1,haproxy3,edge-native,edge-proxies,\n"
+            "                 snapshot,recovery,snapshot-latency (default all)\n"
             "  --build DIR    where bin/ and apps/ are (default %s)\n"
             "  --haproxy BIN  the haproxy binary (default /usr/sbin/haproxy)\n"
             "  --keep-tmp     keep the temp dir (configs, children's logs) instead of removing it\n"
             "  --busy-poll auto|off  the edge's busy_poll setting (default auto)\n"
+            "  --snap-sizes LIST     snapshot: app state sizes, bytes or with K/M/G\n"
+            "                        (default %s)\n"
+            "  --snap-runs N         snapshot: sessions per size, medians shown (default %d;\n"
+            "                        --quick %d)\n"
+            "  --recovery-runs N     recovery: kills per standby mode (default %d; --quick %d)\n"
+            "  --recovery-msgs N     recovery: messages echoed between snapshot and kill\n"
+            "                        (default %d, so %d events to replay)\n"
+            "  --recovery-state SIZE recovery: app state (default 1M)\n"
+            "  --snap-interval MS    snapshot-latency: the interval compared with none\n"
+            "                        (default %d)\n"
             "  --help         this text\n"
             "\n"
             "Paths: direct = client -> echo; haproxy1 = client -> haproxy -> echo;\n"
@@ -50,10 +75,20 @@ static void usage(FILE *f)
             "cessna-server-proxy -> echo. Targets: each edge path's p50 within %.1fx and\n"
             "throughput at least %.1fx of its HAProxy baseline (haproxy1, haproxy3).\n"
             "\n"
+            "Sections, after the paths' table, each on edges of its own (ballast.so holds as\n"
+            "much arena state as asked): snapshot = fork pause, write time and file size of a\n"
+            "full and a delta snapshot per state size (target: fork < 200 us at 1 MiB);\n"
+            "recovery = kill-worker to the first new output and the supervisor's split\n"
+            "(start, load, replay), cold and hot standby (targets: hot < 1 ms, cold < 5 ms);\n"
+            "snapshot-latency = edge-native 64 B latency and throughput with periodic\n"
+            "snapshots against none (target: latency within 1.1x).\n"
+            "\n"
             "Exit: 0 when every selected path ran (PASS or MISS), 1 when one could not run,\n"
             "2 on a usage error.\n",
             DEFAULT_MESSAGES, DEFAULT_SECONDS, QUICK_MESSAGES, QUICK_MESSAGES / 4, QUICK_SECONDS,
-            MAX_SIZE, CESSNA_BUILD_DIR, 1.5, 0.5);
+            MAX_SIZE, CESSNA_BUILD_DIR, DEFAULT_SNAP_SIZES, DEFAULT_SNAP_RUNS, QUICK_SNAP_RUNS,
+            DEFAULT_RECOVERY_RUNS, QUICK_RECOVERY_RUNS, DEFAULT_RECOVERY_MSGS,
+            2 * DEFAULT_RECOVERY_MSGS, DEFAULT_SNAP_INTERVAL, 1.5, 0.5);
 }
 
 static int parse_sizes(struct bench_opts *o, const char *list)
@@ -76,6 +111,16 @@ static int parse_sizes(struct bench_opts *o, const char *list)
     return o->nsizes ? 0 : -EINVAL;
 }
 
+static int section_parse(const char *name, enum bench_section *sec)
+{
+    for (int i = 0; i < SEC_COUNT; i++)
+        if (strcmp(name, section_names[i]) == 0) {
+            *sec = (enum bench_section)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
 static int parse_paths(struct bench_opts *o, const char *list)
 {
     char buf[256], *save = NULL;
@@ -83,18 +128,75 @@ static int parse_paths(struct bench_opts *o, const char *list)
 
     snprintf(buf, sizeof(buf), "%s", list);
     memset(o->selected, 0, sizeof(o->selected));
+    memset(o->sections, 0, sizeof(o->sections));
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         enum bench_path p;
+        enum bench_section sec;
 
-        if (stack_path_parse(tok, &p) < 0) {
+        if (stack_path_parse(tok, &p) == 0) {
+            o->selected[p] = 1;
+        } else if (section_parse(tok, &sec) == 0) {
+            o->sections[sec] = 1;
+        } else {
             fprintf(stderr, "cessna-bench: unknown path '%s' in --paths (want direct, haproxy1, "
-                            "haproxy3, edge-native, edge-proxies)\n", tok);
+                            "haproxy3, edge-native, edge-proxies, snapshot, recovery, "
+                            "snapshot-latency)\n", tok);
             return -EINVAL;
         }
-        o->selected[p] = 1;
         n++;
     }
     return n ? 0 : -EINVAL;
+}
+
+/* "65536", "64K", "1M", "1G" (binary units). */
+static int parse_bytes(const char *s, unsigned long long *out)
+{
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+
+    if (end == s)
+        return -EINVAL;
+    switch (*end) {
+    case 'k': case 'K': v <<= 10; end++; break;
+    case 'm': case 'M': v <<= 20; end++; break;
+    case 'g': case 'G': v <<= 30; end++; break;
+    default: break;
+    }
+    if (*end || v == 0 || v > MAX_STATE)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int parse_snap_sizes(struct bench_opts *o, const char *list)
+{
+    char buf[256], *save = NULL;
+
+    snprintf(buf, sizeof(buf), "%s", list);
+    o->nsnap_sizes = 0;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        unsigned long long v;
+
+        if (parse_bytes(tok, &v) < 0 || o->nsnap_sizes == BENCH_MAX_SNAP_SIZES) {
+            fprintf(stderr, "cessna-bench: bad --snap-sizes '%s' (1 B..1G each, K/M/G allowed, "
+                            "at most %d sizes)\n", list, BENCH_MAX_SNAP_SIZES);
+            return -EINVAL;
+        }
+        o->snap_sizes[o->nsnap_sizes++] = (size_t)v;
+    }
+    return o->nsnap_sizes ? 0 : -EINVAL;
+}
+
+static int parse_state(struct bench_opts *o, const char *s)
+{
+    unsigned long long v;
+
+    if (parse_bytes(s, &v) < 0) {
+        fprintf(stderr, "cessna-bench: bad --recovery-state '%s' (1 B..1G, K/M/G allowed)\n", s);
+        return -EINVAL;
+    }
+    o->recovery_state = (size_t)v;
+    return 0;
 }
 
 static int parse_number(const char *opt, const char *s, double lo, double hi, double *out)
@@ -120,9 +222,15 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         { "paths", required_argument, NULL, 'p' },   { "haproxy", required_argument, NULL, 'x' },
         { "keep-tmp", no_argument, NULL, 'k' },
         { "busy-poll", required_argument, NULL, 'B' },
+        { "snap-sizes", required_argument, NULL, 'S' },
+        { "snap-runs", required_argument, NULL, 'R' },
+        { "recovery-runs", required_argument, NULL, 'r' },
+        { "recovery-msgs", required_argument, NULL, 'M' },
+        { "recovery-state", required_argument, NULL, 'T' },
+        { "snap-interval", required_argument, NULL, 'I' },
         { NULL, 0, NULL, 0 },
     };
-    double messages = 0, seconds = 0;
+    double messages = 0, seconds = 0, snap_runs = 0, rec_runs = 0, rec_msgs = 0, interval = 0;
     int quick = 0, c;
 
     memset(o, 0, sizeof(*o));
@@ -131,6 +239,10 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
     parse_sizes(o, "64,16384");
     for (int p = 0; p < PATH_COUNT; p++)
         o->selected[p] = 1;
+    for (int i = 0; i < SEC_COUNT; i++)
+        o->sections[i] = 1;
+    parse_snap_sizes(o, DEFAULT_SNAP_SIZES);
+    o->recovery_state = DEFAULT_RECOVERY_STATE;
 
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         int rc = 0;
@@ -152,6 +264,12 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         case 'x': snprintf(o->haproxy, sizeof(o->haproxy), "%s", optarg); break;
         case 'z': rc = parse_sizes(o, optarg); break;
         case 'p': rc = parse_paths(o, optarg); break;
+        case 'S': rc = parse_snap_sizes(o, optarg); break;
+        case 'R': rc = parse_number("--snap-runs", optarg, 1, 16, &snap_runs); break;
+        case 'r': rc = parse_number("--recovery-runs", optarg, 1, 64, &rec_runs); break;
+        case 'M': rc = parse_number("--recovery-msgs", optarg, 1, 1e6, &rec_msgs); break;
+        case 'T': rc = parse_state(o, optarg); break;
+        case 'I': rc = parse_number("--snap-interval", optarg, 1, 60000, &interval); break;
         default: rc = -EINVAL; break;
         }
         if (rc < 0)
@@ -167,6 +285,11 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
     /* Explicit counts win over --quick, whatever the order. */
     o->messages = messages > 0 ? (size_t)messages : quick ? QUICK_MESSAGES : DEFAULT_MESSAGES;
     o->seconds = seconds > 0 ? seconds : quick ? QUICK_SECONDS : DEFAULT_SECONDS;
+    o->snap_runs = snap_runs > 0 ? (int)snap_runs : quick ? QUICK_SNAP_RUNS : DEFAULT_SNAP_RUNS;
+    o->recovery_runs = rec_runs > 0 ? (int)rec_runs
+                                    : quick ? QUICK_RECOVERY_RUNS : DEFAULT_RECOVERY_RUNS;
+    o->recovery_msgs = rec_msgs > 0 ? (int)rec_msgs : DEFAULT_RECOVERY_MSGS;
+    o->snap_interval_ms = interval > 0 ? (unsigned)interval : DEFAULT_SNAP_INTERVAL;
     return 0;
 }
 
@@ -254,6 +377,29 @@ static int run_path(enum bench_path path, const struct bench_opts *o,
     return failed ? -1 : 0;
 }
 
+static int any_path(const struct bench_opts *o)
+{
+    for (int p = 0; p < PATH_COUNT; p++)
+        if (o->selected[p])
+            return 1;
+    return 0;
+}
+
+/* The sections, each printing its table after the paths' one. -1 if one could not run. */
+static int run_sections(FILE *f, const struct bench_opts *o)
+{
+    static int (*const run[SEC_COUNT])(FILE *, const struct bench_opts *) = {
+        [SEC_SNAPSHOT] = snapbench_run, [SEC_RECOVERY] = recbench_run,
+        [SEC_SNAP_LATENCY] = snaplat_run,
+    };
+    int failed = 0;
+
+    for (int i = 0; i < SEC_COUNT && !proc_interrupted(); i++)
+        if (o->sections[i] && run[i](f, o) < 0)
+            failed = 1;
+    return failed ? -1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     static struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES];
@@ -279,14 +425,16 @@ int main(int argc, char **argv)
     for (int p = 0; p < PATH_COUNT; p++)
         if (o.selected[p] && run_path((enum bench_path)p, &o, res[p]) < 0)
             failed = 1;
-
-    report_print(stdout, &o, res);
+    if (any_path(&o))
+        report_print(stdout, &o, res);
+    if (run_sections(stdout, &o) < 0)
+        failed = 1;
     if (o.keep_tmp)
         fprintf(stderr, "cessna-bench: configs and logs kept in %s\n", o.tmpdir);
     else
         proc_tmpdir_remove(o.tmpdir);
     if (failed)
-        fprintf(stderr, "cessna-bench: some paths could not be run (see Errors above)%s\n",
+        fprintf(stderr, "cessna-bench: some paths or sections could not be run (see the errors above)%s\n",
                 o.keep_tmp ? "" : "; rerun with --keep-tmp to keep the children's logs");
     return failed ? 1 : 0;
 }

@@ -7,6 +7,13 @@
  *   procs.c   children: the fork wrapper, ready lines, stopping, temp files
  *   echo.c    the echo servers (plain TCP and native endpoint), run in forked children
  *   load.c    the latency and throughput drivers
+ *   edgectl.c one edge session driven from outside: control socket, replies with timeouts
+ *   snapbench.c  section "snapshot": fork pause, write time and size against state size
+ *   recbench.c   section "recovery": kill to first new output, cold and hot standby
+ *   snaplat.c    section "snapshot-latency": edge-native latency with periodic snapshots
+ *
+ * The sections run after the paths, each on edges of its own, and print their tables
+ * after the paths' table.
  *
  * Functions return 0 or -errno; on failure they write the reason into err.
  */
@@ -33,6 +40,16 @@ enum bench_path {
     PATH_COUNT
 };
 
+/* The sections measured after the paths (also chosen with --paths). */
+enum bench_section {
+    SEC_SNAPSHOT,      /* snapshot pause, write time and size per app state size */
+    SEC_RECOVERY,      /* recovery time, cold and hot standby */
+    SEC_SNAP_LATENCY,  /* edge-native latency with and without periodic snapshots */
+    SEC_COUNT
+};
+
+#define BENCH_MAX_SNAP_SIZES 8
+
 struct bench_opts {
     size_t messages;                /* latency round trips for sizes <= 1 KiB; a quarter above */
     double seconds;                 /* per throughput run */
@@ -44,6 +61,14 @@ struct bench_opts {
     char   tmpdir[PATH_MAX];        /* configs, logs, state; removed at the end */
     int    keep_tmp;                /* unless this is set */
     int    busy_poll_off;           /* run the edge with busy_poll = off */
+    int    sections[SEC_COUNT];     /* which sections run */
+    size_t snap_sizes[BENCH_MAX_SNAP_SIZES]; /* snapshot: app state sizes (bytes) */
+    int    nsnap_sizes;
+    int    snap_runs;               /* snapshot: sessions per size (medians reported) */
+    int    recovery_runs;           /* recovery: kills per standby mode */
+    int    recovery_msgs;           /* recovery: messages echoed between snapshot and kill */
+    size_t recovery_state;          /* recovery: app state (bytes) */
+    unsigned snap_interval_ms;      /* snapshot-latency: the interval compared with 0 */
 };
 
 /* ---- procs.c: child processes ---- */
@@ -87,6 +112,16 @@ struct bench_stack {
     int               nprocs;
     char              entry[64]; /* HOST:PORT the client connects to */
     int               native;    /* the entry speaks CESSNA (cessna_ep_connect) */
+    char              tag[40];   /* stack_up_edge: prefix of its processes' names */
+    char              control[PATH_MAX]; /* the supervisor's control socket, if any */
+};
+
+/* An edge-native stack for the sections: native echo <- supervisor <- the bench. */
+struct edge_spec {
+    char        tag[40];              /* names its files and processes: "recovery-hot" */
+    const char *app;                  /* in BUILD/apps: "ballast.so" */
+    unsigned    snapshot_interval_ms; /* 0: snapshots only when asked for */
+    int         hot;                  /* standby = hot (else cold) */
 };
 
 const char *stack_path_name(enum bench_path path);
@@ -94,6 +129,8 @@ int  stack_path_parse(const char *name, enum bench_path *path);
 enum bench_path stack_baseline(enum bench_path edge); /* PATH_COUNT for non-edge paths */
 int  stack_up(struct bench_stack *s, enum bench_path path, const struct bench_opts *o,
               char *err, size_t errlen);
+int  stack_up_edge(struct bench_stack *s, const struct edge_spec *e, const struct bench_opts *o,
+                   char *err, size_t errlen);
 int  stack_check(struct bench_stack *s, char *err, size_t errlen);
 void stack_down(struct bench_stack *s);
 
@@ -126,8 +163,57 @@ int  load_connect(struct bench_conn *c, const char *entry, int native, char *err
 void load_close(struct bench_conn *c);
 int  load_latency(struct bench_conn *c, size_t size, size_t count, struct lat_result *r,
                   char *err, size_t errlen);
+int  load_latency_samples(struct bench_conn *c, size_t size, size_t warm, size_t count,
+                          uint64_t *samples, char *err, size_t errlen);
+void load_percentiles(uint64_t *samples, size_t count, struct lat_result *r); /* sorts */
 int  load_throughput(struct bench_conn *c, size_t size, double seconds, struct tput_result *r,
                      char *err, size_t errlen);
+
+/* ---- edgectl.c: one edge session, driven from outside ---- */
+
+#define ECTL_LINE 1024
+
+/* The reply to one control command ("sessions", "snapshot 7", ...) in out, NUL-ended. */
+int  ectl_cmd(const char *sock, const char *cmd, char *out, size_t outlen, char *err,
+              size_t errlen);
+/* The `sessions` line of session id. */
+int  ectl_session(const char *sock, uint64_t id, char *line, size_t len, char *err,
+                  size_t errlen);
+/* A numeric key=value field of a control line: 0, or -ENOENT (absent or "-"). */
+int  ectl_field(const char *line, const char *key, uint64_t *v);
+/* A text field, copied into out ("" when absent). */
+void ectl_text(const char *line, const char *key, char *out, size_t outlen);
+
+struct ectl_snap {
+    uint64_t position;
+    int      full;          /* the supervisor said full (else delta) */
+    uint64_t fork_us, write_us, bytes;
+    char     line[ECTL_LINE]; /* the session's line once durable */
+};
+
+/* Ask for a snapshot of session id and wait until it is durable (snapshots= grows). */
+int  ectl_snapshot(struct bench_stack *s, uint64_t id, struct ectl_snap *r, char *err,
+                   size_t errlen);
+/* One message, then one reply within timeout_ms; the reply copied into buf (NUL-ended). */
+int  ectl_ask(struct bench_conn *c, const char *msg, size_t len, char *buf, size_t cap,
+              int timeout_ms, char *err, size_t errlen);
+/* The next message within timeout_ms: its length, *data in the endpoint's buffer. */
+long ectl_recv(struct bench_conn *c, const void **data, int timeout_ms, char *err,
+               size_t errlen);
+uint64_t ectl_now_ns(void);
+void     ectl_pause_us(long us);
+
+/* ---- the sections: each runs, then prints its markdown section to f. -1 when some
+ * measurement could not run (the section says what failed). ---- */
+
+int snapbench_run(FILE *f, const struct bench_opts *o);
+int recbench_run(FILE *f, const struct bench_opts *o);
+int snaplat_run(FILE *f, const struct bench_opts *o);
+
+/* helpers shared by the sections (report.c) */
+void report_size_label(size_t size, char *out, size_t len);
+double report_median(double *v, int n); /* sorts v */
+double report_max(const double *v, int n);
 
 /* ---- report.c ---- */
 

@@ -356,38 +356,49 @@ out:
     return rc;
 }
 
+/* count round trips after warm unrecorded ones, each into samples (ns), under a watchdog. */
+int load_latency_samples(struct bench_conn *c, size_t size, size_t warm, size_t count,
+                         uint64_t *samples, char *err, size_t errlen)
+{
+    struct watchdog w;
+    int rc = watchdog_start(&w, c->fd);
+
+    if (rc < 0) {
+        snprintf(err, errlen, "pthread_create (watchdog): %s", strerror(-rc));
+        return rc;
+    }
+    rc = latency_rounds(c, size, warm, count, samples, &w, err, errlen);
+    watchdog_stop(&w);
+    if (rc < 0)
+        watchdog_explain(&w, err, errlen);
+    return rc;
+}
+
+void load_percentiles(uint64_t *samples, size_t count, struct lat_result *r)
+{
+    qsort(samples, count, sizeof(*samples), cmp_u64);
+    r->samples = count;
+    r->p50_us = percentile_us(samples, count, 0.50);
+    r->p99_us = percentile_us(samples, count, 0.99);
+    r->p999_us = percentile_us(samples, count, 0.999);
+}
+
 int load_latency(struct bench_conn *c, size_t size, size_t count, struct lat_result *r,
                  char *err, size_t errlen)
 {
     size_t warm = count / 20 ? count / 20 : 1;
     uint64_t *samples = calloc(count ? count : 1, sizeof(*samples));
-    struct watchdog w;
     int rc;
 
     if (!samples) {
         snprintf(err, errlen, "out of memory for %zu samples", count);
         return -ENOMEM;
     }
-    rc = watchdog_start(&w, c->fd);
-    if (rc < 0) {
-        snprintf(err, errlen, "pthread_create (watchdog): %s", strerror(-rc));
-        free(samples);
-        return rc;
-    }
-    rc = latency_rounds(c, size, warm, count, samples, &w, err, errlen);
-    watchdog_stop(&w);
-    if (rc < 0) {
-        watchdog_explain(&w, err, errlen);
-        free(samples);
-        return rc;
-    }
-    qsort(samples, count, sizeof(*samples), cmp_u64);
-    r->samples = count;
-    r->p50_us = percentile_us(samples, count, 0.50);
-    r->p99_us = percentile_us(samples, count, 0.99);
-    r->p999_us = percentile_us(samples, count, 0.999);
+    rc = load_latency_samples(c, size, warm, count, samples, err, errlen);
+    if (rc == 0)
+        load_percentiles(samples, count, r);
     free(samples);
-    return 0;
+    return rc;
 }
 
 /* ---- throughput ---- */

@@ -2,6 +2,7 @@
  * ratio to the HAProxy baseline of the same number of process hops, then the targets.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/utsname.h>
 #include <time.h>
@@ -20,6 +21,37 @@ static void size_label(size_t size, char *out, size_t len)
         snprintf(out, len, "%zu KiB", size >> 10);
     else
         snprintf(out, len, "%zu B", size);
+}
+
+void report_size_label(size_t size, char *out, size_t len)
+{
+    size_label(size, out, len);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* The median of n values (the mean of the middle two for even n); sorts v. */
+double report_median(double *v, int n)
+{
+    if (n <= 0)
+        return 0;
+    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+double report_max(const double *v, int n)
+{
+    double m = n > 0 ? v[0] : 0;
+
+    for (int i = 1; i < n; i++)
+        if (v[i] > m)
+            m = v[i];
+    return m;
 }
 
 static const char *num_format(double v)

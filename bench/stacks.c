@@ -6,6 +6,9 @@
  *   haproxy3      client -> hap -> hap -> hap -> echo
  *   edge-native   cessna_ep_connect -> cessna-supervisor (passthrough.so) -> native echo
  *   edge-proxies  client -> cessna-client-proxy -> cessna-supervisor -> cessna-server-proxy -> echo
+ *
+ * stack_up_edge brings up an edge-native stack with its own app and snapshot settings, for
+ * the snapshot and recovery sections; its files and processes carry a tag ("recovery-hot").
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -61,13 +64,19 @@ static struct bench_proc *stack_next(struct bench_stack *s)
 static int stack_start(struct bench_stack *s, const struct proc_spec *spec,
                        const struct bench_opts *o, char *err, size_t errlen)
 {
+    struct proc_spec named = *spec;
+    char name[sizeof(s->procs[0].name)];
     int rc;
 
     if (s->nprocs == BENCH_MAX_PROCS) {
         snprintf(err, errlen, "too many processes in one path");
         return -E2BIG;
     }
-    rc = proc_start(stack_next(s), spec, o->tmpdir, err, errlen);
+    if (s->tag[0]) { /* "recovery-hot.echo-native": one log per stack */
+        snprintf(name, sizeof(name), "%s.%s", s->tag, spec->name);
+        named.name = name;
+    }
+    rc = proc_start(stack_next(s), &named, o->tmpdir, err, errlen);
     if (rc == 0)
         s->nprocs++;
     return rc;
@@ -241,18 +250,45 @@ static int start_ready_child(struct bench_stack *s, const struct bench_opts *o, 
                            errlen);
 }
 
-static int start_supervisor(struct bench_stack *s, const struct bench_opts *o, const char *server,
-                            char *addr, size_t addrlen, char *err, size_t errlen)
+/* The supervisor's INI: standby and snapshot cadence from e (the latency paths: cold, no
+ * snapshots). */
+static int write_supervisor_ini(const char *ini, const struct bench_opts *o,
+                                const struct edge_spec *e, const char *server, const char *app,
+                                const char *state, const char *control, char *err,
+                                size_t errlen)
 {
-    char bin[PATH_MAX + 32], app[PATH_MAX + 32], ini[PATH_MAX + 32], state[PATH_MAX + 32];
     char text[4 * PATH_MAX + 512];
-    const char *name = stack_path_name(s->path);
+
+    snprintf(text, sizeof(text),
+             "[edge]\n"
+             "listen = 127.0.0.1:0\n"
+             "server = %s\n"
+             "app = %s\n"
+             "state_dir = %s\n"
+             "control = %s\n"
+             "standby = %s\n"
+             "snapshot_interval_ms = %u\n"
+             "max_sessions = 64\n"
+             "max_message_bytes = 1048576\n"
+             "busy_poll = %s\n",
+             server, app, state, control, e->hot ? "hot" : "cold", e->snapshot_interval_ms,
+             o->busy_poll_off ? "off" : "auto");
+    return write_text(ini, text, err, errlen);
+}
+
+/* A supervisor running e->app; its INI, state dir and control socket are named by e->tag. */
+static int start_supervisor(struct bench_stack *s, const struct bench_opts *o,
+                            const struct edge_spec *e, const char *server, char *addr,
+                            size_t addrlen, char *err, size_t errlen)
+{
+    char bin[PATH_MAX + 32], app[2 * PATH_MAX], ini[PATH_MAX + 32], state[PATH_MAX + 32];
     int rc;
 
     snprintf(bin, sizeof(bin), "%s/bin/cessna-supervisor", o->build);
-    snprintf(app, sizeof(app), "%s/apps/passthrough.so", o->build);
-    snprintf(ini, sizeof(ini), "%s/%s.ini", o->tmpdir, name);
-    snprintf(state, sizeof(state), "%s/%s.state", o->tmpdir, name);
+    snprintf(app, sizeof(app), "%s/apps/%s", o->build, e->app);
+    snprintf(ini, sizeof(ini), "%s/%s.ini", o->tmpdir, e->tag);
+    snprintf(state, sizeof(state), "%s/%s.state", o->tmpdir, e->tag);
+    snprintf(s->control, sizeof(s->control), "%s/%s.ctl.sock", o->tmpdir, e->tag);
     rc = need_file(app, 0, " (build it: make)", err, errlen);
     if (rc < 0)
         return rc;
@@ -261,34 +297,30 @@ static int start_supervisor(struct bench_stack *s, const struct bench_opts *o, c
         snprintf(err, errlen, "mkdir %s: %s", state, strerror(errno));
         return rc;
     }
-    snprintf(text, sizeof(text),
-             "[edge]\n"
-             "listen = 127.0.0.1:0\n"
-             "server = %s\n"
-             "app = %s\n"
-             "state_dir = %s\n"
-             "control = %s/%s.ctl.sock\n"
-             "standby = cold\n"
-             "snapshot_interval_ms = 0\n"
-             "max_sessions = 64\n"
-             "max_message_bytes = 1048576\n"
-             "busy_poll = %s\n",
-             server, app, state, o->tmpdir, name, o->busy_poll_off ? "off" : "auto");
-    rc = write_text(ini, text, err, errlen);
+    rc = write_supervisor_ini(ini, o, e, server, app, state, s->control, err, errlen);
     if (rc < 0)
         return rc;
     char *argv[] = { bin, "-c", ini, NULL };
     return start_ready_child(s, o, "cessna-supervisor", argv, addr, addrlen, err, errlen);
 }
 
-static int up_edge_native(struct bench_stack *s, const struct bench_opts *o, char *err,
-                          size_t errlen)
+/* The latency paths' edge: passthrough.so, no snapshots. */
+static struct edge_spec plain_edge(const struct bench_stack *s)
+{
+    struct edge_spec e = { .app = "passthrough.so" };
+
+    snprintf(e.tag, sizeof(e.tag), "%s", stack_path_name(s->path));
+    return e;
+}
+
+static int up_edge_native(struct bench_stack *s, const struct bench_opts *o,
+                          const struct edge_spec *e, char *err, size_t errlen)
 {
     char echo[64];
     int rc = start_echo(s, o, 1, echo, sizeof(echo), err, errlen);
 
     if (rc == 0)
-        rc = start_supervisor(s, o, echo, s->entry, sizeof(s->entry), err, errlen);
+        rc = start_supervisor(s, o, e, echo, s->entry, sizeof(s->entry), err, errlen);
     s->native = 1;
     return rc;
 }
@@ -307,7 +339,8 @@ static int up_edge_proxies(struct bench_stack *s, const struct bench_opts *o, ch
                            errlen);
     if (rc < 0)
         return rc;
-    rc = start_supervisor(s, o, sproxy, edge, sizeof(edge), err, errlen);
+    struct edge_spec e = plain_edge(s);
+    rc = start_supervisor(s, o, &e, sproxy, edge, sizeof(edge), err, errlen);
     if (rc < 0)
         return rc;
     snprintf(bin, sizeof(bin), "%s/bin/cessna-client-proxy", o->build);
@@ -325,8 +358,10 @@ int stack_up(struct bench_stack *s, enum bench_path path, const struct bench_opt
     memset(s, 0, sizeof(*s));
     s->path = path;
     switch (path) {
-    case PATH_EDGE_NATIVE:
-        return up_edge_native(s, o, err, errlen);
+    case PATH_EDGE_NATIVE: {
+        struct edge_spec e = plain_edge(s);
+        return up_edge_native(s, o, &e, err, errlen);
+    }
     case PATH_EDGE_PROXIES:
         return up_edge_proxies(s, o, err, errlen);
     default:
@@ -345,6 +380,16 @@ int stack_up(struct bench_stack *s, enum bench_path path, const struct bench_opt
         return 0;
     }
     return start_haproxy_chain(s, o, path == PATH_HAPROXY1 ? 1 : 3, echo, err, errlen);
+}
+
+/* native echo <- supervisor running e->app with e's snapshot settings <- the bench. */
+int stack_up_edge(struct bench_stack *s, const struct edge_spec *e, const struct bench_opts *o,
+                  char *err, size_t errlen)
+{
+    memset(s, 0, sizeof(*s));
+    s->path = PATH_EDGE_NATIVE;
+    snprintf(s->tag, sizeof(s->tag), "%s", e->tag);
+    return up_edge_native(s, o, e, err, errlen);
 }
 
 /* 0 while every process of the path runs; else which one ended and how. */

@@ -33,7 +33,6 @@ struct shm_ctl {
     uint32_t snap_hot;          /* 1: the child stays, stopped, as the hot standby */
     uint32_t pad3;
     _Atomic uint64_t snap_pos;
-    _Atomic uint64_t fork_ns;   /* the last snapshot's fork pause, as the worker saw it */
     /* Recovery timing (CLOCK_MONOTONIC ns): the supervisor sets replay_until, the worker
      * stamps when it started running, how long loading the snapshot took, and when it
      * finished event replay_until. */
@@ -73,6 +72,7 @@ struct snap_report {
     uint64_t gen;
     uint64_t bytes, pages_written, pages_total;
     uint64_t write_ns;
+    uint64_t fork_ns;       /* from just before fork() to the child running */
     char     text[200];     /* the reason, when status != 0 */
 };
 

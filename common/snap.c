@@ -457,7 +457,9 @@ int snap_write(const char *dir, const struct snap_meta *m, struct snap_hashes *h
             if (!hashes->page[r])
                 continue;
             memcpy(hashes->page[r], newh + first[r], keep * sizeof(uint64_t));
-            memset(hashes->page[r] + keep, 0, (hashes->npages[r] - keep) * sizeof(uint64_t));
+            if (hashes->used[r] > keep)
+                memset(hashes->page[r] + keep, 0, (hashes->used[r] - keep) * sizeof(uint64_t));
+            hashes->used[r] = keep;
         }
     }
     if (stats) {

@@ -84,7 +84,12 @@ struct snap_meta {
  * should be as large as its region can grow. After a durable write the writer stores the new
  * hashes and zeroes the entries beyond the region's current length (and whole tables of
  * region indexes >= nregions), so a region that shrinks and grows again is written in full. */
-struct snap_hashes { uint64_t *page[SNAP_MAX_REGIONS]; uint64_t npages[SNAP_MAX_REGIONS]; };
+struct snap_hashes {
+    uint64_t *page[SNAP_MAX_REGIONS];
+    uint64_t npages[SNAP_MAX_REGIONS];
+    uint64_t used[SNAP_MAX_REGIONS];   /* entries that may be nonzero (start at 0); the writer
+                                        * clears only these, never the whole large table */
+};
 
 struct snap_stats { uint64_t bytes, pages_written, pages_total; };
 

@@ -231,7 +231,7 @@ void recovery_on_report(struct session *s, int res)
         s->snapshots++;
         s->snap_bytes = r->bytes;
         s->snap_write_ns = r->write_ns;
-        s->snap_fork_ns = atomic_load(&s->ctl->fork_ns);
+        s->snap_fork_ns = r->fork_ns;
         S.stats.snapshots++;
         evstore_drop_through(&s->ev, r->position);
         olog_durable(s, r->position);

@@ -502,14 +502,13 @@ static void take_snapshot(void)
         .state_dir = L.state_dir, .session_id = L.st->session_id, .position = L.st->pos,
         .base = L.ctl->snap_base, .gen = L.ctl->snap_gen, .hot = (int)L.ctl->snap_hot,
     };
-    uint64_t fork_ns = 0;
     int rc;
 
     L.snap_done = rq.position;
     memcpy(rq.seq, L.st->seq, sizeof(rq.seq));
     memcpy(rq.out_no, L.st->out_no, sizeof(rq.out_no));
     flush_outputs();
-    rc = wsnap_take(&rq, L.report_fd, &fork_ns);
+    rc = wsnap_take(&rq, L.report_fd);
     if (rc == 1) {
         /* We are the hot standby, woken to take over: the supervisor has reset the rings
          * and feeds us the events after our position. */
@@ -525,7 +524,6 @@ static void take_snapshot(void)
         if (send(L.report_fd, &rep, sizeof(rep), MSG_NOSIGNAL) == -1)
             LOG(LOG_WARN, "msg=\"snapshot report lost\"");
     }
-    atomic_store(&L.ctl->fork_ns, fork_ns);
 }
 
 /* With a core to spare (the supervisor says so in spin_ns), poll the input ring a little

@@ -173,6 +173,8 @@ void wsnap_dir(char *buf, size_t len, const char *state_dir, uint64_t session_id
 
 /* In the frozen child: write, report, then leave (cold) or wait as the hot standby.
  * Returns only in a hot standby that the supervisor woke up to take over. */
+static long long fork_started_ns;   /* set just before fork(): the child inherits it */
+
 static void child_write(const struct wsnap_request *rq, int report_fd)
 {
     struct snap_report rep;
@@ -183,6 +185,7 @@ static void child_write(const struct wsnap_request *rq, int report_fd)
 
     memset(&rep, 0, sizeof(rep));
     rep.version = SNAP_REPORT_VERSION;
+    rep.fork_ns = (uint64_t)(t0 - fork_started_ns);
     rep.pid = getpid();
     rep.position = rq->position;
     rep.gen = rq->gen;
@@ -202,9 +205,9 @@ static void child_write(const struct wsnap_request *rq, int report_fd)
     raise(SIGSTOP);
 }
 
-int wsnap_take(const struct wsnap_request *rq, int report_fd, uint64_t *fork_ns)
+int wsnap_take(const struct wsnap_request *rq, int report_fd)
 {
-    long long t0 = mono_ns();
+    fork_started_ns = mono_ns();
     pid_t pid = proc_fork(PROC_SIBLING, NULL);
 
     if (pid < 0)
@@ -214,7 +217,6 @@ int wsnap_take(const struct wsnap_request *rq, int report_fd, uint64_t *fork_ns)
         child_write(rq, report_fd);
         return 1;   /* a hot standby taking over */
     }
-    *fork_ns = (uint64_t)(mono_ns() - t0);
     return 0;
 }
 

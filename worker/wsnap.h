@@ -22,10 +22,10 @@ struct wsnap_request {
 int  wsnap_init(const char *app_path, char *err, size_t errlen);
 /* Worker: the page-hash tables shared with its snapshot children. */
 int  wsnap_setup(char *err, size_t errlen);
-/* Fork the frozen child that writes the snapshot and reports on report_fd. 0 in the
- * worker (with the fork's pause in *fork_ns), 1 in a hot standby the supervisor woke to
- * take over, -errno if the fork failed. */
-int  wsnap_take(const struct wsnap_request *rq, int report_fd, uint64_t *fork_ns);
+/* Fork the frozen child that writes the snapshot and reports on report_fd (with the fork's
+ * duration). 0 in the worker, 1 in a hot standby the supervisor woke to take over, -errno
+ * if the fork failed. */
+int  wsnap_take(const struct wsnap_request *rq, int report_fd);
 /* Fresh worker: restore the session's snapshot at `position` (its chain) into memory. */
 int  wsnap_restore(const char *state_dir, uint64_t session_id, uint64_t position,
                    struct snap_meta *m, char *err, size_t errlen);
