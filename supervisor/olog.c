@@ -78,16 +78,8 @@ void olog_append(struct session *s, uint16_t type, const struct shm_rec *r, cons
         return;
     if (b->len + need > LOG_PENDING_MAX)
         return log_fail(s, "the disk does not keep up", ENOBUFS);
-    if (b->len + need > b->cap) {
-        size_t cap = b->cap ? b->cap : 65536;
-        while (cap < b->len + need)
-            cap *= 2;
-        uint8_t *p = realloc(b->data, cap);
-        if (!p)
-            return log_fail(s, "out of memory", ENOMEM);
-        b->data = p;
-        b->cap = cap;
-    }
+    if (outbuf_reserve(b, need) < 0)
+        return log_fail(s, "out of memory", ENOMEM);
     if (!b->len)
         s->log_pend_first = r->pos;
     evrec_put(b->data + b->len, type, r, data, len);

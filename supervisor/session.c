@@ -43,7 +43,7 @@ uint64_t sess_now_ms(void)
 
 /* ---- outgoing bytes ---- */
 
-static int outbuf_reserve(struct outbuf *b, size_t more)
+int outbuf_reserve(struct outbuf *b, size_t more)
 {
     if (b->len + more <= b->cap)
         return 0;

@@ -162,6 +162,9 @@ struct sup {
 
 extern struct sup S;
 
+/* session.c: room for `more` bytes after b->len (grows by doubling). 0 or -ENOMEM. */
+int outbuf_reserve(struct outbuf *b, size_t more);
+
 /* loop.c */
 struct io_uring_sqe *sup_sqe(void);
 void sup_arm_recv(struct session *s, struct conn *c);
