@@ -29,7 +29,6 @@
 
 static void conn_close(struct session *s, struct conn *c);
 static void drain_worker(struct session *s);
-static void timers_cancel_all(struct session *s);
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
 
@@ -713,74 +712,24 @@ void sess_on_send(struct session *s, enum side side, int res)
 
 /* ---- the worker's outputs ---- */
 
-static int timer_arm(struct session *s, uint64_t id, uint64_t delay_ms)
+void sess_on_timer(struct session *s, uint32_t arg, int res)
 {
-    uint32_t i;
+    uint32_t idx;
+    uint64_t id;
 
-    for (i = 0; i < s->ntimers && s->timers[i].id; i++)
-        ;
-    if (i == s->ntimers) {
-        if (s->ntimers >= 0xffffff)
-            return -ENOSPC;
-        struct stimer *t = realloc(s->timers, (s->ntimers + 16) * sizeof(*t));
-        if (!t)
-            return -ENOMEM;
-        memset(t + s->ntimers, 0, 16 * sizeof(*t));
-        s->timers = t;
-        s->ntimers += 16;
-    }
-    s->timers[i].id = id;
-    s->timers[i].ts.tv_sec = (long long)(delay_ms / 1000);
-    s->timers[i].ts.tv_nsec = (long long)(delay_ms % 1000) * 1000000;
-    struct io_uring_sqe *sqe = sup_sqe();
-    io_uring_prep_timeout(sqe, &s->timers[i].ts, 0, 0);
-    io_uring_sqe_set_data64(sqe, UD(OP_TIMER, s->slot, i));
-    s->inflight++;
-    return 0;
-}
-
-static void timer_cancel(struct session *s, uint64_t id)
-{
-    for (uint32_t i = 0; i < s->ntimers; i++) {
-        if (s->timers[i].id == id) {
-            struct io_uring_sqe *sqe = sup_sqe();
-            io_uring_prep_timeout_remove(sqe, UD(OP_TIMER, s->slot, i), 0);
-            io_uring_sqe_set_data64(sqe, UD(OP_TIMER_CANCEL, s->slot, 0));
-            s->inflight++;
-            s->timers[i].id = 0;   /* a firing that races with this is ignored */
-            return;
-        }
-    }
-}
-
-static void timers_cancel_all(struct session *s)
-{
-    for (uint32_t i = 0; i < s->ntimers; i++)
-        if (s->timers[i].id)
-            timer_cancel(s, s->timers[i].id);
-}
-
-void sess_on_timer(struct session *s, uint32_t idx, int res)
-{
     sess_release_op(s);
-    if (idx >= s->ntimers || !s->timers[idx].id)
-        return sess_maybe_free(s);   /* cancelled */
-    uint64_t id = s->timers[idx].id;
-    if (res != -ETIME || s->state != S_LIVE) {
-        s->timers[idx].id = 0;
+    id = timers_on_complete(s, arg, res, &idx);
+    if (!id)
+        return sess_maybe_free(s);
+    if (s->state != S_LIVE) {
+        timers_done(s, idx);
         return sess_maybe_free(s);
     }
-    if (push_event(s, EV_TIMER, ORDER_TIMER, id, NULL, 0) == -EAGAIN) {
-        /* The worker is behind: try again shortly; the firing keeps its turn in no queue,
-         * which is fine, since its position is assigned only when it gets in. */
-        s->timers[idx].ts = (struct __kernel_timespec){ 0, 1000000 };
-        struct io_uring_sqe *sqe = sup_sqe();
-        io_uring_prep_timeout(sqe, &s->timers[idx].ts, 0, 0);
-        io_uring_sqe_set_data64(sqe, UD(OP_TIMER, s->slot, idx));
-        s->inflight++;
-        return;
-    }
-    s->timers[idx].id = 0;
+    /* The worker is behind: try again shortly. The firing gets its position only when it
+     * gets in, so waiting changes nothing anyone has seen. */
+    if (push_event(s, EV_TIMER, ORDER_TIMER, id, NULL, 0) == -EAGAIN)
+        return timers_retry(s, idx);
+    timers_done(s, idx);
 }
 
 static void send_output(struct session *s, enum side side, const struct shm_rec *r,
@@ -857,11 +806,11 @@ static void drain_worker(struct session *s)
                 if (r->a <= s->max_timer_id)
                     break;   /* armed before a recovery already */
                 s->max_timer_id = r->a;
-                if (s->state == S_LIVE && timer_arm(s, r->a, r->b) < 0)
+                if (s->state == S_LIVE && timers_arm(s, r->a, r->b) < 0)
                     LOG(LOG_WARN, "session=%llu msg=\"timer not armed\"", ull(s->id));
                 break;
             case OUT_TIMER_CANCEL:
-                timer_cancel(s, r->a);
+                timers_cancel(s, r->a);
                 break;
             case OUT_CACHE_READ:
                 LOG(LOG_DEBUG, "session=%llu msg=\"cache read\" pos=%llu name=%.*s hash=%016llx",
@@ -1074,7 +1023,7 @@ void sess_maybe_free(struct session *s)
     olog_end(s);
     free(s->order);
     free(s->order_end);
-    free(s->timers);
+    timers_free(s);
     /* take it off the doorbell and log lists if it is there */
     for (struct session **p = &S.dirty; *p; p = &(*p)->next_dirty) {
         if (*p == s) {

@@ -11,6 +11,7 @@
 #include "evstore.h"
 #include "ring.h"
 #include "shm.h"
+#include "timers.h"
 #include "wire.h"
 
 /* user_data of every io_uring operation: {operation, session slot, argument}. */
@@ -57,11 +58,6 @@ enum sess_state {
     S_LIVE,
     S_CLOSING,     /* CLOSE event handed to the worker, waiting for it to finish */
     S_DEAD,        /* ended: flushing, then freed once nothing is in flight */
-};
-
-struct stimer {
-    uint64_t id;            /* the app's timer id; 0 = free slot */
-    struct __kernel_timespec ts;
 };
 
 struct session {
@@ -125,8 +121,7 @@ struct session {
     uint64_t order_base;        /* first position held in `order` */
     uint64_t order_prev_time;   /* time of the last entry encoded */
 
-    struct stimer *timers;
-    uint32_t ntimers;
+    struct timers timers;
 
     uint64_t outputs[2];        /* outputs sent to client / server */
     struct session *next_dirty;
@@ -208,7 +203,7 @@ void sess_on_send(struct session *s, enum side side, int res);
 void sess_on_connect(struct session *s, int res);
 void sess_on_doorbell(struct session *s, int res);
 void sess_on_pidfd(struct session *s, int res);
-void sess_on_timer(struct session *s, uint32_t idx, int res);
+void sess_on_timer(struct session *s, uint32_t arg, int res);
 void sess_ring_doorbells(void);
 void sess_release_op(struct session *s);
 /* Free the slot of an ended session once nothing of it is in flight (safe to call often). */
