@@ -46,6 +46,8 @@ static const struct key keys[] = {
     { "max_sessions", K_U32, offsetof(struct config, max_sessions), 0, 1, 65536, 0 },
     { "max_message_bytes", K_U32, offsetof(struct config, max_message_bytes), 0, 1, 64u << 20, 0 },
     { "busy_poll", K_BUSY_POLL, offsetof(struct config, busy_poll), 0, 0, 0, 0 },
+    { "snapshot_timeout_ms", K_U64, offsetof(struct config, snapshot_timeout_ms), 0, 100, 3600000, 0 },
+    { "max_held_bytes", K_U64, offsetof(struct config, max_held_bytes), 0, 0, 1ull << 40, 0 },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -58,6 +60,8 @@ void config_defaults(struct config *c)
     c->max_sessions = 1024;
     c->max_message_bytes = 1u << 20;
     c->busy_poll = 1;
+    c->snapshot_timeout_ms = 10000;
+    c->max_held_bytes = 64ull << 20;
 }
 
 static int fail(struct parse_state *st, const char *fmt, const char *a, const char *b)

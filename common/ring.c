@@ -35,6 +35,7 @@ int ring_attach(struct ring *r, void *mem)
     r->sh = sh;
     r->data = (uint8_t *)mem + sizeof(*sh);
     r->size = sh->size;
+    r->chead = atomic_load_explicit(&sh->head, memory_order_acquire);
     return 0;
 }
 
@@ -84,39 +85,54 @@ void ring_commit(struct ring *r)
 
 const void *ring_peek(struct ring *r, uint16_t *type, uint32_t *len)
 {
-    for (;;) {
-        uint64_t head = atomic_load_explicit(&r->sh->head, memory_order_relaxed);
+    while (!r->broken) {
+        uint64_t head = r->chead;
         uint64_t tail = atomic_load_explicit(&r->sh->tail, memory_order_acquire);
+        uint32_t off = (uint32_t)(head & (r->size - 1)), to_end = r->size - off, space;
         const uint8_t *p;
         uint16_t t;
 
         if (head == tail)
             return NULL;
-        p = r->data + (head & (r->size - 1));
+        if (tail - head > r->size || (off & 7) || to_end < RING_HDR_LEN) {
+            r->broken = "ring indexes out of range";
+            return NULL;
+        }
+        p = r->data + off;
         memcpy(len, p, 4);
         memcpy(&t, p + 4, 2);
+        space = *len <= r->size ? rec_space(*len) : 0;
+        if (!space || space > to_end || space > tail - head) {
+            r->broken = "record length out of range";
+            return NULL;
+        }
         if (t == RING_PAD) {
-            atomic_store_explicit(&r->sh->head, head + rec_space(*len), memory_order_release);
+            if (space != to_end) {
+                r->broken = "padding record that does not end at the ring's end";
+                return NULL;
+            }
+            r->chead = head + space;
+            atomic_store_explicit(&r->sh->head, r->chead, memory_order_release);
             continue;
         }
         *type = t;
+        r->peeked_space = space;
         return p + RING_HDR_LEN;
     }
+    return NULL;
 }
 
 void ring_pop(struct ring *r)
 {
-    uint64_t head = atomic_load_explicit(&r->sh->head, memory_order_relaxed);
-    uint32_t len;
-
-    memcpy(&len, r->data + (head & (r->size - 1)), 4);
-    atomic_store_explicit(&r->sh->head, head + rec_space(len), memory_order_release);
+    /* the length checked by ring_peek, not whatever the producer wrote since */
+    r->chead += r->peeked_space;
+    atomic_store_explicit(&r->sh->head, r->chead, memory_order_release);
+    r->peeked_space = 0;
 }
 
 int ring_empty(const struct ring *r)
 {
-    return atomic_load_explicit(&r->sh->head, memory_order_acquire) ==
-           atomic_load_explicit(&r->sh->tail, memory_order_acquire);
+    return r->chead == atomic_load_explicit(&r->sh->tail, memory_order_acquire);
 }
 
 int ring_sleep_prepare(struct ring *r)

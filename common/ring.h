@@ -34,6 +34,11 @@ struct ring {
     uint32_t size;
     uint64_t reserved_at;   /* producer: offset of the record being written */
     uint32_t reserved_len;
+    uint64_t chead;         /* consumer: its own copy of head (the shared one is only
+                             * published, never read back: the producer may scribble it) */
+    uint32_t peeked_space;  /* consumer: bytes of the record ring_peek returned */
+    const char *broken;     /* consumer: why the other side's indexes or records make no
+                             * sense (then ring_peek returns NULL for good) */
 };
 
 #define RING_HDR_LEN 8u
@@ -55,11 +60,14 @@ void *ring_reserve(struct ring *r, uint16_t type, uint32_t len);
 /* Producer: publish the record from the last ring_reserve. */
 void ring_commit(struct ring *r);
 
-/* Consumer: the oldest record, or NULL when empty. */
+/* Consumer: the oldest record, or NULL when empty. The producer is not trusted: indexes
+ * and lengths are checked, and a ring that breaks them sets r->broken (NULL from then on).
+ * The payload stays in shared memory: copy what must not change while you use it. */
 const void *ring_peek(struct ring *r, uint16_t *type, uint32_t *len);
 /* Consumer: release the record returned by ring_peek. */
 void ring_pop(struct ring *r);
 
+/* Consumer: nothing to read. */
 int ring_empty(const struct ring *r);
 
 /* Consumer about to block: sets consumer_sleeping; returns 1 when it may block (still

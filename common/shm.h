@@ -33,6 +33,9 @@ struct shm_ctl {
     uint32_t snap_hot;          /* 1: the child stays, stopped, as the hot standby */
     uint32_t pad3;
     _Atomic uint64_t snap_pos;
+    /* Each request has a new id (written last, release): a worker acts once per id, so a
+     * retry at a position it forked at before is still answered. */
+    _Atomic uint64_t snap_req;
     /* Recovery timing (CLOCK_MONOTONIC ns): the supervisor sets replay_until, the worker
      * stamps when it started running, how long loading the snapshot took, and when it
      * finished event replay_until. */
@@ -61,13 +64,26 @@ enum shm_out {
     OUT_FAIL,         /* the worker gives up (reason in shm_ctl.error) and exits */
 };
 
-/* What a snapshot child reports on the session's report socket (fixed size, versioned). */
-#define SNAP_REPORT_VERSION 1u
+/* The session's report socket carries two fixed-size, versioned records per snapshot:
+ *   SNAP_STARTED from the worker right after the fork, with the child's pidfd attached
+ *                (SCM_RIGHTS): the supervisor watches every child from birth;
+ *   SNAP_DONE    from the child once the file is durable (or it failed), with, for a hot
+ *                standby, an eventfd attached: the standby waits on it, and only the
+ *                supervisor can release it (a stray SIGCONT cannot).
+ * `fd_no` is the number the attached descriptor has in the sender (checked with kcmp), so
+ * the supervisor acts only on processes that provably belong to the session, never on a
+ * pid a worker merely names. */
+#define SNAP_REPORT_VERSION 2u
+enum snap_report_kind { SNAP_STARTED = 1, SNAP_DONE = 2 };
 struct snap_report {
     uint32_t version;
+    uint32_t kind;
     int32_t  status;        /* 0, or -errno */
-    int32_t  pid;           /* the child */
-    uint32_t hot;           /* it now waits, stopped, as the hot standby */
+    int32_t  pid;           /* the child (informational: logged, never acted on) */
+    uint32_t hot;           /* it now waits as the hot standby */
+    int32_t  fd_no;         /* SNAP_STARTED: the report socket's number in the child;
+                             * SNAP_DONE: the attached eventfd's number in the child */
+    uint64_t req;           /* the request id (shm_ctl.snap_req) */
     uint64_t position;
     uint64_t gen;
     uint64_t bytes, pages_written, pages_total;

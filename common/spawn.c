@@ -62,6 +62,8 @@ int spawn_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds)
                 close(in[i]);
         }
     }
+    if (n == 0)
+        return -ECONNRESET;   /* the other end is gone */
     if ((size_t)n != len)
         return -EPIPE;
     return 0;

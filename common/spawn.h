@@ -39,7 +39,8 @@ struct spawn_reply {
 /* Send len bytes and nfds fds as one message. 0 or -errno. */
 int spawn_send(int sock, const void *buf, size_t len, const int *fds, int nfds);
 /* Receive one message of exactly len bytes and up to maxfds fds (*nfds set). 0, -errno,
- * or -EPIPE on EOF / short message. Fds that arrive beyond maxfds are closed. */
+ * -ECONNRESET on EOF, -EPIPE on a message of another size (its fds are passed on all the
+ * same). Fds that arrive beyond maxfds are closed. */
 int spawn_recv(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds);
 
 #endif

@@ -37,6 +37,8 @@ int  evstore_append(struct evstore *e, uint16_t type, const struct shm_rec *rec,
                     const void *data, size_t len);
 /* Copy records into the ring while it has room. Returns how many were fed. */
 unsigned evstore_feed(struct evstore *e, struct ring *r);
+/* Bytes held (what a durable snapshot would free). */
+static inline size_t evstore_bytes(const struct evstore *e) { return e->len; }
 /* Bytes appended but not yet fed. */
 static inline size_t evstore_unfed(const struct evstore *e) { return e->len - e->fed; }
 /* Feed again from the first event after position p (after a recovery). 0, or -ENOENT

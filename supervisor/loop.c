@@ -129,7 +129,7 @@ static void dispatch(struct io_uring_cqe *cqe)
         return;
     }
     if (op == OP_REAP) {
-        recovery_on_reap((int)arg);
+        recovery_on_reap(slot, (int)arg, cqe->res);
         return;
     }
     if (op == OP_TICK) {
@@ -155,7 +155,6 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_TIMER:   sess_on_timer(s, arg, cqe->res); break;
     case OP_TIMER_CANCEL: sess_release_op(s); break;
     case OP_REPORT:  recovery_on_report(s, cqe->res); break;
-    case OP_STANDBY: recovery_on_standby(s, cqe->res); break;
     case OP_LOGWRITE: olog_on_write(s, cqe->res); break;
     }
     if (s->state != S_FREE)

@@ -1,18 +1,33 @@
 /* recovery.c - snapshots and local recovery (DESIGN.md sections 3 and 5).
  *
- * Every snapshot_interval_ms the supervisor asks a session's worker for a snapshot of its
- * state right after the newest ordered event P. The worker forks; the frozen child writes
- * the snapshot file and reports here. Once the report says durable, the events up to P are
- * dropped and both endpoints hear SNAP_DURABLE. In hot standby mode the child stays,
- * stopped, until a newer one replaces it.
+ * Every snapshot_interval_ms (or sooner, when the held events grow past half of
+ * max_held_bytes) the supervisor asks a session's worker for a snapshot of its state right
+ * after the newest ordered event P. The worker forks and reports the child's birth with its
+ * pidfd (SNAP_STARTED): from then on the child is watched, and reaped whatever becomes of
+ * it. The frozen child writes the file and reports (SNAP_DONE). A written snapshot becomes
+ * durable once no output of an event <= P waits in the worker's ring (those outputs are
+ * handed to their connections first; recovery starts after P and would never make them
+ * again). Durable: the events up to P are dropped and both endpoints hear SNAP_DURABLE.
+ * In hot standby mode the child stays, waiting on an eventfd only the supervisor holds.
+ *
+ * A request that gets no answer within snapshot_timeout_ms, a child that dies before it
+ * reports, and a failed write are counted as failures and retried at the next interval.
  *
  * When a worker dies, a new one takes over from the newest durable snapshot: the hot
- * standby (continued with SIGCONT) or a fresh worker from the zygote that loads the
+ * standby (woken through its eventfd) or a fresh worker from the zygote that loads the
  * snapshot from disk (cold); it replays the stored events after P, and the outputs the
- * endpoints already have are dropped as they come again. */
+ * endpoints already have are dropped as they come again.
+ *
+ * The worker is not trusted: the supervisor acts only on pidfds, checks that a pidfd's
+ * process holds this session's report socket (kcmp) before it signals it, and never acts on
+ * a pid a report names. */
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/kcmp.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -24,6 +39,7 @@
 
 #include "log.h"
 #include "snap.h"
+#include "spawn.h"
 #include "sup.h"
 
 #define FULL_EVERY 8   /* a full snapshot after this many deltas */
@@ -38,12 +54,99 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* ---- processes: pidfds only ---- */
+
+/* The pid behind a pidfd, or -1 when fd is not a pidfd (a /proc directory, an eventfd...). */
+static pid_t pidfd_pid(int fd)
+{
+    char path[64], line[128];
+    pid_t pid = -1;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+    f = fopen(path, "re");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "Pid: %d", &pid) == 1)
+            break;
+    fclose(f);
+    return pid;
+}
+
+/* 1 when process pid has, as its descriptor their_fd, the same open file as our our_fd. */
+static int holds_file(pid_t pid, int our_fd, int their_fd)
+{
+    if (pid <= 0 || their_fd < 0)
+        return 0;
+    return syscall(SYS_kcmp, getpid(), pid, KCMP_FILE, our_fd, their_fd) == 0;
+}
+
+/* 1 when the process behind pidfd is our child and has exited (not reaped yet). */
+static int exited_child(int pidfd)
+{
+    siginfo_t si;
+
+    memset(&si, 0, sizeof(si));
+    return waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG | WNOWAIT | __WALL) == 0 &&
+           si.si_pid != 0;
+}
+
+static void signal_pidfd(int pidfd, int sig)
+{
+    if (pidfd >= 0 && syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) == -1 &&
+        errno != ESRCH)
+        LOG(LOG_WARN, "msg=\"pidfd_send_signal\" signal=%d error=\"%s\"", sig, strerror(errno));
+}
+
+/* Reap the process behind pidfd when it exits; the completion closes the pidfd. */
+static void watch_exit(struct session *s, int pidfd)
+{
+    struct io_uring_sqe *sqe = sup_sqe();
+
+    io_uring_prep_poll_add(sqe, pidfd, POLLIN);
+    io_uring_sqe_set_data64(sqe, UD(OP_REAP, s->slot, pidfd));
+}
+
+static struct snapchild *kid_find(struct session *s, int pidfd)
+{
+    for (int i = 0; i < SNAP_KIDS; i++)
+        if (s->kids[i].pidfd == pidfd && pidfd >= 0)
+            return &s->kids[i];
+    return NULL;
+}
+
+static struct snapchild *kid_by_req(struct session *s, uint64_t req)
+{
+    for (int i = 0; i < SNAP_KIDS; i++)
+        if (s->kids[i].pidfd >= 0 && s->kids[i].req == req)
+            return &s->kids[i];
+    return NULL;
+}
+
+/* Kill a snapshot child (a standby nobody needs, a stale or stuck child); its exit watch
+ * reaps it and closes the pidfd. Never blocks. */
+static void kill_kid(struct snapchild *k)
+{
+    if (k && k->pidfd >= 0)
+        signal_pidfd(k->pidfd, SIGKILL);
+}
+
+void recovery_init(struct session *s)
+{
+    for (int i = 0; i < SNAP_KIDS; i++)
+        s->kids[i].pidfd = -1;
+    s->report_fd = s->report_worker_fd = -1;
+    s->standby_pidfd = s->standby_wake_fd = s->promoted_fd = s->early_fd = -1;
+    s->pend.standby_pidfd = s->pend.wake_fd = -1;
+}
+
 static void arm_report(struct session *s)
 {
     if (s->report_armed || s->report_fd < 0)
         return;
     struct io_uring_sqe *sqe = sup_sqe();
-    io_uring_prep_recv(sqe, s->report_fd, &s->report, sizeof(s->report), 0);
+    io_uring_prep_poll_add(sqe, s->report_fd, POLLIN);
     io_uring_sqe_set_data64(sqe, UD(OP_REPORT, s->slot, 0));
     s->report_armed = 1;
     s->inflight++;
@@ -64,28 +167,45 @@ int recovery_setup(struct session *s, char *err, size_t errlen)
         snprintf(err, errlen, "socketpair: %s", strerror(errno));
         return -errno;
     }
+    /* Our end never blocks the loop; the worker's end stays blocking. */
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
     s->report_fd = sv[0];
     s->report_worker_fd = sv[1];
     arm_report(s);
     return 0;
 }
 
-/* Kill and reap the standby now (a stopped process dies at once), so its pidfd can go
- * before a newer standby takes the field; its armed watch then only releases. */
+/* ---- the hot standby ---- */
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+/* Kill the standby; its exit watch reaps it. Never blocks the loop. */
 static void drop_standby(struct session *s)
 {
-    siginfo_t si;
-
-    if (s->standby_pid <= 0)
-        return;
-    kill(s->standby_pid, SIGKILL);
-    if (s->standby_pidfd >= 0) {
-        waitid(P_PIDFD, (id_t)s->standby_pidfd, &si, WEXITED | __WALL);
-        close(s->standby_pidfd);
-        s->standby_pidfd = -1;
-    }
+    if (s->standby_pidfd >= 0)
+        kill_kid(kid_find(s, s->standby_pidfd));
     s->standby_pid = 0;
+    s->standby_pidfd = -1;
+    close_fd(&s->standby_wake_fd);
 }
+
+static void drop_pending(struct session *s)
+{
+    if (!s->pend.valid)
+        return;
+    if (s->pend.standby_pidfd >= 0)
+        kill_kid(kid_find(s, s->pend.standby_pidfd));
+    close_fd(&s->pend.wake_fd);
+    s->pend.standby_pidfd = -1;
+    s->pend.valid = 0;
+}
+
+/* ---- requests ---- */
 
 int recovery_request_snapshot(struct session *s, char *msg, size_t len)
 {
@@ -100,11 +220,26 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
         return -EBUSY;
     }
     uint64_t p = s->next_pos - 1;
-    int full = s->need_full || !s->snap_pos || s->deltas_since_full >= FULL_EVERY;
-    s->ctl->snap_base = full ? 0 : s->snap_pos;
+    if (p == s->snap_pos && !s->pend.valid) {
+        snprintf(msg, len, "ok snapshot of session %llu at position %llu is durable already\n",
+                 ull(s->id), ull(p));
+        return 0;
+    }
+    if (p == s->snap_written) {
+        snprintf(msg, len, "ok snapshot of session %llu at position %llu is written; durable "
+                 "once its outputs reach the endpoints\n", ull(s->id), ull(p));
+        return 0;
+    }
+    if (p == 0) {
+        snprintf(msg, len, "error: session %llu has no event yet\n", ull(s->id));
+        return -EAGAIN;
+    }
+    int full = s->need_full || !s->snap_written || s->deltas_since_full >= FULL_EVERY;
+    s->ctl->snap_base = full ? 0 : s->snap_written;
     s->ctl->snap_gen = s->gen;
     s->ctl->snap_hot = S.cfg.standby == STANDBY_HOT;
     atomic_store_explicit(&s->ctl->snap_pos, p, memory_order_release);
+    atomic_store_explicit(&s->ctl->snap_req, ++s->snap_req_id, memory_order_release);
     s->snap_inflight = 1;
     s->snap_requested_ms = sess_now_ms();
     if (write(s->doorbell_in, &one, sizeof(one)) == -1)
@@ -114,21 +249,46 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
     return 0;
 }
 
+static void snapshot_failed(struct session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void snapshot_failed(struct session *s, const char *fmt, ...)
+{
+    char text[256];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    s->snap_inflight = 0;
+    s->snap_failures++;
+    S.stats.snapshot_failures++;
+    LOG(LOG_WARN, "session=%llu msg=\"snapshot failed\" request=%llu error=\"%s\"", ull(s->id),
+        ull(s->snap_req_id), text);
+}
+
 void recovery_tick_arm(void)
 {
     static struct __kernel_timespec ts;
-    uint64_t ms = S.cfg.snapshot_interval_ms < 50 ? S.cfg.snapshot_interval_ms : 50;
 
-    if (!S.cfg.snapshot_interval_ms || S.stopping)
+    if (S.stopping)
         return;
-    ts.tv_sec = (long long)(ms / 1000);
-    ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+    ts.tv_sec = 0;
+    ts.tv_nsec = 50 * 1000000;
     struct io_uring_sqe *sqe = sup_sqe();
     io_uring_prep_timeout(sqe, &ts, 0, 0);
     io_uring_sqe_set_data64(sqe, UD(OP_TICK, 0, 0));
 }
 
-/* Periodic snapshots of the sessions that moved since their last one. */
+/* Held events past half of max_held_bytes ask for a snapshot now, whatever the interval
+ * (and even with periodic snapshots off): it is what lets them go. */
+static int held_too_much(const struct session *s)
+{
+    return S.cfg.max_held_bytes && evstore_bytes(&s->ev) > S.cfg.max_held_bytes / 2;
+}
+
+/* Periodic snapshots of the sessions that moved since their last one, and the watchdog of
+ * requests in flight. */
 void recovery_on_tick(void)
 {
     uint64_t now = sess_now_ms();
@@ -136,155 +296,317 @@ void recovery_on_tick(void)
 
     for (uint32_t i = 0; i < S.cfg.max_sessions; i++) {
         struct session *s = &S.sessions[i];
-        if (s->state != S_LIVE || s->snap_inflight || s->next_pos - 1 <= s->snap_pos ||
-            now - s->snap_requested_ms < S.cfg.snapshot_interval_ms)
+        if (s->state != S_LIVE)
             continue;
+        if (s->snap_inflight) {
+            if (now - s->snap_requested_ms < S.cfg.snapshot_timeout_ms)
+                continue;
+            struct snapchild *k = kid_by_req(s, s->snap_req_id);
+            kill_kid(k);   /* stuck: its exit watch reaps it */
+            snapshot_failed(s, "no report within snapshot_timeout_ms=%llu (%s)",
+                            ull(S.cfg.snapshot_timeout_ms),
+                            k ? "the child was killed" : "the worker never forked");
+            continue;
+        }
+        if (s->next_pos - 1 <= s->snap_written && !held_too_much(s))
+            continue;
+        if (!held_too_much(s) && (!S.cfg.snapshot_interval_ms ||
+                                  now - s->snap_requested_ms < S.cfg.snapshot_interval_ms))
+            continue;
+        if (s->next_pos - 1 == s->snap_written)
+            continue;   /* written already; waits for its outputs to go out */
         recovery_request_snapshot(s, msg, sizeof(msg));
     }
     recovery_tick_arm();
 }
 
-static void watch_standby(struct session *s)
-{
-    int fd = (int)syscall(SYS_pidfd_open, s->standby_pid, 0);
+/* ---- reports ---- */
 
-    if (fd < 0) {
-        LOG(LOG_WARN, "session=%llu msg=\"pidfd_open of the standby\" error=\"%s\"", ull(s->id),
-            strerror(errno));
-        kill(s->standby_pid, SIGKILL);
-        s->standby_pid = 0;
-        return;
+/* A snapshot at r->position is durable now: drop what it covers. */
+static void make_durable(struct session *s, const struct snap_pending *p)
+{
+    const struct snap_report *r = &p->rep;
+    uint8_t frame[WIRE_HDR_LEN + 8];
+    char dir[PATH_MAX];
+
+    snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
+    snap_prune(dir, p->full);   /* chains older than this one's full are no longer needed */
+    s->snap_pos = p->pos;
+    s->snapshots++;
+    s->snap_bytes = r->bytes;
+    s->snap_write_ns = r->write_ns;
+    s->snap_fork_ns = r->fork_ns;
+    S.stats.snapshots++;
+    evstore_drop_through(&s->ev, p->pos);
+    olog_durable(s, p->pos);
+    if (p->standby_pidfd >= 0) {
+        drop_standby(s);
+        s->standby_pidfd = p->standby_pidfd;
+        s->standby_pid = p->standby_pid;
+        s->standby_wake_fd = p->wake_fd;
     }
-    s->standby_pidfd = fd;
-    struct io_uring_sqe *sqe = sup_sqe();
-    io_uring_prep_poll_add(sqe, fd, POLLIN);
-    io_uring_sqe_set_data64(sqe, UD(OP_STANDBY, s->slot, 0));
-    s->inflight++;
+    sess_send_all(s, frame, wire_put_u64(frame, WIRE_SNAP_DURABLE, p->pos));
+    sess_resume_input(s);
+    LOG(LOG_DEBUG, "session=%llu msg=\"snapshot durable\" position=%llu bytes=%llu "
+        "pages=%llu/%llu write_us=%llu fork_us=%llu", ull(s->id), ull(p->pos), ull(r->bytes),
+        ull(r->pages_written), ull(r->pages_total), ull(r->write_ns / 1000),
+        ull(r->fork_ns / 1000));
 }
 
-/* A snapshot child that reported and exits (or was killed) is our child (CLONE_PARENT):
- * reap it when it is gone. The pidfd rides in the operation's argument. */
-static void reap_when_gone(pid_t pid)
+/* 1 when no output of an event <= pos waits in the worker's output ring. Outputs are
+ * written in event order, so the oldest record tells. */
+static int outputs_past(struct session *s, uint64_t pos)
 {
-    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    uint16_t type;
+    uint32_t len;
+    const void *rec;
+    struct shm_rec r;
 
-    if (fd < 0 || fd > 0xffffff) {
-        if (fd >= 0)
-            close(fd);
-        return;
-    }
-    struct io_uring_sqe *sqe = sup_sqe();
-    io_uring_prep_poll_add(sqe, fd, POLLIN);
-    io_uring_sqe_set_data64(sqe, UD(OP_REAP, 0, fd));
+    if (!s->shm)
+        return 0;
+    rec = ring_peek(&s->out, &type, &len);
+    if (!rec)
+        return !s->out.broken;
+    if (len < sizeof(r))
+        return 0;
+    memcpy(&r, rec, sizeof(r));
+    return r.pos > pos;
 }
 
-void recovery_on_reap(int pidfd)
+void recovery_outputs_drained(struct session *s)
 {
-    siginfo_t si;
+    if (s->pend.valid && s->state == S_LIVE && outputs_past(s, s->pend.pos)) {
+        struct snap_pending p = s->pend;
+        s->pend.valid = 0;
+        s->pend.standby_pidfd = s->pend.wake_fd = -1;
+        make_durable(s, &p);
+    }
+}
 
-    waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG | __WALL);
-    close(pidfd);
+/* A written snapshot: durable now, or once its outputs are out. */
+static void snapshot_written(struct session *s, const struct snap_report *r, int wake_fd)
+{
+    struct snap_pending p = { .valid = 1, .pos = r->position, .rep = *r,
+                              .standby_pidfd = -1, .wake_fd = -1 };
+
+    if (s->ctl->snap_base == 0) {
+        s->deltas_since_full = 0;
+        s->need_full = 0;
+        s->snap_written_full = r->position;
+    } else {
+        s->deltas_since_full++;
+    }
+    s->snap_written = r->position;
+    p.full = s->snap_written_full;
+    if (r->hot) {
+        struct snapchild *k = kid_by_req(s, r->req);
+        /* The standby must provably hold the eventfd it sent: only then is it ours. */
+        if (k && holds_file(k->pid, wake_fd, r->fd_no)) {
+            p.standby_pidfd = k->pidfd;
+            p.standby_pid = k->pid;
+            p.wake_fd = wake_fd;
+            wake_fd = -1;
+        } else {
+            LOG(LOG_WARN, "session=%llu msg=\"hot standby not verified; going without\"",
+                ull(s->id));
+            kill_kid(k);
+        }
+    }
+    close_fd(&wake_fd);
+    drop_pending(s);   /* a newer one covers it */
+    s->pend = p;
+    recovery_outputs_drained(s);
+}
+
+/* SNAP_STARTED: the child's pidfd. Watch it from now on. */
+static void on_started(struct session *s, const struct snap_report *r, int pidfd)
+{
+    pid_t pid = pidfd >= 0 ? pidfd_pid(pidfd) : -1;
+    struct snapchild *k = NULL;
+
+    if (pid <= 0) {
+        LOG(LOG_WARN, "session=%llu msg=\"snapshot start report without a pidfd\"", ull(s->id));
+        close_fd(&pidfd);
+        return;
+    }
+    for (int i = 0; i < SNAP_KIDS && !k; i++)
+        if (s->kids[i].pidfd < 0)
+            k = &s->kids[i];
+    watch_exit(s, pidfd);   /* reaped whatever happens next; the watch closes the pidfd */
+    /* A child that holds this session's report socket is ours. One that has exited
+     * already (its files are gone, kcmp cannot tell) is tracked only if it is our own
+     * child: signals to it change nothing then. Anything else is only watched. */
+    if (!holds_file(pid, s->report_worker_fd, r->fd_no) && !exited_child(pidfd)) {
+        LOG(LOG_DEBUG, "session=%llu msg=\"snapshot child not verified\" pid=%d",
+            ull(s->id), (int)pid);
+        return;
+    }
+    if (!k) {
+        signal_pidfd(pidfd, SIGKILL);   /* too many children at once: this one goes */
+        return;
+    }
+    *k = (struct snapchild){ .pidfd = pidfd, .pid = pid, .req = r->req };
+    if (r->req != s->snap_req_id || r->gen != s->gen)
+        kill_kid(k);   /* for a request nobody waits for any more */
+    if (s->early_valid && s->early.req == r->req) {
+        struct snap_report e = s->early;
+        int fd = s->early_fd;
+        s->early_valid = 0;
+        s->early_fd = -1;
+        if (s->snap_inflight && e.req == s->snap_req_id) {
+            s->snap_inflight = 0;
+            snapshot_written(s, &e, fd);
+        } else {
+            close_fd(&fd);
+        }
+    }
+}
+
+/* SNAP_DONE from the child. */
+static void on_done(struct session *s, struct snap_report *r, int wake_fd)
+{
+    r->text[sizeof(r->text) - 1] = 0;
+    if (!s->snap_inflight || r->req != s->snap_req_id || r->gen != s->gen) {
+        if (r->hot)
+            kill_kid(kid_by_req(s, r->req));   /* a standby nobody needs */
+        close_fd(&wake_fd);
+        return;
+    }
+    if (r->status != 0) {
+        close_fd(&wake_fd);
+        snapshot_failed(s, "position %llu: %s", ull(r->position), r->text);
+        return;
+    }
+    if (r->hot && !kid_by_req(s, r->req)) {
+        /* Its STARTED is still on the way: finish when it comes. */
+        close_fd(&s->early_fd);
+        s->early = *r;
+        s->early_fd = wake_fd;
+        s->early_valid = 1;
+        return;
+    }
+    s->snap_inflight = 0;
+    snapshot_written(s, r, wake_fd);
+}
+
+/* Every report waiting on the socket. 0, or -ECONNRESET once the socket is shut down. */
+static int read_reports(struct session *s)
+{
+    for (;;) {
+        struct snap_report r;
+        int fds[1], nfds = 0;
+        int rc = spawn_recv(s->report_fd, &r, sizeof(r), fds, 1, &nfds);
+        int fd = nfds ? fds[0] : -1;
+
+        if (rc == -EAGAIN || rc == -EWOULDBLOCK)
+            return 0;
+        if (rc < 0 && rc != -EPIPE) {
+            close_fd(&fd);
+            return -ECONNRESET;   /* shut down: the session is ending */
+        }
+        if (rc == -EPIPE || r.version != SNAP_REPORT_VERSION) {
+            close_fd(&fd);
+            LOG(LOG_WARN, "session=%llu msg=\"bad snapshot report\"", ull(s->id));
+            continue;
+        }
+        if (r.kind == SNAP_STARTED)
+            on_started(s, &r, fd);
+        else if (r.kind == SNAP_DONE && s->state < S_DEAD)
+            on_done(s, &r, fd);
+        else
+            close_fd(&fd);
+    }
 }
 
 void recovery_on_report(struct session *s, int res)
 {
-    struct snap_report *r = &s->report;
-
     s->report_armed = 0;
     sess_release_op(s);
-    if (res <= 0)
-        return;   /* the session is ending (the socket was shut down) */
-    if (res != (int)sizeof(*r) || r->version != SNAP_REPORT_VERSION) {
-        LOG(LOG_WARN, "session=%llu msg=\"bad snapshot report\" bytes=%d", ull(s->id), res);
+    if (res < 0 || read_reports(s) < 0)
+        return;
+    if (s->state < S_DEAD)
         arm_report(s);
-        return;
-    }
-    int keep = r->hot && r->gen == s->gen && r->status == 0 && s->state < S_DEAD;
-    if (r->pid > 0 && !keep) {
-        if (r->hot)
-            kill(r->pid, SIGKILL);   /* a standby nobody needs */
-        reap_when_gone(r->pid);
-    }
-    if (s->state >= S_DEAD)
-        return;
-    if (r->gen != s->gen) {
-        /* from a worker that died meanwhile: its file is valid, but we moved on */
-    } else if (r->status != 0) {
-        s->snap_inflight = 0;
-        S.stats.snapshot_failures++;
-        r->text[sizeof(r->text) - 1] = 0;
-        LOG(LOG_WARN, "session=%llu msg=\"snapshot failed\" position=%llu error=\"%s\"",
-            ull(s->id), ull(r->position), r->text);
-    } else {
-        uint8_t frame[WIRE_HDR_LEN + 8];
-        s->snap_inflight = 0;
-        if (s->ctl->snap_base == 0) {
-            char dir[PATH_MAX];
-            s->deltas_since_full = 0;
-            s->need_full = 0;
-            snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
-            snap_prune(dir, r->position);   /* older chains are no longer needed */
-        } else {
-            s->deltas_since_full++;
-        }
-        s->snap_pos = r->position;
-        s->snapshots++;
-        s->snap_bytes = r->bytes;
-        s->snap_write_ns = r->write_ns;
-        s->snap_fork_ns = r->fork_ns;
-        S.stats.snapshots++;
-        evstore_drop_through(&s->ev, r->position);
-        olog_durable(s, r->position);
-        if (r->hot) {
-            drop_standby(s);
-            s->standby_pid = r->pid;
-            watch_standby(s);
-        }
-        sess_send_all(s, frame, wire_put_u64(frame, WIRE_SNAP_DURABLE, r->position));
-        LOG(LOG_DEBUG, "session=%llu msg=\"snapshot durable\" position=%llu bytes=%llu "
-            "pages=%llu/%llu write_us=%llu fork_us=%llu", ull(s->id), ull(r->position),
-            ull(r->bytes), ull(r->pages_written), ull(r->pages_total), ull(r->write_ns / 1000),
-            ull(s->snap_fork_ns / 1000));
-    }
-    arm_report(s);
 }
 
-void recovery_on_standby(struct session *s, int res)
+/* A watched child exited (or its watch ended): reap it and close its pidfd. */
+void recovery_on_reap(uint32_t slot, int pidfd, int res)
 {
+    struct session *s = slot < S.cfg.max_sessions ? &S.sessions[slot] : NULL;
+    struct snapchild *k = NULL;
     siginfo_t si;
+    char how[96] = "gone";
 
-    (void)res;
-    sess_release_op(s);
-    if (s->standby_pidfd < 0)
-        return;   /* promoted: its death is watched as the worker's */
+    if (s && s->state != S_FREE && pidfd == s->promoted_fd) {
+        s->promoted_fd = -1;   /* the worker's own watch reaps it */
+        close(pidfd);
+        return;
+    }
     memset(&si, 0, sizeof(si));
-    if (waitid(P_PIDFD, (id_t)s->standby_pidfd, &si, WEXITED | WNOHANG | __WALL) == -1 ||
-        si.si_pid == 0)
-        return;   /* the watch of an earlier standby, since promoted: this one lives */
-    if (si.si_pid == s->standby_pid)
-        s->standby_pid = 0;
-    close(s->standby_pidfd);
-    s->standby_pidfd = -1;
+    int w = waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG | __WALL);
+    if (w == 0 && si.si_pid == 0 && res > 0 && s) {
+        watch_exit(s, pidfd);   /* not exited after all: keep watching */
+        return;
+    }
+    if (w == 0 && si.si_code == CLD_EXITED)
+        snprintf(how, sizeof(how), "exit status %d", si.si_status);
+    else if (w == 0)
+        snprintf(how, sizeof(how), "signal %d (%s)", si.si_status, strsignal(si.si_status));
+    if (s && s->state != S_FREE)
+        k = kid_find(s, pidfd);
+    if (k) {
+        /* Its report may be on the socket still: a child reports, then exits. */
+        if (s->snap_inflight && k->req == s->snap_req_id && s->report_fd >= 0)
+            read_reports(s);
+        if (s->snap_inflight && k->req == s->snap_req_id && !s->early_valid)
+            snapshot_failed(s, "the snapshot child died before reporting: %s", how);
+        if (pidfd == s->standby_pidfd) {
+            LOG(LOG_INFO, "session=%llu msg=\"hot standby gone\" status=\"%s\"", ull(s->id), how);
+            s->standby_pidfd = -1;
+            s->standby_pid = 0;
+            close_fd(&s->standby_wake_fd);
+        }
+        if (s->pend.valid && pidfd == s->pend.standby_pidfd) {
+            s->pend.standby_pidfd = -1;
+            close_fd(&s->pend.wake_fd);
+        }
+        k->pidfd = -1;
+    }
+    close(pidfd);
 }
+
+/* ---- taking over ---- */
 
 /* The hot standby becomes the worker: the rings start empty, it continues after its
  * position, and the stored events after it are fed again. */
 static int promote_standby(struct session *s, char *err, size_t errlen)
 {
-    pid_t pid = s->standby_pid;
-    int pidfd = s->standby_pidfd;
+    struct snapchild *k = kid_find(s, s->standby_pidfd);
+    uint64_t one = 1;
+    int watch;
 
-    if (pid <= 0 || pidfd < 0)
+    if (!k || s->standby_wake_fd < 0)
         return -ESRCH;
-    if (sess_reset_worker(s, s->snap_pos, err, errlen) < 0)
-        return -ENOENT;
-    s->standby_pid = 0;
-    s->standby_pidfd = -1;   /* its armed watch now only releases; a new one watches the worker */
-    sess_watch_worker(s, pid, pidfd);
-    if (kill(pid, SIGCONT) == -1) {
-        snprintf(err, errlen, "SIGCONT to the standby %d: %s", (int)pid, strerror(errno));
+    watch = fcntl(k->pidfd, F_DUPFD_CLOEXEC, 0);
+    if (watch < 0) {
+        snprintf(err, errlen, "dup of the standby's pidfd: %s", strerror(errno));
         return -errno;
     }
+    if (sess_reset_worker(s, s->snap_pos, err, errlen) < 0) {
+        close(watch);
+        return -ENOENT;
+    }
+    s->promoted_fd = k->pidfd;   /* its exit watch now only closes; the worker watch reaps */
+    k->pidfd = -1;
+    s->standby_pidfd = -1;
+    s->standby_pid = 0;
+    sess_watch_worker(s, k->pid, watch);
+    if (write(s->standby_wake_fd, &one, sizeof(one)) == -1) {
+        snprintf(err, errlen, "waking the standby: %s", strerror(errno));
+        close_fd(&s->standby_wake_fd);
+        return -EIO;
+    }
+    close_fd(&s->standby_wake_fd);
+    signal_pidfd(watch, SIGCONT);
     sess_feed(s);
     return 0;
 }
@@ -314,7 +636,13 @@ void recovery_start(struct session *s, const char *how, int own_fault)
     }
     if (busy)
         s->crash_pos = consumed + 1;
-    if (s->snap_pos && s->standby_pid > 0) {
+    /* What was written but not durable yet is not used: recovery starts at snap_pos. */
+    drop_pending(s);
+    if (s->snap_inflight) {
+        kill_kid(kid_by_req(s, s->snap_req_id));
+        s->snap_inflight = 0;
+    }
+    if (s->snap_pos && s->standby_pidfd >= 0) {
         rc = promote_standby(s, err, sizeof(err));
         mode = "hot";
         if (rc == 0)
@@ -335,6 +663,8 @@ void recovery_start(struct session *s, const char *how, int own_fault)
                   (int)old, how, err);
         return;
     }
+    /* The new worker's chain starts over with a full snapshot. */
+    s->snap_written = s->snap_pos;
     s->recoveries++;
     s->recovery_mode = mode;
     S.stats.recoveries++;
@@ -343,9 +673,15 @@ void recovery_start(struct session *s, const char *how, int own_fault)
         ull(consumed + 1), (int)s->pid, mode, ull(s->snap_pos), ull(s->next_pos - 1 - s->snap_pos));
 }
 
+/* The session is over: every snapshot child goes (their watches reap them). */
 void recovery_end(struct session *s)
 {
+    drop_pending(s);
     drop_standby(s);
+    for (int i = 0; i < SNAP_KIDS; i++)
+        kill_kid(&s->kids[i]);
+    close_fd(&s->early_fd);
+    s->early_valid = 0;
     if (s->report_fd >= 0)
-        shutdown(s->report_fd, SHUT_RDWR);   /* completes the pending report read */
+        shutdown(s->report_fd, SHUT_RDWR);   /* completes the pending report poll */
 }

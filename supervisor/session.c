@@ -185,6 +185,10 @@ static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
 
     if (evstore_unfed(&s->ev) > S.ring_size)
         return -EAGAIN;
+    /* Held events are bounded: past the limit input waits for a durable snapshot (one is
+     * forced at half the limit) to let the older ones go. */
+    if (S.cfg.max_held_bytes && evstore_bytes(&s->ev) > S.cfg.max_held_bytes && type != EV_START)
+        return -EAGAIN;
     e.time_ms = sess_now_ms();
     if (e.time_ms < s->last_time)
         e.time_ms = s->last_time;  /* event times never go backwards */
@@ -313,7 +317,8 @@ void sess_accept(int fd)
     s->slot = slot;
     s->state = S_HELLO;
     s->pidfd = s->doorbell_in = s->doorbell_out = s->memfd = -1;
-    s->report_fd = s->report_worker_fd = s->standby_pidfd = s->log_fd = -1;
+    recovery_init(s);
+    s->log_fd = -1;
     s->next_pos = 1;
     s->order_base = 1;
     conn_init(&s->c[SIDE_CLIENT], SIDE_CLIENT, fd);
@@ -335,6 +340,7 @@ int sess_reset_worker(struct session *s, uint64_t position, char *err, size_t er
     ring_attach(&s->out, shm_out_ring(s->shm, S.ring_size));
     atomic_store(&s->ctl->consumed, position);
     atomic_store(&s->ctl->snap_pos, 0);
+    atomic_store(&s->ctl->snap_req, 0);
     s->ctl->error[0] = 0;
     s->gen++;
     s->snap_inflight = 0;
@@ -781,55 +787,111 @@ static void worker_finished(struct session *s)
         ull(s->id), ull(s->next_pos - 1), ull(s->outputs[0]), ull(s->outputs[1]));
 }
 
+/* Input that waited for room in the worker's ring, or for held events to go. */
+void sess_resume_input(struct session *s)
+{
+    for (int i = 0; i < 2; i++) {
+        struct conn *c = &s->c[i];
+        if (c->stalled && !c->draining && c->fd >= 0) {
+            if (c->eof)
+                side_closed(s, c->side);
+            else
+                process_input(s, c);
+        }
+    }
+}
+
+/* The worker's reason for giving up, copied out of shared memory (it may still change). */
+static void worker_error(struct session *s, char *buf, size_t len)
+{
+    size_t n = sizeof(s->ctl->error) < len ? sizeof(s->ctl->error) : len;
+
+    memcpy(buf, s->ctl->error, n);
+    buf[n - 1] = 0;
+}
+
+/* One record from the worker's output ring. The worker is not trusted: the header is
+ * copied before use and every field is checked by what uses it. 0, or -EPROTO when the
+ * record makes no sense (the session is failed). */
+static int take_output(struct session *s, uint16_t type, const void *rec, uint32_t len)
+{
+    struct shm_rec r;
+    const void *payload = (const uint8_t *)rec + sizeof(r);
+    size_t plen;
+    char text[256];
+
+    if (len < sizeof(r)) {
+        sess_fail(s, WIRE_ERR_SESSION, "worker wrote a record of %u bytes (type %u)", len, type);
+        return -EPROTO;
+    }
+    memcpy(&r, rec, sizeof(r));
+    plen = len - sizeof(r);
+    switch (type) {
+    case OUT_CLIENT:
+    case OUT_SERVER: {
+        enum side side = type == OUT_CLIENT ? SIDE_CLIENT : SIDE_SERVER;
+        if (plen > S.cfg.max_message_bytes || r.pos >= s->next_pos) {
+            sess_fail(s, WIRE_ERR_SESSION, "worker wrote an output of %zu bytes for event %llu "
+                      "(limit %u, last event %llu)", plen, ull(r.pos), S.cfg.max_message_bytes,
+                      ull(s->next_pos - 1));
+            return -EPROTO;
+        }
+        send_output(s, side, &r, payload, plen);
+        if (s->c[side].pending.len >= SEND_HIGH_WATER)
+            s->out_stalled = 1;
+        break;
+    }
+    case OUT_TIMER_ARM:
+        if (r.a <= s->max_timer_id)
+            break;   /* armed before a recovery already */
+        s->max_timer_id = r.a;
+        if (s->state == S_LIVE && timers_arm(s, r.a, r.b) < 0)
+            LOG(LOG_WARN, "session=%llu msg=\"timer not armed\"", ull(s->id));
+        break;
+    case OUT_TIMER_CANCEL:
+        timers_cancel(s, r.a);
+        break;
+    case OUT_CACHE_READ:
+        LOG(LOG_DEBUG, "session=%llu msg=\"cache read\" pos=%llu name=%.*s hash=%016llx",
+            ull(s->id), ull(r.pos), (int)(plen < 200 ? plen : 200), (const char *)payload,
+            ull(r.a));
+        break;
+    case OUT_DONE:
+        worker_finished(s);
+        break;
+    case OUT_FAIL:
+        worker_error(s, text, sizeof(text));
+        sess_fail(s, WIRE_ERR_SESSION, "session failed at event %llu: %s", ull(r.pos), text);
+        break;
+    default:
+        sess_fail(s, WIRE_ERR_SESSION, "worker wrote an unknown record %u", type);
+        return -EPROTO;
+    }
+    return 0;
+}
+
+#define DRAIN_BUDGET 4096   /* records per turn: one busy worker cannot starve the others */
+
 /* Take the worker's outputs: numbered messages go out with their order delta. Never frees
  * the session. */
 static void drain_worker(struct session *s)
 {
+    unsigned budget = DRAIN_BUDGET;
+
     for (;;) {
         uint16_t type;
         uint32_t len;
-        const struct shm_rec *r;
+        const void *rec;
 
-        while (!s->out_stalled && (r = ring_peek(&s->out, &type, &len))) {
-            const void *payload = r + 1;
-            size_t plen = len - sizeof(*r);
-            switch (type) {
-            case OUT_CLIENT:
-            case OUT_SERVER: {
-                enum side side = type == OUT_CLIENT ? SIDE_CLIENT : SIDE_SERVER;
-                send_output(s, side, r, payload, plen);
-                if (s->c[side].pending.len >= SEND_HIGH_WATER)
-                    s->out_stalled = 1;
+        while (!s->out_stalled && budget && s->state != S_DEAD &&
+               (rec = ring_peek(&s->out, &type, &len))) {
+            budget--;
+            if (take_output(s, type, rec, len) < 0)
                 break;
-            }
-            case OUT_TIMER_ARM:
-                if (r->a <= s->max_timer_id)
-                    break;   /* armed before a recovery already */
-                s->max_timer_id = r->a;
-                if (s->state == S_LIVE && timers_arm(s, r->a, r->b) < 0)
-                    LOG(LOG_WARN, "session=%llu msg=\"timer not armed\"", ull(s->id));
-                break;
-            case OUT_TIMER_CANCEL:
-                timers_cancel(s, r->a);
-                break;
-            case OUT_CACHE_READ:
-                LOG(LOG_DEBUG, "session=%llu msg=\"cache read\" pos=%llu name=%.*s hash=%016llx",
-                    ull(s->id), ull(r->pos), (int)plen, (const char *)payload, ull(r->a));
-                break;
-            case OUT_DONE:
-                worker_finished(s);
-                break;
-            case OUT_FAIL:
-                s->ctl->error[sizeof(s->ctl->error) - 1] = 0;
-                sess_fail(s, WIRE_ERR_SESSION, "session failed at event %llu: %s",
-                             ull(r->pos), s->ctl->error);
-                break;
-            default:
-                sess_fail(s, WIRE_ERR_SESSION, "worker wrote an unknown record %u", type);
-                break;
-            }
             ring_pop(&s->out);
         }
+        if (s->out.broken && s->state != S_DEAD)
+            sess_fail(s, WIRE_ERR_SESSION, "worker broke its output ring: %s", s->out.broken);
         if (ring_producer_waits(&s->out) && s->doorbell_in >= 0) {
             uint64_t one = 1;
             if (write(s->doorbell_in, &one, sizeof(one)) == -1)
@@ -838,18 +900,17 @@ static void drain_worker(struct session *s)
         sup_flush(s, &s->c[SIDE_CLIENT]);
         sup_flush(s, &s->c[SIDE_SERVER]);
         order_trim(s);
+        recovery_outputs_drained(s);
         sess_feed(s);
-        /* Input that waited for room in the worker's ring. */
-        for (int i = 0; i < 2; i++) {
-            struct conn *c = &s->c[i];
-            if (c->stalled && !c->draining && c->fd >= 0) {
-                if (c->eof)
-                    side_closed(s, c->side);
-                else
-                    process_input(s, c);
-            }
+        sess_resume_input(s);
+        if (!budget && s->state != S_DEAD && s->doorbell_out >= 0) {
+            /* More waits: come back after the other sessions had their turn. */
+            uint64_t one = 1;
+            if (write(s->doorbell_out, &one, sizeof(one)) == -1)
+                LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
+            break;
         }
-        if (s->out_stalled || s->worker_done || ring_sleep_prepare(&s->out))
+        if (s->out_stalled || s->worker_done || s->state == S_DEAD || ring_sleep_prepare(&s->out))
             break;
     }
 }

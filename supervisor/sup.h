@@ -18,7 +18,7 @@
 enum op {
     OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_DOORBELL, OP_PIDFD,
     OP_TIMER, OP_TIMER_CANCEL, OP_CTL_ACCEPT, OP_SIGNAL, OP_ZYGOTE,
-    OP_REPORT, OP_STANDBY, OP_TICK, OP_REAP, OP_LOGWRITE,
+    OP_REPORT, OP_TICK, OP_REAP, OP_LOGWRITE,
 };
 #define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
 #define UD_OP(ud)   ((int)((ud) >> 56))
@@ -60,6 +60,24 @@ enum sess_state {
     S_DEAD,        /* ended: flushing, then freed once nothing is in flight */
 };
 
+/* A snapshot child the supervisor watches (its pidfd came with SNAP_STARTED). */
+#define SNAP_KIDS 8
+struct snapchild {
+    int pidfd;              /* -1: free entry */
+    pid_t pid;
+    uint64_t req;
+};
+
+/* A snapshot written at pos that becomes durable once no output of an event <= pos waits in
+ * the worker's ring any more (an output is never forgotten before its connection has it). */
+struct snap_pending {
+    int valid;
+    uint64_t pos, full;     /* its position and the full its chain starts at */
+    int standby_pidfd, wake_fd;
+    pid_t standby_pid;
+    struct snap_report rep;
+};
+
 struct session {
     uint32_t slot;
     enum sess_state state;
@@ -86,16 +104,23 @@ struct session {
     uint32_t recoveries;
 
     /* snapshots (recovery.c) */
-    int report_fd, report_worker_fd;    /* snapshot children report on this socketpair */
-    struct snap_report report;
-    unsigned report_armed : 1, snap_inflight : 1, need_full : 1;
+    int report_fd, report_worker_fd;    /* snapshot reports arrive on this socketpair */
+    unsigned report_armed : 1, snap_inflight : 1, need_full : 1, early_valid : 1;
     uint64_t gen;                       /* worker generation: stale reports are ignored */
+    uint64_t snap_req_id;               /* id of the newest snapshot request */
     uint64_t snap_pos;                  /* newest durable snapshot, 0 = none */
+    uint64_t snap_written;              /* newest snapshot file written (a delta's base) */
+    uint64_t snap_written_full;         /* the full that the written chain starts at */
     uint64_t snap_requested_ms;
     uint32_t deltas_since_full;
+    struct snapchild kids[SNAP_KIDS];   /* snapshot children alive, watched by pidfd */
+    struct snap_pending pend;           /* written, durable once its outputs are handed over */
+    struct snap_report early;           /* a DONE that came before its STARTED */
+    int early_fd;
     pid_t standby_pid;                  /* the hot standby, 0 = none */
-    int standby_pidfd;
-    uint64_t snapshots, snap_bytes, snap_write_ns, snap_fork_ns;
+    int standby_pidfd, standby_wake_fd;
+    int promoted_fd;                    /* a promoted standby's watch: its worker watch reaps */
+    uint64_t snapshots, snap_bytes, snap_write_ns, snap_fork_ns, snap_failures;
     uint64_t died_ns;                   /* when the last worker death was noticed */
 
     /* the ordering log files (olog.c) */
@@ -169,8 +194,11 @@ void sup_flush(struct session *s, struct conn *c);
 void recovery_tick_arm(void);
 void recovery_on_tick(void);
 void recovery_on_report(struct session *s, int res);
-void recovery_on_standby(struct session *s, int res);
-void recovery_on_reap(int pidfd);
+void recovery_on_reap(uint32_t slot, int pidfd, int res);
+/* After outputs were taken from the worker's ring: a pending snapshot may become durable. */
+void recovery_outputs_drained(struct session *s);
+/* A fresh session: no snapshot state, no children (before recovery_setup). */
+void recovery_init(struct session *s);
 int  recovery_request_snapshot(struct session *s, char *msg, size_t len);
 void recovery_start(struct session *s, const char *how, int own_fault);
 void recovery_end(struct session *s);   /* the session is over: drop the standby */
@@ -193,6 +221,8 @@ void sess_watch_worker(struct session *s, pid_t pid, int pidfd);
 /* A worker from the zygote: fresh (restore_pos 0) or from the snapshot at restore_pos. */
 int  sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t errlen);
 void sess_feed(struct session *s);
+/* Input that waited (worker ring full, held events at their limit) goes on. */
+void sess_resume_input(struct session *s);
 void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void sess_send_all(struct session *s, const void *frame, size_t len);

@@ -740,3 +740,97 @@ Test(ring, stress_two_processes, .timeout = 20)
     close(s->efd_prod);
     munmap(shm, bytes);
 }
+
+/* ---- a hostile producer: the consumer checks what it reads and never loops -------------- */
+
+static void scribble_record(struct tring *t, uint64_t at, uint32_t len, uint16_t type)
+{
+    struct ring_shared *sh = t->mem;
+    uint8_t *p = (uint8_t *)t->mem + sizeof(*sh) + (at & (sh->size - 1));
+
+    memcpy(p, &len, 4);
+    memcpy(p + 4, &type, 2);
+}
+
+Test(ring, bogus_record_length_breaks_the_ring_not_the_consumer, .timeout = 5)
+{
+    struct tring t;
+    uint16_t type;
+    uint32_t len;
+
+    tring_new(&t, 4096);
+    void *w = ring_reserve(&t.p, 7, 16);
+    cr_assert_not_null(w);
+    ring_commit(&t.p);
+    scribble_record(&t, 0, 0x7ffffff0u, 7);
+    cr_assert_null(ring_peek(&t.c, &type, &len));
+    cr_assert_not_null(t.c.broken);
+    cr_assert_null(ring_peek(&t.c, &type, &len), "stays broken");
+    tring_free(&t);
+}
+
+Test(ring, huge_pad_record_breaks_the_ring, .timeout = 5)
+{
+    struct tring t;
+    uint16_t type;
+    uint32_t len;
+
+    tring_new(&t, 4096);
+    cr_assert_not_null(ring_reserve(&t.p, 7, 16));
+    ring_commit(&t.p);
+    scribble_record(&t, 0, 0x7ffffff0u, RING_PAD);
+    cr_assert_null(ring_peek(&t.c, &type, &len));
+    cr_assert_not_null(t.c.broken);
+    tring_free(&t);
+}
+
+Test(ring, tail_beyond_the_ring_breaks_it, .timeout = 5)
+{
+    struct tring t;
+    uint16_t type;
+    uint32_t len;
+
+    tring_new(&t, 4096);
+    atomic_store(&((struct ring_shared *)t.mem)->tail, 1ull << 40);
+    cr_assert_null(ring_peek(&t.c, &type, &len));
+    cr_assert_not_null(t.c.broken);
+    tring_free(&t);
+}
+
+Test(ring, record_longer_than_what_was_published_breaks_it, .timeout = 5)
+{
+    struct tring t;
+    uint16_t type;
+    uint32_t len;
+
+    tring_new(&t, 4096);
+    cr_assert_not_null(ring_reserve(&t.p, 7, 16));
+    ring_commit(&t.p);
+    scribble_record(&t, 0, 1024, 7);   /* claims more than tail - head */
+    cr_assert_null(ring_peek(&t.c, &type, &len));
+    cr_assert_not_null(t.c.broken);
+    tring_free(&t);
+}
+
+/* A producer that rewinds the shared head cannot make the consumer read records again. */
+Test(ring, rewound_head_is_not_read_back, .timeout = 5)
+{
+    struct tring t;
+    uint16_t type;
+    uint32_t len;
+    int seen = 0;
+
+    tring_new(&t, 4096);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_not_null(ring_reserve(&t.p, 7, 16));
+        ring_commit(&t.p);
+    }
+    while (ring_peek(&t.c, &type, &len)) {
+        ring_pop(&t.c);
+        atomic_store(&((struct ring_shared *)t.mem)->head, 0);   /* the producer scribbles */
+        cr_assert_lt(++seen, 10, "the consumer loops on rewound records");
+    }
+    cr_assert_eq(seen, 3);
+    cr_assert_null(t.c.broken);
+    tring_free(&t);
+}

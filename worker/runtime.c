@@ -69,7 +69,7 @@ static struct {
     unsigned unflushed;
     const char *state_dir;
     int report_fd;
-    uint64_t snap_done;     /* the last snapshot request acted on */
+    uint64_t snap_req_done; /* the id of the last snapshot request acted on */
 } L = { .cache_dirfd = -1, .state_dir = "." };
 
 _Static_assert(sizeof(struct rt_state) <= RT_STATE_SPACE, "runtime state fits its page");
@@ -488,23 +488,43 @@ static void attach_rings(void)
     }
 }
 
-/* A snapshot request for the event just finished: fork the frozen child (DESIGN.md 5). */
+/* A new snapshot request whose position we have reached (DESIGN.md 5). */
 static int snapshot_due(void)
 {
-    uint64_t req = atomic_load_explicit(&L.ctl->snap_pos, memory_order_acquire);
+    uint64_t req = atomic_load_explicit(&L.ctl->snap_req, memory_order_acquire);
 
-    return req && req == L.st->pos && req != L.snap_done;
+    return req && req != L.snap_req_done && atomic_load(&L.ctl->snap_pos) <= L.st->pos;
+}
+
+static void report_snapshot_failure(const struct wsnap_request *rq, int rc, const char *what)
+{
+    struct snap_report rep = { .version = SNAP_REPORT_VERSION, .kind = SNAP_DONE, .status = rc,
+                               .fd_no = -1, .req = rq->req, .position = rq->position,
+                               .gen = rq->gen };
+
+    snprintf(rep.text, sizeof(rep.text), "%s", what);
+    if (send(L.report_fd, &rep, sizeof(rep), MSG_NOSIGNAL) == -1)
+        LOG(LOG_WARN, "msg=\"snapshot report lost\"");
 }
 
 static void take_snapshot(void)
 {
     struct wsnap_request rq = {
-        .state_dir = L.state_dir, .session_id = L.st->session_id, .position = L.st->pos,
-        .base = L.ctl->snap_base, .gen = L.ctl->snap_gen, .hot = (int)L.ctl->snap_hot,
+        .state_dir = L.state_dir, .session_id = L.st->session_id,
+        .position = atomic_load(&L.ctl->snap_pos), .base = L.ctl->snap_base,
+        .gen = L.ctl->snap_gen, .hot = (int)L.ctl->snap_hot,
     };
+    char why[96];
     int rc;
 
-    L.snap_done = rq.position;
+    rq.req = atomic_load_explicit(&L.ctl->snap_req, memory_order_acquire);
+    L.snap_req_done = rq.req;
+    if (rq.position != L.st->pos) {
+        snprintf(why, sizeof(why), "asked for position %llu, the worker is at %llu",
+                 (unsigned long long)rq.position, (unsigned long long)L.st->pos);
+        report_snapshot_failure(&rq, -ESTALE, why);
+        return;
+    }
     memcpy(rq.seq, L.st->seq, sizeof(rq.seq));
     memcpy(rq.out_no, L.st->out_no, sizeof(rq.out_no));
     flush_outputs();
@@ -518,11 +538,8 @@ static void take_snapshot(void)
         return;
     }
     if (rc < 0) {
-        struct snap_report rep = { .version = SNAP_REPORT_VERSION, .status = rc,
-                                   .position = rq.position, .gen = rq.gen };
-        snprintf(rep.text, sizeof(rep.text), "fork: %s", strerror(-rc));
-        if (send(L.report_fd, &rep, sizeof(rep), MSG_NOSIGNAL) == -1)
-            LOG(LOG_WARN, "msg=\"snapshot report lost\"");
+        snprintf(why, sizeof(why), "fork: %s", strerror(-rc));
+        report_snapshot_failure(&rq, rc, why);
     }
 }
 
@@ -580,7 +597,6 @@ void rt_run(const struct rt_session *s)
             rt_fail("snapshot %llu holds session %llu at position %llu",
                     (unsigned long long)s->restore_pos, (unsigned long long)L.st->session_id,
                     (unsigned long long)L.st->pos);
-        L.snap_done = L.st->pos;
         atomic_store(&L.ctl->load_ns, (uint64_t)(mono_ns() - t0));
     } else {
         if (arena_init((char *)RT_ARENA_BASE + RT_STATE_SPACE, RT_ARENA_SIZE - RT_STATE_SPACE) < 0)

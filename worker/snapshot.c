@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -20,6 +21,7 @@
 #include "runtime.h"
 #include "shm.h"
 #include "snap.h"
+#include "spawn.h"
 #include "wsnap.h"
 
 #define MAX_MODULE_REGIONS (SNAP_MAX_REGIONS - 1)
@@ -182,13 +184,18 @@ static void child_write(const struct wsnap_request *rq, int report_fd)
     struct snap_stats st;
     char dir[PATH_MAX];
     long long t0 = mono_ns();
+    int wake = -1;
+    uint64_t v;
 
     memset(&rep, 0, sizeof(rep));
     rep.version = SNAP_REPORT_VERSION;
+    rep.kind = SNAP_DONE;
     rep.fork_ns = (uint64_t)(t0 - fork_started_ns);
     rep.pid = getpid();
+    rep.req = rq->req;
     rep.position = rq->position;
     rep.gen = rq->gen;
+    rep.fd_no = -1;
     wsnap_dir(dir, sizeof(dir), rq->state_dir, rq->session_id);
     fill_meta(&m, rq->session_id, rq->position, rq->base, rq->seq, rq->out_no);
     rep.status = snap_write(dir, &m, &W.hashes, &st, rep.text, sizeof(rep.text));
@@ -198,17 +205,30 @@ static void child_write(const struct wsnap_request *rq, int report_fd)
         rep.pages_written = st.pages_written;
         rep.pages_total = st.pages_total;
     }
-    rep.hot = rq->hot && rep.status == 0;
-    if (send(report_fd, &rep, sizeof(rep), MSG_NOSIGNAL) != (ssize_t)sizeof(rep) || !rep.hot)
+    if (rq->hot && rep.status == 0) {
+        /* The standby waits on an eventfd that only the supervisor holds. */
+        wake = eventfd(0, EFD_CLOEXEC);
+        rep.hot = wake >= 0;
+        rep.fd_no = wake;
+    }
+    if (spawn_send(report_fd, &rep, sizeof(rep), &wake, rep.hot ? 1 : 0) < 0 || !rep.hot)
         _exit(rep.status == 0 ? 0 : 1);
-    /* The hot standby: frozen at this position until the supervisor needs it. */
+    /* The hot standby: frozen at this position until the supervisor needs it. A SIGCONT
+     * from anyone else only brings it back to the read. */
     raise(SIGSTOP);
+    while (read(wake, &v, sizeof(v)) != (ssize_t)sizeof(v))
+        if (errno != EINTR && errno != EAGAIN)
+            _exit(1);   /* the supervisor is gone */
+    close(wake);
 }
 
 int wsnap_take(const struct wsnap_request *rq, int report_fd)
 {
+    struct snap_report started;
+    int pidfd = -1, rc;
+
     fork_started_ns = mono_ns();
-    pid_t pid = proc_fork(PROC_SIBLING, NULL);
+    pid_t pid = proc_fork(PROC_SIBLING, &pidfd);
 
     if (pid < 0)
         return pid;
@@ -217,7 +237,18 @@ int wsnap_take(const struct wsnap_request *rq, int report_fd)
         child_write(rq, report_fd);
         return 1;   /* a hot standby taking over */
     }
-    return 0;
+    /* The supervisor watches the child from now on, whatever becomes of it. */
+    memset(&started, 0, sizeof(started));
+    started.version = SNAP_REPORT_VERSION;
+    started.kind = SNAP_STARTED;
+    started.pid = pid;
+    started.fd_no = report_fd;
+    started.req = rq->req;
+    started.position = rq->position;
+    started.gen = rq->gen;
+    rc = spawn_send(report_fd, &started, sizeof(started), &pidfd, 1);
+    close(pidfd);
+    return rc < 0 ? rc : 0;
 }
 
 /* The chain that ends at `position`, found by following base links back to a full (a

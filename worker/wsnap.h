@@ -14,6 +14,7 @@ struct wsnap_request {
     uint64_t position;      /* the state right after this event */
     uint64_t base;          /* 0: a full snapshot; else the delta's base */
     uint64_t gen;           /* the worker generation, echoed in the report */
+    uint64_t req;           /* the request id, echoed in the report */
     int hot;                /* the child stays as the hot standby */
     uint64_t seq[2], out_no[2];
 };
@@ -23,8 +24,9 @@ int  wsnap_init(const char *app_path, char *err, size_t errlen);
 /* Worker: the page-hash tables shared with its snapshot children. */
 int  wsnap_setup(char *err, size_t errlen);
 /* Fork the frozen child that writes the snapshot and reports on report_fd (with the fork's
- * duration). 0 in the worker, 1 in a hot standby the supervisor woke to take over, -errno
- * if the fork failed. */
+ * duration); the worker reports the child's birth with its pidfd first. 0 in the worker, 1
+ * in a hot standby the supervisor woke to take over, -errno if the fork (or that first
+ * report) failed. */
 int  wsnap_take(const struct wsnap_request *rq, int report_fd);
 /* Fresh worker: restore the session's snapshot at `position` (its chain) into memory. */
 int  wsnap_restore(const char *state_dir, uint64_t session_id, uint64_t position,
