@@ -72,7 +72,9 @@ unsigned evstore_feed(struct evstore *e, struct ring *r)
 
         memcpy(&type, p + 4, 2);
         dst = ring_reserve(r, type, len);
-        if (!dst && (!ring_wait_prepare(r, len) || !(dst = ring_reserve(r, type, len))))
+        /* Full: mark ourselves waiting (the worker rings us after its next pop) and stop,
+         * unless room appeared meanwhile: ring_wait_prepare() returns 0, reserve again. */
+        if (!dst && (ring_wait_prepare(r, len) || !(dst = ring_reserve(r, type, len))))
             break;
         memcpy(dst, p + REC_HDR, len);
         ring_commit(r);

@@ -328,7 +328,7 @@ void t_write_all_at(int fd, const void *buf, size_t len, const char *file, int l
     }
 }
 
-size_t t_read_n(int fd, void *buf, size_t len, int timeout_ms)
+long t_read_n(int fd, void *buf, size_t len, int timeout_ms)
 {
     long deadline = now_ms() + timeout_ms;
     size_t got = 0;
@@ -336,32 +336,61 @@ size_t t_read_n(int fd, void *buf, size_t len, int timeout_ms)
     while (got < len) {
         long left = deadline - now_ms();
         struct pollfd pfd = { .fd = fd, .events = POLLIN };
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
-            break;
+        if (left <= 0)
+            return -ETIMEDOUT;
+        int r = poll(&pfd, 1, (int)left);
+        if (r == -1 && errno == EINTR)
+            continue;
+        if (r == -1)
+            return -errno;
+        if (r == 0)
+            return -ETIMEDOUT;
         ssize_t n = read(fd, (char *)buf + got, len - got);
+        if (n == -1 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (n == -1 && errno != ECONNRESET)
+            return -errno;
         if (n <= 0)
-            break;
+            break;   /* EOF or reset: the peer closed */
         got += (size_t)n;
     }
-    return got;
+    return (long)got;
 }
 
 long t_read_frame(int fd, void *buf, size_t cap, int timeout_ms)
 {
     uint8_t *p = buf;
-    size_t got = t_read_n(fd, p, WIRE_HDR_LEN, timeout_ms);
+    long got = t_read_n(fd, p, WIRE_HDR_LEN, timeout_ms);
     uint32_t len;
 
-    if (got == 0)
-        return 0;
-    if (got < WIRE_HDR_LEN)
-        return -1;
+    if (got <= 0)
+        return got;   /* 0: EOF before the frame; < 0: timeout or error */
+    if ((size_t)got < WIRE_HDR_LEN)
+        return -EPROTO;
     len = wire_get32(p + 8);
     if (WIRE_HDR_LEN + len > cap)
         cr_assert_fail("frame of %u bytes is larger than the test's buffer", len);
-    if (t_read_n(fd, p + WIRE_HDR_LEN, len, timeout_ms) < len)
-        return -1;
+    got = t_read_n(fd, p + WIRE_HDR_LEN, len, timeout_ms);
+    if (got < 0)
+        return got;
+    if (got < (long)len)
+        return -EPROTO;
     return (long)(WIRE_HDR_LEN + len);
+}
+
+void t_expect_eof_at(int fd, int timeout_ms, const char *what, const char *file, int line)
+{
+    uint8_t b;
+    long n = t_read_n(fd, &b, 1, timeout_ms);
+
+    if (n == 0)
+        return;
+    if (n == -ETIMEDOUT)
+        cr_assert_fail("%s:%d: %s: still open after %d ms (want EOF)", file, line, what,
+                       timeout_ms);
+    if (n < 0)
+        cr_assert_fail("%s:%d: %s: read: %s (want EOF)", file, line, what, strerror((int)-n));
+    cr_assert_fail("%s:%d: %s: more data (0x%02x) instead of EOF", file, line, what, b);
 }
 
 void t_fill(void *buf, size_t len, uint64_t seed)

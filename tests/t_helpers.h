@@ -64,11 +64,20 @@ void t_echo_tcp_start(struct t_echo_tcp *e);
 int  t_connect(const char *addr);
 void t_write_all_at(int fd, const void *buf, size_t len, const char *file, int line);
 #define t_write_all(fd, buf, len) t_write_all_at((fd), (buf), (len), __FILE__, __LINE__)
-/* Read exactly len bytes within timeout_ms; returns bytes read (less on EOF/timeout). */
-size_t t_read_n(int fd, void *buf, size_t len, int timeout_ms);
-/* Read one CESSNA frame within timeout_ms into buf; returns its total length, 0 on EOF,
- * -1 on timeout. */
+/* Read exactly len bytes within timeout_ms. Returns len; fewer (0 included) when the peer
+ * closed first (EOF, or a reset: ECONNRESET counts as closed); -ETIMEDOUT when the time
+ * ran out first, or -errno of a failed poll/read. What did arrive is in buf either way.
+ * A timeout is never 0: a silent peer that stays open is not a closed one. */
+long t_read_n(int fd, void *buf, size_t len, int timeout_ms);
+/* Read one CESSNA frame within timeout_ms into buf; returns its total length, 0 on EOF (or
+ * reset) before its first byte, -ETIMEDOUT on timeout, -EPROTO when the peer closed in the
+ * middle of the frame. */
 long t_read_frame(int fd, void *buf, size_t cap, int timeout_ms);
+/* Fail the test unless the peer closes fd within timeout_ms with nothing more to read:
+ * data, or a timeout (the peer still open), fails it. */
+void t_expect_eof_at(int fd, int timeout_ms, const char *what, const char *file, int line);
+#define t_expect_eof(fd, timeout_ms, what) \
+    t_expect_eof_at((fd), (timeout_ms), (what), __FILE__, __LINE__)
 
 /* Deterministic pseudo-random bytes. */
 void t_fill(void *buf, size_t len, uint64_t seed);
