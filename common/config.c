@@ -46,6 +46,10 @@ static const struct key keys[] = {
     { "max_sessions", K_U32, offsetof(struct config, max_sessions), 0, 1, 65536, 0 },
     { "max_message_bytes", K_U32, offsetof(struct config, max_message_bytes), 0, 1, 64u << 20, 0 },
     { "busy_poll", K_BUSY_POLL, offsetof(struct config, busy_poll), 0, 0, 0, 0 },
+    { "hello_timeout_ms", K_U32, offsetof(struct config, hello_timeout_ms), 0, 0, 3600000, 0 },
+    { "connect_timeout_ms", K_U32, offsetof(struct config, connect_timeout_ms), 0, 0, 3600000, 0 },
+    { "idle_timeout_ms", K_U32, offsetof(struct config, idle_timeout_ms), 0, 0, 604800000, 0 },
+    { "failed_sessions_keep", K_U32, offsetof(struct config, failed_sessions_keep), 0, 0, 1000000, 0 },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -58,6 +62,10 @@ void config_defaults(struct config *c)
     c->max_sessions = 1024;
     c->max_message_bytes = 1u << 20;
     c->busy_poll = 1;
+    c->hello_timeout_ms = 5000;
+    c->connect_timeout_ms = 5000;
+    c->idle_timeout_ms = 0;
+    c->failed_sessions_keep = 100;
 }
 
 static int fail(struct parse_state *st, const char *fmt, const char *a, const char *b)

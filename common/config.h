@@ -20,6 +20,10 @@ struct config {
     uint32_t max_sessions;         /* default 1024 */
     uint32_t max_message_bytes;    /* default 1 MiB, at most 64 MiB */
     int      busy_poll;            /* 1 = auto (poll briefly when cores are spare), 0 = off */
+    uint32_t hello_timeout_ms;     /* a connection without HELLO is closed (default 5000, 0 = off) */
+    uint32_t connect_timeout_ms;   /* server endpoint connect + WELCOME (default 5000, 0 = off) */
+    uint32_t idle_timeout_ms;      /* a live session with no event is ended (default 0 = off) */
+    uint32_t failed_sessions_keep; /* directories of failed sessions kept (default 100) */
 };
 
 /* Defaults, then the file. 0, or -EINVAL with "FILE:LINE: reason" (or "FILE: reason") in err. */
