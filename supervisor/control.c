@@ -126,7 +126,7 @@ static size_t stats(char *out, size_t cap)
         "hot_takeovers=%llu cold_restores=%llu snapshots=%llu snapshot_failures=%llu "
         "log_failures=%llu hello_timeouts=%llu connect_timeouts=%llu idle_timeouts=%llu "
         "forced_closes=%llu accept_fd_limit=%llu accept_paused=%llu zygote_restarts=%llu "
-        "zygote=%s dirs_removed=%llu ctl_timeouts=%llu\n",
+        "zygote=%s zygote_pid=%d dirs_removed=%llu ctl_timeouts=%llu\n",
         S.nsessions, (unsigned long long)S.stats.sessions_total,
         (unsigned long long)S.stats.sessions_failed, (unsigned long long)S.stats.worker_deaths,
         (unsigned long long)S.stats.bad_frames, (unsigned long long)S.stats.msgs_in,
@@ -138,7 +138,8 @@ static size_t stats(char *out, size_t cap)
         (unsigned long long)S.stats.connect_timeouts, (unsigned long long)S.stats.idle_timeouts,
         (unsigned long long)S.stats.forced_closes, (unsigned long long)S.stats.accept_fd_limit,
         (unsigned long long)S.stats.accept_paused, (unsigned long long)S.stats.zygote_restarts,
-        S.zygote_sock >= 0 ? "up" : "restarting", (unsigned long long)S.stats.dirs_removed,
+        S.zygote_sock >= 0 ? "up" : "restarting", S.zygote_sock >= 0 ? (int)S.zygote_pid : 0,
+        (unsigned long long)S.stats.dirs_removed,
         (unsigned long long)S.stats.ctl_timeouts);
 }
 
