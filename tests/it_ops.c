@@ -56,15 +56,22 @@ static void round_trip(struct cessna_ep *ep, const void *msg, size_t len)
     cr_assert(memcmp(got, msg, len) == 0, "echo differs");
 }
 
-/* The next result of cessna_ep_recv, waiting at most timeout_ms for the socket; -ETIME if
- * nothing came. */
+/* The next result of cessna_ep_recv within timeout_ms; -ETIME if nothing came. */
 static long recv_within(struct cessna_ep *ep, const void **got, int timeout_ms)
 {
-    struct pollfd pfd = { .fd = cessna_ep_fd(ep), .events = POLLIN };
+    long deadline = now_ms() + timeout_ms, n;
 
-    if (poll(&pfd, 1, timeout_ms) <= 0)
-        return -ETIME;
-    return cessna_ep_recv(ep, got);
+    cessna_ep_set_nonblocking(ep, 1);
+    while ((n = cessna_ep_recv(ep, got)) == -EAGAIN) {
+        struct pollfd pfd = { .fd = cessna_ep_fd(ep), .events = POLLIN };
+        long left = deadline - now_ms();
+        if (left <= 0 || poll(&pfd, 1, (int)left) < 0) {
+            n = -ETIME;
+            break;
+        }
+    }
+    cessna_ep_set_nonblocking(ep, 0);
+    return n;
 }
 
 static size_t read_file(const char *path, char *buf, size_t cap)
