@@ -723,3 +723,42 @@ Test(ops, accept_out_of_fds_pauses_without_flooding_the_log)
     cr_assert(lines < 500, "%ld log lines", lines);
     t_edge_stop(&e);
 }
+
+/* ---- ended sessions whose peer keeps the connection ---- */
+
+Test(ops, ended_session_whose_peer_never_closes_gives_its_slot_back)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    uint8_t buf[512];
+    char out[2048];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, "max_sessions = 1\nhello_timeout_ms = 0\n");
+    /* garbage instead of HELLO: an ERROR, then the edge waits for our EOF, which never comes */
+    int fd = t_connect(e.sup.addr);
+    t_fill(buf, 64, 7);
+    t_write_all(fd, buf, 64);
+    long n = t_read_frame(fd, buf, sizeof(buf), 5000);
+    cr_assert(n > 0 && buf[3] == WIRE_ERROR, "an ERROR first");
+
+    long start = now_ms();
+    struct cessna_ep *ep = NULL;
+    char err[256] = "";
+    while (!ep && now_ms() - start < 8000) {
+        ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
+        if (!ep)
+            usleep(200000);
+    }
+    cr_assert(ep, "the only slot is given back: %s", err);
+    round_trip(ep, "ping", 4);
+    struct pollfd pfd = { .fd = fd, .events = POLLIN };
+    cr_assert(poll(&pfd, 1, 2000) == 1 && read(fd, buf, 1) <= 0,
+              "the silent peer's connection was shut down (EOF, not a timeout)");
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_assert_eq(t_field(out, "forced_closes"), 1, "%s", out);
+    close(fd);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+}
