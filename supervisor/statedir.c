@@ -172,7 +172,8 @@ void sdir_init(void)
         f[n++] = (struct found){ id, st.st_mtim };
     }
     closedir(dir);
-    qsort(f, n, sizeof(*f), by_mtime);
+    if (n)
+        qsort(f, n, sizeof(*f), by_mtime);
     for (size_t i = 0; i < n; i++)
         idq_push(&D.kept, f[i].id);
     free(f);
