@@ -11,6 +11,8 @@
 #include "evstore.h"
 #include "ring.h"
 #include "shm.h"
+#include "statedir.h"
+#include "timeouts.h"
 #include "timers.h"
 #include "wire.h"
 
@@ -63,13 +65,6 @@ enum sess_state {
     S_LIVE,
     S_CLOSING,     /* CLOSE event handed to the worker, waiting for it to finish */
     S_DEAD,        /* ended: flushing, then freed once nothing is in flight */
-};
-
-/* What timeouts.c knows of a session; written only by timeouts.c (tmo_touch, the sweep). */
-struct tmo {
-    uint64_t active_ms;     /* monotonic ms of the accept, the HELLO, the last event */
-    uint64_t state_ms;      /* when the sweep first saw the session in state_seen */
-    int state_seen;
 };
 
 struct session {
@@ -248,17 +243,5 @@ void ctl_on_recv(uint32_t idx, int res);
 void ctl_on_send(uint32_t idx, int res);
 void ctl_sweep(uint64_t now_ms);         /* close control connections that take too long */
 
-/* timeouts.c: one periodic sweep for every timeout of the node */
-uint64_t tmo_now_ms(void);               /* monotonic, coarse */
-void tmo_touch(struct session *s);       /* accept, HELLO, each event */
-void tmo_arm(void);
-void tmo_on_sweep(void);
-
-/* statedir.c: the lock on state_dir, and removing session directories without blocking */
-int  sdir_lock(char *err, size_t errlen);
-void sdir_init(void);                    /* note the failed sessions' dirs of earlier runs */
-void sdir_session_ended(uint64_t id, int failed);
-int  sdir_busy(void);                    /* removal work waits: the loop must not sleep */
-void sdir_step(void);                    /* remove a bounded number of files */
 
 #endif
