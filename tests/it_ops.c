@@ -537,6 +537,17 @@ Test(ops, zygote_killed_sessions_go_on_and_new_sessions_start_after_restart)
     }
     usleep(200000);
     cr_assert_eq(kill(zygote, SIGKILL), 0);
+    /* A new session right now: in, or refused with an ERROR that names the zygote. */
+    char err0[256] = "";
+    struct cessna_ep *early = cessna_ep_connect(e.sup.addr, err0, sizeof(err0));
+    if (early) {
+        round_trip(early, "early", 5);
+        cessna_ep_close(early, 5000);
+        cessna_ep_free(early);
+    } else {
+        cr_assert(strstr(err0, "zygote"), "refused with a clear ERROR: %s", err0);
+        cr_log_info("during the restart: %s", err0);
+    }
     usleep(800000);   /* the sessions keep echoing meanwhile */
 
     /* A new session gets in once the zygote is back. */
