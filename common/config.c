@@ -48,6 +48,10 @@ static const struct key keys[] = {
     { "busy_poll", K_BUSY_POLL, offsetof(struct config, busy_poll), 0, 0, 0, 0 },
     { "snapshot_timeout_ms", K_U64, offsetof(struct config, snapshot_timeout_ms), 0, 100, 3600000, 0 },
     { "max_held_bytes", K_U64, offsetof(struct config, max_held_bytes), 0, 0, 1ull << 40, 0 },
+    { "hello_timeout_ms", K_U32, offsetof(struct config, hello_timeout_ms), 0, 0, 3600000, 0 },
+    { "connect_timeout_ms", K_U32, offsetof(struct config, connect_timeout_ms), 0, 0, 3600000, 0 },
+    { "idle_timeout_ms", K_U32, offsetof(struct config, idle_timeout_ms), 0, 0, 604800000, 0 },
+    { "failed_sessions_keep", K_U32, offsetof(struct config, failed_sessions_keep), 0, 0, 1000000, 0 },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -62,6 +66,10 @@ void config_defaults(struct config *c)
     c->busy_poll = 1;
     c->snapshot_timeout_ms = 10000;
     c->max_held_bytes = 64ull << 20;
+    c->hello_timeout_ms = 5000;
+    c->connect_timeout_ms = 5000;
+    c->idle_timeout_ms = 0;
+    c->failed_sessions_keep = 100;
 }
 
 static int fail(struct parse_state *st, const char *fmt, const char *a, const char *b)

@@ -23,6 +23,10 @@ struct config {
     uint64_t snapshot_timeout_ms;  /* a snapshot not reported by then failed (default 10000) */
     uint64_t max_held_bytes;       /* held events per session: a snapshot is forced at half,
                                     * input stops at the limit (default 64 MiB, 0 = none) */
+    uint32_t hello_timeout_ms;     /* a connection without HELLO is closed (default 5000, 0 = off) */
+    uint32_t connect_timeout_ms;   /* server endpoint connect + WELCOME (default 5000, 0 = off) */
+    uint32_t idle_timeout_ms;      /* a live session with no event is ended (default 0 = off) */
+    uint32_t failed_sessions_keep; /* directories of failed sessions kept (default 100) */
 };
 
 /* Defaults, then the file. 0, or -EINVAL with "FILE:LINE: reason" (or "FILE: reason") in err. */

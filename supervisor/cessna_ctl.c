@@ -7,6 +7,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "ctlcmd.h"
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -62,6 +64,12 @@ int main(int argc, char **argv)
     } else {
         fprintf(stderr, "cessna-ctl: unknown command '%s'\n", argv[optind]);
         usage(stderr);
+        return 2;
+    }
+    struct ctl_cmd parsed;
+    char why[CTL_LINE_MAX + 128];
+    if (ctl_parse(cmd, strlen(cmd), &parsed, why, sizeof(why)) < 0) {   /* as the edge would */
+        fprintf(stderr, "cessna-ctl: %s", why);
         return 2;
     }
     if (strlen(path) >= sizeof(sa.sun_path)) {

@@ -1,7 +1,8 @@
 /* control.c - the control socket that cessna-ctl talks to: one command line in, text out.
  *
- * Commands are served inline in the loop, on a socket with short timeouts: the socket is
- * the operator's (mode 0600), and a command is one small read and one small write. */
+ * Each connection is served through io_uring (a receive, then sends until the reply is
+ * out), so a slow or silent client never stalls the loop; one that takes longer than
+ * CTL_TIMEOUT_MS is closed by the periodic sweep (timeouts.c). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,10 +12,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "ctlcmd.h"
 #include "log.h"
 #include "sup.h"
-
-#define CTL_TIMEOUT_MS 200
 
 static const char *const state_names[] = {
     [S_FREE] = "free", [S_HELLO] = "hello", [S_CONNECTING] = "connecting",
@@ -36,7 +36,20 @@ int ctl_listen(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "control socket: %s", strerror(errno));
         return -errno;
     }
-    unlink(path);   /* a stale socket of an earlier run */
+    /* A socket at the path is stale (an earlier run) unless someone still accepts on it:
+     * then it is another supervisor's, and stays. */
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        snprintf(err, errlen, "control socket %s is in use by another supervisor", path);
+        close(fd);
+        return -EADDRINUSE;
+    }
+    close(fd);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        snprintf(err, errlen, "control socket: %s", strerror(errno));
+        return -errno;
+    }
+    unlink(path);
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1 || chmod(path, 0600) == -1 ||
         listen(fd, 16) == -1) {
         int e = errno;
@@ -111,7 +124,9 @@ static size_t stats(char *out, size_t cap)
         "sessions=%u sessions_total=%llu sessions_failed=%llu worker_deaths=%llu "
         "bad_frames=%llu msgs_in=%llu msgs_out=%llu bytes_in=%llu bytes_out=%llu recoveries=%llu "
         "hot_takeovers=%llu cold_restores=%llu snapshots=%llu snapshot_failures=%llu "
-        "log_failures=%llu\n",
+        "log_failures=%llu hello_timeouts=%llu connect_timeouts=%llu idle_timeouts=%llu "
+        "forced_closes=%llu accept_fd_limit=%llu accept_paused=%llu zygote_restarts=%llu "
+        "zygote=%s zygote_pid=%d dirs_removed=%llu ctl_timeouts=%llu\n",
         S.nsessions, (unsigned long long)S.stats.sessions_total,
         (unsigned long long)S.stats.sessions_failed, (unsigned long long)S.stats.worker_deaths,
         (unsigned long long)S.stats.bad_frames, (unsigned long long)S.stats.msgs_in,
@@ -119,56 +134,176 @@ static size_t stats(char *out, size_t cap)
         (unsigned long long)S.stats.bytes_out, (unsigned long long)S.stats.recoveries,
         (unsigned long long)S.stats.hot_takeovers, (unsigned long long)S.stats.cold_restores,
         (unsigned long long)S.stats.snapshots, (unsigned long long)S.stats.snapshot_failures,
-        (unsigned long long)S.stats.log_failures);
+        (unsigned long long)S.stats.log_failures, (unsigned long long)S.stats.hello_timeouts,
+        (unsigned long long)S.stats.connect_timeouts, (unsigned long long)S.stats.idle_timeouts,
+        (unsigned long long)S.stats.forced_closes, (unsigned long long)S.stats.accept_fd_limit,
+        (unsigned long long)S.stats.accept_paused, (unsigned long long)S.stats.zygote_restarts,
+        S.zygote_sock >= 0 ? "up" : "restarting", S.zygote_sock >= 0 ? (int)S.zygote_pid : 0,
+        (unsigned long long)S.stats.dirs_removed,
+        (unsigned long long)S.stats.ctl_timeouts);
 }
 
-void ctl_serve(int fd)
-{
-    struct timeval tv = { 0, CTL_TIMEOUT_MS * 1000 };
-    char cmd[256], *out;
-    size_t cap = 256 * (size_t)S.cfg.max_sessions + 4096, n = 0;
-    ssize_t got;
+/* ---- control connections, served through io_uring ---- */
 
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    got = recv(fd, cmd, sizeof(cmd) - 1, 0);
-    out = malloc(cap);
-    if (got <= 0 || !out) {
-        free(out);
-        close(fd);
+#define CTL_CONNS      64     /* at once; more are closed at accept */
+#define CTL_TIMEOUT_MS 1000   /* a connection that has not been answered by then is closed */
+
+struct ctl_conn {
+    int fd;                   /* -1: free */
+    uint64_t start_ms;
+    char in[CTL_LINE_MAX];
+    size_t inlen;
+    char *out;
+    size_t outlen, sent;
+    unsigned armed : 1, closing : 1;
+};
+
+static struct ctl_conn conns[CTL_CONNS];
+static int conns_init;
+
+static void conn_free(struct ctl_conn *c)
+{
+    close(c->fd);
+    free(c->out);
+    memset(c, 0, sizeof(*c));
+    c->fd = -1;
+}
+
+static void arm_recv(uint32_t idx)
+{
+    struct ctl_conn *c = &conns[idx];
+    struct io_uring_sqe *sqe = sup_sqe();
+
+    io_uring_prep_recv(sqe, c->fd, c->in + c->inlen, sizeof(c->in) - 1 - c->inlen, 0);
+    io_uring_sqe_set_data64(sqe, UD(OP_CTL_RECV, idx, 0));
+    c->armed = 1;
+}
+
+static void arm_send(uint32_t idx)
+{
+    struct ctl_conn *c = &conns[idx];
+    struct io_uring_sqe *sqe = sup_sqe();
+
+    io_uring_prep_send(sqe, c->fd, c->out + c->sent, c->outlen - c->sent, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, UD(OP_CTL_SEND, idx, 0));
+    c->armed = 1;
+}
+
+/* Run one command; the reply is malloc()ed into c->out. */
+static void execute(struct ctl_conn *c)
+{
+    size_t cap = 256 * (size_t)S.cfg.max_sessions + 4096;
+    struct ctl_cmd cmd;
+    struct session *s;
+
+    c->out = malloc(cap);
+    if (!c->out)
+        return;
+    c->out[0] = 0;
+    if (ctl_parse(c->in, c->inlen, &cmd, c->out, cap) < 0) {
+        c->outlen = strlen(c->out);
         return;
     }
-    cmd[got] = 0;
-    cmd[strcspn(cmd, "\r\n")] = 0;
-    if (strcmp(cmd, "sessions") == 0) {
-        n = list_sessions(out, cap);
-    } else if (strcmp(cmd, "stats") == 0) {
-        n = stats(out, cap);
-    } else if (strncmp(cmd, "snapshot ", 9) == 0) {
-        char *end;
-        unsigned long long id = strtoull(cmd + 9, &end, 0);
-        struct session *s = *end || end == cmd + 9 ? NULL : sess_find(id);
+    switch (cmd.verb) {
+    case CTL_SESSIONS:
+        c->outlen = list_sessions(c->out, cap);
+        break;
+    case CTL_STATS:
+        c->outlen = stats(c->out, cap);
+        break;
+    case CTL_SNAPSHOT:
+        s = sess_find(cmd.id);
         if (!s)
-            n = (size_t)snprintf(out, cap, "error: no session '%s'\n", cmd + 9);
-        else {
-            recovery_request_snapshot(s, out, cap);
-            n = strlen(out);
-        }
-    } else if (strncmp(cmd, "kill-worker ", 12) == 0) {
-        char *end;
-        unsigned long long id = strtoull(cmd + 12, &end, 0);
-        if (*end || end == cmd + 12)
-            n = (size_t)snprintf(out, cap, "error: bad session id '%s'\n", cmd + 12);
-        else {
-            sess_kill_worker(id, out, cap);
-            n = strlen(out);
-        }
-    } else {
-        n = (size_t)snprintf(out, cap, "error: unknown command '%s' (sessions, stats, "
-                             "kill-worker ID, snapshot ID)\n", cmd);
+            snprintf(c->out, cap, "error: no session %llu\n", (unsigned long long)cmd.id);
+        else
+            recovery_request_snapshot(s, c->out, cap);
+        c->outlen = strlen(c->out);
+        break;
+    case CTL_KILL_WORKER:
+        sess_kill_worker(cmd.id, c->out, cap);
+        c->outlen = strlen(c->out);
+        break;
     }
-    if (send(fd, out, n, MSG_NOSIGNAL) == -1)
-        LOG(LOG_DEBUG, "msg=\"control reply not delivered\" error=\"%s\"", strerror(errno));
-    free(out);
+    if (c->outlen >= cap)
+        c->outlen = cap - 1;
+}
+
+void ctl_accept(int fd)
+{
+    static uint64_t refused;
+
+    if (!conns_init) {
+        for (int i = 0; i < CTL_CONNS; i++)
+            conns[i].fd = -1;
+        conns_init = 1;
+    }
+    for (uint32_t i = 0; i < CTL_CONNS; i++) {
+        if (conns[i].fd >= 0)
+            continue;
+        memset(&conns[i], 0, sizeof(conns[i]));
+        conns[i].fd = fd;
+        conns[i].start_ms = tmo_now_ms();
+        arm_recv(i);
+        return;
+    }
+    if (refused++ % 1000 == 0)
+        LOG(LOG_WARN, "msg=\"control connection refused: too many open\" max=%d refused=%llu",
+            CTL_CONNS, (unsigned long long)refused);
     close(fd);
+}
+
+void ctl_on_recv(uint32_t idx, int res)
+{
+    struct ctl_conn *c;
+
+    if (idx >= CTL_CONNS || conns[idx].fd < 0)
+        return;
+    c = &conns[idx];
+    c->armed = 0;
+    if (c->closing || res < 0 || (res == 0 && !c->inlen))
+        return conn_free(c);
+    c->inlen += (size_t)res;
+    if (res > 0 && !memchr(c->in, '\n', c->inlen) && c->inlen < sizeof(c->in) - 1)
+        return arm_recv(idx);   /* the rest of the line */
+    if (memchr(c->in, '\n', c->inlen))
+        c->inlen = (size_t)((char *)memchr(c->in, '\n', c->inlen) - c->in) + 1;
+    execute(c);
+    if (!c->out || !c->outlen)
+        return conn_free(c);
+    arm_send(idx);
+}
+
+void ctl_on_send(uint32_t idx, int res)
+{
+    struct ctl_conn *c;
+
+    if (idx >= CTL_CONNS || conns[idx].fd < 0)
+        return;
+    c = &conns[idx];
+    c->armed = 0;
+    if (res <= 0 || c->closing) {
+        if (res < 0)
+            LOG(LOG_DEBUG, "msg=\"control reply not delivered\" error=\"%s\"", strerror(-res));
+        return conn_free(c);
+    }
+    c->sent += (size_t)res;
+    if (c->sent < c->outlen)
+        return arm_send(idx);
+    conn_free(c);
+}
+
+void ctl_sweep(uint64_t now_ms)
+{
+    for (int i = 0; i < CTL_CONNS && conns_init; i++) {
+        struct ctl_conn *c = &conns[i];
+        if (c->fd < 0 || c->closing || now_ms - c->start_ms < CTL_TIMEOUT_MS)
+            continue;
+        c->closing = 1;
+        S.stats.ctl_timeouts++;
+        LOG(LOG_DEBUG, "msg=\"control connection timed out\" after_ms=%d", CTL_TIMEOUT_MS);
+        if (c->armed)
+            shutdown(c->fd, SHUT_RDWR);   /* its completion frees it */
+        else
+            conn_free(c);
+    }
 }

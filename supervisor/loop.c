@@ -70,12 +70,27 @@ void sup_flush(struct session *s, struct conn *c)
     s->inflight++;
 }
 
-static void arm_accept(int fd, enum op op)
+/* The two listeners. Accepting pauses for ACCEPT_PAUSE_MS when the process or the system
+ * is out of file descriptors (EMFILE, ENFILE; ENOBUFS, ENOMEM): re-arming at once would
+ * spin on the same error. */
+#define ACCEPT_PAUSE_MS 100
+#define ACCEPT_LOG_MS   1000   /* one log line per this at most about it */
+
+struct listener {
+    int fd;
+    enum op op;
+    int paused;
+    uint64_t errors, logged_errors, logged_ms;
+    struct __kernel_timespec ts;
+};
+static struct listener listeners[2];
+
+static void arm_accept(struct listener *l)
 {
     struct io_uring_sqe *sqe = sup_sqe();
 
-    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, UD(op, 0, 0));
+    io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, UD(l->op, 0, 0));
 }
 
 static void arm_signal(void)
@@ -87,29 +102,64 @@ static void arm_signal(void)
     io_uring_sqe_set_data64(sqe, UD(OP_SIGNAL, 0, 0));
 }
 
-static void arm_zygote_watch(void)
+static void pause_accepting(struct listener *l, struct io_uring_cqe *cqe)
 {
-    struct io_uring_sqe *sqe = sup_sqe();
+    uint64_t now = tmo_now_ms();
 
-    io_uring_prep_poll_add(sqe, S.zygote_pidfd, POLLIN);
-    io_uring_sqe_set_data64(sqe, UD(OP_ZYGOTE, 0, 0));
+    S.stats.accept_fd_limit++;
+    l->errors++;
+    if (!l->logged_ms || now - l->logged_ms >= ACCEPT_LOG_MS) {
+        LOG(LOG_WARN, "msg=\"accept: out of file descriptors; accepting paused\" error=\"%s\" "
+            "listener=%s pause_ms=%d errors_since_last_line=%llu sessions=%u",
+            strerror(-cqe->res), l->op == OP_ACCEPT ? "sessions" : "control", ACCEPT_PAUSE_MS,
+            (unsigned long long)(l->errors - l->logged_errors), S.nsessions);
+        l->logged_ms = now;
+        l->logged_errors = l->errors;
+    }
+    if (l->paused)
+        return;
+    l->paused = 1;
+    S.stats.accept_paused++;
+    if (cqe->flags & IORING_CQE_F_MORE) {   /* the multishot accept goes on: stop it */
+        struct io_uring_sqe *sqe = sup_sqe();
+        io_uring_prep_cancel64(sqe, UD(l->op, 0, 0), 0);
+        io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+    }
+    l->ts.tv_sec = 0;
+    l->ts.tv_nsec = ACCEPT_PAUSE_MS * 1000000ll;
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_timeout(sqe, &l->ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT_RESUME, 0, l == &listeners[1]));
 }
 
-static void on_accept(struct io_uring_cqe *cqe, int listen_fd, enum op op)
+static void resume_accepting(uint32_t which)
 {
-    if (cqe->res >= 0) {
+    struct listener *l = &listeners[which & 1];
+
+    l->paused = 0;
+    if (!S.stopping)
+        arm_accept(l);
+}
+
+static void on_accept(struct io_uring_cqe *cqe, struct listener *l)
+{
+    int res = cqe->res;
+
+    if (res >= 0) {
         int one = 1;
-        if (op == OP_ACCEPT) {
-            setsockopt(cqe->res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-            sess_accept(cqe->res);
+        if (l->op == OP_ACCEPT) {
+            setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            sess_accept(res);
         } else {
-            ctl_serve(cqe->res);
+            ctl_accept(res);
         }
-    } else if (cqe->res != -EINTR && cqe->res != -ECANCELED) {
-        LOG(LOG_WARN, "msg=\"accept\" error=\"%s\"", strerror(-cqe->res));
+    } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
+        pause_accepting(l, cqe);
+    } else if (res != -EINTR && res != -ECANCELED) {
+        LOG(LOG_WARN, "msg=\"accept\" error=\"%s\"", strerror(-res));
     }
-    if (!(cqe->flags & IORING_CQE_F_MORE) && !S.stopping)
-        arm_accept(listen_fd, op);
+    if (!(cqe->flags & IORING_CQE_F_MORE) && !S.stopping && !l->paused)
+        arm_accept(l);
 }
 
 static void dispatch(struct io_uring_cqe *cqe)
@@ -119,27 +169,28 @@ static void dispatch(struct io_uring_cqe *cqe)
     uint32_t slot = UD_SLOT(ud), arg = UD_ARG(ud);
     struct session *s = NULL;
 
-    if (op == OP_ACCEPT)
-        return on_accept(cqe, S.listen_fd, OP_ACCEPT);
-    if (op == OP_CTL_ACCEPT)
-        return on_accept(cqe, S.ctl_fd, OP_CTL_ACCEPT);
-    if (op == OP_SIGNAL) {
-        LOG(LOG_INFO, "msg=\"stopping on signal\"");
+    switch (op) {
+    case OP_ACCEPT:     return on_accept(cqe, &listeners[0]);
+    case OP_CTL_ACCEPT: return on_accept(cqe, &listeners[1]);
+    case OP_ACCEPT_RESUME: return resume_accepting(arg);
+    case OP_CTL_RECV:   return ctl_on_recv(slot, cqe->res);
+    case OP_CTL_SEND:   return ctl_on_send(slot, cqe->res);
+    case OP_SIGNAL:
+        if (cqe->res < 0) {
+            LOG(LOG_ERROR, "msg=\"signalfd read\" error=\"%s\"", strerror(-cqe->res));
+            S.exit_code = 1;
+        } else {
+            LOG(LOG_INFO, "msg=\"stopping on signal\"");
+        }
         S.stopping = 1;
         return;
-    }
-    if (op == OP_REAP) {
-        recovery_on_reap(slot, (int)arg, cqe->res);
-        return;
-    }
-    if (op == OP_TICK) {
-        recovery_on_tick();
-        return;
-    }
-    if (op == OP_ZYGOTE) {
-        LOG(LOG_ERROR, "msg=\"the zygote died; no new sessions can start\" pid=%d", (int)S.zygote_pid);
-        S.stopping = 1;
-        return;
+    case OP_REAP:       return recovery_on_reap(slot, (int)arg, cqe->res);
+    case OP_TICK:       return recovery_on_tick();
+    case OP_SWEEP:      return tmo_on_sweep();
+    case OP_ZYGOTE:     return zygote_on_death();
+    case OP_ZYGOTE_RESTART: return zygote_on_restart_timer();
+    case OP_ZYGOTE_READY:   return zygote_on_ready(cqe->res);
+    case OP_IGNORE:     return;
     }
     if (slot >= S.cfg.max_sessions)
         return;
@@ -173,7 +224,8 @@ static int run_loop(void)
             if (S.dirty)
                 sess_ring_doorbells();
         }   /* the before-sleep hook: one doorbell per worker per batch */
-        rc = io_uring_submit_and_wait(&S.ring, 1);
+        sdir_step();   /* a few files of ended sessions; while some remain, do not sleep */
+        rc = io_uring_submit_and_wait(&S.ring, sdir_busy() ? 0 : 1);
         if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
             LOG(LOG_ERROR, "msg=\"io_uring_submit_and_wait\" error=\"%s\"", strerror(-rc));
             return 1;
@@ -184,7 +236,7 @@ static int run_loop(void)
         }
         io_uring_cq_advance(&S.ring, n);
     }
-    return 0;
+    return S.exit_code;
 }
 
 static int setup_ring(void)
@@ -286,12 +338,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "cessna-supervisor: state_dir %s: %s\n", S.cfg.state_dir, strerror(-rc));
         return 1;
     }
+    S.lock_fd = -1;
+    if (sdir_lock(err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     S.signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
+    if (S.signal_fd == -1) {
+        fprintf(stderr, "cessna-supervisor: signalfd: %s\n", strerror(errno));
+        return 1;
+    }
 
     if (zygote_start(S.cfg.app, S.cfg.cache_dir, S.cfg.state_dir, err, sizeof(err)) < 0) {
         fprintf(stderr, "cessna-supervisor: %s\n", err);
@@ -314,11 +375,17 @@ int main(int argc, char **argv)
     proc_close_in_child(S.listen_fd);
     proc_close_in_child(S.ctl_fd);
     proc_close_in_child(S.ring.ring_fd);
-    arm_accept(S.listen_fd, OP_ACCEPT);
-    arm_accept(S.ctl_fd, OP_CTL_ACCEPT);
+    proc_close_in_child(S.lock_fd);
+    proc_close_in_child(S.signal_fd);
+    sdir_init();
+    listeners[0] = (struct listener){ .fd = S.listen_fd, .op = OP_ACCEPT };
+    listeners[1] = (struct listener){ .fd = S.ctl_fd, .op = OP_CTL_ACCEPT };
+    arm_accept(&listeners[0]);
+    arm_accept(&listeners[1]);
     arm_signal();
-    arm_zygote_watch();
+    zygote_watch();
     recovery_tick_arm();
+    tmo_arm();
 
     /* Report the real address (the config may say port 0). */
     char host[256];
@@ -337,9 +404,8 @@ int main(int argc, char **argv)
     for (uint32_t i = 0; i < S.cfg.max_sessions; i++)
         if (S.sessions[i].pid > 0 && !S.sessions[i].worker_reaped)
             kill(S.sessions[i].pid, SIGKILL);
-    close(S.zygote_sock);
-    kill(S.zygote_pid, SIGKILL);
+    zygote_stop();
     unlink(S.cfg.control);
-    LOG(LOG_INFO, "msg=\"stopped\"");
+    LOG(LOG_INFO, "msg=\"stopped\" exit_status=%d", rc);
     return rc;
 }

@@ -173,7 +173,8 @@ void olog_durable(struct session *s, uint64_t p)
         submit(s);
 }
 
-/* The session is over (its files stay for offline replay). */
+/* The session is over. Its files stay for offline replay if it failed; a cleanly closed
+ * session's directory is removed (statedir.c). */
 void olog_end(struct session *s)
 {
     if (s->log_fd >= 0)

@@ -199,6 +199,7 @@ static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
     olog_append(s, type, &r, data, len);
     s->last_time = e.time_ms;
     s->next_pos++;
+    tmo_touch(s);
     sess_feed(s);
     return 0;
 }
@@ -325,6 +326,7 @@ void sess_accept(int fd)
     conn_init(&s->c[SIDE_SERVER], SIDE_SERVER, -1);
     s->c[SIDE_CLIENT].up = 1;
     S.nsessions++;
+    tmo_touch(s);
     sup_arm_recv(s, &s->c[SIDE_CLIENT]);
 }
 
@@ -436,6 +438,7 @@ static void on_hello(struct session *s, const struct wire_frame *f)
     s->id &= 0x7fffffffffffffffull;  /* printable as a signed number too */
     S.stats.sessions_total++;
     s->state = S_CONNECTING;
+    tmo_touch(s);   /* connect_timeout_ms runs from here */
     if (start_worker(s, err, sizeof(err)) < 0) {
         sess_fail(s, WIRE_ERR_UNAVAILABLE, "cannot start a worker: %s", err);
         return;
@@ -1026,6 +1029,7 @@ void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
         S.stats.sessions_failed++;
     LOG(LOG_WARN, "session=%llu msg=\"session failed\" reason=\"%s\"", ull(s->id), text);
     s->state = S_DEAD;
+    s->failed = 1;
     for (int i = 0; i < 2; i++) {
         struct conn *c = &s->c[i];
         if (c->fd < 0 || c->draining)
@@ -1082,6 +1086,7 @@ void sess_maybe_free(struct session *s)
         close(s->report_worker_fd);
     evstore_free(&s->ev);
     olog_end(s);
+    sdir_session_ended(s->id, s->failed);   /* removed, or kept for offline replay */
     free(s->order);
     free(s->order_end);
     timers_free(s);

@@ -11,6 +11,8 @@
 #include "evstore.h"
 #include "ring.h"
 #include "shm.h"
+#include "statedir.h"
+#include "timeouts.h"
 #include "timers.h"
 #include "wire.h"
 
@@ -19,6 +21,11 @@ enum op {
     OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_DOORBELL, OP_PIDFD,
     OP_TIMER, OP_TIMER_CANCEL, OP_CTL_ACCEPT, OP_SIGNAL, OP_ZYGOTE,
     OP_REPORT, OP_TICK, OP_REAP, OP_LOGWRITE,
+    OP_SWEEP,          /* the periodic sweep (timeouts.c) */
+    OP_ACCEPT_RESUME,  /* accepting paused after EMFILE/ENFILE resumes */
+    OP_CTL_RECV, OP_CTL_SEND,   /* control connections (control.c); slot = connection */
+    OP_ZYGOTE_RESTART, OP_ZYGOTE_READY,   /* a zygote being restarted (zygote.c) */
+    OP_IGNORE,         /* completions of cancels: nothing to do */
 };
 #define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
 #define UD_OP(ud)   ((int)((ud) >> 56))
@@ -96,6 +103,8 @@ struct session {
     uint64_t doorbell_val;
     unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, pidfd_armed : 1;
     unsigned out_stalled : 1, in_dirty : 1;
+    unsigned failed : 1;    /* ended by sess_fail: its directory is kept for offline replay */
+    struct tmo tmo;
 
     /* events since the last durable snapshot, and local recovery */
     struct evstore ev;
@@ -156,6 +165,9 @@ struct sup_stats {
     uint64_t sessions_total, sessions_failed, worker_deaths, recoveries, bad_frames;
     uint64_t snapshots, snapshot_failures, hot_takeovers, cold_restores, log_failures;
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
+    uint64_t hello_timeouts, connect_timeouts, idle_timeouts, forced_closes;
+    uint64_t accept_fd_limit, accept_paused;     /* EMFILE/ENFILE, and pauses it caused */
+    uint64_t zygote_restarts, dirs_removed, ctl_timeouts;
 };
 
 struct sup {
@@ -167,8 +179,9 @@ struct sup {
     size_t max_body;            /* largest frame body accepted */
     uint32_t ring_size;
 
-    int zygote_sock, zygote_pidfd;
+    int zygote_sock, zygote_pidfd;     /* -1 while the zygote is being restarted */
     pid_t zygote_pid;
+    int lock_fd;                /* STATE_DIR/supervisor.lock, held (flock) while we run */
 
     struct session *sessions;   /* max_sessions slots */
     uint32_t nsessions;
@@ -178,6 +191,7 @@ struct sup {
     uint32_t ncpu;              /* online cores */
     uint32_t spin_ns;           /* what workers may poll now (see update_spin_policy) */
     int stopping;
+    int exit_code;              /* non-zero when the supervisor stops because of an error */
 };
 
 extern struct sup S;
@@ -246,9 +260,18 @@ int  sess_kill_worker(uint64_t id, char *msg, size_t len);
 int zygote_start(const char *app, const char *cache_dir, const char *state_dir, char *err,
                  size_t errlen);
 int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, size_t errlen);
+void zygote_watch(void);                 /* arm the watch of the zygote's death */
+void zygote_on_death(void);              /* it died: restart it, with backoff */
+void zygote_on_restart_timer(void);
+void zygote_on_ready(int res);
+void zygote_stop(void);
 
-/* control.c */
+/* control.c: control connections are served through io_uring, never blocking the loop */
 int  ctl_listen(const char *path, char *err, size_t errlen);
-void ctl_serve(int fd);
+void ctl_accept(int fd);
+void ctl_on_recv(uint32_t idx, int res);
+void ctl_on_send(uint32_t idx, int res);
+void ctl_sweep(uint64_t now_ms);         /* close control connections that take too long */
+
 
 #endif

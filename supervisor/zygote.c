@@ -15,15 +15,29 @@
 #include "spawn.h"
 #include "sup.h"
 
-#define ZYGOTE_READY_TIMEOUT_MS 10000
+#define ZYGOTE_READY_TIMEOUT_MS  10000
+#define ZYGOTE_ANSWER_TIMEOUT_MS 5000    /* a spawn request unanswered this long fails */
+#define ZYGOTE_BACKOFF_MIN_MS    100
+#define ZYGOTE_BACKOFF_MAX_MS    10000
+#define ZYGOTE_STABLE_MS         10000   /* a zygote that lived this long: backoff resets */
 
-int zygote_start(const char *app, const char *cache_dir, const char *state_dir, char *err,
-                 size_t errlen)
+/* What zygote_start() was given, for restarts; and the restart's progress. */
+static struct {
+    const char *app, *cache_dir, *state_dir;
+    int sock, pidfd;                 /* a zygote starting, not ready yet */
+    pid_t pid;
+    uint64_t ready_ms;               /* when the running zygote became ready */
+    uint64_t backoff_ms;
+    struct __kernel_timespec ts, ready_ts;
+} Z = { .sock = -1, .pidfd = -1 };
+
+/* Fork and exec a zygote; it reports ready on *sock. */
+static int launch(int *sock, pid_t *pidp, int *pidfdp, char *err, size_t errlen)
 {
+    const char *app = Z.app, *cache_dir = Z.cache_dir, *state_dir = Z.state_dir;
     char dir[PATH_MAX], exe[PATH_MAX + 32], fdarg[16];
-    struct spawn_ready ready;
-    struct pollfd pfd;
-    int sv[2], pidfd = -1, nfds, rc;
+    struct timeval tv = { ZYGOTE_ANSWER_TIMEOUT_MS / 1000, 0 };
+    int sv[2], pidfd = -1;
     pid_t pid;
 
     if (proc_exe_dir(dir, sizeof(dir)) < 0) {
@@ -57,35 +71,204 @@ int zygote_start(const char *app, const char *cache_dir, const char *state_dir, 
         _exit(127);
     }
     close(sv[1]);
+    /* A zygote that stops answering must not hang the loop for ever (zygote_spawn). */
+    setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    *sock = sv[0];
+    *pidp = pid;
+    *pidfdp = pidfd;
+    return 0;
+}
 
-    pfd = (struct pollfd){ .fd = sv[0], .events = POLLIN };
-    rc = poll(&pfd, 1, ZYGOTE_READY_TIMEOUT_MS);
-    if (rc <= 0) {
-        snprintf(err, errlen, "zygote did not report ready within %d ms", ZYGOTE_READY_TIMEOUT_MS);
-        goto fail;
-    }
-    rc = spawn_recv(sv[0], &ready, sizeof(ready), NULL, 0, &nfds);
-    if (rc < 0) {
+/* The zygote's ready report, readable now on sock. */
+static int read_ready(int sock, char *err, size_t errlen)
+{
+    struct spawn_ready ready;
+    int nfds;
+
+    if (spawn_recv(sock, &ready, sizeof(ready), NULL, 0, &nfds) < 0) {
         snprintf(err, errlen, "zygote exited before it was ready (see its log above)");
-        goto fail;
+        return -EINVAL;
     }
     if (ready.version != SPAWN_VERSION || ready.status != 0) {
         ready.text[sizeof(ready.text) - 1] = 0;
         snprintf(err, errlen, "%s", ready.text);
-        goto fail;
+        return -EINVAL;
     }
-    S.zygote_sock = sv[0];
+    return 0;
+}
+
+static void discard(int sock, pid_t pid, int pidfd, int wait)
+{
+    kill(pid, SIGKILL);
+    close(sock);
+    if (wait) {
+        while (waitpid(pid, NULL, 0) == -1 && errno == EINTR)
+            ;
+        close(pidfd);
+    } else if (pidfd >= 0 && pidfd <= 0xffffff) {
+        struct io_uring_sqe *sqe = sup_sqe();   /* reaped from the loop (recovery.c) */
+        io_uring_prep_poll_add(sqe, pidfd, POLLIN);
+        io_uring_sqe_set_data64(sqe, UD(OP_REAP, 0, pidfd));
+    } else if (pidfd >= 0) {
+        close(pidfd);
+    }
+}
+
+static void adopt(int sock, pid_t pid, int pidfd)
+{
+    S.zygote_sock = sock;
     S.zygote_pid = pid;
     S.zygote_pidfd = pidfd;
+    Z.ready_ms = tmo_now_ms();
+}
+
+/* Synchronous, before the loop runs. */
+int zygote_start(const char *app, const char *cache_dir, const char *state_dir, char *err,
+                 size_t errlen)
+{
+    struct pollfd pfd;
+    int sock, pidfd, rc;
+    pid_t pid;
+
+    Z.app = app;
+    Z.cache_dir = cache_dir;
+    Z.state_dir = state_dir;
+    S.zygote_sock = S.zygote_pidfd = -1;
+    if ((rc = launch(&sock, &pid, &pidfd, err, errlen)) < 0)
+        return rc;
+    pfd = (struct pollfd){ .fd = sock, .events = POLLIN };
+    rc = poll(&pfd, 1, ZYGOTE_READY_TIMEOUT_MS);
+    if (rc <= 0) {
+        snprintf(err, errlen, "zygote did not report ready within %d ms", ZYGOTE_READY_TIMEOUT_MS);
+        discard(sock, pid, pidfd, 1);
+        return -EINVAL;
+    }
+    if (read_ready(sock, err, errlen) < 0) {
+        discard(sock, pid, pidfd, 1);
+        return -EINVAL;
+    }
+    adopt(sock, pid, pidfd);
     LOG(LOG_INFO, "msg=\"zygote ready\" pid=%d app=%s", (int)pid, app);
     return 0;
-fail:
-    kill(pid, SIGKILL);
-    close(sv[0]);
-    close(pidfd);
-    while (waitpid(pid, NULL, 0) == -1 && errno == EINTR)
-        ;
-    return -EINVAL;
+}
+
+void zygote_watch(void)
+{
+    struct io_uring_sqe *sqe = sup_sqe();
+
+    io_uring_prep_poll_add(sqe, S.zygote_pidfd, POLLIN);
+    io_uring_sqe_set_data64(sqe, UD(OP_ZYGOTE, 0, 0));
+}
+
+static void restart_later(void)
+{
+    if (S.stopping)
+        return;
+    Z.ts.tv_sec = (long long)(Z.backoff_ms / 1000);
+    Z.ts.tv_nsec = (long long)(Z.backoff_ms % 1000) * 1000000;
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_timeout(sqe, &Z.ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, UD(OP_ZYGOTE_RESTART, 0, 0));
+}
+
+static void next_backoff(void)
+{
+    Z.backoff_ms = Z.backoff_ms ? Z.backoff_ms * 2 : ZYGOTE_BACKOFF_MIN_MS;
+    if (Z.backoff_ms > ZYGOTE_BACKOFF_MAX_MS)
+        Z.backoff_ms = ZYGOTE_BACKOFF_MAX_MS;
+}
+
+/* The zygote died. Live sessions go on (they need it only at their next cold recovery);
+ * new sessions are refused until a new one is ready. A zygote that dies soon after it
+ * started is restarted after a growing delay. */
+void zygote_on_death(void)
+{
+    siginfo_t si;
+    char how[96] = "unknown";
+
+    memset(&si, 0, sizeof(si));
+    if (waitid(P_PIDFD, (id_t)S.zygote_pidfd, &si, WEXITED | WNOHANG | __WALL) == 0 && si.si_pid) {
+        if (si.si_code == CLD_EXITED)
+            snprintf(how, sizeof(how), "exit status %d", si.si_status);
+        else
+            snprintf(how, sizeof(how), "signal %d (%s)", si.si_status, strsignal(si.si_status));
+    }
+    close(S.zygote_pidfd);
+    if (S.zygote_sock >= 0)
+        close(S.zygote_sock);
+    S.zygote_sock = S.zygote_pidfd = -1;
+    if (tmo_now_ms() - Z.ready_ms < ZYGOTE_STABLE_MS)
+        next_backoff();
+    else
+        Z.backoff_ms = ZYGOTE_BACKOFF_MIN_MS;
+    LOG(LOG_ERROR, "msg=\"the zygote died; restarting it; new sessions are refused meanwhile, "
+        "live sessions go on\" pid=%d status=\"%s\" restart_in_ms=%llu", (int)S.zygote_pid, how,
+        (unsigned long long)Z.backoff_ms);
+    S.zygote_pid = 0;
+    restart_later();
+}
+
+void zygote_on_restart_timer(void)
+{
+    char err[256];
+
+    if (S.stopping || S.zygote_sock >= 0 || Z.sock >= 0)
+        return;
+    if (launch(&Z.sock, &Z.pid, &Z.pidfd, err, sizeof(err)) < 0) {
+        Z.sock = -1;
+        next_backoff();
+        LOG(LOG_ERROR, "msg=\"zygote restart failed\" error=\"%s\" retry_in_ms=%llu", err,
+            (unsigned long long)Z.backoff_ms);
+        return restart_later();
+    }
+    /* Wait for its ready report, at most ZYGOTE_READY_TIMEOUT_MS. */
+    Z.ready_ts.tv_sec = ZYGOTE_READY_TIMEOUT_MS / 1000;
+    Z.ready_ts.tv_nsec = 0;
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_poll_add(sqe, Z.sock, POLLIN);
+    io_uring_sqe_set_data64(sqe, UD(OP_ZYGOTE_READY, 0, 0));
+    sqe->flags |= IOSQE_IO_LINK;
+    sqe = sup_sqe();
+    io_uring_prep_link_timeout(sqe, &Z.ready_ts, 0);
+    io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+}
+
+void zygote_on_ready(int res)
+{
+    char err[256];
+
+    if (Z.sock < 0)
+        return;
+    if (res < 0 || S.stopping) {
+        snprintf(err, sizeof(err), "zygote did not report ready within %d ms",
+                 ZYGOTE_READY_TIMEOUT_MS);
+    } else if (read_ready(Z.sock, err, sizeof(err)) == 0) {
+        adopt(Z.sock, Z.pid, Z.pidfd);
+        Z.sock = -1;
+        S.stats.zygote_restarts++;
+        zygote_watch();
+        LOG(LOG_WARN, "msg=\"zygote restarted\" pid=%d restarts=%llu", (int)S.zygote_pid,
+            (unsigned long long)S.stats.zygote_restarts);
+        return;
+    }
+    discard(Z.sock, Z.pid, Z.pidfd, 0);
+    Z.sock = -1;
+    next_backoff();
+    LOG(LOG_ERROR, "msg=\"zygote restart failed\" error=\"%s\" retry_in_ms=%llu", err,
+        (unsigned long long)Z.backoff_ms);
+    restart_later();
+}
+
+void zygote_stop(void)
+{
+    if (S.zygote_sock >= 0)
+        close(S.zygote_sock);   /* it exits when its socket closes */
+    if (S.zygote_pid > 0)
+        kill(S.zygote_pid, SIGKILL);
+    if (Z.sock >= 0) {
+        close(Z.sock);
+        kill(Z.pid, SIGKILL);
+    }
 }
 
 /* Synchronous: the zygote answers within a fork's time. */
@@ -96,6 +279,10 @@ int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, 
     int fds[4] = { memfd, s->doorbell_in, s->doorbell_out, s->report_worker_fd };
     int pidfd = -1, nfds, rc;
 
+    if (S.zygote_sock < 0) {
+        snprintf(err, errlen, "the zygote died and is being restarted; try again shortly");
+        return -EAGAIN;
+    }
     memset(&req, 0, sizeof(req));
     req.version = SPAWN_VERSION;
     req.ring_size = S.ring_size;
@@ -107,6 +294,14 @@ int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, 
         rc = spawn_recv(S.zygote_sock, &rep, sizeof(rep), &pidfd, 1, &nfds);
     if (rc < 0) {
         snprintf(err, errlen, "zygote unreachable: %s", strerror(-rc));
+        if (rc == -EAGAIN || rc == -EWOULDBLOCK) {
+            /* It stopped answering: its late reply must not be taken for the next one. */
+            LOG(LOG_ERROR, "msg=\"the zygote did not answer; killing it\" pid=%d timeout_ms=%d",
+                (int)S.zygote_pid, ZYGOTE_ANSWER_TIMEOUT_MS);
+            close(S.zygote_sock);
+            S.zygote_sock = -1;
+            kill(S.zygote_pid, SIGKILL);   /* its death watch restarts it */
+        }
         return rc;
     }
     if (rep.status != 0 || nfds != 1) {

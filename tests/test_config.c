@@ -358,3 +358,26 @@ Test(config, error_buffer_small)
     cr_assert_eq(config_load(path, &c, err, sizeof(err)), -EINVAL);
     cr_assert_eq(memchr(err, 0, sizeof(err)) != NULL, 1, "the message is cut and terminated");
 }
+
+Test(config, timeouts_and_retention)
+{
+    struct config c;
+    char err[512];
+    const char *path = cfg_write("defaults-tmo.ini", REQUIRED);
+
+    cr_assert_eq(load(path, &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.hello_timeout_ms, 5000);
+    cr_assert_eq(c.connect_timeout_ms, 5000);
+    cr_assert_eq(c.idle_timeout_ms, 0);
+    cr_assert_eq(c.failed_sessions_keep, 100);
+    path = cfg_write("tmo.ini", REQUIRED "hello_timeout_ms = 0\nconnect_timeout_ms = 250\n"
+                     "idle_timeout_ms = 60000\nfailed_sessions_keep = 0\n");
+    cr_assert_eq(load(path, &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.hello_timeout_ms, 0);
+    cr_assert_eq(c.connect_timeout_ms, 250);
+    cr_assert_eq(c.idle_timeout_ms, 60000);
+    cr_assert_eq(c.failed_sessions_keep, 0);
+    expect_error(REQUIRED "hello_timeout_ms = -1\n", 5, "bad value '-1'");
+    expect_error(REQUIRED "connect_timeout_ms = 3600001\n", 5, "0..3600000");
+    expect_error(REQUIRED "failed_sessions_keep = lots\n", 5, "bad value 'lots'");
+}

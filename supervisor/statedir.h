@@ -1,0 +1,18 @@
+/* statedir.h - the lock on state_dir (one supervisor per directory), and the session
+ * directories: removed after a clean close, kept (the newest failed_sessions_keep) after a
+ * failure, removed a few files per loop iteration so the loop never blocks on it. */
+#ifndef CESSNA_STATEDIR_H
+#define CESSNA_STATEDIR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Take STATE_DIR/supervisor.lock (flock, our pid in it). 0, or -errno with the reason in
+ * err ("state_dir DIR is in use by pid N ..."). */
+int  sdir_lock(char *err, size_t errlen);
+void sdir_init(void);                    /* earlier runs' directories count as kept */
+void sdir_session_ended(uint64_t id, int failed);
+int  sdir_busy(void);                    /* files wait for removal: the loop must not sleep */
+void sdir_step(void);                    /* remove at most a few files */
+
+#endif
