@@ -106,14 +106,16 @@ static size_t list_sessions(char *out, size_t cap)
         n += (size_t)snprintf(out + n, cap - n,
             "id=%llu worker=%d state=%s events=%llu ordered=%llu to_client=%llu to_server=%llu "
             "recoveries=%u standby=%s snapshot=%s snapshots=%llu snapshot_bytes=%llu "
-            "fork_us=%llu write_us=%llu held_events=%llu%s\n",
+            "fork_us=%llu write_us=%llu held_events=%llu held_bytes=%llu snapshot_failures=%llu "
+            "timers=%u%s\n",
             (unsigned long long)s->id, s->worker_reaped ? 0 : (int)s->pid, state_names[s->state],
             (unsigned long long)events, (unsigned long long)(s->next_pos - 1),
             (unsigned long long)s->outputs[0], (unsigned long long)s->outputs[1], s->recoveries,
             standby, snapshot, (unsigned long long)s->snapshots,
             (unsigned long long)s->snap_bytes, (unsigned long long)(s->snap_fork_ns / 1000),
             (unsigned long long)(s->snap_write_ns / 1000), (unsigned long long)s->ev.count,
-            recovery_timing(s, timing, sizeof(timing)));
+            (unsigned long long)evstore_bytes(&s->ev), (unsigned long long)s->snap_failures,
+            timers_armed(s), recovery_timing(s, timing, sizeof(timing)));
     }
     return n;
 }

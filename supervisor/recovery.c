@@ -317,6 +317,7 @@ void recovery_on_tick(void)
             continue;   /* written already; waits for its outputs to go out */
         recovery_request_snapshot(s, msg, sizeof(msg));
     }
+    recovery_reap_strays();
     recovery_tick_arm();
 }
 
@@ -446,7 +447,7 @@ static void on_started(struct session *s, const struct snap_report *r, int pidfd
         return;
     }
     *k = (struct snapchild){ .pidfd = pidfd, .pid = pid, .req = r->req };
-    if (r->req != s->snap_req_id || r->gen != s->gen)
+    if (r->req != s->snap_req_id || r->gen != s->gen || s->state >= S_DEAD)
         kill_kid(k);   /* for a request nobody waits for any more */
     if (s->early_valid && s->early.req == r->req) {
         struct snap_report e = s->early;
@@ -673,7 +674,9 @@ void recovery_start(struct session *s, const char *how, int own_fault)
         ull(consumed + 1), (int)s->pid, mode, ull(s->snap_pos), ull(s->next_pos - 1 - s->snap_pos));
 }
 
-/* The session is over: every snapshot child goes (their watches reap them). */
+/* The session is over: every snapshot child goes (their watches reap them). The report
+ * socket is read to its end once the worker is gone, so that no child it forked goes
+ * unwatched. */
 void recovery_end(struct session *s)
 {
     drop_pending(s);
@@ -682,6 +685,49 @@ void recovery_end(struct session *s)
         kill_kid(&s->kids[i]);
     close_fd(&s->early_fd);
     s->early_valid = 0;
-    if (s->report_fd >= 0)
-        shutdown(s->report_fd, SHUT_RDWR);   /* completes the pending report poll */
+    if (s->pid <= 0 || s->worker_reaped)
+        recovery_worker_gone(s);
+}
+
+void recovery_worker_gone(struct session *s)
+{
+    if (s->state < S_DEAD || s->report_fd < 0)
+        return;
+    read_reports(s);   /* every child it forked is watched (and killed) now */
+    shutdown(s->report_fd, SHUT_RDWR);   /* completes the pending report poll */
+}
+
+/* 1 when pid is a process the supervisor watches by pidfd (it reaps those itself). */
+static int tracked(pid_t pid)
+{
+    if (pid == S.zygote_pid)
+        return 1;
+    for (uint32_t i = 0; i < S.cfg.max_sessions; i++) {
+        const struct session *s = &S.sessions[i];
+        if (s->state == S_FREE)
+            continue;
+        if (s->pid == pid)
+            return 1;
+        for (int k = 0; k < SNAP_KIDS; k++)
+            if (s->kids[k].pidfd >= 0 && s->kids[k].pid == pid)
+                return 1;
+    }
+    return 0;
+}
+
+/* A snapshot child whose birth report never arrived (its worker died between the fork and
+ * the report) is nobody's to watch: reap such strays. Only exited children that no pidfd
+ * watch covers are touched, so no one else's exit status is taken. */
+void recovery_reap_strays(void)
+{
+    for (int n = 0; n < 16; n++) {
+        siginfo_t si;
+        memset(&si, 0, sizeof(si));
+        if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT | __WALL) == -1 || !si.si_pid ||
+            tracked(si.si_pid))
+            return;
+        memset(&si, 0, sizeof(si));
+        waitid(P_PID, (id_t)si.si_pid, &si, WEXITED | WNOHANG | __WALL);
+        LOG(LOG_DEBUG, "msg=\"reaped a stray child\" pid=%d", (int)si.si_pid);
+    }
 }

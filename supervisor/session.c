@@ -977,6 +977,8 @@ void sess_on_pidfd(struct session *s, int res)
         LOG(LOG_DEBUG, "session=%llu msg=\"worker exited\" pid=%d status=\"%s\"", ull(s->id),
             (int)s->pid, how);
     }
+    if (s->state == S_DEAD)
+        recovery_worker_gone(s);
     if (s->worker_reaped && s->doorbell_armed) {
         uint64_t one = 1;   /* complete the pending doorbell read, so the slot can go */
         if (write(s->doorbell_out, &one, sizeof(one)) == -1)

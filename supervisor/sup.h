@@ -216,6 +216,8 @@ void recovery_init(struct session *s);
 int  recovery_request_snapshot(struct session *s, char *msg, size_t len);
 void recovery_start(struct session *s, const char *how, int own_fault);
 void recovery_end(struct session *s);   /* the session is over: drop the standby */
+void recovery_worker_gone(struct session *s);   /* an ended session's worker was reaped */
+void recovery_reap_strays(void);
 int  recovery_setup(struct session *s, char *err, size_t errlen);
 
 /* olog.c: the ordering log files */
