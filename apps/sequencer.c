@@ -15,6 +15,8 @@
  *     "CANCEL"     cancel the most recently armed timer still pending; answers
  *                  "CANCEL ok\n" or "CANCEL none\n" to the client
  *     "RAND"       answers "RAND <16 hex digits>\n" from the session's deterministic PRNG
+ *     "BIG <n>"    answers n bytes (at most 65536) drawn from the same PRNG: a way to make
+ *                  a lot of output for a reader that falls behind
  *
  * No output depends on wall time. Pending timers are a list in the arena.
  *
@@ -119,6 +121,17 @@ static void command(const char *data, size_t len)
         } else {
             reply("CANCEL none\n");
         }
+    } else if (strncmp(line, "BIG ", 4) == 0) {
+        uint64_t n = strtoull(line + 4, NULL, 10);
+        if (n > 65536)
+            n = 65536;
+        uint64_t *buf = cessna_malloc((n + 7) & ~7ull);
+        if (!buf)
+            return;
+        for (uint64_t i = 0; i < (n + 7) / 8; i++)
+            buf[i] = cessna_random();
+        cessna_send_msg_to_client(buf, n);
+        cessna_free(buf);
     } else if (strncmp(line, "RAND", 4) == 0) {
         char msg[32];
         snprintf(msg, sizeof(msg), "RAND %016" PRIx64 "\n", cessna_random());

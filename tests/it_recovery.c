@@ -1,8 +1,15 @@
 /* it_recovery.c - fault injection: workers killed with SIGKILL at random moments while 20
  * sessions run through an app whose output depends on the interleaving; every byte each
- * side receives must equal a run without kills. */
+ * side receives must equal a run without kills.
+ *
+ * Lockstep sessions also arm timers (and wait for them), arm long timers and cancel them,
+ * and draw from the session's PRNG. Every fifth session is a slow reader: it pipelines 400
+ * requests for 16 KiB of PRNG output each and reads nothing for 1.5 s, so more than 4 MiB
+ * waits for it and the supervisor stops draining its worker while kills go on. */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -16,6 +23,9 @@
 
 #define SESSIONS 20
 #define ROUNDS   400
+#define SLOW_EVERY 5       /* session i is a slow reader when i % SLOW_EVERY == SLOW_EVERY - 1 */
+#define SLOW_MSGS  400
+#define SLOW_BYTES 16384
 
 /* What one side of one session received, all of it, in order. */
 struct transcript {
@@ -63,6 +73,8 @@ static void *server_session(void *p)
             if (c)
                 index = atoi(c + 7);
         }
+        if (memmem(msg, (size_t)n, "]\nBIG ", 6))
+            continue;   /* a slow reader's request: only the client hears from the app */
         int len = snprintf(reply, sizeof(reply), "reply %d to %ld bytes", ++k, n);
         if (cessna_ep_send(a->ep, reply, (size_t)len) < 0)
             break;
@@ -96,31 +108,188 @@ static void *server_accept(void *p)
 
 struct cli_arg { struct run *run; int index; };
 
-/* One client: ROUNDS messages in lockstep (send, then wait for the answer), so the order of
- * events is the same in every run and so is every byte the app produces. */
+/* The sequencer's PRNG (splitmix64 seeded with the session id): what RAND and BIG must
+ * answer, whatever happened to the worker. Answers are checked against it and kept as a
+ * marker, so transcripts of runs with different session ids compare. */
+static uint64_t prng_next(uint64_t *st)
+{
+    uint64_t z = (*st += 0x9e3779b97f4a7c15ull);
+
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Receive one message within 10 s (a lost timer or output must fail, not hang). */
+static long recv_within(struct cessna_ep *ep, const void **got)
+{
+    for (int waited = 0; waited < 10000; waited += 10) {
+        long n = cessna_ep_recv(ep, got);
+        if (n != -EAGAIN)
+            return n;
+        struct pollfd pfd = { .fd = cessna_ep_fd(ep), .events = POLLIN };
+        poll(&pfd, 1, 10);
+    }
+    return -ETIMEDOUT;
+}
+
+/* What round i sends, and how many messages come back: the server's reply (forwarded with
+ * the sequencer's header) and, for commands, the app's own answer. */
+static int round_msg(int index, int i, char *msg, size_t cap, int *answers)
+{
+    static const char pad[] = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+    *answers = 1;
+    switch (i % 10) {
+    case 3:  /* a short timer, waited for: TOCK n comes, in either order with the reply */
+        *answers = 2;
+        return snprintf(msg, cap, "TICK %d client %d message %d", 1 + i % 5, index, i);
+    case 6:  /* a long timer, cancelled by the next round: it must never fire */
+        return snprintf(msg, cap, "TICK 5000 client %d message %d", index, i);
+    case 7:
+        *answers = 2;
+        return snprintf(msg, cap, "CANCEL client %d message %d", index, i);
+    case 8:
+        *answers = 2;
+        return snprintf(msg, cap, "RAND client %d message %d", index, i);
+    default:
+        return snprintf(msg, cap, "client %d message %d %.*s", index, i, (i * 7) % 60, pad);
+    }
+}
+
+static int cmp_msgs(const void *a, const void *b)
+{
+    const struct transcript *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->buf, y->buf, n);
+
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* Lockstep: ROUNDS rounds of send, then receive every answer of that round, so the state
+ * after each round is the same in every run. Within a round the two answers may come in
+ * either order (a timer races the server's reply): they are kept sorted. */
+static int lockstep(struct run *run, int index, struct cessna_ep *ep)
+{
+    char msg[128];
+    uint64_t prng = cessna_ep_session_id(ep);
+
+    for (int i = 0; i < ROUNDS; i++) {
+        int answers;
+        int len = round_msg(index, i, msg, sizeof(msg), &answers);
+        struct transcript got[2] = { { 0 } };
+        if (cessna_ep_send(ep, msg, (size_t)len) < 0) {
+            snprintf(run->why[index], 256, "round %d send: %s", i, cessna_ep_error(ep));
+            return -1;
+        }
+        for (int k = 0; k < answers; k++) {
+            const void *m;
+            long n = recv_within(ep, &m);
+            if (n < 0) {
+                snprintf(run->why[index], 256, "round %d answer %d: %ld %s", i, k, n,
+                         cessna_ep_error(ep));
+                return -1;
+            }
+            if (n == 22 && memcmp(m, "RAND ", 5) == 0) {
+                char want[32];
+                snprintf(want, sizeof(want), "RAND %016llx\n", (unsigned long long)prng_next(&prng));
+                if (memcmp(m, want, 22) != 0) {
+                    snprintf(run->why[index], 256, "round %d: %.21s, the PRNG says %.21s", i,
+                             (const char *)m, want);
+                    return -1;
+                }
+                m = "RAND ok\n";
+                n = 8;
+            }
+            keep(&got[k], m, (size_t)n);
+        }
+        qsort(got, (size_t)answers, sizeof(got[0]), cmp_msgs);
+        for (int k = 0; k < answers; k++) {
+            keep(&run->client[index], got[k].buf, got[k].len);
+            free(got[k].buf);
+        }
+    }
+    return 0;
+}
+
+struct slow_send { struct cessna_ep *ep; int index, failed; };
+
+static void *slow_sender(void *p)
+{
+    struct slow_send *a = p;
+    char msg[64];
+
+    for (int i = 0; i < SLOW_MSGS && !a->failed; i++) {
+        int len = snprintf(msg, sizeof(msg), "BIG %d client %d message %d", SLOW_BYTES, a->index, i);
+        if (cessna_ep_send(a->ep, msg, (size_t)len) < 0)
+            a->failed = 1;
+    }
+    return NULL;
+}
+
+/* A slow reader: requests go out from another thread while this one reads nothing for
+ * 1.5 s; then every answer must come, in order. */
+static int slow_reader(struct run *run, int index, struct cessna_ep *ep)
+{
+    struct slow_send a = { ep, index, 0 };
+    uint64_t prng = cessna_ep_session_id(ep), want[SLOW_BYTES / 8];
+    pthread_t t;
+
+    cessna_ep_set_nonblocking(ep, 1);
+    pthread_create(&t, NULL, slow_sender, &a);
+    usleep(1500000);
+    for (int i = 0; i < SLOW_MSGS; i++) {
+        const void *m;
+        long n = recv_within(ep, &m);
+        if (n != SLOW_BYTES) {
+            snprintf(run->why[index], 256, "answer %d: %ld %s", i, n, cessna_ep_error(ep));
+            a.failed = 1;
+            break;
+        }
+        for (int k = 0; k < SLOW_BYTES / 8; k++)
+            want[k] = prng_next(&prng);
+        if (memcmp(m, want, SLOW_BYTES) != 0) {
+            snprintf(run->why[index], 256, "answer %d is not the PRNG's next %d bytes", i,
+                     SLOW_BYTES);
+            a.failed = 1;
+            break;
+        }
+        char mark[32];
+        keep(&run->client[index], mark, (size_t)snprintf(mark, sizeof(mark), "BIG %d ok\n", i));
+    }
+    pthread_join(t, NULL);
+    cessna_ep_set_nonblocking(ep, 0);
+    return a.failed ? -1 : 0;
+}
+
 static void *client_session(void *p)
 {
     struct cli_arg *a = p;
     struct run *run = a->run;
-    char err[256], msg[128];
-    const void *got;
+    char err[256];
     struct cessna_ep *ep = cessna_ep_connect(run->edge->sup.addr, err, sizeof(err));
+    int rc;
 
     if (!ep) {
         run->failed[a->index] = 1;
         snprintf(run->why[a->index], 256, "connect: %s", err);
         goto out;
     }
-    for (int i = 0; i < ROUNDS; i++) {
-        int len = snprintf(msg, sizeof(msg), "client %d message %d %.*s", a->index, i,
-                           (i * 7) % 60, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
-        long n;
-        if (cessna_ep_send(ep, msg, (size_t)len) < 0 || (n = cessna_ep_recv(ep, &got)) < 0) {
-            run->failed[a->index] = 1;
-            snprintf(run->why[a->index], 256, "round %d: %s", i, cessna_ep_error(ep));
-            goto out;
-        }
-        keep(&run->client[a->index], got, (size_t)n);
+    if (a->index % SLOW_EVERY == SLOW_EVERY - 1) {
+        /* the first message names the session for the server side */
+        char hello[64];
+        const void *got;
+        int len = snprintf(hello, sizeof(hello), "client %d slow", a->index);
+        rc = cessna_ep_send(ep, hello, (size_t)len) < 0 || cessna_ep_recv(ep, &got) < 0 ? -1 :
+             slow_reader(run, a->index, ep);
+    } else {
+        cessna_ep_set_nonblocking(ep, 1);
+        rc = lockstep(run, a->index, ep);
+        cessna_ep_set_nonblocking(ep, 0);
+    }
+    if (rc < 0) {
+        run->failed[a->index] = 1;
+        goto out;
     }
     if (cessna_ep_close(ep, 10000) < 0) {
         run->failed[a->index] = 1;
@@ -220,8 +389,13 @@ static void compare_runs(const char *extra)
         cr_assert(!faulty.failed[i], "run with kills, session %d: %s", i, faulty.why[i]);
         cr_assert(clean.client[i].len > 0 && clean.server[i].len > 0);
         cr_assert_eq(faulty.client[i].len, clean.client[i].len, "session %d: client bytes", i);
-        cr_assert(memcmp(faulty.client[i].buf, clean.client[i].buf, clean.client[i].len) == 0,
-                  "session %d: the client received other bytes than without kills", i);
+        size_t at = 0;
+        while (at < clean.client[i].len && faulty.client[i].buf[at] == clean.client[i].buf[at])
+            at++;
+        cr_assert(at == clean.client[i].len, "session %d: the client received other bytes than "
+                  "without kills, from byte %zu: clean \"%.60s\" faulty \"%.60s\"", i, at,
+                  clean.client[i].buf + (at > 20 ? at - 20 : 0),
+                  faulty.client[i].buf + (at > 20 ? at - 20 : 0));
         cr_assert_eq(faulty.server[i].len, clean.server[i].len, "session %d: server bytes", i);
         cr_assert(memcmp(faulty.server[i].buf, clean.server[i].buf, clean.server[i].len) == 0,
                   "session %d: the server received other bytes than without kills", i);
