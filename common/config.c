@@ -47,6 +47,7 @@ static const struct key keys[] = {
     { "max_message_bytes", K_U32, offsetof(struct config, max_message_bytes), 0, 1, 64u << 20, 0 },
     { "busy_poll", K_BUSY_POLL, offsetof(struct config, busy_poll), 0, 0, 0, 0 },
     { "snapshot_timeout_ms", K_U64, offsetof(struct config, snapshot_timeout_ms), 0, 100, 3600000, 0 },
+    { "max_event_ms", K_U64, offsetof(struct config, max_event_ms), 0, 0, 86400000, 0 },
     { "max_held_bytes", K_U64, offsetof(struct config, max_held_bytes), 0, 0, 1ull << 40, 0 },
     { "hello_timeout_ms", K_U32, offsetof(struct config, hello_timeout_ms), 0, 0, 3600000, 0 },
     { "connect_timeout_ms", K_U32, offsetof(struct config, connect_timeout_ms), 0, 0, 3600000, 0 },
@@ -66,6 +67,7 @@ void config_defaults(struct config *c)
     c->busy_poll = 1;
     c->snapshot_timeout_ms = 10000;
     c->max_held_bytes = 64ull << 20;
+    c->max_event_ms = 5000;
     c->hello_timeout_ms = 5000;
     c->connect_timeout_ms = 5000;
     c->idle_timeout_ms = 0;

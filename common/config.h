@@ -21,6 +21,7 @@ struct config {
     uint32_t max_message_bytes;    /* default 1 MiB, at most 64 MiB */
     int      busy_poll;            /* 1 = auto (poll briefly when cores are spare), 0 = off */
     uint64_t snapshot_timeout_ms;  /* a snapshot not reported by then failed (default 10000) */
+    uint64_t max_event_ms;         /* an event running longer fails (default 5000, 0 = off) */
     uint64_t max_held_bytes;       /* held events per session: a snapshot is forced at half,
                                     * input stops at the limit (default 64 MiB, 0 = none) */
     uint32_t hello_timeout_ms;     /* a connection without HELLO is closed (default 5000, 0 = off) */

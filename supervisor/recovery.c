@@ -287,15 +287,61 @@ static int held_too_much(const struct session *s)
     return S.cfg.max_held_bytes && evstore_bytes(&s->ev) > S.cfg.max_held_bytes / 2;
 }
 
-/* Periodic snapshots of the sessions that moved since their last one, and the watchdog of
- * requests in flight. */
+/* The event watchdog: a worker that spends more than max_event_ms on one event (not
+ * waiting for its outputs to be taken) is killed; recovery replays the event, and a second
+ * time at the same event is a crash loop (recovery_start). */
+static void watchdog(struct session *s, uint64_t now)
+{
+    if (!S.cfg.max_event_ms || s->pid <= 0 || s->worker_reaped || s->pidfd < 0 ||
+        (s->state != S_LIVE && s->state != S_CLOSING))
+        return;
+    uint64_t c = atomic_load(&s->ctl->consumed);
+    if (c != s->wd_pos || s->out_stalled || c + 1 >= s->next_pos || s->wd_killed) {
+        s->wd_pos = c;
+        s->wd_since_ms = now;
+        return;
+    }
+    if (now - s->wd_since_ms < S.cfg.max_event_ms)
+        return;
+    LOG(LOG_WARN, "session=%llu msg=\"watchdog: event running too long\" event=%llu "
+        "max_event_ms=%llu worker=%d", ull(s->id), ull(c + 1), ull(S.cfg.max_event_ms),
+        (int)s->pid);
+    s->wd_killed = 1;
+    signal_pidfd(s->pidfd, SIGKILL);
+}
+
+static uint64_t oom_seen;   /* oom_kills() at the last worker death (or at start) */
+
+/* The kernel's count of OOM kills (all cgroups): a worker's SIGKILL while it moved was
+ * the OOM killer's, not an operator's. */
+static uint64_t oom_kills(void)
+{
+    char line[128];
+    uint64_t n = 0;
+    FILE *f = fopen("/proc/vmstat", "re");
+
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "oom_kill %llu", (unsigned long long *)&n) == 1)
+            break;
+    fclose(f);
+    return n;
+}
+
+/* Periodic snapshots of the sessions that moved since their last one, the watchdog of
+ * requests in flight, and the event watchdog. */
 void recovery_on_tick(void)
 {
+    static int started;
     uint64_t now = sess_now_ms();
     char msg[128];
 
+    if (!started++)
+        oom_seen = oom_kills();   /* OOM kills from before we ran are not ours */
     for (uint32_t i = 0; i < S.cfg.max_sessions; i++) {
         struct session *s = &S.sessions[i];
+        watchdog(s, now);
         if (s->state != S_LIVE)
             continue;
         if (s->snap_inflight) {
@@ -617,7 +663,23 @@ static int promote_standby(struct session *s, char *err, size_t errlen)
  * session fails instead of looping, and its snapshots stay in state_dir. */
 void recovery_start(struct session *s, const char *how, int own_fault)
 {
-    uint64_t consumed = atomic_load(&s->ctl->consumed);
+    uint64_t consumed = atomic_load(&s->ctl->consumed), oom = oom_kills();
+    char why[160];
+
+    /* A SIGKILL is from outside (an operator, a test), unless the watchdog or the OOM
+     * killer sent it: those are the app's own doing, and count toward a crash loop. */
+    if (s->wd_killed) {
+        snprintf(why, sizeof(why), "killed by the watchdog: the event ran longer than "
+                 "max_event_ms=%llu", ull(S.cfg.max_event_ms));
+        how = why;
+        own_fault = 1;
+    } else if (!own_fault && oom != oom_seen) {
+        snprintf(why, sizeof(why), "%s, by the OOM killer", how);
+        how = why;
+        own_fault = 1;
+    }
+    oom_seen = oom;
+    s->wd_killed = 0;
     int busy = own_fault && consumed + 1 < s->next_pos;   /* crashed on a waiting event */
     pid_t old = s->pid;
     const char *mode = "fresh";

@@ -131,6 +131,8 @@ struct session {
     int promoted_fd;                    /* a promoted standby's watch: its worker watch reaps */
     uint64_t snapshots, snap_bytes, snap_write_ns, snap_fork_ns, snap_failures;
     uint64_t died_ns;                   /* when the last worker death was noticed */
+    uint64_t wd_pos, wd_since_ms;       /* watchdog: the worker's position, and since when */
+    unsigned wd_killed : 1;             /* the watchdog killed the worker */
 
     /* the ordering log files (olog.c) */
     int log_fd;

@@ -1,0 +1,178 @@
+/* it_watchdog.c - an app that never returns from an event, or that eats memory until the
+ * OOM killer comes, fails its own session with an error naming the cause (after one replay
+ * hits the same wall), never hangs it for ever and never replays it for ever; a victim
+ * session on the same node keeps echoing exact meanwhile. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cessna_endpoint.h"
+#include "t_helpers.h"
+
+static long ms_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct cessna_ep *connect_ep(const struct t_edge *e)
+{
+    char err[256];
+    struct cessna_ep *ep = cessna_ep_connect(e->sup.addr, err, sizeof(err));
+
+    if (!ep)
+        cr_assert_fail("cessna_ep_connect %s: %s", e->sup.addr, err);
+    return ep;
+}
+
+/* The victim: echoes in a loop until told to stop; any loss or change fails the test. */
+struct victim {
+    struct cessna_ep *ep;
+    volatile int stop;
+    int trips, bad;
+    long worst_ms;
+};
+
+static void *victim_loop(void *p)
+{
+    struct victim *v = p;
+    char msg[64];
+
+    while (!v->stop) {
+        int len = snprintf(msg, sizeof(msg), "victim %d", v->trips);
+        const void *got;
+        long t0 = ms_now();
+        if (cessna_ep_send(v->ep, msg, (size_t)len) < 0 ||
+            cessna_ep_recv(v->ep, &got) != len || memcmp(got, msg, (size_t)len) != 0) {
+            v->bad++;
+            return NULL;
+        }
+        if (ms_now() - t0 > v->worst_ms)
+            v->worst_ms = ms_now() - t0;
+        v->trips++;
+        usleep(2000);
+    }
+    return NULL;
+}
+
+/* The hostile session sends cmd; it must end with ERROR naming `cause` within timeout_ms. */
+static void expect_failed_with(struct cessna_ep *ep, const char *cmd, const char *cause,
+                               int timeout_ms)
+{
+    const void *got;
+    long n;
+
+    cr_assert_eq(cessna_ep_send(ep, cmd, strlen(cmd)), 0);
+    cessna_ep_set_nonblocking(ep, 1);
+    long deadline = ms_now() + timeout_ms;
+    while ((n = cessna_ep_recv(ep, &got)) == -EAGAIN) {
+        cr_assert(ms_now() < deadline, "no ERROR within %d ms after %s", timeout_ms, cmd);
+        struct pollfd pfd = { .fd = cessna_ep_fd(ep), .events = POLLIN };
+        poll(&pfd, 1, 50);
+    }
+    cr_assert_eq(n, -ECONNABORTED, "recv after %s: %ld %s", cmd, n, cessna_ep_error(ep));
+    cr_assert(strstr(cessna_ep_error(ep), cause), "error \"%s\" names %s", cessna_ep_error(ep),
+              cause);
+}
+
+Test(watchdog, endless_event_fails_its_session_only, .timeout = 60)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct victim v = { 0 };
+    pthread_t t;
+    char out[2048];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_test_app("hog"), srv.addr, "max_event_ms = 300\nsnapshot_interval_ms = 50\n");
+    v.ep = connect_ep(&e);
+    pthread_create(&t, NULL, victim_loop, &v);
+    struct cessna_ep *bad = connect_ep(&e);
+    long t0 = ms_now();
+    expect_failed_with(bad, "SPIN", "max_event_ms=300", 10000);
+    long took = ms_now() - t0;
+    v.stop = 1;
+    pthread_join(t, NULL);
+    cr_assert_eq(v.bad, 0, "the victim lost an echo");
+    cr_assert_gt(v.trips, 50);
+    cr_assert(strstr(cessna_ep_error(bad), "again at event"), "a crash loop after one replay: %s",
+              cessna_ep_error(bad));
+    cr_log_info("failed after %ld ms; victim: %d trips, worst %ld ms", took, v.trips, v.worst_ms);
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_assert_eq(t_field(out, "sessions_failed"), 1, "%s", out);
+    cessna_ep_free(bad);
+    cessna_ep_close(v.ep, 5000);
+    cessna_ep_free(v.ep);
+    t_edge_stop(&e);
+}
+
+/* A memory cgroup (v1 or v2) around the node, so that the OOM killer comes for the hog. */
+static int cgroup_limit(char *dir, size_t len, const pid_t *pids, int n, long bytes)
+{
+    const char *v1 = "/sys/fs/cgroup/memory", *v2 = "/sys/fs/cgroup";
+    char path[600];
+    FILE *f;
+    int is_v1 = access("/sys/fs/cgroup/memory/memory.limit_in_bytes", F_OK) == 0;
+
+    snprintf(dir, len, "%s/cessna-test-%d", is_v1 ? v1 : v2, (int)getpid());
+    if (mkdir(dir, 0755) == -1 && errno != EEXIST)
+        return -1;
+    snprintf(path, sizeof(path), "%s/%s", dir, is_v1 ? "memory.limit_in_bytes" : "memory.max");
+    if (!(f = fopen(path, "w")) || fprintf(f, "%ld\n", bytes) < 0 || fclose(f) != 0)
+        return -1;
+    if (is_v1) {   /* no swap to escape to */
+        snprintf(path, sizeof(path), "%s/memory.memsw.limit_in_bytes", dir);
+        if ((f = fopen(path, "w"))) {
+            fprintf(f, "%ld\n", bytes);
+            fclose(f);
+        }
+    }
+    snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+    for (int i = 0; i < n; i++) {
+        if (!(f = fopen(path, "w")) || fprintf(f, "%d\n", (int)pids[i]) < 0 || fclose(f) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+Test(watchdog, oom_kill_at_the_same_event_twice_is_a_crash_loop, .timeout = 120)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct victim v = { 0 };
+    pthread_t t;
+    char out[2048], dir[512];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_test_app("hog"), srv.addr,
+                 "snapshot_interval_ms = 50\n");
+    t_ctl(&e, "stats", out, sizeof(out));
+    pid_t pids[2] = { e.sup.pid, (pid_t)t_field(out, "zygote_pid") };
+    if (cgroup_limit(dir, sizeof(dir), pids, 2, 300l << 20) < 0) {
+        t_edge_stop(&e);
+        cr_skip_test("no writable memory cgroup here (%s): %s", dir, strerror(errno));
+    }
+    v.ep = connect_ep(&e);
+    pthread_create(&t, NULL, victim_loop, &v);
+    struct cessna_ep *bad = connect_ep(&e);
+    expect_failed_with(bad, "HOG 2000", "OOM killer", 60000);
+    v.stop = 1;
+    pthread_join(t, NULL);
+    cr_assert_eq(v.bad, 0, "the victim lost an echo");
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_assert_leq(t_field(out, "recoveries"), 1, "replayed once, not for ever: %s", out);
+    cessna_ep_free(bad);
+    cessna_ep_close(v.ep, 5000);
+    cessna_ep_free(v.ep);
+    t_edge_stop(&e);
+    rmdir(dir);
+}
