@@ -107,7 +107,7 @@ static size_t list_sessions(char *out, size_t cap)
             "id=%llu worker=%d state=%s events=%llu ordered=%llu to_client=%llu to_server=%llu "
             "recoveries=%u standby=%s snapshot=%s snapshots=%llu snapshot_bytes=%llu "
             "fork_us=%llu write_us=%llu held_events=%llu held_bytes=%llu snapshot_failures=%llu "
-            "timers=%u%s\n",
+            "timers=%u order_held=%llu%s\n",
             (unsigned long long)s->id, s->worker_reaped ? 0 : (int)s->pid, state_names[s->state],
             (unsigned long long)events, (unsigned long long)(s->next_pos - 1),
             (unsigned long long)s->outputs[0], (unsigned long long)s->outputs[1], s->recoveries,
@@ -115,7 +115,8 @@ static size_t list_sessions(char *out, size_t cap)
             (unsigned long long)s->snap_bytes, (unsigned long long)(s->snap_fork_ns / 1000),
             (unsigned long long)(s->snap_write_ns / 1000), (unsigned long long)s->ev.count,
             (unsigned long long)evstore_bytes(&s->ev), (unsigned long long)s->snap_failures,
-            timers_armed(s), recovery_timing(s, timing, sizeof(timing)));
+            timers_armed(s), (unsigned long long)(s->next_pos - s->order_base),
+            recovery_timing(s, timing, sizeof(timing)));
     }
     return n;
 }

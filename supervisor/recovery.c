@@ -296,7 +296,8 @@ static void watchdog(struct session *s, uint64_t now)
         (s->state != S_LIVE && s->state != S_CLOSING))
         return;
     uint64_t c = atomic_load(&s->ctl->consumed);
-    if (c != s->wd_pos || s->out_stalled || c + 1 >= s->next_pos || s->wd_killed) {
+    if (!s->wd_since_ms || c != s->wd_pos || s->out_stalled || c + 1 >= s->next_pos ||
+        s->wd_killed) {
         s->wd_pos = c;
         s->wd_since_ms = now;
         return;
@@ -312,21 +313,55 @@ static void watchdog(struct session *s, uint64_t now)
 
 static uint64_t oom_seen;   /* oom_kills() at the last worker death (or at start) */
 
-/* The kernel's count of OOM kills (all cgroups): a worker's SIGKILL while it moved was
- * the OOM killer's, not an operator's. */
-static uint64_t oom_kills(void)
+/* The value of "key N" in a small text file, or -1. */
+static long long read_counter(const char *path, const char *key)
 {
-    char line[128];
-    uint64_t n = 0;
-    FILE *f = fopen("/proc/vmstat", "re");
+    char line[256];
+    size_t klen = strlen(key);
+    long long n = -1;
+    FILE *f = fopen(path, "re");
 
     if (!f)
-        return 0;
+        return -1;
     while (fgets(line, sizeof(line), f))
-        if (sscanf(line, "oom_kill %llu", (unsigned long long *)&n) == 1)
+        if (strncmp(line, key, klen) == 0 && line[klen] == ' ') {
+            n = atoll(line + klen + 1);
             break;
+        }
     fclose(f);
     return n;
+}
+
+/* How many of the node's processes the OOM killer took: the count of our memory cgroup
+ * (v1 memory.oom_control or v2 memory.events, read anew each time: an operator may move
+ * us), else the kernel's count for the whole machine. A worker's SIGKILL while this moved
+ * was the OOM killer's, not an operator's. */
+static uint64_t oom_kills(void)
+{
+    char line[512], path[PATH_MAX];
+    long long n = -1;
+    FILE *f = fopen("/proc/self/cgroup", "re");
+
+    while (f && n < 0 && fgets(line, sizeof(line), f)) {
+        char *nl = strchr(line, '\n'), *ctl = strchr(line, ':'), *cg;
+        if (nl)
+            *nl = 0;
+        if (!ctl || !(cg = strchr(ctl + 1, ':')))
+            continue;
+        *cg++ = 0;
+        if (strcmp(ctl + 1, "memory") == 0) {
+            snprintf(path, sizeof(path), "/sys/fs/cgroup/memory%s/memory.oom_control", cg);
+            n = read_counter(path, "oom_kill");
+        } else if (ctl[1] == 0 && line[0] == '0') {
+            snprintf(path, sizeof(path), "/sys/fs/cgroup%s/memory.events", cg);
+            n = read_counter(path, "oom_kill");
+        }
+    }
+    if (f)
+        fclose(f);
+    if (n < 0)
+        n = read_counter("/proc/vmstat", "oom_kill");
+    return n < 0 ? 0 : (uint64_t)n;
 }
 
 /* Periodic snapshots of the sessions that moved since their last one, the watchdog of
@@ -392,6 +427,7 @@ static void make_durable(struct session *s, const struct snap_pending *p)
         s->standby_pid = p->standby_pid;
         s->standby_wake_fd = p->wake_fd;
     }
+    sess_order_durable(s, p->pos);
     sess_send_all(s, frame, wire_put_u64(frame, WIRE_SNAP_DURABLE, p->pos));
     sess_resume_input(s);
     LOG(LOG_DEBUG, "session=%llu msg=\"snapshot durable\" position=%llu bytes=%llu "
@@ -680,6 +716,7 @@ void recovery_start(struct session *s, const char *how, int own_fault)
     }
     oom_seen = oom;
     s->wd_killed = 0;
+    s->wd_since_ms = 0;   /* the new worker's clock starts when the watchdog next looks */
     int busy = own_fault && consumed + 1 < s->next_pos;   /* crashed on a waiting event */
     pid_t old = s->pid;
     const char *mode = "fresh";

@@ -104,11 +104,20 @@ static int order_append(struct session *s, const struct order_entry *e)
     return 0;
 }
 
+/* An endpoint that can still be sent its order (a gone one holds back nothing). */
+static int order_reachable(const struct conn *c)
+{
+    return c->fd >= 0 && c->up && !c->dead && !c->draining;
+}
+
 /* Drop the entries that both endpoints already hold. */
 static void order_trim(struct session *s)
 {
-    uint64_t upto = s->c[0].order_sent < s->c[1].order_sent ? s->c[0].order_sent
-                                                             : s->c[1].order_sent;
+    uint64_t have[2];
+
+    for (int i = 0; i < 2; i++)
+        have[i] = order_reachable(&s->c[i]) ? s->c[i].order_sent : s->next_pos - 1;
+    uint64_t upto = have[0] < have[1] ? have[0] : have[1];
     uint64_t drop = upto >= s->order_base ? upto - s->order_base + 1 : 0;
     uint64_t held = s->next_pos - s->order_base;
 
@@ -161,6 +170,28 @@ static void order_delta(struct session *s, struct conn *c, uint64_t pos,
     *p = s->order + from;
     *len = (uint32_t)(order_end_of(s, pos) - from);
     c->order_sent = pos;
+}
+
+/* A snapshot at p is durable: an endpoint that has had no output since gets the order up
+ * to p in ORDER frames, so that both hold it and the supervisor can let it go. */
+void sess_order_durable(struct session *s, uint64_t p)
+{
+    for (int i = 0; i < 2; i++) {
+        struct conn *c = &s->c[i];
+        const uint8_t *rest;
+        uint32_t len;
+        uint8_t hdr[WIRE_HDR_LEN];
+
+        if (!order_reachable(c) || c->order_sent >= p || p >= s->next_pos)
+            continue;
+        order_delta(s, c, p, &rest, &len);
+        if (len) {
+            wire_put_hdr(hdr, WIRE_ORDER, len);
+            conn_queue(c, hdr, sizeof(hdr), rest, len);
+        }
+        sup_flush(s, c);
+    }
+    order_trim(s);
 }
 
 /* Hand stored events to the worker while its input ring has room. */

@@ -239,6 +239,8 @@ void sess_watch_worker(struct session *s, pid_t pid, int pidfd);
 /* A worker from the zygote: fresh (restore_pos 0) or from the snapshot at restore_pos. */
 int  sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t errlen);
 void sess_feed(struct session *s);
+/* A durable snapshot at p: both endpoints get the order up to p; it is trimmed. */
+void sess_order_durable(struct session *s, uint64_t p);
 /* Input that waited (worker ring full, held events at their limit) goes on. */
 void sess_resume_input(struct session *s);
 void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
