@@ -111,11 +111,21 @@ $(BUILD)/tests/cessna-tests: $(call obj,$(UNIT_SRC) $(IT_SRC) $(THELP_SRC) worke
 		supervisor/evstore.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(TEST_WRAP) -lcriterion $(LDLIBS) -lz -lpthread)
 
+# The long runs (`make soak`): not part of `make test`.
+$(BUILD)/tests/cessna-soak: $(call obj,$(wildcard tests/soak/*.c) $(THELP_SRC)) \
+		$(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
+	$(call link,-lcriterion $(LDLIBS) -lz -lpthread)
+
 # `make test` and `make demo` first install what is missing (Debian, as root), then build.
 TEST_JOBS ?= 2
 test: deps
 	$(MAKE) all
 	$(BUILD)/tests/cessna-tests --jobs $(TEST_JOBS) $(TEST_ARGS)
+
+# Kill storms for CESSNA_SOAK_SECONDS each (default 300) and 10,000 sessions under kills.
+soak: deps
+	$(MAKE) all $(BUILD)/tests/cessna-soak
+	$(BUILD)/tests/cessna-soak --jobs 1 --verbose $(TEST_ARGS)
 
 # Same tests, sanitizer build, separate build dir.
 test-sanitize:
@@ -132,5 +142,5 @@ deps:
 clean:
 	rm -rf build build-san
 
-.PHONY: all test test-sanitize demo deps clean FORCE
+.PHONY: all test test-sanitize soak demo deps clean FORCE
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -208,45 +208,6 @@ Test(noloss, stray_sigcont_does_not_wake_the_standby, .timeout = 60)
     t_edge_stop(&e);
 }
 
-/* Children of pid whose state is Z. */
-static int zombies_of(pid_t parent, pid_t *other, int nother, pid_t *live, int *nlive)
-{
-    DIR *d = opendir("/proc");
-    struct dirent *de;
-    int z = 0;
-
-    *nlive = 0;
-    while ((de = readdir(d))) {
-        char path[300], buf[512];
-        pid_t pid = atoi(de->d_name);
-        if (pid <= 0)
-            continue;
-        snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-        FILE *f = fopen(path, "r");
-        if (!f)
-            continue;
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        char *rp = strrchr(buf, ')');
-        char state;
-        int ppid;
-        if (!rp || sscanf(rp + 2, "%c %d", &state, &ppid) != 2 || ppid != parent)
-            continue;
-        if (state == 'Z') {
-            z++;
-            continue;
-        }
-        int known = 0;
-        for (int i = 0; i < nother; i++)
-            known |= other[i] == pid;
-        if (!known && *nlive < 64)
-            live[(*nlive)++] = pid;
-    }
-    closedir(d);
-    return z;
-}
-
 /* A snapshot child killed while it writes: the failure is counted, the child reaped, and
  * the session snapshots again. */
 Test(noloss, snapshot_child_killed_midwrite_is_reaped_and_retried, .timeout = 60)
@@ -272,7 +233,7 @@ Test(noloss, snapshot_child_killed_midwrite_is_reaped_and_retried, .timeout = 60
     int nlive = 0;
     long deadline = ms_now() + 5000;
     while (nlive == 0 && ms_now() < deadline)
-        zombies_of(e.sup.pid, known, 2, live, &nlive);
+        t_children(e.sup.pid, known, 2, live, 64, &nlive);
     cr_assert_gt(nlive, 0, "no snapshot child seen");
     for (int i = 0; i < nlive; i++)
         kill(live[i], SIGKILL);
@@ -284,7 +245,7 @@ Test(noloss, snapshot_child_killed_midwrite_is_reaped_and_retried, .timeout = 60
     ctl_ok(&e, "snapshot %llu", id);
     wait_field_at_least(&e, id, "snapshots", 1, 20000);
     sleep_ms(200);
-    cr_assert_eq(zombies_of(e.sup.pid, known, 2, live, &nlive), 0, "zombie children left");
+    cr_assert_eq(t_children(e.sup.pid, known, 2, live, 64, &nlive), 0, "zombie children left");
     cessna_ep_close(ep, 5000);
     cessna_ep_free(ep);
     t_edge_stop(&e);
@@ -418,7 +379,7 @@ Test(noloss, no_zombies_after_a_thousand_short_sessions, .timeout = 180)
     cr_assert_gt(t_field(out, "snapshots"), 100, "%s", out);
     pid_t known[1] = { (pid_t)t_field(out, "zygote_pid") }, live[64];
     int nlive;
-    cr_assert_eq(zombies_of(e.sup.pid, known, 1, live, &nlive), 0, "zombie children");
+    cr_assert_eq(t_children(e.sup.pid, known, 1, live, 64, &nlive), 0, "zombie children");
     char states[512] = "";
     for (int i = 0; i < nlive && i < 8; i++) {
         char path[64], line[256];

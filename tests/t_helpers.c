@@ -1,5 +1,6 @@
 /* t_helpers.c - see t_helpers.h. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -404,4 +405,42 @@ void t_fill(void *buf, size_t len, uint64_t seed)
         x ^= x << 17;
         p[i] = (uint8_t)x;
     }
+}
+
+int t_children(pid_t parent, const pid_t *skip, int nskip, pid_t *live, int max, int *nlive)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *de;
+    int zombies = 0;
+
+    *nlive = 0;
+    if (!d)
+        cr_assert_fail("opendir /proc: %s", strerror(errno));
+    while ((de = readdir(d))) {
+        char path[300], buf[512], state;
+        pid_t pid = atoi(de->d_name);
+        int ppid, known = 0;
+        if (pid <= 0)
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        char *rp = strrchr(buf, ')');
+        if (!rp || sscanf(rp + 2, "%c %d", &state, &ppid) != 2 || ppid != parent)
+            continue;
+        if (state == 'Z') {
+            zombies++;
+            continue;
+        }
+        for (int i = 0; i < nskip; i++)
+            known |= skip[i] == pid;
+        if (!known && *nlive < max)
+            live[(*nlive)++] = pid;
+    }
+    closedir(d);
+    return zombies;
 }

@@ -79,6 +79,10 @@ void t_expect_eof_at(int fd, int timeout_ms, const char *what, const char *file,
 #define t_expect_eof(fd, timeout_ms, what) \
     t_expect_eof_at((fd), (timeout_ms), (what), __FILE__, __LINE__)
 
+/* Children of parent: returns how many are zombies; the others that are not in skip[]
+ * go to live[] (up to max, *nlive set). */
+int t_children(pid_t parent, const pid_t *skip, int nskip, pid_t *live, int max, int *nlive);
+
 /* Deterministic pseudo-random bytes. */
 void t_fill(void *buf, size_t len, uint64_t seed);
 
