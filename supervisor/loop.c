@@ -191,6 +191,7 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_ZYGOTE_RESTART: return zygote_on_restart_timer();
     case OP_ZYGOTE_READY:   return zygote_on_ready(cqe->res);
     case OP_IGNORE:     return;
+    case OP_ZYGOTE_REPLY: return zygote_on_reply(cqe->res);
     }
     if (slot >= S.cfg.max_sessions)
         return;

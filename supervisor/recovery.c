@@ -399,6 +399,7 @@ void recovery_on_tick(void)
         recovery_request_snapshot(s, msg, sizeof(msg));
     }
     recovery_reap_strays();
+    zygote_check_spawns();
     recovery_tick_arm();
 }
 

@@ -406,16 +406,35 @@ void sess_watch_worker(struct session *s, pid_t pid, int pidfd)
     update_spin_policy();
 }
 
+/* Ask the zygote for a worker (fresh, or restoring the snapshot at restore_pos). The
+ * events wait in the store until it is there (sess_worker_spawned). */
 int sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t errlen)
 {
     if (sess_reset_worker(s, restore_pos, err, errlen) < 0)
         return -ENOENT;
     s->pid = 0;
+    s->pidfd = -1;
     if (zygote_spawn(s, s->memfd, restore_pos, err, errlen) < 0)
         return -EINVAL;
-    sess_watch_worker(s, s->pid, s->pidfd);
-    sess_feed(s);
     return 0;
+}
+
+void sess_worker_spawned(struct session *s, pid_t pid, int pidfd)
+{
+    s->spawning = 0;
+    sess_watch_worker(s, pid, pidfd);
+    if (s->state == S_DEAD) {   /* the session ended while it was being made */
+        syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+        return;
+    }
+    sess_feed(s);
+}
+
+void sess_spawn_failed(struct session *s, const char *why)
+{
+    s->spawning = 0;
+    sess_fail(s, WIRE_ERR_UNAVAILABLE, "cannot start a worker: %s", why);
+    sess_maybe_free(s);
 }
 
 /* Shared memory and doorbells for a session that said HELLO, then its first worker. */
@@ -1089,7 +1108,7 @@ void sess_release_op(struct session *s)
 
 void sess_maybe_free(struct session *s)
 {
-    if (s->state != S_DEAD || s->inflight)
+    if (s->state != S_DEAD || s->inflight || s->spawning)
         return;
     for (int i = 0; i < 2; i++)
         if (s->c[i].fd >= 0)

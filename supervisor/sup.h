@@ -26,6 +26,7 @@ enum op {
     OP_CTL_RECV, OP_CTL_SEND,   /* control connections (control.c); slot = connection */
     OP_ZYGOTE_RESTART, OP_ZYGOTE_READY,   /* a zygote being restarted (zygote.c) */
     OP_IGNORE,         /* completions of cancels: nothing to do */
+    OP_ZYGOTE_REPLY,   /* the zygote answered spawn requests */
 };
 #define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
 #define UD_OP(ud)   ((int)((ud) >> 56))
@@ -103,6 +104,7 @@ struct session {
     uint64_t doorbell_val;
     unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, pidfd_armed : 1;
     unsigned out_stalled : 1, in_dirty : 1;
+    unsigned spawning : 1;      /* a worker was asked of the zygote; its reply is pending */
     unsigned failed : 1;    /* ended by sess_fail: its directory is kept for offline replay */
     struct tmo tmo;
 
@@ -234,6 +236,9 @@ void olog_end(struct session *s);
 /* session.c */
 /* Fresh rings and the held events rewound to `position`, for a worker about to take over. */
 int  sess_reset_worker(struct session *s, uint64_t position, char *err, size_t errlen);
+/* The zygote's answer to sess_spawn_worker(). */
+void sess_worker_spawned(struct session *s, pid_t pid, int pidfd);
+void sess_spawn_failed(struct session *s, const char *why);
 /* Watch a (new) worker process: its pidfd and its doorbell. */
 void sess_watch_worker(struct session *s, pid_t pid, int pidfd);
 /* A worker from the zygote: fresh (restore_pos 0) or from the snapshot at restore_pos. */
@@ -265,7 +270,11 @@ int  sess_kill_worker(uint64_t id, char *msg, size_t len);
 /* zygote.c */
 int zygote_start(const char *app, const char *cache_dir, const char *state_dir, char *err,
                  size_t errlen);
+/* Ask for a worker; the reply comes as a completion: sess_worker_spawned() or
+ * sess_spawn_failed(). 0, or -errno with a reason in err. */
 int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, size_t errlen);
+void zygote_on_reply(int res);
+void zygote_check_spawns(void);
 void zygote_watch(void);                 /* arm the watch of the zygote's death */
 void zygote_on_death(void);              /* it died: restart it, with backoff */
 void zygote_on_restart_timer(void);

@@ -1,12 +1,15 @@
 /* zygote.c - start the app's zygote and ask it for session workers (DESIGN.md section 6). */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/personality.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +33,23 @@ static struct {
     uint64_t backoff_ms;
     struct __kernel_timespec ts, ready_ts;
 } Z = { .sock = -1, .pidfd = -1 };
+
+/* Spawn requests waiting for the zygote's reply, oldest first: the zygote answers in the
+ * order it was asked, so the head is the one the next reply is for. The loop never waits
+ * for the zygote: the reply arrives as a completion. */
+struct pending_spawn {
+    uint32_t slot;
+    uint64_t session_id, gen, sent_ms;
+};
+
+static struct {
+    struct pending_spawn *q;
+    uint32_t head, count, cap;
+    int armed;
+} P;
+
+static void fail_pending(const char *why);
+
 
 /* Fork and exec a zygote; it reports ready on *sock. */
 static int launch(int *sock, pid_t *pidp, int *pidfdp, char *err, size_t errlen)
@@ -116,6 +136,7 @@ static void discard(int sock, pid_t pid, int pidfd, int wait)
 
 static void adopt(int sock, pid_t pid, int pidfd)
 {
+    fcntl(sock, F_SETFL, fcntl(sock, F_GETFL) | O_NONBLOCK);   /* replies come as completions */
     S.zygote_sock = sock;
     S.zygote_pid = pid;
     S.zygote_pidfd = pidfd;
@@ -197,6 +218,8 @@ void zygote_on_death(void)
     if (S.zygote_sock >= 0)
         close(S.zygote_sock);
     S.zygote_sock = S.zygote_pidfd = -1;
+    P.armed = 0;   /* its poll completes with the socket's close */
+    fail_pending("the zygote died before it answered");
     if (tmo_now_ms() - Z.ready_ms < ZYGOTE_STABLE_MS)
         next_backoff();
     else
@@ -271,13 +294,67 @@ void zygote_stop(void)
     }
 }
 
-/* Synchronous: the zygote answers within a fork's time. */
+static void arm_replies(void)
+{
+    if (P.armed || !P.count || S.zygote_sock < 0)
+        return;
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_poll_add(sqe, S.zygote_sock, POLLIN);
+    io_uring_sqe_set_data64(sqe, UD(OP_ZYGOTE_REPLY, 0, 0));
+    P.armed = 1;
+}
+
+static int queue_push(const struct session *s)
+{
+    if (P.count == P.cap) {
+        uint32_t cap = P.cap ? P.cap * 2 : 64;
+        struct pending_spawn *q = malloc(cap * sizeof(*q));
+        if (!q)
+            return -ENOMEM;
+        for (uint32_t i = 0; i < P.count; i++)
+            q[i] = P.q[(P.head + i) % P.cap];
+        free(P.q);
+        P.q = q;
+        P.cap = cap;
+        P.head = 0;
+    }
+    P.q[(P.head + P.count++) % P.cap] = (struct pending_spawn){
+        .slot = s->slot, .session_id = s->id, .gen = s->gen, .sent_ms = tmo_now_ms() };
+    return 0;
+}
+
+/* The session a pending spawn is for, if it still waits for it. */
+static struct session *queue_pop(void)
+{
+    struct pending_spawn e = P.q[P.head];
+    struct session *s;
+
+    P.head = (P.head + 1) % P.cap;
+    P.count--;
+    if (e.slot >= S.cfg.max_sessions)
+        return NULL;
+    s = &S.sessions[e.slot];
+    return s->state != S_FREE && s->id == e.session_id && s->gen == e.gen && s->spawning ? s
+                                                                                         : NULL;
+}
+
+/* Every pending spawn fails (the zygote died or stopped answering). */
+static void fail_pending(const char *why)
+{
+    while (P.count) {
+        struct session *s = queue_pop();
+        if (s)
+            sess_spawn_failed(s, why);
+    }
+}
+
+/* Ask the zygote for a worker; the reply comes later (zygote_on_reply). 0, or -errno with a
+ * reason. */
 int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, size_t errlen)
 {
     struct spawn_request req;
-    struct spawn_reply rep;
     int fds[4] = { memfd, s->doorbell_in, s->doorbell_out, s->report_worker_fd };
-    int pidfd = -1, nfds, rc;
+    int rc;
 
     if (S.zygote_sock < 0) {
         snprintf(err, errlen, "the zygote died and is being restarted; try again shortly");
@@ -289,29 +366,70 @@ int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, 
     req.session_id = s->id;
     req.max_message = S.cfg.max_message_bytes;
     req.restore_pos = restore_pos;
+    if (queue_push(s) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
     rc = spawn_send(S.zygote_sock, &req, sizeof(req), fds, 4);
-    if (rc == 0)
-        rc = spawn_recv(S.zygote_sock, &rep, sizeof(rep), &pidfd, 1, &nfds);
     if (rc < 0) {
-        snprintf(err, errlen, "zygote unreachable: %s", strerror(-rc));
-        if (rc == -EAGAIN || rc == -EWOULDBLOCK) {
-            /* It stopped answering: its late reply must not be taken for the next one. */
-            LOG(LOG_ERROR, "msg=\"the zygote did not answer; killing it\" pid=%d timeout_ms=%d",
-                (int)S.zygote_pid, ZYGOTE_ANSWER_TIMEOUT_MS);
-            close(S.zygote_sock);
-            S.zygote_sock = -1;
-            kill(S.zygote_pid, SIGKILL);   /* its death watch restarts it */
-        }
+        P.count--;   /* the entry just pushed */
+        snprintf(err, errlen, "zygote unreachable: %s", rc == -EAGAIN ?
+                 "too many spawns waiting" : strerror(-rc));
         return rc;
     }
-    if (rep.status != 0 || nfds != 1) {
-        snprintf(err, errlen, "zygote could not fork a worker: %s",
-                 strerror(rep.status ? -rep.status : EPROTO));
-        if (nfds == 1)
-            close(pidfd);
-        return rep.status ? rep.status : -EPROTO;
-    }
-    s->pid = rep.pid;
-    s->pidfd = pidfd;
+    s->spawning = 1;
+    arm_replies();
     return 0;
+}
+
+void zygote_on_reply(int res)
+{
+    P.armed = 0;
+    while (P.count && S.zygote_sock >= 0) {
+        struct spawn_reply rep;
+        int pidfd = -1, nfds = 0;
+        int rc = spawn_recv(S.zygote_sock, &rep, sizeof(rep), &pidfd, 1, &nfds);
+
+        if (rc == -EAGAIN || rc == -EWOULDBLOCK)
+            break;
+        struct session *s = queue_pop();
+        if (rc < 0 || rep.version != SPAWN_VERSION || rep.status != 0 || nfds != 1) {
+            char why[128];
+            snprintf(why, sizeof(why), "zygote could not fork a worker: %s",
+                     strerror(rc < 0 ? -rc : rep.status ? -rep.status : EPROTO));
+            if (nfds == 1)
+                close(pidfd);
+            if (s)
+                sess_spawn_failed(s, why);
+            if (rc < 0 && rc != -EPIPE)
+                break;   /* the socket is gone: the zygote's death watch takes it from here */
+            continue;
+        }
+        if (s) {
+            sess_worker_spawned(s, rep.pid, pidfd);
+        } else {
+            /* Its session ended meanwhile: the worker goes, and is reaped from the loop. */
+            syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+            struct io_uring_sqe *sqe = sup_sqe();
+            io_uring_prep_poll_add(sqe, pidfd, POLLIN);
+            io_uring_sqe_set_data64(sqe, UD(OP_REAP, 0, pidfd));
+        }
+    }
+    (void)res;
+    arm_replies();
+}
+
+/* From the periodic tick: a zygote that leaves the oldest request unanswered too long is
+ * killed (its death watch restarts it, and the waiting spawns fail). */
+void zygote_check_spawns(void)
+{
+    if (!P.count || S.zygote_sock < 0 ||
+        tmo_now_ms() - P.q[P.head].sent_ms < ZYGOTE_ANSWER_TIMEOUT_MS)
+        return;
+    LOG(LOG_ERROR, "msg=\"the zygote did not answer; killing it\" pid=%d timeout_ms=%d",
+        (int)S.zygote_pid, ZYGOTE_ANSWER_TIMEOUT_MS);
+    fail_pending("the zygote did not answer within 5 s");
+    close(S.zygote_sock);
+    S.zygote_sock = -1;
+    kill(S.zygote_pid, SIGKILL);   /* its death watch restarts it */
 }

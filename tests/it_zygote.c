@@ -1,0 +1,123 @@
+/* it_zygote.c - workers are asked of the zygote without waiting for it: a zygote that stops
+ * answering stalls no live session, the sessions waiting for it fail with an ERROR naming
+ * it, and it is replaced. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cessna_endpoint.h"
+#include "t_helpers.h"
+
+static long ms_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+struct echoer {
+    struct cessna_ep *ep;
+    volatile int stop;
+    long worst_ms;
+    int trips, bad;
+};
+
+static void *echo_loop(void *p)
+{
+    struct echoer *a = p;
+
+    while (!a->stop) {
+        const void *got;
+        long t0 = ms_now();
+        if (cessna_ep_send(a->ep, "ping", 4) < 0 || cessna_ep_recv(a->ep, &got) != 4) {
+            a->bad++;
+            return NULL;
+        }
+        if (ms_now() - t0 > a->worst_ms)
+            a->worst_ms = ms_now() - t0;
+        a->trips++;
+        usleep(5000);
+    }
+    return NULL;
+}
+
+struct opener { const struct t_edge *e; char err[256]; long rc; };
+
+/* A new session: WELCOME may come before its worker exists (events wait for it); its first
+ * message must end in an ERROR when the worker never comes. */
+static void *open_session(void *p)
+{
+    struct opener *o = p;
+    struct cessna_ep *ep = cessna_ep_connect(o->e->sup.addr, o->err, sizeof(o->err));
+    const void *got;
+
+    if (!ep) {
+        o->rc = -ECONNREFUSED;
+        return NULL;
+    }
+    if (cessna_ep_send(ep, "first", 5) == 0)
+        o->rc = cessna_ep_recv(ep, &got);
+    snprintf(o->err, sizeof(o->err), "%s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    return NULL;
+}
+
+Test(zygote, a_stopped_zygote_stalls_no_live_session, .timeout = 60)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct echoer a = { 0 };
+    struct opener o;
+    pthread_t te, to;
+    char err[256], out[2048];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
+    a.ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
+    cr_assert_not_null(a.ep, "%s", err);
+    t_ctl(&e, "stats", out, sizeof(out));
+    pid_t zygote = (pid_t)t_field(out, "zygote_pid");
+    cr_assert_gt(zygote, 0, "%s", out);
+
+    pthread_create(&te, NULL, echo_loop, &a);
+    kill(zygote, SIGSTOP);
+    o = (struct opener){ .e = &e };
+    long t0 = ms_now();
+    pthread_create(&to, NULL, open_session, &o);   /* waits on the stopped zygote */
+    usleep(1500000);
+    t_ctl(&e, "stats", out, sizeof(out));   /* the control socket answers meanwhile */
+    cr_assert(strstr(out, "sessions="), "%s", out);
+    pthread_join(to, NULL);
+    long waited = ms_now() - t0;
+    a.stop = 1;
+    pthread_join(te, NULL);
+    kill(zygote, SIGCONT);
+
+    cr_assert(o.rc < 0, "a session without a worker answered: %ld", o.rc);
+    cr_assert(strstr(o.err, "zygote"), "the error names the zygote: %s", o.err);
+    cr_assert_geq(waited, 4000, "failed after the zygote's answer timeout, not before");
+    cr_assert_eq(a.bad, 0, "the live session lost an echo");
+    cr_assert_gt(a.trips, 100, "the live session went on: %d round trips", a.trips);
+    cr_assert_lt(a.worst_ms, 1000, "worst echo %ld ms while the zygote hung", a.worst_ms);
+    cr_log_info("live session: %d trips, worst %ld ms", a.trips, a.worst_ms);
+
+    /* A new zygote takes over; new sessions start again. */
+    struct cessna_ep *ep = NULL;
+    for (long deadline = ms_now() + 15000; !ep && ms_now() < deadline; usleep(100000))
+        ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
+    cr_assert_not_null(ep, "no session after the zygote's restart: %s", err);
+    const void *got;
+    cr_assert_eq(cessna_ep_send(ep, "after", 5), 0);
+    cr_assert_eq(cessna_ep_recv(ep, &got), 5);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    cessna_ep_close(a.ep, 5000);
+    cessna_ep_free(a.ep);
+    t_edge_stop(&e);
+}
