@@ -236,6 +236,7 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
     }
     int full = s->need_full || !s->snap_written || s->deltas_since_full >= FULL_EVERY;
     s->ctl->snap_base = full ? 0 : s->snap_written;
+    s->snap_req_full = full;
     s->ctl->snap_gen = s->gen;
     s->ctl->snap_hot = S.cfg.standby == STANDBY_HOT;
     atomic_store_explicit(&s->ctl->snap_pos, p, memory_order_release);
@@ -473,7 +474,7 @@ static void snapshot_written(struct session *s, const struct snap_report *r, int
     struct snap_pending p = { .valid = 1, .pos = r->position, .rep = *r,
                               .standby_pidfd = -1, .wake_fd = -1 };
 
-    if (s->ctl->snap_base == 0) {
+    if (s->snap_req_full) {   /* what we asked for, not what shared memory says now */
         s->deltas_since_full = 0;
         s->need_full = 0;
         s->snap_written_full = r->position;
@@ -606,8 +607,8 @@ void recovery_on_report(struct session *s, int res)
 {
     s->report_armed = 0;
     sess_release_op(s);
-    if (res < 0 || read_reports(s) < 0)
-        return;
+    if (res >= 0 && read_reports(s) < 0)
+        return;   /* shut down: the session is ending */
     if (s->state < S_DEAD)
         arm_report(s);
 }
@@ -641,7 +642,8 @@ void recovery_on_reap(uint32_t slot, int pidfd, int res)
         /* Its report may be on the socket still: a child reports, then exits. */
         if (s->snap_inflight && k->req == s->snap_req_id && s->report_fd >= 0)
             read_reports(s);
-        if (s->snap_inflight && k->req == s->snap_req_id && !s->early_valid)
+        if (s->snap_inflight && k->req == s->snap_req_id && !s->early_valid &&
+            s->state < S_DEAD)
             snapshot_failed(s, "the snapshot child died before reporting: %s", how);
         if (pidfd == s->standby_pidfd) {
             LOG(LOG_INFO, "session=%llu msg=\"hot standby gone\" status=\"%s\"", ull(s->id), how);

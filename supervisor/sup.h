@@ -117,6 +117,7 @@ struct session {
     /* snapshots (recovery.c) */
     int report_fd, report_worker_fd;    /* snapshot reports arrive on this socketpair */
     unsigned report_armed : 1, snap_inflight : 1, need_full : 1, early_valid : 1;
+    unsigned snap_req_full : 1;         /* the request in flight is for a full snapshot */
     uint64_t gen;                       /* worker generation: stale reports are ignored */
     uint64_t snap_req_id;               /* id of the newest snapshot request */
     uint64_t snap_pos;                  /* newest durable snapshot, 0 = none */
