@@ -176,3 +176,32 @@ Test(watchdog, oom_kill_at_the_same_event_twice_is_a_crash_loop, .timeout = 120)
     t_edge_stop(&e);
     rmdir(dir);
 }
+
+/* A record with a bogus length in the worker's own output ring: that session fails with an
+ * ERROR, the supervisor neither spins nor crashes, and the victim goes on. */
+Test(watchdog, bogus_ring_record_fails_its_session_only, .timeout = 60)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct victim v = { 0 };
+    pthread_t t;
+    char out[2048];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_test_app("ringbreaker"), srv.addr, "sandbox = off\n");
+    v.ep = connect_ep(&e);
+    pthread_create(&t, NULL, victim_loop, &v);
+    struct cessna_ep *bad = connect_ep(&e);
+    expect_failed_with(bad, "BREAK", "broke its output ring", 10000);
+    usleep(300000);
+    v.stop = 1;
+    pthread_join(t, NULL);
+    cr_assert_eq(v.bad, 0, "the victim lost an echo");
+    cr_assert_gt(v.trips, 20);
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_assert_eq(t_field(out, "sessions_failed"), 1, "%s", out);
+    cessna_ep_free(bad);
+    cessna_ep_close(v.ep, 5000);
+    cessna_ep_free(v.ep);
+    t_edge_stop(&e);
+}

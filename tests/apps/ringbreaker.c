@@ -1,0 +1,69 @@
+/* ringbreaker.c - a test app that writes a bogus record into its own session's output
+ * ring, as a buggy or hostile app with a stray pointer could: the supervisor must fail
+ * this session and nothing else. Echoes every client message, except "BREAK".
+ * It finds the session memory through /proc/self/maps, so it needs `sandbox = off`
+ * (the sandbox refuses the open, which is a defence of its own).
+ * Build: cc -shared -fPIC -I include ringbreaker.c -o ringbreaker.so */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cessna.h"
+
+/* The layout of the session memory (common/shm.h and common/ring.h), restated here on
+ * purpose: this app attacks it from the outside. */
+#define CTL_LEN      4096u
+#define RING_HDR     192u     /* struct ring_shared */
+
+static char *session_memory(void)
+{
+    char line[512];
+    char *base = NULL;
+    FILE *f = fopen("/proc/self/maps", "r");
+
+    while (f && !base && fgets(line, sizeof(line), f))
+        if (strstr(line, "cessna-session"))
+            base = (char *)(uintptr_t)strtoull(line, NULL, 16);
+    if (f)
+        fclose(f);
+    return base;
+}
+
+static void recv_client_msg(const void *data, size_t len)
+{
+    if (len == 5 && memcmp(data, "BREAK", 5) == 0) {
+        char *base = session_memory();
+        if (!base) {
+            cessna_send_msg_to_client("no session memory found", 23);
+            return;
+        }
+        uint32_t ring_size;
+        memcpy(&ring_size, base + 4, 4);
+        char *out = base + CTL_LEN + RING_HDR + ring_size;
+        uint64_t tail = __atomic_load_n((uint64_t *)out, __ATOMIC_ACQUIRE);
+        char *rec = out + RING_HDR + (tail & (ring_size - 1));
+        uint32_t bogus = 0x7ffffff0u;
+        uint16_t type = 16;   /* OUT_CLIENT */
+        memcpy(rec, &bogus, 4);
+        memcpy(rec + 4, &type, 2);
+        memset(rec + 6, 0, 2);
+        __atomic_store_n((uint64_t *)out, tail + 8, __ATOMIC_RELEASE);
+        cessna_send_msg_to_client("broken", 6);   /* rings the supervisor's doorbell */
+        return;
+    }
+    cessna_send_msg_to_client(data, len);
+}
+
+static void recv_server_msg(const void *data, size_t len)
+{
+    (void)data;
+    (void)len;
+}
+
+const struct cessna_app cessna_app = {
+    .abi_version = CESSNA_ABI_VERSION,
+    .name = "ringbreaker",
+    .recv_client_msg = recv_client_msg,
+    .recv_server_msg = recv_server_msg,
+};
