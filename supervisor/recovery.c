@@ -137,7 +137,7 @@ void recovery_init(struct session *s)
     for (int i = 0; i < SNAP_KIDS; i++)
         s->kids[i].pidfd = -1;
     s->report_fd = s->report_worker_fd = -1;
-    s->standby_pidfd = s->standby_wake_fd = s->promoted_fd = s->early_fd = -1;
+    s->standby_pidfd = s->standby_wake_fd = s->promoted_fd = -1;
     s->pend.standby_pidfd = s->pend.wake_fd = -1;
 }
 
@@ -468,8 +468,10 @@ void recovery_outputs_drained(struct session *s)
     }
 }
 
-/* A written snapshot: durable now, or once its outputs are out. */
-static void snapshot_written(struct session *s, const struct snap_report *r, int wake_fd)
+/* A written snapshot: durable now, or once its outputs are out. k: its verified hot
+ * standby (with the eventfd that wakes it), or NULL. */
+static void snapshot_written(struct session *s, const struct snap_report *r,
+                             struct snapchild *k, int wake_fd)
 {
     struct snap_pending p = { .valid = 1, .pos = r->position, .rep = *r,
                               .standby_pidfd = -1, .wake_fd = -1 };
@@ -483,24 +485,45 @@ static void snapshot_written(struct session *s, const struct snap_report *r, int
     }
     s->snap_written = r->position;
     p.full = s->snap_written_full;
-    if (r->hot) {
-        struct snapchild *k = kid_by_req(s, r->req);
-        /* The standby must provably hold the eventfd it sent: only then is it ours. */
-        if (k && holds_file(k->pid, wake_fd, r->fd_no)) {
-            p.standby_pidfd = k->pidfd;
-            p.standby_pid = k->pid;
-            p.wake_fd = wake_fd;
-            wake_fd = -1;
-        } else {
-            LOG(LOG_WARN, "session=%llu msg=\"hot standby not verified; going without\"",
-                ull(s->id));
-            kill_kid(k);
-        }
+    if (k) {
+        p.standby_pidfd = k->pidfd;
+        p.standby_pid = k->pid;
+        p.wake_fd = wake_fd;
+    } else {
+        close_fd(&wake_fd);
     }
-    close_fd(&wake_fd);
     drop_pending(s);   /* a newer one covers it */
     s->pend = p;
     recovery_outputs_drained(s);
+}
+
+/* A hot child whose birth report never came (its worker died right after the fork): it is
+ * ours if the process its report names provably holds the eventfd the report carried. */
+static struct snapchild *adopt_sender(struct session *s, const struct snap_report *r,
+                                      int wake_fd)
+{
+    struct snapchild *k = NULL;
+    int pidfd;
+
+    if (r->pid <= 0 || wake_fd < 0)
+        return NULL;
+    pidfd = (int)syscall(SYS_pidfd_open, r->pid, 0);
+    if (pidfd < 0)
+        return NULL;
+    if (!holds_file(r->pid, wake_fd, r->fd_no)) {   /* after pidfd_open: no pid reuse */
+        close(pidfd);
+        return NULL;
+    }
+    for (int i = 0; i < SNAP_KIDS && !k; i++)
+        if (s->kids[i].pidfd < 0)
+            k = &s->kids[i];
+    watch_exit(s, pidfd);
+    if (!k) {
+        signal_pidfd(pidfd, SIGKILL);
+        return NULL;
+    }
+    *k = (struct snapchild){ .pidfd = pidfd, .pid = r->pid, .req = r->req };
+    return k;
 }
 
 /* SNAP_STARTED: the child's pidfd. Watch it from now on. */
@@ -514,9 +537,14 @@ static void on_started(struct session *s, const struct snap_report *r, int pidfd
         close_fd(&pidfd);
         return;
     }
-    for (int i = 0; i < SNAP_KIDS && !k; i++)
-        if (s->kids[i].pidfd < 0)
+    for (int i = 0; i < SNAP_KIDS; i++) {
+        if (s->kids[i].pidfd >= 0 && s->kids[i].pid == pid) {
+            close(pidfd);   /* adopted already, from its own report (adopt_sender) */
+            return;
+        }
+        if (s->kids[i].pidfd < 0 && !k)
             k = &s->kids[i];
+    }
     watch_exit(s, pidfd);   /* reaped whatever happens next; the watch closes the pidfd */
     /* A child that holds this session's report socket is ours. One that has exited
      * already (its files are gone, kcmp cannot tell) is tracked only if it is our own
@@ -533,27 +561,33 @@ static void on_started(struct session *s, const struct snap_report *r, int pidfd
     *k = (struct snapchild){ .pidfd = pidfd, .pid = pid, .req = r->req };
     if (r->req != s->snap_req_id || r->gen != s->gen || s->state >= S_DEAD)
         kill_kid(k);   /* for a request nobody waits for any more */
-    if (s->early_valid && s->early.req == r->req) {
-        struct snap_report e = s->early;
-        int fd = s->early_fd;
-        s->early_valid = 0;
-        s->early_fd = -1;
-        if (s->snap_inflight && e.req == s->snap_req_id) {
-            s->snap_inflight = 0;
-            snapshot_written(s, &e, fd);
-        } else {
-            close_fd(&fd);
-        }
-    }
 }
 
 /* SNAP_DONE from the child. */
 static void on_done(struct session *s, struct snap_report *r, int wake_fd)
 {
+    int current = s->state < S_DEAD && s->snap_inflight && r->req == s->snap_req_id &&
+                  r->gen == s->gen;
+    struct snapchild *k = NULL;
+
     r->text[sizeof(r->text) - 1] = 0;
-    if (!s->snap_inflight || r->req != s->snap_req_id || r->gen != s->gen) {
-        if (r->hot)
-            kill_kid(kid_by_req(s, r->req));   /* a standby nobody needs */
+    if (r->hot && wake_fd >= 0) {
+        k = kid_by_req(s, r->req);
+        if (!k)
+            k = adopt_sender(s, r, wake_fd);
+        /* The standby must provably hold the eventfd it sent: only then is it ours. */
+        if (k && !holds_file(k->pid, wake_fd, r->fd_no)) {
+            LOG(LOG_WARN, "session=%llu msg=\"hot standby not verified; going without\"",
+                ull(s->id));
+            kill_kid(k);
+            k = NULL;
+        }
+        if (!current || r->status != 0) {
+            kill_kid(k);   /* a standby nobody needs */
+            k = NULL;
+        }
+    }
+    if (!current) {
         close_fd(&wake_fd);
         return;
     }
@@ -562,16 +596,8 @@ static void on_done(struct session *s, struct snap_report *r, int wake_fd)
         snapshot_failed(s, "position %llu: %s", ull(r->position), r->text);
         return;
     }
-    if (r->hot && !kid_by_req(s, r->req)) {
-        /* Its STARTED is still on the way: finish when it comes. */
-        close_fd(&s->early_fd);
-        s->early = *r;
-        s->early_fd = wake_fd;
-        s->early_valid = 1;
-        return;
-    }
     s->snap_inflight = 0;
-    snapshot_written(s, r, wake_fd);
+    snapshot_written(s, r, k, wake_fd);
 }
 
 /* Every report waiting on the socket. 0, or -ECONNRESET once the socket is shut down. */
@@ -596,7 +622,7 @@ static int read_reports(struct session *s)
         }
         if (r.kind == SNAP_STARTED)
             on_started(s, &r, fd);
-        else if (r.kind == SNAP_DONE && s->state < S_DEAD)
+        else if (r.kind == SNAP_DONE)
             on_done(s, &r, fd);
         else
             close_fd(&fd);
@@ -642,8 +668,7 @@ void recovery_on_reap(uint32_t slot, int pidfd, int res)
         /* Its report may be on the socket still: a child reports, then exits. */
         if (s->snap_inflight && k->req == s->snap_req_id && s->report_fd >= 0)
             read_reports(s);
-        if (s->snap_inflight && k->req == s->snap_req_id && !s->early_valid &&
-            s->state < S_DEAD)
+        if (s->snap_inflight && k->req == s->snap_req_id && s->state < S_DEAD)
             snapshot_failed(s, "the snapshot child died before reporting: %s", how);
         if (pidfd == s->standby_pidfd) {
             LOG(LOG_INFO, "session=%llu msg=\"hot standby gone\" status=\"%s\"", ull(s->id), how);
@@ -785,8 +810,6 @@ void recovery_end(struct session *s)
     drop_standby(s);
     for (int i = 0; i < SNAP_KIDS; i++)
         kill_kid(&s->kids[i]);
-    close_fd(&s->early_fd);
-    s->early_valid = 0;
     if (s->pid <= 0 || s->worker_reaped)
         recovery_worker_gone(s);
 }

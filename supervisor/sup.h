@@ -116,7 +116,7 @@ struct session {
 
     /* snapshots (recovery.c) */
     int report_fd, report_worker_fd;    /* snapshot reports arrive on this socketpair */
-    unsigned report_armed : 1, snap_inflight : 1, need_full : 1, early_valid : 1;
+    unsigned report_armed : 1, snap_inflight : 1, need_full : 1;
     unsigned snap_req_full : 1;         /* the request in flight is for a full snapshot */
     uint64_t gen;                       /* worker generation: stale reports are ignored */
     uint64_t snap_req_id;               /* id of the newest snapshot request */
@@ -127,8 +127,6 @@ struct session {
     uint32_t deltas_since_full;
     struct snapchild kids[SNAP_KIDS];   /* snapshot children alive, watched by pidfd */
     struct snap_pending pend;           /* written, durable once its outputs are handed over */
-    struct snap_report early;           /* a DONE that came before its STARTED */
-    int early_fd;
     pid_t standby_pid;                  /* the hot standby, 0 = none */
     int standby_pidfd, standby_wake_fd;
     int promoted_fd;                    /* a promoted standby's watch: its worker watch reaps */

@@ -145,6 +145,22 @@ Test(soak, ten_thousand_sessions, .timeout = 3600)
     int nlive, zombies = t_children(e.sup.pid, skip, 1, live, 64, &nlive);
     printf("soak ten_thousand_sessions: %d kills; %s\nzombies=%d other_children=%d\n", k.kills,
            out, zombies, nlive);
+    for (int i = 0; i < nlive && i < 8; i++) {
+        char path[64], line[256], cmd[64] = "";
+        snprintf(path, sizeof(path), "/proc/%d/stat", live[i]);
+        FILE *f = fopen(path, "r");
+        if (f && fgets(line, sizeof(line), f))
+            printf("left: %.80s\n", line);
+        if (f)
+            fclose(f);
+        snprintf(path, sizeof(path), "/proc/%d/wchan", live[i]);
+        if ((f = fopen(path, "r"))) {
+            if (fgets(cmd, sizeof(cmd), f))
+                printf("  wchan %s\n", cmd);
+            fclose(f);
+        }
+    }
+    fflush(stdout);
     cr_assert_eq(zombies, 0);
     cr_assert_eq(nlive, 0);
     t_edge_stop(&e);
