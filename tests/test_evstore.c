@@ -604,7 +604,7 @@ Test(evstore, free_releases_and_leaves_an_empty_reusable_store)
 
 /* The life of a session's store: appends, feeds into a small ring, a worker popping at its
  * own pace, snapshots becoming durable (drop_through), and recoveries (rewind). */
-Test(evstore, many_records_appended_fed_dropped_and_rewound)
+Test(evstore, many_records_appended_fed_dropped_and_rewound, .timeout = 180)
 {
     struct evstore e = { 0 };
     struct t_ring t;
