@@ -1006,8 +1006,21 @@ void sess_on_pidfd(struct session *s, int res)
     sess_release_op(s);
     memset(&si, 0, sizeof(si));
     if (waitid(P_PIDFD, (id_t)s->pidfd, &si, WEXITED | WNOHANG | __WALL) == -1) {
-        LOG(LOG_WARN, "session=%llu msg=\"waitid\" error=\"%s\"", ull(s->id), strerror(errno));
-        return sess_maybe_free(s);   /* the pidfd stays unarmed; the session ends without it */
+        if (errno != ECHILD) {
+            LOG(LOG_WARN, "session=%llu msg=\"waitid\" error=\"%s\"", ull(s->id), strerror(errno));
+            return sess_maybe_free(s);   /* the pidfd stays unarmed; the session ends without it */
+        }
+        /* Reaped already (it died before its spawn reply was read, and the stray-child
+         * sweep took it): dead all the same, by a hand we cannot name. */
+        si.si_code = CLD_KILLED;
+        si.si_status = SIGKILL;
+    } else if (si.si_pid == 0) {
+        struct io_uring_sqe *sqe = sup_sqe();   /* not dead after all: keep watching */
+        io_uring_prep_poll_add(sqe, s->pidfd, POLLIN);
+        io_uring_sqe_set_data64(sqe, UD(OP_PIDFD, s->slot, 0));
+        s->pidfd_armed = 1;
+        s->inflight++;
+        return;
     }
     s->worker_reaped = 1;
     close(s->pidfd);
