@@ -341,7 +341,15 @@ void sess_accept(int fd)
         if (send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) == -1)
             LOG(LOG_DEBUG, "msg=\"edge full, error not delivered\"");
         close(fd);
-        LOG(LOG_WARN, "msg=\"session refused: edge full\" max_sessions=%u", S.cfg.max_sessions);
+        /* One line a second at most: a flood of clients must not become a flood of logs. */
+        static uint64_t last_ms, refused;
+        refused++;
+        if (sess_now_ms() - last_ms >= 1000) {
+            LOG(LOG_WARN, "msg=\"session refused: edge full\" max_sessions=%u refused=%llu",
+                S.cfg.max_sessions, ull(refused));
+            last_ms = sess_now_ms();
+            refused = 0;
+        }
         return;
     }
     uint32_t slot = (uint32_t)(s - S.sessions);
