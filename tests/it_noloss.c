@@ -17,29 +17,11 @@
 #include "cessna_endpoint.h"
 #include "t_helpers.h"
 
-static long ms_now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void sleep_ms(long ms)
 {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
 
     nanosleep(&ts, NULL);
-}
-
-static struct cessna_ep *connect_ep(const struct t_edge *e)
-{
-    char err[256];
-    struct cessna_ep *ep = cessna_ep_connect(e->sup.addr, err, sizeof(err));
-
-    if (!ep)
-        cr_assert_fail("cessna_ep_connect %s: %s", e->sup.addr, err);
-    return ep;
 }
 
 /* The value of `key` in the `cessna-ctl sessions` line of session id (0 if absent). */
@@ -57,11 +39,11 @@ static uint64_t sess_field(const struct t_edge *e, uint64_t id, const char *key)
 static void wait_field_at_least(const struct t_edge *e, uint64_t id, const char *key,
                                 uint64_t want, int timeout_ms)
 {
-    long deadline = ms_now() + timeout_ms;
+    long deadline = t_now_ms() + timeout_ms;
     uint64_t v;
 
     while ((v = sess_field(e, id, key)) < want) {
-        cr_assert(ms_now() < deadline, "%s=%llu after %d ms, want >= %llu", key,
+        cr_assert(t_now_ms() < deadline, "%s=%llu after %d ms, want >= %llu", key,
                   (unsigned long long)v, timeout_ms, (unsigned long long)want);
         sleep_ms(10);
     }
@@ -135,7 +117,7 @@ static void slow_reader_kill(const char *extra)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("passthrough"), srv.addr, extra);
-    struct sender snd = { .ep = connect_ep(&e), .count = 1500, .len = BIG };
+    struct sender snd = { .ep = t_ep_connect(&e), .count = 1500, .len = BIG };
     uint64_t id = cessna_ep_session_id(snd.ep);
     pthread_create(&t, NULL, send_all, &snd);
     sleep_ms(2500);
@@ -185,7 +167,7 @@ Test(noloss, stray_sigcont_does_not_wake_the_standby, .timeout = 60)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("passthrough"), srv.addr, "snapshot_interval_ms = 20\nstandby = hot\n");
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = t_ep_connect(&e);
     uint64_t id = cessna_ep_session_id(ep);
     round_trips(ep, 0, 10);
     wait_field_at_least(&e, id, "standby", 1, 5000);
@@ -219,7 +201,7 @@ Test(noloss, snapshot_child_killed_midwrite_is_reaped_and_retried, .timeout = 60
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("ballast"), srv.addr, "snapshot_interval_ms = 0\n");
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = t_ep_connect(&e);
     uint64_t id = cessna_ep_session_id(ep);
     cr_assert_eq(cessna_ep_send(ep, "BALLAST 268435456", 17), 0);
     cr_assert(cessna_ep_recv(ep, &got) > 0, "%s", cessna_ep_error(ep));
@@ -231,8 +213,8 @@ Test(noloss, snapshot_child_killed_midwrite_is_reaped_and_retried, .timeout = 60
     /* The child: a child of the supervisor that is neither the worker nor the zygote. */
     pid_t live[64];
     int nlive = 0;
-    long deadline = ms_now() + 5000;
-    while (nlive == 0 && ms_now() < deadline)
+    long deadline = t_now_ms() + 5000;
+    while (nlive == 0 && t_now_ms() < deadline)
         t_children(e.sup.pid, known, 2, live, 64, &nlive);
     cr_assert_gt(nlive, 0, "no snapshot child seen");
     for (int i = 0; i < nlive; i++)
@@ -261,7 +243,7 @@ Test(noloss, failed_snapshot_on_an_idle_session_is_retried, .timeout = 60)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("passthrough"), srv.addr, "snapshot_interval_ms = 50\n");
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = t_ep_connect(&e);
     uint64_t id = cessna_ep_session_id(ep);
     round_trips(ep, 0, 3);
     wait_field_at_least(&e, id, "snapshots", 1, 5000);
@@ -307,7 +289,7 @@ Test(noloss, held_events_stay_under_their_cap_with_snapshots_off, .timeout = 90)
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("passthrough"), srv.addr,
                  "snapshot_interval_ms = 0\nmax_held_bytes = 1048576\n");
-    struct sender snd = { .ep = connect_ep(&e), .count = 2000, .len = BIG };
+    struct sender snd = { .ep = t_ep_connect(&e), .count = 2000, .len = BIG };
     struct reader rd = { .ep = snd.ep, .count = 2000, .len = BIG };
     uint64_t id = cessna_ep_session_id(snd.ep), worst = 0;
     pthread_create(&ts, NULL, send_all, &snd);
@@ -403,7 +385,7 @@ Test(noloss, order_trimmed_at_durable_snapshots, .timeout = 60)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_test_app("hog"), srv.addr, "snapshot_interval_ms = 20\n");
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = t_ep_connect(&e);
     uint64_t id = cessna_ep_session_id(ep);
     round_trips(ep, 0, 4000);
     /* a snapshot that covers (nearly) everything: the order before it can go */

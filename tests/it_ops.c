@@ -27,23 +27,6 @@
 
 TestSuite(ops, .timeout = 90);
 
-static long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static struct cessna_ep *connect_ep(const struct t_edge *e)
-{
-    char err[256];
-    struct cessna_ep *ep = cessna_ep_connect(e->sup.addr, err, sizeof(err));
-
-    if (!ep)
-        cr_assert_fail("cessna_ep_connect %s: %s", e->sup.addr, err);
-    return ep;
-}
-
 static void round_trip(struct cessna_ep *ep, const void *msg, size_t len)
 {
     const void *got;
@@ -59,12 +42,12 @@ static void round_trip(struct cessna_ep *ep, const void *msg, size_t len)
 /* The next result of cessna_ep_recv within timeout_ms; -ETIME if nothing came. */
 static long recv_within(struct cessna_ep *ep, const void **got, int timeout_ms)
 {
-    long deadline = now_ms() + timeout_ms, n;
+    long deadline = t_now_ms() + timeout_ms, n;
 
     cessna_ep_set_nonblocking(ep, 1);
     while ((n = cessna_ep_recv(ep, got)) == -EAGAIN) {
         struct pollfd pfd = { .fd = cessna_ep_fd(ep), .events = POLLIN };
-        long left = deadline - now_ms();
+        long left = deadline - t_now_ms();
         if (left <= 0 || poll(&pfd, 1, (int)left) < 0) {
             n = -ETIME;
             break;
@@ -131,10 +114,10 @@ static int count_session_dirs(const struct t_edge *e)
 /* Wait up to timeout_ms for the session directory to be (want=1) or not be (want=0). */
 static int wait_dir(const struct t_edge *e, uint64_t id, int want, int timeout_ms)
 {
-    long deadline = now_ms() + timeout_ms;
+    long deadline = t_now_ms() + timeout_ms;
 
     while (session_dir_exists(e, id) != want) {
-        if (now_ms() > deadline)
+        if (t_now_ms() > deadline)
             return 0;
         usleep(20000);
     }
@@ -179,7 +162,7 @@ Test(ops, second_supervisor_on_the_same_state_dir_is_refused)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = t_ep_connect(&e);
     round_trip(ep, "before", 6);
 
     /* Same state_dir, another control socket: the lock refuses it, naming the first. */
@@ -207,7 +190,7 @@ Test(ops, second_supervisor_on_the_same_state_dir_is_refused)
 
     /* The first one goes on: its session, a new session and its control socket. */
     round_trip(ep, "after", 5);
-    struct cessna_ep *ep2 = connect_ep(&e);
+    struct cessna_ep *ep2 = t_ep_connect(&e);
     round_trip(ep2, "new", 3);
     t_ctl(&e, "sessions", out, sizeof(out));
     cr_assert(strstr(out, "state=live"), "control socket still answers: %s", out);
@@ -230,7 +213,7 @@ Test(ops, second_supervisor_on_the_same_state_dir_is_refused)
 static uint64_t failed_session(const struct t_edge *e)
 {
     const void *got;
-    struct cessna_ep *ep = connect_ep(e);
+    struct cessna_ep *ep = t_ep_connect(e);
     uint64_t id = cessna_ep_session_id(ep);
 
     round_trip(ep, "hi", 2);
@@ -251,7 +234,7 @@ Test(ops, session_dirs_removed_on_clean_close_kept_on_failure_with_retention)
                  "snapshot_interval_ms = 20\nfailed_sessions_keep = 2\n");
 
     /* A clean session with snapshots and an event log: all of it goes after CLOSE. */
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = t_ep_connect(&e);
     uint64_t id = cessna_ep_session_id(ep);
     char msg[512];
     for (int i = 0; i < 50; i++) {
@@ -343,17 +326,17 @@ Test(ops, connections_without_hello_are_closed_after_hello_timeout)
     cr_assert(hlen > 6);
     /* The first 40 hold every slot, but only for hello_timeout_ms: then a real client
      * gets in, although all 1,100 keep their connections open. */
-    long start = now_ms();
+    long start = t_now_ms();
     struct cessna_ep *ep = NULL;
     char err[256] = "";
-    while (!ep && now_ms() - start < 5000) {
+    while (!ep && t_now_ms() - start < 5000) {
         ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
         if (!ep)
             usleep(100000);
     }
     cr_assert(ep, "a real client gets a session after hello_timeout_ms: %s", err);
     round_trip(ep, "ping", 4);
-    cr_assert(now_ms() - start < 3000, "took %ld ms", now_ms() - start);
+    cr_assert(t_now_ms() - start < 3000, "took %ld ms", t_now_ms() - start);
 
     /* The slot holders heard why. */
     long got = t_read_frame(fds[0], buf, sizeof(buf), 2000);
@@ -380,11 +363,11 @@ Test(ops, idle_session_is_ended_with_an_error_naming_the_reason)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("passthrough"), srv.addr, "idle_timeout_ms = 1000\n");
-    struct cessna_ep *busy = connect_ep(&e), *idle = connect_ep(&e);
+    struct cessna_ep *busy = t_ep_connect(&e), *idle = t_ep_connect(&e);
     round_trip(idle, "once", 4);
     /* busy: an event every 100 ms for 2.5 s is never idle */
-    long start = now_ms();
-    while (now_ms() - start < 2500) {
+    long start = t_now_ms();
+    while (t_now_ms() - start < 2500) {
         round_trip(busy, "tick", 4);
         usleep(100000);
     }
@@ -430,7 +413,7 @@ Test(ops, server_endpoint_that_never_answers_hits_connect_timeout)
 
     int fd = t_connect(e.sup.addr);
     t_write_all(fd, hello, wire_put_hello(hello, WIRE_ROLE_CLIENT, 0, NULL));
-    long start = now_ms();
+    long start = t_now_ms();
     long n = t_read_frame(fd, buf, sizeof(buf), 4000);
     cr_assert(n > 0, "an answer within 4 s (got %s)", n == 0 ? "EOF" : "nothing");
     struct wire_frame f;
@@ -439,16 +422,16 @@ Test(ops, server_endpoint_that_never_answers_hits_connect_timeout)
     cr_assert_eq(f.u.error.code, WIRE_ERR_UNAVAILABLE);
     cr_assert(strstr(f.u.error.text, "connect_timeout_ms"), "%.*s", (int)f.u.error.text_len,
               f.u.error.text);
-    cr_assert(now_ms() - start < 2500, "after %ld ms", now_ms() - start);
+    cr_assert(t_now_ms() - start < 2500, "after %ld ms", t_now_ms() - start);
     close(fd);
 
     /* The slot is free again: sessions = 0 soon. */
     char out[2048];
-    long deadline = now_ms() + 5000;
+    long deadline = t_now_ms() + 5000;
     do {
         usleep(50000);
         t_ctl(&e, "stats", out, sizeof(out));
-    } while (t_field(out, "sessions") != 0 && now_ms() < deadline);
+    } while (t_field(out, "sessions") != 0 && t_now_ms() < deadline);
     cr_assert_eq(t_field(out, "sessions"), 0, "%s", out);
     cr_assert_eq(t_field(out, "connect_timeouts"), 1, "%s", out);
     t_edge_stop(&e);
@@ -532,7 +515,7 @@ Test(ops, zygote_killed_sessions_go_on_and_new_sessions_start_after_restart)
     t_edge_start(&e, t_app("passthrough"), srv.addr, "snapshot_interval_ms = 0\n");
     pid_t zygote = only_child(e.sup.pid);   /* before any session: the zygote alone */
     for (int i = 0; i < 3; i++) {
-        args[i] = (struct echo_arg){ .e = &e, .ep = connect_ep(&e), .index = i, .stop = &stop };
+        args[i] = (struct echo_arg){ .e = &e, .ep = t_ep_connect(&e), .index = i, .stop = &stop };
         pthread_create(&th[i], NULL, echo_loop, &args[i]);
     }
     usleep(200000);
@@ -553,8 +536,8 @@ Test(ops, zygote_killed_sessions_go_on_and_new_sessions_start_after_restart)
     /* A new session gets in once the zygote is back. */
     struct cessna_ep *ep = NULL;
     char err[256] = "";
-    long start = now_ms();
-    while (!ep && now_ms() - start < 10000) {
+    long start = t_now_ms();
+    while (!ep && t_now_ms() - start < 10000) {
         ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
         if (!ep)
             usleep(100000);
@@ -637,7 +620,7 @@ Test(ops, idle_control_connections_do_not_stall_sessions)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
-    struct lat_arg a = { .ep = connect_ep(&e), .stop = &stop };
+    struct lat_arg a = { .ep = t_ep_connect(&e), .stop = &stop };
     pthread_create(&t, NULL, latency_loop, &a);
     usleep(200000);
     for (int i = 0; i < 25; i++)
@@ -721,8 +704,8 @@ Test(ops, accept_out_of_fds_pauses_without_flooding_the_log)
     /* Served again once they are gone. */
     struct cessna_ep *ep = NULL;
     char err[256] = "";
-    long start = now_ms();
-    while (!ep && now_ms() - start < 10000) {
+    long start = t_now_ms();
+    while (!ep && t_now_ms() - start < 10000) {
         ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
         if (!ep)
             usleep(100000);
@@ -754,10 +737,10 @@ Test(ops, ended_session_whose_peer_never_closes_gives_its_slot_back)
     long n = t_read_frame(fd, buf, sizeof(buf), 5000);
     cr_assert(n > 0 && buf[3] == WIRE_ERROR, "an ERROR first");
 
-    long start = now_ms();
+    long start = t_now_ms();
     struct cessna_ep *ep = NULL;
     char err[256] = "";
-    while (!ep && now_ms() - start < 8000) {
+    while (!ep && t_now_ms() - start < 8000) {
         ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
         if (!ep)
             usleep(200000);

@@ -16,16 +16,6 @@
 
 TestSuite(session, .timeout = 60);
 
-static struct cessna_ep *connect_ep(const struct t_edge *e)
-{
-    char err[256];
-    struct cessna_ep *ep = cessna_ep_connect(e->sup.addr, err, sizeof(err));
-
-    if (!ep)
-        cr_assert_fail("cessna_ep_connect %s: %s", e->sup.addr, err);
-    return ep;
-}
-
 /* Send one message and expect it back unchanged (passthrough + echo server). */
 static void round_trip(struct cessna_ep *ep, const void *msg, size_t len)
 {
@@ -46,7 +36,7 @@ Test(session, echo_round_trip_and_piggybacked_order)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = t_ep_connect(&e);
     for (int i = 0; i < 100; i++) {
         int n = snprintf(buf, sizeof(buf), "message %d", i);
         round_trip(ep, buf, (size_t)n);
@@ -173,7 +163,7 @@ Test(session, client_close_reaches_server_and_runs_shutdown)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = t_ep_connect(&e);
     round_trip(ep, "x", 1);
     cr_assert_eq(cessna_ep_close(ep, 5000), 0, "%s", cessna_ep_error(ep));
     cessna_ep_free(ep);
@@ -224,7 +214,7 @@ Test(session, server_close_reaches_client)
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", addr_local_port(lfd));
     pthread_create(&t, NULL, close_after_one, &lfd);
     t_edge_start(&e, t_app("passthrough"), addr, NULL);
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = t_ep_connect(&e);
     cr_assert_eq(cessna_ep_send(ep, "hi", 2), 0);
     cr_assert_eq(cessna_ep_recv(ep, &got), 3);
     cr_assert(memcmp(got, "bye", 3) == 0);
@@ -243,7 +233,7 @@ Test(session, timers_fire_as_ordered_events)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("sequencer"), srv.addr, NULL);
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = t_ep_connect(&e);
     cr_assert_eq(cessna_ep_send(ep, "TICK 30", 7), 0);
     /* The echo of TICK (tagged by the sequencer) and the TOCK, in some order. */
     int tocks = 0, echoes = 0;
@@ -284,7 +274,7 @@ Test(session, killed_worker_is_replaced_and_the_session_goes_on)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("sequencer"), srv.addr, NULL);
-    struct cessna_ep *victim = connect_ep(&e), *other = connect_ep(&e);
+    struct cessna_ep *victim = t_ep_connect(&e), *other = t_ep_connect(&e);
     const void *got;
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(cessna_ep_send(victim, "abc", 3), 0);
@@ -367,7 +357,7 @@ Test(session, long_order_delta_arrives_in_pieces)
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", addr_local_port(qa.lfd));
     pthread_create(&t, NULL, quiet_server, &qa);
     t_edge_start(&e, t_app("passthrough"), addr, NULL);
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = t_ep_connect(&e);
     for (int i = 0; i < N; i++)
         cr_assert_eq(cessna_ep_send(ep, "m", 1), 0);
     long n = cessna_ep_recv(ep, &got);

@@ -13,21 +13,10 @@
 #include "cessna_endpoint.h"
 #include "t_helpers.h"
 
-static long now_ms(void)
+static struct cessna_ep *connect_nonblocking(const struct t_edge *e)
 {
-    struct timespec ts;
+    struct cessna_ep *ep = t_ep_connect(e);
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static struct cessna_ep *connect_ep(const struct t_edge *e)
-{
-    char err[256];
-    struct cessna_ep *ep = cessna_ep_connect(e->sup.addr, err, sizeof(err));
-
-    if (!ep)
-        cr_assert_fail("cessna_ep_connect %s: %s", e->sup.addr, err);
     cessna_ep_set_nonblocking(ep, 1);
     return ep;
 }
@@ -41,7 +30,7 @@ struct seen {
 /* Read messages for wait_ms (or until want tocks arrived, then grace_ms more). */
 static void collect(struct cessna_ep *ep, struct seen *sn, int want, int wait_ms, int grace_ms)
 {
-    long deadline = now_ms() + wait_ms;
+    long deadline = t_now_ms() + wait_ms;
     int extended = 0;
 
     for (;;) {
@@ -63,13 +52,13 @@ static void collect(struct cessna_ep *ep, struct seen *sn, int want, int wait_ms
                 sn->cancel_none++;
             }
             if (sn->tocks >= want && !extended) {
-                deadline = now_ms() + grace_ms;   /* anything extra would show up now */
+                deadline = t_now_ms() + grace_ms;   /* anything extra would show up now */
                 extended = 1;
             }
             continue;
         }
         cr_assert_eq(n, -EAGAIN, "recv: %ld %s", n, cessna_ep_error(ep));
-        long left = deadline - now_ms();
+        long left = deadline - t_now_ms();
         if (left <= 0)
             return;
         struct pollfd pfd = { .fd = cessna_ep_fd(ep), .events = POLLIN };
@@ -97,7 +86,7 @@ Test(timers, cancel_then_arm_fires_the_new_timer, .timeout = 30)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("sequencer"), srv.addr, NULL);
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = connect_nonblocking(&e);
     send_str(ep, "TICK 300");
     send_str(ep, "CANCEL");
     send_str(ep, "TICK 300");
@@ -118,7 +107,7 @@ Test(timers, repeated_cancel_and_rearm, .timeout = 30)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("sequencer"), srv.addr, NULL);
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = connect_nonblocking(&e);
     for (int i = 0; i < 50; i++) {
         send_str(ep, "TICK 200");
         send_str(ep, "CANCEL");
@@ -143,7 +132,7 @@ Test(timers, many_concurrent_timers_each_fire_once, .timeout = 30)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("sequencer"), srv.addr, NULL);
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = connect_nonblocking(&e);
     for (int i = 0; i < 150; i++) {
         snprintf(cmd, sizeof(cmd), "TICK %d", 50 + (i * 37) % 400);
         send_str(ep, cmd);
@@ -166,7 +155,7 @@ static void timers_across_kills(const char *extra)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("sequencer"), srv.addr, extra);
-    struct cessna_ep *ep = connect_ep(&e);
+    struct cessna_ep *ep = connect_nonblocking(&e);
     for (int i = 0; i < 60; i++) {
         snprintf(cmd, sizeof(cmd), "TICK %d", 100 + (i * 53) % 900);
         send_str(ep, cmd);

@@ -16,24 +16,6 @@
 #include "cessna_endpoint.h"
 #include "t_helpers.h"
 
-static long ms_now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static struct cessna_ep *connect_ep(const struct t_edge *e)
-{
-    char err[256];
-    struct cessna_ep *ep = cessna_ep_connect(e->sup.addr, err, sizeof(err));
-
-    if (!ep)
-        cr_assert_fail("cessna_ep_connect %s: %s", e->sup.addr, err);
-    return ep;
-}
-
 /* The victim: echoes in a loop until told to stop; any loss or change fails the test. */
 struct victim {
     struct cessna_ep *ep;
@@ -50,14 +32,14 @@ static void *victim_loop(void *p)
     while (!v->stop) {
         int len = snprintf(msg, sizeof(msg), "victim %d", v->trips);
         const void *got;
-        long t0 = ms_now();
+        long t0 = t_now_ms();
         if (cessna_ep_send(v->ep, msg, (size_t)len) < 0 ||
             cessna_ep_recv(v->ep, &got) != len || memcmp(got, msg, (size_t)len) != 0) {
             v->bad++;
             return NULL;
         }
-        if (ms_now() - t0 > v->worst_ms)
-            v->worst_ms = ms_now() - t0;
+        if (t_now_ms() - t0 > v->worst_ms)
+            v->worst_ms = t_now_ms() - t0;
         v->trips++;
         usleep(2000);
     }
@@ -73,9 +55,9 @@ static void expect_failed_with(struct cessna_ep *ep, const char *cmd, const char
 
     cr_assert_eq(cessna_ep_send(ep, cmd, strlen(cmd)), 0);
     cessna_ep_set_nonblocking(ep, 1);
-    long deadline = ms_now() + timeout_ms;
+    long deadline = t_now_ms() + timeout_ms;
     while ((n = cessna_ep_recv(ep, &got)) == -EAGAIN) {
-        cr_assert(ms_now() < deadline, "no ERROR within %d ms after %s", timeout_ms, cmd);
+        cr_assert(t_now_ms() < deadline, "no ERROR within %d ms after %s", timeout_ms, cmd);
         struct pollfd pfd = { .fd = cessna_ep_fd(ep), .events = POLLIN };
         poll(&pfd, 1, 50);
     }
@@ -94,12 +76,12 @@ Test(watchdog, endless_event_fails_its_session_only, .timeout = 60)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_test_app("hog"), srv.addr, "max_event_ms = 300\nsnapshot_interval_ms = 50\n");
-    v.ep = connect_ep(&e);
+    v.ep = t_ep_connect(&e);
     pthread_create(&t, NULL, victim_loop, &v);
-    struct cessna_ep *bad = connect_ep(&e);
-    long t0 = ms_now();
+    struct cessna_ep *bad = t_ep_connect(&e);
+    long t0 = t_now_ms();
     expect_failed_with(bad, "SPIN", "max_event_ms=300", 10000);
-    long took = ms_now() - t0;
+    long took = t_now_ms() - t0;
     v.stop = 1;
     pthread_join(t, NULL);
     cr_assert_eq(v.bad, 0, "the victim lost an echo");
@@ -161,9 +143,9 @@ Test(watchdog, oom_kill_at_the_same_event_twice_is_a_crash_loop, .timeout = 120)
         t_edge_stop(&e);
         cr_skip_test("no writable memory cgroup here (%s): %s", dir, strerror(errno));
     }
-    v.ep = connect_ep(&e);
+    v.ep = t_ep_connect(&e);
     pthread_create(&t, NULL, victim_loop, &v);
-    struct cessna_ep *bad = connect_ep(&e);
+    struct cessna_ep *bad = t_ep_connect(&e);
     expect_failed_with(bad, "HOG 2000", "OOM killer", 60000);
     v.stop = 1;
     pthread_join(t, NULL);
@@ -189,9 +171,9 @@ Test(watchdog, bogus_ring_record_fails_its_session_only, .timeout = 60)
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_test_app("ringbreaker"), srv.addr, "sandbox = off\n");
-    v.ep = connect_ep(&e);
+    v.ep = t_ep_connect(&e);
     pthread_create(&t, NULL, victim_loop, &v);
-    struct cessna_ep *bad = connect_ep(&e);
+    struct cessna_ep *bad = t_ep_connect(&e);
     expect_failed_with(bad, "BREAK", "broke its output ring", 10000);
     usleep(300000);
     v.stop = 1;

@@ -13,14 +13,6 @@
 #include "cessna_endpoint.h"
 #include "t_helpers.h"
 
-static long ms_now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 struct echoer {
     struct cessna_ep *ep;
     volatile int stop;
@@ -34,13 +26,13 @@ static void *echo_loop(void *p)
 
     while (!a->stop) {
         const void *got;
-        long t0 = ms_now();
+        long t0 = t_now_ms();
         if (cessna_ep_send(a->ep, "ping", 4) < 0 || cessna_ep_recv(a->ep, &got) != 4) {
             a->bad++;
             return NULL;
         }
-        if (ms_now() - t0 > a->worst_ms)
-            a->worst_ms = ms_now() - t0;
+        if (t_now_ms() - t0 > a->worst_ms)
+            a->worst_ms = t_now_ms() - t0;
         a->trips++;
         usleep(5000);
     }
@@ -88,13 +80,13 @@ Test(zygote, a_stopped_zygote_stalls_no_live_session, .timeout = 60)
     pthread_create(&te, NULL, echo_loop, &a);
     kill(zygote, SIGSTOP);
     o = (struct opener){ .e = &e };
-    long t0 = ms_now();
+    long t0 = t_now_ms();
     pthread_create(&to, NULL, open_session, &o);   /* waits on the stopped zygote */
     usleep(1500000);
     t_ctl(&e, "stats", out, sizeof(out));   /* the control socket answers meanwhile */
     cr_assert(strstr(out, "sessions="), "%s", out);
     pthread_join(to, NULL);
-    long waited = ms_now() - t0;
+    long waited = t_now_ms() - t0;
     a.stop = 1;
     pthread_join(te, NULL);
     kill(zygote, SIGCONT);
@@ -109,7 +101,7 @@ Test(zygote, a_stopped_zygote_stalls_no_live_session, .timeout = 60)
 
     /* A new zygote takes over; new sessions start again. */
     struct cessna_ep *ep = NULL;
-    for (long deadline = ms_now() + 15000; !ep && ms_now() < deadline; usleep(100000))
+    for (long deadline = t_now_ms() + 15000; !ep && t_now_ms() < deadline; usleep(100000))
         ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
     cr_assert_not_null(ep, "no session after the zygote's restart: %s", err);
     const void *got;

@@ -45,7 +45,7 @@ const char *t_tmpdir(void)
     return dir;
 }
 
-static long now_ms(void)
+long t_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -83,12 +83,12 @@ void t_start(struct t_proc *p, const char *dir, const char *name, char *const ar
 {
     char buf[512];
     size_t len = 0;
-    long deadline = now_ms() + 10000;
+    long deadline = t_now_ms() + 10000;
 
     memset(p, 0, sizeof(*p));
     snprintf(p->log, sizeof(p->log), "%s/%s.log", dir, name);
     p->pid = t_start_raw(dir, name, argv, &p->out_fd);
-    while (now_ms() < deadline) {
+    while (t_now_ms() < deadline) {
         struct pollfd pfd = { .fd = p->out_fd, .events = POLLIN };
         if (poll(&pfd, 1, 100) <= 0)
             continue;
@@ -111,7 +111,7 @@ void t_start(struct t_proc *p, const char *dir, const char *name, char *const ar
 
 int t_wait(pid_t pid, int timeout_ms)
 {
-    long deadline = now_ms() + timeout_ms;
+    long deadline = t_now_ms() + timeout_ms;
     int status;
 
     do {
@@ -119,7 +119,7 @@ int t_wait(pid_t pid, int timeout_ms)
         if (r == pid)
             return status;
         usleep(5000);
-    } while (now_ms() < deadline);
+    } while (t_now_ms() < deadline);
     return -1;
 }
 
@@ -331,11 +331,11 @@ void t_write_all_at(int fd, const void *buf, size_t len, const char *file, int l
 
 long t_read_n(int fd, void *buf, size_t len, int timeout_ms)
 {
-    long deadline = now_ms() + timeout_ms;
+    long deadline = t_now_ms() + timeout_ms;
     size_t got = 0;
 
     while (got < len) {
-        long left = deadline - now_ms();
+        long left = deadline - t_now_ms();
         struct pollfd pfd = { .fd = fd, .events = POLLIN };
         if (left <= 0)
             return -ETIMEDOUT;
@@ -443,4 +443,14 @@ int t_children(pid_t parent, const pid_t *skip, int nskip, pid_t *live, int max,
     }
     closedir(d);
     return zombies;
+}
+
+struct cessna_ep *t_ep_connect(const struct t_edge *e)
+{
+    char err[256];
+    struct cessna_ep *ep = cessna_ep_connect(e->sup.addr, err, sizeof(err));
+
+    if (!ep)
+        cr_assert_fail("cessna_ep_connect %s: %s", e->sup.addr, err);
+    return ep;
 }

@@ -83,6 +83,12 @@ void t_expect_eof_at(int fd, int timeout_ms, const char *what, const char *file,
  * go to live[] (up to max, *nlive set). */
 int t_children(pid_t parent, const pid_t *skip, int nskip, pid_t *live, int max, int *nlive);
 
+/* CLOCK_MONOTONIC in ms. */
+long t_now_ms(void);
+/* A client endpoint with a new session on edge e (the test stops if it cannot connect). */
+struct cessna_ep;
+struct cessna_ep *t_ep_connect(const struct t_edge *e);
+
 /* Deterministic pseudo-random bytes. */
 void t_fill(void *buf, size_t len, uint64_t seed);
 
