@@ -108,7 +108,7 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/lib
 # popping at that instant); unarmed, the wrapper only calls the real ring_reserve.
 TEST_WRAP := -Wl,--wrap=ring_reserve
 $(BUILD)/tests/cessna-tests: $(call obj,$(UNIT_SRC) $(IT_SRC) $(THELP_SRC) worker/arena.c \
-		supervisor/evstore.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
+		supervisor/evstore.c supervisor/timers.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(TEST_WRAP) -lcriterion $(LDLIBS) -lz -lpthread)
 
 # The long runs (`make soak`): not part of `make test`.
