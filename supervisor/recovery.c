@@ -381,6 +381,8 @@ void recovery_on_tick(void)
         if (s->state != S_LIVE)
             continue;
         if (s->snap_inflight) {
+            if (s->out_stalled)
+                s->snap_requested_ms = now;   /* blocked by a slow reader, not stuck */
             if (now - s->snap_requested_ms < S.cfg.snapshot_timeout_ms)
                 continue;
             struct snapchild *k = kid_by_req(s, s->snap_req_id);
