@@ -45,6 +45,7 @@ static const struct key keys[] = {
     { "standby", K_STANDBY, offsetof(struct config, standby), 0, 0, 0, 0 },
     { "max_sessions", K_U32, offsetof(struct config, max_sessions), 0, 1, 65536, 0 },
     { "max_message_bytes", K_U32, offsetof(struct config, max_message_bytes), 0, 1, 64u << 20, 0 },
+    { "max_session_memory", K_U64, offsetof(struct config, max_session_memory), 0, 1u << 20, 4095ull << 20, 0 },
     { "busy_poll", K_BUSY_POLL, offsetof(struct config, busy_poll), 0, 0, 0, 0 },
     { "snapshot_timeout_ms", K_U64, offsetof(struct config, snapshot_timeout_ms), 0, 100, 3600000, 0 },
     { "max_event_ms", K_U64, offsetof(struct config, max_event_ms), 0, 0, 86400000, 0 },
@@ -64,6 +65,7 @@ void config_defaults(struct config *c)
     c->standby = STANDBY_COLD;
     c->max_sessions = 1024;
     c->max_message_bytes = 1u << 20;
+    c->max_session_memory = 256ull << 20;
     c->busy_poll = 1;
     c->snapshot_timeout_ms = 10000;
     c->max_held_bytes = 64ull << 20;

@@ -163,7 +163,8 @@ static void hdr_encode(uint8_t *h, const struct snap_meta *m, uint32_t flags, ui
         put64(h + 128 + 16 * r, m->regions[r].addr);
         put64(h + 136 + 16 * r, m->regions[r].len);
     }
-    put64(h + 256, XXH3_64bits(h, 256));
+    put32(h + 256, m->max_message);
+    put64(h + 264, XXH3_64bits(h, 264));
 }
 
 /* Decode and check a header; have = bytes available (the file size). */
@@ -182,7 +183,7 @@ static int hdr_decode(const uint8_t *h, uint64_t have, struct snap_meta *m, uint
         set_err(why, whylen, "bad magic: not a snapshot file");
         return -EBADMSG;
     }
-    if (get64(h + 256) != XXH3_64bits(h, 256)) {
+    if (get64(h + 264) != XXH3_64bits(h, 264)) {
         set_err(why, whylen, "header checksum mismatch: header corrupt");
         return -EBADMSG;
     }
@@ -212,6 +213,11 @@ static int hdr_decode(const uint8_t *h, uint64_t have, struct snap_meta *m, uint
     m->out_no[0] = get64(h + 72);
     m->out_no[1] = get64(h + 80);
     memcpy(m->fingerprint, h + 88, 32);
+    m->max_message = get32(h + 256);
+    if (get32(h + 260)) {
+        set_err(why, whylen, "reserved header bytes 260..263 are not zero");
+        return -EBADMSG;
+    }
     *nrecords = get64(h + 120);
     for (uint32_t r = 0; r < SNAP_MAX_REGIONS; r++) {
         uint64_t addr = get64(h + 128 + 16 * r), len = get64(h + 136 + 16 * r);
@@ -507,7 +513,7 @@ static int link_ok(const struct snap_meta *prev, const struct snap_meta *m, char
                 (unsigned long long)m->base_position, (unsigned long long)prev->position);
         return -1;
     }
-    if (m->session_id != prev->session_id ||
+    if (m->session_id != prev->session_id || m->max_message != prev->max_message ||
         memcmp(m->fingerprint, prev->fingerprint, sizeof(m->fingerprint))) {
         set_err(why, whylen, "broken chain: session or layout fingerprint differs from base %llu",
                 (unsigned long long)prev->position);

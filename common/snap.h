@@ -8,10 +8,10 @@
  *
  * File layout, all integers little-endian, fixed size:
  *
- *   header, SNAP_HDR_LEN = 264 bytes
+ *   header, SNAP_HDR_LEN = 272 bytes
  *     0  u8  magic[8]       "CSNAP\0\0\1"
  *     8  u32 version        SNAP_VERSION
- *    12  u32 header_len     264
+ *    12  u32 header_len     272
  *    16  u32 page_size      4096
  *    20  u32 kind           SNAP_FULL or SNAP_DELTA
  *    24  u32 flags          SNAP_HF_ZSTD: the writer had compression on (informational)
@@ -24,7 +24,10 @@
  *    88  u8  fingerprint[32]
  *   120  u64 nrecords       page records that follow
  *   128  {u64 addr, u64 len} regions[8]   unused slots are zero
- *   256  u64 xxh3-64 of header bytes [0, 256)
+ *   256  u32 max_message    the edge's max_message_bytes when the snapshot was taken: the
+ *                           app saw it (-EMSGSIZE), so a restore under another is refused
+ *   260  u32 reserved       0
+ *   264  u64 xxh3-64 of header bytes [0, 264)
  *
  *   nrecords page records, sorted by (region, page), no duplicates
  *     u32 region      index into regions[]
@@ -51,8 +54,8 @@
 
 #define SNAP_PAGE        4096
 #define SNAP_MAX_REGIONS 8
-#define SNAP_VERSION     1u
-#define SNAP_HDR_LEN     264u
+#define SNAP_VERSION     2u   /* 2: max_message in the header */
+#define SNAP_HDR_LEN     272u
 #define SNAP_REC_HDR_LEN 20u
 #define SNAP_TRAILER_LEN 32u
 
@@ -73,6 +76,7 @@ struct snap_meta {
     uint64_t out_no[2];       /* outputs numbered so far to client / server */
     uint8_t  fingerprint[32]; /* layout fingerprint: compared byte for byte on restore */
     uint32_t kind;            /* SNAP_FULL or SNAP_DELTA */
+    uint32_t max_message;     /* the edge's max_message_bytes (the app saw it) */
     uint32_t nregions;
     struct snap_region regions[SNAP_MAX_REGIONS];
 };

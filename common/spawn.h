@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SPAWN_VERSION 1u
+#define SPAWN_VERSION 2u   /* 2: max_memory */
 
 struct spawn_ready {
     uint32_t version;
@@ -27,6 +27,7 @@ struct spawn_request {
     uint32_t max_message;
     uint32_t pad;
     uint64_t restore_pos;   /* 0: start fresh; else restore the snapshot at this position */
+    uint64_t max_memory;    /* the session's arena cap in bytes (max_session_memory) */
 };
 
 struct spawn_reply {

@@ -37,6 +37,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include "cachelog.h"
 #include "log.h"
 #include "snap.h"
 #include "spawn.h"
@@ -424,6 +425,7 @@ static void make_durable(struct session *s, const struct snap_pending *p)
     s->snap_fork_ns = r->fork_ns;
     S.stats.snapshots++;
     evstore_drop_through(&s->ev, p->pos);
+    cachelog_drop_through(s, p->pos);
     olog_durable(s, p->pos);
     if (p->standby_pidfd >= 0) {
         drop_standby(s);

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cachelog.h"
 #include "log.h"
 #include "order.h"
 #include "sup.h"
@@ -913,9 +914,8 @@ static int take_output(struct session *s, uint16_t type, const void *rec, uint32
         timers_cancel(s, r.a);
         break;
     case OUT_CACHE_READ:
-        LOG(LOG_DEBUG, "session=%llu msg=\"cache read\" pos=%llu name=%.*s hash=%016llx",
-            ull(s->id), ull(r.pos), (int)(plen < 200 ? plen : 200), (const char *)payload,
-            ull(r.a));
+        if (cachelog_read(s, r.pos, payload, plen, r.a) < 0)
+            return -EPROTO;   /* a changed object under replay: the session is failed */
         break;
     case OUT_DONE:
         worker_finished(s);

@@ -366,6 +366,7 @@ int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, 
     req.session_id = s->id;
     req.max_message = S.cfg.max_message_bytes;
     req.restore_pos = restore_pos;
+    req.max_memory = S.cfg.max_session_memory;
     if (queue_push(s) < 0) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;

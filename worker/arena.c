@@ -32,6 +32,7 @@
 #define MIN_CHUNK  32u                   /* header + room for the fd/bk links */
 #define CINUSE     1u                    /* this chunk is allocated */
 #define PINUSE     2u                    /* the previous chunk is allocated (or none) */
+#define ALIGNED    4u                    /* a fake header before an over-aligned payload */
 #define FLAGS      15u
 
 #define NSMALL     64                    /* exact bins for chunk sizes 32, 48, ..., 1040 */
@@ -322,6 +323,54 @@ void *arena_calloc(size_t k, size_t n)
     return p;
 }
 
+/* An arena_memalign() payload p sits inside a chunk's payload q; the 16 bytes before p are
+ * {p - q, ALIGNED}. A chunk header never has ALIGNED set. Returns q, or p itself. */
+static void *unwrap(void *p, size_t *skip)
+{
+    const uint64_t *h = (const uint64_t *)p - 2;
+
+    *skip = 0;
+    if (((uintptr_t)p & (ALIGN - 1)) || (uintptr_t)p < (uintptr_t)base + FIRST_OFF + 2 * CHDR ||
+        !(h[1] & ALIGNED))
+        return p;
+    if (h[1] != ALIGNED || h[0] < CHDR || (h[0] & (ALIGN - 1)) ||
+        h[0] > (uintptr_t)p - (uintptr_t)base)
+        die("corrupted aligned allocation header", p);
+    *skip = h[0];
+    return (char *)p - h[0];
+}
+
+void *arena_memalign(size_t align, size_t n)
+{
+    size_t total;
+
+    if (!align || (align & (align - 1)))
+        return NULL;
+    if (align <= ALIGN)
+        return arena_malloc(n);
+    if (__builtin_add_overflow(n, align, &total))
+        return NULL;
+    char *q = arena_malloc(total);
+    if (!q)
+        return NULL;
+    /* q is 16-aligned and align >= 32, so p - q is in [16, align]: room for the tag. */
+    char *p = (char *)(((uintptr_t)q + CHDR + align - 1) & ~(uintptr_t)(align - 1));
+    uint64_t *h = (uint64_t *)p - 2;
+    h[0] = (uint64_t)(p - q);
+    h[1] = ALIGNED;
+    return p;
+}
+
+size_t arena_usable_size(void *p)
+{
+    size_t skip;
+
+    if (!p)
+        return 0;
+    void *q = unwrap(p, &skip);
+    return csize(CH(chunk_of(q))) - CHDR - skip;
+}
+
 void *arena_realloc(void *p, size_t n)
 {
     if (!p)
@@ -329,6 +378,16 @@ void *arena_realloc(void *p, size_t n)
     if (n == 0) {
         arena_free(p);
         return NULL;
+    }
+    size_t skip;
+    if (unwrap(p, &skip) != p) {        /* over-aligned: realloc need not keep the alignment */
+        size_t have = arena_usable_size(p);
+        void *q = arena_malloc(n);
+        if (!q)
+            return NULL;
+        memcpy(q, p, have < n ? have : n);
+        arena_free(p);
+        return q;
     }
     struct arena_hdr *h = H();
     uint64_t off = chunk_of(p);
@@ -371,9 +430,11 @@ void *arena_realloc(void *p, size_t n)
 
 void arena_free(void *p)
 {
+    size_t skip;
+
     if (!p)
         return;
-    free_chunk(chunk_of(p));
+    free_chunk(chunk_of(unwrap(p, &skip)));
 }
 
 size_t arena_used(void)

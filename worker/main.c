@@ -54,6 +54,7 @@ static void spawn_one(int sock, const struct spawn_request *req, const int *fds)
             .max_message = req->max_message,
             .memfd = fds[0], .doorbell_in = fds[1], .doorbell_out = fds[2],
             .report_fd = fds[3], .restore_pos = req->restore_pos,
+            .max_memory = req->max_memory,
         };
         close(sock);
         prctl(PR_SET_PDEATHSIG, SIGKILL);

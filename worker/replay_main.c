@@ -153,6 +153,7 @@ static int start_worker(struct replay *r, uint64_t session_id, uint64_t restore_
             .session_id = session_id, .ring_size = ring_size, .max_message = max_message,
             .memfd = memfd, .doorbell_in = r->bell_in, .doorbell_out = r->bell_out,
             .report_fd = sv[1], .restore_pos = restore_pos,
+            .max_memory = 256ull << 20,   /* the default; a snapshot's arena holds its own */
         };
         rt_run(&s);
     }
@@ -201,6 +202,7 @@ int replay_main(int argc, char **argv)
 
     /* Where to start: the newest snapshot chain, unless --fresh. */
     uint64_t chain[256], from = 0;
+    uint32_t max_message = 64u << 20;   /* unknown without a snapshot: the largest */
     int n = 0;
     wsnap_dir(dir, sizeof(dir), state_dir, session_id);
     if (!fresh) {
@@ -208,6 +210,16 @@ int replay_main(int argc, char **argv)
         if (snap_find_chain(dir, chain, 256, &n, why, sizeof(why)) == 0 && n > 0)
             from = chain[n - 1];
         else
+            n = 0;
+        if (n > 0) {   /* the app saw the edge's max_message_bytes: use the same */
+            struct snap_meta m;
+            char path[PATH_MAX + 64], name[64];
+            snap_name(name, sizeof(name), from, n == 1 ? SNAP_FULL : SNAP_DELTA);
+            snprintf(path, sizeof(path), "%s/%s", dir, name);
+            if (snap_read(path, NULL, 0, &m, why, sizeof(why)) == 0)
+                max_message = m.max_message;
+        }
+        if (n == 0)
             printf("no usable snapshot in %s (%s): replaying from the session start\n", dir, why);
     }
     struct evlog_reader ev;
@@ -221,7 +233,7 @@ int replay_main(int argc, char **argv)
 
     struct replay r;
     memset(&r, 0, sizeof(r));
-    if (start_worker(&r, session_id, from, 64u << 20) < 0) {
+    if (start_worker(&r, session_id, from, max_message) < 0) {
         fprintf(stderr, "cessna-replay: cannot start a worker: %s\n", strerror(errno));
         return 1;
     }

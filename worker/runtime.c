@@ -21,6 +21,7 @@
 
 #include "cessna.h"
 #include "arena.h"
+#include "determ.h"
 #include "log.h"
 #include "runtime.h"
 #include "shm.h"
@@ -50,6 +51,7 @@ struct rt_state {
     uint64_t seq[2];         /* last message consumed from the client [0] and server [1] */
     uint64_t next_timer_id;
     uint64_t prng;
+    uint64_t libc_rand;      /* rand()/random()/drand48() state (determ.c); srand() sets it */
     struct rt_timer *timers;
     uint32_t ntimers, timer_cap;
     struct rt_cache_obj *cache;
@@ -255,6 +257,11 @@ uint64_t cessna_random(void)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+uint64_t *rt_rand_state(void)
+{
+    return &L.st->libc_rand;
 }
 
 void *cessna_malloc(size_t n) { return arena_malloc(n); }
@@ -512,7 +519,7 @@ static void take_snapshot(void)
     struct wsnap_request rq = {
         .state_dir = L.state_dir, .session_id = L.st->session_id,
         .position = atomic_load(&L.ctl->snap_pos), .base = L.ctl->snap_base,
-        .gen = L.ctl->snap_gen, .hot = (int)L.ctl->snap_hot,
+        .gen = L.ctl->snap_gen, .hot = (int)L.ctl->snap_hot, .max_message = L.max_message,
     };
     char why[96];
     int rc;
@@ -592,6 +599,10 @@ void rt_run(const struct rt_session *s)
         int rc = wsnap_restore(L.state_dir, s->session_id, s->restore_pos, &m, err, sizeof(err));
         if (rc < 0)
             rt_fail("cannot restore snapshot %llu: %s", (unsigned long long)s->restore_pos, err);
+        if (m.max_message != s->max_message)
+            rt_fail("snapshot %llu was taken with max_message_bytes=%u, this edge has %u: "
+                    "replay could diverge (set it back)", (unsigned long long)s->restore_pos,
+                    m.max_message, s->max_message);
         arena_attach((char *)RT_ARENA_BASE + RT_STATE_SPACE);
         if (L.st->session_id != s->session_id || L.st->pos != s->restore_pos)
             rt_fail("snapshot %llu holds session %llu at position %llu",
@@ -599,11 +610,16 @@ void rt_run(const struct rt_session *s)
                     (unsigned long long)L.st->pos);
         atomic_store(&L.ctl->load_ns, (uint64_t)(mono_ns() - t0));
     } else {
-        if (arena_init((char *)RT_ARENA_BASE + RT_STATE_SPACE, RT_ARENA_SIZE - RT_STATE_SPACE) < 0)
+        /* The memory cap is the arena's size: it lives in the arena, so replay has it too. */
+        uint64_t cap = s->max_memory ? s->max_memory : RT_ARENA_SIZE;
+        if (cap > RT_ARENA_SIZE - RT_STATE_SPACE)
+            cap = RT_ARENA_SIZE - RT_STATE_SPACE;
+        if (arena_init((char *)RT_ARENA_BASE + RT_STATE_SPACE, (size_t)cap) < 0)
             rt_fail("cannot set up the arena");
         memset(L.st, 0, sizeof(*L.st));
         L.st->session_id = s->session_id;
         L.st->prng = s->session_id;
+        L.st->libc_rand = s->session_id ^ 0x5deece66dull;
     }
 
     for (;;) {
@@ -626,7 +642,9 @@ void rt_run(const struct rt_session *s)
         if (len < sizeof(*ev))
             rt_fail("short event record (%u bytes)", len);
         uint64_t pos = ev->pos;
+        determ_enter();
         handle_event(type, ev, len);
+        determ_leave();
         ring_pop(&L.in);
         atomic_store_explicit(&L.ctl->consumed, pos, memory_order_release);
         if (pos == L.ctl->replay_until)

@@ -21,6 +21,7 @@ struct rt_session {
     int doorbell_out;/* eventfd: we ring it for the supervisor */
     int report_fd;   /* snapshot children report here */
     uint64_t restore_pos;   /* 0: start fresh; else restore the snapshot at this position */
+    uint64_t max_memory;    /* the arena's cap in bytes (max_session_memory); 0: no cap */
 };
 
 /* Re-exec this program with ASLR off unless it is off already: the layout must be the
@@ -33,6 +34,9 @@ int rt_reserve_arena(char *err, size_t errlen);
 void rt_set_cache_dir(int dirfd);
 /* Zygote: where snapshots go (STATE_DIR/SESSION_ID/). */
 void rt_set_state_dir(const char *dir);
+
+/* Worker, inside an event: the state of the libc rand() family (determ.c). */
+uint64_t *rt_rand_state(void);
 
 /* cessna-replay's main (the same binary as the worker, called by that name). */
 int replay_main(int argc, char **argv);

@@ -62,9 +62,11 @@ static uint64_t build_id(const struct dl_phdr_info *info)
     return 0;
 }
 
+#define MAX_OBJECTS 256
+
 struct scan {
-    uint64_t fp[4];     /* worker build id and base, module build id and base */
-    int found_module;
+    uint64_t fp[2 * MAX_OBJECTS];   /* per loaded object: build id, base address */
+    int nobj, found_module, overflow;
 };
 
 /* Writable PT_LOAD segments of the app module, minus its RELRO part (made read-only after
@@ -75,16 +77,25 @@ static int scan_object(struct dl_phdr_info *info, size_t size, void *arg)
     uint64_t relro_lo = 0, relro_hi = 0;
 
     (void)size;
-    if (info->dlpi_name[0] == 0 && !sc->fp[0]) {   /* the worker binary itself */
-        sc->fp[0] = build_id(info);
-        sc->fp[1] = info->dlpi_addr;
-        return 0;
+    /* Every object, the worker binary, libc, ld.so, the app and the libraries it pulls in:
+     * the arena may hold pointers into any of them (zlib's state points into libz). The
+     * vDSO is the kernel's, and nothing the app keeps points into it. */
+    if (strncmp(info->dlpi_name, "linux-vdso", 10) != 0 &&
+        strncmp(info->dlpi_name, "linux-gate", 10) != 0) {
+        if (sc->nobj == MAX_OBJECTS) {
+            sc->overflow = 1;
+        } else {
+            uint64_t id = build_id(info);
+            if (!id)   /* no build id: the name at least */
+                id = XXH3_64bits(info->dlpi_name, strlen(info->dlpi_name));
+            sc->fp[2 * sc->nobj] = id;
+            sc->fp[2 * sc->nobj + 1] = info->dlpi_addr;
+            sc->nobj++;
+        }
     }
     if (strcmp(info->dlpi_name, W.app_path) != 0)
         return 0;
     sc->found_module = 1;
-    sc->fp[2] = build_id(info);
-    sc->fp[3] = info->dlpi_addr;
     for (int i = 0; i < info->dlpi_phnum; i++) {
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
         if (ph->p_type == PT_GNU_RELRO) {   /* the pages the loader makes read-only */
@@ -123,9 +134,15 @@ int wsnap_init(const char *app_path, char *err, size_t errlen)
         snprintf(err, errlen, "app module %s is not loaded", app_path);
         return -ENOENT;
     }
+    if (sc.overflow) {
+        snprintf(err, errlen, "more than %d loaded objects: cannot fingerprint the layout",
+                 MAX_OBJECTS);
+        return -E2BIG;
+    }
     /* two 128-bit hashes of (build ids, load addresses, arena base) */
-    XXH128_hash_t a = XXH3_128bits_withSeed(sc.fp, sizeof(sc.fp), arena);
-    XXH128_hash_t b = XXH3_128bits_withSeed(sc.fp, sizeof(sc.fp), ~arena);
+    size_t fplen = (size_t)sc.nobj * 2 * sizeof(uint64_t);
+    XXH128_hash_t a = XXH3_128bits_withSeed(sc.fp, fplen, arena);
+    XXH128_hash_t b = XXH3_128bits_withSeed(sc.fp, fplen, ~arena);
     memcpy(W.fingerprint, &a, 16);
     memcpy(W.fingerprint + 16, &b, 16);
     return 0;
@@ -198,6 +215,7 @@ static void child_write(const struct wsnap_request *rq, int report_fd)
     rep.fd_no = -1;
     wsnap_dir(dir, sizeof(dir), rq->state_dir, rq->session_id);
     fill_meta(&m, rq->session_id, rq->position, rq->base, rq->seq, rq->out_no);
+    m.max_message = rq->max_message;
     rep.status = snap_write(dir, &m, &W.hashes, &st, rep.text, sizeof(rep.text));
     rep.write_ns = (uint64_t)(mono_ns() - t0);
     if (rep.status == 0) {
