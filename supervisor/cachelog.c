@@ -96,8 +96,9 @@ int cachelog_read(struct session *s, uint64_t pos, const void *vname, size_t nle
         if (cs->v[lo].hash == hash)
             return 0;
         sess_fail(s, WIRE_ERR_SESSION, "cache object %.*s changed since event %llu: replay "
-                  "would diverge (was %s, now %s)", (int)nlen, name, ull(pos),
-                  cs->v[lo].hash ? "present" : "missing", hash ? "present" : "missing");
+                  "would diverge (%s)", (int)nlen, name, ull(pos),
+                  !hash ? "it is gone" : !cs->v[lo].hash ? "it was missing then" :
+                  "its content differs");
         return -ESTALE;
     }
     if (cs->n == cs->cap) {
