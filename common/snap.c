@@ -1,8 +1,10 @@
 /* snap.c - see snap.h. */
 #include <dirent.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <link.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +29,81 @@ static int snap_level = 1;
 void snap_set_compression(int level)
 {
     snap_level = level;
+}
+
+/* ---- layout fingerprint ---- */
+
+#define FP_MAX_OBJECTS 256
+
+struct fp_scan {
+    uint64_t v[2 * FP_MAX_OBJECTS];   /* per loaded object: build id, base address */
+    int n, overflow;
+};
+
+/* The GNU build id of a loaded object, hashed (0 if it has none). */
+static uint64_t build_id(const struct dl_phdr_info *info)
+{
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_NOTE)
+            continue;
+        const uint8_t *p = (const uint8_t *)(info->dlpi_addr + ph->p_vaddr);
+        const uint8_t *end = p + ph->p_memsz;
+        while (p + sizeof(ElfW(Nhdr)) <= end) {
+            const ElfW(Nhdr) *n = (const ElfW(Nhdr) *)p;
+            const uint8_t *desc = p + sizeof(*n) + ((n->n_namesz + 3) & ~3u);
+            if (n->n_type == NT_GNU_BUILD_ID)
+                return XXH3_64bits(desc, n->n_descsz);
+            p = desc + ((n->n_descsz + 3) & ~3u);
+        }
+    }
+    return 0;
+}
+
+static int fp_object(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    struct fp_scan *sc = arg;
+
+    (void)size;
+    /* The vDSO is the kernel's: nothing an app keeps points into it. */
+    if (!strncmp(info->dlpi_name, "linux-vdso", 10) || !strncmp(info->dlpi_name, "linux-gate", 10))
+        return 0;
+    if (sc->n == FP_MAX_OBJECTS) {
+        sc->overflow = 1;
+        return 1;
+    }
+    uint64_t id = build_id(info);
+    if (!id)   /* no build id: its name at least */
+        id = XXH3_64bits(info->dlpi_name, strlen(info->dlpi_name));
+    sc->v[2 * sc->n] = id;
+    sc->v[2 * sc->n + 1] = info->dlpi_addr;
+    sc->n++;
+    return 0;
+}
+
+int snap_layout_fingerprint(uint64_t arena_base, uint8_t out[32], char *err, size_t errlen)
+{
+    struct fp_scan *sc = calloc(1, sizeof(*sc));
+
+    if (!sc) {
+        snprintf(err, errlen, "layout fingerprint: out of memory");
+        return -ENOMEM;
+    }
+    dl_iterate_phdr(fp_object, sc);
+    if (sc->overflow) {
+        snprintf(err, errlen, "more than %d loaded objects: cannot fingerprint the layout",
+                 FP_MAX_OBJECTS);
+        free(sc);
+        return -E2BIG;
+    }
+    /* two 128-bit hashes of (build ids, load addresses), seeded with the arena base */
+    size_t len = (size_t)sc->n * 2 * sizeof(uint64_t);
+    XXH128_hash_t a = XXH3_128bits_withSeed(sc->v, len, arena_base);
+    XXH128_hash_t b = XXH3_128bits_withSeed(sc->v, len, ~arena_base);
+    memcpy(out, &a, 16);
+    memcpy(out + 16, &b, 16);
+    free(sc);
+    return 0;
 }
 
 static void put32(uint8_t *p, uint32_t v)

@@ -97,6 +97,12 @@ struct snap_hashes {
 
 struct snap_stats { uint64_t bytes, pages_written, pages_total; };
 
+/* The layout fingerprint of this process (snap_meta.fingerprint): the build id and load
+ * address of every loaded object (the program, ld.so, libc, the app module and every library
+ * it pulls in; not the vDSO), and the arena base. A snapshot holds raw pointers into all of
+ * them, so it restores only where this is the same. 0, or -errno with a reason. */
+int snap_layout_fingerprint(uint64_t arena_base, uint8_t out[32], char *err, size_t errlen);
+
 /* Compression for the following snap_write()s in this process: the zstd level (default 1;
  * negative levels are zstd's fast modes), 0 = store every page raw. A page is stored
  * compressed only when that saves at least an eighth of it; all-zero pages take no bytes

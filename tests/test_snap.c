@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -14,6 +15,8 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <xxhash.h>
 
 #include "snap.h"
 
@@ -182,6 +185,7 @@ static struct snap_meta world_meta(const struct world *w, uint64_t pos, uint32_t
     m.out_no[0] = pos + 1;
     m.out_no[1] = pos + 3;
     memcpy(m.fingerprint, w->fp, 32);
+    m.max_message = 1u << 20;
     m.kind = kind;
     m.nregions = 2;
     m.regions[0] = (struct snap_region){ (uintptr_t)w->a, w->a_len * PG };
@@ -627,6 +631,73 @@ Test(snap, fingerprint_mismatch)
     cr_assert_not_null(strstr(err, "layout fingerprint differs"), "err: %s", err);
     cr_assert(!memcmp(s.w.a, s.sentinel, A_CAP * PG), "memory changed by a refused chain");
     cr_assert_eq(snap_read(s.path, NULL, 0, &got, err, sizeof(err)), 0, "%s", err);
+    small_free(&s);
+}
+
+/* The fingerprint covers every loaded object, not only the program and the app: loading
+ * one more library changes it, unloading it restores it; and the arena base counts. */
+Test(snap, fingerprint_covers_every_loaded_object)
+{
+    uint8_t a[32], b[32], c[32];
+    char err[256];
+    const char *lib = CESSNA_BUILD_DIR "/tests/apps/crashy.so";
+
+    cr_assert_eq(snap_layout_fingerprint(0x200000000000ull, a, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(snap_layout_fingerprint(0x200000000000ull, b, err, sizeof(err)), 0, "%s", err);
+    cr_assert(!memcmp(a, b, 32), "the same layout must give the same fingerprint");
+    cr_assert_eq(snap_layout_fingerprint(0x300000000000ull, c, err, sizeof(err)), 0, "%s", err);
+    cr_assert(memcmp(a, c, 32), "the arena base must count");
+
+    void *h = dlopen(lib, RTLD_LAZY | RTLD_LOCAL);   /* its cessna_* calls stay unbound */
+    cr_assert_not_null(h, "dlopen %s: %s", lib, dlerror());
+    cr_assert_eq(snap_layout_fingerprint(0x200000000000ull, b, err, sizeof(err)), 0, "%s", err);
+    cr_assert(memcmp(a, b, 32), "a library loaded (not the app module) must change it");
+    dlclose(h);
+    cr_assert_eq(snap_layout_fingerprint(0x200000000000ull, b, err, sizeof(err)), 0, "%s", err);
+    cr_assert(!memcmp(a, b, 32), "unloaded again: the fingerprint is back");
+}
+
+/* max_message_bytes travels in the header (the app saw it as -EMSGSIZE): it round-trips, and
+ * a chain whose links disagree on it is broken. */
+Test(snap, max_message_in_header)
+{
+    char *dir = tmp_dir(), path[512], err[1024];
+    struct snap_meta m, got;
+    struct world w;
+
+    world_init(&w, 2);
+    fill_pattern(w.a, 2 * PG, 1);
+    m = world_meta(&w, 10, SNAP_FULL, 0);
+    m.max_message = 4096;
+    write_ok(dir, &m, NULL, NULL);
+    snap_path(path, sizeof(path), dir, 10, SNAP_FULL);
+    cr_assert_eq(snap_read(path, w.fp, 0, &got, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(got.max_message, 4096);
+
+    m = world_meta(&w, 20, SNAP_DELTA, 10);
+    m.max_message = 8192;
+    write_ok(dir, &m, NULL, NULL);
+    cr_assert_eq(snap_restore_chain(dir, (uint64_t[]){ 10, 20 }, 2, w.fp, &got, err, sizeof(err)),
+                 -EBADMSG);
+    cr_assert_not_null(strstr(err, "broken chain"), "err: %s", err);
+    rm_dir(dir);
+}
+
+/* A version-1 file (no max_message) is refused by name, not misread. */
+Test(snap, older_version_refused)
+{
+    struct small s;
+    char err[512];
+    struct snap_meta got;
+
+    small_make(&s, SNAP_FULL);
+    cr_assert_eq(SNAP_VERSION, 2);
+    s.file[8] = 1;   /* version, then a valid header hash over the header bytes */
+    uint64_t h = XXH3_64bits(s.file, 264);
+    memcpy(s.file + 264, &h, 8);
+    store(s.path, s.file, s.len);
+    cr_assert_eq(snap_read(s.path, s.w.fp, 0, &got, err, sizeof(err)), -EBADMSG);
+    cr_assert_not_null(strstr(err, "unsupported version 1"), "err: %s", err);
     small_free(&s);
 }
 

@@ -1,7 +1,6 @@
 /* snapshot.c - the worker's side of snapshots (DESIGN.md section 5): which memory is the
  * session's state, the layout fingerprint, the frozen fork child that writes a snapshot,
  * and restoring one into a fresh worker. The file format is common/snap.c. */
-#include <elf.h>
 #include <errno.h>
 #include <link.h>
 #include <signal.h>
@@ -42,31 +41,8 @@ static long long mono_ns(void)
     return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
-/* The GNU build id of a loaded object, hashed (0 if it has none). */
-static uint64_t build_id(const struct dl_phdr_info *info)
-{
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type != PT_NOTE)
-            continue;
-        const uint8_t *p = (const uint8_t *)(info->dlpi_addr + ph->p_vaddr);
-        const uint8_t *end = p + ph->p_memsz;
-        while (p + sizeof(ElfW(Nhdr)) <= end) {
-            const ElfW(Nhdr) *n = (const ElfW(Nhdr) *)p;
-            const uint8_t *desc = p + sizeof(*n) + ((n->n_namesz + 3) & ~3u);
-            if (n->n_type == NT_GNU_BUILD_ID)
-                return XXH3_64bits(desc, n->n_descsz);
-            p = desc + ((n->n_descsz + 3) & ~3u);
-        }
-    }
-    return 0;
-}
-
-#define MAX_OBJECTS 256
-
 struct scan {
-    uint64_t fp[2 * MAX_OBJECTS];   /* per loaded object: build id, base address */
-    int nobj, found_module, overflow;
+    int found_module;
 };
 
 /* Writable PT_LOAD segments of the app module, minus its RELRO part (made read-only after
@@ -77,22 +53,6 @@ static int scan_object(struct dl_phdr_info *info, size_t size, void *arg)
     uint64_t relro_lo = 0, relro_hi = 0;
 
     (void)size;
-    /* Every object, the worker binary, libc, ld.so, the app and the libraries it pulls in:
-     * the arena may hold pointers into any of them (zlib's state points into libz). The
-     * vDSO is the kernel's, and nothing the app keeps points into it. */
-    if (strncmp(info->dlpi_name, "linux-vdso", 10) != 0 &&
-        strncmp(info->dlpi_name, "linux-gate", 10) != 0) {
-        if (sc->nobj == MAX_OBJECTS) {
-            sc->overflow = 1;
-        } else {
-            uint64_t id = build_id(info);
-            if (!id)   /* no build id: the name at least */
-                id = XXH3_64bits(info->dlpi_name, strlen(info->dlpi_name));
-            sc->fp[2 * sc->nobj] = id;
-            sc->fp[2 * sc->nobj + 1] = info->dlpi_addr;
-            sc->nobj++;
-        }
-    }
     if (strcmp(info->dlpi_name, W.app_path) != 0)
         return 0;
     sc->found_module = 1;
@@ -134,18 +94,7 @@ int wsnap_init(const char *app_path, char *err, size_t errlen)
         snprintf(err, errlen, "app module %s is not loaded", app_path);
         return -ENOENT;
     }
-    if (sc.overflow) {
-        snprintf(err, errlen, "more than %d loaded objects: cannot fingerprint the layout",
-                 MAX_OBJECTS);
-        return -E2BIG;
-    }
-    /* two 128-bit hashes of (build ids, load addresses, arena base) */
-    size_t fplen = (size_t)sc.nobj * 2 * sizeof(uint64_t);
-    XXH128_hash_t a = XXH3_128bits_withSeed(sc.fp, fplen, arena);
-    XXH128_hash_t b = XXH3_128bits_withSeed(sc.fp, fplen, ~arena);
-    memcpy(W.fingerprint, &a, 16);
-    memcpy(W.fingerprint + 16, &b, 16);
-    return 0;
+    return snap_layout_fingerprint(arena, W.fingerprint, err, errlen);
 }
 
 int wsnap_setup(char *err, size_t errlen)
