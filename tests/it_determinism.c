@@ -13,6 +13,15 @@
 #include "cessna_endpoint.h"
 #include "t_helpers.h"
 
+/* Under ASan the app's heap is ASan's (worker/determ.c leaves malloc alone there), so state
+ * kept in malloc memory does not survive a kill: nothing here can pass. */
+#ifdef __SANITIZE_ADDRESS__
+#define SKIP_UNDER_ASAN() cr_skip_test("ASan build: malloc is ASan's, not the arena " \
+                                       "(docs/determinism.md); run the plain build")
+#else
+#define SKIP_UNDER_ASAN() do { } while (0)
+#endif
+
 #define MSGS 60
 #define MAXR 1024
 
@@ -179,16 +188,19 @@ static void compare(const char *extra)
 
 Test(determinism, kills_cold_standby, .timeout = 120)
 {
+    SKIP_UNDER_ASAN();
     compare("standby = cold\nsnapshot_interval_ms = 20\n");
 }
 
 Test(determinism, kills_hot_standby, .timeout = 120)
 {
+    SKIP_UNDER_ASAN();
     compare("standby = hot\nsnapshot_interval_ms = 20\n");
 }
 
 Test(determinism, kills_without_snapshots, .timeout = 120)
 {
+    SKIP_UNDER_ASAN();
     compare("snapshot_interval_ms = 0\n");
 }
 
@@ -220,9 +232,7 @@ Test(determinism, memory_cap, .timeout = 60)
     char clean[7][MAXR], faulty[7][MAXR];
     int got = -1;
 
-#ifdef __SANITIZE_ADDRESS__
-    cr_skip_test("under ASan the app's heap is ASan's: malloc is not the arena (docs/determinism.md)");
-#endif
+    SKIP_UNDER_ASAN();
     memcap_run(0, clean);
     memcap_run(1, faulty);
     sscanf(clean[1], "hog=%d", &got);
@@ -256,7 +266,7 @@ static void cache_run(int changed)
     write_file(path, "version-1");
     snprintf(extra, sizeof(extra), "cache_dir = %s\nsnapshot_interval_ms = 0\n", dir);
     ds_start(&d, extra);
-    ask(&d, "hello", ans);
+    ask(&d, "CACHE none", ans);
     ds_snapshot(&d);
     ask(&d, "CACHE obj", ans);
     cr_assert(strncmp(ans, "cache=version-1|", 16) == 0, "%s", ans);
@@ -264,7 +274,8 @@ static void cache_run(int changed)
         write_file(path, "version-2");
     ds_kill_wait(&d, !changed);
     if (!changed) {
-        ask(&d, "after", ans);
+        ask(&d, "CACHE other", ans);   /* (no malloc state: runs under ASan too) */
+        cr_assert(strncmp(ans, "cache=miss|", 11) == 0, "%s", ans);
         ask(&d, "CACHE obj", ans);
         cr_assert(strncmp(ans, "cache=version-1|", 16) == 0, "%s", ans);
         ds_stop(&d);

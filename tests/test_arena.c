@@ -402,3 +402,54 @@ Test(arena, check_detects_corruption)
     a[-1] ^= 0x40;                           /* scribble on the chunk header */
     cr_expect_eq(arena_check(), -EFAULT);
 }
+
+/* arena_memalign (behind memalign, posix_memalign, aligned_alloc in a worker): every
+ * alignment, usable size, free, realloc keeps the content, and the metadata stays sound. */
+Test(arena, memalign_free_realloc_usable_size)
+{
+    new_arena(64 * MiB);
+    void *p[13];
+    size_t n = 100;
+
+    cr_assert_null(arena_memalign(48, 10), "not a power of two");
+    cr_assert_null(arena_memalign(0, 10));
+    for (int i = 0; i < 13; i++) {
+        size_t align = (size_t)1 << (i + 1);   /* 2 .. 8192 */
+        p[i] = arena_memalign(align, n + (size_t)i);
+        cr_assert_not_null(p[i]);
+        cr_assert_eq((uintptr_t)p[i] % (align < 16 ? 16 : align), 0, "align %zu", align);
+        cr_assert_geq(arena_usable_size(p[i]), n + (size_t)i);
+        fill(p[i], n + (size_t)i, (uint64_t)i);
+    }
+    cr_assert_eq(arena_check(), 0);
+    for (int i = 0; i < 13; i += 2) {
+        p[i] = arena_realloc(p[i], 5000);
+        cr_assert_not_null(p[i]);
+        cr_assert(verify(p[i], n + (size_t)i, (uint64_t)i), "realloc %d kept the content", i);
+    }
+    for (int i = 1; i < 13; i += 2)
+        cr_assert(verify(p[i], n + (size_t)i, (uint64_t)i));
+    cr_assert_eq(arena_check(), 0);
+    for (int i = 0; i < 13; i++)
+        arena_free(p[i]);
+    cr_assert_eq(arena_check(), 0);
+    cr_assert_eq(arena_used(), 0, "everything given back");
+}
+
+/* The size given to arena_init is the cap (max_session_memory): allocations past it fail,
+ * smaller ones still succeed afterwards, the same way every time. */
+Test(arena, size_is_the_cap)
+{
+    int got[2];
+
+    for (int run = 0; run < 2; run++) {
+        new_arena(8 * MiB);
+        got[run] = 0;
+        while (arena_malloc(MiB))
+            got[run]++;
+        cr_assert_not_null(arena_malloc(1000), "small allocations still fit");
+        cr_assert_leq(arena_extent(), 8 * MiB);
+    }
+    cr_assert_eq(got[0], 7);
+    cr_assert_eq(got[1], got[0]);
+}

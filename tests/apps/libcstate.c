@@ -39,13 +39,11 @@ struct state {
     int nhog;
 };
 
-static struct state *S;      /* the only static: everything else is in malloc memory */
+static struct state state;  /* the only static: the rest is in malloc memory */
+static struct state *const S = &state;
 
 static int init(void)
 {
-    S = calloc(1, sizeof(*S));
-    if (!S)
-        return -1;
     S->counter = malloc(sizeof(long));
     if (!S->counter)
         return -1;
