@@ -135,6 +135,7 @@ Test(config, defaults)
     cr_assert_eq(c.standby, STANDBY_COLD);
     cr_assert_eq(c.max_sessions, 1024);
     cr_assert_eq(c.max_message_bytes, 1u << 20);
+    cr_assert_eq(c.max_session_memory, 256ull << 20);
 
     memset(&d, 0x5a, sizeof(d));
     config_defaults(&d);
@@ -235,8 +236,20 @@ Test(config, number_out_of_range)
     expect_error(REQUIRED "max_message_bytes = 67108865\n", 5, "1..67108864");
     expect_error(REQUIRED "max_message_bytes = 4294967297\n", 5, "bad value '4294967297'");
     expect_error(REQUIRED "snapshot_interval_ms = 86400001\n", 5, "0..86400000");
+    expect_error(REQUIRED "max_session_memory = 1048575\n", 5, "1048576..4293918720");
+    expect_error(REQUIRED "max_session_memory = 4293918721\n", 5, "1048576..4293918720");
     expect_error(REQUIRED "snapshot_interval_ms = 18446744073709551616\n", 5,
                  "bad value '18446744073709551616'");
+}
+
+Test(config, max_session_memory)
+{
+    struct config c;
+    char err[512];
+    const char *path = cfg_write("mem.ini", REQUIRED "max_session_memory = 8388608\n");
+
+    cr_assert_eq(load(path, &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.max_session_memory, 8ull << 20);
 }
 
 Test(config, bad_standby)
