@@ -135,8 +135,8 @@ Test(watchdog, oom_kill_at_the_same_event_twice_is_a_crash_loop, .timeout = 120)
     char out[2048], dir[512];
 
     t_echo_ep_start(&srv);
-    t_edge_start(&e, t_test_app("hog"), srv.addr,
-                 "snapshot_interval_ms = 50\n");
+    t_edge_start(&e, t_test_app("hog"), srv.addr,   /* the cgroup, not the arena cap, stops it */
+                 "snapshot_interval_ms = 50\nmax_session_memory = 4293918720\n");
     t_ctl(&e, "stats", out, sizeof(out));
     pid_t pids[2] = { e.sup.pid, (pid_t)t_field(out, "zygote_pid") };
     if (cgroup_limit(dir, sizeof(dir), pids, 2, 300l << 20) < 0) {
