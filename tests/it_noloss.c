@@ -200,11 +200,14 @@ Test(noloss, snapshot_child_killed_midwrite_is_reaped_and_retried, .timeout = 60
     char out[1024];
 
     t_echo_ep_start(&srv);
-    t_edge_start(&e, t_app("ballast"), srv.addr, "snapshot_interval_ms = 0\n");
+    t_edge_start(&e, t_app("ballast"), srv.addr,   /* 256 MiB of ballast: above the default cap */
+                 "snapshot_interval_ms = 0\nmax_session_memory = 536870912\n");
     struct cessna_ep *ep = t_ep_connect(&e);
     uint64_t id = cessna_ep_session_id(ep);
     cr_assert_eq(cessna_ep_send(ep, "BALLAST 268435456", 17), 0);
-    cr_assert(cessna_ep_recv(ep, &got) > 0, "%s", cessna_ep_error(ep));
+    long n = cessna_ep_recv(ep, &got);
+    cr_assert(n > 0, "%s", cessna_ep_error(ep));
+    cr_assert(!memmem(got, (size_t)n, "error", 5), "%.*s", (int)n, (const char *)got);
     t_ctl(&e, "stats", out, sizeof(out));
     pid_t known[2] = { (pid_t)sess_field(&e, id, "worker"), (pid_t)t_field(out, "zygote_pid") };
     cr_assert(known[0] > 0 && known[1] > 0, "worker %d zygote %d", known[0], known[1]);
