@@ -64,6 +64,14 @@ Test(replay, crash_is_found_offline_at_the_same_event)
         usleep(1000);
     }
     uint64_t id = cessna_ep_session_id(ep);
+    /* A durable snapshot first (forks are slow on a loaded machine or under ASan). */
+    for (long deadline = t_now_ms() + 20000;; usleep(10000)) {
+        char line[8192];
+        t_ctl(&e, "sessions", line, sizeof(line));
+        if (t_field(line, "snapshots") > 0)
+            break;
+        cr_assert(t_now_ms() < deadline, "no durable snapshot: %s", line);
+    }
     cr_assert_eq(cessna_ep_send(ep, "CRASH", 5), 0);
     cr_assert_eq(cessna_ep_recv(ep, &got), -ECONNABORTED);
     const char *at = strstr(cessna_ep_error(ep), "again at event ");
