@@ -19,6 +19,7 @@
 #include "arena.h"
 #include "proc.h"
 #include "runtime.h"
+#include "sandbox.h"
 #include "shm.h"
 #include "snap.h"
 #include "spawn.h"
@@ -198,7 +199,7 @@ static void child_write(const struct wsnap_request *rq, int report_fd)
     rep.fd_no = -1;
     wsnap_dir(dir, sizeof(dir), rq->state_dir, rq->session_id);
     fill_meta(&m, rq->session_id, rq->position, rq->base, rq->seq, rq->out_no);
-    rep.status = snap_write(dir, &m, &W.hashes, &st, rep.text, sizeof(rep.text));
+    rep.status = snap_write_at(rq->dirfd, dir, &m, &W.hashes, &st, rep.text, sizeof(rep.text));
     rep.write_ns = (uint64_t)(mono_ns() - t0);
     if (rep.status == 0) {
         rep.bytes = st.bytes;
@@ -233,6 +234,7 @@ int wsnap_take(const struct wsnap_request *rq, int report_fd)
     if (pid < 0)
         return pid;
     if (pid == 0) {
+        sandbox_snapshot_child();
         prctl(PR_SET_PDEATHSIG, SIGKILL);   /* our parent is the supervisor (CLONE_PARENT) */
         child_write(rq, report_fd);
         return 1;   /* a hot standby taking over */

@@ -73,7 +73,7 @@ static void escape(const char *rel, const char *abs)
 {
     int tried = 0, err = 0;
 
-    for (int fd = 0; fd < 256; fd++) {
+    for (int fd = 0; fd < 4096; fd++) {
         struct stat sb;
         if (fstat(fd, &sb) == -1 || !S_ISDIR(sb.st_mode))
             continue;
