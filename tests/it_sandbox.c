@@ -147,6 +147,23 @@ static int kill_hostile_children(void)
     return found;
 }
 
+/* The value of "Key:" in /proc/PID/status (its first number), or -1. */
+static long proc_status(pid_t pid, const char *key)
+{
+    char path[64], line[256];
+    long v = -1;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    if (!(f = fopen(path, "r")))
+        return -1;
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, key, strlen(key)) == 0 && line[strlen(key)] == ':')
+            v = strtol(line + strlen(key) + 1, NULL, 10);
+    fclose(f);
+    return v;
+}
+
 static int landlock_available(void)
 {
 #ifdef SYS_landlock_create_ruleset
@@ -225,6 +242,11 @@ static void run_row(const struct row *r)
     const char *line = session_line(&e, hid, out, sizeof(out));
     pid_t hpid = (pid_t)t_field(line, "worker");
     cr_assert(hpid > 0, "no worker for the hostile session: %s", line);
+    /* It is confined: a seccomp filter, no_new_privs, and not root when we are root. */
+    cr_expect_eq(proc_status(hpid, "Seccomp"), 2, "worker %d has no seccomp filter", (int)hpid);
+    cr_expect_eq(proc_status(hpid, "NoNewPrivs"), 1, "worker %d: no_new_privs", (int)hpid);
+    if (geteuid() == 0 && !(r->extra && strstr(r->extra, "worker_user = root")))
+        cr_expect_neq(proc_status(hpid, "Uid"), 0, "worker %d runs as root", (int)hpid);
     if (r->wait_standby) {
         long t0 = now_ms();
         while (t_field(session_line(&e, hid, out, sizeof(out)), "standby") == 0 &&
