@@ -90,6 +90,7 @@ static struct {
     /* per process */
     int in_child;
     void (*fail)(const char *text);
+    void (*child_fail)(const char *text);
 } SB;
 
 /* ---- zygote: resolve, check, compile ---- */
@@ -353,14 +354,17 @@ static void on_sigsys(int signo, siginfo_t *si, void *ucv)
         if (nr == SYS_openat || nr == SYS_open)
             put(&t, " (no files outside its session)");
     }
-    if (SB.in_child || !SB.fail) {
-        /* A snapshot child has no ring of its own: say so on stderr and end the child. */
+    if (SB.in_child) {
+        /* A snapshot child runs no app code: this is a runtime bug. Say so, and end it. */
         log_safe("cessna-worker: snapshot child stopped by the sandbox: ");
         log_safe(t.buf);
         log_safe("\n");
+        if (SB.child_fail)
+            SB.child_fail(t.buf);
         _exit(1);
     }
-    SB.fail(t.buf);
+    if (SB.fail)
+        SB.fail(t.buf);
     _exit(1);
 }
 
@@ -555,11 +559,12 @@ FILE *popen(const char *cmd, const char *mode)
     return PASS_THROUGH("popen", real_t)(cmd, mode);
 }
 
-void sandbox_snapshot_child(void)
+void sandbox_snapshot_child(void (*fail)(const char *text))
 {
     if (!SB.enabled)
         return;
     SB.in_child = 1;
+    SB.child_fail = fail;
     if (setpgid(0, 0) == -1)
         _exit(1);   /* it would share the worker's group: a raise() here would reach it */
 }

@@ -26,8 +26,9 @@ int  sandbox_enter(struct sandbox_fds *fds, void (*fail)(const char *text),
                    char *err, size_t errlen);
 
 /* Snapshot child, right after the fork: its own process group (it may signal itself, see
- * sandbox.c), and a refused call now only ends this child. */
-void sandbox_snapshot_child(void);
+ * sandbox.c); a refused call now runs fail(text) (the child's failure report), then ends
+ * this child only. */
+void sandbox_snapshot_child(void (*fail)(const char *text));
 /* A hot standby taking over: it is the worker again. */
 void sandbox_resume_worker(void);
 

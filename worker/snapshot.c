@@ -223,6 +223,28 @@ static void child_write(const struct wsnap_request *rq, int report_fd)
     close(wake);
 }
 
+/* The child's request and report socket, for child_refused. */
+static const struct wsnap_request *child_rq;
+static int child_report_fd = -1;
+
+/* The sandbox refused a call in the child (sandbox.c): report the snapshot failed, so the
+ * supervisor does not wait for it. Async-signal-safe. */
+static void child_refused(const char *text)
+{
+    struct snap_report rep;
+    size_t i = 0;
+
+    memset(&rep, 0, sizeof(rep));
+    rep.version = SNAP_REPORT_VERSION;
+    rep.status = -EPERM;
+    rep.pid = getpid();
+    rep.position = child_rq->position;
+    rep.gen = child_rq->gen;
+    for (; text[i] && i < sizeof(rep.text) - 1; i++)
+        rep.text[i] = text[i];
+    send(child_report_fd, &rep, sizeof(rep), MSG_NOSIGNAL);
+}
+
 int wsnap_take(const struct wsnap_request *rq, int report_fd)
 {
     struct snap_report started;
@@ -234,7 +256,9 @@ int wsnap_take(const struct wsnap_request *rq, int report_fd)
     if (pid < 0)
         return pid;
     if (pid == 0) {
-        sandbox_snapshot_child();
+        child_rq = rq;
+        child_report_fd = report_fd;
+        sandbox_snapshot_child(child_refused);
         prctl(PR_SET_PDEATHSIG, SIGKILL);   /* our parent is the supervisor (CLONE_PARENT) */
         child_write(rq, report_fd);
         return 1;   /* a hot standby taking over */
