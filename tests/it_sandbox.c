@@ -435,3 +435,42 @@ Test(sandbox, abort_is_a_crash_not_a_violation)
 {
     run_row(&(struct row){ "ABORT%s", EXPECT_ERROR, "signal 6", NULL, 0, 1 });
 }
+
+/* Offline, cessna-replay runs the app under the same sandbox: a session failed for a refused
+ * call fails the same way in the replay (determinism holds for violations too). */
+Test(sandbox, replay_refuses_the_same_call)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char err[256], out[4096], state[300], sid[32];
+    const void *got;
+    int fd;
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_test_app("hostile"), srv.addr, "snapshot_interval_ms = 10\n");
+    struct cessna_ep *ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
+    cr_assert(ep, "%s", err);
+    for (int i = 0; i < 20; i++) {
+        cr_assert_eq(cessna_ep_send(ep, "ECHO hello", 10), 0);
+        cr_assert_eq(recv_within(ep, &got, 5000), 10);
+    }
+    uint64_t id = cessna_ep_session_id(ep);
+    cr_assert_eq(cessna_ep_send(ep, "SOCKET 9", 8), 0);
+    cr_assert_eq(recv_within(ep, &got, 5000), -ECONNABORTED);
+    cr_assert(strstr(cessna_ep_error(ep), "app called socket()"), "%s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    usleep(100000);   /* the log's last batch reaches the file */
+
+    snprintf(state, sizeof(state), "%s/state", e.dir);
+    snprintf(sid, sizeof(sid), "%llu", (unsigned long long)id);
+    char *argv[] = { (char *)t_bin("cessna-replay"), "--app", (char *)t_test_app("hostile"),
+                     "--state-dir", state, "--session", sid, NULL };
+    pid_t pid = t_start_raw(e.dir, "replay", argv, &fd);
+    size_t n = t_read_n(fd, out, sizeof(out) - 1, 20000);
+    out[n] = 0;
+    int status = t_wait(pid, 20000);
+    close(fd);
+    cr_assert(status != -1 && WIFEXITED(status), "cessna-replay ends: %s", out);
+    cr_assert(strstr(out, "app called socket()"), "replay says '%s'", out);
+    t_edge_stop(&e);
+}
