@@ -399,6 +399,14 @@ Test(sandbox, ptrace_is_refused)
     run_row(&(struct row){ "PTRACE%s", EXPECT_ERROR, "ptrace()", NULL, 0, 0 });
 }
 
+/* The report socket is one a worker must hold (its snapshot children report on it): made-up
+ * reports naming the supervisor must not make the supervisor signal it. Not a refused call:
+ * the supervisor verifies reports itself (recovery.c), so the app gets to answer. */
+Test(sandbox, forged_snapshot_reports_harm_nobody)
+{
+    run_row(&(struct row){ "FORGE%s", EXPECT_REPLY, "done forged", NULL, 0, 1 });
+}
+
 /* The same in a promoted hot standby (another pid, the same filter). */
 Test(sandbox, a_promoted_standby_is_confined_too)
 {

@@ -380,6 +380,8 @@ Test(config, timeouts_and_retention)
     expect_error(REQUIRED "hello_timeout_ms = -1\n", 5, "bad value '-1'");
     expect_error(REQUIRED "connect_timeout_ms = 3600001\n", 5, "0..3600000");
     expect_error(REQUIRED "failed_sessions_keep = lots\n", 5, "bad value 'lots'");
+}
+
 Test(config, sandbox_and_worker_user)
 {
     struct config c;

@@ -10,13 +10,14 @@
  * and the descriptors it names sit at fixed numbers for that reason.
  *
  * Decisions worth a comment:
- * - fork. The runtime forks its snapshot child with the legacy clone(CLONE_PARENT) (see
- *   common/proc.c) because seccomp sees clone's flags but not clone3's (a pointer). clone is
- *   allowed with exactly those flags; clone3 fails with ENOSYS, so glibc's pthread_create
+ * - fork. The runtime forks its snapshot child with the legacy clone(CLONE_PARENT |
+ *   CLONE_PIDFD) (see common/proc.c) because seccomp sees clone's flags but not clone3's (a
+ *   pointer). clone is allowed with exactly those flags; clone3 fails with ENOSYS, so glibc's pthread_create
  *   and posix_spawn fall back to clone, whose flags (CLONE_THREAD, CLONE_VFORK, SIGCHLD for
  *   fork()) are then refused by name. What seccomp cannot do is tell the runtime from the
  *   app: an app that issues the very same raw clone(CLONE_PARENT) gets a process confined
- *   exactly like the worker (same filter, user and Landlock domain).
+ *   exactly like the worker (same filter, user and Landlock domain), which the supervisor
+ *   does not track (it tracks a snapshot child only after the worker's SNAP_STARTED).
  * - signals. kill/tgkill/tkill are trapped; the handler performs a signal to the caller
  *   itself (abort(), raise()) as kill(0, sig) to the worker's own process group, which is
  *   allowed, and refuses any other target. The filter cannot hold the pid: a hot standby
@@ -153,7 +154,9 @@ static int compile_filter(char *err, size_t errlen)
     ALLOW_IF("sendmsg", FD_IS(0, rep));
     /* the snapshot child: exactly the runtime's fork (file comment), its pdeath signal,
      * its own process group; signals only to the caller's own group */
+    ALLOW_IF("clone", SCMP_A0(SCMP_CMP_EQ, CLONE_PARENT | CLONE_PIDFD));
     ALLOW_IF("clone", SCMP_A0(SCMP_CMP_EQ, CLONE_PARENT));
+    ALLOW("eventfd2");   /* a hot standby's wake-up */
     ALLOW_IF("prctl", INT_IS(0, PR_SET_PDEATHSIG));
     ALLOW_IF("setpgid", INT_IS(0, 0), INT_IS(1, 0));
     ALLOW_IF("kill", INT_IS(0, 0));

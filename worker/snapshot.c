@@ -236,8 +236,11 @@ static void child_refused(const char *text)
 
     memset(&rep, 0, sizeof(rep));
     rep.version = SNAP_REPORT_VERSION;
+    rep.kind = SNAP_DONE;
     rep.status = -EPERM;
     rep.pid = getpid();
+    rep.fd_no = -1;
+    rep.req = child_rq->req;
     rep.position = child_rq->position;
     rep.gen = child_rq->gen;
     for (; text[i] && i < sizeof(rep.text) - 1; i++)

@@ -14,6 +14,8 @@
  *   PTRACE              ptrace(PTRACE_SEIZE) the supervisor
  *   ESCAPE REL ABS      openat(REL) relative to every directory fd the worker holds (its
  *                       session directory), else open(ABS); send what it read
+ *   FORGE               send made-up snapshot reports naming the supervisor's pid (a child
+ *                       just started; a hot standby) on every socket the worker holds
  *   ABORT               abort() (a crash, not a violation: the session dies of signal 6)
  */
 #include <errno.h>
@@ -96,6 +98,39 @@ static void escape(const char *rel, const char *abs)
     reply("DENIED %s", strerror(err));
 }
 
+/* common/shm.h's struct snap_report (version 2), as an app would copy it */
+struct forged_report {
+    uint32_t version, kind;
+    int32_t status, pid;
+    uint32_t hot;
+    int32_t fd_no;
+    uint64_t req, position, gen, bytes, pages_written, pages_total, write_ns, fork_ns;
+    char text[200];
+};
+
+static void forge(void)
+{
+    struct forged_report r;
+    int sent = 0;
+
+    memset(&r, 0, sizeof(r));
+    r.version = 2;
+    r.pid = getppid();
+    r.gen = ~0ull;
+    for (int fd = 0; fd < 4096; fd++) {
+        struct stat sb;
+        if (fstat(fd, &sb) == -1 || !S_ISSOCK(sb.st_mode))
+            continue;
+        for (uint32_t kind = 1; kind <= 2; kind++) {
+            r.kind = kind;
+            r.hot = kind == 2;
+            r.fd_no = fd;
+            sent += send(fd, &r, sizeof(r), MSG_NOSIGNAL) == (ssize_t)sizeof(r);
+        }
+    }
+    reply("done %s", sent ? "forged" : "no socket");
+}
+
 static void on_client(const void *data, size_t len)
 {
     char cmd[1100];
@@ -154,6 +189,8 @@ static void on_client(const void *data, size_t len)
         reply("done %s", rc == 0 ? "seized" : strerror(errno));
     } else if (strncmp(cmd, "ESCAPE ", 7) == 0) {
         escape(arg1, arg2);
+    } else if (strcmp(cmd, "FORGE") == 0) {
+        forge();
     } else if (strcmp(cmd, "ABORT") == 0) {
         abort();
     } else {
