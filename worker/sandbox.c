@@ -162,8 +162,13 @@ static int compile_filter(char *err, size_t errlen)
     ALLOW_IF("kill", INT_IS(0, 0));
     /* handlers for every signal but SIGSYS: the sandbox's own stays */
     ALLOW_IF("rt_sigaction", SCMP_A0(SCMP_CMP_LT, SIGSYS));
+#if SIGSYS == 31   /* 32..63 in one masked compare, then 64: a short filter loads faster */
+    ALLOW_IF("rt_sigaction", SCMP_A0(SCMP_CMP_MASKED_EQ, ~31ull, 32));
+    ALLOW_IF("rt_sigaction", SCMP_A0(SCMP_CMP_EQ, 64));
+#else
     for (int s = SIGSYS + 1; s <= 64; s++)
         ALLOW_IF("rt_sigaction", SCMP_A0(SCMP_CMP_EQ, (uint64_t)s));
+#endif
     step = "clone3";
     if ((rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0)) < 0)
         goto fail;
