@@ -73,7 +73,7 @@ $(BUILD)/bin/cessna-supervisor: $(call obj,$(SUPER_SRC)) $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS))
 # The worker exports the app API (cessna_*) to the dlopen()ed app module.
 $(BUILD)/bin/cessna-worker: $(call obj,$(WORKER_SRC)) $(BUILD)/libcommon.a
-	$(call link,-rdynamic $(LDLIBS) -ldl)
+	$(call link,-rdynamic $(LDLIBS) -ldl -lseccomp)
 # cessna-replay is the worker binary under another name: the same layout as the edge's.
 $(BUILD)/bin/cessna-replay: $(BUILD)/bin/cessna-worker
 	$(Q)ln -sf cessna-worker $@

@@ -56,6 +56,7 @@ static void usage(FILE *f)
             "  --haproxy BIN  the haproxy binary (default /usr/sbin/haproxy)\n"
             "  --keep-tmp     keep the temp dir (configs, children's logs) instead of removing it\n"
             "  --busy-poll auto|off  the edge's busy_poll setting (default auto)\n"
+            "  --sandbox on|off      the edge's sandbox setting (default on)\n"
             "  --snap-sizes LIST     snapshot: app state sizes, bytes or with K/M/G\n"
             "                        (default %s)\n"
             "  --snap-runs N         snapshot: sessions per size, medians shown (default %d;\n"
@@ -222,6 +223,7 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         { "paths", required_argument, NULL, 'p' },   { "haproxy", required_argument, NULL, 'x' },
         { "keep-tmp", no_argument, NULL, 'k' },
         { "busy-poll", required_argument, NULL, 'B' },
+        { "sandbox", required_argument, NULL, 'X' },
         { "snap-sizes", required_argument, NULL, 'S' },
         { "snap-runs", required_argument, NULL, 'R' },
         { "recovery-runs", required_argument, NULL, 'r' },
@@ -259,6 +261,13 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
                 return -EINVAL;
             }
             o->busy_poll_off = strcmp(optarg, "off") == 0;
+            break;
+        case 'X':
+            if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
+                fprintf(stderr, "cessna-bench: --sandbox takes on or off\n");
+                return -EINVAL;
+            }
+            o->sandbox_off = strcmp(optarg, "off") == 0;
             break;
         case 'b': snprintf(o->build, sizeof(o->build), "%s", optarg); break;
         case 'x': snprintf(o->haproxy, sizeof(o->haproxy), "%s", optarg); break;

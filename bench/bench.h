@@ -61,6 +61,7 @@ struct bench_opts {
     char   tmpdir[PATH_MAX];        /* configs, logs, state; removed at the end */
     int    keep_tmp;                /* unless this is set */
     int    busy_poll_off;           /* run the edge with busy_poll = off */
+    int    sandbox_off;             /* run the edge with sandbox = off */
     int    sections[SEC_COUNT];     /* which sections run */
     size_t snap_sizes[BENCH_MAX_SNAP_SIZES]; /* snapshot: app state sizes (bytes) */
     int    nsnap_sizes;

@@ -271,9 +271,10 @@ static int write_supervisor_ini(const char *ini, const struct bench_opts *o,
              "max_sessions = 64\n"
              "max_message_bytes = 1048576\n"
              "max_session_memory = 4293918720\n"   /* ballast up to MAX_STATE (1 GiB) */
-             "busy_poll = %s\n",
+             "busy_poll = %s\n"
+             "sandbox = %s\n",
              server, app, state, control, e->hot ? "hot" : "cold", e->snapshot_interval_ms,
-             o->busy_poll_off ? "off" : "auto");
+             o->busy_poll_off ? "off" : "auto", o->sandbox_off ? "off" : "on");
     return write_text(ini, text, err, errlen);
 }
 

@@ -21,7 +21,7 @@ struct parse_state {
     int failed;
 };
 
-enum key_kind { K_STRING, K_ADDR, K_U64, K_U32, K_STANDBY, K_BUSY_POLL };
+enum key_kind { K_STRING, K_ADDR, K_U64, K_U32, K_STANDBY, K_BUSY_POLL, K_ONOFF };
 
 struct key {
     const char *name;
@@ -54,6 +54,8 @@ static const struct key keys[] = {
     { "connect_timeout_ms", K_U32, offsetof(struct config, connect_timeout_ms), 0, 0, 3600000, 0 },
     { "idle_timeout_ms", K_U32, offsetof(struct config, idle_timeout_ms), 0, 0, 604800000, 0 },
     { "failed_sessions_keep", K_U32, offsetof(struct config, failed_sessions_keep), 0, 0, 1000000, 0 },
+    STR(worker_user, K_STRING, 0),
+    { "sandbox", K_ONOFF, offsetof(struct config, sandbox), 0, 0, 0, 0 },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -74,6 +76,8 @@ void config_defaults(struct config *c)
     c->connect_timeout_ms = 5000;
     c->idle_timeout_ms = 0;
     c->failed_sessions_keep = 100;
+    snprintf(c->worker_user, sizeof(c->worker_user), "nobody");
+    c->sandbox = 1;
 }
 
 static int fail(struct parse_state *st, const char *fmt, const char *a, const char *b)
@@ -148,6 +152,11 @@ static int handler(void *user, const char *section, const char *name, const char
             if (strcmp(value, "auto") != 0 && strcmp(value, "off") != 0)
                 return fail(st, "bad value '%s' for 'busy_poll' (want auto or off)%s", value, "");
             st->c->busy_poll = strcmp(value, "auto") == 0;
+            return 1;
+        case K_ONOFF:
+            if (strcmp(value, "on") != 0 && strcmp(value, "off") != 0)
+                return fail(st, "bad value '%s' for '%s' (want on or off)", value, name);
+            *(int *)((char *)st->c + k->offset) = strcmp(value, "on") == 0;
             return 1;
         }
     }

@@ -29,6 +29,8 @@ struct config {
     uint32_t connect_timeout_ms;   /* server endpoint connect + WELCOME (default 5000, 0 = off) */
     uint32_t idle_timeout_ms;      /* a live session with no event is ended (default 0 = off) */
     uint32_t failed_sessions_keep; /* directories of failed sessions kept (default 100) */
+    char     worker_user[64];      /* workers run as this user when the edge is root (nobody) */
+    int      sandbox;              /* 1 = confine workers (default), 0 = off (docs/sandbox.md) */
 };
 
 /* Defaults, then the file. 0, or -EINVAL with "FILE:LINE: reason" (or "FILE: reason") in err. */

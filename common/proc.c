@@ -1,6 +1,8 @@
-/* proc.c - see proc.h. clone3 gives the pidfd atomically with the fork (no pid reuse race)
- * and lets a zygote create workers whose parent is the supervisor (CLONE_PARENT), so the
- * supervisor can reap them and see how they died. */
+/* proc.c - see proc.h. clone with CLONE_PIDFD gives the pidfd atomically with the fork (no
+ * pid reuse race) and lets a zygote create workers whose parent is the supervisor
+ * (CLONE_PARENT), so the supervisor can reap them and see how they died. It is the legacy
+ * clone, not clone3, because a worker's seccomp filter can check clone's flags but not
+ * clone3's (worker/sandbox.c). */
 #include <errno.h>
 #include <linux/sched.h>
 #include <signal.h>
@@ -36,8 +38,10 @@ static void child_setup(void)
     struct sigaction sa = { .sa_handler = SIG_DFL };
     sigset_t none;
 
+    /* SIGSYS stays: a confined worker's snapshot child keeps the sandbox's handler, and
+     * may not change it (worker/sandbox.c). */
     for (int sig = 1; sig < NSIG; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP)
+        if (sig != SIGKILL && sig != SIGSTOP && sig != SIGSYS)
             sigaction(sig, &sa, NULL);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -48,20 +52,21 @@ static void child_setup(void)
 
 pid_t proc_fork(unsigned flags, int *pidfd)
 {
-    struct clone_args args;
+    unsigned long cflags = 0;
     int fd = -1;
     long pid;
 
-    memset(&args, 0, sizeof(args));
     /* A sibling inherits our own exit signal (the kernel refuses one with CLONE_PARENT). */
-    args.exit_signal = (flags & PROC_SIBLING) ? 0 : SIGCHLD;
+    if (!(flags & PROC_SIBLING))
+        cflags |= SIGCHLD;
     if (flags & PROC_SIBLING)
-        args.flags |= CLONE_PARENT;
-    if (pidfd) {
-        args.flags |= CLONE_PIDFD;
-        args.pidfd = (uint64_t)(uintptr_t)&fd;
-    }
-    pid = syscall(SYS_clone3, &args, sizeof(args));
+        cflags |= CLONE_PARENT;
+    if (pidfd)
+        cflags |= CLONE_PIDFD;   /* the pidfd comes back in the parent_tid argument */
+    /* clone(flags, stack, parent_tid, child_tid, tls); with no stack the child goes on on
+     * a copy of ours, like fork (child_tid and tls swap places on some architectures:
+     * both are unused here). */
+    pid = syscall(SYS_clone, cflags, NULL, pidfd ? &fd : NULL, NULL, 0ul);
     if (pid == -1)
         return -errno;
     if (pid == 0) {

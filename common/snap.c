@@ -397,6 +397,12 @@ static int must_write(const struct snap_meta *m, const struct snap_hashes *hs, u
 int snap_write(const char *dir, const struct snap_meta *m, struct snap_hashes *hashes,
                struct snap_stats *stats, char *err, size_t errlen)
 {
+    return snap_write_at(-1, dir, m, hashes, stats, err, errlen);
+}
+
+int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
+                  struct snap_hashes *hashes, struct snap_stats *stats, char *err, size_t errlen)
+{
     char why[160], name[64], tmp[96];
     uint8_t hdr[SNAP_HDR_LEN], trl[SNAP_TRAILER_LEN], rec[SNAP_REC_HDR_LEN];
     uint64_t first[SNAP_MAX_REGIONS] = { 0 }, total, nrec = 0, *newh = NULL;
@@ -438,7 +444,7 @@ int snap_write(const char *dir, const struct snap_meta *m, struct snap_hashes *h
 
     snap_name(name, sizeof(name), m->position, m->kind);
     snprintf(tmp, sizeof(tmp), "%s.tmp.%d", name, (int)getpid());
-    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    dfd = dirfd >= 0 ? dirfd : open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd == -1) {
         rc = -errno;
         step = "open dir";
@@ -561,7 +567,7 @@ out:
         close(w.fd);
     if (created)
         unlinkat(dfd, tmp, 0);
-    if (dfd != -1)
+    if (dfd != -1 && dfd != dirfd)
         close(dfd);
     ZSTD_freeCCtx(cctx);
     XXH3_freeState(w.xs);

@@ -119,6 +119,10 @@ void snap_set_compression(int level);
  * and hashes are unchanged. Fills *stats (if non-NULL) on success. */
 int snap_write(const char *dir, const struct snap_meta *m, struct snap_hashes *hashes,
                struct snap_stats *stats, char *err, size_t errlen);
+/* The same into the directory open at dirfd (kept open; dir only names it in errors): a
+ * sandboxed worker may open files only relative to its session directory. */
+int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
+                  struct snap_hashes *hashes, struct snap_stats *stats, char *err, size_t errlen);
 
 /* Read and verify a file (magic, version, sizes, the header hash, every record, the
  * trailer and the file hash; zstd pages are test-decompressed) and fill *m. With apply != 0,

@@ -35,6 +35,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <poll.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include "cachelog.h"
@@ -153,15 +154,45 @@ static void arm_report(struct session *s)
     s->inflight++;
 }
 
+/* The user a sandboxed worker runs as, when we are root (docs/sandbox.md): it owns its
+ * session directory, to write snapshots there. 0 and *uid, or -1 for none. */
+static int worker_owner(uid_t *uid, gid_t *gid)
+{
+    static int known = -2;
+    static uid_t u;
+    static gid_t g;
+
+    if (known == -2) {
+        struct passwd *pw = NULL;
+        known = -1;
+        if (S.cfg.sandbox && geteuid() == 0 && strcmp(S.cfg.worker_user, "root") != 0)
+            pw = getpwnam(S.cfg.worker_user);
+        if (pw && pw->pw_uid != 0) {
+            u = pw->pw_uid;
+            g = pw->pw_gid;
+            known = 0;
+        }
+    }
+    *uid = u;
+    *gid = g;
+    return known;
+}
+
 /* The session's snapshot directory and its report socket. */
 int recovery_setup(struct session *s, char *err, size_t errlen)
 {
     char dir[PATH_MAX];
+    uid_t uid;
+    gid_t gid;
     int sv[2];
 
     snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
     if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
         snprintf(err, errlen, "snapshot directory %s: %s", dir, strerror(errno));
+        return -errno;
+    }
+    if (worker_owner(&uid, &gid) == 0 && chown(dir, uid, gid) == -1) {
+        snprintf(err, errlen, "snapshot directory %s: chown: %s", dir, strerror(errno));
         return -errno;
     }
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) {

@@ -83,7 +83,9 @@ static int launch(int *sock, pid_t *pidp, int *pidfdp, char *err, size_t errlen)
     if (pid == 0) {
         char *argv[] = { exe, "--zygote", "--app", (char *)app, "--fd", fdarg,
                          "--cache-dir", (char *)(cache_dir ? cache_dir : ""),
-                         "--state-dir", (char *)state_dir, NULL };
+                         "--state-dir", (char *)state_dir,
+                         "--sandbox", S.cfg.sandbox ? "on" : "off",
+                         "--worker-user", S.cfg.worker_user, NULL };
         int fd = dup(sv[1]);   /* without CLOEXEC: it crosses the exec */
         snprintf(fdarg, sizeof(fdarg), "%d", fd);
         personality(ADDR_NO_RANDOMIZE);

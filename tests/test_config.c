@@ -394,3 +394,22 @@ Test(config, timeouts_and_retention)
     expect_error(REQUIRED "connect_timeout_ms = 3600001\n", 5, "0..3600000");
     expect_error(REQUIRED "failed_sessions_keep = lots\n", 5, "bad value 'lots'");
 }
+
+Test(config, sandbox_and_worker_user)
+{
+    struct config c;
+    char err[512];
+
+    int rc = load(cfg_write("sb0.ini", REQUIRED), &c, err, sizeof(err));
+    cr_assert_eq(rc, 0, "config_load: %d %s", rc, err);
+    cr_assert_eq(c.sandbox, 1, "the sandbox is on by default");
+    cr_assert_str_eq(c.worker_user, "nobody");
+
+    rc = load(cfg_write("sb1.ini", REQUIRED "sandbox = off\nworker_user = cessna\n"), &c, err,
+              sizeof(err));
+    cr_assert_eq(rc, 0, "config_load: %d %s", rc, err);
+    cr_assert_eq(c.sandbox, 0);
+    cr_assert_str_eq(c.worker_user, "cessna");
+
+    expect_error(REQUIRED "sandbox = yes\n", 5, "bad value 'yes' for 'sandbox' (want on or off)");
+}

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "proc.h"
 #include "runtime.h"
+#include "sandbox.h"
 #include "spawn.h"
 #include "wsnap.h"
 
@@ -25,6 +26,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: cessna-worker --zygote --app MODULE.so --fd N --state-dir DIR [--cache-dir DIR]\n"
+        "                     [--sandbox on|off] [--worker-user USER]\n"
         "\n"
         "The per-app zygote that cessna-supervisor starts; it is not run by hand.\n"
         "It loads MODULE.so, then forks one worker per session on the supervisor's\n"
@@ -82,11 +84,13 @@ int main(int argc, char **argv)
         { "fd", required_argument, NULL, 'f' },
         { "cache-dir", required_argument, NULL, 'c' },
         { "state-dir", required_argument, NULL, 's' },
+        { "sandbox", required_argument, NULL, 'b' },
+        { "worker-user", required_argument, NULL, 'u' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
-    const char *app = NULL, *cache_dir = NULL;
-    int sock = -1, zygote = 0, c;
+    const char *app = NULL, *cache_dir = NULL, *worker_user = "nobody";
+    int sock = -1, zygote = 0, sandbox = 1, c;
     char err[256];
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -96,6 +100,8 @@ int main(int argc, char **argv)
         case 'f': sock = atoi(optarg); break;
         case 'c': cache_dir = optarg; break;
         case 's': rt_set_state_dir(optarg); break;
+        case 'b': sandbox = strcmp(optarg, "off") != 0; break;
+        case 'u': worker_user = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -110,7 +116,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     if (rt_load_app(app, err, sizeof(err)) < 0 || rt_reserve_arena(err, sizeof(err)) < 0 ||
-        wsnap_init(app, err, sizeof(err)) < 0) {
+        wsnap_init(app, err, sizeof(err)) < 0 ||
+        sandbox_init(sandbox, worker_user, err, sizeof(err)) < 0) {
         report_ready(sock, -EINVAL, err);
         return 1;
     }

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "proc.h"
 #include "runtime.h"
+#include "sandbox.h"
 #include "shm.h"
 #include "snap.h"
 #include "wsnap.h"
@@ -195,7 +196,9 @@ int replay_main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     rt_set_state_dir(state_dir);
     if (rt_load_app(app, err, sizeof(err)) < 0 || rt_reserve_arena(err, sizeof(err)) < 0 ||
-        wsnap_init(app, err, sizeof(err)) < 0) {
+        wsnap_init(app, err, sizeof(err)) < 0 ||
+        /* the edge's sandbox (as this user): a refused call fails the same way here */
+        sandbox_init(1, NULL, err, sizeof(err)) < 0) {
         fprintf(stderr, "cessna-replay: %s\n", err);
         return 1;
     }

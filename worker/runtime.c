@@ -24,6 +24,7 @@
 #include "determ.h"
 #include "log.h"
 #include "runtime.h"
+#include "sandbox.h"
 #include "shm.h"
 #include "wsnap.h"
 
@@ -68,11 +69,12 @@ static struct {
     int doorbell_in, doorbell_out;
     uint32_t max_message;
     int cache_dirfd;
+    int session_dirfd;      /* STATE_DIR/SESSION_ID: snapshots are written under it */
     unsigned unflushed;
     const char *state_dir;
     int report_fd;
     uint64_t snap_req_done; /* the id of the last snapshot request acted on */
-} L = { .cache_dirfd = -1, .state_dir = "." };
+} L = { .cache_dirfd = -1, .session_dirfd = -1, .state_dir = "." };
 
 _Static_assert(sizeof(struct rt_state) <= RT_STATE_SPACE, "runtime state fits its page");
 
@@ -170,15 +172,13 @@ static void flush_outputs(void)
         ring_bell(L.doorbell_out);
 }
 
-__attribute__((noreturn, format(printf, 1, 2)))
-static void rt_fail(const char *fmt, ...)
+/* The session fails with the reason in L.ctl->error: an OUT_FAIL record, the bell, exit.
+ * Async-signal-safe (the sandbox's SIGSYS handler ends here through fail_text). */
+__attribute__((noreturn))
+static void fail_out(void)
 {
-    va_list ap;
     struct shm_rec *r;
 
-    va_start(ap, fmt);
-    vsnprintf(L.ctl->error, sizeof(L.ctl->error), fmt, ap);
-    va_end(ap);
     r = ring_reserve(&L.out, OUT_FAIL, sizeof(*r));
     if (r) {
         memset(r, 0, sizeof(*r));
@@ -187,6 +187,28 @@ static void rt_fail(const char *fmt, ...)
     }
     ring_bell(L.doorbell_out);
     _exit(1);
+}
+
+__attribute__((noreturn, format(printf, 1, 2)))
+static void rt_fail(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(L.ctl->error, sizeof(L.ctl->error), fmt, ap);
+    va_end(ap);
+    fail_out();
+}
+
+/* A call the sandbox refused (worker/sandbox.c): the text names it. */
+static void fail_text(const char *text)
+{
+    size_t i = 0;
+
+    for (; text[i] && i < sizeof(L.ctl->error) - 1; i++)
+        L.ctl->error[i] = text[i];
+    L.ctl->error[i] = 0;
+    fail_out();
 }
 
 /* Room for an output record; waits for the supervisor to drain when the ring is full. */
@@ -517,7 +539,7 @@ static void report_snapshot_failure(const struct wsnap_request *rq, int rc, cons
 static void take_snapshot(void)
 {
     struct wsnap_request rq = {
-        .state_dir = L.state_dir, .session_id = L.st->session_id,
+        .state_dir = L.state_dir, .dirfd = L.session_dirfd, .session_id = L.st->session_id,
         .position = atomic_load(&L.ctl->snap_pos), .base = L.ctl->snap_base,
         .gen = L.ctl->snap_gen, .hot = (int)L.ctl->snap_hot, .max_message = L.max_message,
     };
@@ -539,6 +561,7 @@ static void take_snapshot(void)
     if (rc == 1) {
         /* We are the hot standby, woken to take over: the supervisor has reset the rings
          * and feeds us the events after our position. */
+        sandbox_resume_worker();
         atomic_store(&L.ctl->started_ns, (uint64_t)mono_ns());
         attach_rings();
         log_init("cessna-worker");
@@ -548,6 +571,25 @@ static void take_snapshot(void)
         snprintf(why, sizeof(why), "fork: %s", strerror(-rc));
         report_snapshot_failure(&rq, rc, why);
     }
+}
+
+/* Before the app's first event (its init runs at EV_START): the sandbox (sandbox.c). */
+static void confine(uint64_t session_id)
+{
+    char dir[PATH_MAX], err[256];
+    struct sandbox_fds fds;
+
+    wsnap_dir(dir, sizeof(dir), L.state_dir, session_id);
+    L.session_dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (L.session_dirfd == -1)
+        rt_fail("session directory %s: %s", dir, strerror(errno));
+    fds = (struct sandbox_fds){ .report = L.report_fd, .session_dir = L.session_dirfd,
+                                .cache_dir = L.cache_dirfd };
+    if (sandbox_enter(&fds, fail_text, err, sizeof(err)) < 0)
+        rt_fail("%s", err);
+    L.report_fd = fds.report;
+    L.session_dirfd = fds.session_dir;
+    L.cache_dirfd = fds.cache_dir;
 }
 
 /* With a core to spare (the supervisor says so in spin_ns), poll the input ring a little
@@ -621,6 +663,7 @@ void rt_run(const struct rt_session *s)
         L.st->prng = s->session_id;
         L.st->libc_rand = s->session_id ^ 0x5deece66dull;
     }
+    confine(s->session_id);
 
     for (;;) {
         uint16_t type;

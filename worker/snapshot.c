@@ -18,6 +18,7 @@
 #include "arena.h"
 #include "proc.h"
 #include "runtime.h"
+#include "sandbox.h"
 #include "shm.h"
 #include "snap.h"
 #include "spawn.h"
@@ -165,7 +166,7 @@ static void child_write(const struct wsnap_request *rq, int report_fd)
     wsnap_dir(dir, sizeof(dir), rq->state_dir, rq->session_id);
     fill_meta(&m, rq->session_id, rq->position, rq->base, rq->seq, rq->out_no);
     m.max_message = rq->max_message;
-    rep.status = snap_write(dir, &m, &W.hashes, &st, rep.text, sizeof(rep.text));
+    rep.status = snap_write_at(rq->dirfd, dir, &m, &W.hashes, &st, rep.text, sizeof(rep.text));
     rep.write_ns = (uint64_t)(mono_ns() - t0);
     if (rep.status == 0) {
         rep.bytes = st.bytes;
@@ -189,6 +190,31 @@ static void child_write(const struct wsnap_request *rq, int report_fd)
     close(wake);
 }
 
+/* The child's request and report socket, for child_refused. */
+static const struct wsnap_request *child_rq;
+static int child_report_fd = -1;
+
+/* The sandbox refused a call in the child (sandbox.c): report the snapshot failed, so the
+ * supervisor does not wait for it. Async-signal-safe. */
+static void child_refused(const char *text)
+{
+    struct snap_report rep;
+    size_t i = 0;
+
+    memset(&rep, 0, sizeof(rep));
+    rep.version = SNAP_REPORT_VERSION;
+    rep.kind = SNAP_DONE;
+    rep.status = -EPERM;
+    rep.pid = getpid();
+    rep.fd_no = -1;
+    rep.req = child_rq->req;
+    rep.position = child_rq->position;
+    rep.gen = child_rq->gen;
+    for (; text[i] && i < sizeof(rep.text) - 1; i++)
+        rep.text[i] = text[i];
+    send(child_report_fd, &rep, sizeof(rep), MSG_NOSIGNAL);
+}
+
 int wsnap_take(const struct wsnap_request *rq, int report_fd)
 {
     struct snap_report started;
@@ -200,6 +226,9 @@ int wsnap_take(const struct wsnap_request *rq, int report_fd)
     if (pid < 0)
         return pid;
     if (pid == 0) {
+        child_rq = rq;
+        child_report_fd = report_fd;
+        sandbox_snapshot_child(child_refused);
         prctl(PR_SET_PDEATHSIG, SIGKILL);   /* our parent is the supervisor (CLONE_PARENT) */
         child_write(rq, report_fd);
         return 1;   /* a hot standby taking over */

@@ -10,6 +10,7 @@
 
 struct wsnap_request {
     const char *state_dir;
+    int dirfd;              /* STATE_DIR/SESSION_ID, open: the file goes there */
     uint64_t session_id;
     uint64_t position;      /* the state right after this event */
     uint64_t base;          /* 0: a full snapshot; else the delta's base */
