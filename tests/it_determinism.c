@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cessna_endpoint.h"
@@ -262,6 +263,7 @@ static void cache_run(int changed)
     const void *got;
 
     snprintf(dir, sizeof(dir), "%s", t_tmpdir());
+    chmod(dir, 0755);   /* sandboxed workers run as worker_user (nobody) and must read it */
     snprintf(path, sizeof(path), "%s/obj", dir);
     write_file(path, "version-1");
     snprintf(extra, sizeof(extra), "cache_dir = %s\nsnapshot_interval_ms = 0\n", dir);
