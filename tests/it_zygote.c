@@ -77,6 +77,9 @@ Test(zygote, a_stopped_zygote_stalls_no_live_session, .timeout = 60)
     pid_t zygote = (pid_t)t_field(out, "zygote_pid");
     cr_assert_gt(zygote, 0, "%s", out);
 
+    const void *got;
+    cr_assert_eq(cessna_ep_send(a.ep, "warm", 4), 0);   /* its worker exists before the stop */
+    cr_assert_eq(cessna_ep_recv(a.ep, &got), 4, "%s", cessna_ep_error(a.ep));
     pthread_create(&te, NULL, echo_loop, &a);
     kill(zygote, SIGSTOP);
     o = (struct opener){ .e = &e };
@@ -104,7 +107,6 @@ Test(zygote, a_stopped_zygote_stalls_no_live_session, .timeout = 60)
     for (long deadline = t_now_ms() + 15000; !ep && t_now_ms() < deadline; usleep(100000))
         ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
     cr_assert_not_null(ep, "no session after the zygote's restart: %s", err);
-    const void *got;
     cr_assert_eq(cessna_ep_send(ep, "after", 5), 0);
     cr_assert_eq(cessna_ep_recv(ep, &got), 5);
     cessna_ep_close(ep, 5000);
