@@ -104,9 +104,9 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/lib
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $< -o $@ $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a $(LDLIBS) -lz -lpthread
 
 # One Criterion binary: unit tests per module plus integration tests with real processes.
-# --wrap=ring_reserve lets test_evstore.c run a hook after a failed reservation (a consumer
-# popping at that instant); unarmed, the wrapper only calls the real ring_reserve.
-TEST_WRAP := -Wl,--wrap=ring_reserve
+# --wrap=ring_put lets test_evstore.c run a hook after a failed reservation (a consumer
+# popping at that instant); unarmed, the wrapper only calls the real ring_put.
+TEST_WRAP := -Wl,--wrap=ring_put
 $(BUILD)/tests/cessna-tests: $(call obj,$(UNIT_SRC) $(IT_SRC) $(THELP_SRC) worker/arena.c \
 		supervisor/evstore.c supervisor/timers.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(TEST_WRAP) -lcriterion $(LDLIBS) -lz -lpthread)

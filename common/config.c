@@ -8,6 +8,7 @@
 
 #include "addr.h"
 #include "config.h"
+#include "shm.h"
 
 struct parse_state {
     struct config *c;
@@ -21,7 +22,7 @@ struct parse_state {
     int failed;
 };
 
-enum key_kind { K_STRING, K_ADDR, K_U64, K_U32, K_STANDBY, K_BUSY_POLL, K_ONOFF };
+enum key_kind { K_STRING, K_ADDR, K_U64, K_U32, K_POW2, K_STANDBY, K_BUSY_POLL, K_ONOFF };
 
 struct key {
     const char *name;
@@ -46,6 +47,7 @@ static const struct key keys[] = {
     { "max_sessions", K_U32, offsetof(struct config, max_sessions), 0, 1, 65536, 0 },
     { "max_message_bytes", K_U32, offsetof(struct config, max_message_bytes), 0, 1, 64u << 20, 0 },
     { "max_session_memory", K_U64, offsetof(struct config, max_session_memory), 0, 1u << 20, 4095ull << 20, 0 },
+    { "ring_bytes", K_POW2, offsetof(struct config, ring_bytes), 0, 64u << 10, 64u << 20, 0 },
     { "busy_poll", K_BUSY_POLL, offsetof(struct config, busy_poll), 0, 0, 0, 0 },
     { "snapshot_timeout_ms", K_U64, offsetof(struct config, snapshot_timeout_ms), 0, 100, 3600000, 0 },
     { "max_event_ms", K_U64, offsetof(struct config, max_event_ms), 0, 0, 86400000, 0 },
@@ -68,6 +70,7 @@ void config_defaults(struct config *c)
     c->max_sessions = 1024;
     c->max_message_bytes = 1u << 20;
     c->max_session_memory = 256ull << 20;
+    c->ring_bytes = SHM_RING_BYTES;
     c->busy_poll = 1;
     c->snapshot_timeout_ms = 10000;
     c->max_held_bytes = 64ull << 20;
@@ -140,6 +143,15 @@ static int handler(void *user, const char *section, const char *name, const char
         case K_U64:
         case K_U32:
             return set_number(st, k, value);
+        case K_POW2: {
+            uint32_t v;
+            if (!set_number(st, k, value))
+                return 0;
+            v = *(uint32_t *)((char *)st->c + k->offset);
+            if (v & (v - 1))
+                return fail(st, "bad value '%s' for '%s' (want a power of two)", value, name);
+            return 1;
+        }
         case K_STANDBY:
             if (strcmp(value, "cold") == 0)
                 st->c->standby = STANDBY_COLD;

@@ -20,6 +20,7 @@ struct config {
     uint32_t max_sessions;         /* default 1024 */
     uint32_t max_message_bytes;    /* default 1 MiB, at most 64 MiB */
     uint64_t max_session_memory;   /* a session's heap (arena) cap in bytes, default 256 MiB */
+    uint32_t ring_bytes;           /* each shared-memory ring, a power of two (default 256 KiB) */
     int      busy_poll;            /* 1 = auto (poll briefly when cores are spare), 0 = off */
     uint64_t snapshot_timeout_ms;  /* a snapshot not reported by then failed (default 10000) */
     uint64_t max_event_ms;         /* an event running longer fails (default 5000, 0 = off) */

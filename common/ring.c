@@ -1,6 +1,7 @@
 /* ring.c - see ring.h. */
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "ring.h"
 
@@ -45,14 +46,14 @@ uint32_t ring_max_payload(const struct ring *r)
     return r->size / 2 - RING_HDR_LEN;
 }
 
-static void put_hdr(uint8_t *p, uint32_t len, uint16_t type)
+static void put_hdr(uint8_t *p, uint32_t len, uint16_t type, uint16_t flags)
 {
     memcpy(p, &len, 4);
     memcpy(p + 4, &type, 2);
-    memset(p + 6, 0, 2);
+    memcpy(p + 6, &flags, 2);
 }
 
-void *ring_reserve(struct ring *r, uint16_t type, uint32_t len)
+static void *reserve(struct ring *r, uint16_t type, uint16_t flags, uint32_t len)
 {
     uint64_t tail = atomic_load_explicit(&r->sh->tail, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&r->sh->head, memory_order_acquire);
@@ -67,20 +68,87 @@ void *ring_reserve(struct ring *r, uint16_t type, uint32_t len)
         return NULL;
     if (pad) {
         /* Fill to the end with a PAD record and publish it; the record starts at 0. */
-        put_hdr(r->data + off, to_end - RING_HDR_LEN, RING_PAD);
+        put_hdr(r->data + off, to_end - RING_HDR_LEN, RING_PAD, 0);
         tail += pad;
         atomic_store_explicit(&r->sh->tail, tail, memory_order_release);
         off = 0;
     }
-    put_hdr(r->data + off, len, type);
+    put_hdr(r->data + off, len, type, flags);
     r->reserved_at = tail;
     r->reserved_len = need;
     return r->data + off + RING_HDR_LEN;
 }
 
+void *ring_reserve(struct ring *r, uint16_t type, uint32_t len)
+{
+    return reserve(r, type, 0, len);
+}
+
 void ring_commit(struct ring *r)
 {
     atomic_store_explicit(&r->sh->tail, r->reserved_at + r->reserved_len, memory_order_release);
+}
+
+/* Pieces are at most a quarter of the ring, so a few are in flight at once: the consumer
+ * takes one while the producer writes the next. */
+static uint32_t piece_max(const struct ring *r)
+{
+    return (ring_max_payload(r) / 2) & ~7u;
+}
+
+uint32_t ring_put_need(const struct ring *r, uint64_t total, uint32_t done)
+{
+    uint64_t rest;
+
+    if (total <= ring_max_payload(r))
+        return (uint32_t)total;
+    rest = total - done + (done ? 0 : RING_PIECE_HDR);
+    return rest < piece_max(r) ? (uint32_t)rest : piece_max(r);
+}
+
+/* Bytes [off, off + n) of head followed by body. */
+static void copy_range(uint8_t *dst, const void *head, uint32_t hlen, const void *body,
+                       uint32_t off, uint32_t n)
+{
+    if (off < hlen) {
+        uint32_t k = hlen - off < n ? hlen - off : n;
+        memcpy(dst, (const uint8_t *)head + off, k);
+        dst += k;
+        off += k;
+        n -= k;
+    }
+    if (n)
+        memcpy(dst, (const uint8_t *)body + (off - hlen), n);
+}
+
+int ring_put(struct ring *r, uint16_t type, const void *head, uint32_t hlen,
+             const void *body, uint32_t blen, uint32_t *done)
+{
+    uint64_t total = (uint64_t)hlen + blen;
+    uint8_t *dst;
+
+    if (total <= ring_max_payload(r)) {
+        if (!(dst = reserve(r, type, 0, (uint32_t)total)))
+            return 0;
+        copy_range(dst, head, hlen, body, 0, (uint32_t)total);
+        ring_commit(r);
+        return 1;
+    }
+    while (*done < total) {
+        uint32_t n = ring_put_need(r, total, *done);
+        if (!(dst = reserve(r, type, *done ? RING_F_CONT : RING_F_FIRST, n)))
+            return 0;
+        if (!*done) {
+            memcpy(dst, &total, RING_PIECE_HDR);
+            dst += RING_PIECE_HDR;
+            n -= RING_PIECE_HDR;
+        }
+        copy_range(dst, head, hlen, body, *done, n);
+        ring_commit(r);
+        *done += n;
+    }
+    *done = 0;
+    return 1;
 }
 
 const void *ring_peek(struct ring *r, uint16_t *type, uint32_t *len)
@@ -116,6 +184,7 @@ const void *ring_peek(struct ring *r, uint16_t *type, uint32_t *len)
             continue;
         }
         *type = t;
+        memcpy(&r->peeked_flags, p + 6, 2);
         r->peeked_space = space;
         return p + RING_HDR_LEN;
     }
@@ -128,6 +197,85 @@ void ring_pop(struct ring *r)
     r->chead += r->peeked_space;
     atomic_store_explicit(&r->sh->head, r->chead, memory_order_release);
     r->peeked_space = 0;
+}
+
+/* ---- long records, consumer side ---- */
+
+void ring_asm_reset(struct ring_asm *a)
+{
+    if (a->buf)
+        munmap(a->buf, a->cap);
+    a->buf = NULL;
+    a->cap = 0;
+    a->total = a->have = 0;
+    a->type = 0;
+}
+
+static int asm_fail(struct ring_asm *a, const char *why)
+{
+    ring_asm_reset(a);
+    a->err = why;
+    return -EPROTO;
+}
+
+int ring_asm_take(struct ring_asm *a, uint16_t type, uint16_t flags, const void *p,
+                  uint32_t len, uint32_t max, const void **out, uint32_t *outlen)
+{
+    uint64_t total;
+
+    if (a->buf && !a->total)
+        ring_asm_reset(a);   /* the last long record, handled */
+    if (flags & ~(RING_F_FIRST | RING_F_CONT))
+        return asm_fail(a, "record with unknown flags");
+    if (!a->total) {
+        if (!flags) {
+            *out = p;
+            *outlen = len;
+            return 1;
+        }
+        if (flags != RING_F_FIRST)
+            return asm_fail(a, "continuation piece without a first piece");
+        if (len < RING_PIECE_HDR)
+            return asm_fail(a, "first piece shorter than its length field");
+        memcpy(&total, p, RING_PIECE_HDR);
+        if (total > max)
+            return asm_fail(a, "long record over the size limit");
+        if (total <= len - RING_PIECE_HDR)
+            return asm_fail(a, "long record that fits its first piece");
+        a->buf = mmap(NULL, total, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (a->buf == MAP_FAILED) {
+            a->buf = NULL;
+            a->err = "no memory for a long record";
+            return -ENOMEM;
+        }
+        a->cap = total;
+        a->total = (uint32_t)total;
+        a->type = type;
+        a->have = len - RING_PIECE_HDR;
+        memcpy(a->buf, (const uint8_t *)p + RING_PIECE_HDR, a->have);
+        return 0;
+    }
+    if (flags != RING_F_CONT)
+        return asm_fail(a, "another record in the middle of a long record");
+    if (type != a->type)
+        return asm_fail(a, "piece of another type in the middle of a long record");
+    if (!len || len > a->total - a->have)
+        return asm_fail(a, "piece that does not fit the long record's length");
+    memcpy(a->buf + a->have, p, len);
+    a->have += len;
+    if (a->have < a->total)
+        return 0;
+    *out = a->buf;
+    *outlen = a->total;
+    a->total = a->have = 0;   /* complete: the buffer stays until reset or the next take */
+    return 1;
+}
+
+const void *ring_asm_partial(const struct ring_asm *a, uint32_t *have)
+{
+    *have = a->total ? a->have : 0;
+    return a->total ? a->buf : NULL;
 }
 
 int ring_empty(const struct ring *r)

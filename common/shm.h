@@ -4,7 +4,8 @@
  * Layout of the session memfd:  [struct shm_ctl, one page] [input ring] [output ring]
  * input ring:  supervisor -> worker, the ordered events (EV_*)
  * output ring: worker -> supervisor, outputs and requests (OUT_*)
- * Every record's payload starts with struct shm_rec, then message bytes if any. */
+ * Every record's payload starts with struct shm_rec, then message bytes if any. A record
+ * larger than ring_max_payload crosses in pieces (ring.h): the consumer sees it whole. */
 #ifndef CESSNA_SHM_H
 #define CESSNA_SHM_H
 
@@ -109,14 +110,10 @@ static inline void *shm_out_ring(void *base, uint32_t ring_size)
     return (char *)base + SHM_CTL_LEN + ring_mem_size(ring_size);
 }
 
-/* The ring size for a max message size: a power of two holding at least 4 largest records. */
-static inline uint32_t shm_ring_size(uint32_t max_message)
-{
-    uint32_t want = 4 * (max_message + (uint32_t)sizeof(struct shm_rec) + 64), size = 1u << 16;
-
-    while (size < want)
-        size <<= 1;
-    return size;
-}
+/* Each ring's data bytes unless the config says otherwise (ring_bytes). The size does not
+ * depend on max_message_bytes: a message larger than a ring record crosses in pieces
+ * (ring.h, long records), so a session keeps two small rings resident, not four of its
+ * largest messages per ring. */
+#define SHM_RING_BYTES (256u << 10)
 
 #endif

@@ -66,20 +66,21 @@ unsigned evstore_feed(struct evstore *e, struct ring *r)
 
     while (e->fed < e->len) {
         const uint8_t *p = e->buf + e->fed;
-        uint32_t len = rec_len(p);
+        uint32_t len = rec_len(p), before = e->fed_part;
         uint16_t type;
-        void *dst;
+        int whole;
 
         memcpy(&type, p + 4, 2);
-        dst = ring_reserve(r, type, len);
+        whole = ring_put(r, type, p + REC_HDR, len, NULL, 0, &e->fed_part);
+        n += whole || e->fed_part != before;
+        if (whole) {
+            e->fed += rec_space(len);
+            continue;
+        }
         /* Full: mark ourselves waiting (the worker rings us after its next pop) and stop,
-         * unless room appeared meanwhile: ring_wait_prepare() returns 0, reserve again. */
-        if (!dst && (ring_wait_prepare(r, len) || !(dst = ring_reserve(r, type, len))))
+         * unless room appeared meanwhile (ring_wait_prepare() returns 0): go on. */
+        if (ring_wait_prepare(r, ring_put_need(r, len, e->fed_part)))
             break;
-        memcpy(dst, p + REC_HDR, len);
-        ring_commit(r);
-        e->fed += rec_space(len);
-        n++;
     }
     return n;
 }
@@ -99,6 +100,7 @@ int evstore_rewind(struct evstore *e, uint64_t p)
     if (e->count && (p + 1 < e->first || p > e->first + e->count))
         return -ENOENT;
     e->fed = e->count ? offset_of(e, p + 1) : 0;
+    e->fed_part = 0;
     return 0;
 }
 
@@ -112,6 +114,8 @@ void evstore_drop_through(struct evstore *e, uint64_t p)
     size_t off = offset_of(e, e->first + drop);
     memmove(e->buf, e->buf + off, e->len - off);
     e->len -= off;
+    if (e->fed < off)
+        e->fed_part = 0;   /* the record partly fed is gone too */
     e->fed = e->fed > off ? e->fed - off : 0;
     e->first += drop;
     e->count -= drop;

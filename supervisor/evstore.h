@@ -3,7 +3,9 @@
  * here, so live events and replay after a recovery take the same path.
  *
  * Records are laid out as in the rings: u32 len, u16 type, u16 0, then struct shm_rec and
- * the message bytes, padded to 8. Positions are consecutive from `first`. */
+ * the message bytes, padded to 8. Positions are consecutive from `first`. A record larger
+ * than the ring's records goes into the ring in pieces (ring_put); `fed_part` says how
+ * much of the record at `fed` is in the ring already. */
 #ifndef CESSNA_EVSTORE_H
 #define CESSNA_EVSTORE_H
 
@@ -29,20 +31,25 @@ struct evstore {
     size_t len, cap;
     uint64_t first;     /* position of the first record held (1 at the start) */
     uint64_t count;     /* records held */
-    size_t fed;         /* bytes already handed to the worker's ring */
+    size_t fed;         /* bytes of whole records already handed to the worker's ring */
+    uint32_t fed_part;  /* payload bytes of the record at fed handed over as pieces */
 };
 
 /* Append an event; its shm_rec is filled from rec, payload copied. 0 or -ENOMEM. */
 int  evstore_append(struct evstore *e, uint16_t type, const struct shm_rec *rec,
                     const void *data, size_t len);
-/* Copy records into the ring while it has room. Returns how many were fed. */
+/* Copy records into the ring while it has room, in pieces where they are larger than a
+ * ring record. Returns how many ring records were written (0: nothing new for the worker). */
 unsigned evstore_feed(struct evstore *e, struct ring *r);
 /* Bytes held (what a durable snapshot would free). */
 static inline size_t evstore_bytes(const struct evstore *e) { return e->len; }
 /* Bytes appended but not yet fed. */
-static inline size_t evstore_unfed(const struct evstore *e) { return e->len - e->fed; }
-/* Feed again from the first event after position p (after a recovery). 0, or -ENOENT
- * when p + 1 is no longer held. */
+static inline size_t evstore_unfed(const struct evstore *e)
+{
+    return e->len - e->fed - e->fed_part;
+}
+/* Feed again from the first event after position p (after a recovery), whole: a record
+ * the old worker got only pieces of starts over. 0, or -ENOENT when p + 1 is no longer held. */
 int  evstore_rewind(struct evstore *e, uint64_t p);
 /* Drop the events up to position p (a snapshot at p is durable). */
 void evstore_drop_through(struct evstore *e, uint64_t p);

@@ -484,10 +484,23 @@ static int outputs_past(struct session *s, uint64_t pos)
 
     if (!s->shm)
         return 0;
+    /* An output arriving in pieces is still in the ring: its event decides. */
+    if ((rec = ring_asm_partial(&s->out_asm, &len))) {
+        if (len < sizeof(r))
+            return 0;
+        memcpy(&r, rec, sizeof(r));
+        return r.pos > pos;
+    }
     rec = ring_peek(&s->out, &type, &len);
     if (!rec)
         return !s->out.broken;
-    if (len < sizeof(r))
+    if (s->out.peeked_flags & RING_F_FIRST) {   /* the first piece of a long record */
+        if (len < RING_PIECE_HDR)
+            return 0;
+        rec = (const uint8_t *)rec + RING_PIECE_HDR;
+        len -= RING_PIECE_HDR;
+    }
+    if (len < sizeof(r) || (s->out.peeked_flags & RING_F_CONT))
         return 0;
     memcpy(&r, rec, sizeof(r));
     return r.pos > pos;

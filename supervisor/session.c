@@ -380,6 +380,7 @@ int sess_reset_worker(struct session *s, uint64_t position, char *err, size_t er
     ring_format(shm_out_ring(s->shm, S.ring_size), S.ring_size);
     ring_attach(&s->in, shm_in_ring(s->shm));
     ring_attach(&s->out, shm_out_ring(s->shm, S.ring_size));
+    ring_asm_reset(&s->out_asm);   /* the new worker writes a partial output again, whole */
     atomic_store(&s->ctl->consumed, position);
     atomic_store(&s->ctl->snap_pos, 0);
     atomic_store(&s->ctl->snap_req, 0);
@@ -946,9 +947,28 @@ static void drain_worker(struct session *s)
 
         while (!s->out_stalled && budget && s->state != S_DEAD &&
                (rec = ring_peek(&s->out, &type, &len))) {
+            const void *whole;
+            uint32_t wlen;
+            int rc;
+
             budget--;
-            if (take_output(s, type, rec, len) < 0)
+            /* A record in pieces is put back together first; a worker whose pieces do not
+             * add up fails its session. */
+            rc = ring_asm_take(&s->out_asm, type, s->out.peeked_flags, rec, len,
+                               S.cfg.max_message_bytes + (uint32_t)sizeof(struct shm_rec),
+                               &whole, &wlen);
+            if (rc < 0) {
+                sess_fail(s, WIRE_ERR_SESSION, "worker wrote a bad long record (type %u): %s",
+                          type, s->out_asm.err);
                 break;
+            }
+            if (rc == 1) {
+                rc = take_output(s, type, whole, wlen);
+                if (whole != rec)
+                    ring_asm_reset(&s->out_asm);
+                if (rc < 0)
+                    break;
+            }
             ring_pop(&s->out);
         }
         if (s->out.broken && s->state != S_DEAD)
@@ -1158,6 +1178,7 @@ void sess_maybe_free(struct session *s)
     if (s->report_worker_fd >= 0)
         close(s->report_worker_fd);
     evstore_free(&s->ev);
+    ring_asm_reset(&s->out_asm);
     olog_end(s);
     sdir_session_ended(s->id, s->failed);   /* removed, or kept for offline replay */
     free(s->order);

@@ -101,6 +101,7 @@ struct session {
     size_t shm_len;
     struct shm_ctl *ctl;
     struct ring in, out;
+    struct ring_asm out_asm;    /* an output arriving in pieces (session.c drain_worker) */
     uint64_t doorbell_val;
     unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, pidfd_armed : 1;
     unsigned out_stalled : 1, in_dirty : 1;

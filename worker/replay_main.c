@@ -43,6 +43,8 @@ static void usage(FILE *f)
 struct replay {
     struct shm_ctl *ctl;
     struct ring in, out;
+    struct ring_asm out_asm;    /* outputs in pieces */
+    uint32_t fed_part;          /* payload bytes of the event at the feed offset in the ring */
     int bell_in, bell_out, pidfd;
     pid_t pid;
     uint64_t outputs[2], last_pos;
@@ -57,10 +59,21 @@ static int drain(struct replay *r)
     int done = 0;
 
     while ((rec = ring_peek(&r->out, &type, &len))) {
-        if (type == OUT_CLIENT || type == OUT_SERVER)
-            r->outputs[type == OUT_SERVER]++;
-        else if (type == OUT_DONE || type == OUT_FAIL)
-            done = 1;
+        const void *whole;
+        int rc = ring_asm_take(&r->out_asm, type, r->out.peeked_flags, rec, len,
+                               r->ctl->max_message + (uint32_t)sizeof(*rec), &whole, &len);
+        if (rc < 0) {
+            fprintf(stderr, "cessna-replay: the worker wrote a bad long record: %s\n",
+                    r->out_asm.err);
+            return 1;
+        }
+        if (rc == 1) {
+            ring_asm_reset(&r->out_asm);
+            if (type == OUT_CLIENT || type == OUT_SERVER)
+                r->outputs[type == OUT_SERVER]++;
+            else if (type == OUT_DONE || type == OUT_FAIL)
+                done = 1;
+        }
         ring_pop(&r->out);
     }
     if (ring_producer_waits(&r->out)) {
@@ -82,13 +95,15 @@ static void feed(struct replay *r, const struct evlog_reader *ev, size_t *off)
         uint16_t type;
         memcpy(&len, ev->buf + *off, 4);
         memcpy(&type, ev->buf + *off + 4, 2);
-        void *dst = ring_reserve(&r->in, type, len);
-        if (!dst)
+        uint32_t before = r->fed_part;
+        int whole = ring_put(&r->in, type, ev->buf + *off + 8, len, NULL, 0, &r->fed_part);
+        fed |= whole || r->fed_part != before;
+        /* full: the worker rings bell_out once it made room */
+        if (!whole && ring_wait_prepare(&r->in, ring_put_need(&r->in, len, r->fed_part)))
             break;
-        memcpy(dst, ev->buf + *off + 8, len);
-        ring_commit(&r->in);
+        if (!whole)
+            continue;
         *off += (8 + (size_t)len + 7) & ~(size_t)7;
-        fed = 1;
     }
     if (fed && ring_wants_wakeup(&r->in) && write(r->bell_in, &one, sizeof(one)) == -1)
         LOG(LOG_WARN, "msg=\"doorbell\" error=\"%s\"", strerror(errno));
@@ -122,7 +137,7 @@ static int report(struct replay *r, uint64_t from, uint64_t last)
 static int start_worker(struct replay *r, uint64_t session_id, uint64_t restore_pos,
                         uint32_t max_message)
 {
-    uint32_t ring_size = shm_ring_size(max_message);
+    uint32_t ring_size = SHM_RING_BYTES;
     size_t total = shm_total_size(ring_size);
     int memfd = memfd_create("cessna-replay", MFD_CLOEXEC), sv[2];
     void *base;

@@ -65,6 +65,8 @@ static struct {
     const struct cessna_app *app;
     struct rt_state *st;
     struct ring in, out;
+    struct ring_asm in_asm;  /* an event arriving in pieces, put back together here, outside
+                              * the arena: snapshots never see it */
     struct shm_ctl *ctl;
     int doorbell_in, doorbell_out;
     uint32_t max_message;
@@ -236,18 +238,28 @@ static void out_commit(void)
 
 /* ---- the app API ---- */
 
+/* A message larger than a ring record goes in pieces (ring_put); the supervisor sends it
+ * as one OUT frame. */
 static int send_msg(int dest, const void *data, size_t len)
 {
-    struct shm_rec *r;
+    uint16_t type = dest == 0 ? OUT_CLIENT : OUT_SERVER;
+    struct shm_rec r;
+    uint32_t done = 0;
 
     if (!L.st)
         return -EINVAL;
     if (len > L.max_message)
         return -EMSGSIZE;
-    r = out_reserve(dest == 0 ? OUT_CLIENT : OUT_SERVER, len);
-    r->a = ++L.st->out_no[dest];
-    memcpy(r + 1, data, len);
-    out_commit();
+    memset(&r, 0, sizeof(r));
+    r.pos = L.st->pos;
+    r.a = ++L.st->out_no[dest];
+    while (!ring_put(&L.out, type, &r, sizeof(r), data, (uint32_t)len, &done)) {
+        ring_bell(L.doorbell_out);
+        if (ring_wait_prepare(&L.out, ring_put_need(&L.out, sizeof(r) + len, done)))
+            wait_bell();
+    }
+    if (++L.unflushed >= RT_FLUSH_EVERY)
+        flush_outputs();
     return 0;
 }
 
@@ -560,8 +572,9 @@ static void take_snapshot(void)
     rc = wsnap_take(&rq, L.report_fd);
     if (rc == 1) {
         /* We are the hot standby, woken to take over: the supervisor has reset the rings
-         * and feeds us the events after our position. */
+         * and feeds us the events after our position (whole: drop any partial one). */
         sandbox_resume_worker();
+        ring_asm_reset(&L.in_asm);
         atomic_store(&L.ctl->started_ns, (uint64_t)mono_ns());
         attach_rings();
         log_init("cessna-worker");
@@ -682,12 +695,25 @@ void rt_run(const struct rt_session *s)
             ring_sleep_done(&L.in);
             continue;
         }
+        const void *whole;
+        int rc = ring_asm_take(&L.in_asm, type, L.in.peeked_flags, ev, len,
+                               L.max_message + (uint32_t)sizeof(*ev), &whole, &len);
+        if (rc < 0)
+            rt_fail("bad event record in pieces: %s", L.in_asm.err ? L.in_asm.err : "?");
+        if (rc == 0) {   /* a piece: the event is not complete yet */
+            ring_pop(&L.in);
+            if (ring_producer_waits(&L.in))
+                ring_bell(L.doorbell_out);
+            continue;
+        }
+        ev = whole;
         if (len < sizeof(*ev))
             rt_fail("short event record (%u bytes)", len);
         uint64_t pos = ev->pos;
         determ_enter();
         handle_event(type, ev, len);
         determ_leave();
+        ring_asm_reset(&L.in_asm);
         ring_pop(&L.in);
         atomic_store_explicit(&L.ctl->consumed, pos, memory_order_release);
         if (pos == L.ctl->replay_until)
