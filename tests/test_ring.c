@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -832,5 +833,258 @@ Test(ring, rewound_head_is_not_read_back, .timeout = 5)
     }
     cr_assert_eq(seen, 3);
     cr_assert_null(t.c.broken);
+    tring_free(&t);
+}
+
+/* ---- long records: pieces ---------------------------------------------------------------- */
+
+/* Byte i of long record seq (head and body together). */
+static uint8_t long_byte(uint64_t seq, uint32_t i)
+{
+    return (uint8_t)(seq * 131u + i * 7u + (i >> 9));
+}
+
+struct long_rx {
+    struct ring_asm a;
+    uint64_t next;          /* the record expected next */
+    unsigned pieces;        /* ring records flagged as pieces */
+    unsigned singles;
+};
+
+/* Consume what the ring holds, putting pieces together; checks records seq next, ... with
+ * the lengths in lens[]. Returns the number of whole records taken. */
+static unsigned long_drain(struct tring *t, struct long_rx *rx, const uint32_t *lens, uint32_t max)
+{
+    const void *p, *whole;
+    uint16_t type;
+    uint32_t len, wlen;
+    unsigned n = 0;
+
+    while ((p = ring_peek(&t->c, &type, &len))) {
+        uint16_t flags = t->c.peeked_flags;
+        int rc = ring_asm_take(&rx->a, type, flags, p, len, max, &whole, &wlen);
+        cr_assert_geq(rc, 0, "record %llu: %s", (unsigned long long)rx->next, rx->a.err);
+        cr_assert_leq(len, ring_max_payload(&t->c));
+        if (flags)
+            rx->pieces++;
+        else
+            rx->singles++;
+        if (rc == 1) {
+            uint64_t seq = rx->next++;
+            cr_assert_eq(type, rec_type(seq));
+            cr_assert_eq(wlen, lens[seq], "record %llu: %u bytes, want %u",
+                         (unsigned long long)seq, wlen, lens[seq]);
+            cr_assert_eq(flags != 0, lens[seq] > ring_max_payload(&t->c),
+                         "record %llu of %u bytes: in pieces exactly when it does not fit one",
+                         (unsigned long long)seq, wlen);
+            for (uint32_t i = 0; i < wlen; i++)
+                if (((const uint8_t *)whole)[i] != long_byte(seq, i))
+                    cr_assert_fail("record %llu: byte %u differs", (unsigned long long)seq, i);
+            ring_asm_reset(&rx->a);
+            n++;
+        } else {
+            uint32_t have;
+            cr_assert_not_null(ring_asm_partial(&rx->a, &have));
+            cr_assert_gt(have, 0);
+        }
+        ring_pop(&t->c);
+    }
+    return n;
+}
+
+static void long_round_trip(uint32_t size, const uint32_t *lens, unsigned count)
+{
+    struct tring t;
+    struct long_rx rx = { 0 };
+    uint8_t head[24];
+
+    tring_new(&t, size);
+    for (unsigned seq = 0; seq < count; seq++) {
+        uint32_t hlen = lens[seq] < sizeof(head) ? lens[seq] : sizeof(head), done = 0;
+        uint8_t *body = malloc(lens[seq] + 1);
+        cr_assert(body);
+        for (uint32_t i = 0; i < lens[seq]; i++)
+            *(i < hlen ? &head[i] : &body[i - hlen]) = long_byte(seq, i);
+        int spins = 0;
+        while (!ring_put(&t.p, rec_type(seq), head, hlen, body, lens[seq] - hlen, &done)) {
+            uint32_t need = ring_put_need(&t.p, lens[seq], done);
+            cr_assert_leq(need, ring_max_payload(&t.p));
+            cr_assert_eq(ring_wait_prepare(&t.p, need), 1, "full, so the producer may sleep");
+            long_drain(&t, &rx, lens, 64u << 20);
+            cr_assert_eq(ring_producer_waits(&t.c), 1);
+            cr_assert_lt(++spins, 100000);
+        }
+        cr_assert_eq(done, 0, "done is 0 again after a whole record");
+        free(body);
+    }
+    long_drain(&t, &rx, lens, 64u << 20);
+    cr_assert_eq(rx.next, count, "every record arrived");
+    cr_assert(ring_empty(&t.c));
+    ring_asm_reset(&rx.a);
+    tring_free(&t);
+}
+
+Test(ring, long_records_of_sizes_around_the_piece_boundary, .timeout = 20)
+{
+    const uint32_t size = 4096;
+    struct tring t;
+
+    tring_new(&t, size);
+    const uint32_t m = ring_max_payload(&t.p);         /* largest record in one piece */
+    const uint32_t piece = ring_put_need(&t.p, 1u << 20, 1);   /* a middle piece */
+    tring_free(&t);
+    cr_assert_lt(piece, m);
+    uint32_t lens[] = {
+        0, 1, 7, 8, m - 1, m, m + 1, m + 2, m + 8,
+        piece - 8, piece, piece + 1, 2 * piece - 8, 2 * piece - 9, 2 * piece - 7,
+        2 * m - 1, 2 * m, 2 * m + 1, 3 * piece, 5 * m + 3, 17, 65536, 65537, 1u << 20, 3,
+    };
+    long_round_trip(size, lens, sizeof(lens) / sizeof(lens[0]));
+}
+
+Test(ring, long_records_in_a_session_sized_ring, .timeout = 20)
+{
+    uint32_t lens[40];
+
+    for (unsigned i = 0; i < 40; i++)
+        lens[i] = (uint32_t)(mix(i + 1) % (3u << 20)) + (i % 3 == 0 ? 0 : 100);
+    long_round_trip(256u << 10, lens, 40);
+}
+
+Test(ring, long_record_pieces_use_the_room_a_pop_makes, .timeout = 5)
+{
+    struct tring t;
+    struct long_rx rx = { 0 };
+    static uint8_t body[100000];
+    uint32_t lens[1] = { sizeof(body) }, done = 0;
+
+    tring_new(&t, 4096);
+    for (uint32_t i = 0; i < sizeof(body); i++)
+        body[i] = long_byte(0, i);
+    /* The ring fills after a few pieces; done says how far it got, and the next call with
+     * the same done goes on from there. */
+    cr_assert_eq(ring_put(&t.p, rec_type(0), NULL, 0, body, sizeof(body), &done), 0);
+    cr_assert_gt(done, 0);
+    cr_assert_lt(done, sizeof(body));
+    uint32_t first = done;
+    cr_assert_eq(ring_put(&t.p, rec_type(0), NULL, 0, body, sizeof(body), &done), 0);
+    cr_assert_eq(done, first, "no room, no progress");
+    while (!ring_put(&t.p, rec_type(0), NULL, 0, body, sizeof(body), &done))
+        cr_assert_eq(long_drain(&t, &rx, lens, 1u << 20), 0, "not whole before the last piece");
+    cr_assert_eq(long_drain(&t, &rx, lens, 1u << 20), 1);
+    cr_assert_geq(rx.pieces, sizeof(body) / ring_max_payload(&t.p));
+    ring_asm_reset(&rx.a);
+    tring_free(&t);
+}
+
+/* A hostile producer: records written by hand with any flags. */
+static void raw_put(struct tring *t, uint16_t type, uint16_t flags, const void *p, uint32_t len)
+{
+    uint8_t *dst = ring_reserve(&t->p, type, len);
+
+    cr_assert_not_null(dst);
+    memcpy(dst - 2, &flags, 2);   /* the header's flags field */
+    if (len)
+        memcpy(dst, p, len);
+    ring_commit(&t->p);
+}
+
+static void raw_first(struct tring *t, uint16_t type, uint64_t total, uint32_t len)
+{
+    uint8_t buf[2048] = { 0 };
+
+    cr_assert_leq(len + 8, sizeof(buf));
+    memcpy(buf, &total, 8);
+    raw_put(t, type, RING_F_FIRST, buf, len + 8);
+}
+
+/* Take every record; returns the first error (its reason in *why), or 0. */
+static int raw_take_all(struct tring *t, struct ring_asm *a, uint32_t max, const char **why)
+{
+    const void *p, *whole;
+    uint16_t type;
+    uint32_t len, wlen;
+    int rc = 0;
+
+    while (!rc && (p = ring_peek(&t->c, &type, &len))) {
+        rc = ring_asm_take(a, type, t->c.peeked_flags, p, len, max, &whole, &wlen);
+        ring_pop(&t->c);
+        if (rc > 0) {
+            ring_asm_reset(a);
+            rc = 0;
+        }
+    }
+    *why = a->err;
+    return rc;
+}
+
+static void expect_refused(struct tring *t, struct ring_asm *a, uint32_t max, const char *reason)
+{
+    const char *why = NULL;
+    uint32_t have;
+
+    cr_assert_eq(raw_take_all(t, a, max, &why), -EPROTO, "refused: %s", reason);
+    cr_assert(why && strstr(why, reason), "reason '%s', want '%s'", why ? why : "(none)", reason);
+    cr_assert_null(a->buf, "the partial record's memory is released");
+    cr_assert_null(ring_asm_partial(a, &have));
+    while (ring_peek(&t->c, &(uint16_t){ 0 }, &have))
+        ring_pop(&t->c);
+}
+
+Test(ring, long_record_pieces_that_do_not_add_up_are_refused, .timeout = 5)
+{
+    struct tring t;
+    struct ring_asm a = { 0 };
+    uint8_t bytes[1500] = { 0 };
+
+    tring_new(&t, 8192);
+    raw_put(&t, 5, RING_F_CONT, bytes, 100);
+    expect_refused(&t, &a, 1u << 20, "without a first piece");
+
+    raw_first(&t, 5, 5000, 1000);
+    raw_put(&t, 5, 0, bytes, 100);
+    expect_refused(&t, &a, 1u << 20, "in the middle of a long record");
+
+    raw_first(&t, 5, 5000, 1000);
+    raw_first(&t, 5, 5000, 1000);
+    expect_refused(&t, &a, 1u << 20, "in the middle of a long record");
+
+    raw_first(&t, 5, 5000, 1000);
+    raw_put(&t, 6, RING_F_CONT, bytes, 1000);
+    expect_refused(&t, &a, 1u << 20, "another type");
+
+    /* pieces longer than the length the first one announced */
+    raw_first(&t, 5, 2500, 1000);
+    raw_put(&t, 5, RING_F_CONT, bytes, 1000);
+    raw_put(&t, 5, RING_F_CONT, bytes, 1000);
+    expect_refused(&t, &a, 1u << 20, "does not fit");
+
+    raw_first(&t, 5, 2500, 1000);
+    raw_put(&t, 5, RING_F_CONT, bytes, 0);
+    expect_refused(&t, &a, 1u << 20, "does not fit");
+
+    /* a length over the limit: refused before anything is allocated */
+    raw_first(&t, 5, (1ull << 20) + 1, 1000);
+    expect_refused(&t, &a, 1u << 20, "over the size limit");
+    raw_first(&t, 5, ~0ull, 1000);
+    expect_refused(&t, &a, 1u << 20, "over the size limit");
+
+    raw_first(&t, 5, 1000, 1000);
+    expect_refused(&t, &a, 1u << 20, "fits its first piece");
+
+    raw_put(&t, 5, RING_F_FIRST, bytes, 7);
+    expect_refused(&t, &a, 1u << 20, "shorter than its length field");
+
+    raw_put(&t, 5, 0x8, bytes, 10);
+    expect_refused(&t, &a, 1u << 20, "unknown flags");
+    raw_put(&t, 5, RING_F_FIRST | RING_F_CONT, bytes, 10);
+    expect_refused(&t, &a, 1u << 20, "continuation piece without a first piece");
+
+    /* and an honest sequence is taken whole */
+    const char *why;
+    raw_first(&t, 5, 2500, 1000);
+    raw_put(&t, 5, RING_F_CONT, bytes, 1000);
+    raw_put(&t, 5, RING_F_CONT, bytes, 500);
+    cr_assert_eq(raw_take_all(&t, &a, 1u << 20, &why), 0);
     tring_free(&t);
 }
