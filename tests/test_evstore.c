@@ -680,3 +680,143 @@ Test(evstore, many_records_appended_fed_dropped_and_rewound, .timeout = 180)
     t_ring_free(&t);
     evstore_free(&e);
 }
+
+/* ---- events in pieces ------------------------------------------------------------------- */
+
+/* A fresh ring in place of the old one, as for a new worker. */
+static void t_ring_reset(struct t_ring *t, uint32_t size)
+{
+    t_ring_free(t);
+    t_ring_new(t, size);
+}
+
+Test(evstore, events_of_sizes_around_the_piece_boundary_arrive_whole)
+{
+    struct evstore e = { 0 };
+    struct t_ring t;
+    uint64_t next = 1, fed = 0;
+    int rounds = 0;
+
+    t_ring_new(&t, 8192);
+    /* m: the largest message whose event fits one ring record */
+    const size_t m = ring_max_payload(&t.p) - sizeof(struct shm_rec);
+    const size_t piece = ring_put_need(&t.p, 1u << 20, 1);
+    const size_t lens[] = { 0, m - 1, m, m + 1, 5, m + 2, 2 * m, 2 * m + 1, piece, piece + 1,
+                            3 * piece - 40, 3 * piece - 41, 3 * piece - 39, 100000, 1, 65536 };
+    const uint64_t N = sizeof(lens) / sizeof(lens[0]);
+    for (uint64_t pos = 1; pos <= N; pos++)
+        t_append(&e, pos, lens[pos - 1]);
+    while (next <= N) {
+        fed += evstore_feed(&e, &t.p);
+        t_check_not_stranded(&e, &t);
+        t_drain(&t, &next, 1 + (unsigned)rounds % 3);
+        ring_producer_waits(&t.c);
+        cr_assert_lt(++rounds, 100000, "no progress at event %llu", (unsigned long long)next);
+    }
+    cr_assert_eq(evstore_unfed(&e), 0);
+    cr_assert_gt(fed, N, "the large ones went in pieces");
+    cr_assert_gt(t.pieces, 0);
+    t_ring_free(&t);
+    evstore_free(&e);
+}
+
+Test(evstore, unfed_counts_the_pieces_already_in_the_ring)
+{
+    struct evstore e = { 0 };
+    struct t_ring t;
+
+    t_ring_new(&t, 4096);
+    t_append(&e, 1, 20000);
+    cr_assert_eq(evstore_unfed(&e), evrec_space(20000));
+    cr_assert_gt(evstore_feed(&e, &t.p), 0, "the first pieces go in");
+    cr_assert_gt(e.fed_part, 0);
+    cr_assert_eq(e.fed, 0, "the event is not fed whole yet");
+    cr_assert_eq(evstore_unfed(&e), evrec_space(20000) - e.fed_part);
+    cr_assert_lt(evstore_unfed(&e), evrec_space(20000));
+    t_check_not_stranded(&e, &t);
+    t_ring_free(&t);
+    evstore_free(&e);
+}
+
+/* A worker dies with half an event in its ring: the new worker gets that event whole, from
+ * its first piece, then the rest in order. */
+Test(evstore, rewind_feeds_a_partly_fed_event_again_whole)
+{
+    struct evstore e = { 0 };
+    struct t_ring t;
+    uint64_t next = 1;
+
+    t_ring_new(&t, 4096);
+    t_append(&e, 1, 100);
+    t_append(&e, 2, 30000);
+    t_append(&e, 3, 200);
+    t_append(&e, 4, 9000);
+    evstore_feed(&e, &t.p);
+    cr_assert_eq(t_drain(&t, &next, 1), 1, "event 1");
+    evstore_feed(&e, &t.p);
+    cr_assert_eq(t_drain(&t, &next, UINT32_MAX), 0, "event 2 is not whole yet");
+    cr_assert_gt(t.pieces, 0);
+    evstore_feed(&e, &t.p);
+    cr_assert_gt(e.fed_part, 0, "the store is in the middle of event 2");
+
+    /* The worker dies; its replacement starts after position 1. */
+    t_ring_reset(&t, 4096);
+    cr_assert_eq(evstore_rewind(&e, 1), 0);
+    cr_assert_eq(e.fed_part, 0);
+    cr_assert_eq(evstore_unfed(&e), e.len - evrec_space(100));
+    next = 2;
+    for (int rounds = 0; next <= 4; rounds++) {
+        evstore_feed(&e, &t.p);
+        t_check_not_stranded(&e, &t);
+        t_drain(&t, &next, UINT32_MAX);
+        ring_producer_waits(&t.c);
+        cr_assert_lt(rounds, 1000);
+    }
+    cr_assert_eq(evstore_unfed(&e), 0);
+
+    /* Rewinding into the middle of what was fed in pieces works the same way. */
+    t_ring_reset(&t, 4096);
+    cr_assert_eq(evstore_rewind(&e, 2), 0);
+    next = 3;
+    for (int rounds = 0; next <= 4; rounds++) {
+        evstore_feed(&e, &t.p);
+        t_drain(&t, &next, UINT32_MAX);
+        ring_producer_waits(&t.c);
+        cr_assert_lt(rounds, 1000);
+    }
+    t_ring_free(&t);
+    evstore_free(&e);
+}
+
+Test(evstore, drop_through_keeps_the_partly_fed_event_going)
+{
+    struct evstore e = { 0 };
+    struct t_ring t;
+    uint64_t next = 1;
+
+    t_ring_new(&t, 4096);
+    for (uint64_t pos = 1; pos <= 3; pos++)
+        t_append(&e, pos, 40);
+    t_append(&e, 4, 50000);
+    t_append(&e, 5, 40);
+    evstore_feed(&e, &t.p);
+    cr_assert_eq(t_drain(&t, &next, 3), 3);
+    evstore_feed(&e, &t.p);
+    uint32_t part = e.fed_part;
+    cr_assert_gt(part, 0);
+
+    /* A snapshot at 3 is durable: 1..3 go; event 4 goes on from where it was. */
+    evstore_drop_through(&e, 3);
+    cr_assert_eq(e.first, 4);
+    cr_assert_eq(e.fed, 0);
+    cr_assert_eq(e.fed_part, part, "the pieces already in the ring stay counted");
+    for (int rounds = 0; next <= 5; rounds++) {
+        evstore_feed(&e, &t.p);
+        t_drain(&t, &next, UINT32_MAX);
+        ring_producer_waits(&t.c);
+        cr_assert_lt(rounds, 1000);
+    }
+    cr_assert_eq(evstore_unfed(&e), 0);
+    t_ring_free(&t);
+    evstore_free(&e);
+}
