@@ -502,6 +502,12 @@ void cessna_ep_set_nonblocking(struct cessna_ep *ep, int on)
     ep->nonblocking = on;
 }
 
+void cessna_ep_set_max_message(struct cessna_ep *ep, size_t bytes)
+{
+    ep->max_msg = bytes;
+    ep->max_body = bytes + WIRE_MAX_OVERHEAD;
+}
+
 int cessna_ep_close(struct cessna_ep *ep, int timeout_ms)
 {
     uint8_t frame[WIRE_HDR_LEN];

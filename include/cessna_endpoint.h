@@ -50,6 +50,10 @@ long cessna_ep_recv(struct cessna_ep *ep, const void **data);
 /* Nonblocking receive (for poll()-driven programs); sends stay blocking. */
 void cessna_ep_set_nonblocking(struct cessna_ep *ep, int on);
 
+/* The largest message sent or received (default 1 MiB): set it to the edge's
+ * max_message_bytes when that is raised. Call before the first send or receive. */
+void cessna_ep_set_max_message(struct cessna_ep *ep, size_t bytes);
+
 /* Send CLOSE, then wait (up to timeout_ms) for the edge's CLOSE, discarding messages that
  * arrive meanwhile; closes the socket. 0, or -errno. Use cessna_ep_free afterwards. */
 int cessna_ep_close(struct cessna_ep *ep, int timeout_ms);
