@@ -330,6 +330,7 @@ int main(int argc, char **argv)
     S.max_body = S.cfg.max_message_bytes + WIRE_MAX_OVERHEAD;
     S.ncpu = (uint32_t)sysconf(_SC_NPROCESSORS_ONLN);
     S.ring_size = S.cfg.ring_bytes;
+    sess_flow_limits();
     S.sessions = calloc(S.cfg.max_sessions, sizeof(*S.sessions));
     if (!S.sessions) {
         fprintf(stderr, "cessna-supervisor: out of memory for %u sessions\n", S.cfg.max_sessions);

@@ -25,7 +25,8 @@
 #include "order.h"
 #include "sup.h"
 
-#define SEND_HIGH_WATER (4u << 20)  /* stop draining a worker while this much waits to go out */
+#define SEND_HIGH_WATER (4u << 20)  /* stop draining a worker while this much (plus the
+                                     * slack of S.out_high_water) waits to go out */
 #define RECV_SLACK      (64u << 10)
 
 static void conn_close(struct session *s, struct conn *c);
@@ -195,6 +196,20 @@ void sess_order_durable(struct session *s, uint64_t p)
     order_trim(s);
 }
 
+/* The flow limits (sup.h): what the old rings of four largest records held beyond this
+ * ring size. Then the rings alone do not decide how far apart the two sides may drift. */
+void sess_flow_limits(void)
+{
+    size_t want = 4 * ((size_t)S.cfg.max_message_bytes + sizeof(struct shm_rec) + 64), old = 1u << 16;
+
+    while (old < want)
+        old <<= 1;
+    /* input: one ring plus as much unfed as a ring held; output: past the high water, what
+     * a ring held */
+    S.unfed_max = old > S.ring_size ? 2 * old - S.ring_size : S.ring_size;
+    S.out_high_water = SEND_HIGH_WATER + (old > S.ring_size ? old - S.ring_size : 0);
+}
+
 /* Hand stored events to the worker while its input ring has room. */
 void sess_feed(struct session *s)
 {
@@ -215,7 +230,7 @@ static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
     struct order_entry e = { .src = src };
     struct shm_rec r;
 
-    if (evstore_unfed(&s->ev) > S.ring_size)
+    if (evstore_unfed(&s->ev) > S.unfed_max)
         return -EAGAIN;
     /* Held events are bounded: past the limit input waits for a durable snapshot (one is
      * forced at half the limit) to let the older ones go. */
@@ -770,7 +785,7 @@ void sess_on_send(struct session *s, enum side side, int res)
         c->pending = t;
     }
     sup_flush(s, c);
-    if (s->out_stalled && c->pending.len < SEND_HIGH_WATER) {
+    if (s->out_stalled && c->pending.len < S.out_high_water) {
         s->out_stalled = 0;
         drain_worker(s);   /* what the worker left waiting */
     }
@@ -900,7 +915,7 @@ static int take_output(struct session *s, uint16_t type, const void *rec, uint32
             return -EPROTO;
         }
         send_output(s, side, &r, payload, plen);
-        if (s->c[side].pending.len >= SEND_HIGH_WATER)
+        if (s->c[side].pending.len >= S.out_high_water)
             s->out_stalled = 1;
         break;
     }

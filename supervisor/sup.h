@@ -182,6 +182,12 @@ struct sup {
     socklen_t server_addrlen;
     size_t max_body;            /* largest frame body accepted */
     uint32_t ring_size;
+    /* How far a session's worker may fall behind before its input stops, and how much of
+     * its output may wait to go out before it is no longer drained, beyond its rings: the
+     * slack the old rings of 4 largest messages gave (a cycle such as client -> app ->
+     * echo server -> app -> client needs it), kept in the supervisor's heap, which only
+     * holds it while a side is slow, instead of in rings resident for every session. */
+    size_t unfed_max, out_high_water;
 
     int zygote_sock, zygote_pidfd;     /* -1 while the zygote is being restarted */
     pid_t zygote_pid;
@@ -244,6 +250,7 @@ void sess_watch_worker(struct session *s, pid_t pid, int pidfd);
 /* A worker from the zygote: fresh (restore_pos 0) or from the snapshot at restore_pos. */
 int  sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t errlen);
 void sess_feed(struct session *s);
+void sess_flow_limits(void);
 /* A durable snapshot at p: both endpoints get the order up to p; it is trimmed. */
 void sess_order_durable(struct session *s, uint64_t p);
 /* Input that waited (worker ring full, held events at their limit) goes on. */
