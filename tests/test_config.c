@@ -136,6 +136,7 @@ Test(config, defaults)
     cr_assert_eq(c.max_sessions, 1024);
     cr_assert_eq(c.max_message_bytes, 1u << 20);
     cr_assert_eq(c.max_session_memory, 256ull << 20);
+    cr_assert_eq(c.ring_bytes, 256u << 10, "rings do not follow max_message_bytes");
 
     memset(&d, 0x5a, sizeof(d));
     config_defaults(&d);
@@ -250,6 +251,24 @@ Test(config, max_session_memory)
 
     cr_assert_eq(load(path, &c, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(c.max_session_memory, 8ull << 20);
+}
+
+Test(config, ring_bytes_is_a_power_of_two_in_range)
+{
+    struct config c;
+    char err[512];
+
+    int rc = load(cfg_write("ring.ini", REQUIRED "ring_bytes = 65536\nmax_message_bytes = 67108864\n"),
+                  &c, err, sizeof(err));
+    cr_assert_eq(rc, 0, "%s", err);
+    cr_assert_eq(c.ring_bytes, 65536);
+    cr_assert_eq(c.max_message_bytes, 64u << 20, "messages larger than the ring are fine");
+    rc = load(cfg_write("ring2.ini", REQUIRED "ring_bytes = 67108864\n"), &c, err, sizeof(err));
+    cr_assert_eq(rc, 0, "%s", err);
+    cr_assert_eq(c.ring_bytes, 64u << 20);
+    expect_error(REQUIRED "ring_bytes = 300000\n", 5, "want a power of two");
+    expect_error(REQUIRED "ring_bytes = 32768\n", 5, "65536..67108864");
+    expect_error(REQUIRED "ring_bytes = 134217728\n", 5, "65536..67108864");
 }
 
 Test(config, bad_standby)
