@@ -115,3 +115,42 @@ Test(replay, clean_session_replays_without_crash_and_old_logs_go)
     cessna_ep_free(ep);
     t_edge_stop(&e);
 }
+
+/* Events and outputs of 1 MiB cross the replay's rings in pieces, as they do the edge's. */
+Test(replay, one_mebibyte_messages_replay_to_the_same_crash)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char err[256], out[4096];
+    const void *got;
+    const size_t big = 1u << 20;
+    uint8_t *msg = malloc(big);
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_test_app("crashy"), srv.addr, "snapshot_interval_ms = 0\n");
+    struct cessna_ep *ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
+    cr_assert(ep, "%s", err);
+    for (int i = 0; i < 6; i++) {
+        size_t len = i % 2 ? big : big / 3 + (size_t)i;
+        t_fill(msg, len, (uint64_t)i);
+        cr_assert_eq(cessna_ep_send(ep, msg, len), 0);
+        cr_assert_eq(cessna_ep_recv(ep, &got), (long)len);
+        cr_assert(memcmp(got, msg, len) == 0);
+    }
+    uint64_t id = cessna_ep_session_id(ep);
+    cr_assert_eq(cessna_ep_send(ep, "CRASH", 5), 0);
+    cr_assert_eq(cessna_ep_recv(ep, &got), -ECONNABORTED);
+    const char *at = strstr(cessna_ep_error(ep), "again at event ");
+    cr_assert(at, "%s", cessna_ep_error(ep));
+    unsigned long long event = strtoull(at + strlen("again at event "), NULL, 10);
+    cr_assert_eq(event, 14, "START, 6 x (client, server), then CRASH");
+    cessna_ep_free(ep);
+    usleep(100000);   /* the log's last batch reaches the file */
+
+    cr_assert_eq(replay(&e, t_test_app("crashy"), id, out, sizeof(out)), 3, "%s", out);
+    char want[64];
+    snprintf(want, sizeof(want), "CRASH at event %llu: signal 11", event);
+    cr_assert(strstr(out, want), "replay says '%s', want '%s'", out, want);
+    t_edge_stop(&e);
+    free(msg);
+}
