@@ -19,6 +19,9 @@
 
 TestSuite(bigmsg, .timeout = 120);
 
+/* The piecebreaker app reads /proc/self/maps, which a sandboxed worker may not. */
+#define PIECEBREAKER_CONFIG NULL
+
 static long ms_now(void)
 {
     struct timespec ts;
@@ -443,4 +446,44 @@ Test(bigmsg, worker_memory_stays_near_the_ring_size_after_one_mebibyte_messages)
     t_edge_stop(&e);
     free(buf);
     free(want);
+}
+
+/* ---- a worker whose pieces do not add up ------------------------------------------------ */
+
+/* The app writes the first piece of a 100000-byte output, then a whole record in its
+ * middle, straight into its output ring: that session fails with an ERROR naming it, the
+ * supervisor goes on, and another session of the same edge is untouched. */
+Test(bigmsg, pieces_that_do_not_add_up_fail_their_session_only)
+{
+    struct big_srv srv;
+    struct t_edge e;
+    const void *got;
+    char out[2048];
+    uint8_t buf[300000], want[300000];
+
+    big_srv_start(&srv, 1u << 20);
+    t_edge_start(&e, t_test_app("piecebreaker"), srv.addr, PIECEBREAKER_CONFIG);
+    struct cessna_ep *good = connect_big(&e, 1u << 20), *bad = connect_big(&e, 1u << 20);
+    make_msg(buf, sizeof(buf), 1);
+    cr_assert_eq(cessna_ep_send(good, buf, sizeof(buf)), 0);
+    expect_echo(good, 1, sizeof(buf), want);
+
+    cr_assert_eq(cessna_ep_send(bad, "BREAK", 5), 0);
+    long n = cessna_ep_recv(bad, &got);
+    cr_assert_eq(n, -ECONNABORTED, "recv: %ld %s", n, cessna_ep_error(bad));
+    cr_assert(strstr(cessna_ep_error(bad), "bad long record") &&
+              strstr(cessna_ep_error(bad), "in the middle of a long record"),
+              "error: %s", cessna_ep_error(bad));
+
+    for (uint32_t i = 2; i < 6; i++) {
+        make_msg(buf, sizeof(buf), i);
+        cr_assert_eq(cessna_ep_send(good, buf, sizeof(buf)), 0);
+        expect_echo(good, i, sizeof(buf), want);
+    }
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_assert_eq(t_field(out, "sessions_failed"), 1, "%s", out);
+    cessna_ep_free(bad);
+    cr_assert_eq(cessna_ep_close(good, 5000), 0);
+    cessna_ep_free(good);
+    t_edge_stop(&e);
 }
