@@ -211,6 +211,11 @@ void ring_asm_reset(struct ring_asm *a)
     a->type = 0;
 }
 
+void ring_asm_forget(struct ring_asm *a)
+{
+    memset(a, 0, sizeof(*a));
+}
+
 static int asm_fail(struct ring_asm *a, const char *why)
 {
     ring_asm_reset(a);
@@ -249,6 +254,8 @@ int ring_asm_take(struct ring_asm *a, uint16_t type, uint16_t flags, const void 
             a->err = "no memory for a long record";
             return -ENOMEM;
         }
+        /* A child forked meanwhile (a snapshot, a hot standby) must not keep a copy. */
+        madvise(a->buf, total, MADV_DONTFORK);
         a->cap = total;
         a->total = (uint32_t)total;
         a->type = type;

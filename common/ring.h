@@ -89,8 +89,9 @@ const void *ring_peek(struct ring *r, uint16_t *type, uint32_t *len);
 void ring_pop(struct ring *r);
 
 /* Consumer: putting long records back together. The pieces are copied into a buffer of
- * the process's own (mmap, outside any allocator: in a worker it must not touch the arena),
- * released after each long record, so memory goes back once the record is handled. */
+ * the process's own (mmap, outside any allocator: in a worker it must not touch the arena;
+ * not inherited by children), released after each long record, so memory goes back once
+ * the record is handled. */
 struct ring_asm {
     uint8_t *buf;       /* NULL, or the record being assembled (cap bytes mapped) */
     size_t cap;
@@ -111,6 +112,9 @@ int ring_asm_take(struct ring_asm *a, uint16_t type, uint16_t flags, const void 
 const void *ring_asm_partial(const struct ring_asm *a, uint32_t *have);
 /* Drop the record being assembled (or the one just completed) and its memory. */
 void ring_asm_reset(struct ring_asm *a);
+/* In a child forked while a record was being assembled: the buffer is not mapped here
+ * (MADV_DONTFORK), so only the state goes. */
+void ring_asm_forget(struct ring_asm *a);
 
 /* Consumer: nothing to read. */
 int ring_empty(const struct ring *r);

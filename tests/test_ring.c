@@ -1088,3 +1088,48 @@ Test(ring, long_record_pieces_that_do_not_add_up_are_refused, .timeout = 5)
     cr_assert_eq(raw_take_all(&t, &a, 1u << 20, &why), 0);
     tring_free(&t);
 }
+
+/* A child forked in the middle of a long record (a snapshot, a hot standby) does not get
+ * the assembly buffer: it forgets the record, and the parent goes on with it. */
+Test(ring, long_record_buffer_is_not_inherited_by_a_child, .timeout = 10)
+{
+    struct tring t;
+    struct ring_asm a = { 0 };
+    static uint8_t body[20000];
+    uint32_t done = 0, have, lens[1] = { sizeof(body) };
+    const void *p;
+    uint16_t type;
+    uint32_t len;
+
+    tring_new(&t, 4096);
+    for (uint32_t i = 0; i < sizeof(body); i++)
+        body[i] = long_byte(0, i);
+    cr_assert_eq(ring_put(&t.p, rec_type(0), NULL, 0, body, sizeof(body), &done), 0);
+    p = ring_peek(&t.c, &type, &len);
+    const void *whole;
+    cr_assert_eq(ring_asm_take(&a, type, t.c.peeked_flags, p, len, 1u << 20, &whole, &len), 0);
+    ring_pop(&t.c);
+    const uint8_t *buf = ring_asm_partial(&a, &have);
+    cr_assert_not_null(buf);
+
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        unsigned char vec;
+        int unmapped = mincore((void *)((uintptr_t)buf & ~(uintptr_t)4095), 4096, &vec) == -1 &&
+                       errno == ENOMEM;
+        ring_asm_forget(&a);
+        _exit(unmapped && !ring_asm_partial(&a, &have) ? 0 : 1);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child saw the buffer");
+
+    struct long_rx rx = { .a = a };
+    while (!ring_put(&t.p, rec_type(0), NULL, 0, body, sizeof(body), &done))
+        long_drain(&t, &rx, lens, 1u << 20);
+    long_drain(&t, &rx, lens, 1u << 20);
+    cr_assert_eq(rx.next, 1, "the parent's record arrives whole");
+    ring_asm_reset(&rx.a);
+    tring_free(&t);
+}

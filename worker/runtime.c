@@ -572,9 +572,10 @@ static void take_snapshot(void)
     rc = wsnap_take(&rq, L.report_fd);
     if (rc == 1) {
         /* We are the hot standby, woken to take over: the supervisor has reset the rings
-         * and feeds us the events after our position (whole: drop any partial one). */
+         * and feeds us the events after our position (whole: drop any partial one, whose
+         * buffer was not inherited). */
         sandbox_resume_worker();
-        ring_asm_reset(&L.in_asm);
+        ring_asm_forget(&L.in_asm);
         atomic_store(&L.ctl->started_ns, (uint64_t)mono_ns());
         attach_rings();
         log_init("cessna-worker");
