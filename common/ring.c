@@ -343,3 +343,12 @@ int ring_producer_waits(struct ring *r)
         return 0;
     return atomic_exchange(&r->sh->producer_waiting, 0) == 1;
 }
+
+int ring_producer_waits_half(struct ring *r)
+{
+    uint64_t tail = atomic_load_explicit(&r->sh->tail, memory_order_acquire);
+
+    if (tail - r->chead > r->size / 2)
+        return 0;   /* a later pop (at the latest the one that empties the ring) says it */
+    return ring_producer_waits(r);
+}

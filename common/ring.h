@@ -132,5 +132,9 @@ int ring_wants_wakeup(struct ring *r);
  * popping, and rings the producer's doorbell when it returns 1. */
 int ring_wait_prepare(struct ring *r, uint32_t len);
 int ring_producer_waits(struct ring *r);
+/* The same, but only once at most half the ring is in use, for a consumer that calls it
+ * after every pop and pops until the ring is empty: a producer waiting on a full ring is
+ * woken once per half ring, not once per record. */
+int ring_producer_waits_half(struct ring *r);
 
 #endif

@@ -1133,3 +1133,30 @@ Test(ring, long_record_buffer_is_not_inherited_by_a_child, .timeout = 10)
     ring_asm_reset(&rx.a);
     tring_free(&t);
 }
+
+/* A consumer that pops a full ring wakes the waiting producer once, when half is free. */
+Test(ring, producer_waiting_on_a_full_ring_is_woken_at_half, .timeout = 5)
+{
+    struct tring t;
+    uint64_t seq = 0, next = 0;
+
+    tring_new(&t, 4096);
+    while (push(&t, seq, 56))
+        seq++;
+    cr_assert_eq(ring_wait_prepare(&t.p, 56), 1, "full: the producer may sleep");
+    int woken = 0;
+    while (next < seq) {
+        pop_expect(&t, next, 56);
+        next++;
+        uint64_t used = tail_of(&t) - head_of(&t);
+        int w = ring_producer_waits_half(&t.c);
+        cr_assert(!w || used <= 2048, "woken with %llu bytes still in use", (unsigned long long)used);
+        if (used > 2048)
+            cr_assert_eq(w, 0);
+        woken += w;
+        if (used <= 2048 && !woken)
+            cr_assert_fail("not woken with %llu bytes in use", (unsigned long long)used);
+    }
+    cr_assert_eq(woken, 1, "once");
+    tring_free(&t);
+}

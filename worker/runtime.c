@@ -703,7 +703,7 @@ void rt_run(const struct rt_session *s)
             rt_fail("bad event record in pieces: %s", L.in_asm.err ? L.in_asm.err : "?");
         if (rc == 0) {   /* a piece: the event is not complete yet */
             ring_pop(&L.in);
-            if (ring_producer_waits(&L.in))
+            if (ring_producer_waits_half(&L.in))
                 ring_bell(L.doorbell_out);
             continue;
         }
@@ -719,7 +719,7 @@ void rt_run(const struct rt_session *s)
         atomic_store_explicit(&L.ctl->consumed, pos, memory_order_release);
         if (pos == L.ctl->replay_until)
             atomic_store(&L.ctl->replayed_ns, (uint64_t)mono_ns());
-        if (ring_producer_waits(&L.in))
+        if (ring_producer_waits_half(&L.in))
             ring_bell(L.doorbell_out);
     }
 }
