@@ -22,14 +22,6 @@ TestSuite(bigmsg, .timeout = 120);
 /* The piecebreaker app reads /proc/self/maps, which a sandboxed worker may not. */
 #define PIECEBREAKER_CONFIG NULL
 
-static long ms_now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void sleep_ms(long ms)
 {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
@@ -43,10 +35,6 @@ struct big_srv {
     int lfd;
     size_t max;
     char addr[64];
-};
-
-struct big_conn {
-    struct cessna_ep *ep;
 };
 
 static void *big_echo(void *p)
@@ -95,11 +83,8 @@ static void big_srv_start(struct big_srv *s, size_t max)
 
 static struct cessna_ep *connect_big(const struct t_edge *e, size_t max)
 {
-    char err[256];
-    struct cessna_ep *ep = cessna_ep_connect(e->sup.addr, err, sizeof(err));
+    struct cessna_ep *ep = t_ep_connect(e);
 
-    if (!ep)
-        cr_assert_fail("cessna_ep_connect %s: %s", e->sup.addr, err);
     cessna_ep_set_max_message(ep, max);
     return ep;
 }
@@ -313,8 +298,8 @@ static void kill_in_flight(const char *extra)
     pthread_create(&ts, NULL, send_all, &snd);
 
     /* Kill the worker every so often while echoes are still under way. */
-    long deadline = ms_now() + 60000;
-    while (!rcv.done && ms_now() < deadline) {
+    long deadline = t_now_ms() + 60000;
+    while (!rcv.done && t_now_ms() < deadline) {
         sleep_ms(60 + kills * 25);
         if (rcv.done || kills >= 6)
             break;
