@@ -320,7 +320,7 @@ static void kill_in_flight(const char *extra)
     cr_assert_geq(kills, 3, "workers killed while echoes were under way: %d", kills);
     cr_assert_geq(sess_field(&e, id, "recoveries"), 3);
     cr_log_info("%s standby: %d kills while 1 MiB-scale messages were in flight",
-                strstr(extra, "hot") ? "hot" : "cold", kills);
+                strstr(extra, "standby = hot") ? "hot" : "cold", kills);
     cr_assert_eq(cessna_ep_close(ep, 5000), 0, "close: %s", cessna_ep_error(ep));
     cessna_ep_free(ep);
     t_edge_stop(&e);
