@@ -187,6 +187,8 @@ struct sender {
     struct cessna_ep *ep;
     const size_t *lens;
     unsigned count;
+    const volatile unsigned *echoed;   /* if set: at most `window` messages ahead of it */
+    unsigned window;
     int failed;
 };
 
@@ -200,6 +202,8 @@ static void *send_all(void *p)
             max = s->lens[i];
     uint8_t *buf = malloc(max);
     for (unsigned i = 0; i < s->count && !s->failed; i++) {
+        while (s->echoed && i >= *s->echoed + s->window)
+            sleep_ms(1);
         make_msg(buf, s->lens[i], i);
         if (cessna_ep_send(s->ep, buf, s->lens[i]) < 0)
             s->failed = 1;
@@ -249,7 +253,8 @@ static uint64_t sess_field(const struct t_edge *e, uint64_t id, const char *key)
 struct receiver {
     struct cessna_ep *ep;
     const size_t *lens;
-    unsigned count, got;
+    volatile unsigned got;
+    unsigned count;
     volatile int done;
     char why[256];
 };
@@ -277,7 +282,7 @@ static void *recv_all(void *p)
 
 static void kill_in_flight(const char *extra)
 {
-    enum { COUNT = 48 };
+    enum { COUNT = 120 };
     struct big_srv srv;
     struct t_edge e;
     size_t lens[COUNT];
@@ -292,23 +297,31 @@ static void kill_in_flight(const char *extra)
     t_edge_start(&e, t_app("passthrough"), srv.addr, extra);
     struct cessna_ep *ep = connect_big(&e, 1u << 20);
     uint64_t id = cessna_ep_session_id(ep);
-    struct sender snd = { .ep = ep, .lens = lens, .count = COUNT };
+    /* At most 8 messages (8 MiB) in flight: an echo server that waits to write stops
+     * reading, so a client that pipelines without bound deadlocks any relay with bounded
+     * buffers (README, Backpressure); the old rings only moved where that happens. */
     struct receiver rcv = { .ep = ep, .lens = lens, .count = COUNT };
+    struct sender snd = { .ep = ep, .lens = lens, .count = COUNT, .echoed = &rcv.got, .window = 8 };
     pthread_create(&tr, NULL, recv_all, &rcv);
     pthread_create(&ts, NULL, send_all, &snd);
 
-    /* Kill the worker every so often while echoes are still under way. */
+    /* Kill the worker while echoes are under way, each time once the session has a snapshot
+     * newer than the last recovery's (and, hot, a standby holding it): the new worker
+     * starts from it, with pieces of large messages in both rings. */
+    int hot = strstr(extra, "standby = hot") != NULL;
+    uint64_t last_snap = 0;
     long deadline = t_now_ms() + 60000;
-    while (!rcv.done && t_now_ms() < deadline) {
-        sleep_ms(60 + kills * 25);
-        if (rcv.done || kills >= 6)
-            break;
-        if (rcv.got == 0 && kills > 0)
-            continue;   /* let the first echo through between kills */
+    while (!rcv.done && kills < 6 && t_now_ms() < deadline) {
+        sleep_ms(20);
+        uint64_t snap = sess_field(&e, id, "snapshot");
+        if (snap <= last_snap || (hot && !sess_field(&e, id, "standby")))
+            continue;
         snprintf(cmd, sizeof(cmd), "kill-worker %llu", (unsigned long long)id);
         t_ctl(&e, cmd, out, sizeof(out));
-        if (strncmp(out, "ok", 2) == 0 && !rcv.done)
+        if (strncmp(out, "ok", 2) == 0 && !rcv.done) {
             kills++;
+            last_snap = snap;
+        }
     }
     pthread_join(tr, NULL);
     /* (a failed receiver leaves the sender blocked: fail before joining it) */
@@ -319,6 +332,9 @@ static void kill_in_flight(const char *extra)
     cr_assert_eq(cessna_ep_last_out(ep), COUNT, "no output lost or repeated");
     cr_assert_geq(kills, 3, "workers killed while echoes were under way: %d", kills);
     cr_assert_geq(sess_field(&e, id, "recoveries"), 3);
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_assert_geq(t_field(out, hot ? "hot_takeovers" : "cold_restores"), 2,
+                  "recoveries from a snapshot: %s", out);
     cr_log_info("%s standby: %d kills while 1 MiB-scale messages were in flight",
                 strstr(extra, "standby = hot") ? "hot" : "cold", kills);
     cr_assert_eq(cessna_ep_close(ep, 5000), 0, "close: %s", cessna_ep_error(ep));
