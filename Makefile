@@ -79,10 +79,10 @@ $(BUILD)/bin/cessna-replay: $(BUILD)/bin/cessna-worker
 	$(Q)ln -sf cessna-worker $@
 $(BUILD)/bin/cessna-ctl: $(call obj,supervisor/cessna_ctl.c) $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS))
-$(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c endpoint/relay.c) $(BUILD)/lib/libcessna-endpoint.a
-	$(call link,)
-$(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c endpoint/relay.c) $(BUILD)/lib/libcessna-endpoint.a
-	$(call link,)
+$(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c endpoint/ploop.c endpoint/relay.c) $(BUILD)/lib/libcessna-endpoint.a
+	$(call link,-luring)
+$(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c endpoint/ploop.c endpoint/relay.c) $(BUILD)/lib/libcessna-endpoint.a
+	$(call link,-luring)
 $(BUILD)/bin/cessna-bench: $(call obj,$(wildcard bench/*.c)) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS) -lpthread -lm)
 

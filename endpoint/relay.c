@@ -1,27 +1,16 @@
 /* relay.c - see relay.h. */
 #include <errno.h>
-#include <fcntl.h>
-#include <getopt.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
-#include <arpa/inet.h>
 
-#include "addr.h"
 #include "log.h"
 #include "order.h"
 #include "relay.h"
 
-static int64_t now_ms(void)
+int64_t relay_now_ms(void)
 {
     struct timespec ts;
 
@@ -29,67 +18,107 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int buf_init(struct buf *b, size_t cap)
-{
-    b->p = malloc(cap);
-    b->cap = cap;
-    b->off = b->len = 0;
-    return b->p ? 0 : -ENOMEM;
-}
+/* ---- buffers ---- */
 
-static void buf_shift(struct buf *b)
+/* Room for need more bytes after the pending ones: shift, then grow. 0 or -ENOMEM. */
+static int rbuf_reserve(struct rbuf *b, size_t need)
 {
-    if (b->len)
+    if (b->len == 0)
+        b->off = 0;
+    if (b->cap - b->off - b->len >= need)
+        return 0;
+    if (b->off) {
         memmove(b->p, b->p + b->off, b->len);
-    b->off = 0;
-}
-
-/* Room for at least need bytes after the pending ones (the caller sized cap for it). */
-static void buf_compact(struct buf *b, size_t need)
-{
-    if (b->len == 0 || b->cap - b->off - b->len < need)
-        buf_shift(b);
-}
-
-void buf_put(struct buf *b, const void *data, size_t len)
-{
-    buf_compact(b, len);
-    memcpy(b->p + b->off + b->len, data, len);
-    b->len += len;
-}
-
-/* Write what b holds without blocking. 0 (maybe with bytes left), or -errno. */
-static int buf_flush(struct buf *b, int fd)
-{
-    while (b->len) {
-        ssize_t n = send(fd, b->p + b->off, b->len, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n == -1) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return 0;
-            return -errno;
-        }
-        b->off += (size_t)n;
-        b->len -= (size_t)n;
+        b->off = 0;
     }
-    b->off = 0;
+    if (b->cap - b->len >= need)
+        return 0;
+    size_t cap = b->cap ? b->cap : RELAY_IN_MIN;
+    while (cap - b->len < need)
+        cap *= 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (!p)
+        return -ENOMEM;
+    b->p = p;
+    b->cap = cap;
     return 0;
 }
 
-int relay_init(struct relay *r, int efd, int pfd, size_t max_msg)
+size_t outq_len(const struct outq *q)
+{
+    return q->pend.len + (q->send.len - q->sent);
+}
+
+int outq_put(struct outq *q, const void *data, size_t len)
+{
+    if (rbuf_reserve(&q->pend, len) < 0)
+        return -ENOMEM;
+    memcpy(q->pend.p + q->pend.off + q->pend.len, data, len);
+    q->pend.len += len;
+    return 0;
+}
+
+void outq_next(struct outq *q, const uint8_t **p, size_t *len)
+{
+    if (q->sent == q->send.len && q->pend.len) {
+        struct rbuf t = q->send;
+        q->send = q->pend;
+        q->pend = t;
+        q->pend.off = q->pend.len = 0;
+        q->sent = 0;
+    }
+    *p = q->send.p ? q->send.p + q->send.off + q->sent : NULL;
+    *len = q->send.len - q->sent;
+}
+
+void outq_sent(struct outq *q, size_t n)
+{
+    q->sent += n;
+    if (q->sent >= q->send.len)
+        q->sent = q->send.len = q->send.off = 0;
+}
+
+void outq_clear(struct outq *q)
+{
+    q->pend.len = q->pend.off = 0;
+    q->send.len = q->send.off = q->sent = 0;
+}
+
+int relay_init(struct relay *r, size_t max_msg)
 {
     memset(r, 0, sizeof(*r));
-    r->efd = efd;
-    r->pfd = pfd;
     r->max_msg = max_msg;
     r->max_body = max_msg + WIRE_MAX_OVERHEAD;
     r->close_wait_ms = -1;
-    if (buf_init(&r->in, RELAY_IN_MIN) < 0 ||
-        buf_init(&r->to_edge, RELAY_LIMIT + WIRE_DATA_HDR_LEN + max_msg + RELAY_CTL_ROOM) < 0 ||
-        buf_init(&r->to_plain, RELAY_LIMIT + r->max_body) < 0)
+    r->chunk = malloc(WIRE_DATA_HDR_LEN + max_msg);
+    if (!r->chunk || rbuf_reserve(&r->in, RELAY_IN_MIN) < 0)
         return -ENOMEM;
     return 0;
+}
+
+void relay_free(struct relay *r)
+{
+    free(r->in.p);
+    free(r->chunk);
+    free(r->to_edge.pend.p);
+    free(r->to_edge.send.p);
+    free(r->to_plain.pend.p);
+    free(r->to_plain.send.p);
+    memset(r, 0, sizeof(*r));
+}
+
+/* ---- session events ---- */
+
+static void relay_queue_edge(struct relay *r, const void *frame, size_t len)
+{
+    if (r->edge_dead)
+        return;
+    if (outq_put(&r->to_edge, frame, len) < 0) {
+        LOG(LOG_ERROR, "session=%llu msg=\"out of memory for the edge queue\"",
+            (unsigned long long)r->session_id);
+        r->edge_dead = r->edge_lost = true;
+        r->done = true;
+    }
 }
 
 static void relay_send_close(struct relay *r)
@@ -98,11 +127,9 @@ static void relay_send_close(struct relay *r)
 
     if (r->close_sent || r->edge_dead)
         return;
-    buf_put(&r->to_edge, frame, wire_put_close(frame));
+    relay_queue_edge(r, frame, wire_put_close(frame));
     r->close_sent = true;
 }
-
-/* The edge sent something wrong: answer ERROR and end the session. */
 
 void relay_fail(struct relay *r, uint32_t code, const char *fmt, ...)
 {
@@ -114,27 +141,28 @@ void relay_fail(struct relay *r, uint32_t code, const char *fmt, ...)
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
     LOG(LOG_WARN, "session=%llu msg=\"%s\"", (unsigned long long)r->session_id, text);
-    if (!r->edge_dead)
-        buf_put(&r->to_edge, frame, wire_put_error(frame, sizeof(frame), code, "%s", text));
+    relay_queue_edge(r, frame, wire_put_error(frame, sizeof(frame), code, "%s", text));
     r->done = true;
 }
 
-static void relay_edge_gone(struct relay *r, const char *why)
+void relay_edge_gone(struct relay *r, const char *why)
 {
+    if (r->edge_dead)
+        return;
     LOG(LOG_WARN, "session=%llu msg=\"edge connection lost\" why=\"%s\"",
         (unsigned long long)r->session_id, why);
-    r->edge_dead = true;
-    r->to_edge.len = 0;
+    r->edge_dead = r->edge_lost = true;
+    outq_clear(&r->to_edge);
     r->done = true;
 }
 
-static void relay_plain_gone(struct relay *r)
+void relay_plain_gone(struct relay *r)
 {
     r->plain_eof = r->plain_dead = true;
-    r->to_plain.len = 0;
+    outq_clear(&r->to_plain);
     relay_send_close(r);
     if (r->deadline == 0)
-        r->deadline = now_ms() + (r->close_wait_ms >= 0 ? r->close_wait_ms : CLOSE_WAIT_MS);
+        r->deadline = relay_now_ms() + (r->close_wait_ms >= 0 ? r->close_wait_ms : CLOSE_WAIT_MS);
 }
 
 /* Check the order bytes of an OUT or ORDER frame. 0 with the last entry's time in *t. */
@@ -169,14 +197,13 @@ static void relay_out(struct relay *r, const struct wire_frame *f)
         return;
     r->last_out = f->u.out.out_no;
     r->order_time = t;
-    if (!r->plain_dead)
-        buf_put(&r->to_plain, f->u.out.payload, f->u.out.len);
+    if (!r->plain_dead && outq_put(&r->to_plain, f->u.out.payload, f->u.out.len) < 0)
+        relay_fail(r, WIRE_ERR_SESSION, "proxy out of memory");
 }
 
-/* Handle the frames buffered from the edge while the plain side has room for them. */
-static void relay_frames(struct relay *r)
+void relay_frames(struct relay *r)
 {
-    while (!r->done && r->to_plain.len < RELAY_LIMIT) {
+    while (!r->done && outq_len(&r->to_plain) < RELAY_LIMIT) {
         const uint8_t *p = r->in.p + r->in.off;
         struct wire_hdr h;
         struct wire_frame f;
@@ -215,12 +242,12 @@ static void relay_frames(struct relay *r)
             LOG(LOG_WARN, "session=%llu msg=\"edge error\" code=%u text=\"%.*s\"",
                 (unsigned long long)r->session_id, f.u.error.code,
                 (int)f.u.error.text_len, f.u.error.text);
-            r->to_edge.len = 0; /* the edge closes after ERROR */
+            outq_clear(&r->to_edge); /* the edge closes after ERROR */
             r->edge_dead = true;
             r->done = true;
             break;
         case WIRE_SNAP_DURABLE:
-            break; /* buffers of sent messages come with remote recovery */
+            break; /* buffers of sent messages come with remote recovery (issue 7 item 2) */
         default:
             relay_fail(r, WIRE_ERR_UNEXPECTED, "unexpected %s frame in session",
                        wire_type_name(f.type));
@@ -231,298 +258,54 @@ static void relay_frames(struct relay *r)
         r->in.off = 0;
 }
 
-/* One read from the edge, into the input buffer grown to fit the frame being read. */
-static void relay_edge_read(struct relay *r)
+int relay_in_room(struct relay *r, size_t max, uint8_t **p, size_t *room)
 {
-    struct buf *b = &r->in;
+    struct rbuf *b = &r->in;
     struct wire_hdr h;
     size_t need = RELAY_IN_MIN;
-    ssize_t n;
 
     if (wire_parse_hdr(b->p + b->off, b->len, r->max_body, &h) == 0 &&
-        WIRE_HDR_LEN + h.len > need)
-        need = WIRE_HDR_LEN + h.len;
-    if (need > b->cap) {
-        size_t cap = b->cap;
-        while (cap < need)
-            cap *= 2;
-        uint8_t *p = realloc(b->p, cap);
-        if (!p) {
-            relay_fail(r, WIRE_ERR_SESSION, "proxy out of memory");
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
+        WIRE_HDR_LEN + h.len > b->len + need)
+        need = WIRE_HDR_LEN + h.len - b->len;
+    if (max) {
+        if (b->len >= max)
+            return -EMSGSIZE;
+        need = max - b->len;
     }
-    if (b->off >= RELAY_IN_MIN || b->cap - b->off < need)
-        buf_shift(b);
-    do
-        n = recv(r->efd, b->p + b->off + b->len, b->cap - b->off - b->len, MSG_DONTWAIT);
-    while (n == -1 && errno == EINTR);
-    if (n > 0) {
-        b->len += (size_t)n;
+    if (rbuf_reserve(b, need) < 0)
+        return -ENOMEM;
+    *p = b->p + b->off + b->len;
+    *room = max ? need : b->cap - b->off - b->len;
+    return 0;
+}
+
+void relay_edge_bytes(struct relay *r, long res)
+{
+    if (res > 0) {
+        r->in.len += (size_t)res;
         relay_frames(r);
-    } else if (n == 0 && b->len) {
+    } else if (res == 0 && r->in.len) {
         relay_fail(r, WIRE_ERR_PROTO, "bad frame: connection closed mid-frame (%zu bytes)",
-                   b->len);
-    } else if (n == 0) {
+                   r->in.len);
+        r->edge_lost = true;
+    } else if (res == 0) {
         relay_edge_gone(r, "closed without CLOSE");
-    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        relay_edge_gone(r, strerror(errno));
+    } else {
+        relay_edge_gone(r, strerror((int)-res));
     }
 }
 
-/* One read from the plain peer, straight into a DATA frame in the edge buffer. */
-static void relay_plain_read(struct relay *r)
+void relay_plain_chunk(struct relay *r, long res)
 {
-    struct buf *b = &r->to_edge;
-    uint8_t *frame;
-    ssize_t n;
-
-    buf_compact(b, WIRE_DATA_HDR_LEN + r->max_msg);
-    frame = b->p + b->off + b->len;
-    do
-        n = recv(r->pfd, frame + WIRE_DATA_HDR_LEN, r->max_msg, MSG_DONTWAIT);
-    while (n == -1 && errno == EINTR);
-    if (n > 0) {
-        wire_put_data_hdr(frame, ++r->seq, (size_t)n);
-        b->len += WIRE_DATA_HDR_LEN + (size_t)n;
-    } else if (n == 0) {
+    if (res > 0) {
+        wire_put_data_hdr(r->chunk, ++r->seq, (size_t)res);
+        relay_queue_edge(r, r->chunk, WIRE_DATA_HDR_LEN + (size_t)res);
+    } else if (res == 0) {
         r->plain_eof = true;
         relay_send_close(r);
         if (r->close_wait_ms >= 0)
-            r->deadline = now_ms() + r->close_wait_ms;
-    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        relay_plain_gone(r);
-    }
-}
-
-static void relay_flush(struct relay *r)
-{
-    int rc;
-
-    if (!r->edge_dead && (rc = buf_flush(&r->to_edge, r->efd)) < 0)
-        relay_edge_gone(r, strerror(-rc));
-    if (!r->plain_dead && buf_flush(&r->to_plain, r->pfd) < 0)
-        relay_plain_gone(r);
-}
-
-/* Relay until the session ends and what is left is flushed (or the time is up). */
-void relay_run(struct relay *r)
-{
-    for (;;) {
-        relay_frames(r);
-        relay_flush(r);
-        if (r->done && !r->edge_dead && r->to_edge.len == 0)
-            r->edge_dead = true; /* nothing more to say to the edge */
-        if (r->done && (r->plain_dead || r->to_plain.len == 0) &&
-            (r->edge_dead || r->to_edge.len == 0))
-            return;
-        if (r->done && (r->deadline == 0 || r->deadline > now_ms() + RELAY_DRAIN_MS))
-            r->deadline = now_ms() + RELAY_DRAIN_MS;
-
-        struct pollfd pf[2] = { { .fd = r->pfd }, { .fd = r->efd } };
-        if (!r->plain_dead) {
-            if (!r->done && !r->plain_eof && r->to_edge.len < RELAY_LIMIT)
-                pf[0].events |= POLLIN;
-            if (r->to_plain.len)
-                pf[0].events |= POLLOUT;
-        }
-        if (!r->edge_dead) {
-            if (!r->done && r->to_plain.len < RELAY_LIMIT)
-                pf[1].events |= POLLIN;
-            if (r->to_edge.len)
-                pf[1].events |= POLLOUT;
-        }
-        for (int i = 0; i < 2; i++)
-            if (!pf[i].events)
-                pf[i].fd = -1;
-        int timeout = -1;
-        if (r->deadline) {
-            int64_t left = r->deadline - now_ms();
-            timeout = left > 0 ? (int)left : 0;
-        }
-        int n = poll(pf, 2, timeout);
-        if (n == -1 && errno != EINTR) {
-            LOG(LOG_ERROR, "session=%llu msg=\"poll failed\" err=\"%s\"",
-                (unsigned long long)r->session_id, strerror(errno));
-            return;
-        }
-        if (n == 0) {
-            LOG(LOG_WARN, "session=%llu msg=\"gave up waiting\" closing=%s",
-                (unsigned long long)r->session_id, r->done ? "flush" : "edge CLOSE");
-            return;
-        }
-        if (n > 0 && pf[0].revents && (pf[0].events & POLLIN))
-            relay_plain_read(r);
-        if (n > 0 && pf[1].revents && (pf[1].events & POLLIN))
-            relay_edge_read(r);
-    }
-}
-
-void relay_free(struct relay *r)
-{
-    free(r->in.p);
-    free(r->to_edge.p);
-    free(r->to_plain.p);
-}
-
-/* Wait for one whole frame from the edge into r->in; it stays there. 0 with *f, or
- * -errno (-ETIMEDOUT, -ECONNRESET at end of stream, -EPROTO, -EMSGSIZE). */
-int handshake_frame(struct relay *r, struct wire_frame *f, size_t *flen)
-{
-    int64_t deadline = now_ms() + HANDSHAKE_MS;
-    struct wire_hdr h;
-
-    for (;;) {
-        int rc = wire_parse_hdr(r->in.p, r->in.len, r->max_body, &h);
-        if (rc == 0 && r->in.len >= WIRE_HDR_LEN + h.len) {
-            *flen = WIRE_HDR_LEN + h.len;
-            return wire_decode(&h, r->in.p + WIRE_HDR_LEN, f);
-        }
-        if (rc != 0 && rc != -EAGAIN)
-            return rc;
-        int64_t left = deadline - now_ms();
-        struct pollfd pfd = { .fd = r->efd, .events = POLLIN };
-        if (left <= 0)
-            return -ETIMEDOUT;
-        if (poll(&pfd, 1, (int)left) == -1 && errno != EINTR)
-            return -errno;
-        if (r->in.cap - r->in.len == 0)
-            return -EMSGSIZE; /* handshake frames are small */
-        ssize_t n = recv(r->efd, r->in.p + r->in.len, r->in.cap - r->in.len, MSG_DONTWAIT);
-        if (n == 0)
-            return -ECONNRESET;
-        if (n > 0)
-            r->in.len += (size_t)n;
-        else if (errno != EAGAIN && errno != EINTR)
-            return -errno;
-    }
-}
-
-/* ---- the process: accept, fork one child per connection ---- */
-
-/* Fork a child for one connection. In the child: the listener closed, and death with
- * the parent. The child returns 0 and must leave with _exit(). */
-static pid_t proxy_fork(int lfd)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-
-    if (pid != 0)
-        return pid;
-    close(lfd);
-    signal(SIGCHLD, SIG_DFL);
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent)
-        _exit(0);
-    return 0;
-}
-
-int proxy_print_ready(int lfd)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    char host[INET6_ADDRSTRLEN];
-
-    if (getsockname(lfd, (struct sockaddr *)&ss, &len) == -1)
-        return -errno;
-    if (ss.ss_family == AF_INET6) {
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof(host));
-        printf("ready listen=[%s]:%d\n", host, addr_local_port(lfd));
+            r->deadline = relay_now_ms() + r->close_wait_ms;
     } else {
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof(host));
-        printf("ready listen=%s:%d\n", host, addr_local_port(lfd));
+        relay_plain_gone(r);
     }
-    fflush(stdout);
-    return 0;
-}
-
-void proxy_accept_loop(int lfd, void (*serve)(int fd))
-{
-    for (;;) {
-        int one = 1;
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd == -1) {
-            if (errno != EINTR && errno != ECONNABORTED) {
-                LOG(LOG_ERROR, "msg=\"accept failed\" err=\"%s\"", strerror(errno));
-                usleep(100000); /* EMFILE and friends: let connections end */
-            }
-            continue;
-        }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        pid_t pid = proxy_fork(lfd);
-        if (pid == 0) {
-            serve(fd);
-            _exit(0);
-        }
-        if (pid == -1)
-            LOG(LOG_ERROR, "msg=\"fork failed\" err=\"%s\"", strerror(errno));
-        close(fd);
-    }
-}
-
-/* ---- the command line, the same for both proxies ---- */
-
-int proxy_main(int argc, char **argv, const struct proxy_spec *spec)
-{
-    const struct option opts[] = {
-        { "listen", required_argument, NULL, 'l' },
-        { spec->peer_opt, required_argument, NULL, 'p' },
-        { "max-message-bytes", required_argument, NULL, 'm' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
-    };
-    struct sigaction sa = { .sa_handler = SIG_DFL, .sa_flags = SA_NOCLDWAIT };
-    const char *listen_addr = NULL;
-    char err[256], *end;
-    int c, lfd;
-
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'l':
-            listen_addr = optarg;
-            break;
-        case 'p':
-            *spec->peer = optarg;
-            break;
-        case 'm': {
-            errno = 0;
-            unsigned long long v = strtoull(optarg, &end, 10);
-            if (errno || *end || v == 0 || v > MAX_MESSAGE_MAX) {
-                fprintf(stderr, "%s: bad --max-message-bytes '%s' (1..%u)\n", spec->name,
-                        optarg, MAX_MESSAGE_MAX);
-                return 2;
-            }
-            *spec->max_msg = (size_t)v;
-            break;
-        }
-        case 'h':
-            fputs(spec->usage, stdout);
-            return 0;
-        default:
-            fputs(spec->usage, stderr);
-            return 2;
-        }
-    }
-    if (!listen_addr || !*spec->peer || optind != argc) {
-        fputs(spec->usage, stderr);
-        return 2;
-    }
-    log_init(spec->name);
-    signal(SIGPIPE, SIG_IGN);
-    sigaction(SIGCHLD, &sa, NULL);
-    lfd = addr_listen(listen_addr, err, sizeof(err));
-    if (lfd < 0) {
-        LOG(LOG_ERROR, "msg=\"cannot listen\" err=\"%s\"", err);
-        return 1;
-    }
-    if (proxy_print_ready(lfd) < 0) {
-        LOG(LOG_ERROR, "msg=\"getsockname failed\" err=\"%s\"", strerror(errno));
-        return 1;
-    }
-    LOG(LOG_INFO, "msg=\"listening\" listen=%s %s=%s max_message_bytes=%zu", listen_addr,
-        spec->peer_opt, *spec->peer, *spec->max_msg);
-    proxy_accept_loop(lfd, spec->serve);
-    return 0;
 }

@@ -1,10 +1,12 @@
-/* relay.h - the core shared by cessna-client-proxy and cessna-server-proxy: one process
- * per connection pair relaying between a plain TCP peer and an edge (CESSNA frames).
+/* relay.h - one session's relay state, shared by cessna-client-proxy and
+ * cessna-server-proxy: a plain TCP peer on one side, an edge (CESSNA frames) on the other.
  *
- * One poll() loop, nonblocking sockets and a bounded buffer per direction: a side is not
- * read while the buffer toward the other side is over RELAY_LIMIT, so neither direction
- * ever waits on the other. Every chunk read from the plain peer becomes one DATA frame;
- * every new OUT payload is written to the plain peer. */
+ * This module does no I/O. The event loop (ploop.c) reads into the buffers here and calls
+ * relay_edge_bytes() / relay_plain_chunk(); it sends what the two output queues hold. Every
+ * chunk read from the plain peer becomes one DATA frame; every new OUT payload (by output
+ * number: duplicates are dropped) goes to the plain peer. A side is not read while the queue
+ * toward the other side holds RELAY_LIMIT bytes or more, so neither direction ever waits on
+ * the other and memory stays bounded. */
 #ifndef CESSNA_RELAY_H
 #define CESSNA_RELAY_H
 
@@ -18,26 +20,31 @@
 #define RELAY_LIMIT      (4u << 20)  /* stop reading a side past this much pending output */
 #define RELAY_IN_MIN     (64u << 10) /* initial edge input buffer, and least read size */
 #define RELAY_DRAIN_MS   5000        /* flushing what is left once the session ended */
-#define HANDSHAKE_MS     10000
+#define HANDSHAKE_MS     10000       /* default: connect + HELLO/WELCOME, per attempt */
 #define CLOSE_WAIT_MS    5000        /* default wait for the edge's CLOSE after the plain EOF */
 #define MAX_MESSAGE_MAX  (1u << 30)
-#define RELAY_CTL_ROOM   (2 * (WIRE_HDR_LEN + 4 + WIRE_ERROR_MAX)) /* CLOSE, ERROR */
+#define HANDSHAKE_FRAME_MAX 1024u    /* HELLO, WELCOME, RESUME, ERROR are small */
 
-/* ---- relay core ---- */
-
-struct buf {
+/* A growable byte buffer; pending bytes are p[off, off + len). */
+struct rbuf {
     uint8_t *p;
-    size_t cap, off, len;   /* pending bytes are p[off, off + len) */
+    size_t cap, off, len;
+};
+
+/* An output queue: bytes are appended to pend while send is in flight (its memory must not
+ * move); when send is done the two swap. */
+struct outq {
+    struct rbuf pend, send;
+    size_t sent;            /* bytes of send already written */
 };
 
 struct relay {
-    int efd;                /* the edge: CESSNA frames */
-    int pfd;                /* the plain TCP peer */
     uint64_t session_id;
     size_t max_msg, max_body;
-    struct buf in;          /* read from the edge, not yet handled */
-    struct buf to_edge;     /* whole DATA, CLOSE and ERROR frames */
-    struct buf to_plain;    /* OUT payloads */
+    struct rbuf in;         /* read from the edge, not yet handled */
+    uint8_t *chunk;         /* plain reads land at chunk + WIRE_DATA_HDR_LEN */
+    struct outq to_edge;    /* whole DATA, CLOSE and ERROR frames */
+    struct outq to_plain;   /* OUT payloads */
     uint64_t seq;           /* last DATA sent */
     uint64_t last_out;      /* last OUT received */
     uint64_t order_time;    /* time of the last order entry seen */
@@ -45,38 +52,46 @@ struct relay {
     int64_t deadline;       /* 0, or when to give up (monotonic ms) */
     bool plain_eof;         /* nothing more to read from the plain peer */
     bool plain_dead;        /* nor to write to it */
-    bool edge_dead;         /* the edge connection failed */
+    bool edge_dead;         /* nothing more to read from or write to the edge */
+    bool edge_lost;         /* the edge went away without CLOSE or ERROR: reset the plain peer */
     bool close_sent;
     bool done;              /* the session ended: only flushing is left */
 };
 
-int  relay_init(struct relay *r, int efd, int pfd, size_t max_msg);
-/* Relay until the session ends and everything is flushed (or given up on). */
-void relay_run(struct relay *r);
+int64_t relay_now_ms(void);
+
+/* 0, or -ENOMEM. */
+int  relay_init(struct relay *r, size_t max_msg);
 void relay_free(struct relay *r);
+
+size_t outq_len(const struct outq *q);
+/* Append; the queue grows as needed. 0 or -ENOMEM. */
+int  outq_put(struct outq *q, const void *data, size_t len);
+/* Make the pending bytes the ones to send, if nothing is being sent. The bytes to send next
+ * (*p, *len), or 0 bytes. */
+void outq_next(struct outq *q, const uint8_t **p, size_t *len);
+/* n bytes of the last outq_next() were written. */
+void outq_sent(struct outq *q, size_t n);
+void outq_clear(struct outq *q);
+
+/* Room at the end of r->in for the next read from the edge: grown to hold the frame being
+ * read (at most max bytes in all when max != 0). 0 with (*p, *room), or -ENOMEM/-EMSGSIZE. */
+int  relay_in_room(struct relay *r, size_t max, uint8_t **p, size_t *room);
+
+/* A read from the edge completed with res (bytes appended to r->in, 0 at end of stream, or
+ * -errno). Handles the frames while the plain side has room. */
+void relay_edge_bytes(struct relay *r, long res);
+/* Handle the frames buffered from the edge while the plain side has room for them. */
+void relay_frames(struct relay *r);
+/* A read from the plain peer into r->chunk + WIRE_DATA_HDR_LEN completed with res. */
+void relay_plain_chunk(struct relay *r, long res);
+
 /* The edge sent something wrong: queue ERROR to it and end the session. */
 void relay_fail(struct relay *r, uint32_t code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-void buf_put(struct buf *b, const void *data, size_t len);
-/* Wait for one whole frame from the edge into r->in; it stays there. 0 with *f, or -errno
- * (-ETIMEDOUT, -ECONNRESET at end of stream, -EPROTO, -EMSGSIZE). */
-int  handshake_frame(struct relay *r, struct wire_frame *f, size_t *flen);
-
-/* Print "ready listen=ADDR" for the bound listener. 0 or -errno. */
-int  proxy_print_ready(int lfd);
-/* Accept for ever; each connection gets a child process running serve(fd). */
-void proxy_accept_loop(int lfd, void (*serve)(int fd));
-
-/* What differs between the two proxies' command lines. */
-struct proxy_spec {
-    const char *name;         /* "cessna-client-proxy" */
-    const char *peer_opt;     /* "edge" or "target" */
-    const char *usage;        /* the --help text */
-    void (*serve)(int fd);    /* runs in the child for each accepted connection */
-    const char **peer;        /* where the peer option's value goes */
-    size_t *max_msg;          /* where --max-message-bytes goes (holds the default) */
-};
-/* Parse the command line, listen, print the ready line, serve for ever. Exit status. */
-int  proxy_main(int argc, char **argv, const struct proxy_spec *spec);
+/* The edge connection failed (no CLOSE): the session ends, the plain peer will be reset. */
+void relay_edge_gone(struct relay *r, const char *why);
+/* The plain connection failed: tell the edge CLOSE and wait a while for its answer. */
+void relay_plain_gone(struct relay *r);
 
 #endif
