@@ -4,6 +4,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <dirent.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -12,6 +14,7 @@
 
 #include "addr.h"
 #include "t_helpers.h"
+#include "wire.h"
 
 TestSuite(proxies, .timeout = 120);
 
@@ -85,13 +88,15 @@ struct plain_arg {
     int index;
     int ok;
     char why[200];
+    size_t total;                 /* 0: 1 MiB */
+    pthread_barrier_t *hold;      /* if set: wait here twice before closing */
 };
 
 /* Streams 1 MiB through the proxies in odd-sized writes while reading the echo. */
 static void *plain_stream(void *p)
 {
     struct plain_arg *a = p;
-    size_t total = 1 << 20, sent = 0, got = 0;
+    size_t total = a->total ? a->total : 1 << 20, sent = 0, got = 0;
     uint8_t *data = malloc(total), *echo = malloc(total);
     int fd = t_connect(a->addr);
 
@@ -119,6 +124,10 @@ static void *plain_stream(void *p)
     if (!a->ok)
         snprintf(a->why, sizeof(a->why), "echo differs");
 out:
+    if (a->hold) {   /* every connection stays open while the test looks at the proxies */
+        pthread_barrier_wait(a->hold);
+        pthread_barrier_wait(a->hold);
+    }
     close(fd);
     free(data);
     free(echo);
@@ -218,4 +227,274 @@ Test(proxies, redis_benchmark_through_passthrough, .timeout = 180)
     kill(redis, SIGTERM);
     t_wait(redis, 5000);
     close(rfd);
+}
+
+/* ---- one process per proxy, and nothing left behind ---- */
+
+/* Open descriptors of a process. */
+static int fd_count(pid_t pid)
+{
+    char path[64];
+    struct dirent *de;
+    int n = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert(d, "opendir %s", path);
+    while ((de = readdir(d)))
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Threads of a process (the Threads: line of /proc/PID/status). */
+static int thread_count(pid_t pid)
+{
+    char path[64], line[256];
+    int n = -1;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "open %s", path);
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "Threads: %d", &n) == 1)
+            break;
+    fclose(f);
+    return n;
+}
+
+/* Fail unless pid has no child process, live or zombie. */
+static void expect_no_children(pid_t pid, const char *who)
+{
+    pid_t live[8];
+    int nlive, zombies = t_children(pid, NULL, 0, live, 8, &nlive);
+
+    cr_expect_eq(nlive + zombies, 0, "%s has %d children (%d zombies)", who, nlive + zombies,
+                 zombies);
+    cr_expect_eq(thread_count(pid), 1, "%s is one thread", who);
+}
+
+/* Wait up to timeout_ms for pid's descriptor count to come down to want. The last count. */
+static int wait_fds(pid_t pid, int want, int timeout_ms)
+{
+    long end = t_now_ms() + timeout_ms;
+    int n;
+
+    while ((n = fd_count(pid)) > want && t_now_ms() < end)
+        usleep(20000);
+    return n;
+}
+
+Test(proxies, one_process_serves_200_connections_byte_exact, .timeout = 240)
+{
+    enum { N = 200 };
+    struct t_echo_tcp echo;
+    struct chain c;
+    static struct plain_arg args[N];
+    static pthread_t th[N];
+    pthread_barrier_t hold;
+
+    t_echo_tcp_start(&echo);
+    chain_start(&c, t_app("passthrough"), echo.addr);
+    int cfds = fd_count(c.cproxy.pid), sfds = fd_count(c.sproxy.pid);
+    pthread_barrier_init(&hold, NULL, N + 1);
+    for (int i = 0; i < N; i++) {
+        args[i] = (struct plain_arg){ .addr = c.cproxy.addr, .index = i, .total = 96 * 1024,
+                                      .hold = &hold };
+        cr_assert_eq(pthread_create(&th[i], NULL, plain_stream, &args[i]), 0);
+    }
+    pthread_barrier_wait(&hold);   /* every stream done, every connection still open */
+    int copen = fd_count(c.cproxy.pid), sopen = fd_count(c.sproxy.pid);
+    expect_no_children(c.cproxy.pid, "client proxy");
+    expect_no_children(c.sproxy.pid, "server proxy");
+    pthread_barrier_wait(&hold);
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        cr_expect(args[i].ok, "stream %d: %s", i, args[i].why);
+    }
+    /* One process holds both connections of every session. */
+    cr_expect_geq(copen, cfds + 2 * N, "client proxy fds %d -> %d", cfds, copen);
+    cr_expect_geq(sopen, sfds + 2 * N, "server proxy fds %d -> %d", sfds, sopen);
+    cr_expect_eq(wait_fds(c.cproxy.pid, cfds, 10000), cfds, "client proxy fds back to %d", cfds);
+    cr_expect_eq(wait_fds(c.sproxy.pid, sfds, 10000), sfds, "server proxy fds back to %d", sfds);
+    chain_stop(&c);
+    pthread_barrier_destroy(&hold);
+}
+
+static void start_sproxy(struct t_proc *p, const char *target, const char *hs_ms)
+{
+    char *argv[] = { (char *)t_bin("cessna-server-proxy"), "--listen", "127.0.0.1:0",
+                     "--target", (char *)target, hs_ms ? "--handshake-timeout-ms" : NULL,
+                     (char *)hs_ms, NULL };
+    t_start(p, t_tmpdir(), "server-proxy", argv);
+}
+
+Test(proxies, server_proxy_forgets_connections_that_end_before_hello, .timeout = 60)
+{
+    struct t_echo_tcp echo;
+    struct t_proc sp;
+    uint8_t hello[WIRE_HDR_LEN + 32];
+    size_t hlen = wire_put_hello(hello, WIRE_ROLE_EDGE, 77, (const uint8_t *)"0123456789abcdef");
+
+    t_echo_tcp_start(&echo);
+    start_sproxy(&sp, echo.addr, NULL);
+    int base = fd_count(sp.pid);
+    for (int i = 0; i < 100; i++) {
+        int fd = t_connect(sp.addr);
+        if (i % 2)   /* half of them send part of a HELLO first */
+            t_write_all(fd, hello, 1 + (size_t)i % (hlen - 1));
+        close(fd);
+    }
+    /* A real session after them: once it is welcomed, the proxy has taken every one of
+     * the 100 from its accept queue. */
+    int fd = t_connect(sp.addr);
+    uint8_t buf[256];
+    t_write_all(fd, hello, hlen);
+    long n = t_read_frame(fd, buf, sizeof(buf), 5000);
+    cr_assert_gt(n, 0, "WELCOME after the 100 broken connections");
+    cr_expect_eq(buf[3], WIRE_WELCOME);
+    close(fd);
+    cr_expect_eq(wait_fds(sp.pid, base, 5000), base, "server proxy fds back to %d", base);
+    expect_no_children(sp.pid, "server proxy");
+    t_stop(&sp);
+}
+
+Test(proxies, silent_connections_closed_after_handshake_timeout, .timeout = 60)
+{
+    struct t_echo_tcp echo;
+    struct t_proc sp, cp;
+    char err[128], addr[64];
+
+    /* Server proxy: an edge that connects and says nothing. */
+    t_echo_tcp_start(&echo);
+    start_sproxy(&sp, echo.addr, "400");
+    int base = fd_count(sp.pid);
+    long t0 = t_now_ms();
+    int fd = t_connect(sp.addr);
+    t_expect_eof(fd, 3000, "server proxy closes a silent edge connection");
+    long waited = t_now_ms() - t0;
+    cr_expect(waited >= 350, "closed after %ld ms, before the 400 ms timeout", waited);
+    close(fd);
+    cr_expect_eq(wait_fds(sp.pid, base, 2000), base);
+    t_stop(&sp);
+
+    /* Client proxy: an edge that accepts (in the kernel) and never answers HELLO. */
+    int lfd = addr_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert_geq(lfd, 0, "%s", err);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", addr_local_port(lfd));
+    char *cargv[] = { (char *)t_bin("cessna-client-proxy"), "--listen", "127.0.0.1:0",
+                      "--edge", addr, "--handshake-timeout-ms", "400", NULL };
+    t_start(&cp, t_tmpdir(), "client-proxy", cargv);
+    base = fd_count(cp.pid);
+    t0 = t_now_ms();
+    fd = t_connect(cp.addr);
+    t_expect_eof(fd, 3000, "client proxy gives up on a silent edge");
+    waited = t_now_ms() - t0;
+    cr_expect(waited >= 350, "closed after %ld ms, before the 400 ms timeout", waited);
+    close(fd);
+    cr_expect_eq(wait_fds(cp.pid, base, 2000), base);
+    t_stop(&cp);
+    close(lfd);
+}
+
+Test(proxies, clients_that_give_up_right_after_hello_leave_nothing, .timeout = 120)
+{
+    struct t_echo_tcp echo;
+    struct chain c;
+    uint8_t hello[WIRE_HDR_LEN + 32];
+    size_t hlen = wire_put_hello(hello, WIRE_ROLE_CLIENT, 0, NULL);
+
+    t_echo_tcp_start(&echo);
+    chain_start(&c, t_app("passthrough"), echo.addr);
+    int cbase = fd_count(c.cproxy.pid), sbase = fd_count(c.sproxy.pid);
+    /* Native clients at the edge: HELLO, then gone. The edge drops each session, maybe
+     * before its HELLO reaches the server proxy. */
+    for (int i = 0; i < 100; i++) {
+        int fd = t_connect(c.edge.sup.addr);
+        t_write_all(fd, hello, hlen);
+        close(fd);
+    }
+    /* Plain clients at the client proxy: connected, then gone at once. */
+    for (int i = 0; i < 100; i++)
+        close(t_connect(c.cproxy.addr));
+    cr_expect_eq(wait_fds(c.sproxy.pid, sbase, 15000), sbase, "server proxy fds back to %d",
+                 sbase);
+    cr_expect_eq(wait_fds(c.cproxy.pid, cbase, 15000), cbase, "client proxy fds back to %d",
+                 cbase);
+    expect_no_children(c.sproxy.pid, "server proxy");
+    expect_no_children(c.cproxy.pid, "client proxy");
+    chain_stop(&c);
+}
+
+/* recv on fd within timeout_ms: bytes (> 0), 0 at a clean end, -errno (-ECONNRESET). */
+static long recv_wait(int fd, void *buf, size_t len, int timeout_ms)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+
+    if (poll(&p, 1, timeout_ms) != 1)
+        return -ETIMEDOUT;
+    ssize_t n = recv(fd, buf, len, 0);
+    return n >= 0 ? n : -errno;
+}
+
+/* A plain client and a plain server with one session between them; "ping"/"pong" passed. */
+struct pair {
+    int lfd, client, server;
+    char target[64];
+    struct chain c;
+};
+
+static void pair_start(struct pair *p)
+{
+    char err[128], buf[8];
+
+    p->lfd = addr_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert_geq(p->lfd, 0, "%s", err);
+    snprintf(p->target, sizeof(p->target), "127.0.0.1:%d", addr_local_port(p->lfd));
+    chain_start(&p->c, t_app("passthrough"), p->target);
+    p->client = t_connect(p->c.cproxy.addr);
+    t_write_all(p->client, "ping", 4);
+    struct pollfd pf = { .fd = p->lfd, .events = POLLIN };
+    cr_assert_eq(poll(&pf, 1, 10000), 1, "the server proxy connects to the plain server");
+    p->server = accept(p->lfd, NULL, NULL);
+    cr_assert_geq(p->server, 0);
+    cr_assert_eq(t_read_n(p->server, buf, 4, 5000), 4);
+    cr_assert_arr_eq(buf, "ping", 4);
+    t_write_all(p->server, "pong", 4);
+    cr_assert_eq(t_read_n(p->client, buf, 4, 5000), 4);
+    cr_assert_arr_eq(buf, "pong", 4);
+}
+
+Test(proxies, edge_killed_resets_both_plain_peers, .timeout = 60)
+{
+    struct pair p;
+    char buf[16];
+
+    pair_start(&p);
+    kill(p.c.edge.sup.pid, SIGKILL);
+    long rc = recv_wait(p.client, buf, sizeof(buf), 5000);
+    cr_expect_eq(rc, -ECONNRESET, "the client sees a reset, got %ld", rc);
+    rc = recv_wait(p.server, buf, sizeof(buf), 5000);
+    cr_expect_eq(rc, -ECONNRESET, "the server sees a reset, got %ld", rc);
+    close(p.client);
+    close(p.server);
+    close(p.lfd);
+    chain_stop(&p.c);
+}
+
+Test(proxies, orderly_close_is_a_clean_eof_at_both_plain_peers, .timeout = 60)
+{
+    struct pair p;
+    char buf[16];
+
+    pair_start(&p);
+    shutdown(p.client, SHUT_WR);   /* the client is done: CLOSE through the edge */
+    long rc = recv_wait(p.server, buf, sizeof(buf), 5000);
+    cr_expect_eq(rc, 0, "the server sees a clean end, got %ld", rc);
+    rc = recv_wait(p.client, buf, sizeof(buf), 5000);
+    cr_expect_eq(rc, 0, "the client sees a clean end, got %ld", rc);
+    close(p.client);
+    close(p.server);
+    close(p.lfd);
+    chain_stop(&p.c);
 }
