@@ -166,6 +166,9 @@ static void arm_recv(struct psess *s, enum pside side, void *p, size_t len)
     struct io_uring_sqe *sqe = sqe_get();
 
     io_uring_prep_recv(sqe, s->fd[side], p, len, 0);
+    if (s->drained[side])   /* the last read took all there was: wait for data first */
+        sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    s->recv_len[side] = len;
     io_uring_sqe_set_data64(sqe, UD(OP_RECV, s->slot, ARG(s, side)));
     s->recv_armed[side] = true;
     s->inflight++;
@@ -200,8 +203,10 @@ int ploop_hs_recv(struct psess *s)
     rc = relay_in_room(&s->r, HANDSHAKE_FRAME_MAX, &p, &room);
     if (rc < 0)
         return rc;
-    s->state = P_HS_EDGE;
-    s->hs_deadline = relay_now_ms() + ploop_handshake_ms;
+    if (s->state != P_HS_EDGE || !s->hs_deadline) {   /* one deadline for the whole frame */
+        s->state = P_HS_EDGE;
+        s->hs_deadline = relay_now_ms() + ploop_handshake_ms;
+    }
     arm_recv(s, PS_EDGE, p, room);
     return 0;
 }
@@ -314,6 +319,7 @@ static void on_recv(struct psess *s, enum pside side, int res)
     s->recv_armed[side] = false;
     if (res == -ECANCELED)
         return;
+    s->drained[side] = res >= 0 && (size_t)res < s->recv_len[side];
     if (side == PS_EDGE) {
         if (s->state == P_HS_EDGE) {
             if (res > 0)
@@ -363,7 +369,8 @@ static void on_tick(void)
 
     for (uint32_t i = 0; i < L.nslots; i++) {
         struct psess *s = L.slots[i];
-        if ((s->state == P_HS_EDGE || s->state == P_HS_CONNECT) && now >= s->hs_deadline) {
+        if ((s->state == P_HS_EDGE || s->state == P_HS_CONNECT) && s->hs_deadline &&
+            now >= s->hs_deadline) {
             if (s->state == P_HS_EDGE) {
                 ploop_drop(s, PS_EDGE);
                 L.spec->hs_input(s, -ETIMEDOUT);

@@ -34,6 +34,8 @@ struct psess {
     int fd[2];              /* [PS_EDGE], [PS_PLAIN]; -1 when none */
     uint32_t gen[2];        /* bumped when a side's connection is dropped */
     bool recv_armed[2], send_armed[2], connect_armed[2];
+    bool drained[2];        /* the last read returned less than asked */
+    size_t recv_len[2];     /* what the read in flight asked for */
     unsigned inflight;      /* operations of this slot the kernel still holds */
     bool bound;             /* in the id table */
     bool was_live;

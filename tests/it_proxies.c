@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -497,4 +498,69 @@ Test(proxies, orderly_close_is_a_clean_eof_at_both_plain_peers, .timeout = 60)
     close(p.server);
     close(p.lfd);
     chain_stop(&p.c);
+}
+
+/* CPU time of a process so far, in clock ticks (utime + stime of /proc/PID/stat). */
+static long cpu_ticks(pid_t pid)
+{
+    char path[64], buf[1024];
+    unsigned long ut = 0, st = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "open %s", path);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    cr_assert(p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
+                          &st) == 2, "parse %s", path);
+    return (long)(ut + st);
+}
+
+Test(proxies, out_of_descriptors_pauses_accepting_without_spinning, .timeout = 60)
+{
+    enum { N = 24 };
+    struct t_echo_tcp echo;
+    struct t_proc sp;
+    int fds[N];
+    uint8_t hello[WIRE_HDR_LEN + 32], buf[256];
+    size_t hlen = wire_put_hello(hello, WIRE_ROLE_EDGE, 78, (const uint8_t *)"0123456789abcdef");
+
+    t_echo_tcp_start(&echo);
+    start_sproxy(&sp, echo.addr, NULL);
+    int base = fd_count(sp.pid);
+    struct rlimit rl = { .rlim_cur = (rlim_t)base + 6, .rlim_max = (rlim_t)base + 6 };
+    cr_assert_eq(prlimit(sp.pid, RLIMIT_NOFILE, &rl, NULL), 0, "prlimit: %s", strerror(errno));
+    for (int i = 0; i < N; i++)   /* silent edges: 6 accepted, then EMFILE */
+        fds[i] = t_connect(sp.addr);
+    usleep(200000);
+    long t0 = cpu_ticks(sp.pid);
+    usleep(1000000);
+    long used = cpu_ticks(sp.pid) - t0;
+    cr_expect_lt(used, 20, "the proxy used %ld ticks in 1 s while out of descriptors", used);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+
+    /* Descriptors are back: accepting resumes and a real session opens. */
+    int fd = -1;
+    long n = 0;
+    for (long end = t_now_ms() + 5000; n <= 0 && t_now_ms() < end;) {
+        fd = t_connect(sp.addr);
+        t_write_all(fd, hello, hlen);
+        n = t_read_frame(fd, buf, sizeof(buf), 1000);
+        if (n <= 0)
+            close(fd);
+    }
+    cr_assert_gt(n, 0, "WELCOME once descriptors are free again");
+    cr_expect_eq(buf[3], WIRE_WELCOME);
+    close(fd);
+    t_stop(&sp);
+
+    char log[8192] = "";
+    FILE *f = fopen(sp.log, "r");
+    cr_assert(f, "open %s", sp.log);
+    log[fread(log, 1, sizeof(log) - 1, f)] = 0;
+    fclose(f);
+    cr_expect(strstr(log, "accepting paused"), "the proxy logged the pause: %s", log);
 }
