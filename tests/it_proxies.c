@@ -529,8 +529,22 @@ Test(proxies, out_of_descriptors_pauses_accepting_without_spinning, .timeout = 6
 
     t_echo_tcp_start(&echo);
     start_sproxy(&sp, echo.addr, NULL);
-    int base = fd_count(sp.pid);
-    struct rlimit rl = { .rlim_cur = (rlim_t)base + 6, .rlim_max = (rlim_t)base + 6 };
+    /* A limit that leaves exactly 6 free descriptor numbers (new descriptors fill the
+     * lowest free numbers; the proxy may hold inherited ones at high numbers). */
+    static char fdnum[4096];
+    char path[64];
+    struct dirent *de;
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)sp.pid);
+    DIR *d = opendir(path);
+    cr_assert(d);
+    while ((de = readdir(d)))
+        if (de->d_name[0] != '.' && atoi(de->d_name) < (int)sizeof(fdnum))
+            fdnum[atoi(de->d_name)] = 1;
+    closedir(d);
+    int limit = 0;
+    for (int free_nums = 0; free_nums < 6; limit++)
+        free_nums += !fdnum[limit];
+    struct rlimit rl = { .rlim_cur = (rlim_t)limit, .rlim_max = (rlim_t)limit };
     cr_assert_eq(prlimit(sp.pid, RLIMIT_NOFILE, &rl, NULL), 0, "prlimit: %s", strerror(errno));
     for (int i = 0; i < N; i++)   /* silent edges: 6 accepted, then EMFILE */
         fds[i] = t_connect(sp.addr);
