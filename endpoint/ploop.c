@@ -306,7 +306,7 @@ static void step(struct psess *s)
 void ploop_live(struct psess *s)
 {
     s->state = P_LIVE;
-    s->was_live = true;
+    s->was_live = !s->r.done;   /* not a handshake refused with ERROR */
     /* RESUME (issue 7 item 4) will re-attach a new edge connection to a live session
      * found with ploop_find(): it replaces fd[PS_EDGE] (after ploop_drop) and calls this. */
     step(s);
