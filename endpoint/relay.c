@@ -51,6 +51,8 @@ size_t outq_len(const struct outq *q)
 
 int outq_put(struct outq *q, const void *data, size_t len)
 {
+    if (len == 0)
+        return 0;   /* an empty OUT: nothing to write (and pend.p may still be NULL) */
     if (rbuf_reserve(&q->pend, len) < 0)
         return -ENOMEM;
     memcpy(q->pend.p + q->pend.off + q->pend.len, data, len);
