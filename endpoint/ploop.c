@@ -234,6 +234,10 @@ void ploop_drop(struct psess *s, enum pside side)
     if (s->connect_armed[side])
         cancel(UD(OP_CONNECT, s->slot, ARG(s, side)));
     if (s->fd[side] >= 0) {
+        /* Operations still queued name the descriptor by number: submit them (and the
+         * cancels) before the number is closed and handed to a new connection. */
+        if (s->recv_armed[side] || s->send_armed[side] || s->connect_armed[side])
+            io_uring_submit(&L.ring);
         if (side == PS_PLAIN && s->r.edge_lost) {
             /* The edge is gone without CLOSE: a reset, so the program can tell a crash
              * from an orderly end (a FIN). */
