@@ -8,7 +8,13 @@
  * ploop_find): the client proxy binds the id from WELCOME, the server proxy the id from the
  * edge's HELLO, so that a RESUME arriving on a new connection can find its session.
  *
- * The two proxies differ only in their handshake, given as callbacks in struct proxy_spec. */
+ * The two proxies differ only in their handshake, given as callbacks in struct proxy_spec.
+ *
+ * Room for issue 7 items 2-5: what an endpoint keeps for a remote edge (sent messages since
+ * the durable snapshot, the order, the last output number) belongs in struct relay; a
+ * session whose edge is lost but which waits for a RESUME (--linger, the client's resume
+ * timeout) becomes a state of its own here, with fd[PS_EDGE] == -1 and the plain side still
+ * open; RESUME finds it with ploop_find() and checks the credential and epoch first. */
 #ifndef CESSNA_PLOOP_H
 #define CESSNA_PLOOP_H
 
