@@ -17,6 +17,8 @@
 #include "t_helpers.h"
 #include "wire.h"
 
+#define RELAY_LIMIT_MIB 4   /* endpoint/relay.h RELAY_LIMIT */
+
 TestSuite(proxies, .timeout = 120);
 
 /* plain server <- server proxy <- edge(app) <- client proxy; returns the client proxy. */
@@ -578,4 +580,109 @@ Test(proxies, out_of_descriptors_pauses_accepting_without_spinning, .timeout = 6
     log[fread(log, 1, sizeof(log) - 1, f)] = 0;
     fclose(f);
     cr_expect(strstr(log, "accepting paused"), "the proxy logged the pause: %s", log);
+}
+
+/* ---- backpressure: a plain peer that does not read stops the edge, not the proxy's memory ---- */
+
+struct out_writer {
+    int fd;
+    size_t total, chunk;
+    volatile size_t written;   /* payload bytes fully written as OUT frames */
+};
+
+static void *out_writer_main(void *p)
+{
+    struct out_writer *w = p;
+    uint8_t *frame = malloc(WIRE_OUT_HDR_LEN + w->chunk);
+    uint64_t no = 0;
+
+    for (size_t off = 0; frame && off < w->total; off += w->chunk) {
+        size_t n = wire_put_out_hdr(frame, ++no, NULL, 0, w->chunk), done = 0;
+        t_fill(frame + n, w->chunk, no);
+        while (done < n + w->chunk) {
+            ssize_t k = write(w->fd, frame + done, n + w->chunk - done);
+            if (k <= 0)
+                goto out;
+            done += (size_t)k;
+        }
+        w->written = off + w->chunk;
+    }
+out:
+    free(frame);
+    return NULL;
+}
+
+static long rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    long kib = -1;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "open %s", path);
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+            break;
+    fclose(f);
+    return kib;
+}
+
+Test(proxies, a_target_that_does_not_read_stops_the_edge_within_bounded_memory, .timeout = 60)
+{
+    struct t_proc sp;
+    struct out_writer w = { .total = 96u << 20, .chunk = 60000 };
+    uint8_t hello[WIRE_HDR_LEN + 32], buf[1 << 16];
+    char err[128], target[64];
+    pthread_t th;
+
+    w.total -= w.total % w.chunk;
+    int lfd = addr_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert_geq(lfd, 0, "%s", err);
+    snprintf(target, sizeof(target), "127.0.0.1:%d", addr_local_port(lfd));
+    start_sproxy(&sp, target, NULL);
+    long rss0 = rss_kib(sp.pid);
+    w.fd = t_connect(sp.addr);
+    t_write_all(w.fd, hello, wire_put_hello(hello, WIRE_ROLE_EDGE, 79,
+                                            (const uint8_t *)"0123456789abcdef"));
+    cr_assert_gt(t_read_frame(w.fd, buf, sizeof(buf), 5000), 0, "WELCOME");
+    int tfd = accept(lfd, NULL, NULL);   /* the target: it does not read, for now */
+    cr_assert_geq(tfd, 0);
+    pthread_create(&th, NULL, out_writer_main, &w);
+
+    /* The edge's writes stall once the buffers on the way are full. */
+    size_t last = 0;
+    for (int still = 0; still < 5; ) {
+        usleep(200000);
+        still = w.written == last ? still + 1 : 0;
+        last = w.written;
+    }
+    long rss = rss_kib(sp.pid);
+    cr_expect_lt(w.written, w.total / 2, "the edge wrote %zu of %zu bytes to a stalled session",
+                 (size_t)w.written, w.total);
+    cr_expect_lt(rss - rss0, 3 * (RELAY_LIMIT_MIB << 10),
+                 "the proxy grew by %ld KiB while the target did not read", rss - rss0);
+
+    /* The target reads now: everything arrives, in order. */
+    size_t got = 0;
+    uint8_t *want = malloc(w.chunk);
+    while (got < w.total) {
+        long n = t_read_n(tfd, buf, sizeof(buf) < w.total - got ? sizeof(buf) : w.total - got,
+                          10000);
+        cr_assert_gt(n, 0, "the target got %zu of %zu bytes", got, w.total);
+        for (long i = 0; i < n; ) {   /* compare against the writer's pattern, chunk by chunk */
+            size_t at = (got + (size_t)i) % w.chunk, no = (got + (size_t)i) / w.chunk + 1;
+            size_t len = w.chunk - at < (size_t)(n - i) ? w.chunk - at : (size_t)(n - i);
+            t_fill(want, w.chunk, no);
+            cr_assert_arr_eq(buf + i, want + at, len, "bytes at %zu differ", got + (size_t)i);
+            i += (long)len;
+        }
+        got += (size_t)n;
+    }
+    pthread_join(th, NULL);
+    cr_expect_eq(w.written, w.total);
+    free(want);
+    close(w.fd);
+    close(tfd);
+    close(lfd);
+    t_stop(&sp);
 }
