@@ -686,3 +686,86 @@ Test(proxies, a_target_that_does_not_read_stops_the_edge_within_bounded_memory, 
     close(lfd);
     t_stop(&sp);
 }
+
+struct plain_writer {
+    int fd;
+    size_t total;
+    volatile size_t written;
+};
+
+static void *plain_writer_main(void *p)
+{
+    struct plain_writer *w = p;
+    static uint8_t data[1 << 16];
+
+    for (size_t off = 0; off < w->total; off += sizeof(data)) {
+        size_t done = 0;
+        for (size_t i = 0; i < sizeof(data); i++)
+            data[i] = (uint8_t)((off + i) * 7 + 3);
+        while (done < sizeof(data)) {
+            ssize_t k = write(w->fd, data + done, sizeof(data) - done);
+            if (k <= 0)
+                return NULL;
+            done += (size_t)k;
+        }
+        w->written = off + sizeof(data);
+    }
+    return NULL;
+}
+
+Test(proxies, an_edge_that_does_not_read_stops_the_client_within_bounded_memory, .timeout = 60)
+{
+    struct t_proc cp;
+    struct plain_writer w = { .total = 96u << 20 };
+    static uint8_t frame[(1 << 20) + 4096];
+    char err[128], edge[64];
+    pthread_t th;
+
+    int lfd = addr_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert_geq(lfd, 0, "%s", err);
+    snprintf(edge, sizeof(edge), "127.0.0.1:%d", addr_local_port(lfd));
+    char *argv[] = { (char *)t_bin("cessna-client-proxy"), "--listen", "127.0.0.1:0", "--edge",
+                     edge, NULL };
+    t_start(&cp, t_tmpdir(), "client-proxy", argv);
+    long rss0 = rss_kib(cp.pid);
+    w.fd = t_connect(cp.addr);
+    int efd = accept(lfd, NULL, NULL);   /* the edge: WELCOME, then it does not read */
+    cr_assert_geq(efd, 0);
+    cr_assert_gt(t_read_frame(efd, frame, sizeof(frame), 5000), 0, "HELLO");
+    t_write_all(efd, frame, wire_put_welcome(frame, 80, (const uint8_t *)"0123456789abcdef"));
+    pthread_create(&th, NULL, plain_writer_main, &w);
+
+    size_t last = 0;
+    for (int still = 0; still < 5; ) {
+        usleep(200000);
+        still = w.written == last ? still + 1 : 0;
+        last = w.written;
+    }
+    long rss = rss_kib(cp.pid);
+    cr_expect_lt(w.written, w.total / 2, "the client wrote %zu of %zu bytes to a stalled session",
+                 (size_t)w.written, w.total);
+    cr_expect_lt(rss - rss0, 3 * (RELAY_LIMIT_MIB << 10),
+                 "the proxy grew by %ld KiB while the edge did not read", rss - rss0);
+
+    /* The edge reads now: DATA 1, 2, 3, ... carry every byte in order. */
+    size_t got = 0;
+    uint64_t seq = 0;
+    while (got < w.total) {
+        long n = t_read_frame(efd, frame, sizeof(frame), 10000);
+        struct wire_frame f;
+        cr_assert_gt(n, 0, "the edge got %zu of %zu bytes", got, w.total);
+        cr_assert_eq(wire_next(frame, (size_t)n, sizeof(frame), &f), n);
+        cr_assert_eq(f.type, WIRE_DATA);
+        cr_assert_eq(f.u.data.seq, ++seq);
+        for (size_t i = 0; i < f.u.data.len; i++)
+            if (f.u.data.payload[i] != (uint8_t)((got + i) * 7 + 3))
+                cr_assert_fail("byte %zu differs", got + i);
+        got += f.u.data.len;
+    }
+    pthread_join(th, NULL);
+    cr_expect_eq(got, w.total);
+    close(w.fd);
+    close(efd);
+    close(lfd);
+    t_stop(&cp);
+}
