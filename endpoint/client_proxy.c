@@ -28,6 +28,7 @@ static struct edge {
     struct sockaddr_storage ss;
     socklen_t len;
     int resolved;
+    int64_t last_try;
 } edges[EDGES_MAX];
 static int nedges;
 
@@ -41,7 +42,7 @@ static int client_init(void)
          e = strtok_r(NULL, ",", &save)) {
         struct edge *d = &edges[nedges++];
         snprintf(d->name, sizeof(d->name), "%s", e);
-        d->resolved = addr_parse(e, &d->ss, &d->len, err, sizeof(err)) == 0;
+        d->resolved = ploop_resolve(e, &d->ss, &d->len, &d->last_try, err, sizeof(err)) == 0;
         if (!d->resolved)
             LOG(LOG_WARN, "msg=\"edge address does not resolve (yet)\" edge=%s err=\"%s\"", e, err);
     }
@@ -68,7 +69,8 @@ static void next_edge(struct psess *s)
     s->r.in.off = s->r.in.len = 0;
     while (++s->attempt < nedges) {
         struct edge *e = &edges[s->attempt];
-        if (!e->resolved && addr_parse(e->name, &e->ss, &e->len, err, sizeof(err)) < 0) {
+        if (!e->resolved &&
+            ploop_resolve(e->name, &e->ss, &e->len, &e->last_try, err, sizeof(err)) < 0) {
             LOG(LOG_WARN, "msg=\"edge unreachable\" edge=%s err=\"%s\"", e->name, err);
             continue;
         }

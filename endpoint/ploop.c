@@ -515,6 +515,19 @@ static int setup_ring(void)
     return io_uring_queue_init_params(4096, &L.ring, &p);
 }
 
+int ploop_resolve(const char *name, struct sockaddr_storage *ss, socklen_t *len,
+                  int64_t *last_try, char *err, size_t errlen)
+{
+    int64_t now = relay_now_ms();
+
+    if (*last_try && now - *last_try < 1000) {
+        snprintf(err, errlen, "'%s' did not resolve (next try within a second)", name);
+        return -EAGAIN;
+    }
+    *last_try = now;
+    return addr_parse(name, ss, len, err, errlen);
+}
+
 int proxy_print_ready(int lfd)
 {
     struct sockaddr_storage ss;

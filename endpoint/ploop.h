@@ -94,6 +94,11 @@ void ploop_end(struct psess *s);
 int  ploop_bind(struct psess *s, uint64_t id);
 struct psess *ploop_find(uint64_t id);
 
+/* Resolve a peer that did not resolve at start. The lookup blocks every session, so it is
+ * tried at most once a second (*last_try keeps when); in between -EAGAIN with a reason. */
+int  ploop_resolve(const char *name, struct sockaddr_storage *ss, socklen_t *len,
+                   int64_t *last_try, char *err, size_t errlen);
+
 /* Print "ready listen=ADDR" for the bound listener. 0 or -errno. */
 int  proxy_print_ready(int lfd);
 

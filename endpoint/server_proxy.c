@@ -24,12 +24,14 @@ static size_t opt_max_msg = 1u << 20;
 static struct sockaddr_storage target_ss;
 static socklen_t target_len;
 static int target_resolved;
+static int64_t target_last_try;
 
 static int server_init(void)
 {
     char err[256];
 
-    target_resolved = addr_parse(opt_target, &target_ss, &target_len, err, sizeof(err)) == 0;
+    target_resolved = ploop_resolve(opt_target, &target_ss, &target_len, &target_last_try, err,
+                                    sizeof(err)) == 0;
     if (!target_resolved)
         LOG(LOG_WARN, "msg=\"target does not resolve (yet)\" target=%s err=\"%s\"", opt_target,
             err);
@@ -102,7 +104,8 @@ static void server_hs_input(struct psess *s, long res)
     }
     memcpy(s->token, f.u.hello.token, WIRE_TOKEN_LEN);
     if (!target_resolved &&
-        addr_parse(opt_target, &target_ss, &target_len, err, sizeof(err)) < 0) {
+        ploop_resolve(opt_target, &target_ss, &target_len, &target_last_try, err,
+                      sizeof(err)) < 0) {
         relay_fail(r, WIRE_ERR_UNAVAILABLE, "server unreachable: %s", err);
         return server_refuse(s);
     }
