@@ -277,6 +277,17 @@ Test(ops, retention_applies_to_directories_of_earlier_runs)
     usleep(200000);
     t_edge_stop(&e);
     cr_assert(session_dir_exists(&e, a) && session_dir_exists(&e, b) && session_dir_exists(&e, c));
+    /* "Newest" is by mtime, which a late log write into a failed session's directory moves:
+     * give the three distinct ages, a the oldest. */
+    uint64_t ids[3] = { a, b, c };
+    for (int i = 0; i < 3; i++) {
+        struct timespec ts[2];
+        clock_gettime(CLOCK_REALTIME, &ts[0]);
+        ts[0].tv_sec -= 30 - 10 * i;
+        ts[1] = ts[0];
+        snprintf(path, sizeof(path), "%s/state/%llu", e.dir, (unsigned long long)ids[i]);
+        cr_assert_eq(utimensat(AT_FDCWD, path, ts, 0), 0, "utimensat %s", path);
+    }
 
     /* the next run keeps only the newest one */
     snprintf(path, sizeof(path), "%s/edge.ini", e.dir);
