@@ -274,7 +274,7 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
     atomic_store_explicit(&s->ctl->snap_pos, p, memory_order_release);
     atomic_store_explicit(&s->ctl->snap_req, ++s->snap_req_id, memory_order_release);
     s->snap_inflight = 1;
-    s->snap_requested_ms = sess_now_ms();
+    s->snap_requested_ms = tmo_now_ms();
     if (write(s->doorbell_in, &one, sizeof(one)) == -1)
         LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
     snprintf(msg, len, "ok snapshot of session %llu at position %llu (%s) requested\n",
@@ -402,7 +402,7 @@ static uint64_t oom_kills(void)
 void recovery_on_tick(void)
 {
     static int started;
-    uint64_t now = sess_now_ms();
+    uint64_t now = tmo_now_ms();
     char msg[128];
 
     if (!started++)

@@ -360,10 +360,10 @@ void sess_accept(int fd)
         /* One line a second at most: a flood of clients must not become a flood of logs. */
         static uint64_t last_ms, refused;
         refused++;
-        if (sess_now_ms() - last_ms >= 1000) {
+        if (tmo_now_ms() - last_ms >= 1000) {
             LOG(LOG_WARN, "msg=\"session refused: edge full\" max_sessions=%u refused=%llu",
                 S.cfg.max_sessions, ull(refused));
-            last_ms = sess_now_ms();
+            last_ms = tmo_now_ms();
             refused = 0;
         }
         return;
