@@ -97,6 +97,59 @@ Test(watchdog, endless_event_fails_its_session_only, .timeout = 60)
     t_edge_stop(&e);
 }
 
+/* Faults together: the victim's worker is SIGKILLed again and again (hot standby, 50 ms
+ * snapshots) while its neighbour spins into the watchdog. The victim recovers byte-exact,
+ * the neighbour fails for its own loop, and no recovery of one is taken for the other. */
+struct killer { const struct t_edge *e; uint64_t id; volatile int stop; int kills; };
+
+static void *kill_victim(void *p)
+{
+    struct killer *k = p;
+    char cmd[64], out[256];
+
+    snprintf(cmd, sizeof(cmd), "kill-worker %llu", (unsigned long long)k->id);
+    while (!k->stop) {
+        usleep(150000);
+        t_ctl(k->e, cmd, out, sizeof(out));
+        k->kills += strncmp(out, "ok", 2) == 0;
+    }
+    return NULL;
+}
+
+Test(watchdog, victim_killed_while_neighbour_spins, .timeout = 60)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct victim v = { 0 };
+    pthread_t t, tk;
+    char out[2048];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_test_app("hog"), srv.addr,
+                 "max_event_ms = 300\nsnapshot_interval_ms = 50\nstandby = hot\n");
+    v.ep = t_ep_connect(&e);
+    struct killer k = { .e = &e, .id = cessna_ep_session_id(v.ep) };
+    pthread_create(&t, NULL, victim_loop, &v);
+    pthread_create(&tk, NULL, kill_victim, &k);
+    struct cessna_ep *bad = t_ep_connect(&e);
+    expect_failed_with(bad, "SPIN", "max_event_ms=300", 10000);
+    usleep(500000);
+    k.stop = 1;
+    pthread_join(tk, NULL);
+    v.stop = 1;
+    pthread_join(t, NULL);
+    cr_assert_eq(v.bad, 0, "the victim lost an echo");
+    cr_assert_geq(k.kills, 3, "kills landed on the victim: %d", k.kills);
+    cr_assert(strstr(cessna_ep_error(bad), "again at event"), "%s", cessna_ep_error(bad));
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_assert_eq(t_field(out, "sessions_failed"), 1, "only the spinning session: %s", out);
+    cr_log_info("victim: %d trips through %d kills", v.trips, k.kills);
+    cessna_ep_free(bad);
+    cessna_ep_close(v.ep, 5000);
+    cessna_ep_free(v.ep);
+    t_edge_stop(&e);
+}
+
 /* A memory cgroup (v1 or v2) around the node, so that the OOM killer comes for the hog. */
 static int cgroup_limit(char *dir, size_t len, const pid_t *pids, int n, long bytes)
 {
