@@ -19,8 +19,8 @@
 
 TestSuite(bigmsg, .timeout = 120);
 
-/* The piecebreaker app reads /proc/self/maps, which a sandboxed worker may not. */
-#define PIECEBREAKER_CONFIG "sandbox = off\n"
+/* The ringbreaker app reads /proc/self/maps, which a sandboxed worker may not. */
+#define RINGBREAKER_CONFIG "sandbox = off\n"
 
 static void sleep_ms(long ms)
 {
@@ -477,13 +477,13 @@ Test(bigmsg, pieces_that_do_not_add_up_fail_their_session_only)
     uint8_t buf[300000], want[300000];
 
     big_srv_start(&srv, 1u << 20);
-    t_edge_start(&e, t_test_app("piecebreaker"), srv.addr, PIECEBREAKER_CONFIG);
+    t_edge_start(&e, t_test_app("ringbreaker"), srv.addr, RINGBREAKER_CONFIG);
     struct cessna_ep *good = connect_big(&e, 1u << 20), *bad = connect_big(&e, 1u << 20);
     make_msg(buf, sizeof(buf), 1);
     cr_assert_eq(cessna_ep_send(good, buf, sizeof(buf)), 0);
     expect_echo(good, 1, sizeof(buf), want);
 
-    cr_assert_eq(cessna_ep_send(bad, "BREAK", 5), 0);
+    cr_assert_eq(cessna_ep_send(bad, "PIECES", 6), 0);
     long n = cessna_ep_recv(bad, &got);
     cr_assert_eq(n, -ECONNABORTED, "recv: %ld %s", n, cessna_ep_error(bad));
     cr_assert(strstr(cessna_ep_error(bad), "bad long record") &&

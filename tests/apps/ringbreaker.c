@@ -1,6 +1,9 @@
-/* ringbreaker.c - a test app that writes a bogus record into its own session's output
- * ring, as a buggy or hostile app with a stray pointer could: the supervisor must fail
- * this session and nothing else. Echoes every client message, except "BREAK".
+/* ringbreaker.c - a test app that writes nonsense into its own session's output ring, as a
+ * buggy or hostile app with a stray pointer could: the supervisor must fail this session
+ * and nothing else. Echoes every client message, except:
+ *   "BREAK"   a record whose length runs past the ring
+ *   "PIECES"  a long record whose first piece announces 100000 bytes, then a whole record
+ *             of the same type in the middle of it
  * It finds the session memory through /proc/self/maps, so it needs `sandbox = off`
  * (the sandbox refuses the open, which is a defence of its own).
  * Build: cc -shared -fPIC -I include ringbreaker.c -o ringbreaker.so */
@@ -15,6 +18,8 @@
  * purpose: this app attacks it from the outside. */
 #define CTL_LEN      4096u
 #define RING_HDR     192u     /* struct ring_shared */
+#define OUT_CLIENT   16u
+#define F_FIRST      1u
 
 static char *session_memory(void)
 {
@@ -28,6 +33,50 @@ static char *session_memory(void)
     if (f)
         fclose(f);
     return base;
+}
+
+/* A record header at p: u32 len, u16 type, u16 flags. Returns its space (padded to 8). */
+static uint32_t put_rec(char *p, uint32_t len, uint16_t type, uint16_t flags)
+{
+    memcpy(p, &len, 4);
+    memcpy(p + 4, &type, 2);
+    memcpy(p + 6, &flags, 2);
+    return (8 + len + 7) & ~7u;
+}
+
+static void break_pieces(void)
+{
+    char *base = session_memory();
+    uint32_t ring_size, off, first_len = 8 + 32 + 1000, whole_len = 32 + 40;
+
+    if (!base) {
+        cessna_send_msg_to_client("no session memory found", 23);
+        return;
+    }
+    memcpy(&ring_size, base + 4, 4);
+    char *out = base + CTL_LEN + RING_HDR + ring_size;
+    char *data = out + RING_HDR;
+    uint64_t tail = __atomic_load_n((uint64_t *)out, __ATOMIC_ACQUIRE);
+    off = (uint32_t)(tail & (ring_size - 1));
+    if (ring_size - off < 2048) {   /* keep both records before the end: pad to it */
+        tail += put_rec(data + off, ring_size - off - 8, 0, 0);
+        off = 0;
+    }
+    /* the first piece: 100000 bytes announced, an honest-looking shm_rec, 1000 bytes */
+    uint64_t total = 100000;
+    char *p = data + off;
+    uint32_t n = put_rec(p, first_len, OUT_CLIENT, F_FIRST);
+    memcpy(p + 8, &total, 8);
+    memset(p + 16, 0, first_len - 8);
+    off += n;
+    tail += n;
+    /* then a whole record in the middle of it */
+    p = data + off;
+    n = put_rec(p, whole_len, OUT_CLIENT, 0);
+    memset(p + 8, 0, whole_len);
+    tail += n;
+    __atomic_store_n((uint64_t *)out, tail, __ATOMIC_RELEASE);
+    cessna_send_msg_to_client("broken", 6);   /* rings the supervisor's doorbell */
 }
 
 static void recv_client_msg(const void *data, size_t len)
@@ -50,6 +99,10 @@ static void recv_client_msg(const void *data, size_t len)
         memset(rec + 6, 0, 2);
         __atomic_store_n((uint64_t *)out, tail + 8, __ATOMIC_RELEASE);
         cessna_send_msg_to_client("broken", 6);   /* rings the supervisor's doorbell */
+        return;
+    }
+    if (len == 6 && memcmp(data, "PIECES", 6) == 0) {
+        break_pieces();
         return;
     }
     cessna_send_msg_to_client(data, len);
