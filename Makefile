@@ -18,7 +18,7 @@ ifneq ($(SANITIZE),)
 CFLAGS   += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer
 LDFLAGS  += -fsanitize=$(SANITIZE)
 endif
-LDLIBS   := -luring -lxxhash -lzstd -linih
+LDLIBS   := -luring -lxxhash -lzstd -linih -lsodium
 
 ifeq ($(V),1)
 Q :=
@@ -59,7 +59,7 @@ $(BUILD)/obj/%.o: %.c $(BUILD)/flags.stamp
 $(BUILD)/libcommon.a: $(call obj,$(COMMON_SRC))
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/lib/libcessna-endpoint.a: $(call obj,$(ENDPOINT_LIB)) $(call obj,common/wire.c common/order.c common/addr.c common/log.c)
+$(BUILD)/lib/libcessna-endpoint.a: $(call obj,$(ENDPOINT_LIB)) $(call obj,common/wire.c common/order.c common/addr.c common/log.c common/cred.c)
 	@mkdir -p $(dir $@)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
@@ -80,9 +80,9 @@ $(BUILD)/bin/cessna-replay: $(BUILD)/bin/cessna-worker
 $(BUILD)/bin/cessna-ctl: $(call obj,supervisor/cessna_ctl.c) $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS))
 $(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c endpoint/ploop.c endpoint/relay.c) $(BUILD)/lib/libcessna-endpoint.a
-	$(call link,-luring)
+	$(call link,-luring -lsodium)
 $(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c endpoint/ploop.c endpoint/relay.c) $(BUILD)/lib/libcessna-endpoint.a
-	$(call link,-luring)
+	$(call link,-luring -lsodium)
 $(BUILD)/bin/cessna-bench: $(call obj,$(wildcard bench/*.c)) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS) -lpthread -lm)
 

@@ -32,6 +32,8 @@ struct config {
     uint32_t failed_sessions_keep; /* directories of failed sessions kept (default 100) */
     char     worker_user[64];      /* workers run as this user when the edge is root (nobody) */
     int      sandbox;              /* 1 = confine workers (default), 0 = off (docs/sandbox.md) */
+    char     edge_secret_file[PATH_MAX]; /* the secret proved to the server endpoint ("" = none) */
+    uint32_t heartbeat_interval_ms; /* HEARTBEAT on a connection quiet this long (default 1000, 0 = off) */
 };
 
 /* Defaults, then the file. 0, or -EINVAL with "FILE:LINE: reason" (or "FILE: reason") in err. */

@@ -13,6 +13,8 @@ static const char *const type_names[] = {
     [WIRE_SNAP_DURABLE] = "SNAP_DURABLE", [WIRE_SNAP_PUT] = "SNAP_PUT",
     [WIRE_SNAP_ACK] = "SNAP_ACK",     [WIRE_CLOSE] = "CLOSE",
     [WIRE_ERROR] = "ERROR",           [WIRE_ORDER] = "ORDER",
+    [WIRE_RESUME_END] = "RESUME_END", [WIRE_HEARTBEAT] = "HEARTBEAT",
+    [WIRE_MOVE] = "MOVE",
 };
 
 const char *wire_type_name(uint8_t type)
@@ -50,31 +52,50 @@ int wire_decode(const struct wire_hdr *h, const void *body, struct wire_frame *f
     f->flags = h->flags;
     switch (h->type) {
     case WIRE_HELLO:
-        if (n != 32)
+        if (n < 32)
             return -EPROTO;
         f->u.hello.role = p[0];
-        if (f->u.hello.role != WIRE_ROLE_CLIENT && f->u.hello.role != WIRE_ROLE_EDGE)
-            return -EPROTO;
         f->u.hello.session_id = wire_get64(p + 8);
         memcpy(f->u.hello.token, p + 16, WIRE_TOKEN_LEN);
+        if (f->u.hello.role == WIRE_ROLE_CLIENT)
+            return n == 32 ? 0 : -EPROTO;
+        if (f->u.hello.role != WIRE_ROLE_EDGE || n < 74)
+            return -EPROTO;
+        f->u.hello.epoch = wire_get64(p + 32);
+        memcpy(f->u.hello.verifier, p + 40, WIRE_VERIFIER_LEN);
+        f->u.hello.secret_len = wire_get16(p + 72);
+        if (f->u.hello.secret_len > WIRE_SECRET_MAX || n != 74 + f->u.hello.secret_len)
+            return -EPROTO;
+        f->u.hello.secret = p + 74;
         return 0;
     case WIRE_WELCOME:
-        if (n != 24)
+        if (n != 32)
             return -EPROTO;
         f->u.welcome.session_id = wire_get64(p);
         memcpy(f->u.welcome.token, p + 8, WIRE_TOKEN_LEN);
+        f->u.welcome.epoch = wire_get64(p + 24);
         return 0;
     case WIRE_RESUME:
-        if (n != 32)
+        if (n < 58)
             return -EPROTO;
         f->u.resume.session_id = wire_get64(p);
         memcpy(f->u.resume.token, p + 8, WIRE_TOKEN_LEN);
-        f->u.resume.last_out = wire_get64(p + 24);
+        f->u.resume.epoch = wire_get64(p + 24);
+        f->u.resume.last_out = wire_get64(p + 32);
+        f->u.resume.next_seq = wire_get64(p + 40);
+        f->u.resume.order_base = wire_get64(p + 48);
+        f->u.resume.secret_len = wire_get16(p + 56);
+        if (f->u.resume.secret_len > WIRE_SECRET_MAX || n != 58 + f->u.resume.secret_len)
+            return -EPROTO;
+        f->u.resume.secret = p + 58;
         return 0;
     case WIRE_RESUME_INFO:
-        if (n != 8)
+        if (n != 32)
             return -EPROTO;
-        f->u.resume_info.last_out = wire_get64(p);
+        f->u.resume_info.epoch = wire_get64(p);
+        f->u.resume_info.last_out = wire_get64(p + 8);
+        f->u.resume_info.next_seq = wire_get64(p + 16);
+        f->u.resume_info.order_base = wire_get64(p + 24);
         return 0;
     case WIRE_DATA:
         if (n < 8)
@@ -97,18 +118,36 @@ int wire_decode(const struct wire_hdr *h, const void *body, struct wire_frame *f
         return 0;
     }
     case WIRE_SNAP_DURABLE:
+        if (n != 24)
+            return -EPROTO;
+        f->u.durable.position = wire_get64(p);
+        f->u.durable.seq[0] = wire_get64(p + 8);
+        f->u.durable.seq[1] = wire_get64(p + 16);
+        return 0;
     case WIRE_SNAP_ACK:
         if (n != 8)
             return -EPROTO;
         f->u.snap.position = wire_get64(p);
         return 0;
-    case WIRE_SNAP_PUT:
-        if (n < 8)
+    case WIRE_SNAP_PUT: {
+        if (n < 32 || n - 32 > WIRE_SNAP_PIECE)
             return -EPROTO;
-        f->u.snap.position = wire_get64(p);
-        f->u.snap.bytes = p + 8;
-        f->u.snap.len = n - 8;
+        f->u.snap_put.position = wire_get64(p);
+        f->u.snap_put.base = wire_get64(p + 8);
+        f->u.snap_put.total = wire_get64(p + 16);
+        f->u.snap_put.offset = wire_get64(p + 24);
+        f->u.snap_put.bytes = p + 32;
+        f->u.snap_put.len = n - 32;
+        /* a piece lies inside its file; a base is older than the snapshot */
+        if (f->u.snap_put.position == 0 || f->u.snap_put.base >= f->u.snap_put.position ||
+            f->u.snap_put.offset > f->u.snap_put.total ||
+            f->u.snap_put.len > f->u.snap_put.total - f->u.snap_put.offset)
+            return -EPROTO;
         return 0;
+    }
+    case WIRE_RESUME_END:
+    case WIRE_HEARTBEAT:
+    case WIRE_MOVE:
     case WIRE_CLOSE:
         return n == 0 ? 0 : -EPROTO;
     case WIRE_ORDER:
@@ -170,13 +209,91 @@ size_t wire_put_hello(void *buf, uint8_t role, uint64_t session_id, const uint8_
     return WIRE_HDR_LEN + 32;
 }
 
-size_t wire_put_welcome(void *buf, uint64_t session_id, const uint8_t *token)
+size_t wire_put_hello_edge(void *buf, uint64_t session_id, uint64_t epoch,
+                           const uint8_t *verifier, const void *secret, size_t secret_len)
 {
-    uint8_t *p = (uint8_t *)buf + wire_put_hdr(buf, WIRE_WELCOME, 24);
+    uint8_t *p = (uint8_t *)buf + wire_put_hdr(buf, WIRE_HELLO, (uint32_t)(74 + secret_len));
+
+    memset(p, 0, 32);
+    p[0] = WIRE_ROLE_EDGE;
+    wire_le64(p + 8, session_id);
+    wire_le64(p + 32, epoch);
+    memcpy(p + 40, verifier, WIRE_VERIFIER_LEN);
+    wire_le16(p + 72, (uint16_t)secret_len);
+    if (secret_len)
+        memcpy(p + 74, secret, secret_len);
+    return WIRE_HDR_LEN + 74 + secret_len;
+}
+
+size_t wire_put_welcome(void *buf, uint64_t session_id, const uint8_t *token, uint64_t epoch)
+{
+    uint8_t *p = (uint8_t *)buf + wire_put_hdr(buf, WIRE_WELCOME, 32);
+
+    wire_le64(p, session_id);
+    if (token)
+        memcpy(p + 8, token, WIRE_TOKEN_LEN);
+    else
+        memset(p + 8, 0, WIRE_TOKEN_LEN);
+    wire_le64(p + 24, epoch);
+    return WIRE_HDR_LEN + 32;
+}
+
+size_t wire_put_resume(void *buf, uint64_t session_id, const uint8_t *token, uint64_t epoch,
+                       uint64_t last_out, uint64_t next_seq, uint64_t order_base,
+                       const void *secret, size_t secret_len)
+{
+    uint8_t *p = (uint8_t *)buf + wire_put_hdr(buf, WIRE_RESUME, (uint32_t)(58 + secret_len));
 
     wire_le64(p, session_id);
     memcpy(p + 8, token, WIRE_TOKEN_LEN);
+    wire_le64(p + 24, epoch);
+    wire_le64(p + 32, last_out);
+    wire_le64(p + 40, next_seq);
+    wire_le64(p + 48, order_base);
+    wire_le16(p + 56, (uint16_t)secret_len);
+    if (secret_len)
+        memcpy(p + 58, secret, secret_len);
+    return WIRE_HDR_LEN + 58 + secret_len;
+}
+
+size_t wire_put_resume_info(void *buf, uint64_t epoch, uint64_t last_out, uint64_t next_seq,
+                            uint64_t order_base)
+{
+    uint8_t *p = (uint8_t *)buf + wire_put_hdr(buf, WIRE_RESUME_INFO, 32);
+
+    wire_le64(p, epoch);
+    wire_le64(p + 8, last_out);
+    wire_le64(p + 16, next_seq);
+    wire_le64(p + 24, order_base);
+    return WIRE_HDR_LEN + 32;
+}
+
+size_t wire_put_snap_put_hdr(void *buf, uint64_t position, uint64_t base, uint64_t total,
+                             uint64_t offset, size_t piece_len)
+{
+    uint8_t *p = (uint8_t *)buf + wire_put_hdr(buf, WIRE_SNAP_PUT, (uint32_t)(32 + piece_len));
+
+    wire_le64(p, position);
+    wire_le64(p + 8, base);
+    wire_le64(p + 16, total);
+    wire_le64(p + 24, offset);
+    return WIRE_SNAP_PUT_HDR_LEN;
+}
+
+size_t wire_put_snap_durable(void *buf, uint64_t position, uint64_t seq_client,
+                             uint64_t seq_server)
+{
+    uint8_t *p = (uint8_t *)buf + wire_put_hdr(buf, WIRE_SNAP_DURABLE, 24);
+
+    wire_le64(p, position);
+    wire_le64(p + 8, seq_client);
+    wire_le64(p + 16, seq_server);
     return WIRE_HDR_LEN + 24;
+}
+
+size_t wire_put_empty(void *buf, uint8_t type)
+{
+    return wire_put_hdr(buf, type, 0);
 }
 
 size_t wire_put_data_hdr(void *buf, uint64_t seq, size_t payload_len)
@@ -202,7 +319,7 @@ size_t wire_put_out_hdr(void *buf, uint64_t out_no, const void *order, uint32_t 
 
 size_t wire_put_close(void *buf)
 {
-    return wire_put_hdr(buf, WIRE_CLOSE, 0);
+    return wire_put_empty(buf, WIRE_CLOSE);
 }
 
 size_t wire_put_u64(void *buf, uint8_t type, uint64_t v)

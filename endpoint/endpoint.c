@@ -460,7 +460,7 @@ struct cessna_ep *cessna_ep_accept(int listen_fd, char *err, size_t errlen)
         goto fail;
     ep->session_id = f.u.hello.session_id;
     memcpy(ep->token, f.u.hello.token, WIRE_TOKEN_LEN);
-    rc = ep_write_frame(ep, frame, wire_put_welcome(frame, ep->session_id, ep->token));
+    rc = ep_write_frame(ep, frame, wire_put_welcome(frame, ep->session_id, NULL, f.u.hello.epoch));
     if (rc < 0) {
         ep_seterr(ep, "send WELCOME: %s", strerror(-rc));
         goto fail;

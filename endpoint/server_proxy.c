@@ -122,7 +122,7 @@ static void server_hs_input(struct psess *s, long res)
 
 static void server_connected(struct psess *s, enum pside side, int res)
 {
-    uint8_t frame[WIRE_HDR_LEN + 24];
+    uint8_t frame[WIRE_HDR_LEN + 32];
 
     if (res < 0) {
         ploop_drop(s, PS_PLAIN);
@@ -130,7 +130,7 @@ static void server_connected(struct psess *s, enum pside side, int res)
                    opt_target, strerror(-res));
         return server_refuse(s);
     }
-    if (outq_put(&s->r.to_edge, frame, wire_put_welcome(frame, s->r.session_id, s->token)) < 0) {
+    if (outq_put(&s->r.to_edge, frame, wire_put_welcome(frame, s->r.session_id, NULL, 1)) < 0) {
         ploop_end(s);
         return;
     }

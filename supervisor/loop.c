@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "cred.h"
 #include "log.h"
 #include "proc.h"
 #include "sup.h"
@@ -323,11 +324,21 @@ int main(int argc, char **argv)
                 strerror(errno));
         return 2;
     }
+    if (cred_init() < 0) {
+        fprintf(stderr, "cessna-supervisor: libsodium failed to initialise\n");
+        return 1;
+    }
+    if (S.cfg.edge_secret_file[0] &&
+        cred_load_secret(S.cfg.edge_secret_file, S.edge_secret, &S.edge_secret_len, err,
+                         sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-supervisor: %s: %s\n", cfgpath, err);
+        return 2;
+    }
     if (check) {
         printf("%s: ok\n", cfgpath);
         return 0;
     }
-    S.max_body = S.cfg.max_message_bytes + WIRE_MAX_OVERHEAD;
+    S.max_body = wire_max_body(S.cfg.max_message_bytes);
     S.ncpu = (uint32_t)sysconf(_SC_NPROCESSORS_ONLN);
     S.ring_size = S.cfg.ring_bytes;
     sess_flow_limits();

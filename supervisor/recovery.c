@@ -444,7 +444,6 @@ void recovery_on_tick(void)
 static void make_durable(struct session *s, const struct snap_pending *p)
 {
     const struct snap_report *r = &p->rep;
-    uint8_t frame[WIRE_HDR_LEN + 8];
     char dir[PATH_MAX];
 
     snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
@@ -465,7 +464,6 @@ static void make_durable(struct session *s, const struct snap_pending *p)
         s->standby_wake_fd = p->wake_fd;
     }
     sess_order_durable(s, p->pos);
-    sess_send_all(s, frame, wire_put_u64(frame, WIRE_SNAP_DURABLE, p->pos));
     sess_resume_input(s);
     LOG(LOG_DEBUG, "session=%llu msg=\"snapshot durable\" position=%llu bytes=%llu "
         "pages=%llu/%llu write_us=%llu fork_us=%llu", ull(s->id), ull(p->pos), ull(r->bytes),

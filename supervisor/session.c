@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "cachelog.h"
+#include "cred.h"
 #include "log.h"
 #include "order.h"
 #include "sup.h"
@@ -497,7 +498,7 @@ static int start_worker(struct session *s, char *err, size_t errlen)
 static void on_hello(struct session *s, const struct wire_frame *f)
 {
     struct conn *srv = &s->c[SIDE_SERVER];
-    uint8_t hello[WIRE_HDR_LEN + 32];
+    uint8_t hello[WIRE_RESUME_MAX], verifier[WIRE_VERIFIER_LEN];
     char err[256];
     int fd;
 
@@ -505,12 +506,10 @@ static void on_hello(struct session *s, const struct wire_frame *f)
         sess_fail(s, WIRE_ERR_UNEXPECTED, "HELLO must come from a client with session id 0");
         return;
     }
-    if (getrandom(&s->id, sizeof(s->id), 0) != sizeof(s->id) ||
-        getrandom(s->token, sizeof(s->token), 0) != sizeof(s->token)) {
-        sess_fail(s, WIRE_ERR_UNAVAILABLE, "getrandom failed: %s", strerror(errno));
-        return;
-    }
+    cred_random(&s->id, sizeof(s->id));
+    cred_random(s->token, sizeof(s->token));
     s->id &= 0x7fffffffffffffffull;  /* printable as a signed number too */
+    s->epoch = 1;
     S.stats.sessions_total++;
     s->state = S_CONNECTING;
     tmo_touch(s);   /* connect_timeout_ms runs from here */
@@ -528,7 +527,9 @@ static void on_hello(struct session *s, const struct wire_frame *f)
     srv->fd = fd;
     /* HELLO goes first; the server connection is not `up` until WELCOME, so nothing else
      * is sent before it. */
-    conn_queue(srv, hello, wire_put_hello(hello, WIRE_ROLE_EDGE, s->id, s->token), NULL, 0);
+    cred_verifier(s->token, verifier);
+    conn_queue(srv, hello, wire_put_hello_edge(hello, s->id, s->epoch, verifier, S.edge_secret,
+                                               S.edge_secret_len), NULL, 0);
     struct io_uring_sqe *sqe = sup_sqe();
     io_uring_prep_connect(sqe, fd, (struct sockaddr *)&S.server_addr, S.server_addrlen);
     io_uring_sqe_set_data64(sqe, UD(OP_CONNECT, s->slot, SIDE_SERVER));
@@ -559,18 +560,17 @@ void sess_on_connect(struct session *s, int res)
 
 static void on_welcome(struct session *s, const struct wire_frame *f)
 {
-    uint8_t buf[WIRE_HDR_LEN + 24];
+    uint8_t buf[WIRE_HDR_LEN + 32];
     struct conn *cli = &s->c[SIDE_CLIENT], *srv = &s->c[SIDE_SERVER];
 
-    if (f->u.welcome.session_id != s->id ||
-        memcmp(f->u.welcome.token, s->token, WIRE_TOKEN_LEN) != 0) {
-        sess_fail(s, WIRE_ERR_AUTH, "server endpoint answered with another session id or token");
+    if (f->u.welcome.session_id != s->id || f->u.welcome.epoch != s->epoch) {
+        sess_fail(s, WIRE_ERR_AUTH, "server endpoint answered with another session id or epoch");
         return;
     }
     s->state = S_LIVE;
     srv->up = 1;
     /* WELCOME to the client before anything the app says; the app starts now. */
-    conn_queue(cli, buf, wire_put_welcome(buf, s->id, s->token), NULL, 0);
+    conn_queue(cli, buf, wire_put_welcome(buf, s->id, s->token, s->epoch), NULL, 0);
     if (push_event(s, EV_START, ORDER_START, 0, NULL, 0) < 0) {
         sess_fail(s, WIRE_ERR_SESSION, "cannot hand the start event to the worker");
         return;

@@ -90,7 +90,8 @@ struct session {
     uint32_t slot;
     enum sess_state state;
     uint64_t id;
-    uint8_t token[WIRE_TOKEN_LEN];
+    uint8_t token[WIRE_TOKEN_LEN];  /* the client's credential */
+    uint64_t epoch;                 /* 1 for a new session; each resume advances it */
     struct conn c[2];
     unsigned inflight;      /* io_uring operations not completed yet */
 
@@ -181,6 +182,8 @@ struct sup {
     struct sockaddr_storage server_addr;
     socklen_t server_addrlen;
     size_t max_body;            /* largest frame body accepted */
+    uint8_t edge_secret[WIRE_SECRET_MAX];   /* edge_secret_file's content, proved to the */
+    size_t edge_secret_len;                 /* server endpoint (0: none configured) */
     uint32_t ring_size;
     /* How far a session's worker may fall behind before its input stops, and how much of
      * its output may wait to go out before it is no longer drained, beyond its rings: the

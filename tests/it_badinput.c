@@ -38,7 +38,7 @@ static void expect_error_then_close(int fd, uint32_t code, const char *text)
 
 static int hello(const char *addr)
 {
-    uint8_t buf[64];
+    uint8_t buf[WIRE_RESUME_MAX];
     int fd = t_connect(addr);
 
     t_write_all(fd, buf, wire_put_hello(buf, WIRE_ROLE_CLIENT, 0, NULL));
@@ -116,7 +116,7 @@ Test(badinput, supervisor_refuses_bad_frames_and_serves_others)
 
     /* a frame that makes no sense at this point */
     fd = hello(e.sup.addr);
-    t_write_all(fd, buf, wire_put_welcome(buf, 1, buf + 100));
+    t_write_all(fd, buf, wire_put_welcome(buf, 1, buf + 100, 1));
     expect_error_then_close(fd, WIRE_ERR_UNEXPECTED, "WELCOME");
     close(fd);
 
@@ -147,7 +147,7 @@ Test(badinput, server_proxy_refuses_bad_frames)
     struct t_echo_tcp target;
     struct t_proc sp;
     const char *dir = t_tmpdir();
-    uint8_t buf[256], token[16] = { 1, 2, 3 };
+    uint8_t buf[256];
     int fd;
 
     t_echo_tcp_start(&target);
@@ -162,7 +162,7 @@ Test(badinput, server_proxy_refuses_bad_frames)
     close(fd);
 
     fd = t_connect(sp.addr);
-    t_write_all(fd, buf, wire_put_hello(buf, WIRE_ROLE_EDGE, 42, token));
+    t_write_all(fd, buf, wire_put_hello_edge(buf, 42, 1, (const uint8_t[WIRE_VERIFIER_LEN]){0}, NULL, 0));
     cr_assert(t_read_frame(fd, frame, sizeof(frame), 5000) > 0 && frame[3] == WIRE_WELCOME);
     wire_put_hdr(buf, WIRE_OUT, 65536 + WIRE_MAX_OVERHEAD + 1);
     t_write_all(fd, buf, WIRE_HDR_LEN);
@@ -170,7 +170,7 @@ Test(badinput, server_proxy_refuses_bad_frames)
     close(fd);
 
     fd = t_connect(sp.addr);
-    t_write_all(fd, buf, wire_put_hello(buf, WIRE_ROLE_EDGE, 43, token));
+    t_write_all(fd, buf, wire_put_hello_edge(buf, 43, 1, (const uint8_t[WIRE_VERIFIER_LEN]){0}, NULL, 0));
     cr_assert(t_read_frame(fd, frame, sizeof(frame), 5000) > 0 && frame[3] == WIRE_WELCOME);
     size_t n = wire_put_out_hdr(buf, 1, NULL, 0, 50);
     t_write_all(fd, buf, n + 5);
@@ -181,7 +181,7 @@ Test(badinput, server_proxy_refuses_bad_frames)
 
     /* and a proper session still works: OUT to the target, its echo back as DATA */
     fd = t_connect(sp.addr);
-    t_write_all(fd, buf, wire_put_hello(buf, WIRE_ROLE_EDGE, 44, token));
+    t_write_all(fd, buf, wire_put_hello_edge(buf, 44, 1, (const uint8_t[WIRE_VERIFIER_LEN]){0}, NULL, 0));
     cr_assert(t_read_frame(fd, frame, sizeof(frame), 5000) > 0 && frame[3] == WIRE_WELCOME);
     n = wire_put_out_hdr(buf, 1, NULL, 0, 5);
     memcpy(buf + n, "hello", 5);
@@ -223,12 +223,12 @@ Test(badinput, client_proxy_refuses_bad_frames)
             t_write_all(edge, buf, 80);
             expect_error_then_close(edge, WIRE_ERR_PROTO, "");
         } else if (round == 1) {    /* an oversized OUT after WELCOME */
-            t_write_all(edge, buf, wire_put_welcome(buf, 5, token));
+            t_write_all(edge, buf, wire_put_welcome(buf, 5, token, 1));
             wire_put_hdr(buf, WIRE_OUT, (1u << 20) + WIRE_MAX_OVERHEAD + 1);
             t_write_all(edge, buf, WIRE_HDR_LEN);
             expect_error_then_close(edge, WIRE_ERR_TOO_BIG, "");
         } else {                    /* a good session: the OUT payload reaches the client */
-            t_write_all(edge, buf, wire_put_welcome(buf, 6, token));
+            t_write_all(edge, buf, wire_put_welcome(buf, 6, token, 1));
             size_t n = wire_put_out_hdr(buf, 1, NULL, 0, 3);
             memcpy(buf + n, "abc", 3);
             t_write_all(edge, buf, n + 3);

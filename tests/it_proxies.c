@@ -338,8 +338,8 @@ Test(proxies, server_proxy_forgets_connections_that_end_before_hello, .timeout =
 {
     struct t_echo_tcp echo;
     struct t_proc sp;
-    uint8_t hello[WIRE_HDR_LEN + 32];
-    size_t hlen = wire_put_hello(hello, WIRE_ROLE_EDGE, 77, (const uint8_t *)"0123456789abcdef");
+    uint8_t hello[WIRE_RESUME_MAX];
+    size_t hlen = wire_put_hello_edge(hello, 77, 1, (const uint8_t[WIRE_VERIFIER_LEN]){0}, NULL, 0);
 
     t_echo_tcp_start(&echo);
     start_sproxy(&sp, echo.addr, NULL);
@@ -406,7 +406,7 @@ Test(proxies, clients_that_give_up_right_after_hello_leave_nothing, .timeout = 1
 {
     struct t_echo_tcp echo;
     struct chain c;
-    uint8_t hello[WIRE_HDR_LEN + 32];
+    uint8_t hello[WIRE_RESUME_MAX];
     size_t hlen = wire_put_hello(hello, WIRE_ROLE_CLIENT, 0, NULL);
 
     t_echo_tcp_start(&echo);
@@ -526,8 +526,8 @@ Test(proxies, out_of_descriptors_pauses_accepting_without_spinning, .timeout = 6
 {
     struct t_echo_tcp echo;
     struct t_proc sp;
-    uint8_t hello[WIRE_HDR_LEN + 32], buf[256];
-    size_t hlen = wire_put_hello(hello, WIRE_ROLE_EDGE, 78, (const uint8_t *)"0123456789abcdef");
+    uint8_t hello[WIRE_RESUME_MAX], buf[256];
+    size_t hlen = wire_put_hello_edge(hello, 78, 1, (const uint8_t[WIRE_VERIFIER_LEN]){0}, NULL, 0);
     char nofile[64];
     struct dirent *de;
     int top = 0;
@@ -633,7 +633,7 @@ Test(proxies, a_target_that_does_not_read_stops_the_edge_within_bounded_memory, 
 {
     struct t_proc sp;
     struct out_writer w = { .total = 96u << 20, .chunk = 60000 };
-    uint8_t hello[WIRE_HDR_LEN + 32], buf[1 << 16];
+    uint8_t hello[WIRE_RESUME_MAX], buf[1 << 16];
     char err[128], target[64];
     pthread_t th;
 
@@ -644,8 +644,7 @@ Test(proxies, a_target_that_does_not_read_stops_the_edge_within_bounded_memory, 
     start_sproxy(&sp, target, NULL);
     long rss0 = rss_kib(sp.pid);
     w.fd = t_connect(sp.addr);
-    t_write_all(w.fd, hello, wire_put_hello(hello, WIRE_ROLE_EDGE, 79,
-                                            (const uint8_t *)"0123456789abcdef"));
+    t_write_all(w.fd, hello, wire_put_hello_edge(hello, 79, 1, (const uint8_t[WIRE_VERIFIER_LEN]){0}, NULL, 0));
     cr_assert_gt(t_read_frame(w.fd, buf, sizeof(buf), 5000), 0, "WELCOME");
     int tfd = accept(lfd, NULL, NULL);   /* the target: it does not read, for now */
     cr_assert_geq(tfd, 0);
@@ -734,7 +733,7 @@ Test(proxies, an_edge_that_does_not_read_stops_the_client_within_bounded_memory,
     int efd = accept(lfd, NULL, NULL);   /* the edge: WELCOME, then it does not read */
     cr_assert_geq(efd, 0);
     cr_assert_gt(t_read_frame(efd, frame, sizeof(frame), 5000), 0, "HELLO");
-    t_write_all(efd, frame, wire_put_welcome(frame, 80, (const uint8_t *)"0123456789abcdef"));
+    t_write_all(efd, frame, wire_put_welcome(frame, 80, (const uint8_t *)"0123456789abcdef", 1));
     pthread_create(&th, NULL, plain_writer_main, &w);
 
     size_t last = 0;

@@ -116,7 +116,7 @@ static void t_expect_frame(int fd, uint8_t type, struct wire_frame *f)
 static void t_expect_error(int fd, uint32_t code, const char *text)
 {
     struct wire_frame f;
-    uint8_t buf[64];
+    uint8_t buf[WIRE_RESUME_MAX];
 
     t_expect_frame(fd, WIRE_ERROR, &f);
     cr_expect_eq(f.u.error.code, code, "error code %u, want %u (%.*s)", f.u.error.code, code,
@@ -190,7 +190,7 @@ static void *t_edge_main(void *arg)
     if (e->refuse)
         n = wire_put_error(buf, sizeof(buf), WIRE_ERR_UNAVAILABLE, "%s", e->refuse);
     else
-        n = wire_put_welcome(buf, e->sid, t_token);
+        n = wire_put_welcome(buf, e->sid, t_token, 1);
     t_write(e->fd, buf, n);
     return NULL;
 }
@@ -332,7 +332,7 @@ Test(endpoint, recv_drops_duplicates_and_keeps_order, .timeout = 10)
     n += t_put_out(buf + n, 1, o2, (uint32_t)n2, "one", 3);   /* duplicate: dropped */
     n += t_put_out(buf + n, 2, o2, (uint32_t)n2, "two", 3);
     n += t_put_out(buf + n, 2, NULL, 0, "two", 3);            /* duplicate: dropped */
-    n += wire_put_u64(buf + n, WIRE_SNAP_DURABLE, 7);         /* ignored */
+    n += wire_put_snap_durable(buf + n, 7, 0, 0);          /* frees nothing here */
     n += t_put_out(buf + n, 4, o3, (uint32_t)n3, "", 0);      /* gaps are allowed */
     n += wire_put_close(buf + n);
     cr_assert_eq(t_write(e.fd, buf, n), 0);
@@ -378,7 +378,7 @@ Test(endpoint, error_frame_aborts, .timeout = 10)
 /* Each bad input from the edge: recv fails with want_rc, and the edge gets ERROR code. */
 struct t_bad {
     const char *name;
-    uint8_t bytes[64];
+    uint8_t bytes[WIRE_RESUME_MAX];
     size_t len;
     int shut;               /* close the edge's side after the bytes */
     long want_rc;
@@ -424,7 +424,7 @@ Test(endpoint, bad_frames_fail_cleanly, .timeout = 10)
     cases[3].len = t_put_out(cases[3].bytes, 1, bad_order, sizeof(bad_order), "x", 1);
     wire_put_data_hdr(cases[4].bytes, 1, 0);
     cases[5].len = t_put_out(cases[5].bytes, 1, NULL, 0, "abcdef", 6) - 3;
-    cases[7].len = wire_put_hello(cases[7].bytes, WIRE_ROLE_EDGE, 1, t_token);
+    cases[7].len = wire_put_hello_edge(cases[7].bytes, 1, 1, (const uint8_t[WIRE_VERIFIER_LEN]){0}, NULL, 0);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         t_bad_input(&cases[i]);
 }
@@ -434,7 +434,7 @@ Test(endpoint, nonblocking_recv, .timeout = 10)
     struct t_edge e = { 0 };
     struct cessna_ep *ep = t_client(&e, 1);
     struct pollfd pfd = { .events = POLLIN };
-    uint8_t buf[64];
+    uint8_t buf[WIRE_RESUME_MAX];
     const void *data;
     size_t n = t_put_out(buf, 1, NULL, 0, "split", 5);
 
@@ -621,10 +621,13 @@ Test(endpoint, one_sender_one_receiver, .timeout = 10)
 
 static int t_edge_hello(int port, uint8_t role, uint64_t sid)
 {
-    uint8_t buf[64];
+    uint8_t buf[WIRE_RESUME_MAX];
     int fd = t_connect(port);
 
-    cr_assert_eq(t_write(fd, buf, wire_put_hello(buf, role, sid, t_token)), 0);
+    size_t n = role == WIRE_ROLE_EDGE
+        ? wire_put_hello_edge(buf, sid, 1, (const uint8_t[WIRE_VERIFIER_LEN]){0}, NULL, 0)
+        : wire_put_hello(buf, role, sid, t_token);
+    cr_assert_eq(t_write(fd, buf, n), 0);
     return fd;
 }
 
@@ -641,7 +644,7 @@ Test(endpoint, accept_handshake, .timeout = 10)
     cr_expect_eq(cessna_ep_session_id(ep), 77);
     t_expect_frame(fd, WIRE_WELCOME, &f);
     cr_expect_eq(f.u.welcome.session_id, 77);
-    cr_expect_arr_eq(f.u.welcome.token, t_token, WIRE_TOKEN_LEN);
+    cr_expect_eq(f.u.welcome.epoch, 1, "the epoch of a new session");
     t_send_out(fd, 1, "to the server");
     cr_assert_eq(cessna_ep_recv(ep, &data), 13);
     cr_assert_eq(cessna_ep_send(ep, "reply", 5), 0);
@@ -805,7 +808,7 @@ static int t_server_session(int proxy_port, uint64_t sid)
 
     t_expect_frame(fd, WIRE_WELCOME, &f);
     cr_expect_eq(f.u.welcome.session_id, sid);
-    cr_expect_arr_eq(f.u.welcome.token, t_token, WIRE_TOKEN_LEN);
+    cr_expect_eq(f.u.welcome.epoch, 1, "the epoch of a new session");
     return fd;
 }
 
@@ -872,7 +875,7 @@ Test(server_proxy, bad_frames_end_only_their_session, .timeout = 10)
     int port, good, bad;
     pid_t pid;
     struct wire_frame f;
-    uint8_t buf[64];
+    uint8_t buf[WIRE_RESUME_MAX];
 
     t_target_start(&t, 5, 0);
     pid = t_server_proxy(&t, &port);
@@ -1093,7 +1096,7 @@ Test(client_proxy, bad_frames_get_error, .timeout = 10)
     struct t_edge e = { 0 };
     int plain;
     pid_t pid = t_client_proxy(&e, 14, NULL, &plain);
-    uint8_t buf[64];
+    uint8_t buf[WIRE_RESUME_MAX];
 
     t_send_data(e.fd, 1, "clients do not get DATA");
     t_expect_error(e.fd, WIRE_ERR_UNEXPECTED, "DATA");
@@ -1103,7 +1106,7 @@ Test(client_proxy, bad_frames_get_error, .timeout = 10)
     t_proxy_stop(pid);
 
     pid = t_client_proxy(&e, 15, NULL, &plain);
-    cr_assert_eq(t_write(e.fd, buf, wire_put_hello(buf, WIRE_ROLE_EDGE, 1, t_token)), 0);
+    cr_assert_eq(t_write(e.fd, buf, wire_put_hello_edge(buf, 1, 1, (const uint8_t[WIRE_VERIFIER_LEN]){0}, NULL, 0)), 0);
     t_expect_error(e.fd, WIRE_ERR_UNEXPECTED, "HELLO");
     t_expect_plain_eof(plain);
     close(plain);

@@ -17,6 +17,7 @@ TestSuite(wire);
 static const uint8_t tok_a[WIRE_TOKEN_LEN] = {
     0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10,
 };
+static const uint8_t tok_a_ver[WIRE_VERIFIER_LEN] = { 1, 2, 3 };
 static const uint8_t zero_tok[WIRE_TOKEN_LEN];
 
 /* Decode exactly one frame that fills buf[0..n) and insist it is whole. */
@@ -42,16 +43,28 @@ Test(wire, hello_roundtrip)
     cr_assert_eq(f.u.hello.session_id, 0);
     cr_assert_arr_eq(f.u.hello.token, zero_tok, WIRE_TOKEN_LEN, "NULL token encodes as zeros");
 
-    n = wire_put_hello(buf, WIRE_ROLE_EDGE, 0x1122334455667788ull, tok_a);
-    next_whole(buf, n, &f);
+    uint8_t ver[WIRE_VERIFIER_LEN];
+    for (unsigned i = 0; i < sizeof(ver); i++)
+        ver[i] = (uint8_t)(i * 7 + 1);
+    uint8_t big[WIRE_RESUME_MAX];
+    n = wire_put_hello_edge(big, 0x1122334455667788ull, 9, ver, "sixteen-byte-key", 16);
+    cr_assert_eq(n, WIRE_HDR_LEN + 74 + 16);
+    next_whole(big, n, &f);
     cr_assert_eq(f.u.hello.role, WIRE_ROLE_EDGE);
     cr_assert_eq(f.u.hello.session_id, 0x1122334455667788ull);
-    cr_assert_arr_eq(f.u.hello.token, tok_a, WIRE_TOKEN_LEN, "token survives");
+    cr_assert_eq(f.u.hello.epoch, 9);
+    cr_assert_arr_eq(f.u.hello.verifier, ver, WIRE_VERIFIER_LEN, "verifier survives");
+    cr_assert_eq(f.u.hello.secret_len, 16);
+    cr_assert_arr_eq(f.u.hello.secret, "sixteen-byte-key", 16);
     /* The layout in wire.h: u8 role, u8 pad[7], u64 session_id (LE), token. */
-    cr_assert_eq(buf[WIRE_HDR_LEN], WIRE_ROLE_EDGE);
+    cr_assert_eq(big[WIRE_HDR_LEN], WIRE_ROLE_EDGE);
     for (int i = 1; i < 8; i++)
-        cr_assert_eq(buf[WIRE_HDR_LEN + i], 0, "HELLO pad byte %d is zero", i);
-    cr_assert_eq(buf[WIRE_HDR_LEN + 8], 0x88, "session_id is little-endian");
+        cr_assert_eq(big[WIRE_HDR_LEN + i], 0, "HELLO pad byte %d is zero", i);
+    cr_assert_eq(big[WIRE_HDR_LEN + 8], 0x88, "session_id is little-endian");
+    /* An edge HELLO without its extension, or a secret length that disagrees: refused. */
+    cr_assert_eq(wire_next(big, WIRE_HDR_LEN + 32, MAXB, &f), -EAGAIN);
+    big[WIRE_HDR_LEN + 72] = 17;
+    cr_assert_eq(wire_next(big, n, MAXB, &f), -EPROTO, "secret_len past the body");
 }
 
 Test(wire, welcome_roundtrip)
@@ -59,36 +72,31 @@ Test(wire, welcome_roundtrip)
     uint8_t buf[64];
     struct wire_frame f;
 
-    size_t n = wire_put_welcome(buf, UINT64_MAX, tok_a);
-    cr_assert_eq(n, WIRE_HDR_LEN + 24);
+    size_t n = wire_put_welcome(buf, UINT64_MAX, tok_a, 3);
+    cr_assert_eq(n, WIRE_HDR_LEN + 32);
     next_whole(buf, n, &f);
     cr_assert_eq(f.type, WIRE_WELCOME);
     cr_assert_eq(f.u.welcome.session_id, UINT64_MAX);
     cr_assert_arr_eq(f.u.welcome.token, tok_a, WIRE_TOKEN_LEN);
+    cr_assert_eq(f.u.welcome.epoch, 3);
 }
 
-/* RESUME and SNAP_PUT have no dedicated encoder: header + hand-made body. */
 static size_t put_resume(uint8_t *buf, uint64_t sid, const uint8_t *tok, uint64_t last)
 {
-    size_t n = wire_put_hdr(buf, WIRE_RESUME, 32);
-    wire_le64(buf + n, sid);
-    memcpy(buf + n + 8, tok, WIRE_TOKEN_LEN);
-    wire_le64(buf + n + 24, last);
-    return n + 32;
+    return wire_put_resume(buf, sid, tok, 4, last, 11, 12, NULL, 0);
 }
 
 static size_t put_snap_put(uint8_t *buf, uint64_t pos, const void *bytes, uint32_t len)
 {
-    size_t n = wire_put_hdr(buf, WIRE_SNAP_PUT, 8 + len);
-    wire_le64(buf + n, pos);
+    size_t n = wire_put_snap_put_hdr(buf, pos, 0, len, 0, len);
     if (len)
-        memcpy(buf + n + 8, bytes, len);
-    return n + 8 + len;
+        memcpy(buf + n, bytes, len);
+    return n + len;
 }
 
 Test(wire, resume_roundtrip)
 {
-    uint8_t buf[64];
+    uint8_t buf[WIRE_RESUME_MAX];
     struct wire_frame f;
 
     size_t n = put_resume(buf, 42, tok_a, 0x0102030405060708ull);
@@ -97,11 +105,63 @@ Test(wire, resume_roundtrip)
     cr_assert_eq(f.u.resume.session_id, 42);
     cr_assert_arr_eq(f.u.resume.token, tok_a, WIRE_TOKEN_LEN);
     cr_assert_eq(f.u.resume.last_out, 0x0102030405060708ull);
+    cr_assert_eq(f.u.resume.epoch, 4);
+    cr_assert_eq(f.u.resume.next_seq, 11);
+    cr_assert_eq(f.u.resume.order_base, 12);
+    cr_assert_eq(f.u.resume.secret_len, 0);
+    n = wire_put_resume(buf, 1, tok_a, 2, 3, 4, 5, "edge-secret-0123", 16);
+    next_whole(buf, n, &f);
+    cr_assert_eq(f.u.resume.secret_len, 16);
+    cr_assert_arr_eq(f.u.resume.secret, "edge-secret-0123", 16);
+
+    n = wire_put_resume_info(buf, 7, 8, 9, 10);
+    next_whole(buf, n, &f);
+    cr_assert_eq(f.type, WIRE_RESUME_INFO);
+    cr_assert_eq(f.u.resume_info.epoch, 7);
+    cr_assert_eq(f.u.resume_info.last_out, 8);
+    cr_assert_eq(f.u.resume_info.next_seq, 9);
+    cr_assert_eq(f.u.resume_info.order_base, 10);
+}
+
+Test(wire, snapshot_frames_roundtrip)
+{
+    static uint8_t buf[WIRE_SNAP_PUT_HDR_LEN + WIRE_SNAP_PIECE + 1];
+    struct wire_frame f;
+
+    size_t n = wire_put_snap_put_hdr(buf, 50, 40, 100000, 65536, 3);
+    memcpy(buf + n, "abc", 3);
+    next_whole(buf, n + 3, &f);
+    cr_assert_eq(f.u.snap_put.position, 50);
+    cr_assert_eq(f.u.snap_put.base, 40);
+    cr_assert_eq(f.u.snap_put.total, 100000);
+    cr_assert_eq(f.u.snap_put.offset, 65536);
+    cr_assert_eq(f.u.snap_put.len, 3);
+    cr_assert_arr_eq(f.u.snap_put.bytes, "abc", 3);
+    /* a piece past its file's end, a base not older than the snapshot, a piece too big */
+    n = wire_put_snap_put_hdr(buf, 50, 40, 10, 8, 3);
+    cr_assert_eq(wire_next(buf, n + 3, MAXB, &f), -EPROTO, "piece past the end");
+    n = wire_put_snap_put_hdr(buf, 50, 50, 10, 0, 3);
+    cr_assert_eq(wire_next(buf, n + 3, MAXB, &f), -EPROTO, "base == position");
+    n = wire_put_snap_put_hdr(buf, 50, 0, WIRE_SNAP_PIECE + 1, 0, WIRE_SNAP_PIECE + 1);
+    cr_assert_eq(wire_next(buf, n + WIRE_SNAP_PIECE + 1, SIZE_MAX, &f), -EPROTO,
+                 "piece over WIRE_SNAP_PIECE");
+
+    n = wire_put_snap_durable(buf, 5, 6, 7);
+    next_whole(buf, n, &f);
+    cr_assert_eq(f.type, WIRE_SNAP_DURABLE);
+    cr_assert_eq(f.u.durable.position, 5);
+    cr_assert_eq(f.u.durable.seq[0], 6);
+    cr_assert_eq(f.u.durable.seq[1], 7);
+    for (uint8_t t = WIRE_RESUME_END; t <= WIRE_MOVE; t++) {
+        n = wire_put_empty(buf, t);
+        next_whole(buf, n, &f);
+        cr_assert_eq(f.type, t);
+    }
 }
 
 Test(wire, u64_frames_roundtrip)
 {
-    static const uint8_t types[] = { WIRE_RESUME_INFO, WIRE_SNAP_DURABLE, WIRE_SNAP_ACK };
+    static const uint8_t types[] = { WIRE_SNAP_ACK };
     static const uint64_t vals[] = { 0, 1, 0x8000000000000000ull, UINT64_MAX };
     uint8_t buf[32];
     struct wire_frame f;
@@ -112,8 +172,7 @@ Test(wire, u64_frames_roundtrip)
             cr_assert_eq(n, WIRE_HDR_LEN + 8);
             next_whole(buf, n, &f);
             cr_assert_eq(f.type, types[t], "type %s", wire_type_name(types[t]));
-            uint64_t got = types[t] == WIRE_RESUME_INFO ? f.u.resume_info.last_out
-                                                         : f.u.snap.position;
+            uint64_t got = f.u.snap.position;
             cr_assert_eq(got, vals[v], "%s value %llx, want %llx", wire_type_name(types[t]),
                          (unsigned long long)got, (unsigned long long)vals[v]);
         }
@@ -186,14 +245,14 @@ Test(wire, snap_put_roundtrip)
     size_t n = put_snap_put(buf, 123456789, snap, sizeof(snap));
     next_whole(buf, n, &f);
     cr_assert_eq(f.type, WIRE_SNAP_PUT);
-    cr_assert_eq(f.u.snap.position, 123456789);
-    cr_assert_eq(f.u.snap.len, sizeof(snap));
-    cr_assert_eq(f.u.snap.bytes, buf + WIRE_HDR_LEN + 8);
-    cr_assert_arr_eq(f.u.snap.bytes, snap, sizeof(snap));
+    cr_assert_eq(f.u.snap_put.position, 123456789);
+    cr_assert_eq(f.u.snap_put.len, sizeof(snap));
+    cr_assert_eq(f.u.snap_put.bytes, buf + WIRE_SNAP_PUT_HDR_LEN);
+    cr_assert_arr_eq(f.u.snap_put.bytes, snap, sizeof(snap));
 
     n = put_snap_put(buf, 1, NULL, 0);
     next_whole(buf, n, &f);
-    cr_assert_eq(f.u.snap.len, 0, "empty snapshot is valid");
+    cr_assert_eq(f.u.snap_put.len, 0, "an empty piece is valid");
 }
 
 Test(wire, close_roundtrip)
@@ -270,7 +329,7 @@ Test(wire, type_names)
 
 /* ---- a sample of valid frames, one or more per type ------------------------------------- */
 
-#define NSAMPLES 16
+#define NSAMPLES 19
 #define SAMPLE_MAX 1024
 
 /* Writes sample i into buf (SAMPLE_MAX bytes) and returns its length. */
@@ -281,10 +340,10 @@ static size_t sample_frame(int i, uint8_t *buf)
 
     switch (i) {
     case 0: return wire_put_hello(buf, WIRE_ROLE_CLIENT, 0, NULL);
-    case 1: return wire_put_hello(buf, WIRE_ROLE_EDGE, 99, tok_a);
-    case 2: return wire_put_welcome(buf, 99, tok_a);
+    case 1: return wire_put_hello_edge(buf, 99, 1, tok_a_ver, "secret-of-16byte", 16);
+    case 2: return wire_put_welcome(buf, 99, tok_a, 1);
     case 3: return put_resume(buf, 99, tok_a, 5);
-    case 4: return wire_put_u64(buf, WIRE_RESUME_INFO, 5);
+    case 4: return wire_put_resume_info(buf, 2, 5, 6, 7);
     case 5:
         n = wire_put_data_hdr(buf, 1, 10);
         memcpy(buf + n, "0123456789", 10);
@@ -295,7 +354,7 @@ static size_t sample_frame(int i, uint8_t *buf)
         memcpy(buf + n, "abc", 3);
         return n + 3;
     case 8: return wire_put_out_hdr(buf, 2, NULL, 0, 0);
-    case 9: return wire_put_u64(buf, WIRE_SNAP_DURABLE, 7);
+    case 9: return wire_put_snap_durable(buf, 7, 1, 2);
     case 10: return put_snap_put(buf, 8, "snapshot", 8);
     case 11: return wire_put_u64(buf, WIRE_SNAP_ACK, 8);
     case 12: return wire_put_close(buf);
@@ -308,6 +367,9 @@ static size_t sample_frame(int i, uint8_t *buf)
         n = wire_put_hdr(buf, WIRE_ORDER, sizeof(order));
         memcpy(buf + n, order, sizeof(order));
         return n + sizeof(order);
+    case 16: return wire_put_empty(buf, WIRE_RESUME_END);
+    case 17: return wire_put_empty(buf, WIRE_HEARTBEAT);
+    case 18: return wire_put_empty(buf, WIRE_MOVE);
     }
     cr_assert_fail("no sample %d", i);
     return 0;
@@ -528,13 +590,14 @@ static void expect_body(uint8_t t, const void *body, uint32_t len, long want)
 Test(wire, fixed_size_bodies)
 {
     static const struct { uint8_t type; uint32_t size; } fixed[] = {
-        { WIRE_HELLO, 32 }, { WIRE_WELCOME, 24 }, { WIRE_RESUME, 32 }, { WIRE_RESUME_INFO, 8 },
-        { WIRE_SNAP_DURABLE, 8 }, { WIRE_SNAP_ACK, 8 }, { WIRE_CLOSE, 0 },
+        { WIRE_HELLO, 32 }, { WIRE_WELCOME, 32 }, { WIRE_RESUME, 58 }, { WIRE_RESUME_INFO, 32 },
+        { WIRE_SNAP_DURABLE, 24 }, { WIRE_SNAP_ACK, 8 }, { WIRE_CLOSE, 0 },
+        { WIRE_RESUME_END, 0 }, { WIRE_HEARTBEAT, 0 }, { WIRE_MOVE, 0 },
     };
-    uint8_t body[64] = { WIRE_ROLE_CLIENT };
+    uint8_t body[80] = { WIRE_ROLE_CLIENT };
 
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
-        for (uint32_t len = 0; len <= 40; len++)
+        for (uint32_t len = 0; len <= 70; len++)
             expect_body(fixed[i].type, body, len, len == fixed[i].size ? 1 : -EPROTO);
     }
 }
@@ -551,7 +614,7 @@ Test(wire, hello_bad_role)
 
     for (unsigned role = 0; role < 256; role++) {
         body[0] = (uint8_t)role;
-        int ok = role == WIRE_ROLE_CLIENT || role == WIRE_ROLE_EDGE;
+        int ok = role == WIRE_ROLE_CLIENT;   /* an edge's HELLO is longer */
         expect_body(WIRE_HELLO, body, 32, ok ? 1 : -EPROTO);
     }
 }
@@ -567,11 +630,13 @@ Test(wire, data_short)
 
 Test(wire, snap_put_short)
 {
-    uint8_t body[8] = { 0 };
+    uint8_t body[32] = { 1 };   /* position 1, base 0, total 0, offset 0 */
 
-    for (uint32_t len = 0; len < 8; len++)
+    for (uint32_t len = 0; len < 32; len++)
         expect_body(WIRE_SNAP_PUT, body, len, -EPROTO);
-    expect_body(WIRE_SNAP_PUT, body, 8, 1);
+    expect_body(WIRE_SNAP_PUT, body, 32, 1);
+    body[0] = 0;
+    expect_body(WIRE_SNAP_PUT, body, 32, -EPROTO);   /* position 0 */
 }
 
 Test(wire, out_short_or_inconsistent)
@@ -745,7 +810,7 @@ static void check_decode(const uint8_t *buf, size_t n, size_t max, long iter)
         cr_assert_eq(f.u.out.payload + f.u.out.len, hi, "iteration %ld: OUT ends the frame", iter);
         break;
     case WIRE_SNAP_PUT:
-        cr_assert(inside(f.u.snap.bytes, f.u.snap.len, lo, hi),
+        cr_assert(inside(f.u.snap_put.bytes, f.u.snap_put.len, lo, hi),
                   "iteration %ld: SNAP_PUT bytes outside the frame", iter);
         break;
     case WIRE_ERROR:
