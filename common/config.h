@@ -33,6 +33,7 @@ struct config {
     char     worker_user[64];      /* workers run as this user when the edge is root (nobody) */
     int      sandbox;              /* 1 = confine workers (default), 0 = off (docs/sandbox.md) */
     char     edge_secret_file[PATH_MAX]; /* the secret proved to the server endpoint ("" = none) */
+    int      ship_snapshots;       /* 1 = ship durable snapshots to the server endpoint (default) */
     uint32_t heartbeat_interval_ms; /* HEARTBEAT on a connection quiet this long (default 1000, 0 = off) */
 };
 

@@ -14,7 +14,7 @@ static const char *const type_names[] = {
     [WIRE_SNAP_ACK] = "SNAP_ACK",     [WIRE_CLOSE] = "CLOSE",
     [WIRE_ERROR] = "ERROR",           [WIRE_ORDER] = "ORDER",
     [WIRE_RESUME_END] = "RESUME_END", [WIRE_HEARTBEAT] = "HEARTBEAT",
-    [WIRE_MOVE] = "MOVE",
+    [WIRE_MOVE] = "MOVE",             [WIRE_RECEIPT] = "RECEIPT",
 };
 
 const char *wire_type_name(uint8_t type)
@@ -125,6 +125,7 @@ int wire_decode(const struct wire_hdr *h, const void *body, struct wire_frame *f
         f->u.durable.seq[1] = wire_get64(p + 16);
         return 0;
     case WIRE_SNAP_ACK:
+    case WIRE_RECEIPT:
         if (n != 8)
             return -EPROTO;
         f->u.snap.position = wire_get64(p);

@@ -49,6 +49,10 @@
  *                 its order up to position
  *   HEARTBEAT     empty, edge -> endpoint when the connection was quiet for a while
  *   MOVE          empty, edge -> client endpoint: this edge is leaving; resume at another
+ *   RECEIPT       u64 position: edge -> client endpoint asks, and the client endpoint answers
+ *                 with the same frame, once it has handled every frame before it (so it has
+ *                 every output of the events up to position) -- before a snapshot at that
+ *                 position is shipped
  *   CLOSE         empty: the session ends
  *   ERROR         u32 code, text (not NUL-terminated); the sender closes after it
  */
@@ -84,7 +88,8 @@ enum wire_type {
     WIRE_RESUME_END,
     WIRE_HEARTBEAT,
     WIRE_MOVE,
-    WIRE_TYPE_MAX = WIRE_MOVE,
+    WIRE_RECEIPT,
+    WIRE_TYPE_MAX = WIRE_RECEIPT,
 };
 
 enum wire_role { WIRE_ROLE_CLIENT = 1, WIRE_ROLE_EDGE = 2 };
@@ -137,7 +142,7 @@ struct wire_frame {
             const uint8_t *order; uint32_t order_len;
             const uint8_t *payload; size_t len;
         } out;
-        struct { uint64_t position; } snap;   /* SNAP_ACK */
+        struct { uint64_t position; } snap;   /* SNAP_ACK, RECEIPT */
         struct { uint32_t code; const char *text; size_t text_len; } error;
     } u;
 };
@@ -182,7 +187,7 @@ size_t wire_put_data_hdr(void *buf, uint64_t seq, size_t payload_len);      /* 2
 size_t wire_put_out_hdr(void *buf, uint64_t out_no, const void *order, uint32_t order_len,
                         size_t payload_len);                               /* 24 + order_len */
 size_t wire_put_close(void *buf);
-size_t wire_put_u64(void *buf, uint8_t type, uint64_t v);   /* SNAP_ACK */
+size_t wire_put_u64(void *buf, uint8_t type, uint64_t v);   /* SNAP_ACK, RECEIPT */
 /* ERROR with a printf-style text, truncated to fit cap bytes in all. */
 size_t wire_put_error(void *buf, size_t cap, uint32_t code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

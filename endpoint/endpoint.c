@@ -340,6 +340,8 @@ static long ep_next(struct cessna_ep *ep, const void **data, int timeout_ms)
             return ep->state = -ECONNABORTED;
         case WIRE_SNAP_DURABLE:
             continue; /* buffers of sent messages come with remote recovery */
+        case WIRE_HEARTBEAT:
+            continue; /* the edge is alive and the connection quiet */
         case WIRE_SNAP_PUT:
             return ep_fail(ep, -EPROTO, WIRE_ERR_UNSUPPORTED,
                            "SNAP_PUT not supported by this endpoint");

@@ -250,6 +250,8 @@ void relay_frames(struct relay *r)
             break;
         case WIRE_SNAP_DURABLE:
             break; /* buffers of sent messages come with remote recovery (issue 7 item 2) */
+        case WIRE_HEARTBEAT:
+            break;
         default:
             relay_fail(r, WIRE_ERR_UNEXPECTED, "unexpected %s frame in session",
                        wire_type_name(f.type));

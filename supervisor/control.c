@@ -18,6 +18,7 @@
 
 static const char *const state_names[] = {
     [S_FREE] = "free", [S_HELLO] = "hello", [S_CONNECTING] = "connecting",
+    [S_RESUMING] = "resuming",
     [S_LIVE] = "live", [S_CLOSING] = "closing", [S_DEAD] = "ending",
 };
 

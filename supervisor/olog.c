@@ -62,10 +62,10 @@ static int open_file(struct session *s, uint64_t first, char *err, size_t errlen
     return 0;
 }
 
-int olog_start(struct session *s, char *err, size_t errlen)
+int olog_start(struct session *s, uint64_t first, char *err, size_t errlen)
 {
     s->log_fd = -1;
-    return open_file(s, 1, err, errlen);
+    return open_file(s, first, err, errlen);
 }
 
 void olog_append(struct session *s, uint16_t type, const struct shm_rec *r, const void *data,

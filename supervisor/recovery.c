@@ -42,6 +42,7 @@
 #include "log.h"
 #include "snap.h"
 #include "spawn.h"
+#include "remote.h"
 #include "sup.h"
 
 #define FULL_EVERY 8   /* a full snapshot after this many deltas */
@@ -156,7 +157,7 @@ static void arm_report(struct session *s)
 
 /* The user a sandboxed worker runs as, when we are root (docs/sandbox.md): it owns its
  * session directory, to write snapshots there. 0 and *uid, or -1 for none. */
-static int worker_owner(uid_t *uid, gid_t *gid)
+int recovery_worker_owner(uid_t *uid, gid_t *gid)
 {
     static int known = -2;
     static uid_t u;
@@ -191,7 +192,7 @@ int recovery_setup(struct session *s, char *err, size_t errlen)
         snprintf(err, errlen, "snapshot directory %s: %s", dir, strerror(errno));
         return -errno;
     }
-    if (worker_owner(&uid, &gid) == 0 && chown(dir, uid, gid) == -1) {
+    if (recovery_worker_owner(&uid, &gid) == 0 && chown(dir, uid, gid) == -1) {
         snprintf(err, errlen, "snapshot directory %s: chown: %s", dir, strerror(errno));
         return -errno;
     }
@@ -464,6 +465,7 @@ static void make_durable(struct session *s, const struct snap_pending *p)
         s->standby_wake_fd = p->wake_fd;
     }
     sess_order_durable(s, p->pos);
+    remote_snapshot_durable(s, p->pos, p->full);
     sess_resume_input(s);
     LOG(LOG_DEBUG, "session=%llu msg=\"snapshot durable\" position=%llu bytes=%llu "
         "pages=%llu/%llu write_us=%llu fork_us=%llu", ull(s->id), ull(p->pos), ull(r->bytes),

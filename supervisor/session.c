@@ -24,6 +24,7 @@
 #include "cred.h"
 #include "log.h"
 #include "order.h"
+#include "remote.h"
 #include "sup.h"
 
 #define SEND_HIGH_WATER (4u << 20)  /* stop draining a worker while this much (plus the
@@ -63,6 +64,7 @@ int outbuf_reserve(struct outbuf *b, size_t more)
 /* Append bytes to a connection's pending output; sup_flush() sends them. */
 static int conn_queue(struct conn *c, const void *a, size_t alen, const void *b, size_t blen)
 {
+    c->last_tx_ms = tmo_now_ms();
     if (outbuf_reserve(&c->pending, alen + blen) < 0)
         return -ENOMEM;
     memcpy(c->pending.data + c->pending.len, a, alen);
@@ -70,6 +72,11 @@ static int conn_queue(struct conn *c, const void *a, size_t alen, const void *b,
         memcpy(c->pending.data + c->pending.len + alen, b, blen);
     c->pending.len += alen + blen;
     return 0;
+}
+
+int sess_queue(struct conn *c, const void *a, size_t alen, const void *b, size_t blen)
+{
+    return conn_queue(c, a, alen, b, blen);
 }
 
 static void conn_queue_error(struct conn *c, uint32_t code, const char *text)
@@ -223,21 +230,24 @@ void sess_feed(struct session *s)
     }
 }
 
-/* Give the next event its position, keep it, and hand it to the worker. 0, -EAGAIN when
- * the worker is too far behind (the caller waits for it), -ENOMEM. */
-static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
-                      const void *data, size_t len)
+int sess_push_event_at(struct session *s, uint16_t type, uint8_t src, uint64_t a,
+                       const void *data, size_t len, uint64_t time_ms)
 {
     struct order_entry e = { .src = src };
     struct shm_rec r;
 
-    if (evstore_unfed(&s->ev) > S.unfed_max)
-        return -EAGAIN;
-    /* Held events are bounded: past the limit input waits for a durable snapshot (one is
-     * forced at half the limit) to let the older ones go. */
-    if (S.cfg.max_held_bytes && evstore_bytes(&s->ev) > S.cfg.max_held_bytes && type != EV_START)
-        return -EAGAIN;
-    e.time_ms = sess_now_ms();
+    if (time_ms) {
+        e.time_ms = time_ms;   /* rebuilt from an order (remote recovery): no limits apply */
+    } else {
+        if (evstore_unfed(&s->ev) > S.unfed_max)
+            return -EAGAIN;
+        /* Held events are bounded: past the limit input waits for a durable snapshot (one
+         * is forced at half the limit) to let the older ones go. */
+        if (S.cfg.max_held_bytes && evstore_bytes(&s->ev) > S.cfg.max_held_bytes &&
+            type != EV_START)
+            return -EAGAIN;
+        e.time_ms = sess_now_ms();
+    }
     if (e.time_ms < s->last_time)
         e.time_ms = s->last_time;  /* event times never go backwards */
     e.timer_id = type == EV_TIMER ? a : 0;
@@ -250,6 +260,14 @@ static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
     tmo_touch(s);
     sess_feed(s);
     return 0;
+}
+
+/* Give the next event its position, keep it, and hand it to the worker. 0, -EAGAIN when
+ * the worker is too far behind (the caller waits for it), -ENOMEM. */
+static int push_event(struct session *s, uint16_t type, uint8_t src, uint64_t a,
+                      const void *data, size_t len)
+{
+    return sess_push_event_at(s, type, src, a, data, len, 0);
 }
 
 /* After handing events to workers, watch their output rings this long before sleeping:
@@ -375,6 +393,7 @@ void sess_accept(int fd)
     s->state = S_HELLO;
     s->pidfd = s->doorbell_in = s->doorbell_out = s->memfd = -1;
     recovery_init(s);
+    remote_init(s);
     s->log_fd = -1;
     s->next_pos = 1;
     s->order_base = 1;
@@ -463,8 +482,8 @@ void sess_spawn_failed(struct session *s, const char *why)
     sess_maybe_free(s);
 }
 
-/* Shared memory and doorbells for a session that said HELLO, then its first worker. */
-static int start_worker(struct session *s, char *err, size_t errlen)
+/* Shared memory, doorbells and the session's directory, before its first worker. */
+int sess_prepare(struct session *s, char *err, size_t errlen)
 {
     s->shm_len = shm_total_size(S.ring_size);
     s->memfd = memfd_create("cessna-session", MFD_CLOEXEC);
@@ -490,7 +509,14 @@ static int start_worker(struct session *s, char *err, size_t errlen)
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
         return -EMFILE;
     }
-    if (recovery_setup(s, err, errlen) < 0 || olog_start(s, err, errlen) < 0)
+    if (recovery_setup(s, err, errlen) < 0)
+        return -EIO;
+    return 0;
+}
+
+static int start_worker(struct session *s, char *err, size_t errlen)
+{
+    if (sess_prepare(s, err, errlen) < 0 || olog_start(s, 1, err, errlen) < 0)
         return -EIO;
     return sess_spawn_worker(s, 0, err, errlen);
 }
@@ -544,6 +570,10 @@ void sess_on_connect(struct session *s, int res)
 
     srv->connect_armed = 0;
     sess_release_op(s);
+    if (s->state == S_RESUMING) {
+        resume_on_connect(s, res);
+        return sess_maybe_free(s);
+    }
     if (s->state != S_CONNECTING)
         return sess_maybe_free(s);
     if (res < 0) {
@@ -612,8 +642,8 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
             return 0;
         }
         if (f->type == WIRE_RESUME) {
-            sess_fail(s, WIRE_ERR_UNSUPPORTED, "RESUME is not supported by this edge yet");
-            return -EPROTO;
+            resume_start(s, f);
+            return s->state == S_RESUMING ? 0 : -EPROTO;
         }
     } else if (c->side == SIDE_SERVER && s->state == S_CONNECTING) {
         if (f->type == WIRE_WELCOME) {
@@ -625,7 +655,11 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
                          (int)f->u.error.text_len, f->u.error.text);
             return -EPROTO;
         }
+    } else if (s->state == S_RESUMING) {
+        return resume_on_frame(s, c, f);
     } else if (s->state == S_LIVE) {
+        if (remote_on_frame(s, c, f) == 0)
+            return s->state == S_LIVE ? 0 : -EPROTO;
         if (f->type == WIRE_DATA) {
             if (f->u.data.seq != c->next_seq) {
                 S.stats.bad_frames++;
@@ -656,6 +690,7 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
         }
         if (f->type == WIRE_CLOSE) {
             c->eof = 1;
+            c->closed = 1;
             side_closed(s, c->side);
             return -EPROTO;  /* read nothing more from this endpoint */
         }
@@ -664,6 +699,7 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
                 ull(s->id), c->side == SIDE_CLIENT ? "client" : "server",
                 (int)f->u.error.text_len, f->u.error.text);
             c->eof = 1;
+            c->closed = 1;
             side_closed(s, c->side);
             return -EPROTO;
         }
@@ -751,6 +787,8 @@ void sess_on_recv(struct session *s, enum side side, int res)
                          "bytes of a frame", side == SIDE_CLIENT ? "client" : "server", c->rlen);
         } else if (s->state == S_HELLO) {
             sess_fail(s, WIRE_ERR_PROTO, "disconnected before HELLO");
+        } else if ((s->state == S_LIVE || s->state == S_RESUMING) && !c->closed) {
+            remote_lost(s, side, res == 0 ? "closed without CLOSE" : strerror(-res));
         } else {
             side_closed(s, side);
         }
@@ -772,7 +810,9 @@ void sess_on_send(struct session *s, enum side side, int res)
                 side == SIDE_CLIENT ? "client" : "server", strerror(-res));
         c->eof = c->dead = 1;
         c->sending.len = c->pending.len = c->sent = 0;
-        if (s->state < S_DEAD)
+        if ((s->state == S_LIVE || s->state == S_RESUMING) && !c->closed)
+            remote_lost(s, side, strerror(-res));
+        else if (s->state < S_DEAD)
             side_closed(s, side);
         conn_close(s, c);
         return sess_maybe_free(s);
@@ -785,6 +825,8 @@ void sess_on_send(struct session *s, enum side side, int res)
         c->pending = t;
     }
     sup_flush(s, c);
+    if (side == SIDE_SERVER && s->ship.active)
+        remote_pump(s);
     if (s->out_stalled && c->pending.len < S.out_high_water) {
         s->out_stalled = 0;
         drain_worker(s);   /* what the worker left waiting */
@@ -923,9 +965,19 @@ static int take_output(struct session *s, uint16_t type, const void *rec, uint32
         if (r.a <= s->max_timer_id)
             break;   /* armed before a recovery already */
         s->max_timer_id = r.a;
+        if (r.pos <= s->replay_quiet_until)
+            break;   /* rebuilt at a new edge: OUT_TIMER_PENDING says what is still armed */
         if (s->state == S_LIVE && timers_arm(s, r.a, r.b) < 0)
             LOG(LOG_WARN, "session=%llu msg=\"timer not armed\"", ull(s->id));
         break;
+    case OUT_TIMER_PENDING: {
+        uint64_t now = sess_now_ms();
+        if (r.a > s->max_timer_id)
+            s->max_timer_id = r.a;
+        if (s->state == S_LIVE && timers_arm(s, r.a, r.b > now ? r.b - now : 0) < 0)
+            LOG(LOG_WARN, "session=%llu msg=\"timer not armed\"", ull(s->id));
+        break;
+    }
     case OUT_TIMER_CANCEL:
         timers_cancel(s, r.a);
         break;
@@ -1104,6 +1156,18 @@ static void conn_close(struct session *s, struct conn *c)
     c->stalled = 0;
     if (c->connect_armed)
         return;
+    if (c->reset) {
+        /* SO_LINGER 0 is set: the close sends a reset. Shutting down reads completes a
+         * pending recv without sending anything (a FIN is what we must not send). */
+        c->pending.len = 0;
+        if (c->recv_armed || c->send_armed) {
+            shutdown(c->fd, SHUT_RD);
+            return;
+        }
+        close(c->fd);
+        c->fd = -1;
+        return;
+    }
     sup_flush(s, c);
     if (c->send_armed || c->sending.len || c->pending.len)
         return;
@@ -1156,6 +1220,20 @@ void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
         kill(s->pid, SIGKILL);
 }
 
+void sess_end_quietly(struct session *s)
+{
+    if (s->state >= S_DEAD)
+        return;
+    s->state = S_DEAD;
+    for (int i = 0; i < 2; i++)
+        conn_close(s, &s->c[i]);
+    timers_cancel_all(s);
+    recovery_end(s);
+    remote_end(s);
+    if (s->pid > 0 && !s->worker_reaped)
+        kill(s->pid, SIGKILL);
+}
+
 void sess_release_op(struct session *s)
 {
     if (s->inflight)
@@ -1193,9 +1271,12 @@ void sess_maybe_free(struct session *s)
     if (s->report_worker_fd >= 0)
         close(s->report_worker_fd);
     evstore_free(&s->ev);
+    remote_end(s);
+    resume_free(s);
     ring_asm_reset(&s->out_asm);
     olog_end(s);
-    sdir_session_ended(s->id, s->failed);   /* removed, or kept for offline replay */
+    if (!s->dir_taken)
+        sdir_session_ended(s->id, s->failed);   /* removed, or kept for offline replay */
     free(s->order);
     free(s->order_end);
     timers_free(s);

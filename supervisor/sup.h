@@ -55,7 +55,10 @@ struct conn {
     unsigned draining : 1;  /* closing: flush, shut down writes, discard input until EOF */
     unsigned eof : 1;       /* nothing more to read: the peer's EOF, CLOSE or an error */
     unsigned dead : 1;      /* nothing can be written: connect or send failed, reset */
+    unsigned reset : 1;     /* close with a reset, never a FIN (the session moves on) */
+    unsigned closed : 1;    /* the endpoint said CLOSE (or ERROR) */
     uint64_t next_seq;      /* DATA sequence number expected next */
+    uint64_t last_tx_ms;    /* when something was last queued (HEARTBEAT when quiet) */
     uint64_t order_sent;    /* event position up to which this endpoint has the order */
 };
 
@@ -63,10 +66,24 @@ enum sess_state {
     S_FREE = 0,
     S_HELLO,       /* client accepted, waiting for its HELLO */
     S_CONNECTING,  /* worker spawned, server endpoint being reached */
+    S_RESUMING,    /* a RESUME: gathering what both endpoints hold (resume.c) */
     S_LIVE,
     S_CLOSING,     /* CLOSE event handed to the worker, waiting for it to finish */
     S_DEAD,        /* ended: flushing, then freed once nothing is in flight */
 };
+
+/* Snapshots on their way to the server endpoint (remote.c). */
+#define SHIP_QUEUE 16
+struct ship {
+    struct { uint64_t pos; int full; } q[SHIP_QUEUE];   /* durable here, not shipped yet */
+    int nq;
+    int active, acked;
+    int fd;                 /* the file being shipped */
+    uint64_t pos, base, total, off;
+    uint64_t seq[2];        /* the last client / server message it covers */
+};
+
+struct resume;
 
 /* A snapshot child the supervisor watches (its pidfd came with SNAP_STARTED). */
 #define SNAP_KIDS 8
@@ -108,6 +125,7 @@ struct session {
     unsigned out_stalled : 1, in_dirty : 1;
     unsigned spawning : 1;      /* a worker was asked of the zygote; its reply is pending */
     unsigned failed : 1;    /* ended by sess_fail: its directory is kept for offline replay */
+    unsigned dir_taken : 1; /* a newer copy of the session (a resume) uses its directory */
     struct tmo tmo;
 
     /* events since the last durable snapshot, and local recovery */
@@ -162,6 +180,14 @@ struct session {
 
     struct timers timers;
 
+    /* remote durability and resume (remote.c, resume.c) */
+    struct ship ship;
+    uint64_t receipt;           /* the client confirmed every output up to this event */
+    uint64_t remote_pos;        /* newest snapshot stored at the server endpoint */
+    uint64_t replay_quiet_until;/* rebuilt events up to here: their timer arms are not
+                                 * armed again (the worker reports what is pending) */
+    struct resume *rs;          /* while S_RESUMING */
+
     uint64_t outputs[2];        /* outputs sent to client / server */
     struct session *next_dirty;
 };
@@ -173,6 +199,7 @@ struct sup_stats {
     uint64_t hello_timeouts, connect_timeouts, idle_timeouts, forced_closes;
     uint64_t accept_fd_limit, accept_paused;     /* EMFILE/ENFILE, and pauses it caused */
     uint64_t zygote_restarts, dirs_removed, ctl_timeouts;
+    uint64_t resumes;                            /* sessions rebuilt here after another edge lost them */
 };
 
 struct sup {
@@ -232,9 +259,11 @@ void recovery_end(struct session *s);   /* the session is over: drop the standby
 void recovery_worker_gone(struct session *s);   /* an ended session's worker was reaped */
 void recovery_reap_strays(void);
 int  recovery_setup(struct session *s, char *err, size_t errlen);
+/* The user sandboxed workers run as (0 and *uid, *gid), or -1: none (files stay ours). */
+int  recovery_worker_owner(uid_t *uid, gid_t *gid);
 
 /* olog.c: the ordering log files */
-int  olog_start(struct session *s, char *err, size_t errlen);
+int  olog_start(struct session *s, uint64_t first, char *err, size_t errlen);
 void olog_append(struct session *s, uint16_t type, const struct shm_rec *r, const void *data,
                  size_t len);
 void olog_flush_all(void);
@@ -243,6 +272,14 @@ void olog_durable(struct session *s, uint64_t p);
 void olog_end(struct session *s);
 
 /* session.c */
+/* Append to a connection's output (sup_flush sends it). 0 or -ENOMEM. */
+int  sess_queue(struct conn *c, const void *a, size_t alen, const void *b, size_t blen);
+/* Give the next event its position, keep it and feed it. time_ms 0: now, within the held
+ * limits (-EAGAIN past them); else that time, rebuilding a session's events. */
+int  sess_push_event_at(struct session *s, uint16_t type, uint8_t src, uint64_t a,
+                        const void *data, size_t len, uint64_t time_ms);
+/* Shared memory, doorbells and the directory for a session about to get its worker. */
+int  sess_prepare(struct session *s, char *err, size_t errlen);
 /* Fresh rings and the held events rewound to `position`, for a worker about to take over. */
 int  sess_reset_worker(struct session *s, uint64_t position, char *err, size_t errlen);
 /* The zygote's answer to sess_spawn_worker(). */
@@ -260,6 +297,8 @@ void sess_order_durable(struct session *s, uint64_t p);
 void sess_resume_input(struct session *s);
 void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* End this copy of the session without a word to anyone (it lives on elsewhere). */
+void sess_end_quietly(struct session *s);
 void sess_send_all(struct session *s, const void *frame, size_t len);
 uint64_t sess_now_ms(void);
 void sess_accept(int fd);

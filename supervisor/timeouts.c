@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "remote.h"
 #include "sup.h"
 
 #define SWEEP_MAX_MS   500
@@ -38,10 +39,11 @@ void tmo_touch(struct session *s)
 
 static uint64_t period_ms(void)
 {
-    uint32_t t[3] = { S.cfg.hello_timeout_ms, S.cfg.connect_timeout_ms, S.cfg.idle_timeout_ms };
+    uint32_t t[4] = { S.cfg.hello_timeout_ms, S.cfg.connect_timeout_ms, S.cfg.idle_timeout_ms,
+                      S.cfg.heartbeat_interval_ms };
     uint64_t p = SWEEP_MAX_MS;
 
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (t[i] && t[i] / 4 < p)
             p = t[i] / 4;
     return p < SWEEP_MIN_MS ? SWEEP_MIN_MS : p;
@@ -93,6 +95,7 @@ static void sweep_session(struct session *s, uint64_t now)
          * reads our ERROR at leisure: stop reading it now; the ERROR still goes out. */
         force_close(s, &s->c[SIDE_CLIENT], SHUT_RD);
         break;
+    case S_RESUMING:
     case S_CONNECTING:
         if (!S.cfg.connect_timeout_ms || idle < S.cfg.connect_timeout_ms)
             return;
@@ -137,5 +140,6 @@ void tmo_on_sweep(void)
             sess_maybe_free(s);
     }
     ctl_sweep(now);
+    remote_sweep(now);
     tmo_arm();
 }

@@ -329,7 +329,7 @@ Test(wire, type_names)
 
 /* ---- a sample of valid frames, one or more per type ------------------------------------- */
 
-#define NSAMPLES 19
+#define NSAMPLES 20
 #define SAMPLE_MAX 1024
 
 /* Writes sample i into buf (SAMPLE_MAX bytes) and returns its length. */
@@ -370,6 +370,7 @@ static size_t sample_frame(int i, uint8_t *buf)
     case 16: return wire_put_empty(buf, WIRE_RESUME_END);
     case 17: return wire_put_empty(buf, WIRE_HEARTBEAT);
     case 18: return wire_put_empty(buf, WIRE_MOVE);
+    case 19: return wire_put_u64(buf, WIRE_RECEIPT, 9);
     }
     cr_assert_fail("no sample %d", i);
     return 0;
@@ -591,7 +592,7 @@ Test(wire, fixed_size_bodies)
 {
     static const struct { uint8_t type; uint32_t size; } fixed[] = {
         { WIRE_HELLO, 32 }, { WIRE_WELCOME, 32 }, { WIRE_RESUME, 58 }, { WIRE_RESUME_INFO, 32 },
-        { WIRE_SNAP_DURABLE, 24 }, { WIRE_SNAP_ACK, 8 }, { WIRE_CLOSE, 0 },
+        { WIRE_SNAP_DURABLE, 24 }, { WIRE_SNAP_ACK, 8 }, { WIRE_RECEIPT, 8 }, { WIRE_CLOSE, 0 },
         { WIRE_RESUME_END, 0 }, { WIRE_HEARTBEAT, 0 }, { WIRE_MOVE, 0 },
     };
     uint8_t body[80] = { WIRE_ROLE_CLIENT };

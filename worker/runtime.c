@@ -33,6 +33,7 @@
 
 struct rt_timer {
     uint64_t id;
+    uint64_t due_ms;         /* event time it was armed at + its delay */
     void (*fn)(void *arg);
     void *arg;
 };
@@ -318,7 +319,8 @@ uint64_t cessna_set_timeout(void (*fn)(void *arg), void *arg, uint64_t delay_ms)
         st->timers = t;
         st->timer_cap = cap;
     }
-    st->timers[st->ntimers++] = (struct rt_timer){ ++st->next_timer_id, fn, arg };
+    st->timers[st->ntimers++] =
+        (struct rt_timer){ ++st->next_timer_id, st->now_ms + delay_ms, fn, arg };
     r = out_reserve(OUT_TIMER_ARM, 0);
     r->a = st->next_timer_id;
     r->b = delay_ms;
@@ -330,7 +332,7 @@ uint64_t cessna_set_timeout(void (*fn)(void *arg), void *arg, uint64_t delay_ms)
 static struct rt_timer take_timer(uint64_t id)
 {
     struct rt_state *st = L.st;
-    struct rt_timer none = { 0, NULL, NULL };
+    struct rt_timer none = { 0, 0, NULL, NULL };
 
     for (uint32_t i = 0; i < st->ntimers; i++) {
         if (st->timers[i].id == id) {
@@ -518,6 +520,22 @@ static long long mono_ns(void)
     return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
+/* A new edge rebuilt this session from a snapshot it fetched (remote recovery): once the
+ * replay is done, tell it which timers are pending, and when they are due, so it arms them. */
+static void announce_timers(uint64_t pos)
+{
+    if (!L.ctl->announce_timers_at || pos != L.ctl->announce_timers_at)
+        return;
+    for (uint32_t i = 0; i < L.st->ntimers; i++) {
+        struct shm_rec *r = out_reserve(OUT_TIMER_PENDING, 0);
+        r->pos = pos;
+        r->a = L.st->timers[i].id;
+        r->b = L.st->timers[i].due_ms;
+        out_commit();
+    }
+    flush_outputs();
+}
+
 static long long mono_ns(void);
 
 static void attach_rings(void)
@@ -678,6 +696,7 @@ void rt_run(const struct rt_session *s)
         L.st->libc_rand = s->session_id ^ 0x5deece66dull;
     }
     confine(s->session_id);
+    announce_timers(L.st->pos);   /* nothing to replay after the snapshot */
 
     for (;;) {
         uint16_t type;
@@ -719,6 +738,7 @@ void rt_run(const struct rt_session *s)
         atomic_store_explicit(&L.ctl->consumed, pos, memory_order_release);
         if (pos == L.ctl->replay_until)
             atomic_store(&L.ctl->replayed_ns, (uint64_t)mono_ns());
+        announce_timers(pos);
         if (ring_producer_waits_half(&L.in))
             ring_bell(L.doorbell_out);
     }

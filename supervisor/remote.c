@@ -1,0 +1,239 @@
+/* remote.c - what makes a session outlive its edge node (docs/protocol.md):
+ *
+ *  - shipping: each locally durable snapshot, once the client endpoint confirmed it holds
+ *    every output before it (RECEIPT), goes to the server endpoint in SNAP_PUT pieces
+ *    interleaved with the session's frames; its SNAP_ACK makes it durable off the node,
+ *    and both endpoints hear SNAP_DURABLE and free what it covers;
+ *  - HEARTBEAT on quiet connections, so a client endpoint can tell a hung edge;
+ *  - losing an endpoint without CLOSE ends this copy of the session quietly;
+ *  - RESUME: a client endpoint whose edge was lost arrives here; we fetch the snapshot
+ *    chain, order and messages from the server endpoint, rebuild the events after the
+ *    snapshot, restore, replay and go live (resume.c does the rebuilding). */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "remote.h"
+#include "snap.h"
+#include "sup.h"
+
+#define SHIP_QUEUE_LOW (64u << 10)   /* add a piece while less than this waits to go out */
+
+static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
+
+static int reachable(const struct conn *c)
+{
+    return c->fd >= 0 && c->up && !c->dead && !c->draining;
+}
+
+/* ---- shipping ---- */
+
+static void ship_close(struct session *s)
+{
+    if (s->ship.fd >= 0)
+        close(s->ship.fd);
+    s->ship.fd = -1;
+    s->ship.active = 0;
+}
+
+void remote_init(struct session *s)
+{
+    memset(&s->ship, 0, sizeof(s->ship));
+    s->ship.fd = -1;
+}
+
+void remote_end(struct session *s)
+{
+    ship_close(s);
+    s->ship.nq = 0;
+}
+
+void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full)
+{
+    struct ship *sh = &s->ship;
+    uint8_t frame[WIRE_HDR_LEN + 8];
+
+    if (!S.cfg.ship_snapshots)
+        return;
+    if (pos == full) {
+        /* A full makes every older file irrelevant: the ones not started yet go. */
+        sh->nq = 0;
+    }
+    if (sh->nq == SHIP_QUEUE) {
+        /* Far behind: wait for the next full (the chain must not have holes). */
+        sh->nq = 0;
+        s->need_full = 1;
+        LOG(LOG_WARN, "session=%llu msg=\"snapshot shipping behind; next one full\"", ull(s->id));
+        return;
+    }
+    sh->q[sh->nq].pos = pos;
+    sh->q[sh->nq].full = pos == full;
+    sh->nq++;
+    if (reachable(&s->c[SIDE_CLIENT])) {
+        sess_queue(&s->c[SIDE_CLIENT], frame, wire_put_u64(frame, WIRE_RECEIPT, pos), NULL, 0);
+        sup_flush(s, &s->c[SIDE_CLIENT]);
+    }
+    remote_pump(s);
+}
+
+/* Open the file at the head of the queue and read what the endpoints need from it. */
+static int ship_start(struct session *s)
+{
+    struct ship *sh = &s->ship;
+    char path[PATH_MAX], name[64], err[256];
+    struct snap_meta m;
+    struct stat st;
+    uint64_t pos = sh->q[0].pos;
+
+    snap_name(name, sizeof(name), pos, sh->q[0].full ? SNAP_FULL : SNAP_DELTA);
+    snprintf(path, sizeof(path), "%s/%llu/%s", S.cfg.state_dir, ull(s->id), name);
+    memmove(sh->q, sh->q + 1, (size_t)--sh->nq * sizeof(sh->q[0]));
+    /* Verified before it leaves: a damaged file is never shipped. */
+    if (snap_read(path, NULL, 0, &m, err, sizeof(err)) < 0 ||
+        (sh->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(sh->fd, &st) < 0) {
+        LOG(LOG_WARN, "session=%llu msg=\"snapshot not shipped; next one full\" file=%s "
+            "error=\"%s\"", ull(s->id), path, err[0] ? err : strerror(errno));
+        if (sh->fd >= 0)
+            close(sh->fd);
+        sh->fd = -1;
+        sh->nq = 0;
+        s->need_full = 1;
+        return -1;
+    }
+    sh->active = 1;
+    sh->pos = pos;
+    sh->base = m.base_position;
+    sh->seq[0] = m.seq[0];
+    sh->seq[1] = m.seq[1];
+    sh->total = (uint64_t)st.st_size;
+    sh->off = 0;
+    sh->acked = 0;
+    return 0;
+}
+
+void remote_pump(struct session *s)
+{
+    struct ship *sh = &s->ship;
+    struct conn *srv = &s->c[SIDE_SERVER];
+    static uint8_t piece[WIRE_SNAP_PUT_HDR_LEN + WIRE_SNAP_PIECE];
+
+    if (s->state != S_LIVE || !reachable(srv))
+        return;
+    if (!sh->active) {
+        if (!sh->nq || sh->q[0].pos > s->receipt)
+            return;   /* the client has not confirmed its outputs up to there yet */
+        if (ship_start(s) < 0)
+            return;
+    }
+    while (sh->off < sh->total && srv->pending.len < SHIP_QUEUE_LOW) {
+        uint64_t n = sh->total - sh->off;
+        if (n > WIRE_SNAP_PIECE)
+            n = WIRE_SNAP_PIECE;
+        ssize_t got = pread(sh->fd, piece + WIRE_SNAP_PUT_HDR_LEN, n, (off_t)sh->off);
+        if (got != (ssize_t)n) {
+            sess_fail(s, WIRE_ERR_SESSION, "reading snapshot %llu to ship it: %s", ull(sh->pos),
+                      got < 0 ? strerror(errno) : "short read");
+            return;
+        }
+        wire_put_snap_put_hdr(piece, sh->pos, sh->base, sh->total, sh->off, n);
+        sess_queue(srv, piece, WIRE_SNAP_PUT_HDR_LEN + n, NULL, 0);
+        sh->off += n;
+    }
+    sup_flush(s, srv);
+}
+
+static void on_snap_ack(struct session *s, uint64_t pos)
+{
+    struct ship *sh = &s->ship;
+    uint8_t frame[WIRE_HDR_LEN + 24];
+
+    if (!sh->active || pos != sh->pos || sh->off != sh->total) {
+        sess_fail(s, WIRE_ERR_PROTO, "SNAP_ACK %llu from the server endpoint, but %llu was "
+                  "shipped", ull(pos), ull(sh->active ? sh->pos : 0));
+        return;
+    }
+    s->remote_pos = pos;
+    ship_close(s);
+    /* Durable off the node: the endpoints may let go of what it covers. */
+    sess_send_all(s, frame, wire_put_snap_durable(frame, pos, sh->seq[0], sh->seq[1]));
+    LOG(LOG_DEBUG, "session=%llu msg=\"snapshot stored off the node\" position=%llu bytes=%llu",
+        ull(s->id), ull(pos), ull(sh->total));
+    remote_pump(s);
+}
+
+int remote_on_frame(struct session *s, struct conn *c, const struct wire_frame *f)
+{
+    switch (f->type) {
+    case WIRE_RECEIPT:
+        if (c->side != SIDE_CLIENT)
+            break;
+        if (f->u.snap.position > s->receipt)
+            s->receipt = f->u.snap.position;
+        remote_pump(s);
+        return 0;
+    case WIRE_SNAP_ACK:
+        if (c->side != SIDE_SERVER)
+            break;
+        on_snap_ack(s, f->u.snap.position);
+        return 0;
+    case WIRE_HEARTBEAT:
+        return 0;
+    }
+    return -ENOENT;
+}
+
+/* ---- heartbeats ---- */
+
+void remote_sweep(uint64_t now_ms)
+{
+    uint8_t frame[WIRE_HDR_LEN];
+
+    if (!S.cfg.heartbeat_interval_ms)
+        return;
+    wire_put_empty(frame, WIRE_HEARTBEAT);
+    for (uint32_t i = 0; i < S.cfg.max_sessions; i++) {
+        struct session *s = &S.sessions[i];
+        if (s->state != S_LIVE && s->state != S_CLOSING)
+            continue;
+        for (int k = 0; k < 2; k++) {
+            struct conn *c = &s->c[k];
+            if (reachable(c) && now_ms - c->last_tx_ms >= S.cfg.heartbeat_interval_ms) {
+                sess_queue(c, frame, sizeof(frame), NULL, 0);
+                sup_flush(s, c);
+            }
+        }
+    }
+}
+
+/* ---- losing an endpoint ---- */
+
+/* Close at once with a reset: the endpoint must not take it for a clean end. */
+static void reset_conn(struct session *s, struct conn *c)
+{
+    struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+    if (c->fd < 0)
+        return;
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    c->pending.len = 0;
+    c->eof = c->dead = 1;
+    shutdown(c->fd, SHUT_RDWR);   /* completes what is in flight; the close follows */
+}
+
+void remote_lost(struct session *s, enum side side, const char *why)
+{
+    LOG(LOG_INFO, "session=%llu msg=\"endpoint lost without CLOSE; this copy ends, the "
+        "session resumes elsewhere\" side=%s why=\"%s\" events=%llu remote_snapshot=%llu",
+        ull(s->id), side == SIDE_CLIENT ? "client" : "server", why, ull(s->next_pos - 1),
+        ull(s->remote_pos));
+    reset_conn(s, &s->c[side == SIDE_CLIENT ? SIDE_SERVER : SIDE_CLIENT]);
+    reset_conn(s, &s->c[side]);
+    sess_end_quietly(s);
+}
