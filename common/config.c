@@ -59,6 +59,7 @@ static const struct key keys[] = {
     STR(worker_user, K_STRING, 0),
     { "sandbox", K_ONOFF, offsetof(struct config, sandbox), 0, 0, 0, 0 },
     STR(edge_secret_file, K_STRING, 0),
+    { "drain_timeout_ms", K_U64, offsetof(struct config, drain_timeout_ms), 0, 0, 86400000, 0 },
     { "ship_snapshots", K_ONOFF, offsetof(struct config, ship_snapshots), 0, 0, 0, 0 },
     { "heartbeat_interval_ms", K_U32, offsetof(struct config, heartbeat_interval_ms), 0, 0, 3600000, 0 },
 };
@@ -72,6 +73,7 @@ void config_defaults(struct config *c)
     c->standby = STANDBY_COLD;
     c->max_sessions = 1024;
     c->heartbeat_interval_ms = 1000;
+    c->drain_timeout_ms = 30000;
     c->ship_snapshots = 0;   /* on once every endpoint stores snapshots */
     c->max_message_bytes = 1u << 20;
     c->max_session_memory = 256ull << 20;

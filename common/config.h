@@ -34,7 +34,8 @@ struct config {
     int      sandbox;              /* 1 = confine workers (default), 0 = off (docs/sandbox.md) */
     char     edge_secret_file[PATH_MAX]; /* the secret proved to the server endpoint ("" = none) */
     int      ship_snapshots;       /* 1 = ship durable snapshots to the server endpoint (default) */
-    uint32_t heartbeat_interval_ms; /* HEARTBEAT on a connection quiet this long (default 1000, 0 = off) */
+    uint32_t heartbeat_interval_ms;
+    uint64_t drain_timeout_ms;     /* a drain closes what is left after this (default 30000) */ /* HEARTBEAT on a connection quiet this long (default 1000, 0 = off) */
 };
 
 /* Defaults, then the file. 0, or -EINVAL with "FILE:LINE: reason" (or "FILE: reason") in err. */

@@ -23,6 +23,10 @@ static void usage(FILE *f)
         "  stats             counters of the edge node\n"
         "  kill-worker ID    SIGKILL the worker of session ID (for demos and tests)\n"
         "  snapshot ID       take a snapshot of session ID now\n"
+        "  move ID           move session ID to another edge: a final snapshot is shipped to\n"
+        "                    the server endpoint, then its client endpoint resumes elsewhere\n"
+        "  drain             move every session away, refuse new ones, and stop the supervisor\n"
+        "                    when none is left (SIGTERM does the same)\n"
         "\n"
         "  -s, --socket PATH the supervisor's control socket ([edge] control)\n"
         "  -h, --help        this text\n");
@@ -52,14 +56,15 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (strcmp(argv[optind], "kill-worker") == 0 || strcmp(argv[optind], "snapshot") == 0) {
+    if (strcmp(argv[optind], "kill-worker") == 0 || strcmp(argv[optind], "snapshot") == 0 ||
+        strcmp(argv[optind], "move") == 0) {
         if (optind + 2 != argc) {
             fprintf(stderr, "cessna-ctl: %s needs a session id\n", argv[optind]);
             return 2;
         }
         snprintf(cmd, sizeof(cmd), "%s %s\n", argv[optind], argv[optind + 1]);
-    } else if ((strcmp(argv[optind], "sessions") == 0 || strcmp(argv[optind], "stats") == 0) &&
-               optind + 1 == argc) {
+    } else if ((strcmp(argv[optind], "sessions") == 0 || strcmp(argv[optind], "stats") == 0 ||
+                strcmp(argv[optind], "drain") == 0) && optind + 1 == argc) {
         snprintf(cmd, sizeof(cmd), "%s\n", argv[optind]);
     } else {
         fprintf(stderr, "cessna-ctl: unknown command '%s'\n", argv[optind]);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "ctlcmd.h"
+#include "drain.h"
 #include "log.h"
 #include "sup.h"
 
@@ -108,7 +109,7 @@ static size_t list_sessions(char *out, size_t cap)
             "id=%llu worker=%d state=%s events=%llu ordered=%llu to_client=%llu to_server=%llu "
             "recoveries=%u standby=%s snapshot=%s snapshots=%llu snapshot_bytes=%llu "
             "fork_us=%llu write_us=%llu held_events=%llu held_bytes=%llu snapshot_failures=%llu "
-            "timers=%u order_held=%llu%s\n",
+            "timers=%u order_held=%llu epoch=%llu remote_snapshot=%llu%s\n",
             (unsigned long long)s->id, s->worker_reaped ? 0 : (int)s->pid, state_names[s->state],
             (unsigned long long)events, (unsigned long long)(s->next_pos - 1),
             (unsigned long long)s->outputs[0], (unsigned long long)s->outputs[1], s->recoveries,
@@ -117,6 +118,7 @@ static size_t list_sessions(char *out, size_t cap)
             (unsigned long long)(s->snap_write_ns / 1000), (unsigned long long)s->ev.count,
             (unsigned long long)evstore_bytes(&s->ev), (unsigned long long)s->snap_failures,
             timers_armed(s), (unsigned long long)(s->next_pos - s->order_base),
+            (unsigned long long)s->epoch, (unsigned long long)s->remote_pos,
             recovery_timing(s, timing, sizeof(timing)));
     }
     return n;
@@ -130,7 +132,8 @@ static size_t stats(char *out, size_t cap)
         "hot_takeovers=%llu cold_restores=%llu snapshots=%llu snapshot_failures=%llu "
         "log_failures=%llu hello_timeouts=%llu connect_timeouts=%llu idle_timeouts=%llu "
         "forced_closes=%llu accept_fd_limit=%llu accept_paused=%llu zygote_restarts=%llu "
-        "zygote=%s zygote_pid=%d dirs_removed=%llu ctl_timeouts=%llu\n",
+        "zygote=%s zygote_pid=%d dirs_removed=%llu ctl_timeouts=%llu resumes=%llu moves=%llu "
+        "draining=%d\n",
         S.nsessions, (unsigned long long)S.stats.sessions_total,
         (unsigned long long)S.stats.sessions_failed, (unsigned long long)S.stats.worker_deaths,
         (unsigned long long)S.stats.bad_frames, (unsigned long long)S.stats.msgs_in,
@@ -144,7 +147,8 @@ static size_t stats(char *out, size_t cap)
         (unsigned long long)S.stats.accept_paused, (unsigned long long)S.stats.zygote_restarts,
         S.zygote_sock >= 0 ? "up" : "restarting", S.zygote_sock >= 0 ? (int)S.zygote_pid : 0,
         (unsigned long long)S.stats.dirs_removed,
-        (unsigned long long)S.stats.ctl_timeouts);
+        (unsigned long long)S.stats.ctl_timeouts, (unsigned long long)S.stats.resumes,
+        (unsigned long long)S.stats.moves, S.draining);
 }
 
 /* ---- control connections, served through io_uring ---- */
@@ -226,6 +230,19 @@ static void execute(struct ctl_conn *c)
     case CTL_KILL_WORKER:
         sess_kill_worker(cmd.id, c->out, cap);
         c->outlen = strlen(c->out);
+        break;
+    case CTL_MOVE:
+        s = sess_find(cmd.id);
+        if (!s)
+            snprintf(c->out, cap, "error: no session %llu\n", (unsigned long long)cmd.id);
+        else
+            drain_move(s, c->out, cap);
+        c->outlen = strlen(c->out);
+        break;
+    case CTL_DRAIN:
+        snprintf(c->out, cap, "ok draining sessions=%u\n", S.nsessions);
+        c->outlen = strlen(c->out);
+        drain_start("cessna-ctl drain");
         break;
     }
     if (c->outlen >= cap)

@@ -16,6 +16,7 @@
 
 #include "addr.h"
 #include "cred.h"
+#include "drain.h"
 #include "log.h"
 #include "proc.h"
 #include "sup.h"
@@ -94,12 +95,14 @@ static void arm_accept(struct listener *l)
     io_uring_sqe_set_data64(sqe, UD(l->op, 0, 0));
 }
 
+static struct signalfd_siginfo sig_info;
+
 static void arm_signal(void)
 {
-    static struct signalfd_siginfo si;
+    struct signalfd_siginfo *si = &sig_info;
     struct io_uring_sqe *sqe = sup_sqe();
 
-    io_uring_prep_read(sqe, S.signal_fd, &si, sizeof(si), 0);
+    io_uring_prep_read(sqe, S.signal_fd, si, sizeof(*si), 0);
     io_uring_sqe_set_data64(sqe, UD(OP_SIGNAL, 0, 0));
 }
 
@@ -180,8 +183,13 @@ static void dispatch(struct io_uring_cqe *cqe)
         if (cqe->res < 0) {
             LOG(LOG_ERROR, "msg=\"signalfd read\" error=\"%s\"", strerror(-cqe->res));
             S.exit_code = 1;
+        } else if (sig_info.ssi_signo == SIGTERM && !S.draining) {
+            /* SIGTERM moves the sessions away first; a second one (or SIGINT) stops now. */
+            drain_start("SIGTERM");
+            arm_signal();
+            return;
         } else {
-            LOG(LOG_INFO, "msg=\"stopping on signal\"");
+            LOG(LOG_INFO, "msg=\"stopping on signal\" signal=%u", sig_info.ssi_signo);
         }
         S.stopping = 1;
         return;

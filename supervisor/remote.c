@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "drain.h"
 #include "log.h"
 #include "remote.h"
 #include "snap.h"
@@ -165,7 +166,9 @@ static void on_snap_ack(struct session *s, uint64_t pos)
     sess_send_all(s, frame, wire_put_snap_durable(frame, pos, sh->seq[0], sh->seq[1]));
     LOG(LOG_DEBUG, "session=%llu msg=\"snapshot stored off the node\" position=%llu bytes=%llu",
         ull(s->id), ull(pos), ull(sh->total));
-    remote_pump(s);
+    drain_remote_durable(s);
+    if (s->state == S_LIVE)
+        remote_pump(s);
 }
 
 int remote_on_frame(struct session *s, struct conn *c, const struct wire_frame *f)

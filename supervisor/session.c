@@ -637,6 +637,10 @@ static void side_closed(struct session *s, enum side side)
 static int handle_frame(struct session *s, struct conn *c, const struct wire_frame *f)
 {
     if (c->side == SIDE_CLIENT && s->state == S_HELLO) {
+        if (S.draining && (f->type == WIRE_HELLO || f->type == WIRE_RESUME)) {
+            sess_fail(s, WIRE_ERR_UNAVAILABLE, "this edge is draining: try another");
+            return -EPROTO;
+        }
         if (f->type == WIRE_HELLO) {
             on_hello(s, f);
             return 0;

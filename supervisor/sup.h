@@ -187,6 +187,8 @@ struct session {
     uint64_t replay_quiet_until;/* rebuilt events up to here: their timer arms are not
                                  * armed again (the worker reports what is pending) */
     struct resume *rs;          /* while S_RESUMING */
+    unsigned moving : 1;        /* a planned move (drain.c): MOVE once move_pos is stored */
+    uint64_t move_pos, move_deadline_ms;
 
     uint64_t outputs[2];        /* outputs sent to client / server */
     struct session *next_dirty;
@@ -199,7 +201,7 @@ struct sup_stats {
     uint64_t hello_timeouts, connect_timeouts, idle_timeouts, forced_closes;
     uint64_t accept_fd_limit, accept_paused;     /* EMFILE/ENFILE, and pauses it caused */
     uint64_t zygote_restarts, dirs_removed, ctl_timeouts;
-    uint64_t resumes;                            /* sessions rebuilt here after another edge lost them */
+    uint64_t resumes, moves;                            /* sessions rebuilt here after another edge lost them */
 };
 
 struct sup {
@@ -231,6 +233,8 @@ struct sup {
     uint32_t ncpu;              /* online cores */
     uint32_t spin_ns;           /* what workers may poll now (see update_spin_policy) */
     int stopping;
+    int draining;               /* moving every session away, then stopping (drain.c) */
+    uint64_t drain_deadline_ms;
     int exit_code;              /* non-zero when the supervisor stops because of an error */
 };
 

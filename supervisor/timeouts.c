@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "drain.h"
 #include "remote.h"
 #include "sup.h"
 
@@ -141,5 +142,6 @@ void tmo_on_sweep(void)
     }
     ctl_sweep(now);
     remote_sweep(now);
+    drain_sweep(now);
     tmo_arm();
 }
