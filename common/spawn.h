@@ -12,12 +12,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SPAWN_VERSION 2u   /* 2: max_memory */
+#define SPAWN_VERSION 3u   /* 2: max_memory; 3: the layout fingerprint when ready */
 
 struct spawn_ready {
     uint32_t version;
     int32_t  status;
     char     text[256];
+    uint8_t  fingerprint[32];   /* the layout its workers' snapshots carry (snap.h) */
 };
 
 struct spawn_request {

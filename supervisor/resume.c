@@ -330,6 +330,18 @@ static void rebuild(struct session *s)
                          err[0] ? err : "another session's");
             return;
         }
+        if (memcmp(m.fingerprint, S.fingerprint, sizeof(S.fingerprint)) != 0) {
+            abort_resume(s, WIRE_ERR_INCOMPATIBLE, "the session's snapshot has another layout "
+                         "fingerprint than this edge's workers (another build of the worker, "
+                         "its libraries or the app): try another edge");
+            return;
+        }
+        if (m.max_message != S.cfg.max_message_bytes) {
+            abort_resume(s, WIRE_ERR_INCOMPATIBLE, "the session's snapshot was taken with "
+                         "max_message_bytes=%u, this edge has %u: try another edge",
+                         m.max_message, S.cfg.max_message_bytes);
+            return;
+        }
         seq[0] = m.seq[0];
         seq[1] = m.seq[1];
         for (int i = 0; i < 2; i++) {

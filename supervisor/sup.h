@@ -222,6 +222,8 @@ struct sup {
     size_t unfed_max, out_high_water;
 
     int zygote_sock, zygote_pidfd;     /* -1 while the zygote is being restarted */
+    uint8_t fingerprint[32];    /* the layout of the zygote's workers: a snapshot from another
+                                 * is refused before anything is loaded (resume.c) */
     pid_t zygote_pid;
     int lock_fd;                /* STATE_DIR/supervisor.lock, held (flock) while we run */
 

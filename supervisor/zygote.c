@@ -116,6 +116,7 @@ static int read_ready(int sock, char *err, size_t errlen)
         snprintf(err, errlen, "%s", ready.text);
         return -EINVAL;
     }
+    memcpy(S.fingerprint, ready.fingerprint, sizeof(S.fingerprint));
     return 0;
 }
 

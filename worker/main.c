@@ -41,6 +41,8 @@ static void report_ready(int sock, int status, const char *text)
     r.version = SPAWN_VERSION;
     r.status = status;
     snprintf(r.text, sizeof(r.text), "%s", text);
+    if (status == 0)
+        memcpy(r.fingerprint, wsnap_fingerprint(), sizeof(r.fingerprint));
     spawn_send(sock, &r, sizeof(r), NULL, 0);
 }
 

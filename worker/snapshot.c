@@ -249,6 +249,11 @@ int wsnap_take(const struct wsnap_request *rq, int report_fd)
 
 /* The chain that ends at `position`, found by following base links back to a full (a
  * newer chain, written by a worker that died meanwhile, may sit beside it). */
+const uint8_t *wsnap_fingerprint(void)
+{
+    return W.fingerprint;
+}
+
 int wsnap_restore(const char *state_dir, uint64_t session_id, uint64_t position,
                   struct snap_meta *m, char *err, size_t errlen)
 {
