@@ -32,11 +32,7 @@ static void finish_move(struct session *s, const char *how)
         sess_queue(cli, frame, wire_put_empty(frame, WIRE_MOVE), NULL, 0);
         sup_flush(s, cli);
     }
-    if (srv->fd >= 0) {   /* it waits for the resume; a FIN would look like the end */
-        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-        setsockopt(srv->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-        srv->reset = 1;
-    }
+    remote_reset_conn(srv);   /* it waits for the resume; a FIN would look like the end */
     S.stats.moves++;
     sess_end_quietly(s);
 }

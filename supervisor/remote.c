@@ -217,17 +217,14 @@ void remote_sweep(uint64_t now_ms)
 
 /* ---- losing an endpoint ---- */
 
-/* Close at once with a reset: the endpoint must not take it for a clean end. */
-static void reset_conn(struct session *s, struct conn *c)
+void remote_reset_conn(struct conn *c)
 {
     struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
     if (c->fd < 0)
         return;
     setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    c->pending.len = 0;
-    c->eof = c->dead = 1;
-    shutdown(c->fd, SHUT_RDWR);   /* completes what is in flight; the close follows */
+    c->reset = 1;   /* conn_close (sess_end_quietly) closes it without a FIN */
 }
 
 void remote_lost(struct session *s, enum side side, const char *why)
@@ -236,7 +233,7 @@ void remote_lost(struct session *s, enum side side, const char *why)
         "session resumes elsewhere\" side=%s why=\"%s\" events=%llu remote_snapshot=%llu",
         ull(s->id), side == SIDE_CLIENT ? "client" : "server", why, ull(s->next_pos - 1),
         ull(s->remote_pos));
-    reset_conn(s, &s->c[side == SIDE_CLIENT ? SIDE_SERVER : SIDE_CLIENT]);
-    reset_conn(s, &s->c[side]);
+    remote_reset_conn(&s->c[side == SIDE_CLIENT ? SIDE_SERVER : SIDE_CLIENT]);
+    remote_reset_conn(&s->c[side]);
     sess_end_quietly(s);
 }

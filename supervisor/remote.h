@@ -26,6 +26,10 @@ void remote_sweep(uint64_t now_ms);
  * connection, so that endpoint waits for (or makes) a resume. */
 void remote_lost(struct session *s, enum side side, const char *why);
 
+/* Close c with a reset when the session ends (sess_end_quietly), never a FIN: the endpoint
+ * must not take it for a clean end. */
+void remote_reset_conn(struct conn *c);
+
 /* resume.c: a client endpoint said RESUME (state S_HELLO). */
 void resume_start(struct session *s, const struct wire_frame *f);
 /* A frame on a resuming session (state S_RESUMING): 0 consumed, -EAGAIN wait until live,

@@ -99,11 +99,7 @@ static void abort_resume(struct session *s, uint32_t code, const char *fmt, ...)
         sess_queue(cli, frame, wire_put_error(frame, sizeof(frame), code, "%s", text), NULL, 0);
         sup_flush(s, cli);
     }
-    if (srv->fd >= 0) {
-        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-        setsockopt(srv->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-        srv->reset = 1;
-    }
+    remote_reset_conn(srv);   /* it waits for the resume; a FIN would look like the end */
     sess_end_quietly(s);
 }
 
@@ -510,6 +506,7 @@ void resume_start(struct session *s, const struct wire_frame *f)
     s->state = S_RESUMING;
     s->c[SIDE_CLIENT].up = 1;   /* it may hear an ERROR */
     tmo_touch(s);
+    sdir_reclaim(s->id);
     if (sess_prepare(s, err, sizeof(err)) < 0) {
         abort_resume(s, WIRE_ERR_UNAVAILABLE, "cannot prepare the session: %s", err);
         return;

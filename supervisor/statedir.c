@@ -195,6 +195,29 @@ void sdir_session_ended(uint64_t id, int failed)
     enforce_retention();
 }
 
+/* Forget q's entries equal to id (order kept). */
+static void idq_remove(struct idq *q, uint64_t id)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < q->len; i++) {
+        uint64_t v = q->v[(q->head + i) % q->cap];
+        if (v != id)
+            q->v[(q->head + n++) % q->cap] = v;
+    }
+    q->len = n;
+}
+
+void sdir_reclaim(uint64_t id)
+{
+    idq_remove(&D.doomed, id);
+    idq_remove(&D.kept, id);
+    if (D.cur && D.cur_id == id) {
+        closedir(D.cur);
+        D.cur = NULL;
+    }
+}
+
 int sdir_busy(void)
 {
     return D.cur || D.doomed.len;

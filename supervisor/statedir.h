@@ -12,6 +12,8 @@
 int  sdir_lock(char *err, size_t errlen);
 void sdir_init(void);                    /* earlier runs' directories count as kept */
 void sdir_session_ended(uint64_t id, int failed);
+/* The session id is live here again (a resume): its directory is no longer to be removed. */
+void sdir_reclaim(uint64_t id);
 int  sdir_busy(void);                    /* files wait for removal: the loop must not sleep */
 void sdir_step(void);                    /* remove at most a few files */
 
