@@ -63,24 +63,34 @@ int ctl_listen(const char *path, char *err, size_t errlen)
 }
 
 /* The last recovery, split as in the slides: process start, snapshot load, replay. */
-static const char *recovery_timing(const struct session *s, char *buf, size_t len)
+static const char *recovery_timing(const struct session *s, char *out, size_t len)
 {
     uint64_t started, load, replayed;
+    char *buf = out;
+    size_t n;
 
     buf[0] = 0;
+    if (s->resume_ns[2]) {
+        n = (size_t)snprintf(buf, len, " resume_at_ns=%llu resume_connect_us=%llu "
+                             "resume_fetch_us=%llu", (unsigned long long)s->resume_ns[0],
+                             (unsigned long long)((s->resume_ns[1] - s->resume_ns[0]) / 1000),
+                             (unsigned long long)((s->resume_ns[2] - s->resume_ns[1]) / 1000));
+        buf += n;
+        len -= n;
+    }
     if (!s->recoveries || !s->ctl)
-        return buf;
+        return out;
     started = atomic_load(&s->ctl->started_ns);
     load = atomic_load(&s->ctl->load_ns);
     replayed = atomic_load(&s->ctl->replayed_ns);
     if (!started || started < s->died_ns)
-        return buf;
+        return out;
     uint64_t start_us = (started - s->died_ns) / 1000;
     if (!replayed || replayed < started) {
         snprintf(buf, len, " recovery=%s recovery_start_us=%llu recovery_load_us=%llu "
                  "recovery_replay_us=-", s->recovery_mode ? s->recovery_mode : "?",
                  (unsigned long long)start_us, (unsigned long long)(load / 1000));
-        return buf;
+        return out;
     }
     snprintf(buf, len, " recovery=%s recovery_us=%llu recovery_start_us=%llu "
              "recovery_load_us=%llu recovery_replay_us=%llu",
@@ -88,7 +98,7 @@ static const char *recovery_timing(const struct session *s, char *buf, size_t le
              (unsigned long long)((replayed - s->died_ns) / 1000), (unsigned long long)start_us,
              (unsigned long long)(load / 1000),
              (unsigned long long)((replayed - started - load) / 1000));
-    return buf;
+    return out;
 }
 
 static size_t list_sessions(char *out, size_t cap)
@@ -97,7 +107,7 @@ static size_t list_sessions(char *out, size_t cap)
 
     for (uint32_t i = 0; i < S.cfg.max_sessions && n + 512 < cap; i++) {
         struct session *s = &S.sessions[i];
-        char standby[16] = "-", snapshot[24] = "-", timing[200];
+        char standby[16] = "-", snapshot[24] = "-", timing[320];
         if (s->state == S_FREE || s->state == S_HELLO)
             continue;
         if (s->standby_pid > 0)

@@ -409,6 +409,10 @@ static void rebuild(struct session *s)
     s->deltas_since_full = rs->nchain ? (uint32_t)rs->nchain - 1 : 0;
 
     s->state = closing ? S_CLOSING : S_LIVE;
+    /* For cessna-ctl sessions: the restore and replay are timed from here, like a recovery. */
+    s->recoveries++;
+    s->recovery_mode = "remote";
+    s->died_ns = s->resume_ns[2];
     if (!P && !N && sess_push_event_at(s, EV_START, ORDER_START, 0, NULL, 0, 0) < 0)
         goto fail;
     /* What lies beyond the order was never reflected in anything anyone saw: new events. */
@@ -498,6 +502,7 @@ void resume_start(struct session *s, const struct wire_frame *f)
     }
     s->rs->fd = -1;
     s->rs->started_ms = tmo_now_ms();
+    s->resume_ns[0] = tmo_now_ns();
     memcpy(s->token, f->u.resume.token, WIRE_TOKEN_LEN);
     s->rs->client_epoch = f->u.resume.epoch;
     s->rs->h[SIDE_CLIENT].last_out = f->u.resume.last_out;
@@ -576,6 +581,7 @@ int resume_on_frame(struct session *s, struct conn *c, const struct wire_frame *
             return -EPROTO;
         }
         rs->got_info = 1;
+        s->resume_ns[1] = tmo_now_ns();
         s->epoch = f->u.resume_info.epoch;
         if (s->epoch <= rs->client_epoch) {
             abort_resume(s, WIRE_ERR_PROTO, "server endpoint granted epoch %llu, not above %llu",
@@ -608,8 +614,10 @@ int resume_on_frame(struct session *s, struct conn *c, const struct wire_frame *
         else if (rs->fd >= 0)
             abort_resume(s, WIRE_ERR_PROTO, "snapshot %llu from the server endpoint ends "
                          "early (%llu of %llu bytes)", ull(rs->pos), ull(rs->off), ull(rs->total));
-        else
+        else {
+            s->resume_ns[2] = tmo_now_ns();
             rebuild(s);
+        }
         return s->state == S_DEAD ? -EPROTO : 0;
     case WIRE_ERROR:
         abort_resume(s, f->u.error.code, "%s endpoint: %.*s", side_name(c->side),

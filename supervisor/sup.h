@@ -187,6 +187,7 @@ struct session {
     uint64_t replay_quiet_until;/* rebuilt events up to here: their timer arms are not
                                  * armed again (the worker reports what is pending) */
     struct resume *rs;          /* while S_RESUMING */
+    uint64_t resume_ns[3];      /* monotonic: RESUME arrived, RESUME_INFO, the chain fetched */
     unsigned moving : 1;        /* a planned move (drain.c): MOVE once move_pos is stored */
     uint64_t move_pos, move_deadline_ms;
 

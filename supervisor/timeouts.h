@@ -15,6 +15,7 @@ struct tmo {
 struct session;
 
 uint64_t tmo_now_ms(void);               /* monotonic, coarse (cheap enough per event) */
+uint64_t tmo_now_ns(void);               /* monotonic, precise (for timing what happened) */
 void tmo_touch(struct session *s);       /* at the accept, the HELLO, each event */
 void tmo_arm(void);                      /* the next sweep (OP_SWEEP) */
 void tmo_on_sweep(void);
