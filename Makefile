@@ -79,10 +79,10 @@ $(BUILD)/bin/cessna-replay: $(BUILD)/bin/cessna-worker
 	$(Q)ln -sf cessna-worker $@
 $(BUILD)/bin/cessna-ctl: $(call obj,supervisor/cessna_ctl.c) $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS))
-$(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c endpoint/ploop.c endpoint/relay.c) $(BUILD)/lib/libcessna-endpoint.a
+$(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c endpoint/ploop.c endpoint/relay.c endpoint/keep.c) $(BUILD)/lib/libcessna-endpoint.a
 	$(call link,-luring -lsodium)
-$(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c endpoint/ploop.c endpoint/relay.c) $(BUILD)/lib/libcessna-endpoint.a
-	$(call link,-luring -lsodium)
+$(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c endpoint/ploop.c endpoint/relay.c endpoint/keep.c endpoint/store.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
+	$(call link,-luring -lsodium -lxxhash -lzstd)
 $(BUILD)/bin/cessna-bench: $(call obj,$(wildcard bench/*.c)) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS) -lpthread -lm)
 
@@ -108,7 +108,7 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/lib
 # popping at that instant); unarmed, the wrapper only calls the real ring_put.
 TEST_WRAP := -Wl,--wrap=ring_put
 $(BUILD)/tests/cessna-tests: $(call obj,$(UNIT_SRC) $(IT_SRC) $(THELP_SRC) worker/arena.c \
-		supervisor/evstore.c supervisor/timers.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
+		supervisor/evstore.c supervisor/timers.c endpoint/keep.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(TEST_WRAP) -lcriterion $(LDLIBS) -lz -lpthread)
 
 # The long runs (`make soak`): not part of `make test`.

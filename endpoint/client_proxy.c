@@ -4,8 +4,17 @@
  * opens a session at the first edge of --edge that answers (connect, HELLO, WELCOME, each
  * step within the handshake timeout), is found by the session id from WELCOME, and relays
  * (relay.h): every chunk read from the client becomes one DATA frame; every new OUT payload
- * is written to the client. */
+ * is written to the client.
+ *
+ * When the edge is lost (the connection ends without CLOSE or ERROR, nothing arrives for
+ * --heartbeat-ms, or the edge says MOVE) the client's connection stays open and the session
+ * resumes at the next edges of the list (docs/protocol.md, "Losing the edge"): RESUME, the
+ * kept order and messages, RESUME_END; then WELCOME with a higher epoch. Full passes over the
+ * list back off from RESUME_BACKOFF_MIN_MS to RESUME_BACKOFF_MAX_MS; after
+ * --resume-timeout-ms the client is reset. */
 #include <errno.h>
+#include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +26,10 @@
 #include "ploop.h"
 
 #define EDGES_MAX 64
+#define RESUME_BACKOFF_MIN_MS 50
+#define RESUME_BACKOFF_MAX_MS 1000
+
+enum { OPT_HEARTBEAT = 256, OPT_RESUME_TIMEOUT };
 
 static const char *opt_edges;
 static size_t opt_max_msg = 1u << 20;
@@ -90,6 +103,146 @@ static void next_edge(struct psess *s)
     ploop_end(s);
 }
 
+/* ---- resuming a detached session ---- */
+
+/* Try the next edge after the lost one; after each full pass over the list, wait first. */
+static void resume_next(struct psess *s)
+{
+    struct relay *r = &s->r;
+    char err[256];
+
+    ploop_drop(s, PS_EDGE);
+    r->in.off = r->in.len = 0;
+    outq_clear(&r->to_edge);
+    s->state = P_DETACHED;
+    for (;;) {
+        if (s->tries && s->tries % nedges == 0 && !s->pass_waited) {
+            s->pass_waited = true;
+            s->retry_at = relay_now_ms() + s->backoff_ms;
+            if ((s->backoff_ms *= 2) > RESUME_BACKOFF_MAX_MS)
+                s->backoff_ms = RESUME_BACKOFF_MAX_MS;
+            return;
+        }
+        s->pass_waited = false;
+        s->attempt = (s->lost + 1 + s->tries++) % nedges;
+        struct edge *e = &edges[s->attempt];
+        if (!e->resolved &&
+            ploop_resolve(e->name, &e->ss, &e->len, &e->last_try, err, sizeof(err)) < 0) {
+            LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s err=\"%s\"",
+                (unsigned long long)r->session_id, e->name, err);
+            continue;
+        }
+        e->resolved = 1;
+        int fd = socket(e->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd == -1) {
+            LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s err=\"socket: %s\"",
+                (unsigned long long)r->session_id, e->name, strerror(errno));
+            continue;
+        }
+        LOG(LOG_INFO, "session=%llu msg=\"resume attempt\" edge=%s attempt=%d epoch=%llu",
+            (unsigned long long)r->session_id, e->name, s->tries,
+            (unsigned long long)r->keep.epoch);
+        memcpy(&s->addr, &e->ss, e->len);
+        s->addrlen = e->len;
+        ploop_connect(s, PS_EDGE, fd);
+        return;
+    }
+}
+
+static void client_detached(struct psess *s)
+{
+    s->lost = s->attempt;
+    s->tries = 0;
+    s->pass_waited = false;
+    s->backoff_ms = RESUME_BACKOFF_MIN_MS;
+    resume_next(s);
+}
+
+/* Connected to an edge for a resume: queue RESUME, the kept order and messages,
+ * RESUME_END (and CLOSE if the client already ended), then wait for WELCOME. */
+static void resume_send(struct psess *s)
+{
+    struct relay *r = &s->r;
+    uint8_t frame[WIRE_RESUME_MAX];
+    size_t n = wire_put_resume(frame, r->session_id, s->token, r->keep.epoch, r->last_out,
+                               r->seq + 1, r->keep.order_base, NULL, 0);
+    int rc = outq_put(&r->to_edge, frame, n);
+
+    if (rc == 0)
+        rc = relay_put_kept(r, true, 0);
+    if (rc == 0)
+        rc = outq_put(&r->to_edge, frame, wire_put_empty(frame, WIRE_RESUME_END));
+    if (rc == 0 && r->plain_eof)
+        rc = outq_put(&r->to_edge, frame, wire_put_close(frame));
+    if (rc < 0) {
+        LOG(LOG_ERROR, "session=%llu msg=\"out of memory for a RESUME; client reset\"",
+            (unsigned long long)r->session_id);
+        ploop_end(s);
+        return;
+    }
+    r->close_sent = r->plain_eof;
+    s->material_seq = r->seq;
+    if (ploop_hs_recv(s) < 0)
+        resume_next(s);
+}
+
+/* The answer to a RESUME. */
+static void resume_answer(struct psess *s, const struct wire_hdr *h, const struct wire_frame *f)
+{
+    const char *edge = edges[s->attempt].name;
+    struct relay *r = &s->r;
+
+    if (f->type == WIRE_ERROR && f->u.error.code == WIRE_ERR_AUTH) {
+        LOG(LOG_WARN, "session=%llu msg=\"resume refused: authentication; client reset\" "
+            "edge=%s text=\"%.*s\"", (unsigned long long)r->session_id, edge,
+            (int)f->u.error.text_len, f->u.error.text);
+        ploop_end(s);   /* r->edge_lost: a reset */
+        return;
+    }
+    if (f->type == WIRE_ERROR) {
+        LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s code=%u text=\"%.*s\"",
+            (unsigned long long)r->session_id, edge, f->u.error.code,
+            (int)f->u.error.text_len, f->u.error.text);
+        resume_next(s);
+        return;
+    }
+    if (f->type != WIRE_WELCOME || f->u.welcome.session_id != r->session_id ||
+        f->u.welcome.epoch <= r->keep.epoch) {
+        LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed: bad answer\" edge=%s type=%s "
+            "id=%llu epoch=%llu our_epoch=%llu", (unsigned long long)r->session_id, edge,
+            wire_type_name(f->type),
+            (unsigned long long)(f->type == WIRE_WELCOME ? f->u.welcome.session_id : 0),
+            (unsigned long long)(f->type == WIRE_WELCOME ? f->u.welcome.epoch : 0),
+            (unsigned long long)r->keep.epoch);
+        refuse(s, WIRE_ERR_UNEXPECTED, "want WELCOME of this session with a higher epoch");
+        resume_next(s);
+        return;
+    }
+    r->in.off += WIRE_HDR_LEN + h->len;   /* anything after WELCOME is the session's */
+    r->in.len -= WIRE_HDR_LEN + h->len;
+    /* Messages read while the RESUME was on its way go now, as new DATA. */
+    if (relay_put_kept(r, false, s->material_seq) < 0) {
+        ploop_end(s);
+        return;
+    }
+    if (r->plain_eof && !r->close_sent) {
+        uint8_t frame[WIRE_HDR_LEN];
+        if (outq_put(&r->to_edge, frame, wire_put_close(frame)) < 0) {
+            ploop_end(s);
+            return;
+        }
+        r->close_sent = true;
+    }
+    r->keep.epoch = f->u.welcome.epoch;
+    r->detached = r->edge_dead = r->edge_lost = false;
+    r->last_edge_ms = relay_now_ms();
+    LOG(LOG_INFO, "session=%llu msg=\"session resumed\" edge=%s epoch=%llu took_ms=%lld "
+        "attempts=%d", (unsigned long long)r->session_id, edge,
+        (unsigned long long)r->keep.epoch, (long long)(relay_now_ms() - s->detach_start),
+        s->tries);
+    ploop_live(s);
+}
+
 static void client_accepted(struct psess *s, int fd)
 {
     s->fd[PS_PLAIN] = fd;
@@ -103,6 +256,16 @@ static void client_connected(struct psess *s, enum pside side, int res)
     uint8_t hello[WIRE_HDR_LEN + 32];
     size_t len = wire_put_hello(hello, WIRE_ROLE_CLIENT, 0, NULL);
 
+    if (res < 0 && s->r.detached) {
+        LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s err=\"connect: %s\"",
+            (unsigned long long)s->r.session_id, edge, strerror(-res));
+        resume_next(s);
+        return;
+    }
+    if (s->r.detached) {
+        resume_send(s);
+        return;
+    }
     if (res < 0) {
         LOG(LOG_WARN, "msg=\"edge unreachable\" edge=%s err=\"connect to %s: %s\"", edge, edge,
             strerror(-res));
@@ -128,9 +291,13 @@ static void client_hs_input(struct psess *s, long res)
     int rc;
 
     if (res <= 0) {
-        LOG(LOG_WARN, "msg=\"no WELCOME\" edge=%s err=\"%s\"", edge,
+        LOG(LOG_WARN, "session=%llu msg=\"no WELCOME\" edge=%s err=\"%s\"",
+            (unsigned long long)r->session_id, edge,
             res == 0 ? "connection closed" : strerror((int)-res));
-        next_edge(s);
+        if (r->detached)
+            resume_next(s);
+        else
+            next_edge(s);
         return;
     }
     rc = wire_parse_hdr(r->in.p + r->in.off, r->in.len, HANDSHAKE_FRAME_MAX - WIRE_HDR_LEN, &h);
@@ -145,7 +312,14 @@ static void client_hs_input(struct psess *s, long res)
         refuse(s, rc == -EMSGSIZE ? WIRE_ERR_TOO_BIG : WIRE_ERR_PROTO,
                rc == -EMSGSIZE ? "frame exceeds limit" : "bad frame instead of WELCOME");
         LOG(LOG_WARN, "msg=\"no WELCOME\" edge=%s err=\"%s\"", edge, strerror(-rc));
-        next_edge(s);
+        if (r->detached)
+            resume_next(s);
+        else
+            next_edge(s);
+        return;
+    }
+    if (r->detached) {
+        resume_answer(s, &h, &f);
         return;
     }
     if (f.type == WIRE_ERROR) {
@@ -171,29 +345,65 @@ static void client_hs_input(struct psess *s, long res)
     }
     r->in.off += WIRE_HDR_LEN + h.len;   /* anything after WELCOME is the session's */
     r->in.len -= WIRE_HDR_LEN + h.len;
-    LOG(LOG_INFO, "session=%llu msg=\"session open\" edge=%s",
-        (unsigned long long)r->session_id, edge);
+    r->keep.epoch = f.u.welcome.epoch;
+    r->resumable = true;
+    LOG(LOG_INFO, "session=%llu msg=\"session open\" edge=%s epoch=%llu",
+        (unsigned long long)r->session_id, edge, (unsigned long long)r->keep.epoch);
     ploop_live(s);
+}
+
+static int client_option(int val, const char *arg)
+{
+    unsigned long long v;
+
+    switch (val) {
+    case OPT_HEARTBEAT:
+        if (ploop_parse_num("cessna-client-proxy", "heartbeat-ms", arg, 0, 3600000, &v) < 0)
+            return 2;
+        ploop_heartbeat_ms = (int)v;
+        return 0;
+    case OPT_RESUME_TIMEOUT:
+        if (ploop_parse_num("cessna-client-proxy", "resume-timeout-ms", arg, 1, 86400000, &v) < 0)
+            return 2;
+        ploop_detach_ms = (int)v;
+        return 0;
+    }
+    return 2;
 }
 
 static const char usage[] =
     "usage: cessna-client-proxy --listen HOST:PORT --edge HOST:PORT[,HOST:PORT...]\n"
     "                           [--max-message-bytes N] [--handshake-timeout-ms N]\n"
+    "                           [--heartbeat-ms N] [--resume-timeout-ms N] [--keep-max-bytes N]\n"
     "Lets unmodified TCP clients use CESSNA: each connection to --listen opens a\n"
     "session at the first edge that answers; every chunk read from the client is one\n"
     "message, every message from the edge is written back. One process serves every\n"
     "client. Prints 'ready listen=ADDR'.\n"
     "  --max-message-bytes N     largest message (default 1048576)\n"
-    "  --handshake-timeout-ms N  for each edge: connect, then WELCOME (default 10000)\n";
+    "  --handshake-timeout-ms N  for each edge: connect, then WELCOME (default 10000)\n"
+    "  --heartbeat-ms N          an edge silent this long is lost; 0 = never (default 3000)\n"
+    "  --resume-timeout-ms N     after losing the edge, try the other edges this long, then\n"
+    "                            reset the client (default 60000)\n"
+    "  --keep-max-bytes N        messages and order kept for a resume; past it the client\n"
+    "                            is not read until a snapshot is durable (default 67108864)\n";
 
 int main(int argc, char **argv)
 {
+    static const struct option opts[] = {
+        { "heartbeat-ms", required_argument, NULL, OPT_HEARTBEAT },
+        { "resume-timeout-ms", required_argument, NULL, OPT_RESUME_TIMEOUT },
+        { 0 },
+    };
     static const struct proxy_spec spec = {
         .name = "cessna-client-proxy", .peer_opt = "edge", .usage = usage,
         .peer = &opt_edges, .max_msg = &opt_max_msg, .init = client_init,
         .accepted = client_accepted, .hs_input = client_hs_input,
-        .connected = client_connected,
+        .connected = client_connected, .detached = client_detached, .retry = resume_next,
+        .detach_expired = "resume timed out; client reset", .opts = opts,
+        .option = client_option,
     };
 
+    ploop_heartbeat_ms = 3000;
+    ploop_detach_ms = 60000;
     return ploop_main(argc, argv, &spec);
 }

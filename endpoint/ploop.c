@@ -34,6 +34,8 @@ enum op { OP_ACCEPT = 1, OP_ACCEPT_RESUME, OP_TICK, OP_RECV, OP_SEND, OP_CONNECT
 #define SLOTS_MAX        (1u << 24)
 
 int ploop_handshake_ms = HANDSHAKE_MS;
+int ploop_heartbeat_ms;
+int ploop_detach_ms = 60000;
 
 static struct {
     struct io_uring ring;
@@ -208,6 +210,7 @@ int ploop_hs_recv(struct psess *s)
         s->hs_deadline = relay_now_ms() + ploop_handshake_ms;
     }
     arm_recv(s, PS_EDGE, p, room);
+    arm_send(s, PS_EDGE);   /* a RESUME and its material, if queued */
     return 0;
 }
 
@@ -251,10 +254,34 @@ void ploop_drop(struct psess *s, enum pside side)
     s->recv_armed[side] = s->send_armed[side] = s->connect_armed[side] = false;
 }
 
+void ploop_adopt_edge(struct psess *dst, struct psess *src)
+{
+    struct relay *r = &dst->r;
+    struct rbuf t;
+
+    if (dst->fd[PS_EDGE] >= 0)
+        ploop_drop(dst, PS_EDGE);   /* fenced: its completions no longer match gen */
+    dst->fd[PS_EDGE] = src->fd[PS_EDGE];
+    src->fd[PS_EDGE] = -1;
+    src->gen[PS_EDGE]++;
+    t = r->in;                      /* the new edge's bytes after its RESUME */
+    r->in = src->r.in;
+    src->r.in = t;
+    src->r.in.off = src->r.in.len = 0;
+    dst->drained[PS_EDGE] = false;
+    outq_clear(&r->to_edge);
+    r->edge_dead = r->edge_lost = r->detached = false;
+    r->close_sent = false;
+    r->last_edge_ms = relay_now_ms();
+    dst->retry_at = dst->detach_deadline = 0;
+}
+
 void ploop_end(struct psess *s)
 {
     if (s->state == P_CLOSING || s->state == P_FREE)
         return;
+    if (L.spec->ended)
+        L.spec->ended(s);
     if (s->was_live)
         LOG(LOG_INFO, "session=%llu msg=\"session ended\" sent=%llu received=%llu%s",
             (unsigned long long)s->r.session_id, (unsigned long long)s->r.seq,
@@ -266,15 +293,61 @@ void ploop_end(struct psess *s)
     maybe_free(s);
 }
 
+/* A detached session: flush to the plain peer, keep reading it while the keep buffer has
+ * room, send a RESUME being made (client proxy, P_HS_EDGE). */
+static void detached_step(struct psess *s)
+{
+    struct relay *r = &s->r;
+
+    if (!r->plain_dead)
+        arm_send(s, PS_PLAIN);
+    if (s->state == P_HS_EDGE && s->fd[PS_EDGE] >= 0)
+        arm_send(s, PS_EDGE);
+    if (!s->recv_armed[PS_PLAIN] && !r->plain_eof && s->fd[PS_PLAIN] >= 0 &&
+        !keep_full(&r->keep))
+        arm_recv(s, PS_PLAIN, r->chunk + WIRE_DATA_HDR_LEN, r->max_msg);
+}
+
+/* The relay found the edge lost: drop its connection, wait or resume. */
+static void detach(struct psess *s)
+{
+    struct relay *r = &s->r;
+    int64_t now = relay_now_ms();
+
+    ploop_drop(s, PS_EDGE);
+    r->in.off = r->in.len = 0;
+    outq_clear(&r->to_edge);
+    s->state = P_DETACHED;
+    s->detach_start = now;
+    s->detach_deadline = now + ploop_detach_ms;
+    s->retry_at = 0;
+    LOG(LOG_INFO, "session=%llu msg=\"edge lost; session detached\" wait_ms=%d last_out=%llu "
+        "next_seq=%llu kept_bytes=%zu", (unsigned long long)r->session_id, ploop_detach_ms,
+        (unsigned long long)r->last_out, (unsigned long long)(r->seq + 1), keep_bytes(&r->keep));
+    if (L.spec->detached)
+        L.spec->detached(s);
+    if (s->state != P_CLOSING && s->state != P_FREE && r->detached)
+        detached_step(s);
+}
+
 /* After every event of a live session: handle buffered frames, send what is queued, read
  * what there is room for, end the session when everything is flushed. */
 static void step(struct psess *s)
 {
     struct relay *r = &s->r;
 
-    if (s->state != P_LIVE)
+    if (s->state == P_CLOSING || s->state == P_FREE)
         return;
+    if (s->state != P_LIVE) {
+        if (r->detached)
+            detached_step(s);
+        return;
+    }
     relay_frames(r);
+    if (r->detached) {
+        detach(s);
+        return;
+    }
     if (!r->edge_dead)
         arm_send(s, PS_EDGE);
     if (!r->plain_dead)
@@ -293,7 +366,7 @@ static void step(struct psess *s)
         return;
     }
     if (!s->recv_armed[PS_PLAIN] && !r->plain_eof && s->fd[PS_PLAIN] >= 0 &&
-        outq_len(&r->to_edge) < RELAY_LIMIT)
+        outq_len(&r->to_edge) < RELAY_LIMIT && !keep_full(&r->keep))
         arm_recv(s, PS_PLAIN, r->chunk + WIRE_DATA_HDR_LEN, r->max_msg);
     if (!s->recv_armed[PS_EDGE] && !r->edge_dead && outq_len(&r->to_plain) < RELAY_LIMIT) {
         uint8_t *p;
@@ -310,9 +383,9 @@ static void step(struct psess *s)
 void ploop_live(struct psess *s)
 {
     s->state = P_LIVE;
-    s->was_live = !s->r.done;   /* not a handshake refused with ERROR */
-    /* RESUME (issue 7 item 4) will re-attach a new edge connection to a live session
-     * found with ploop_find(): it replaces fd[PS_EDGE] (after ploop_drop) and calls this. */
+    s->was_live = s->was_live || !s->r.done;   /* not a handshake refused with ERROR */
+    if (!s->r.last_edge_ms)
+        s->r.last_edge_ms = relay_now_ms();
     step(s);
 }
 
@@ -324,6 +397,8 @@ static void on_recv(struct psess *s, enum pside side, int res)
     if (res == -ECANCELED)
         return;
     s->drained[side] = res >= 0 && (size_t)res < s->recv_len[side];
+    if (side == PS_EDGE && res > 0)
+        s->r.last_edge_ms = relay_now_ms();
     if (side == PS_EDGE) {
         if (s->state == P_HS_EDGE) {
             if (res > 0)
@@ -373,6 +448,30 @@ static void on_tick(void)
 
     for (uint32_t i = 0; i < L.nslots; i++) {
         struct psess *s = L.slots[i];
+        if (s->r.detached && s->state != P_CLOSING && s->state != P_FREE &&
+            s->detach_deadline && now >= s->detach_deadline) {
+            LOG(LOG_WARN, "session=%llu msg=\"%s\" waited_ms=%lld", (unsigned long long)s->r.session_id,
+                L.spec->detach_expired ? L.spec->detach_expired : "gave up on the lost edge",
+                (long long)(now - s->detach_start));
+            s->r.edge_lost = true;   /* no orderly end: reset the plain peer */
+            ploop_end(s);
+            continue;
+        }
+        if (s->state == P_DETACHED && s->retry_at && now >= s->retry_at) {
+            s->retry_at = 0;
+            if (L.spec->retry)
+                L.spec->retry(s);
+            continue;
+        }
+        if (s->state == P_LIVE && ploop_heartbeat_ms && !s->r.done && !s->r.edge_dead &&
+            s->r.resumable && now - s->r.last_edge_ms >= ploop_heartbeat_ms) {
+            char why[96];
+            snprintf(why, sizeof(why), "no frame for %d ms (heartbeat timeout)",
+                     ploop_heartbeat_ms);
+            relay_edge_gone(&s->r, why);
+            step(s);
+            continue;
+        }
         if ((s->state == P_HS_EDGE || s->state == P_HS_CONNECT) && s->hs_deadline &&
             now >= s->hs_deadline) {
             if (s->state == P_HS_EDGE) {
@@ -558,30 +657,38 @@ static void raise_fd_limit(void)
     }
 }
 
-static int parse_num(const char *name, const char *opt, const char *s, unsigned long long max,
-                     unsigned long long *v)
+int ploop_parse_num(const char *name, const char *opt, const char *s, unsigned long long min,
+                    unsigned long long max, unsigned long long *v)
 {
     char *end;
 
     errno = 0;
     *v = strtoull(s, &end, 10);
-    if (errno || *end || *v == 0 || *v > max) {
-        fprintf(stderr, "%s: bad --%s '%s' (1..%llu)\n", name, opt, s, max);
+    if (errno || *end || !*s || *v < min || *v > max) {
+        fprintf(stderr, "%s: bad --%s '%s' (%llu..%llu)\n", name, opt, s, min, max);
         return -EINVAL;
     }
     return 0;
 }
 
+static int parse_num(const char *name, const char *opt, const char *s, unsigned long long max,
+                     unsigned long long *v)
+{
+    return ploop_parse_num(name, opt, s, 1, max, v);
+}
+
 int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
 {
-    const struct option opts[] = {
+    struct option opts[32] = {
         { "listen", required_argument, NULL, 'l' },
         { spec->peer_opt, required_argument, NULL, 'p' },
         { "max-message-bytes", required_argument, NULL, 'm' },
         { "handshake-timeout-ms", required_argument, NULL, 't' },
+        { "keep-max-bytes", required_argument, NULL, 'k' },
         { "help", no_argument, NULL, 'h' },
-        { 0 },
     };
+    for (int i = 0, n = 6; spec->opts && spec->opts[i].name && n < 31; i++)
+        opts[n++] = spec->opts[i];
     const char *listen_addr = NULL;
     unsigned long long v;
     char err[256];
@@ -605,10 +712,20 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
                 return 2;
             ploop_handshake_ms = (int)v;
             break;
+        case 'k':
+            if (parse_num(spec->name, "keep-max-bytes", optarg, 1ull << 40, &v) < 0)
+                return 2;
+            relay_keep_max = (size_t)v;
+            break;
         case 'h':
             fputs(spec->usage, stdout);
             return 0;
         default:
+            if (c >= 256 && spec->option) {
+                if ((rc = spec->option(c, optarg)) != 0)
+                    return rc;
+                break;
+            }
             fputs(spec->usage, stderr);
             return 2;
         }
@@ -636,8 +753,9 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         LOG(LOG_ERROR, "msg=\"getsockname failed\" err=\"%s\"", strerror(errno));
         return 1;
     }
-    LOG(LOG_INFO, "msg=\"listening\" listen=%s %s=%s max_message_bytes=%zu handshake_timeout_ms=%d",
-        listen_addr, spec->peer_opt, *spec->peer, *spec->max_msg, ploop_handshake_ms);
+    LOG(LOG_INFO, "msg=\"listening\" listen=%s %s=%s max_message_bytes=%zu handshake_timeout_ms=%d "
+        "keep_max_bytes=%zu", listen_addr, spec->peer_opt, *spec->peer, *spec->max_msg,
+        ploop_handshake_ms, relay_keep_max);
     L.tick_ts.tv_sec = 0;
     L.tick_ts.tv_nsec = TICK_MS * 1000000ll;
     arm_accept();

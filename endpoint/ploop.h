@@ -10,16 +10,18 @@
  *
  * The two proxies differ only in their handshake, given as callbacks in struct proxy_spec.
  *
- * Room for issue 7 items 2-5: what an endpoint keeps for a remote edge (sent messages since
- * the durable snapshot, the order, the last output number) belongs in struct relay; a
- * session whose edge is lost but which waits for a RESUME (--linger, the client's resume
- * timeout) becomes a state of its own here, with fd[PS_EDGE] == -1 and the plain side still
- * open; RESUME finds it with ploop_find() and checks the credential and epoch first. */
+ * Remote recovery (docs/protocol.md): what an endpoint keeps for a new edge is in struct
+ * relay (keep.h). A live session whose edge is lost without CLOSE is *detached*: its edge
+ * connection is dropped, its plain side stays open (read into the keep buffer up to its cap),
+ * and the proxy resumes it (the client proxy connects to another edge; the server proxy waits
+ * for a RESUME, found with ploop_find()) until ploop_detach_ms passes; then the plain peer is
+ * reset. */
 #ifndef CESSNA_PLOOP_H
 #define CESSNA_PLOOP_H
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <getopt.h>
 #include <sys/socket.h>
 
 #include "relay.h"
@@ -29,6 +31,7 @@ enum psess_state {
     P_HS_EDGE,      /* waiting for the edge's handshake frame (HELLO or WELCOME) */
     P_HS_CONNECT,   /* connecting (client proxy: to an edge; server proxy: to the target) */
     P_LIVE,         /* relaying (or flushing an ERROR: r.done) */
+    P_DETACHED,     /* no edge connection; the plain side still open (r.detached) */
     P_CLOSING,      /* both connections closed; waiting for what is in flight */
 };
 
@@ -48,6 +51,14 @@ struct psess {
     uint32_t hnext;         /* next slot + 1 in the id table's chain, 0 at the end */
     int64_t hs_deadline;    /* in P_HS_*: when the handshake step gives up */
     int attempt;            /* client proxy: index of the edge being tried */
+    int lost;               /* client proxy: index of the edge lost */
+    int tries, backoff_ms;  /* client proxy: resume attempts so far, the next pass's wait */
+    bool pass_waited;
+    uint64_t material_seq;  /* client proxy: the last DATA in the RESUME being made */
+    int64_t detach_start, detach_deadline;  /* when the edge was lost, when to give up */
+    int64_t retry_at;       /* P_DETACHED: when spec->retry runs (0: never) */
+    uint8_t verifier[WIRE_VERIFIER_LEN];    /* server proxy: of the client's credential */
+    void *priv;             /* the proxy's own per-session data */
     struct sockaddr_storage addr;   /* what P_HS_CONNECT connects to */
     socklen_t addrlen;
     uint8_t token[WIRE_TOKEN_LEN];
@@ -70,20 +81,41 @@ struct proxy_spec {
     /* In P_HS_CONNECT, the connect of side completed: 0 or -errno (-ETIMEDOUT: the
      * deadline passed; that side was dropped). */
     void (*connected)(struct psess *s, enum pside side, int res);
+    /* A live session lost its edge and is now P_DETACHED (its edge connection dropped). */
+    void (*detached)(struct psess *s);
+    /* P_DETACHED and s->retry_at passed. */
+    void (*retry)(struct psess *s);
+    /* The session is ending (before its connections close). */
+    void (*ended)(struct psess *s);
+    /* What giving up on a detached session is called in the log. */
+    const char *detach_expired;
+    /* Extra long options (val >= 256) and their handler: 0, or the exit status. */
+    const struct option *opts;
+    int (*option)(int val, const char *arg);
 };
 
+/* Parse a decimal option value in [min, max] (the error goes to stderr). 0 or -EINVAL. */
+int  ploop_parse_num(const char *name, const char *opt, const char *s, unsigned long long min,
+                     unsigned long long max, unsigned long long *v);
+
 extern int ploop_handshake_ms;
+extern int ploop_heartbeat_ms;  /* a live edge silent this long is lost; 0: never */
+extern int ploop_detach_ms;     /* how long a detached session waits */
 
 /* Parse the command line, listen, print the ready line, run for ever. Exit status. */
 int  ploop_main(int argc, char **argv, const struct proxy_spec *spec);
 
-/* Wait for the edge's next handshake bytes (P_HS_EDGE). 0, or -EMSGSIZE when the
+/* Wait for the edge's next handshake bytes (P_HS_EDGE), sending what to_edge holds. 0, or -EMSGSIZE when the
  * handshake frame would not fit in HANDSHAKE_FRAME_MAX bytes, -ENOMEM. */
 int  ploop_hs_recv(struct psess *s);
 /* Connect fd (a fresh socket) to s->addr as side (P_HS_CONNECT). */
 void ploop_connect(struct psess *s, enum pside side, int fd);
 /* Start relaying (or flushing an ERROR queued with relay_fail()). */
 void ploop_live(struct psess *s);
+/* Move src's edge connection (and what was read from it after the frame consumed) into
+ * dst as its edge; an edge dst still had is dropped first (fencing). dst is attached again
+ * (not detached, nothing queued to the edge); src is left without an edge. */
+void ploop_adopt_edge(struct psess *dst, struct psess *src);
 /* Close a side's connection at once (cancelling its operations). */
 void ploop_drop(struct psess *s, enum pside side);
 /* End the session: both connections closed (the plain one reset if r.edge_lost), the id

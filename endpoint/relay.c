@@ -10,6 +10,8 @@
 #include "order.h"
 #include "relay.h"
 
+size_t relay_keep_max = KEEP_MAX_DEFAULT;
+
 int64_t relay_now_ms(void)
 {
     struct timespec ts;
@@ -90,7 +92,8 @@ int relay_init(struct relay *r, size_t max_msg)
 {
     memset(r, 0, sizeof(*r));
     r->max_msg = max_msg;
-    r->max_body = max_msg + WIRE_MAX_OVERHEAD;
+    r->max_body = wire_max_body(max_msg);   /* SNAP_PUT pieces are 32 KiB whatever max_msg */
+    keep_init(&r->keep, relay_keep_max);
     r->close_wait_ms = -1;
     r->chunk = malloc(WIRE_DATA_HDR_LEN + max_msg);
     if (!r->chunk || rbuf_reserve(&r->in, RELAY_IN_MIN) < 0)
@@ -106,12 +109,13 @@ void relay_free(struct relay *r)
     free(r->to_edge.send.p);
     free(r->to_plain.pend.p);
     free(r->to_plain.send.p);
+    keep_free(&r->keep);
     memset(r, 0, sizeof(*r));
 }
 
 /* ---- session events ---- */
 
-static void relay_queue_edge(struct relay *r, const void *frame, size_t len)
+void relay_to_edge(struct relay *r, const void *frame, size_t len)
 {
     if (r->edge_dead)
         return;
@@ -129,7 +133,7 @@ static void relay_send_close(struct relay *r)
 
     if (r->close_sent || r->edge_dead)
         return;
-    relay_queue_edge(r, frame, wire_put_close(frame));
+    relay_to_edge(r, frame, wire_put_close(frame));
     r->close_sent = true;
 }
 
@@ -143,7 +147,7 @@ void relay_fail(struct relay *r, uint32_t code, const char *fmt, ...)
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
     LOG(LOG_WARN, "session=%llu msg=\"%s\"", (unsigned long long)r->session_id, text);
-    relay_queue_edge(r, frame, wire_put_error(frame, sizeof(frame), code, "%s", text));
+    relay_to_edge(r, frame, wire_put_error(frame, sizeof(frame), code, "%s", text));
     r->done = true;
 }
 
@@ -151,11 +155,38 @@ void relay_edge_gone(struct relay *r, const char *why)
 {
     if (r->edge_dead)
         return;
-    LOG(LOG_WARN, "session=%llu msg=\"edge connection lost\" why=\"%s\"",
-        (unsigned long long)r->session_id, why);
+    LOG(LOG_WARN, "session=%llu msg=\"edge connection lost\" why=\"%s\"%s",
+        (unsigned long long)r->session_id, why,
+        r->resumable && !r->done ? " next=resume" : "");
     r->edge_dead = r->edge_lost = true;
     outq_clear(&r->to_edge);
-    r->done = true;
+    if (r->resumable && !r->done)
+        r->detached = true;
+    else
+        r->done = true;
+}
+
+struct kept_arg { struct relay *r; int rc; };
+
+static int put_kept_frame(void *arg, const uint8_t *frame, size_t len)
+{
+    struct kept_arg *a = arg;
+
+    return a->rc = outq_put(&a->r->to_edge, frame, len);
+}
+
+int relay_put_kept(struct relay *r, bool order, uint64_t after_seq)
+{
+    struct kept_arg a = { r, 0 };
+    const uint8_t *frame;
+    size_t len, cursor = 0;
+
+    if (order && keep_order_frames(&r->keep, put_kept_frame, &a) < 0)
+        return -ENOMEM;
+    while (keep_next_data(&r->keep, &cursor, &frame, &len))
+        if (wire_get64(frame + WIRE_HDR_LEN) > after_seq && outq_put(&r->to_edge, frame, len) < 0)
+            return -ENOMEM;
+    return 0;
 }
 
 void relay_plain_gone(struct relay *r)
@@ -167,45 +198,32 @@ void relay_plain_gone(struct relay *r)
         r->deadline = relay_now_ms() + (r->close_wait_ms >= 0 ? r->close_wait_ms : CLOSE_WAIT_MS);
 }
 
-/* Check the order bytes of an OUT or ORDER frame. 0 with the last entry's time in *t. */
-static int relay_check_order(struct relay *r, const struct wire_frame *f, uint64_t *t)
-{
-    struct order_entry e;
-    size_t off = 0;
-
-    *t = r->order_time;
-    while (off < f->u.out.order_len) {
-        if (order_decode(f->u.out.order, f->u.out.order_len, &off, &e, t) < 0) {
-            relay_fail(r, WIRE_ERR_PROTO, "bad frame: bad event order in %s at byte %zu",
-                       wire_type_name(f->type), off);
-            return -EPROTO;
-        }
-    }
-    return 0;
-}
-
-/* Check an OUT's order bytes and queue its payload unless it is a duplicate. */
+/* Keep an OUT's or ORDER's order entries and queue the OUT's payload unless it is a
+ * duplicate (its number at or below the last one: its order was kept already). */
 static void relay_out(struct relay *r, const struct wire_frame *f)
 {
-    uint64_t t;
-
-    if (relay_check_order(r, f, &t) < 0)
+    if (f->type == WIRE_OUT && f->u.out.out_no <= r->last_out)
         return;
-    if (f->type == WIRE_ORDER) {
-        r->order_time = t;
+    int rc = keep_put_order(&r->keep, f->u.out.order, f->u.out.order_len);
+    if (rc == -EPROTO) {
+        relay_fail(r, WIRE_ERR_PROTO, "bad frame: bad event order in %s",
+                   wire_type_name(f->type));
         return;
     }
-    if (f->u.out.out_no <= r->last_out)
+    if (rc < 0) {
+        relay_fail(r, WIRE_ERR_SESSION, "proxy out of memory");
+        return;
+    }
+    if (f->type == WIRE_ORDER)
         return;
     r->last_out = f->u.out.out_no;
-    r->order_time = t;
     if (!r->plain_dead && outq_put(&r->to_plain, f->u.out.payload, f->u.out.len) < 0)
         relay_fail(r, WIRE_ERR_SESSION, "proxy out of memory");
 }
 
 void relay_frames(struct relay *r)
 {
-    while (!r->done && outq_len(&r->to_plain) < RELAY_LIMIT) {
+    while (!r->done && !r->detached && outq_len(&r->to_plain) < RELAY_LIMIT) {
         const uint8_t *p = r->in.p + r->in.off;
         struct wire_hdr h;
         struct wire_frame f;
@@ -249,8 +267,36 @@ void relay_frames(struct relay *r)
             r->done = true;
             break;
         case WIRE_SNAP_DURABLE:
-            break; /* buffers of sent messages come with remote recovery (issue 7 item 2) */
+            keep_durable(&r->keep, f.u.durable.position, f.u.durable.seq[r->side]);
+            LOG(LOG_DEBUG, "session=%llu msg=\"snapshot durable\" position=%llu seq=%llu "
+                "kept_bytes=%zu", (unsigned long long)r->session_id,
+                (unsigned long long)f.u.durable.position,
+                (unsigned long long)f.u.durable.seq[r->side], keep_bytes(&r->keep));
+            break;
         case WIRE_HEARTBEAT:
+            break;   /* only resets the heartbeat timer (every byte does) */
+        case WIRE_RECEIPT:
+            if (r->side != 0) {
+                relay_fail(r, WIRE_ERR_UNEXPECTED, "unexpected RECEIPT frame in session");
+                break;
+            }
+            /* Every frame before it was handled: say so, so the edge may ship its snapshot. */
+            uint8_t receipt[WIRE_HDR_LEN + 8];
+            relay_to_edge(r, receipt, wire_put_u64(receipt, WIRE_RECEIPT, f.u.snap.position));
+            break;
+        case WIRE_MOVE:
+            if (r->side != 0 || !r->resumable) {
+                relay_fail(r, WIRE_ERR_UNEXPECTED, "unexpected MOVE frame in session");
+                break;
+            }
+            relay_edge_gone(r, "MOVE: the edge is leaving");
+            break;
+        case WIRE_SNAP_PUT:
+            if (r->snap_put) {
+                r->snap_put(r, &f);
+                break;
+            }
+            relay_fail(r, WIRE_ERR_UNEXPECTED, "unexpected SNAP_PUT frame in session");
             break;
         default:
             relay_fail(r, WIRE_ERR_UNEXPECTED, "unexpected %s frame in session",
@@ -303,7 +349,11 @@ void relay_plain_chunk(struct relay *r, long res)
 {
     if (res > 0) {
         wire_put_data_hdr(r->chunk, ++r->seq, (size_t)res);
-        relay_queue_edge(r, r->chunk, WIRE_DATA_HDR_LEN + (size_t)res);
+        if (keep_put_data(&r->keep, r->chunk, WIRE_DATA_HDR_LEN + (size_t)res) < 0) {
+            relay_fail(r, WIRE_ERR_SESSION, "proxy out of memory for kept messages");
+            return;
+        }
+        relay_to_edge(r, r->chunk, WIRE_DATA_HDR_LEN + (size_t)res);
     } else if (res == 0) {
         r->plain_eof = true;
         relay_send_close(r);

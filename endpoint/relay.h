@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "keep.h"
 #include "wire.h"
 
 #define RELAY_LIMIT      (4u << 20)  /* stop reading a side past this much pending output */
@@ -47,7 +48,12 @@ struct relay {
     struct outq to_plain;   /* OUT payloads */
     uint64_t seq;           /* last DATA sent */
     uint64_t last_out;      /* last OUT received */
-    uint64_t order_time;    /* time of the last order entry seen */
+    struct keep keep;       /* what a new edge needs (keep.h) */
+    int side;               /* 0: a client endpoint, 1: a server endpoint (SNAP_DURABLE seq[]) */
+    int64_t last_edge_ms;   /* when the edge's last bytes arrived (heartbeat) */
+    /* Server endpoint: a SNAP_PUT piece arrived (NULL: the frame is unexpected). */
+    void (*snap_put)(struct relay *r, const struct wire_frame *f);
+    void *owner;            /* the session holding this relay */
     int close_wait_ms;      /* for the edge's CLOSE after the plain peer's EOF; -1: for ever */
     int64_t deadline;       /* 0, or when to give up (monotonic ms) */
     bool plain_eof;         /* nothing more to read from the plain peer */
@@ -56,7 +62,11 @@ struct relay {
     bool edge_lost;         /* the edge went away without CLOSE or ERROR: reset the plain peer */
     bool close_sent;
     bool done;              /* the session ended: only flushing is left */
+    bool resumable;         /* an edge lost without CLOSE detaches the session, not ends it */
+    bool detached;          /* no edge: waiting for a RESUME (server) or making one (client) */
 };
+
+extern size_t relay_keep_max;   /* --keep-max-bytes */
 
 int64_t relay_now_ms(void);
 
@@ -86,10 +96,18 @@ void relay_frames(struct relay *r);
 /* A read from the plain peer into r->chunk + WIRE_DATA_HDR_LEN completed with res. */
 void relay_plain_chunk(struct relay *r, long res);
 
+/* Queue a whole frame to the edge (dropped when the edge is gone). */
+void relay_to_edge(struct relay *r, const void *frame, size_t len);
+/* Queue what a new edge needs after RESUME or RESUME_INFO: ORDER frames of the kept order,
+ * then the kept DATA frames with seq > after_seq. Straight into to_edge, even while the
+ * session is detached. 0 or -ENOMEM. */
+int  relay_put_kept(struct relay *r, bool order, uint64_t after_seq);
+
 /* The edge sent something wrong: queue ERROR to it and end the session. */
 void relay_fail(struct relay *r, uint32_t code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* The edge connection failed (no CLOSE): the session ends, the plain peer will be reset. */
+/* The edge connection failed (no CLOSE): a resumable session detaches, any other ends and
+ * its plain peer will be reset. */
 void relay_edge_gone(struct relay *r, const char *why);
 /* The plain connection failed: tell the edge CLOSE and wait a while for its answer. */
 void relay_plain_gone(struct relay *r);

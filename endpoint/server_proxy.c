@@ -5,19 +5,39 @@
  * timeout; the proxy connects to the target server, answers WELCOME and relays (relay.h):
  * every new OUT payload is written to the server; every chunk read from the server becomes
  * one DATA frame. A connection that ends or times out before its HELLO is closed and
- * forgotten. */
+ * forgotten.
+ *
+ * Remote recovery (docs/protocol.md): the edge ships snapshots in SNAP_PUT pieces, stored
+ * per session (store.h) and answered with SNAP_ACK. An edge lost without CLOSE leaves the
+ * session waiting --linger-ms for a RESUME on a new connection (the target's connection
+ * stays open); RESUME is answered with RESUME_INFO, the stored chain, the kept order and
+ * messages, RESUME_END. With --edge-secret-file, HELLO and RESUME must carry the secret;
+ * every authentication failure gets the same ERROR AUTH text. */
 #include <errno.h>
+#include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "addr.h"
+#include "cred.h"
 #include "log.h"
 #include "ploop.h"
+#include "store.h"
 
 #define SERVER_CLOSE_WAIT_MS 2000    /* for the edge's CLOSE once the server is gone */
+#define AUTH_FAILED "authentication failed"   /* the one text for every auth failure */
+
+enum { OPT_LINGER = 256, OPT_STORE, OPT_SECRET };
+
+static const char *opt_store;
+static const char *opt_secret_file;
+static uint8_t edge_secret[WIRE_SECRET_MAX];
+static size_t edge_secret_len;
 
 static const char *opt_target;
 static size_t opt_max_msg = 1u << 20;
@@ -28,7 +48,27 @@ static int64_t target_last_try;
 
 static int server_init(void)
 {
-    char err[256];
+    char err[512];
+
+    if (cred_init() < 0) {
+        LOG(LOG_ERROR, "msg=\"cannot initialise libsodium\"");
+        return 1;
+    }
+    if (opt_secret_file) {
+        if (cred_load_secret(opt_secret_file, edge_secret, &edge_secret_len, err,
+                             sizeof(err)) < 0) {
+            LOG(LOG_ERROR, "msg=\"cannot load the edge secret\" err=\"%s\"", err);
+            return 1;
+        }
+    } else {
+        LOG(LOG_WARN, "msg=\"no --edge-secret-file: any edge that reaches this port is "
+            "accepted\"");
+    }
+    if (opt_store && mkdir(opt_store, 0700) == -1 && errno != EEXIST) {
+        LOG(LOG_ERROR, "msg=\"cannot create the store directory\" store=%s err=\"%s\"",
+            opt_store, strerror(errno));
+        return 1;
+    }
 
     target_resolved = ploop_resolve(opt_target, &target_ss, &target_len, &target_last_try, err,
                                     sizeof(err)) == 0;
@@ -51,6 +91,117 @@ static void server_refuse(struct psess *s)
 {
     s->r.plain_eof = s->r.plain_dead = true;
     ploop_live(s);
+}
+
+/* An edge's secret, checked in constant time (any secret when none is configured). */
+static bool secret_ok(const uint8_t *secret, size_t len)
+{
+    return !opt_secret_file || cred_equal(edge_secret, edge_secret_len, secret, len);
+}
+
+/* Every authentication failure: the reason goes to the log only. */
+static void auth_fail(struct psess *s, uint64_t id, const char *why)
+{
+    LOG(LOG_WARN, "session=%llu msg=\"edge refused\" why=\"%s\"", (unsigned long long)id, why);
+    relay_fail(&s->r, WIRE_ERR_AUTH, AUTH_FAILED);
+    server_refuse(s);
+}
+
+/* A SNAP_PUT piece: store it; the last piece of a file gets SNAP_ACK once it is durable. */
+static void server_snap_put(struct relay *r, const struct wire_frame *f)
+{
+    struct psess *s = r->owner;
+    uint8_t frame[WIRE_HDR_LEN + 8];
+    char err[512];
+    int rc = store_put(s->priv, f, err, sizeof(err));
+
+    if (rc < 0) {
+        relay_fail(r, rc == -EPROTO ? WIRE_ERR_PROTO : WIRE_ERR_SESSION, "%s", err);
+        return;
+    }
+    if (rc == 1) {
+        LOG(LOG_INFO, "session=%llu msg=\"snapshot stored\" position=%llu base=%llu bytes=%llu "
+            "where=%s", (unsigned long long)r->session_id,
+            (unsigned long long)f->u.snap_put.position, (unsigned long long)f->u.snap_put.base,
+            (unsigned long long)f->u.snap_put.total, opt_store ? opt_store : "memory");
+        relay_to_edge(r, frame, wire_put_u64(frame, WIRE_SNAP_ACK, f->u.snap_put.position));
+    }
+}
+
+static void server_ended(struct psess *s)
+{
+    if (!s->priv)
+        return;
+    store_remove(s->priv);
+    free(s->priv);
+    s->priv = NULL;
+}
+
+static void server_detached(struct psess *s)
+{
+    (void)s;   /* the target stays open; a RESUME finds the session, or the linger ends it */
+}
+
+static int put_piece(void *arg, const uint8_t *hdr, size_t hlen, const uint8_t *p, size_t len)
+{
+    struct relay *r = arg;
+
+    if (outq_put(&r->to_edge, hdr, hlen) < 0 || outq_put(&r->to_edge, p, len) < 0)
+        return -ENOMEM;
+    return 0;
+}
+
+/* RESUME on a new connection s: check it, move the connection into the session, answer
+ * RESUME_INFO + the stored chain + the kept order and messages + RESUME_END. */
+static void server_resume(struct psess *s, const struct wire_hdr *h, const struct wire_frame *f)
+{
+    uint64_t id = f->u.resume.session_id;
+    struct psess *old;
+    uint8_t frame[WIRE_HDR_LEN + 32];
+    char err[512];
+
+    if (!secret_ok(f->u.resume.secret, f->u.resume.secret_len))
+        return auth_fail(s, id, "RESUME with a wrong edge secret");
+    old = ploop_find(id);
+    if (!old || old == s || (old->state != P_LIVE && old->state != P_DETACHED) || old->r.done)
+        return auth_fail(s, id, "RESUME of an unknown session");
+    if (!cred_check(f->u.resume.token, old->verifier))
+        return auth_fail(s, id, "RESUME with a wrong client credential");
+    struct relay *r = &old->r;
+    uint64_t epoch = f->u.resume.epoch > r->keep.epoch ? f->u.resume.epoch : r->keep.epoch + 1;
+    bool fenced = old->fd[PS_EDGE] >= 0;
+    int64_t lost_ms = old->state == P_DETACHED ? relay_now_ms() - old->detach_start : 0;
+
+    s->r.in.off += WIRE_HDR_LEN + h->len;
+    s->r.in.len -= WIRE_HDR_LEN + h->len;
+    ploop_adopt_edge(old, s);
+    ploop_end(s);
+    r->keep.epoch = epoch;
+    int rc = outq_put(&r->to_edge, frame, wire_put_resume_info(frame, epoch, r->last_out,
+                                                               r->seq + 1, r->keep.order_base));
+    if (rc == 0 && (rc = store_frames(old->priv, put_piece, r, err, sizeof(err))) < 0)
+        LOG(LOG_ERROR, "session=%llu msg=\"cannot send the stored chain\" err=\"%s\"",
+            (unsigned long long)id, err);
+    if (rc == 0)
+        rc = relay_put_kept(r, true, 0);
+    if (rc == 0)
+        rc = outq_put(&r->to_edge, frame, wire_put_empty(frame, WIRE_RESUME_END));
+    if (rc == 0 && r->plain_eof) {
+        rc = outq_put(&r->to_edge, frame, wire_put_close(frame));
+        r->close_sent = true;
+    }
+    if (rc < 0) {
+        relay_fail(r, WIRE_ERR_SESSION, "resume failed at the server endpoint");
+        ploop_live(old);
+        return;
+    }
+    LOG(LOG_INFO, "session=%llu msg=\"session resumed\" epoch=%llu last_out=%llu next_seq=%llu "
+        "order_base=%llu snapshot=%llu detached_ms=%lld%s", (unsigned long long)id,
+        (unsigned long long)epoch, (unsigned long long)r->last_out,
+        (unsigned long long)(r->seq + 1), (unsigned long long)r->keep.order_base,
+        (unsigned long long)store_last(old->priv), (long long)lost_ms,
+        fenced ? " fenced=old_edge" : "");
+    ploop_live(old);
 }
 
 static void server_hs_input(struct psess *s, long res)
@@ -83,18 +234,15 @@ static void server_hs_input(struct psess *s, long res)
         relay_fail(r, WIRE_ERR_PROTO, "bad frame: want HELLO (%s)", strerror(-rc));
         return server_refuse(s);
     }
-    if (f.type == WIRE_RESUME) {
-        /* Hook for RESUME (issue 7 item 4): ploop_find(f.u.resume.session_id) gives the
-         * session whose edge was lost; check the token, ploop_drop() its old edge, move this
-         * connection in as its edge, answer RESUME_INFO and ploop_live() it. */
-        relay_fail(r, WIRE_ERR_UNSUPPORTED, "RESUME not supported yet");
-        return server_refuse(s);
-    }
+    if (f.type == WIRE_RESUME)
+        return server_resume(s, &h, &f);
     if (f.type != WIRE_HELLO || f.u.hello.role != WIRE_ROLE_EDGE) {
         relay_fail(r, WIRE_ERR_UNEXPECTED, "unexpected %s frame, want HELLO role EDGE",
                    wire_type_name(f.type));
         return server_refuse(s);
     }
+    if (!secret_ok(f.u.hello.secret, f.u.hello.secret_len))
+        return auth_fail(s, f.u.hello.session_id, "HELLO with a wrong edge secret");
     r->in.off += WIRE_HDR_LEN + h.len;
     r->in.len -= WIRE_HDR_LEN + h.len;
     if (ploop_bind(s, f.u.hello.session_id) < 0) {
@@ -103,6 +251,15 @@ static void server_hs_input(struct psess *s, long res)
         return server_refuse(s);
     }
     memcpy(s->token, f.u.hello.token, WIRE_TOKEN_LEN);
+    memcpy(s->verifier, f.u.hello.verifier, WIRE_VERIFIER_LEN);
+    r->keep.epoch = f.u.hello.epoch ? f.u.hello.epoch : 1;
+    r->side = 1;
+    r->owner = s;
+    if (!(s->priv = malloc(sizeof(struct store)))) {
+        relay_fail(r, WIRE_ERR_UNAVAILABLE, "server endpoint out of memory");
+        return server_refuse(s);
+    }
+    store_init(s->priv, opt_store, f.u.hello.session_id);
     if (!target_resolved &&
         ploop_resolve(opt_target, &target_ss, &target_len, &target_last_try, err,
                       sizeof(err)) < 0) {
@@ -130,33 +287,74 @@ static void server_connected(struct psess *s, enum pside side, int res)
                    opt_target, strerror(-res));
         return server_refuse(s);
     }
-    if (outq_put(&s->r.to_edge, frame, wire_put_welcome(frame, s->r.session_id, NULL, 1)) < 0) {
+    if (outq_put(&s->r.to_edge, frame,
+                 wire_put_welcome(frame, s->r.session_id, NULL, s->r.keep.epoch)) < 0) {
         ploop_end(s);
         return;
     }
-    LOG(LOG_INFO, "session=%llu msg=\"session open\" target=%s",
-        (unsigned long long)s->r.session_id, opt_target);
+    s->r.resumable = true;
+    s->r.snap_put = server_snap_put;
+    LOG(LOG_INFO, "session=%llu msg=\"session open\" target=%s epoch=%llu",
+        (unsigned long long)s->r.session_id, opt_target, (unsigned long long)s->r.keep.epoch);
     ploop_live(s);
+}
+
+static int server_option(int val, const char *arg)
+{
+    unsigned long long v;
+
+    switch (val) {
+    case OPT_LINGER:
+        if (ploop_parse_num("cessna-server-proxy", "linger-ms", arg, 1, 86400000, &v) < 0)
+            return 2;
+        ploop_detach_ms = (int)v;
+        return 0;
+    case OPT_STORE:
+        opt_store = arg;
+        return 0;
+    case OPT_SECRET:
+        opt_secret_file = arg;
+        return 0;
+    }
+    return 2;
 }
 
 static const char usage[] =
     "usage: cessna-server-proxy --listen HOST:PORT --target HOST:PORT\n"
     "                           [--max-message-bytes N] [--handshake-timeout-ms N]\n"
+    "                           [--linger-ms N] [--store DIR] [--edge-secret-file PATH]\n"
+    "                           [--keep-max-bytes N]\n"
     "Lets an unmodified TCP server use CESSNA: each session the edge opens at --listen\n"
     "gets its own connection to --target; every message from the edge is written to\n"
     "it, every chunk read from it is one message. One process serves every session.\n"
     "Prints 'ready listen=ADDR'.\n"
     "  --max-message-bytes N     largest message (default 1048576)\n"
     "  --handshake-timeout-ms N  for the edge's HELLO, then for the target's connect\n"
-    "                            (default 10000)\n";
+    "                            (default 10000)\n"
+    "  --linger-ms N             an edge lost without CLOSE: keep the target's connection\n"
+    "                            open this long for a RESUME, then reset it (default 60000)\n"
+    "  --store DIR               keep shipped snapshots in DIR/<session id>/ (fsynced);\n"
+    "                            default: in memory, not verified\n"
+    "  --edge-secret-file PATH   edges must send this file's secret in HELLO and RESUME\n"
+    "                            (default: none; any edge is accepted, with a warning)\n"
+    "  --keep-max-bytes N        messages and order kept for a resume; past it the target\n"
+    "                            is not read until a snapshot is durable (default 67108864)\n";
 
 int main(int argc, char **argv)
 {
+    static const struct option opts[] = {
+        { "linger-ms", required_argument, NULL, OPT_LINGER },
+        { "store", required_argument, NULL, OPT_STORE },
+        { "edge-secret-file", required_argument, NULL, OPT_SECRET },
+        { 0 },
+    };
     static const struct proxy_spec spec = {
         .name = "cessna-server-proxy", .peer_opt = "target", .usage = usage,
         .peer = &opt_target, .max_msg = &opt_max_msg, .init = server_init,
         .accepted = server_accepted, .hs_input = server_hs_input,
-        .connected = server_connected,
+        .connected = server_connected, .detached = server_detached, .ended = server_ended,
+        .detach_expired = "linger expired; target connection reset", .opts = opts,
+        .option = server_option,
     };
 
     return ploop_main(argc, argv, &spec);

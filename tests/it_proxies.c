@@ -29,16 +29,25 @@ struct chain {
     struct t_edge edge;
 };
 
-static void chain_start(struct chain *c, const char *app, const char *target)
+/* wait_ms: the proxies' --linger-ms and --resume-timeout-ms (NULL: their defaults). */
+static void chain_start_wait(struct chain *c, const char *app, const char *target,
+                             const char *wait_ms)
 {
     const char *dir = t_tmpdir();
     char *sargv[] = { (char *)t_bin("cessna-server-proxy"), "--listen", "127.0.0.1:0",
-                      "--target", (char *)target, NULL };
+                      "--target", (char *)target, wait_ms ? "--linger-ms" : NULL,
+                      (char *)wait_ms, NULL };
     t_start(&c->sproxy, dir, "server-proxy", sargv);
     t_edge_start(&c->edge, app, c->sproxy.addr, NULL);
     char *cargv[] = { (char *)t_bin("cessna-client-proxy"), "--listen", "127.0.0.1:0",
-                      "--edge", c->edge.sup.addr, NULL };
+                      "--edge", c->edge.sup.addr, wait_ms ? "--resume-timeout-ms" : NULL,
+                      (char *)wait_ms, NULL };
     t_start(&c->cproxy, dir, "client-proxy", cargv);
+}
+
+static void chain_start(struct chain *c, const char *app, const char *target)
+{
+    chain_start_wait(c, app, target, NULL);
 }
 
 static void chain_stop(struct chain *c)
@@ -358,6 +367,9 @@ Test(proxies, server_proxy_forgets_connections_that_end_before_hello, .timeout =
     long n = t_read_frame(fd, buf, sizeof(buf), 5000);
     cr_assert_gt(n, 0, "WELCOME after the 100 broken connections");
     cr_expect_eq(buf[3], WIRE_WELCOME);
+    t_write_all(fd, buf, wire_put_close(buf));   /* an orderly end: no linger */
+    cr_expect_gt(t_read_frame(fd, buf, sizeof(buf), 5000), 0, "CLOSE");
+    cr_expect_eq(buf[3], WIRE_CLOSE);
     close(fd);
     cr_expect_eq(wait_fds(sp.pid, base, 5000), base, "server proxy fds back to %d", base);
     expect_no_children(sp.pid, "server proxy");
@@ -449,14 +461,15 @@ struct pair {
     struct chain c;
 };
 
-static void pair_start(struct pair *p)
+/* wait_ms: the proxies' linger and resume timeout (NULL: defaults). */
+static void pair_start(struct pair *p, const char *wait_ms)
 {
     char err[128], buf[8];
 
     p->lfd = addr_listen("127.0.0.1:0", err, sizeof(err));
     cr_assert_geq(p->lfd, 0, "%s", err);
     snprintf(p->target, sizeof(p->target), "127.0.0.1:%d", addr_local_port(p->lfd));
-    chain_start(&p->c, t_app("passthrough"), p->target);
+    chain_start_wait(&p->c, t_app("passthrough"), p->target, wait_ms);
     p->client = t_connect(p->c.cproxy.addr);
     t_write_all(p->client, "ping", 4);
     struct pollfd pf = { .fd = p->lfd, .events = POLLIN };
@@ -470,16 +483,21 @@ static void pair_start(struct pair *p)
     cr_assert_arr_eq(buf, "pong", 4);
 }
 
-Test(proxies, edge_killed_resets_both_plain_peers, .timeout = 60)
+/* The only edge is gone: the client proxy cannot resume anywhere and the server proxy gets
+ * no RESUME; after the resume timeout and the linger both plain peers see a reset. */
+Test(proxies, edge_killed_resets_both_plain_peers_after_resume_timeout_and_linger,
+     .timeout = 60)
 {
     struct pair p;
     char buf[16];
 
-    pair_start(&p);
+    pair_start(&p, "1500");
+    long t0 = t_now_ms();
     kill(p.c.edge.sup.pid, SIGKILL);
-    long rc = recv_wait(p.client, buf, sizeof(buf), 5000);
+    long rc = recv_wait(p.client, buf, sizeof(buf), 8000);
     cr_expect_eq(rc, -ECONNRESET, "the client sees a reset, got %ld", rc);
-    rc = recv_wait(p.server, buf, sizeof(buf), 5000);
+    cr_expect_geq(t_now_ms() - t0, 1400, "not before the resume timeout");
+    rc = recv_wait(p.server, buf, sizeof(buf), 8000);
     cr_expect_eq(rc, -ECONNRESET, "the server sees a reset, got %ld", rc);
     close(p.client);
     close(p.server);
@@ -492,7 +510,7 @@ Test(proxies, orderly_close_is_a_clean_eof_at_both_plain_peers, .timeout = 60)
     struct pair p;
     char buf[16];
 
-    pair_start(&p);
+    pair_start(&p, NULL);
     shutdown(p.client, SHUT_WR);   /* the client is done: CLOSE through the edge */
     long rc = recv_wait(p.server, buf, sizeof(buf), 5000);
     cr_expect_eq(rc, 0, "the server sees a clean end, got %ld", rc);
@@ -762,6 +780,10 @@ Test(proxies, an_edge_that_does_not_read_stops_the_client_within_bounded_memory,
             if (f.u.data.payload[i] != (uint8_t)((got + i) * 7 + 3))
                 cr_assert_fail("byte %zu differs", got + i);
         got += f.u.data.len;
+        if (seq % 64 == 0) {   /* a snapshot off the node now covers them: the proxy frees */
+            uint8_t d[WIRE_HDR_LEN + 24];
+            t_write_all(efd, d, wire_put_snap_durable(d, 0, seq, 0));
+        }
     }
     pthread_join(th, NULL);
     cr_expect_eq(got, w.total);

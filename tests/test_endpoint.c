@@ -906,6 +906,8 @@ Test(server_proxy, bad_frames_end_only_their_session, .timeout = 10)
     t_send_out(good, 1, "still here");
     t_expect_frame(good, WIRE_DATA, &f);
     cr_expect_arr_eq(f.u.data.payload, "still here", 10);
+    t_send_close(good);   /* without CLOSE the proxy would wait --linger-ms for a RESUME */
+    t_expect_frame(good, WIRE_CLOSE, &f);
     close(good);
     pthread_join(t.th, NULL);
     t_proxy_stop(pid);
