@@ -550,3 +550,303 @@ Test(resume_proxy, server_fences_the_old_edge)
     close(n);
     ssess_close(&s);
 }
+
+/* ---- client proxy ---- */
+
+/* A client proxy with edges A (listening) and B (bound; listening only when the test says),
+ * a plain client, and the session open at A. */
+struct csess {
+    struct t_proc cp;
+    int alfd, blfd, a, plain;
+    char aaddr[64], baddr[64];
+};
+
+static void csess_open(struct csess *c, char *const extra[])
+{
+    char err[128];
+    struct wire_frame f;
+    uint8_t buf[64];
+    char *argv[20] = { (char *)t_bin("cessna-client-proxy"), "--listen", "127.0.0.1:0",
+                       "--edge", NULL };
+    char edges[140];
+    int n = 5;
+
+    c->alfd = listen_any(c->aaddr, sizeof(c->aaddr));
+    /* B: bound, not listening: connecting to it is refused until listen(). */
+    c->blfd = addr_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert_geq(c->blfd, 0, "%s", err);
+    snprintf(c->baddr, sizeof(c->baddr), "127.0.0.1:%d", addr_local_port(c->blfd));
+    close(c->blfd);
+    c->blfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    cr_assert_eq(addr_parse(c->baddr, &ss, &sl, err, sizeof(err)), 0);
+    int one = 1;
+    setsockopt(c->blfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    cr_assert_eq(bind(c->blfd, (struct sockaddr *)&ss, sl), 0, "bind B: %s", strerror(errno));
+    snprintf(edges, sizeof(edges), "%s,%s", c->aaddr, c->baddr);
+    argv[4] = edges;
+    for (int i = 0; extra && extra[i]; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    t_start(&c->cp, t_tmpdir(), "client-proxy", argv);
+    c->plain = t_connect(c->cp.addr);
+    c->a = accept_within(c->alfd, 5000);
+    cr_assert_geq(c->a, 0, "the proxy connects to edge A");
+    close(c->alfd);   /* from now on A refuses: only B can take the session */
+    expect(c->a, WIRE_HELLO, &f, "HELLO");
+    t_write_all(c->a, buf, wire_put_welcome(buf, SID, token, 1));
+}
+
+static void csess_close(struct csess *c)
+{
+    if (c->a >= 0)
+        close(c->a);
+    close(c->blfd);
+    close(c->plain);
+    t_stop(&c->cp);
+}
+
+/* The plain client writes `what`; the edge at fd reads it as DATA seq. */
+static void client_says(struct csess *c, int fd, const char *what, uint64_t seq)
+{
+    struct wire_frame f;
+
+    t_write_all(c->plain, what, strlen(what));
+    expect(fd, WIRE_DATA, &f, what);
+    cr_expect_eq(f.u.data.seq, seq);
+    cr_expect_arr_eq(f.u.data.payload, what, strlen(what));
+}
+
+/* B starts listening; the proxy's RESUME arrives. Returns B's connection. */
+static int b_accepts_resume(struct csess *c, struct wire_frame *f, int timeout_ms)
+{
+    cr_assert_eq(listen(c->blfd, 8), 0);
+    int b = accept_within(c->blfd, timeout_ms);
+    cr_assert_geq(b, 0, "the proxy resumes at edge B");
+    expect(b, WIRE_RESUME, f, "RESUME");
+    cr_expect_eq(f->u.resume.session_id, SID);
+    cr_expect_arr_eq(f->u.resume.token, token, WIRE_TOKEN_LEN);
+    cr_expect_eq(f->u.resume.secret_len, 0);
+    return b;
+}
+
+Test(resume_proxy, client_resumes_at_the_next_edge_with_order_and_kept_data)
+{
+    struct csess c;
+    struct wire_frame f;
+    uint8_t order[64], buf[64];
+    uint64_t prev = 0;
+    struct order_entry e[3] = {
+        { ORDER_START, 500, 0 }, { ORDER_CLIENT, 510, 0 }, { ORDER_CLIENT, 530, 0 },
+    };
+
+    csess_open(&c, NULL);
+    client_says(&c, c.a, "m1", 1);
+    send_out(c.a, 1, order, (uint32_t)order_bytes(order, e, 2, &prev), "r1");
+    expect_plain(c.plain, "r1");
+    client_says(&c, c.a, "m2", 2);
+    /* ORDER ahead of its OUT: position 3 */
+    wire_put_hdr(buf, WIRE_ORDER, (uint32_t)order_bytes(buf + WIRE_HDR_LEN, e + 2, 1, &prev));
+    t_write_all(c.a, buf, WIRE_HDR_LEN + wire_get32(buf + 8));
+    send_durable(c.a, 1, 1, 0);           /* frees DATA 1 and position 1 */
+    usleep(100000);
+    long t0 = t_now_ms();
+    close(c.a);                           /* A is gone without CLOSE */
+    c.a = -1;
+    usleep(100000);
+    t_write_all(c.plain, "m3", 2);        /* kept while no edge holds the session */
+    usleep(300000);
+
+    int b = b_accepts_resume(&c, &f, 5000);
+    cr_expect_eq(f.u.resume.epoch, 1);
+    cr_expect_eq(f.u.resume.last_out, 1);
+    cr_expect_eq(f.u.resume.next_seq, 4);
+    cr_expect_eq(f.u.resume.order_base, 2);
+    expect(b, WIRE_ORDER, &f, "ORDER");
+    size_t off = 0;
+    uint64_t t = 0;
+    struct order_entry d;
+    for (int i = 1; i < 3; i++) {
+        cr_assert_eq(order_decode(f.u.out.order, f.u.out.order_len, &off, &d, &t), 0);
+        cr_expect_eq(d.src, e[i].src);
+        cr_expect_eq(d.time_ms, e[i].time_ms, "absolute time, re-encoded from 0");
+    }
+    cr_expect_eq(off, f.u.out.order_len);
+    expect(b, WIRE_DATA, &f, "kept DATA 2");
+    cr_expect_eq(f.u.data.seq, 2);
+    cr_expect_arr_eq(f.u.data.payload, "m2", 2);
+    expect(b, WIRE_DATA, &f, "kept DATA 3");
+    cr_expect_eq(f.u.data.seq, 3);
+    cr_expect_arr_eq(f.u.data.payload, "m3", 2);
+    expect(b, WIRE_RESUME_END, &f, "RESUME_END");
+    t_write_all(b, buf, wire_put_welcome(buf, SID, token, 2));
+    send_out(b, 1, NULL, 0, "r1 again");  /* a duplicate: dropped */
+    send_out(b, 2, NULL, 0, "r2");
+    expect_plain(c.plain, "r2");
+    client_says(&c, b, "m4", 4);
+    cr_expect_lt(t_now_ms() - t0, 5000);
+
+    shutdown(c.plain, SHUT_WR);
+    expect(b, WIRE_CLOSE, &f, "CLOSE");
+    send_empty(b, WIRE_CLOSE);
+    char ch;
+    cr_expect_eq(recv_wait(c.plain, &ch, 1, 5000), 0, "a clean end for the client");
+    close(b);
+    csess_close(&c);
+}
+
+Test(resume_proxy, client_heartbeat_timeout_and_move_start_a_resume)
+{
+    struct csess c;
+    struct wire_frame f;
+    uint8_t buf[64];
+
+    /* HEARTBEATs keep a quiet edge alive; silence past --heartbeat-ms loses it. */
+    csess_open(&c, (char *[]){ "--heartbeat-ms", "400", NULL });
+    cr_assert_eq(listen(c.blfd, 8), 0);
+    for (int i = 0; i < 10; i++) {
+        send_empty(c.a, WIRE_HEARTBEAT);
+        usleep(100000);
+    }
+    cr_expect_eq(accept_within(c.blfd, 0), -1, "no resume while heartbeats arrive");
+    long t0 = t_now_ms();
+    int b = accept_within(c.blfd, 3000);
+    cr_assert_geq(b, 0, "a resume after the heartbeat timeout");
+    cr_expect_geq(t_now_ms() - t0, 250);
+    expect(b, WIRE_RESUME, &f, "RESUME");
+    expect(b, WIRE_RESUME_END, &f, "RESUME_END (nothing kept)");
+    t_write_all(b, buf, wire_put_welcome(buf, SID, token, 2));
+    client_says(&c, b, "after", 1);
+    close(b);
+    csess_close(&c);
+
+    /* MOVE: the edge is leaving. */
+    csess_open(&c, NULL);
+    client_says(&c, c.a, "x", 1);
+    send_empty(c.a, WIRE_MOVE);
+    b = b_accepts_resume(&c, &f, 3000);
+    cr_expect_eq(f.u.resume.next_seq, 2);
+    expect(b, WIRE_DATA, &f, "kept DATA 1");
+    expect(b, WIRE_RESUME_END, &f, "RESUME_END");
+    t_write_all(b, buf, wire_put_welcome(buf, SID, token, 5));
+    client_says(&c, b, "y", 2);
+    close(b);
+    csess_close(&c);
+}
+
+Test(resume_proxy, client_error_auth_ends_the_session_with_a_reset)
+{
+    struct csess c;
+    struct wire_frame f;
+    uint8_t buf[128];
+    char ch;
+
+    csess_open(&c, NULL);
+    close(c.a);
+    c.a = -1;
+    int b = b_accepts_resume(&c, &f, 3000);
+    expect(b, WIRE_RESUME_END, &f, "RESUME_END");
+    t_write_all(b, buf, wire_put_error(buf, sizeof(buf), WIRE_ERR_AUTH, "authentication failed"));
+    long rc = recv_wait(c.plain, &ch, 1, 5000);
+    cr_expect_eq(rc, -ECONNRESET, "the client sees a reset, got %ld", rc);
+    close(b);
+    csess_close(&c);
+}
+
+Test(resume_proxy, client_other_errors_try_the_next_edge_and_a_stale_epoch_is_refused)
+{
+    struct csess c;
+    struct wire_frame f;
+    uint8_t buf[128];
+
+    csess_open(&c, NULL);
+    close(c.a);
+    c.a = -1;
+    int b = b_accepts_resume(&c, &f, 3000);
+    expect(b, WIRE_RESUME_END, &f, "RESUME_END");
+    t_write_all(b, buf, wire_put_error(buf, sizeof(buf), WIRE_ERR_UNAVAILABLE, "busy"));
+    close(b);
+    b = accept_within(c.blfd, 5000);   /* A refuses; back at B after the backoff */
+    cr_assert_geq(b, 0, "tried again");
+    expect(b, WIRE_RESUME, &f, "RESUME again");
+    expect(b, WIRE_RESUME_END, &f, "RESUME_END");
+    t_write_all(b, buf, wire_put_welcome(buf, SID, token, 1));   /* not above epoch 1 */
+    close(b);
+    b = accept_within(c.blfd, 5000);
+    cr_assert_geq(b, 0, "a stale epoch is not accepted: tried again");
+    expect(b, WIRE_RESUME, &f, "RESUME a third time");
+    expect(b, WIRE_RESUME_END, &f, "RESUME_END");
+    t_write_all(b, buf, wire_put_welcome(buf, SID, token, 2));
+    client_says(&c, b, "ok", 1);
+    close(b);
+    csess_close(&c);
+}
+
+Test(resume_proxy, client_resume_timeout_resets_the_client)
+{
+    struct csess c;
+    char ch;
+
+    csess_open(&c, (char *[]){ "--resume-timeout-ms", "600", NULL });
+    long t0 = t_now_ms();
+    close(c.a);
+    c.a = -1;
+    long rc = recv_wait(c.plain, &ch, 1, 5000);
+    cr_expect_eq(rc, -ECONNRESET, "the client sees a reset, got %ld", rc);
+    cr_expect_geq(t_now_ms() - t0, 550, "not before the resume timeout");
+    csess_close(&c);
+}
+
+struct writer { int fd; size_t total; volatile size_t written; };
+
+static void *writer_main(void *p)
+{
+    struct writer *w = p;
+    static uint8_t data[4096];
+
+    memset(data, 'k', sizeof(data));
+    while (w->written < w->total) {
+        ssize_t k = send(w->fd, data, sizeof(data), MSG_NOSIGNAL);
+        if (k <= 0)
+            break;
+        w->written += (size_t)k;
+    }
+    return NULL;
+}
+
+Test(resume_proxy, client_keep_cap_stops_reading_until_durable)
+{
+    struct csess c;
+    struct writer w = { .total = 8u << 20 };
+    pthread_t th;
+    struct wire_frame f;
+    size_t got = 0;
+    uint64_t seq = 0;
+
+    csess_open(&c, (char *[]){ "--keep-max-bytes", "200000", NULL });
+    w.fd = c.plain;
+    pthread_create(&th, NULL, writer_main, &w);
+    /* Without SNAP_DURABLE the proxy stops past 200000 kept bytes (one read beyond). */
+    for (;;) {
+        long n = t_read_frame(c.a, fbuf, sizeof(fbuf), 500);
+        if (n == -ETIMEDOUT)
+            break;
+        cr_assert_gt(n, 0);
+        cr_assert_eq(wire_next(fbuf, (size_t)n, sizeof(fbuf), &f), n);
+        cr_assert_eq(f.type, WIRE_DATA);
+        seq = f.u.data.seq;
+        got += f.u.data.len;
+    }
+    cr_expect_leq(got, 200000 + (1u << 20), "read %zu bytes past the cap", got);
+    cr_expect_lt(got, w.total);
+    /* Durable: room again, reading goes on. */
+    send_durable(c.a, 0, seq, 0);
+    long n = t_read_frame(c.a, fbuf, sizeof(fbuf), 3000);
+    cr_assert_gt(n, 0, "more DATA once SNAP_DURABLE freed room");
+    cr_assert_eq(wire_next(fbuf, (size_t)n, sizeof(fbuf), &f), n);
+    cr_expect_eq(f.u.data.seq, seq + 1);
+    shutdown(c.plain, SHUT_RDWR);
+    pthread_join(th, NULL);
+    csess_close(&c);
+}
