@@ -237,7 +237,7 @@ Test(wire, out_roundtrip)
 
 Test(wire, snap_put_roundtrip)
 {
-    uint8_t buf[128], snap[100];
+    uint8_t buf[WIRE_SNAP_PUT_HDR_LEN + 100], snap[100];
     struct wire_frame f;
 
     for (size_t i = 0; i < sizeof(snap); i++)
