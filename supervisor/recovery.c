@@ -802,6 +802,7 @@ void recovery_start(struct session *s, const char *how, int own_fault)
     S.stats.worker_deaths++;
     s->died_ns = mono_ns();
     s->ctl->replay_until = s->next_pos - 1;
+    s->ctl->announce_timers_at = 0;   /* the timers are armed here already */
     atomic_store(&s->ctl->started_ns, 0);
     atomic_store(&s->ctl->load_ns, 0);
     atomic_store(&s->ctl->replayed_ns, 0);

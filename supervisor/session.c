@@ -447,8 +447,11 @@ void sess_watch_worker(struct session *s, pid_t pid, int pidfd)
     io_uring_sqe_set_data64(sqe, UD(OP_PIDFD, s->slot, 0));
     s->pidfd_armed = 1;
     s->inflight++;
-    ring_sleep_prepare(&s->out);
     update_spin_policy();
+    /* A worker may write before we watch it (the timers a resumed one announces): a record
+     * already there gets no doorbell, so look now. */
+    if (!ring_sleep_prepare(&s->out))
+        drain_worker(s);
 }
 
 /* Ask the zygote for a worker (fresh, or restoring the snapshot at restore_pos). The

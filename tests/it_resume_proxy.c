@@ -458,7 +458,7 @@ Test(resume_proxy, server_resumes_after_edge_loss_with_chain_order_and_kept_data
     memset(chain, 7, sizeof(chain));
     ship(s.edge, 1, 0, chain, sizeof(chain), 60);
     expect(s.edge, WIRE_SNAP_ACK, &f, "SNAP_ACK 1");
-    send_durable(s.edge, 1, 0, 1);   /* frees DATA 1 and the order up to position 1 */
+    send_durable(s.edge, 1, 0, 1);   /* frees DATA 1 and the order before position 1 */
     usleep(100000);
     close(s.edge);                   /* lost without CLOSE */
     usleep(100000);
@@ -470,7 +470,7 @@ Test(resume_proxy, server_resumes_after_edge_loss_with_chain_order_and_kept_data
     cr_expect_eq(f.u.resume_info.epoch, 2);
     cr_expect_eq(f.u.resume_info.last_out, 2);
     cr_expect_eq(f.u.resume_info.next_seq, 4);
-    cr_expect_eq(f.u.resume_info.order_base, 2);
+    cr_expect_eq(f.u.resume_info.order_base, 1);   /* the durable position's entry stays */
     expect(n, WIRE_SNAP_PUT, &f, "the chain");
     cr_expect_eq(f.u.snap_put.position, 1);
     cr_expect_eq(f.u.snap_put.base, 0);
@@ -481,7 +481,7 @@ Test(resume_proxy, server_resumes_after_edge_loss_with_chain_order_and_kept_data
     size_t off = 0;
     uint64_t t = 0;
     struct order_entry d;
-    for (int i = 1; i < 3; i++) {   /* positions 2 and 3, times absolute from 0 */
+    for (int i = 0; i < 3; i++) {   /* positions 1 to 3, times absolute from 0 */
         cr_assert_eq(order_decode(f.u.out.order, f.u.out.order_len, &off, &d, &t), 0);
         cr_expect_eq(d.src, e[i].src);
         cr_expect_eq(d.time_ms, e[i].time_ms);
@@ -649,7 +649,7 @@ Test(resume_proxy, client_resumes_at_the_next_edge_with_order_and_kept_data)
     /* ORDER ahead of its OUT: position 3 */
     wire_put_hdr(buf, WIRE_ORDER, (uint32_t)order_bytes(buf + WIRE_HDR_LEN, e + 2, 1, &prev));
     t_write_all(c.a, buf, WIRE_HDR_LEN + wire_get32(buf + 8));
-    send_durable(c.a, 1, 1, 0);           /* frees DATA 1 and position 1 */
+    send_durable(c.a, 1, 1, 0);           /* frees DATA 1 (position 1 stays) */
     usleep(100000);
     long t0 = t_now_ms();
     close(c.a);                           /* A is gone without CLOSE */
@@ -662,12 +662,12 @@ Test(resume_proxy, client_resumes_at_the_next_edge_with_order_and_kept_data)
     cr_expect_eq(f.u.resume.epoch, 1);
     cr_expect_eq(f.u.resume.last_out, 1);
     cr_expect_eq(f.u.resume.next_seq, 4);
-    cr_expect_eq(f.u.resume.order_base, 2);
+    cr_expect_eq(f.u.resume.order_base, 1);   /* the durable position's entry stays */
     expect(b, WIRE_ORDER, &f, "ORDER");
     size_t off = 0;
     uint64_t t = 0;
     struct order_entry d;
-    for (int i = 1; i < 3; i++) {
+    for (int i = 0; i < 3; i++) {
         cr_assert_eq(order_decode(f.u.out.order, f.u.out.order_len, &off, &d, &t), 0);
         cr_expect_eq(d.src, e[i].src);
         cr_expect_eq(d.time_ms, e[i].time_ms, "absolute time, re-encoded from 0");
