@@ -74,7 +74,7 @@ void config_defaults(struct config *c)
     c->max_sessions = 1024;
     c->heartbeat_interval_ms = 1000;
     c->drain_timeout_ms = 30000;
-    c->ship_snapshots = 0;   /* on once every endpoint stores snapshots */
+    c->ship_snapshots = 1;
     c->max_message_bytes = 1u << 20;
     c->max_session_memory = 256ull << 20;
     c->ring_bytes = SHM_RING_BYTES;

@@ -196,6 +196,11 @@ size_t wire_put_hdr(void *buf, uint8_t type, uint32_t body_len)
     return WIRE_HDR_LEN;
 }
 
+void wire_set_flags(void *buf, uint16_t flags)
+{
+    wire_le16((uint8_t *)buf + 4, flags);
+}
+
 size_t wire_put_hello(void *buf, uint8_t role, uint64_t session_id, const uint8_t *token)
 {
     uint8_t *p = (uint8_t *)buf + wire_put_hdr(buf, WIRE_HELLO, 32);

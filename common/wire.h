@@ -5,7 +5,7 @@
  *   offset 0  u16 magic   0xC55A
  *          2  u8  version WIRE_VERSION
  *          3  u8  type    enum wire_type
- *          4  u16 flags   0 for now
+ *          4  u16 flags   WIRE_F_* (0 unless said)
  *          6  u16 reserved, 0
  *          8  u32 len     body length
  *
@@ -68,6 +68,10 @@
 #define WIRE_TOKEN_LEN 16u
 #define WIRE_VERIFIER_LEN 32u
 #define WIRE_SECRET_MAX 256u
+
+/* Header flags. WELCOME from a server endpoint: it stores shipped snapshots (SNAP_PUT) and
+ * answers RESUME; without it the edge ships nothing and the session cannot move. */
+#define WIRE_F_STORES 1u
 
 /* Bodies beyond max payload + this much are refused before they are read. */
 #define WIRE_MAX_OVERHEAD 4096u
@@ -164,6 +168,8 @@ long wire_next(const void *buf, size_t avail, size_t max_body, struct wire_frame
  * total frame length. For DATA and OUT, wire_put_*_hdr writes everything except the payload,
  * so a sender can writev() the header and the payload without copying. */
 size_t wire_put_hdr(void *buf, uint8_t type, uint32_t body_len);
+/* Set the flags of an encoded frame. */
+void   wire_set_flags(void *buf, uint16_t flags);
 /* A client's HELLO (role CLIENT, id 0). */
 size_t wire_put_hello(void *buf, uint8_t role, uint64_t session_id, const uint8_t *token);
 /* An edge's HELLO to the server endpoint (WIRE_HDR_LEN + 74 + secret_len bytes). */

@@ -342,6 +342,19 @@ static long ep_next(struct cessna_ep *ep, const void **data, int timeout_ms)
             continue; /* buffers of sent messages come with remote recovery */
         case WIRE_HEARTBEAT:
             continue; /* the edge is alive and the connection quiet */
+        case WIRE_RECEIPT: {
+            /* Every frame before it was handled: the edge may ship its snapshot. */
+            uint8_t receipt[WIRE_HDR_LEN + 8];
+            rc = ep_write_frame(ep, receipt, wire_put_u64(receipt, WIRE_RECEIPT,
+                                                          f.u.snap.position));
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        case WIRE_MOVE:
+            return ep_fail(ep, -ECONNABORTED, WIRE_ERR_UNSUPPORTED, "the edge moved the session "
+                           "away; this endpoint cannot resume it (native resume is not "
+                           "implemented yet: use cessna-client-proxy)");
         case WIRE_SNAP_PUT:
             return ep_fail(ep, -EPROTO, WIRE_ERR_UNSUPPORTED,
                            "SNAP_PUT not supported by this endpoint");

@@ -287,8 +287,9 @@ static void server_connected(struct psess *s, enum pside side, int res)
                    opt_target, strerror(-res));
         return server_refuse(s);
     }
-    if (outq_put(&s->r.to_edge, frame,
-                 wire_put_welcome(frame, s->r.session_id, NULL, s->r.keep.epoch)) < 0) {
+    size_t n = wire_put_welcome(frame, s->r.session_id, NULL, s->r.keep.epoch);
+    wire_set_flags(frame, WIRE_F_STORES);   /* ship snapshots here: we store them */
+    if (outq_put(&s->r.to_edge, frame, n) < 0) {
         ploop_end(s);
         return;
     }

@@ -53,8 +53,8 @@ int drain_move(struct session *s, char *msg, size_t len)
     s->move_pos = s->next_pos - 1;
     s->move_deadline_ms = tmo_now_ms() + S.cfg.drain_timeout_ms;
     snprintf(msg, len, "ok moving session=%llu position=%llu\n", ull(s->id), ull(s->move_pos));
-    if (!S.cfg.ship_snapshots || s->remote_pos >= s->move_pos) {
-        finish_move(s, S.cfg.ship_snapshots ? "snapshot stored" : "no shipping");
+    if (!S.cfg.ship_snapshots || !s->server_stores || s->remote_pos >= s->move_pos) {
+        finish_move(s, s->remote_pos >= s->move_pos ? "snapshot stored" : "no shipping");
         return 0;
     }
     recovery_request_snapshot(s, ignored, sizeof(ignored));

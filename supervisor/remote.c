@@ -61,8 +61,8 @@ void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full)
     struct ship *sh = &s->ship;
     uint8_t frame[WIRE_HDR_LEN + 8];
 
-    if (!S.cfg.ship_snapshots)
-        return;
+    if (!S.cfg.ship_snapshots || !s->server_stores)
+        return;   /* that server endpoint cannot store it: the session cannot move */
     if (pos == full) {
         /* A full makes every older file irrelevant: the ones not started yet go. */
         sh->nq = 0;

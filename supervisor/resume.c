@@ -581,6 +581,7 @@ int resume_on_frame(struct session *s, struct conn *c, const struct wire_frame *
             return -EPROTO;
         }
         rs->got_info = 1;
+        s->server_stores = 1;   /* it answers RESUME: it stores */
         s->resume_ns[1] = tmo_now_ns();
         s->epoch = f->u.resume_info.epoch;
         if (s->epoch <= rs->client_epoch) {

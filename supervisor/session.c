@@ -602,6 +602,7 @@ static void on_welcome(struct session *s, const struct wire_frame *f)
     }
     s->state = S_LIVE;
     srv->up = 1;
+    s->server_stores = (f->flags & WIRE_F_STORES) != 0;
     /* WELCOME to the client before anything the app says; the app starts now. */
     conn_queue(cli, buf, wire_put_welcome(buf, s->id, s->token, s->epoch), NULL, 0);
     if (push_event(s, EV_START, ORDER_START, 0, NULL, 0) < 0) {

@@ -183,6 +183,7 @@ struct session {
     /* remote durability and resume (remote.c, resume.c) */
     struct ship ship;
     uint64_t receipt;           /* the client confirmed every output up to this event */
+    int server_stores;          /* the server endpoint stores snapshots (WIRE_F_STORES) */
     uint64_t remote_pos;        /* newest snapshot stored at the server endpoint */
     uint64_t replay_quiet_until;/* rebuilt events up to here: their timer arms are not
                                  * armed again (the worker reports what is pending) */
