@@ -632,6 +632,24 @@ static int read_full(int fd, uint8_t *buf, size_t len, off_t at)
     return 0;
 }
 
+int snap_read_header(int fd, struct snap_meta *m, char *err, size_t errlen)
+{
+    uint8_t h[SNAP_HDR_LEN];
+    struct stat st;
+    uint64_t nrecords;
+    int rc;
+
+    if (fstat(fd, &st) == -1) {
+        set_err(err, errlen, "fstat: %s", strerror(errno));
+        return -errno;
+    }
+    if ((uint64_t)st.st_size >= SNAP_HDR_LEN && (rc = read_full(fd, h, sizeof(h), 0)) < 0) {
+        set_err(err, errlen, "read: %s", strerror(-rc));
+        return rc;
+    }
+    return hdr_decode(h, (uint64_t)st.st_size, m, &nrecords, err, errlen);
+}
+
 /* Walk the records of a fully read file: structure (pass 0), zstd test-decode (pass 1,
  * after the checksum), or apply to memory (pass 2). */
 static int walk_records(const uint8_t *buf, size_t end, const struct snap_meta *m,

@@ -134,6 +134,11 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
 int snap_read(const char *path, const uint8_t *expect_fingerprint, int apply,
               struct snap_meta *m, char *err, size_t errlen);
 
+/* Only the header of the snapshot file open at fd (its own checksum checked, the records and
+ * the trailer not): enough to name a file's position, base, seqs and layout cheaply. 0, or
+ * -EBADMSG / -errno with a reason in err. *m is filled on success only. */
+int snap_read_header(int fd, struct snap_meta *m, char *err, size_t errlen);
+
 /* The newest restorable chain in dir: the newest full snapshot that verifies, then
  * repeatedly the newest verified delta whose base_position is the chain's last position
  * (same session and fingerprint, regions at the same addresses). Fills positions[] (oldest

@@ -96,11 +96,15 @@ static int ship_start(struct session *s)
     snap_name(name, sizeof(name), pos, sh->q[0].full ? SNAP_FULL : SNAP_DELTA);
     snprintf(path, sizeof(path), "%s/%llu/%s", S.cfg.state_dir, ull(s->id), name);
     memmove(sh->q, sh->q + 1, (size_t)--sh->nq * sizeof(sh->q[0]));
-    /* Verified before it leaves: a damaged file is never shipped. */
-    if (snap_read(path, NULL, 0, &m, err, sizeof(err)) < 0 ||
-        (sh->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(sh->fd, &st) < 0) {
+    /* Only the header is read here (the loop must not read and hash the whole file): the
+     * store verifies every byte before it acknowledges, and a new edge before it loads. */
+    err[0] = 0;
+    if ((sh->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(sh->fd, &st) < 0 ||
+        snap_read_header(sh->fd, &m, err, sizeof(err)) < 0 || m.position != pos) {
+        if (!err[0])
+            snprintf(err, sizeof(err), "%s", sh->fd < 0 ? strerror(errno) : "another position");
         LOG(LOG_WARN, "session=%llu msg=\"snapshot not shipped; next one full\" file=%s "
-            "error=\"%s\"", ull(s->id), path, err[0] ? err : strerror(errno));
+            "error=\"%s\"", ull(s->id), path, err);
         if (sh->fd >= 0)
             close(sh->fd);
         sh->fd = -1;

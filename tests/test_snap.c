@@ -282,6 +282,41 @@ static void round_trip(int level)
 Test(snap, round_trip_compressed) { round_trip(1); }
 Test(snap, round_trip_uncompressed) { round_trip(0); }
 
+/* The header alone: what an edge reads before it ships a file (the rest is not checked). */
+Test(snap, header_alone)
+{
+    char *dir = tmp_dir(), path[512], err[512];
+    struct world w;
+    struct snap_meta m = { 0 }, got;
+
+    world_init(&w, 8);
+    fill_random(w.a, 8 * PG, 5);
+    m = world_meta(&w, 42, SNAP_DELTA, 40);
+    write_ok(dir, &m, NULL, NULL);
+    snap_path(path, sizeof(path), dir, 42, SNAP_DELTA);
+    int fd = open(path, O_RDWR);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(snap_read_header(fd, &got, err, sizeof(err)), 0, "%s", err);
+    cr_expect_eq(got.position, 42);
+    cr_expect_eq(got.base_position, 40);
+    cr_expect_eq(got.kind, SNAP_DELTA);
+    cr_expect_eq(got.seq[0], 42);
+    cr_expect_eq(got.seq[1], 84);
+    cr_expect_arr_eq(got.fingerprint, w.fp, 32);
+    /* a flipped header byte is caught by the header's own checksum */
+    uint8_t b;
+    cr_assert_eq(pread(fd, &b, 1, 44), 1);
+    b ^= 1;
+    cr_assert_eq(pwrite(fd, &b, 1, 44), 1);
+    cr_expect_eq(snap_read_header(fd, &got, err, sizeof(err)), -EBADMSG);
+    cr_expect(strstr(err, "header checksum"), "%s", err);
+    /* a file shorter than a header and a trailer */
+    cr_assert_eq(ftruncate(fd, 100), 0);
+    cr_expect_eq(snap_read_header(fd, &got, err, sizeof(err)), -EBADMSG);
+    close(fd);
+    rm_dir(dir);
+}
+
 Test(snap, name_format)
 {
     char buf[64];
