@@ -56,13 +56,45 @@ void remote_end(struct session *s)
     s->ship.nq = 0;
 }
 
+/* The snapshot file at pos in the session's directory, open for reading, or -1 (errno). */
+static int open_snapshot(const struct session *s, uint64_t pos, int full, char *path,
+                         size_t len)
+{
+    char name[64];
+
+    snap_name(name, sizeof(name), pos, full ? SNAP_FULL : SNAP_DELTA);
+    snprintf(path, len, "%s/%llu/%s", S.cfg.state_dir, ull(s->id), name);
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+static void durable_here(struct session *s, uint64_t pos, int full)
+{
+    uint8_t frame[WIRE_HDR_LEN + 24];
+    char path[PATH_MAX], err[256] = "";
+    struct snap_meta m;
+    int fd = open_snapshot(s, pos, full, path, sizeof(path));
+
+    if (fd < 0 || snap_read_header(fd, &m, err, sizeof(err)) < 0) {
+        LOG(LOG_WARN, "session=%llu msg=\"snapshot header unreadable\" file=%s error=\"%s\"",
+            ull(s->id), path, err[0] ? err : strerror(errno));
+    } else {
+        sess_send_all(s, frame, wire_put_snap_durable(frame, pos, m.seq[0], m.seq[1]));
+    }
+    if (fd >= 0)
+        close(fd);
+}
+
 void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full)
 {
     struct ship *sh = &s->ship;
     uint8_t frame[WIRE_HDR_LEN + 8];
 
-    if (!S.cfg.ship_snapshots || !s->server_stores)
-        return;   /* that server endpoint cannot store it: the session cannot move */
+    if (!S.cfg.ship_snapshots || !s->server_stores) {
+        /* Nowhere to store it: the session cannot move, so what the endpoints keep for a
+         * new edge is of no use. Let them free it now (or they would stop at their cap). */
+        durable_here(s, pos, pos == full);
+        return;
+    }
     if (pos == full) {
         /* A full makes every older file irrelevant: the ones not started yet go. */
         sh->nq = 0;
@@ -88,18 +120,17 @@ void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full)
 static int ship_start(struct session *s)
 {
     struct ship *sh = &s->ship;
-    char path[PATH_MAX], name[64], err[256];
+    char path[PATH_MAX], err[256];
     struct snap_meta m;
     struct stat st;
     uint64_t pos = sh->q[0].pos;
+    int full = sh->q[0].full;
 
-    snap_name(name, sizeof(name), pos, sh->q[0].full ? SNAP_FULL : SNAP_DELTA);
-    snprintf(path, sizeof(path), "%s/%llu/%s", S.cfg.state_dir, ull(s->id), name);
     memmove(sh->q, sh->q + 1, (size_t)--sh->nq * sizeof(sh->q[0]));
     /* Only the header is read here (the loop must not read and hash the whole file): the
      * store verifies every byte before it acknowledges, and a new edge before it loads. */
     err[0] = 0;
-    if ((sh->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(sh->fd, &st) < 0 ||
+    if ((sh->fd = open_snapshot(s, pos, full, path, sizeof(path))) < 0 || fstat(sh->fd, &st) < 0 ||
         snap_read_header(sh->fd, &m, err, sizeof(err)) < 0 || m.position != pos) {
         if (!err[0])
             snprintf(err, sizeof(err), "%s", sh->fd < 0 ? strerror(errno) : "another position");

@@ -169,6 +169,38 @@ Test(proxies, ten_plain_tcp_streams_byte_exact)
     chain_stop(&c);
 }
 
+/* A native server on libcessna-endpoint stores no snapshots (no WIRE_F_STORES): such a
+ * session cannot move, and the client proxy must not keep its messages for a resume that
+ * cannot happen, or it would stop at --keep-max-bytes. 8 MiB through a 1 MiB keep. */
+Test(proxies, a_session_that_cannot_move_does_not_fill_the_keep, .timeout = 120)
+{
+    struct t_echo_ep echo;
+    struct t_proc cp;
+    struct t_edge edge;
+    enum { TOTAL = 8 << 20, CHUNK = 16384 };
+    static uint8_t out[CHUNK], back[TOTAL];
+
+    t_echo_ep_start(&echo);
+    t_edge_start(&edge, t_app("passthrough"), echo.addr, "snapshot_interval_ms = 20\n");
+    char *argv[] = { (char *)t_bin("cessna-client-proxy"), "--listen", "127.0.0.1:0", "--edge",
+                     edge.sup.addr, "--keep-max-bytes", "1048576", NULL };
+    t_start(&cp, t_tmpdir(), "client-proxy", argv);
+    int fd = t_connect(cp.addr);
+    size_t got = 0;
+    for (size_t sent = 0; sent < TOTAL; sent += CHUNK) {
+        t_fill(out, CHUNK, sent / CHUNK);
+        t_write_all(fd, out, CHUNK);   /* lockstep: each chunk is one message */
+        long n = t_read_n(fd, back + got, CHUNK, 10000);
+        cr_assert_eq(n, CHUNK, "echo of chunk %zu: %ld (the proxy stopped reading?)",
+                     sent / CHUNK, n);
+        cr_assert(!memcmp(back + got, out, CHUNK), "chunk %zu differs", sent / CHUNK);
+        got += CHUNK;
+    }
+    close(fd);
+    t_stop(&cp);
+    t_edge_stop(&edge);
+}
+
 static int free_port(void)
 {
     char err[128];
