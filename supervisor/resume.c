@@ -570,9 +570,14 @@ int resume_on_frame(struct session *s, struct conn *c, const struct wire_frame *
     if (c->side == SIDE_SERVER && !rs->got_info) {
         if (f->type == WIRE_ERROR) {
             /* AUTH (wrong credential or unknown session, one text for both) passes through
-             * unchanged: the client must not try further edges with it. */
-            abort_resume(s, f->u.error.code, "server endpoint: %.*s", (int)f->u.error.text_len,
-                         f->u.error.text);
+             * unchanged, code and text: the client must not try further edges with it, and
+             * must not learn anything from the wording. */
+            if (f->u.error.code == WIRE_ERR_AUTH)
+                abort_resume(s, WIRE_ERR_AUTH, "%.*s", (int)f->u.error.text_len,
+                             f->u.error.text);
+            else
+                abort_resume(s, f->u.error.code, "server endpoint: %.*s",
+                             (int)f->u.error.text_len, f->u.error.text);
             return -EPROTO;
         }
         if (f->type != WIRE_RESUME_INFO) {
