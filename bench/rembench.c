@@ -17,10 +17,14 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "bench.h"
 
@@ -33,10 +37,13 @@
 #define PROXY_HEARTBEAT_MS 400
 #define TARGET_KILL_US     50000.0
 
-enum { M_TOTAL, M_DETECT, M_CONNECT, M_FETCH, M_RESTORE, M_REPLAY, M_REST, M_COUNT };
+/* M_EXIT is apart from the split: when the killed node's supervisor had fully exited (its
+ * pidfd readable), which bounds how soon its connections can be reset. */
+enum { M_TOTAL, M_DETECT, M_CONNECT, M_FETCH, M_RESTORE, M_REPLAY, M_REST, M_EXIT, M_COUNT };
 
 static const char *const metric_names[M_COUNT] = {
     "kill → first output", "detect", "reconnect + auth", "fetch", "restore", "replay", "rest",
+    "node's supervisor exited",
 };
 
 struct rem_rounds {
@@ -94,6 +101,53 @@ static int snapshot_stored(struct rem_world *w, int at, uint64_t id, uint64_t *b
     }
 }
 
+/* Send the probe; wait for its echo while watching the node's pidfd: *exit_us after t0
+ * when the supervisor's exit completed (-1: not within the wait, as for SIGSTOP). */
+static int probe(int fd, const char *msg, int pidfd, uint64_t t0, double *exit_us,
+                 char *err, size_t errlen)
+{
+    uint64_t deadline = ectl_now_ns() + (uint64_t)REPLY_TIMEOUT_MS * 1000000u;
+    size_t len = strlen(msg), have = 0;
+    char back[64];
+
+    *exit_us = -1;
+    if (send(fd, msg, len, MSG_NOSIGNAL) != (ssize_t)len) {
+        int rc = -errno;
+        snprintf(err, errlen, "send '%s': %s", msg, strerror(errno));
+        return rc;
+    }
+    struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = pidfd, .events = POLLIN } };
+    while (have < len) {
+        uint64_t now = ectl_now_ns();
+        if (now >= deadline) {
+            snprintf(err, errlen, "no echo of '%s' within %d ms", msg, REPLY_TIMEOUT_MS);
+            return -ETIMEDOUT;
+        }
+        if (poll(p, 2, (int)((deadline - now) / 1000000u) + 1) <= 0)
+            continue;
+        if (p[1].revents) {
+            *exit_us = (double)(ectl_now_ns() - t0) / 1000.0;
+            p[1].fd = -1;
+        }
+        if (!p[0].revents)
+            continue;
+        ssize_t n = recv(fd, back + have, len - have, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            int rc = n == 0 ? -ECONNRESET : -errno;
+            snprintf(err, errlen, "probe '%s': the client proxy %s", msg,
+                     n == 0 ? "closed the connection" : strerror(errno));
+            return rc;
+        }
+        if (n > 0)
+            have += (size_t)n;
+    }
+    if (memcmp(back, msg, len) != 0) {
+        snprintf(err, errlen, "sent '%s', got '%.*s'", msg, (int)len, back);
+        return -EPROTO;
+    }
+    return 0;
+}
+
 static int echo_many(int fd, int round, int count, char *err, size_t errlen)
 {
     char msg[64];
@@ -149,9 +203,9 @@ static int read_split(struct rem_world *w, uint64_t id, int lost, uint64_t kill_
 static int one_round(struct rem_world *w, int fd, uint64_t id, int at, int sig,
                      const struct bench_opts *o, struct rem_rounds *r, char *err, size_t errlen)
 {
-    char line[ECTL_LINE], probe[64];
+    char line[ECTL_LINE], msg[64];
     uint64_t ordered, stored;
-    double *v = NULL, tmp[M_COUNT];
+    double *v, tmp[M_COUNT];
     int rc = snapshot_stored(w, at, id, &r->snap_bytes, err, errlen);
 
     if (rc == 0)
@@ -165,16 +219,22 @@ static int one_round(struct rem_world *w, int fd, uint64_t id, int at, int sig,
         snprintf(err, errlen, "the sessions line lacks ordered= or remote_snapshot=: %s", line);
         return -EPROTO;
     }
-    snprintf(probe, sizeof(probe), "probe after %s %d", sig == SIGKILL ? "kill" : "stop",
-             r->runs);
+    snprintf(msg, sizeof(msg), "probe after %s %d", sig == SIGKILL ? "kill" : "stop", r->runs);
+    int pidfd = (int)syscall(SYS_pidfd_open, w->edge[at].pid, 0);
+    if (pidfd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "pidfd_open of edge %c: %s", edge_name[at], strerror(errno));
+        return rc;
+    }
+    v = tmp;
     uint64_t t0 = ectl_now_ns();
     rw_edge_signal(w, at, sig);
-    rc = rw_ask(fd, probe, probe, REPLY_TIMEOUT_MS, err, errlen);
+    rc = probe(fd, msg, pidfd, t0, &v[M_EXIT], err, errlen);
     uint64_t t1 = ectl_now_ns();
+    close(pidfd);
     if (rc < 0)
         return rc;
-    v = r->runs < MAX_RUNS ? tmp : NULL;
-    if (!v)
+    if (r->runs >= MAX_RUNS)
         return -E2BIG;
     v[M_TOTAL] = (double)(t1 - t0) / 1000.0;
     int now = read_split(w, id, at, t0, v, err, errlen);
@@ -182,6 +242,11 @@ static int one_round(struct rem_world *w, int fd, uint64_t id, int at, int sig,
         return now;
     for (int k = 0; k < M_COUNT; k++)
         r->v[k][r->runs] = v[k];
+    fprintf(stderr, "cessna-bench: remote %s round %d, edge %c -> %c (µs): total %.0f detect "
+            "%.0f connect %.0f fetch %.0f restore %.0f replay %.0f rest %.0f node exit %.0f\n",
+            sig == SIGKILL ? "SIGKILL" : "SIGSTOP", r->runs + 1, edge_name[at], edge_name[now],
+            v[M_TOTAL], v[M_DETECT], v[M_CONNECT], v[M_FETCH], v[M_RESTORE], v[M_REPLAY],
+            v[M_REST], v[M_EXIT]);
     uint64_t events = ordered - stored;
     if (!r->runs || events < r->events_min)
         r->events_min = events;
@@ -258,7 +323,10 @@ static void print_row(FILE *f, const char *label, const double *v)
 {
     fprintf(f, "| %s |", label);
     for (int k = 0; k < M_COUNT; k++)
-        fprintf(f, " %.0f |", v[k]);
+        if (v[k] < 0)
+            fprintf(f, " - |");
+        else
+            fprintf(f, " %.0f |", v[k]);
     fprintf(f, "\n");
 }
 
@@ -298,16 +366,17 @@ static void print_part1(FILE *f, const struct bench_opts *o, struct rem_part1 *p
                "the RESUME's arrival there (the proxy sees the reset); reconnect + auth = to "
                "the server proxy's RESUME_INFO; fetch = the stored chain, order and messages; "
                "restore = worker start + snapshot load; replay; rest = the remainder (WELCOME, "
-               "the probe's trip). The killed node restarts empty before the next round. "
-               "µs.\n\n", PROXY_HEARTBEAT_MS, state, o->remote_msgs);
+               "the probe's trip). Apart: when the killed node's supervisor had fully "
+               "exited (its pidfd readable; - when it did not before the probe's echo). The "
+               "killed node restarts empty before the next round. µs.\n\n", PROXY_HEARTBEAT_MS, state, o->remote_msgs);
     fprintf(f, "|  |");
     for (int k = 0; k < M_COUNT; k++)
         fprintf(f, " %s |", metric_names[k]);
-    fprintf(f, "\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    fprintf(f, "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     if (p->kill.runs)
         stats_rows(f, "SIGKILL", &p->kill);
     else
-        fprintf(f, "| SIGKILL | failed | | | | | | |\n");
+        fprintf(f, "| SIGKILL | failed | | | | | | | |\n");
     snprintf(label, sizeof(label), "SIGSTOP, --heartbeat-ms %d (edges: heartbeat_interval_ms "
              "%d)", PROXY_HEARTBEAT_MS, EDGE_HEARTBEAT_MS);
     if (p->stop.runs) {
@@ -316,7 +385,7 @@ static void print_part1(FILE *f, const struct bench_opts *o, struct rem_part1 *p
             one[k] = p->stop.v[k][0];
         print_row(f, label, one);
     } else
-        fprintf(f, "| %s | failed | | | | | | |\n", label);
+        fprintf(f, "| %s | failed | | | | | | | |\n", label);
     fprintf(f, "\n");
 
     fprintf(f, "| target | measured | |\n|---|---:|---|\n");

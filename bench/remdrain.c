@@ -32,7 +32,8 @@ struct drain_result {
     double   took_ms[MAX_SESSIONS];    /* the client proxy's resume times */
     int      ntook;
     uint64_t moved_to[REM_EDGES];      /* sessions= at B and C afterwards */
-    uint64_t moves;                    /* A's stats moves= just before it ended */
+    int      moved, moved_stored;      /* A's log: sessions moved, of them after their
+                                          snapshot was stored (else: timeout, no shipping) */
     char     drain_reply[128];
     char     err[BENCH_ERRLEN];
 };
@@ -90,8 +91,9 @@ static int echo_all(const int *fd, int n, const char *what, uint64_t t0, double 
     return 0;
 }
 
-/* The took_ms= of each "session resumed" line in the client proxy's log. */
-static void read_took(struct rem_world *w, struct drain_result *r)
+/* From the logs: the took_ms= of each "session resumed" line of the client proxy; A's
+ * "moved off this edge" lines and how each move ended. */
+static void read_logs(struct rem_world *w, struct drain_result *r)
 {
     char line[2048];
     FILE *f = fopen(w->cproxy.log_path, "r");
@@ -101,6 +103,14 @@ static void read_took(struct rem_world *w, struct drain_result *r)
         if (p && (p = strstr(p, "took_ms=")))
             r->took_ms[r->ntook++] = strtod(p + 8, NULL);
     }
+    if (f)
+        fclose(f);
+    f = fopen(w->edge[0].log_path, "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (strstr(line, "moved off this edge")) {
+            r->moved++;
+            r->moved_stored += strstr(line, "how=snapshot stored") != NULL;
+        }
     if (f)
         fclose(f);
 }
@@ -149,9 +159,6 @@ static void drain_once(struct rem_world *w, const struct bench_opts *o, struct d
         fail(r, w, "while draining", err);
         goto out;
     }
-    /* Moves so far, while A still answers (it may be gone already). */
-    if (ectl_cmd(w->control[0], "stats", out, sizeof(out), err, sizeof(err)) == 0)
-        ectl_field(out, "moves", &r->moves);
     struct pollfd p = { .fd = pidfd, .events = POLLIN };
     if (poll(&p, 1, EXIT_TIMEOUT_MS) != 1) {
         snprintf(err, sizeof(err), "edge A's supervisor did not exit within %d ms",
@@ -169,7 +176,8 @@ static void drain_once(struct rem_world *w, const struct bench_opts *o, struct d
     for (int i = 1; i < w->spec.nedges; i++)
         if (ectl_cmd(w->control[i], "stats", out, sizeof(out), err, sizeof(err)) == 0)
             ectl_field(out, "sessions", &r->moved_to[i]);
-    read_took(w, r);
+    proc_check(&w->edge[0], err, sizeof(err));   /* copies A's last output into its log */
+    read_logs(w, r);
     r->ran = 1;
 out:
     if (pidfd >= 0)
@@ -209,10 +217,10 @@ static void print_drain(FILE *f, const struct bench_opts *o, struct drain_result
     }
     else
         fprintf(f, " none logged |\n\n");
-    fprintf(f, "- `drain` answered \"%s\"; A counted moves=%" PRIu64 " (read right after the "
-               "first echoes; 0 when A was gone already); afterwards B holds %" PRIu64
-               " and C %" PRIu64 " sessions; the client proxy logged %d resumes\n",
-            r->drain_reply, r->moves, r->moved_to[1], r->moved_to[2], r->ntook);
+    fprintf(f, "- `drain` answered \"%s\"; A logged %d sessions moved off, %d of them after "
+               "their snapshot was stored; afterwards B holds %" PRIu64 " and C %" PRIu64
+               " sessions; the client proxy logged %d resumes\n", r->drain_reply, r->moved,
+            r->moved_stored, r->moved_to[1], r->moved_to[2], r->ntook);
     if (r->moved_to[1] + r->moved_to[2] != (uint64_t)r->sessions)
         fprintf(f, "- **B and C hold %" PRIu64 " sessions, not %d**\n",
                 r->moved_to[1] + r->moved_to[2], r->sessions);
