@@ -69,7 +69,7 @@ static void usage(FILE *f)
             "  --recovery-runs N     recovery: kills per standby mode (default %d; --quick %d)\n"
             "  --recovery-msgs N     recovery: messages echoed between snapshot and kill\n"
             "                        (default %d, so %d events to replay)\n"
-            "  --recovery-state SIZE recovery: app state (default 1M)\n"
+            "  --recovery-state SIZE recovery and remote: app state (default 1M)\n"
             "  --snap-interval MS    snapshot-latency: the interval compared with none\n"
             "                        (default %d)\n"
             "  --remote-runs N       remote: whole-node kills (default %d; --quick %d)\n"
