@@ -37,13 +37,15 @@
 #define PROXY_HEARTBEAT_MS 400
 #define TARGET_KILL_US     50000.0
 
-/* M_EXIT is apart from the split: when the killed node's supervisor had fully exited (its
- * pidfd readable), which bounds how soon its connections can be reset. */
-enum { M_TOTAL, M_DETECT, M_CONNECT, M_FETCH, M_RESTORE, M_REPLAY, M_REST, M_EXIT, M_COUNT };
+/* Apart from the split: when the killed node's supervisor had fully exited (its pidfd
+ * readable), and when a TCP connection the bench holds to the node saw its end (the same
+ * kind of connection as the client proxy's, so: when the proxy could have noticed). */
+enum { M_TOTAL, M_DETECT, M_CONNECT, M_FETCH, M_RESTORE, M_REPLAY, M_REST, M_EXIT, M_RESET,
+       M_COUNT };
 
 static const char *const metric_names[M_COUNT] = {
     "kill → first output", "detect", "reconnect + auth", "fetch", "restore", "replay", "rest",
-    "node's supervisor exited",
+    "node's supervisor exited", "a connection to the node ended",
 };
 
 struct rem_rounds {
@@ -101,34 +103,36 @@ static int snapshot_stored(struct rem_world *w, int at, uint64_t id, uint64_t *b
     }
 }
 
-/* Send the probe; wait for its echo while watching the node's pidfd: *exit_us after t0
- * when the supervisor's exit completed (-1: not within the wait, as for SIGSTOP). */
-static int probe(int fd, const char *msg, int pidfd, uint64_t t0, double *exit_us,
+/* Send the probe; wait for its echo while watching the node's pidfd and the bench's own
+ * connection to it: v[M_EXIT] and v[M_RESET] after t0 (-1: not before the echo). */
+static int probe(int fd, const char *msg, int pidfd, int watch, uint64_t t0, double *v,
                  char *err, size_t errlen)
 {
     uint64_t deadline = ectl_now_ns() + (uint64_t)REPLY_TIMEOUT_MS * 1000000u;
     size_t len = strlen(msg), have = 0;
     char back[64];
 
-    *exit_us = -1;
+    v[M_EXIT] = v[M_RESET] = -1;
     if (send(fd, msg, len, MSG_NOSIGNAL) != (ssize_t)len) {
         int rc = -errno;
         snprintf(err, errlen, "send '%s': %s", msg, strerror(errno));
         return rc;
     }
-    struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = pidfd, .events = POLLIN } };
+    struct pollfd p[3] = { { .fd = fd, .events = POLLIN }, { .fd = pidfd, .events = POLLIN },
+                           { .fd = watch, .events = POLLIN | POLLRDHUP } };
     while (have < len) {
         uint64_t now = ectl_now_ns();
         if (now >= deadline) {
             snprintf(err, errlen, "no echo of '%s' within %d ms", msg, REPLY_TIMEOUT_MS);
             return -ETIMEDOUT;
         }
-        if (poll(p, 2, (int)((deadline - now) / 1000000u) + 1) <= 0)
+        if (poll(p, 3, (int)((deadline - now) / 1000000u) + 1) <= 0)
             continue;
-        if (p[1].revents) {
-            *exit_us = (double)(ectl_now_ns() - t0) / 1000.0;
-            p[1].fd = -1;
-        }
+        for (int k = 1; k < 3; k++)
+            if (p[k].revents) {
+                v[k == 1 ? M_EXIT : M_RESET] = (double)(ectl_now_ns() - t0) / 1000.0;
+                p[k].fd = -1;
+            }
         if (!p[0].revents)
             continue;
         ssize_t n = recv(fd, back + have, len - have, MSG_DONTWAIT);
@@ -226,12 +230,22 @@ static int one_round(struct rem_world *w, int fd, uint64_t id, int at, int sig,
         snprintf(err, errlen, "pidfd_open of edge %c: %s", edge_name[at], strerror(errno));
         return rc;
     }
+    /* A connection the node accepted and waits on for a HELLO: only its end is watched. */
+    char addr[64];
+    struct bench_conn watch = { .fd = -1 };
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", w->port[at]);
+    if ((rc = load_connect(&watch, addr, 0, err, errlen)) < 0) {
+        close(pidfd);
+        return rc;
+    }
+    ectl_pause_us(2000);   /* accepted by now */
     v = tmp;
     uint64_t t0 = ectl_now_ns();
     rw_edge_signal(w, at, sig);
-    rc = probe(fd, msg, pidfd, t0, &v[M_EXIT], err, errlen);
+    rc = probe(fd, msg, pidfd, watch.fd, t0, v, err, errlen);
     uint64_t t1 = ectl_now_ns();
     close(pidfd);
+    load_close(&watch);
     if (rc < 0)
         return rc;
     if (r->runs >= MAX_RUNS)
@@ -243,10 +257,11 @@ static int one_round(struct rem_world *w, int fd, uint64_t id, int at, int sig,
     for (int k = 0; k < M_COUNT; k++)
         r->v[k][r->runs] = v[k];
     fprintf(stderr, "cessna-bench: remote %s round %d, edge %c -> %c (µs): total %.0f detect "
-            "%.0f connect %.0f fetch %.0f restore %.0f replay %.0f rest %.0f node exit %.0f\n",
+            "%.0f connect %.0f fetch %.0f restore %.0f replay %.0f rest %.0f node exit %.0f "
+            "connection ended %.0f\n",
             sig == SIGKILL ? "SIGKILL" : "SIGSTOP", r->runs + 1, edge_name[at], edge_name[now],
             v[M_TOTAL], v[M_DETECT], v[M_CONNECT], v[M_FETCH], v[M_RESTORE], v[M_REPLAY],
-            v[M_REST], v[M_EXIT]);
+            v[M_REST], v[M_EXIT], v[M_RESET]);
     uint64_t events = ordered - stored;
     if (!r->runs || events < r->events_min)
         r->events_min = events;
@@ -367,16 +382,17 @@ static void print_part1(FILE *f, const struct bench_opts *o, struct rem_part1 *p
                "the server proxy's RESUME_INFO; fetch = the stored chain, order and messages; "
                "restore = worker start + snapshot load; replay; rest = the remainder (WELCOME, "
                "the probe's trip). Apart: when the killed node's supervisor had fully "
-               "exited (its pidfd readable; - when it did not before the probe's echo). The "
-               "killed node restarts empty before the next round. µs.\n\n", PROXY_HEARTBEAT_MS, state, o->remote_msgs);
+               "exited (its pidfd readable), and when a TCP connection the bench holds to the "
+               "node (accepted, waiting for HELLO) saw its end; - when not before the probe's "
+               "echo. The killed node restarts empty before the next round. µs.\n\n", PROXY_HEARTBEAT_MS, state, o->remote_msgs);
     fprintf(f, "|  |");
     for (int k = 0; k < M_COUNT; k++)
         fprintf(f, " %s |", metric_names[k]);
-    fprintf(f, "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    fprintf(f, "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     if (p->kill.runs)
         stats_rows(f, "SIGKILL", &p->kill);
     else
-        fprintf(f, "| SIGKILL | failed | | | | | | | |\n");
+        fprintf(f, "| SIGKILL | failed | | | | | | | | |\n");
     snprintf(label, sizeof(label), "SIGSTOP, --heartbeat-ms %d (edges: heartbeat_interval_ms "
              "%d)", PROXY_HEARTBEAT_MS, EDGE_HEARTBEAT_MS);
     if (p->stop.runs) {
@@ -385,7 +401,7 @@ static void print_part1(FILE *f, const struct bench_opts *o, struct rem_part1 *p
             one[k] = p->stop.v[k][0];
         print_row(f, label, one);
     } else
-        fprintf(f, "| %s | failed | | | | | | | |\n", label);
+        fprintf(f, "| %s | failed | | | | | | | | |\n", label);
     fprintf(f, "\n");
 
     fprintf(f, "| target | measured | |\n|---|---:|---|\n");
@@ -406,6 +422,17 @@ static void print_part1(FILE *f, const struct bench_opts *o, struct rem_part1 *p
         fprintf(f, "- events since the stored snapshot at the kill: %" PRIu64 " to %" PRIu64
                 "; the session's last snapshot: %" PRIu64 " bytes (snapshot_bytes=)\n",
                 p->kill.events_min, p->kill.events_max, p->kill.snap_bytes);
+    if (p->kill.runs) {
+        double gap[MAX_RUNS];
+        int n = 0;
+        for (int i = 0; i < p->kill.runs; i++)
+            if (p->kill.v[M_EXIT][i] >= 0 && p->kill.v[M_RESET][i] >= 0)
+                gap[n++] = p->kill.v[M_RESET][i] - p->kill.v[M_EXIT][i];
+        if (n)
+            fprintf(f, "- the node's TCP connections ended a median %.0f µs after its "
+                       "supervisor had exited (%d rounds); detect follows the connections' end, "
+                       "not the exit\n", report_median(gap, n), n);
+    }
     fprintf(f, "- the session went through the edges %s (SIGKILL rounds done: %d of %d)\n",
             p->path[0] ? p->path : "-", p->kill.runs, o->remote_runs);
     if (p->kill.failed)
