@@ -1,6 +1,6 @@
 /* bench.c - cessna-bench: main, options, and the run loop (one path at a time: bring its
  * processes up, measure latency then throughput per message size, bring them down; then
- * the sections: snapshot, recovery, snapshot-latency).
+ * the sections: snapshot, recovery, snapshot-latency, remote).
  *
  * Exit status: 0 when every selected path and section ran (whether or not the targets
  * were met), 1 when one could not be run, 2 on a usage error.
@@ -30,11 +30,16 @@
 #define DEFAULT_RECOVERY_MSGS  1000
 #define DEFAULT_RECOVERY_STATE (1u << 20)
 #define DEFAULT_SNAP_INTERVAL  100
+#define DEFAULT_REMOTE_RUNS    5
+#define QUICK_REMOTE_RUNS      3
+#define DEFAULT_REMOTE_MSGS    500
+#define DEFAULT_DRAIN_SESSIONS 20
+#define MAX_DRAIN_SESSIONS     60   /* the edges run max_sessions = 64 */
 #define MAX_STATE              (1ull << 30) /* ballast per session, at most */
 
 static const char *const section_names[SEC_COUNT] = {
     [SEC_SNAPSHOT] = "snapshot", [SEC_RECOVERY] = "recovery",
-    [SEC_SNAP_LATENCY] = "snapshot-latency",
+    [SEC_SNAP_LATENCY] = "snapshot-latency", [SEC_REMOTE] = "remote",
 };
 
 static void usage(FILE *f)
@@ -51,7 +56,7 @@ static void usage(FILE *f)
             "  --quick        CI smoke: %d round trips (%d above 1 KiB), %.0f s throughput\n"
             "  --sizes LIST   message sizes in bytes (default 64,16384; at most %u)\n"
             "  --paths LIST   subset of direct,haproxy1,haproxy3,edge-native,edge-proxies,\n"
-            "                 snapshot,recovery,snapshot-latency (default all)\n"
+            "                 snapshot,recovery,snapshot-latency,remote (default all)\n"
             "  --build DIR    where bin/ and apps/ are (default %s)\n"
             "  --haproxy BIN  the haproxy binary (default /usr/sbin/haproxy)\n"
             "  --keep-tmp     keep the temp dir (configs, children's logs) instead of removing it\n"
@@ -64,9 +69,13 @@ static void usage(FILE *f)
             "  --recovery-runs N     recovery: kills per standby mode (default %d; --quick %d)\n"
             "  --recovery-msgs N     recovery: messages echoed between snapshot and kill\n"
             "                        (default %d, so %d events to replay)\n"
-            "  --recovery-state SIZE recovery: app state (default 1M)\n"
+            "  --recovery-state SIZE recovery and remote: app state (default 1M)\n"
             "  --snap-interval MS    snapshot-latency: the interval compared with none\n"
             "                        (default %d)\n"
+            "  --remote-runs N       remote: whole-node kills (default %d; --quick %d)\n"
+            "  --remote-msgs N       remote: messages echoed between the stored snapshot and\n"
+            "                        the kill (default %d, so %d events to replay)\n"
+            "  --drain-sessions N    remote: sessions on the drained edge (default %d)\n"
             "  --help         this text\n"
             "\n"
             "Paths: direct = client -> echo; haproxy1 = client -> haproxy -> echo;\n"
@@ -82,14 +91,21 @@ static void usage(FILE *f)
             "recovery = kill-worker to the first new output and the supervisor's split\n"
             "(start, load, replay), cold and hot standby (targets: hot < 1 ms, cold < 5 ms);\n"
             "snapshot-latency = edge-native 64 B latency and throughput with periodic\n"
-            "snapshots against none (target: latency within 1.1x).\n"
+            "snapshots against none (target: latency within 1.1x);\n"
+            "remote = through client proxy, 3 edges and server proxy (--store): SIGKILL of\n"
+            "the whole edge node to the first new output, split into detect, reconnect,\n"
+            "fetch, restore, replay (target < 50 ms), and one SIGSTOP found by the heartbeat;\n"
+            "drain time per session; 64 B latency with snapshots every 100 ms shipped\n"
+            "against not shipped (target: within 1.1x).\n"
             "\n"
             "Exit: 0 when every selected path ran (PASS or MISS), 1 when one could not run,\n"
             "2 on a usage error.\n",
             DEFAULT_MESSAGES, DEFAULT_SECONDS, QUICK_MESSAGES, QUICK_MESSAGES / 4, QUICK_SECONDS,
             MAX_SIZE, CESSNA_BUILD_DIR, DEFAULT_SNAP_SIZES, DEFAULT_SNAP_RUNS, QUICK_SNAP_RUNS,
             DEFAULT_RECOVERY_RUNS, QUICK_RECOVERY_RUNS, DEFAULT_RECOVERY_MSGS,
-            2 * DEFAULT_RECOVERY_MSGS, DEFAULT_SNAP_INTERVAL, 1.5, 0.5);
+            2 * DEFAULT_RECOVERY_MSGS, DEFAULT_SNAP_INTERVAL, DEFAULT_REMOTE_RUNS,
+            QUICK_REMOTE_RUNS, DEFAULT_REMOTE_MSGS, 2 * DEFAULT_REMOTE_MSGS,
+            DEFAULT_DRAIN_SESSIONS, 1.5, 0.5);
 }
 
 static int parse_sizes(struct bench_opts *o, const char *list)
@@ -141,7 +157,7 @@ static int parse_paths(struct bench_opts *o, const char *list)
         } else {
             fprintf(stderr, "cessna-bench: unknown path '%s' in --paths (want direct, haproxy1, "
                             "haproxy3, edge-native, edge-proxies, snapshot, recovery, "
-                            "snapshot-latency)\n", tok);
+                            "snapshot-latency, remote)\n", tok);
             return -EINVAL;
         }
         n++;
@@ -230,9 +246,13 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         { "recovery-msgs", required_argument, NULL, 'M' },
         { "recovery-state", required_argument, NULL, 'T' },
         { "snap-interval", required_argument, NULL, 'I' },
+        { "remote-runs", required_argument, NULL, 'K' },
+        { "remote-msgs", required_argument, NULL, 'G' },
+        { "drain-sessions", required_argument, NULL, 'D' },
         { NULL, 0, NULL, 0 },
     };
     double messages = 0, seconds = 0, snap_runs = 0, rec_runs = 0, rec_msgs = 0, interval = 0;
+    double rem_runs = 0, rem_msgs = 0, drain = 0;
     int quick = 0, c;
 
     memset(o, 0, sizeof(*o));
@@ -279,6 +299,11 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         case 'M': rc = parse_number("--recovery-msgs", optarg, 1, 1e6, &rec_msgs); break;
         case 'T': rc = parse_state(o, optarg); break;
         case 'I': rc = parse_number("--snap-interval", optarg, 1, 60000, &interval); break;
+        case 'K': rc = parse_number("--remote-runs", optarg, 1, 63, &rem_runs); break;
+        case 'G': rc = parse_number("--remote-msgs", optarg, 1, 1e6, &rem_msgs); break;
+        case 'D':
+            rc = parse_number("--drain-sessions", optarg, 1, MAX_DRAIN_SESSIONS, &drain);
+            break;
         default: rc = -EINVAL; break;
         }
         if (rc < 0)
@@ -299,6 +324,9 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
                                     : quick ? QUICK_RECOVERY_RUNS : DEFAULT_RECOVERY_RUNS;
     o->recovery_msgs = rec_msgs > 0 ? (int)rec_msgs : DEFAULT_RECOVERY_MSGS;
     o->snap_interval_ms = interval > 0 ? (unsigned)interval : DEFAULT_SNAP_INTERVAL;
+    o->remote_runs = rem_runs > 0 ? (int)rem_runs : quick ? QUICK_REMOTE_RUNS : DEFAULT_REMOTE_RUNS;
+    o->remote_msgs = rem_msgs > 0 ? (int)rem_msgs : DEFAULT_REMOTE_MSGS;
+    o->drain_sessions = drain > 0 ? (int)drain : DEFAULT_DRAIN_SESSIONS;
     return 0;
 }
 
@@ -399,7 +427,7 @@ static int run_sections(FILE *f, const struct bench_opts *o)
 {
     static int (*const run[SEC_COUNT])(FILE *, const struct bench_opts *) = {
         [SEC_SNAPSHOT] = snapbench_run, [SEC_RECOVERY] = recbench_run,
-        [SEC_SNAP_LATENCY] = snaplat_run,
+        [SEC_SNAP_LATENCY] = snaplat_run, [SEC_REMOTE] = rembench_run,
     };
     int failed = 0;
 

@@ -11,6 +11,11 @@
  *   snapbench.c  section "snapshot": fork pause, write time and size against state size
  *   recbench.c   section "recovery": kill to first new output, cold and hot standby
  *   snaplat.c    section "snapshot-latency": edge-native latency with periodic snapshots
+ *   remworld.c   the processes of a remote-recovery setup (client proxy, 3 edges, server
+ *                proxy with --store, plain echo) and plain-TCP asks through it
+ *   rembench.c   section "remote": kill of a whole edge node to first new output, split
+ *   remdrain.c   section "remote", part 2: drain time per session
+ *   remship.c    section "remote", part 3: latency with snapshots shipped and not shipped
  *
  * The sections run after the paths, each on edges of its own, and print their tables
  * after the paths' table.
@@ -45,6 +50,7 @@ enum bench_section {
     SEC_SNAPSHOT,      /* snapshot pause, write time and size per app state size */
     SEC_RECOVERY,      /* recovery time, cold and hot standby */
     SEC_SNAP_LATENCY,  /* edge-native latency with and without periodic snapshots */
+    SEC_REMOTE,        /* remote recovery, drain, shipping cost */
     SEC_COUNT
 };
 
@@ -70,6 +76,9 @@ struct bench_opts {
     int    recovery_msgs;           /* recovery: messages echoed between snapshot and kill */
     size_t recovery_state;          /* recovery: app state (bytes) */
     unsigned snap_interval_ms;      /* snapshot-latency: the interval compared with 0 */
+    int    remote_runs;             /* remote: whole-node kills */
+    int    remote_msgs;             /* remote: messages echoed between snapshot and kill */
+    int    drain_sessions;          /* remote: sessions on the drained edge */
 };
 
 /* ---- procs.c: child processes ---- */
@@ -210,6 +219,47 @@ void     ectl_pause_us(long us);
 int snapbench_run(FILE *f, const struct bench_opts *o);
 int recbench_run(FILE *f, const struct bench_opts *o);
 int snaplat_run(FILE *f, const struct bench_opts *o);
+int rembench_run(FILE *f, const struct bench_opts *o);
+int remdrain_run(FILE *f, const struct bench_opts *o);  /* parts of "remote" */
+int remship_run(FILE *f, const struct bench_opts *o);
+
+/* ---- remworld.c: client proxy -> edges -> server proxy (--store) -> plain echo ---- */
+
+#define REM_EDGES 3
+
+struct rem_spec {
+    char     tag[32];               /* names files and processes: "remote-kill" */
+    int      nedges;                /* 1..REM_EDGES */
+    const char *app;                /* in BUILD/apps */
+    unsigned snapshot_interval_ms;  /* 0: only when asked for */
+    int      ship_off;              /* ship_snapshots = off */
+    unsigned edge_heartbeat_ms;     /* heartbeat_interval_ms at the edges */
+    unsigned proxy_heartbeat_ms;    /* the client proxy's --heartbeat-ms */
+};
+
+struct rem_world {
+    struct rem_spec   spec;
+    char              tag[32];
+    struct bench_proc echo, sproxy, cproxy, edge[REM_EDGES];
+    int               port[REM_EDGES], runs[REM_EDGES];
+    char              control[REM_EDGES][PATH_MAX];
+    char              entry[64], echo_addr[64], sproxy_addr[64]; /* entry: the client proxy */
+    char              secret[PATH_MAX], store[PATH_MAX];
+};
+
+int  rw_up(struct rem_world *w, const struct rem_spec *spec, const struct bench_opts *o,
+           char *err, size_t errlen);
+int  rw_edge_start(struct rem_world *w, int i, const struct bench_opts *o, char *err,
+                   size_t errlen);
+int  rw_check(struct rem_world *w, char *err, size_t errlen);
+void rw_edge_signal(struct rem_world *w, int i, int sig);   /* to the node's whole group */
+void rw_edge_stop(struct rem_world *w, int i);              /* and reap it */
+void rw_down(struct rem_world *w);
+int  rw_find_session(struct rem_world *w, uint64_t id, int skip, char *line, size_t len);
+int  rw_connect(struct rem_world *w, char *err, size_t errlen);  /* a plain fd */
+int  rw_read(int fd, char *buf, size_t len, uint64_t deadline_ns, char *err, size_t errlen);
+int  rw_ask(int fd, const char *msg, const char *expect, int timeout_ms, char *err,
+            size_t errlen);
 
 /* helpers shared by the sections (report.c) */
 void report_size_label(size_t size, char *out, size_t len);
