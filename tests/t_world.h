@@ -51,6 +51,8 @@ struct world {
     volatile int rounds_done[W_SESSIONS_MAX];
 };
 
+/* A loopback port free a moment ago. */
+int  w_free_port(void);
 /* Start everything (the options are copied, defaults filled in). */
 void world_start(struct world *w, const struct w_opts *o);
 /* Stop every process of the world (edges as whole process groups). */
@@ -63,6 +65,8 @@ void edge_kill(struct world *w, int i);
 int  edge_alive(struct world *w, int i);
 /* Ask edge i's control socket (cessna-ctl's protocol). */
 void edge_ctl(struct world *w, int i, const char *cmd, char *out, size_t len);
+/* The same, for an edge that may be gone: -1 when it does not answer. */
+int  edge_ctl_try(struct world *w, int i, const char *cmd, char *out, size_t len);
 /* stats field of edge i (0 when the edge does not answer). */
 uint64_t edge_stat(struct world *w, int i, const char *key);
 /* The edge with the most sessions (-1: none has any). */
