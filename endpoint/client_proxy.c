@@ -325,7 +325,12 @@ static void client_hs_input(struct psess *s, long res)
     if (f.type == WIRE_ERROR) {
         LOG(LOG_WARN, "msg=\"edge refused the session\" edge=%s code=%u text=\"%.*s\"", edge,
             f.u.error.code, (int)f.u.error.text_len, f.u.error.text);
-        ploop_end(s);   /* a refusal is an answer: no other edge is tried */
+        /* UNAVAILABLE (draining, full, its server endpoint refused it) and INCOMPATIBLE are
+         * about this edge: the next one may open it. Any other refusal is the answer. */
+        if (f.u.error.code == WIRE_ERR_UNAVAILABLE || f.u.error.code == WIRE_ERR_INCOMPATIBLE)
+            next_edge(s);
+        else
+            ploop_end(s);
         return;
     }
     if (f.type != WIRE_WELCOME) {

@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cred.h"
 #include "log.h"
 #include "order.h"
 #include "remote.h"
@@ -484,6 +485,16 @@ void resume_start(struct session *s, const struct wire_frame *f)
 
     if (f->u.resume.secret_len) {
         sess_fail(s, WIRE_ERR_PROTO, "a client's RESUME carries no secret");
+        return;
+    }
+    /* This edge knows the credential of a session it holds: a wrong one must not end the
+     * live copy (the server endpoint's check would come too late for it). Same text as the
+     * server endpoint's refusal: no oracle. */
+    if (old && old != s &&
+        !cred_equal(old->token, WIRE_TOKEN_LEN, f->u.resume.token, WIRE_TOKEN_LEN)) {
+        LOG(LOG_WARN, "session=%llu msg=\"RESUME with a wrong client credential refused\"",
+            ull(f->u.resume.session_id));
+        sess_fail(s, WIRE_ERR_AUTH, "authentication failed");
         return;
     }
     s->id = f->u.resume.session_id;
