@@ -49,28 +49,42 @@ static int run(struct world *w, enum fault fault)
     return faults;
 }
 
-static void node_losses(const char *standby, enum fault fault, int min_faults)
+static void node_losses(const struct w_opts *o, enum fault fault, int min_faults)
 {
     static struct world clean, faulty;
-    struct w_opts o = { .standby = standby };
 
-    world_start(&clean, &o);
+    world_start(&clean, o);
     run(&clean, NONE);
     world_stop(&clean);
 
-    world_start(&faulty, &o);
+    world_start(&faulty, o);
     int faults = run(&faulty, fault);
+    uint64_t resumes = 0;
+    for (int i = 0; i < faulty.o.edges; i++)
+        resumes += edge_stat(&faulty, i, "resumes");
     world_stop(&faulty);
     cr_log_info("node faults: %d", faults);
     cr_expect(faults >= min_faults, "only %d node faults landed", faults);
+    cr_expect(resumes > 0, "the edges up at the end resumed no session");
     compare(&clean, &faulty);
 }
+
 Test(remote, edge_node_killed_again_and_again)
 {
-    node_losses("cold", KILL, 20);
+    struct w_opts o = { .standby = "cold" };
+    node_losses(&o, KILL, 20);
 }
 
 Test(remote, edge_node_hangs_past_the_heartbeat)
 {
-    node_losses("cold", STOP, 5);
+    struct w_opts o = { .standby = "cold" };
+    node_losses(&o, STOP, 5);
+}
+
+/* No snapshot is ever taken, so none is shipped: each new edge replays the session from its
+ * first event, from what the two endpoints kept. */
+Test(remote, without_a_stored_snapshot_a_session_replays_from_its_start)
+{
+    struct w_opts o = { .standby = "cold", .rounds = 300, .snapshot_interval_ms = -1 };
+    node_losses(&o, KILL, 8);
 }

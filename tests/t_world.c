@@ -133,9 +133,10 @@ void edge_start(struct world *w, int i)
     f = fopen(cfg, "w");
     cr_assert_not_null(f);
     fprintf(f, "[edge]\nlisten = 127.0.0.1:%d\nserver = %s\napp = %s\nstate_dir = %s\n"
-               "control = %s/edge%d.sock\nsnapshot_interval_ms = 50\nship_snapshots = on\n"
+               "control = %s/edge%d.sock\nsnapshot_interval_ms = %d\nship_snapshots = on\n"
                "heartbeat_interval_ms = 100\n%sstandby = %s\nsandbox = off\n%s\n",
-            w->port[i], w->sproxy.addr, t_app(w->o.app), state, w->dir, i, secret,
+            w->port[i], w->sproxy.addr, t_app(w->o.app), state, w->dir, i,
+            w->o.snapshot_interval_ms < 0 ? 0 : w->o.snapshot_interval_ms, secret,
             w->o.standby, w->o.edge_extra[i] ? w->o.edge_extra[i] : "");
     fclose(f);
     snprintf(name, sizeof(name), "edge%d-%d", i, w->restarts[i]);
@@ -285,6 +286,8 @@ static void fill_defaults(struct w_opts *o)
         o->heartbeat_ms = 400;
     if (!o->resume_timeout_ms)
         o->resume_timeout_ms = 30000;
+    if (!o->snapshot_interval_ms)
+        o->snapshot_interval_ms = 50;
     cr_assert(o->edges <= W_EDGES_MAX && o->sessions <= W_SESSIONS_MAX);
 }
 

@@ -33,6 +33,7 @@ struct w_opts {
     int no_secret[W_EDGES_MAX];        /* edge i has no edge_secret_file */
     int heartbeat_ms;                  /* client proxy [400] */
     int resume_timeout_ms;             /* client proxy [30000] */
+    int snapshot_interval_ms;          /* edges [50]; -1: no snapshots */
 };
 
 struct world {
