@@ -538,6 +538,11 @@ int check_rand(struct w_transcript *t, int session)
         if (strlen(p) < 16 || p[16] != '\n') {
             continue;   /* the client's own "RAND" command echoed in a header line */
         }
+        if (p[0] == 'x') {   /* masked by an earlier compare (a soak compares one clean run
+                              * with many): counted, checked then */
+            n++;
+            continue;
+        }
         uint64_t state = unmix(strtoull(p, NULL, 16));
         if (n)
             cr_expect_eq(state - prev, 0x9e3779b97f4a7c15ull,

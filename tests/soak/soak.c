@@ -6,6 +6,10 @@
  *   soak/ten_thousand_sessions   10,000 short sessions, 20 at a time, 20 ms snapshots, hot
  *                                standby, random worker kills throughout: every session
  *                                byte-exact, none failed, no zombie and no stray child left
+ *   soak/node_losses             three edges behind the proxies (tests/t_world.h); the edge
+ *                                holding the sessions SIGKILLed as a whole node and
+ *                                restarted empty, every 60-160 ms, run after run for
+ *                                CESSNA_SOAK_SECONDS: every byte equal to a run without faults
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -19,6 +23,7 @@
 #include "cessna_endpoint.h"
 #include "../t_helpers.h"
 #include "../t_storm.h"
+#include "../t_world.h"
 
 static long soak_seconds(void)
 {
@@ -164,4 +169,49 @@ Test(soak, ten_thousand_sessions, .timeout = 3600)
     cr_assert_eq(zombies, 0);
     cr_assert_eq(nlive, 0);
     t_edge_stop(&e);
+}
+
+/* One run of the world; with kills, the edge holding the sessions dies again and again until
+ * the clients are done. Returns the node kills. */
+static int world_run(struct world *w, int kill_nodes)
+{
+    struct w_clients c;
+    int kills = 0;
+
+    run_clients(w, &c);
+    while (kill_nodes) {
+        usleep((useconds_t)(60 + (kills * 37) % 100) * 1000);
+        int i = busiest_edge(w);
+        if (i < 0)
+            break;   /* every session ended */
+        edge_kill(w, i);
+        edge_start(w, i);
+        kills++;
+    }
+    join_clients(w, &c);
+    wait_server_transcripts(w);
+    return kills;
+}
+
+Test(soak, node_losses, .timeout = 7200)
+{
+    static struct world clean, faulty;
+    struct w_opts o = { .standby = "cold", .rounds = 2000 };
+    long end = s_now() + soak_seconds();
+    int runs = 0, kills = 0;
+
+    world_start(&clean, &o);
+    world_run(&clean, 0);
+    world_stop(&clean);
+    while (s_now() < end) {
+        memset(&faulty, 0, sizeof(faulty));
+        world_start(&faulty, &o);
+        kills += world_run(&faulty, 1);
+        world_stop(&faulty);
+        compare(&clean, &faulty);
+        runs++;
+    }
+    cr_log_warn("soak: %d runs, %d node kills, every byte equal to the run without faults",
+                runs, kills);
+    printf("soak node losses: %d runs, %d node kills, 0 divergences\n", runs, kills);
 }
