@@ -29,7 +29,7 @@ endif
 COMMON_SRC   := $(wildcard common/*.c)
 SUPER_SRC    := $(filter-out supervisor/cessna_ctl.c,$(wildcard supervisor/*.c))
 WORKER_SRC   := $(wildcard worker/*.c)
-ENDPOINT_LIB := endpoint/endpoint.c
+ENDPOINT_LIB := endpoint/endpoint.c endpoint/ep_server.c endpoint/keep.c endpoint/store.c
 APPS         := $(patsubst apps/%.c,$(BUILD)/apps/%.so,$(wildcard apps/*.c))
 TEST_APPS    := $(patsubst tests/apps/%.c,$(BUILD)/tests/apps/%.so,$(wildcard tests/apps/*.c))
 TOOLS        := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(wildcard tests/tools/*.c))
@@ -59,7 +59,7 @@ $(BUILD)/obj/%.o: %.c $(BUILD)/flags.stamp
 $(BUILD)/libcommon.a: $(call obj,$(COMMON_SRC))
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/lib/libcessna-endpoint.a: $(call obj,$(ENDPOINT_LIB)) $(call obj,common/wire.c common/order.c common/addr.c common/log.c common/cred.c)
+$(BUILD)/lib/libcessna-endpoint.a: $(call obj,$(ENDPOINT_LIB)) $(call obj,common/wire.c common/order.c common/addr.c common/log.c common/cred.c common/snap.c)
 	@mkdir -p $(dir $@)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
