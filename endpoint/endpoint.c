@@ -532,7 +532,6 @@ static int ep_apply(struct cessna_ep *ep, const struct wire_frame *f, uint64_t g
         break;
     case WIRE_SNAP_DURABLE:
         keep_durable(&ep->keep, f->u.durable.position, f->u.durable.seq[ep->role]);
-        ep->durable_seen = true;
         pthread_cond_broadcast(&ep->cond);   /* room for a blocked sender */
         break;
     case WIRE_SNAP_PUT: {
@@ -986,17 +985,6 @@ struct cessna_ep *cessna_ep_accept(int listen_fd, char *err, size_t errlen)
  * session's final -errno. Called and returns with ep->lock held. */
 static int ep_wait_room(struct cessna_ep *ep)
 {
-    if (keep_full(&ep->keep) && !ep->durable_seen) {
-        /* No snapshot was ever stored off the node: the server endpoint does not store
-         * (WIRE_F_STORES), so no SNAP_DURABLE will free room and no edge could resume the
-         * session anyway. Stop keeping rather than wait for ever. */
-        ep->resumable = false;
-        uint64_t epoch = ep->keep.epoch;
-        keep_free(&ep->keep);
-        keep_init(&ep->keep, 0);
-        ep->keep.epoch = epoch;
-        return 0;
-    }
     while (ep->state == 0 && keep_full(&ep->keep)) {
         if (ep->nonblocking)
             return -EAGAIN;

@@ -44,7 +44,6 @@ struct cessna_ep {
     bool resuming;              /* frames from the old connection are dropped */
     bool resumable;             /* keep what a new edge needs; lost edges are resumed */
     bool close_sent;
-    bool durable_seen;          /* a SNAP_DURABLE arrived: the server endpoint stores */
     struct keep keep;           /* keep.epoch is the session's epoch */
     int resume_timeout_ms;      /* client: trying edges; server: waiting for a RESUME */
 

@@ -334,6 +334,12 @@ void relay_edge_bytes(struct relay *r, long res)
     if (res > 0) {
         r->in.len += (size_t)res;
         relay_frames(r);
+    } else if (res == 0 && r->in.len && r->resumable && !r->done) {
+        /* An edge killed while it sent a frame: lost like any other; the partial frame goes
+         * (the new edge sends what we lack again). */
+        r->in.len = 0;
+        r->in.off = 0;
+        relay_edge_gone(r, "closed mid-frame");
     } else if (res == 0 && r->in.len) {
         relay_fail(r, WIRE_ERR_PROTO, "bad frame: connection closed mid-frame (%zu bytes)",
                    r->in.len);

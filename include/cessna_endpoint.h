@@ -65,8 +65,8 @@ struct cessna_ep *cessna_ep_accept(int listen_fd, char *err, size_t errlen);
  * and order are at the keep cap (cessna_ep_set_keep_max) it blocks until a SNAP_DURABLE,
  * handled by a thread in cessna_ep_recv, frees room; in nonblocking mode it returns -EAGAIN
  * instead (a program that sends from the thread that receives should use nonblocking mode,
- * or receive before sending again). A session that reaches the cap before any SNAP_DURABLE
- * (its server endpoint does not store snapshots) stops keeping instead: it cannot move. */
+ * or receive before sending again). (A session whose server endpoint stores no snapshots
+ * cannot move; its edge sends SNAP_DURABLE for each local snapshot, so it frees room too.) */
 int cessna_ep_send(struct cessna_ep *ep, const void *data, size_t len);
 
 /* Receive the next message: its length (>= 0) with *data pointing into the endpoint's
