@@ -175,9 +175,11 @@ Test(badinput, server_proxy_refuses_bad_frames)
     size_t n = wire_put_out_hdr(buf, 1, NULL, 0, 50);
     t_write_all(fd, buf, n + 5);
     shutdown(fd, SHUT_WR);
-    long r = t_read_frame(fd, frame, sizeof(frame), 5000);
-    cr_assert(r > 0 && frame[3] == WIRE_ERROR, "a truncated frame is answered with ERROR");
+    /* A live session's edge that ends mid-frame is lost like a killed one: no ERROR to a
+     * peer that hung up; the session waits for a resume. */
+    t_expect_eof(fd, 5000, "an edge that ended mid-frame is closed");
     close(fd);
+    long r;
 
     /* and a proper session still works: OUT to the target, its echo back as DATA */
     fd = t_connect(sp.addr);

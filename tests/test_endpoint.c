@@ -902,7 +902,12 @@ Test(server_proxy, bad_frames_end_only_their_session, .timeout = 10)
     bad = t_server_session(port, 5);
     cr_assert_eq(t_write(bad, buf, t_put_out(buf, 1, NULL, 0, "cut short", 9) - 4), 0);
     shutdown(bad, SHUT_WR);
-    t_expect_error(bad, WIRE_ERR_PROTO, "mid-frame");
+    /* An edge that ends mid-frame is lost like a crashed one (a killed edge cuts frames
+     * too): the session waits for a resume, and the connection is closed without a frame. */
+    struct pollfd pfd = { .fd = bad, .events = POLLIN };
+    char c;
+    cr_assert_eq(poll(&pfd, 1, 5000), 1, "the proxy closes the connection");
+    cr_assert_eq(recv(bad, &c, 1, 0), 0, "closed without a frame");
     close(bad);
 
     t_send_out(good, 1, "still here");
@@ -911,8 +916,8 @@ Test(server_proxy, bad_frames_end_only_their_session, .timeout = 10)
     t_send_close(good);   /* without CLOSE the proxy would wait --linger-ms for a RESUME */
     t_expect_frame(good, WIRE_CLOSE, &f);
     close(good);
+    t_proxy_stop(pid);    /* the session whose edge ended mid-frame still lingers */
     pthread_join(t.th, NULL);
-    t_proxy_stop(pid);
     close(t.lfd);
 }
 
