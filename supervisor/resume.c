@@ -489,8 +489,12 @@ void resume_start(struct session *s, const struct wire_frame *f)
     }
     /* This edge knows the credential of a session it holds: a wrong one must not end the
      * live copy (the server endpoint's check would come too late for it). Same text as the
-     * server endpoint's refusal: no oracle. */
-    if (old && old != s &&
+     * server endpoint's refusal: no oracle. A copy still gathering its own RESUME holds a
+     * token no one has checked yet (anyone who knows the id can send one): it is no
+     * reference, and refusing with AUTH would make the owner give up for good. The newer
+     * resume takes over below; the server endpoint checks its token. */
+    int unverified = old && old->state == S_RESUMING && (!old->rs || !old->rs->got_info);
+    if (old && old != s && !unverified &&
         !cred_equal(old->token, WIRE_TOKEN_LEN, f->u.resume.token, WIRE_TOKEN_LEN)) {
         LOG(LOG_WARN, "session=%llu msg=\"RESUME with a wrong client credential refused\"",
             ull(f->u.resume.session_id));
