@@ -106,6 +106,24 @@ static void abort_resume(struct session *s, uint32_t code, const char *fmt, ...)
 
 /* ---- gathering ---- */
 
+/* What one side may send in its resume: its keep (at most about max_held_bytes of messages
+ * since the stored snapshot, plus the order) and one message more; 0: no limit. */
+static size_t held_limit(void)
+{
+    return S.cfg.max_held_bytes ? 2 * (size_t)S.cfg.max_held_bytes + S.cfg.max_message_bytes : 0;
+}
+
+static int held_over(struct session *s, const struct held *h, int side, size_t more)
+{
+    size_t limit = held_limit();
+
+    if (!limit || h->order.len + h->data.len + more <= limit)
+        return 0;
+    abort_resume(s, WIRE_ERR_UNAVAILABLE, "the %s's resume holds more than %zu bytes "
+                 "(2 x max_held_bytes + max_message_bytes)", side_name(side), limit);
+    return -EPROTO;
+}
+
 static int held_order(struct held *h, const struct wire_frame *f)
 {
     if (outbuf_reserve(&h->order, f->u.out.order_len) < 0)
@@ -478,10 +496,11 @@ static void clear_dir(struct session *s)
     closedir(d);
 }
 
+static void reach_server(struct session *s);
+
 void resume_start(struct session *s, const struct wire_frame *f)
 {
     struct session *old = sess_find(f->u.resume.session_id);
-    char err[256];
 
     if (f->u.resume.secret_len) {
         sess_fail(s, WIRE_ERR_PROTO, "a client's RESUME carries no secret");
@@ -526,17 +545,29 @@ void resume_start(struct session *s, const struct wire_frame *f)
     s->state = S_RESUMING;
     s->c[SIDE_CLIENT].up = 1;   /* it may hear an ERROR */
     tmo_touch(s);
+    LOG(LOG_INFO, "session=%llu msg=\"resume requested\" epoch=%llu last_out=%llu next_seq=%llu",
+        ull(s->id), ull(f->u.resume.epoch), ull(f->u.resume.last_out), ull(f->u.resume.next_seq));
+    /* Nothing more is read from the client (nor kept, nor touched on disk) until the server
+     * endpoint has checked its credential and answered RESUME_INFO. */
+    reach_server(s);
+}
+
+/* The server endpoint vouched for the client (RESUME_INFO): the session gets its memory and
+ * directory here, and the client's material is read now. 0, or -1 (the resume ended). */
+static int credential_checked(struct session *s)
+{
+    char err[256];
+
     sdir_reclaim(s->id);
     if (sess_prepare(s, err, sizeof(err)) < 0) {
         abort_resume(s, WIRE_ERR_UNAVAILABLE, "cannot prepare the session: %s", err);
-        return;
+        return -1;
     }
     clear_dir(s);
-    LOG(LOG_INFO, "session=%llu msg=\"resume requested\" epoch=%llu last_out=%llu next_seq=%llu",
-        ull(s->id), ull(f->u.resume.epoch), ull(f->u.resume.last_out), ull(f->u.resume.next_seq));
+    return 0;
 }
 
-/* The client has said all it holds: ask the server endpoint. */
+/* Ask the server endpoint, which checks the client's credential. */
 static void reach_server(struct session *s)
 {
     struct conn *srv = &s->c[SIDE_SERVER];
@@ -579,9 +610,12 @@ int resume_on_frame(struct session *s, struct conn *c, const struct wire_frame *
     struct held *h = &rs->h[c->side];
     int rc = 0;
 
-    tmo_touch(s);
     if (h->ended)
         return -EAGAIN;   /* live input: it waits until the session is rebuilt */
+    if (c->side == SIDE_CLIENT && !rs->got_info)
+        return -EAGAIN;   /* unchecked yet: what it sends waits, unread, unkept */
+    if (f->type != WIRE_HEARTBEAT)
+        tmo_touch(s);     /* progress: the resume's deadline moves (heartbeats are none) */
     if (c->side == SIDE_SERVER && !rs->got_info) {
         if (f->type == WIRE_ERROR) {
             /* AUTH (wrong credential or unknown session, one text for both) passes through
@@ -612,13 +646,20 @@ int resume_on_frame(struct session *s, struct conn *c, const struct wire_frame *
         h->last_out = f->u.resume_info.last_out;
         h->next_seq = f->u.resume_info.next_seq;
         h->order_base = f->u.resume_info.order_base;
-        return 0;
+        if (credential_checked(s) < 0)
+            return -EPROTO;
+        sess_resume_input(s);   /* the client's material, waiting until now */
+        return s->state == S_DEAD ? -EPROTO : 0;
     }
     switch (f->type) {
     case WIRE_ORDER:
+        if (held_over(s, h, c->side, f->u.out.order_len) < 0)
+            return -EPROTO;
         rc = held_order(h, f);
         break;
     case WIRE_DATA:
+        if (held_over(s, h, c->side, f->u.data.len) < 0)
+            return -EPROTO;
         rc = held_data(s, h, c->side, f);
         break;
     case WIRE_SNAP_PUT:
@@ -630,15 +671,14 @@ int resume_on_frame(struct session *s, struct conn *c, const struct wire_frame *
         break;
     case WIRE_RESUME_END:
         h->ended = 1;
-        if (c->side == SIDE_CLIENT)
-            reach_server(s);
-        else if (rs->fd >= 0)
+        if (c->side == SIDE_SERVER && rs->fd >= 0) {
             abort_resume(s, WIRE_ERR_PROTO, "snapshot %llu from the server endpoint ends "
                          "early (%llu of %llu bytes)", ull(rs->pos), ull(rs->off), ull(rs->total));
-        else {
+        } else if (c->side == SIDE_SERVER) {
             s->resume_ns[2] = tmo_now_ns();
-            rebuild(s);
         }
+        if (s->state == S_RESUMING && rs->h[SIDE_CLIENT].ended && rs->h[SIDE_SERVER].ended)
+            rebuild(s);   /* both have said all they hold */
         return s->state == S_DEAD ? -EPROTO : 0;
     case WIRE_ERROR:
         abort_resume(s, f->u.error.code, "%s endpoint: %.*s", side_name(c->side),
