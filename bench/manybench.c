@@ -149,7 +149,14 @@ static void measure_side(struct side_result *r, enum side side, int n,
     fprintf(stderr, "cessna-bench: sessions N=%d %s: starting, opening %d\n", n,
             side_names[side], n);
     if (bring_up(&s, side, n, SNAP_INTERVAL_MS, o, err, sizeof(err)) < 0) {
-        fail(r, &s, n, "setup", err);
+        if (side == SIDE_HAPROXY && !proc_interrupted()) { /* it checks its fd limit first */
+            r->refused = 1;
+            snprintf(r->why, sizeof(r->why), "refused at 0 connections: HAProxy with maxconn "
+                     "%d did not start (RLIMIT_NOFILE %ld): %s", n, nofile_limit(), err);
+            fprintf(stderr, "cessna-bench: sessions N=%d haproxy1: %s\n", n, r->why);
+        } else {
+            fail(r, &s, n, "setup", err);
+        }
         goto out;
     }
     ps_tree_usage(s.procs[root].pid, &u);
@@ -158,8 +165,8 @@ static void measure_side(struct side_result *r, enum side side, int n,
     int rc = many_open(&m, s.entry, side == SIDE_EDGE, n, err, sizeof(err));
     ps_kernel_kib(&k1);
     r->opened = m.proven;
-    r->open_s = m.open_s;
-    r->open_rate = m.open_s > 0 ? m.proven / m.open_s : 0;
+    r->open_s = m.proven_s; /* the rate of what opened, not the wait for what did not */
+    r->open_rate = m.proven_s > 0 ? m.proven / m.proven_s : 0;
     ps_tree_usage(s.procs[root].pid, &u);
     r->pss_kib = u.pss_kib;
     r->procs = u.procs;
