@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "bench.h"
 
@@ -36,10 +38,15 @@
 #define DEFAULT_DRAIN_SESSIONS 20
 #define MAX_DRAIN_SESSIONS     60   /* the edges run max_sessions = 64 */
 #define MAX_STATE              (1ull << 30) /* ballast per session, at most */
+#define DEFAULT_MANY           "100,1000,10000"
+#define MAX_MANY               65536 /* the supervisor's max_sessions at most */
+#define DEFAULT_MANY_SECONDS   10.0
+#define QUICK_MANY_SECONDS     3.0
 
 static const char *const section_names[SEC_COUNT] = {
     [SEC_SNAPSHOT] = "snapshot", [SEC_RECOVERY] = "recovery",
     [SEC_SNAP_LATENCY] = "snapshot-latency", [SEC_REMOTE] = "remote",
+    [SEC_SESSIONS] = "sessions",
 };
 
 static void usage(FILE *f)
@@ -56,7 +63,8 @@ static void usage(FILE *f)
             "  --quick        CI smoke: %d round trips (%d above 1 KiB), %.0f s throughput\n"
             "  --sizes LIST   message sizes in bytes (default 64,16384; at most %u)\n"
             "  --paths LIST   subset of direct,haproxy1,haproxy3,edge-native,edge-proxies,\n"
-            "                 snapshot,recovery,snapshot-latency,remote (default all)\n"
+            "                 snapshot,recovery,snapshot-latency,remote,sessions\n"
+            "                 (default all)\n"
             "  --build DIR    where bin/ and apps/ are (default %s)\n"
             "  --haproxy BIN  the haproxy binary (default /usr/sbin/haproxy)\n"
             "  --keep-tmp     keep the temp dir (configs, children's logs) instead of removing it\n"
@@ -76,6 +84,11 @@ static void usage(FILE *f)
             "  --remote-msgs N       remote: messages echoed between the stored snapshot and\n"
             "                        the kill (default %d, so %d events to replay)\n"
             "  --drain-sessions N    remote: sessions on the drained edge (default %d)\n"
+            "  --sessions LIST       sessions: numbers of concurrent sessions, each\n"
+            "                        1..%d (default %s)\n"
+            "  --sessions-seconds S  sessions: length of each paced run, one 64 B message\n"
+            "                        per session per second (default %.0f; --quick %.0f)\n"
+            "  --json FILE    write the sessions section's numbers to FILE as JSON\n"
             "  --help         this text\n"
             "\n"
             "Paths: direct = client -> echo; haproxy1 = client -> haproxy -> echo;\n"
@@ -96,7 +109,13 @@ static void usage(FILE *f)
             "the whole edge node to the first new output, split into detect, reconnect,\n"
             "fetch, restore, replay (target < 50 ms), and one SIGSTOP found by the heartbeat;\n"
             "drain time per session; 64 B latency with snapshots every 100 ms shipped\n"
-            "against not shipped (target: within 1.1x).\n"
+            "against not shipped (target: within 1.1x);\n"
+            "sessions = N concurrent sessions on one edge (max_sessions = N) against one\n"
+            "HAProxy with N connections, same load generator: setup rate, PSS of the\n"
+            "edge's tree + kernel memory per session, msgs/s and p99 with one 64 B message\n"
+            "per session per second and saturating, CPU of snapshots every 1000 ms; an N\n"
+            "a stack cannot open is reported as refused, with its reason.\n"
+            "Every run prints the load average at its start and end.\n"
             "\n"
             "Exit: 0 when every selected path ran (PASS or MISS), 1 when one could not run,\n"
             "2 on a usage error.\n",
@@ -105,7 +124,8 @@ static void usage(FILE *f)
             DEFAULT_RECOVERY_RUNS, QUICK_RECOVERY_RUNS, DEFAULT_RECOVERY_MSGS,
             2 * DEFAULT_RECOVERY_MSGS, DEFAULT_SNAP_INTERVAL, DEFAULT_REMOTE_RUNS,
             QUICK_REMOTE_RUNS, DEFAULT_REMOTE_MSGS, 2 * DEFAULT_REMOTE_MSGS,
-            DEFAULT_DRAIN_SESSIONS, 1.5, 0.5);
+            DEFAULT_DRAIN_SESSIONS, MAX_MANY, DEFAULT_MANY, DEFAULT_MANY_SECONDS,
+            QUICK_MANY_SECONDS, 1.5, 0.5);
 }
 
 static int parse_sizes(struct bench_opts *o, const char *list)
@@ -126,6 +146,26 @@ static int parse_sizes(struct bench_opts *o, const char *list)
         o->sizes[o->nsizes++] = (size_t)v;
     }
     return o->nsizes ? 0 : -EINVAL;
+}
+
+static int parse_many(struct bench_opts *o, const char *list)
+{
+    char buf[256], *save = NULL;
+
+    snprintf(buf, sizeof(buf), "%s", list);
+    o->nmany = 0;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *end;
+        long v = strtol(tok, &end, 10);
+
+        if (*end || v < 1 || v > MAX_MANY || o->nmany == BENCH_MAX_MANY) {
+            fprintf(stderr, "cessna-bench: bad --sessions '%s' (1..%d each, at most %d)\n",
+                    list, MAX_MANY, BENCH_MAX_MANY);
+            return -EINVAL;
+        }
+        o->many[o->nmany++] = (int)v;
+    }
+    return o->nmany ? 0 : -EINVAL;
 }
 
 static int section_parse(const char *name, enum bench_section *sec)
@@ -157,7 +197,7 @@ static int parse_paths(struct bench_opts *o, const char *list)
         } else {
             fprintf(stderr, "cessna-bench: unknown path '%s' in --paths (want direct, haproxy1, "
                             "haproxy3, edge-native, edge-proxies, snapshot, recovery, "
-                            "snapshot-latency, remote)\n", tok);
+                            "snapshot-latency, remote, sessions)\n", tok);
             return -EINVAL;
         }
         n++;
@@ -249,10 +289,13 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         { "remote-runs", required_argument, NULL, 'K' },
         { "remote-msgs", required_argument, NULL, 'G' },
         { "drain-sessions", required_argument, NULL, 'D' },
+        { "sessions", required_argument, NULL, 'N' },
+        { "sessions-seconds", required_argument, NULL, 'E' },
+        { "json", required_argument, NULL, 'J' },
         { NULL, 0, NULL, 0 },
     };
     double messages = 0, seconds = 0, snap_runs = 0, rec_runs = 0, rec_msgs = 0, interval = 0;
-    double rem_runs = 0, rem_msgs = 0, drain = 0;
+    double rem_runs = 0, rem_msgs = 0, drain = 0, many_seconds = 0;
     int quick = 0, c;
 
     memset(o, 0, sizeof(*o));
@@ -265,6 +308,7 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         o->sections[i] = 1;
     parse_snap_sizes(o, DEFAULT_SNAP_SIZES);
     o->recovery_state = DEFAULT_RECOVERY_STATE;
+    parse_many(o, DEFAULT_MANY);
 
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         int rc = 0;
@@ -304,6 +348,11 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         case 'D':
             rc = parse_number("--drain-sessions", optarg, 1, MAX_DRAIN_SESSIONS, &drain);
             break;
+        case 'N': rc = parse_many(o, optarg); break;
+        case 'E':
+            rc = parse_number("--sessions-seconds", optarg, 1, 3600, &many_seconds);
+            break;
+        case 'J': snprintf(o->json, sizeof(o->json), "%s", optarg); break;
         default: rc = -EINVAL; break;
         }
         if (rc < 0)
@@ -327,6 +376,8 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
     o->remote_runs = rem_runs > 0 ? (int)rem_runs : quick ? QUICK_REMOTE_RUNS : DEFAULT_REMOTE_RUNS;
     o->remote_msgs = rem_msgs > 0 ? (int)rem_msgs : DEFAULT_REMOTE_MSGS;
     o->drain_sessions = drain > 0 ? (int)drain : DEFAULT_DRAIN_SESSIONS;
+    o->many_seconds = many_seconds > 0 ? many_seconds
+                                       : quick ? QUICK_MANY_SECONDS : DEFAULT_MANY_SECONDS;
     return 0;
 }
 
@@ -428,6 +479,7 @@ static int run_sections(FILE *f, const struct bench_opts *o)
     static int (*const run[SEC_COUNT])(FILE *, const struct bench_opts *) = {
         [SEC_SNAPSHOT] = snapbench_run, [SEC_RECOVERY] = recbench_run,
         [SEC_SNAP_LATENCY] = snaplat_run, [SEC_REMOTE] = rembench_run,
+        [SEC_SESSIONS] = manybench_run,
     };
     int failed = 0;
 
@@ -437,8 +489,40 @@ static int run_sections(FILE *f, const struct bench_opts *o)
     return failed ? -1 : 0;
 }
 
+/* The bench holds many connections (section sessions), and its children inherit the
+ * limit: raise the soft limit to the hard one. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            fprintf(stderr, "cessna-bench: setrlimit(RLIMIT_NOFILE): %s\n", strerror(errno));
+    }
+}
+
+/* The machine's load average, with a warning when above one per core: other work skews
+ * every figure of the run. */
+static void print_load(FILE *f, const char *when, double la[3])
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+    if (ps_loadavg(la) < 0) {
+        la[0] = la[1] = la[2] = -1;
+        fprintf(f, "Load average at %s: unreadable.\n\n", when);
+        return;
+    }
+    fprintf(f, "Load average at %s: %.2f %.2f %.2f (1, 5, 15 min; %ld CPUs).%s\n\n", when,
+            la[0], la[1], la[2], cpus,
+            la[0] > (double)cpus ? " **Warning: above one per core: other work on this machine "
+                                   "skews the figures.**" : "");
+    fflush(f);
+}
+
 int main(int argc, char **argv)
 {
+    double la_start[3], la_end[3];
     static struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES];
     struct bench_opts o;
     char err[BENCH_ERRLEN];
@@ -459,6 +543,8 @@ int main(int argc, char **argv)
         proc_tmpdir_remove(o.tmpdir);
         return 1;
     }
+    raise_nofile();
+    print_load(stdout, "start", la_start);
     for (int p = 0; p < PATH_COUNT; p++)
         if (o.selected[p] && run_path((enum bench_path)p, &o, res[p]) < 0)
             failed = 1;
@@ -466,6 +552,11 @@ int main(int argc, char **argv)
         report_print(stdout, &o, res);
     if (run_sections(stdout, &o) < 0)
         failed = 1;
+    print_load(stdout, "end", la_end);
+    if (o.json[0] && manybench_write_json(o.json, la_start, la_end, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-bench: %s\n", err);
+        failed = 1;
+    }
     if (o.keep_tmp)
         fprintf(stderr, "cessna-bench: configs and logs kept in %s\n", o.tmpdir);
     else

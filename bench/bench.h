@@ -16,6 +16,11 @@
  *   rembench.c   section "remote": kill of a whole edge node to first new output, split
  *   remdrain.c   section "remote", part 2: drain time per session
  *   remship.c    section "remote", part 3: latency with snapshots shipped and not shipped
+ *   manybench.c  section "sessions": 100 .. 10,000 concurrent sessions on one edge against
+ *                HAProxy with as many connections (setup rate, memory, msgs/s, snapshot CPU)
+ *   manyload.c   the load generator of N connections (edge sessions or plain TCP), one thread
+ *   procstat.c   /proc: a process tree's PSS and CPU time, kernel memory, load average
+ *   jsonw.c      a tiny JSON writer (--json)
  *
  * The sections run after the paths, each on edges of its own, and print their tables
  * after the paths' table.
@@ -51,10 +56,12 @@ enum bench_section {
     SEC_RECOVERY,      /* recovery time, cold and hot standby */
     SEC_SNAP_LATENCY,  /* edge-native latency with and without periodic snapshots */
     SEC_REMOTE,        /* remote recovery, drain, shipping cost */
+    SEC_SESSIONS,      /* many concurrent sessions against HAProxy with many connections */
     SEC_COUNT
 };
 
 #define BENCH_MAX_SNAP_SIZES 8
+#define BENCH_MAX_MANY       8
 
 struct bench_opts {
     size_t messages;                /* latency round trips for sizes <= 1 KiB; a quarter above */
@@ -79,6 +86,10 @@ struct bench_opts {
     int    remote_runs;             /* remote: whole-node kills */
     int    remote_msgs;             /* remote: messages echoed between snapshot and kill */
     int    drain_sessions;          /* remote: sessions on the drained edge */
+    int    many[BENCH_MAX_MANY];    /* sessions: the numbers of concurrent sessions */
+    int    nmany;
+    double many_seconds;            /* sessions: length of each paced run */
+    char   json[PATH_MAX];          /* --json FILE: the sessions section's numbers; "" none */
 };
 
 /* ---- procs.c: child processes ---- */
@@ -111,6 +122,8 @@ int  proc_read_ready(struct bench_proc *p, int timeout_ms, char *addr, size_t ad
 int  proc_wait_port(struct bench_proc *p, int port, int timeout_ms, char *err, size_t errlen);
 int  proc_check(struct bench_proc *p, char *err, size_t errlen);
 void proc_stop(struct bench_proc *p, int grace_ms);
+/* The last non-empty line of the child's log ("" when none). */
+void proc_log_last(const struct bench_proc *p, char *out, size_t outlen);
 int  proc_tmpdir_create(char *dir, size_t len, char *err, size_t errlen);
 void proc_tmpdir_remove(const char *dir);
 
@@ -132,6 +145,7 @@ struct edge_spec {
     const char *app;                  /* in BUILD/apps: "ballast.so" */
     unsigned    snapshot_interval_ms; /* 0: snapshots only when asked for */
     int         hot;                  /* standby = hot (else cold) */
+    unsigned    max_sessions;         /* 0: 64 */
 };
 
 const char *stack_path_name(enum bench_path path);
@@ -141,6 +155,9 @@ int  stack_up(struct bench_stack *s, enum bench_path path, const struct bench_op
               char *err, size_t errlen);
 int  stack_up_edge(struct bench_stack *s, const struct edge_spec *e, const struct bench_opts *o,
                    char *err, size_t errlen);
+/* plain echo <- one HAProxy with maxconn (and its fd limit) for that many connections. */
+int  stack_up_haproxy(struct bench_stack *s, const struct bench_opts *o, int maxconn,
+                      char *err, size_t errlen);
 int  stack_check(struct bench_stack *s, char *err, size_t errlen);
 void stack_down(struct bench_stack *s);
 
@@ -260,6 +277,80 @@ int  rw_connect(struct rem_world *w, char *err, size_t errlen);  /* a plain fd *
 int  rw_read(int fd, char *buf, size_t len, uint64_t deadline_ns, char *err, size_t errlen);
 int  rw_ask(int fd, const char *msg, const char *expect, int timeout_ms, char *err,
             size_t errlen);
+
+/* ---- manyload.c: N connections from one thread ---- */
+
+#define MANY_MSG 64
+
+struct many_conn;
+
+struct many_set {
+    struct many_conn *conns;
+    int               n;       /* connected (closed by many_close) */
+    int               proven;  /* of them, with their first message echoed: open */
+    int               native;
+    int               epfd;
+    double            open_s;  /* opening the n took this long (a failed one included) */
+    double            proven_s; /* from the start to the last one proven */
+};
+
+struct many_result {
+    uint64_t          sent, echoes, late; /* echoes: received in the measured window */
+    double            seconds, msgs_per_s;
+    struct lat_result lat;
+};
+
+/* Open n connections one after the other, each proven by one echo; on failure m->proven
+ * are open and err says why. */
+int  many_open(struct many_set *m, const char *entry, int native, int n, char *err,
+               size_t errlen);
+void many_close(struct many_set *m);
+/* Each connection one 64 B message per 1/rate_hz s, spread evenly, for seconds (after one
+ * warm-up period). */
+int  many_paced(struct many_set *m, double rate_hz, double seconds, struct many_result *r,
+                char *err, size_t errlen);
+/* Each connection its next message as soon as its echo is back, for seconds. */
+int  many_saturate(struct many_set *m, double seconds, struct many_result *r, char *err,
+                   size_t errlen);
+
+/* ---- procstat.c ---- */
+
+struct ps_usage {
+    uint64_t pss_kib; /* summed over the tree */
+    int      procs;   /* processes whose PSS was read */
+    double   cpu_s;   /* user + system, own and reaped children's */
+};
+
+int    ps_tree(pid_t root, pid_t **pids);   /* root and its descendants: their count */
+int    ps_tree_usage(pid_t root, struct ps_usage *u);
+double ps_tree_cpu_s(pid_t root);
+int    ps_kernel_kib(uint64_t *kib);        /* meminfo Slab + PageTables + KernelStack */
+int    ps_loadavg(double la[3]);
+
+/* ---- jsonw.c ---- */
+
+#define JSONW_MAX_DEPTH 16
+
+struct jsonw {
+    FILE *f;
+    int   depth, after_key;
+    int   count[JSONW_MAX_DEPTH];
+};
+
+void jw_obj(struct jsonw *w);
+void jw_obj_end(struct jsonw *w);
+void jw_arr(struct jsonw *w);
+void jw_arr_end(struct jsonw *w);
+void jw_key(struct jsonw *w, const char *key);
+void jw_num(struct jsonw *w, const char *key, double v);     /* key NULL inside an array */
+void jw_str(struct jsonw *w, const char *key, const char *s); /* s NULL: null */
+
+/* ---- manybench.c: section "sessions" ---- */
+
+int manybench_run(FILE *f, const struct bench_opts *o);
+/* The section's numbers as JSON, with the run's load average at start and end. */
+int manybench_write_json(const char *path, const double la_start[3], const double la_end[3],
+                         char *err, size_t errlen);
 
 /* helpers shared by the sections (report.c) */
 void report_size_label(size_t size, char *out, size_t len);

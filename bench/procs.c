@@ -185,6 +185,11 @@ static void proc_log_tail(const struct bench_proc *p, char *out, size_t outlen)
     memcpy(out, line, strlen(line) + 1);
 }
 
+void proc_log_last(const struct bench_proc *p, char *out, size_t outlen)
+{
+    proc_log_tail(p, out, outlen);
+}
+
 static void describe_exit(const siginfo_t *si, char *out, size_t outlen)
 {
     if (si->si_code == CLD_EXITED)

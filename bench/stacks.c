@@ -24,6 +24,7 @@
 
 #define READY_TIMEOUT_MS 10000
 #define STOP_GRACE_MS    2000
+#define HAPROXY_MAXCONN  1024  /* the latency paths' one connection at a time */
 
 static const char *const path_names[PATH_COUNT] = {
     [PATH_DIRECT] = "direct",           [PATH_HAPROXY1] = "haproxy1",
@@ -156,33 +157,34 @@ static int write_text(const char *path, const char *text, char *err, size_t errl
     return rc;
 }
 
-static int write_haproxy_cfg(const char *path, int port, const char *backend, char *err,
-                             size_t errlen)
+static int write_haproxy_cfg(const char *path, int port, const char *backend, int maxconn,
+                             char *err, size_t errlen)
 {
     char cfg[1024];
 
     snprintf(cfg, sizeof(cfg),
              "global\n"
              "    nbthread 1\n"
-             "    maxconn 1024\n"
+             "    maxconn %d\n"
              "defaults\n"
              "    mode tcp\n"
              "    timeout connect 30s\n"
              "    timeout client 30s\n"
              "    timeout server 30s\n"
              "frontend fe\n"
+             "    maxconn %d\n"
              "    bind 127.0.0.1:%d\n"
              "    default_backend be\n"
              "backend be\n"
              "    server next %s\n",
-             port, backend);
+             maxconn, maxconn, port, backend);
     return write_text(path, cfg, err, errlen);
 }
 
 /* One HAProxy in TCP mode forwarding to backend; its frontend address in addr. A port
  * taken between picking and binding makes HAProxy exit: try another one. */
 static int start_haproxy(struct bench_stack *s, const struct bench_opts *o, const char *name,
-                         const char *backend, char *addr, size_t addrlen, char *err,
+                         const char *backend, int maxconn, char *addr, size_t addrlen, char *err,
                          size_t errlen)
 {
     char cfg[PATH_MAX + 64];
@@ -196,7 +198,7 @@ static int start_haproxy(struct bench_stack *s, const struct bench_opts *o, cons
 
         if (port < 0)
             return port;
-        rc = write_haproxy_cfg(cfg, port, backend, err, errlen);
+        rc = write_haproxy_cfg(cfg, port, backend, maxconn, err, errlen);
         if (rc < 0)
             return rc;
         rc = stack_start(s, &spec, o, err, errlen);
@@ -224,7 +226,7 @@ static int start_haproxy_chain(struct bench_stack *s, const struct bench_opts *o
         char name[48];
 
         snprintf(name, sizeof(name), "%s.hop%d", stack_path_name(s->path), hop);
-        rc = start_haproxy(s, o, name, next, addr, sizeof(addr), err, errlen);
+        rc = start_haproxy(s, o, name, next, HAPROXY_MAXCONN, addr, sizeof(addr), err, errlen);
         if (rc < 0)
             return rc;
         snprintf(next, sizeof(next), "%s", addr);
@@ -268,12 +270,13 @@ static int write_supervisor_ini(const char *ini, const struct bench_opts *o,
              "control = %s\n"
              "standby = %s\n"
              "snapshot_interval_ms = %u\n"
-             "max_sessions = 64\n"
+             "max_sessions = %u\n"
              "max_message_bytes = 1048576\n"
              "max_session_memory = 4293918720\n"   /* ballast up to MAX_STATE (1 GiB) */
              "busy_poll = %s\n"
              "sandbox = %s\n",
              server, app, state, control, e->hot ? "hot" : "cold", e->snapshot_interval_ms,
+             e->max_sessions ? e->max_sessions : 64,
              o->busy_poll_off ? "off" : "auto", o->sandbox_off ? "off" : "on");
     return write_text(ini, text, err, errlen);
 }
@@ -392,6 +395,25 @@ int stack_up_edge(struct bench_stack *s, const struct edge_spec *e, const struct
     s->path = PATH_EDGE_NATIVE;
     snprintf(s->tag, sizeof(s->tag), "%s", e->tag);
     return up_edge_native(s, o, e, err, errlen);
+}
+
+/* plain echo <- HAProxy (maxconn) <- the bench: the sessions section's baseline. */
+int stack_up_haproxy(struct bench_stack *s, const struct bench_opts *o, int maxconn,
+                     char *err, size_t errlen)
+{
+    char echo[64];
+    int rc;
+
+    memset(s, 0, sizeof(*s));
+    s->path = PATH_HAPROXY1;
+    snprintf(s->tag, sizeof(s->tag), "sessions-%d", maxconn);
+    rc = need_file(o->haproxy, 1, " (install haproxy or pass --haproxy)", err, errlen);
+    if (rc == 0)
+        rc = start_echo(s, o, 0, echo, sizeof(echo), err, errlen);
+    if (rc == 0)
+        rc = start_haproxy(s, o, "haproxy", echo, maxconn, s->entry, sizeof(s->entry), err,
+                           errlen);
+    return rc;
 }
 
 /* 0 while every process of the path runs; else which one ended and how. */
