@@ -269,23 +269,19 @@ static int setup_ring(void)
 #define FDS_PER_SESSION 9
 #define FDS_RESERVED    64
 
-/* Use the whole descriptor allowance (the soft limit up to the hard one), and say at start
- * when max_sessions cannot be reached under it, rather than at the session that hits it. */
-static void raise_fd_limit(void)
+/* Say at start when max_sessions cannot be reached under the descriptor limit, rather than
+ * at the session that hits it. (Raising the soft limit to the hard one, as HAProxy does, is
+ * issue 8's: the out-of-descriptors test lowers the limit it starts us with.) */
+static void check_fd_limit(void)
 {
     struct rlimit rl;
 
     if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
         return;
-    if (rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
-            getrlimit(RLIMIT_NOFILE, &rl);
-    }
     uint64_t per = FDS_PER_SESSION + (S.cfg.standby == STANDBY_HOT ? 2 : 0);
     uint64_t can = rl.rlim_cur > FDS_RESERVED ? (rl.rlim_cur - FDS_RESERVED) / per : 0;
     if (rl.rlim_cur != RLIM_INFINITY && can < S.cfg.max_sessions)
-        LOG(LOG_WARN, "msg=\"max_sessions cannot be reached under the descriptor limit: new "
+        LOG(LOG_WARN, "msg=\"max_sessions cannot be reached under the descriptor limit (ulimit -n): new "
             "sessions will wait for descriptors past about this many\" max_sessions=%u "
             "fd_limit=%llu sessions_possible=%llu", S.cfg.max_sessions,
             (unsigned long long)rl.rlim_cur, (unsigned long long)can);
@@ -379,7 +375,7 @@ int main(int argc, char **argv)
     S.ncpu = (uint32_t)sysconf(_SC_NPROCESSORS_ONLN);
     S.ring_size = S.cfg.ring_bytes;
     sess_flow_limits();
-    raise_fd_limit();
+    check_fd_limit();
     S.sessions = calloc(S.cfg.max_sessions, sizeof(*S.sessions));
     if (!S.sessions) {
         fprintf(stderr, "cessna-supervisor: out of memory for %u sessions\n", S.cfg.max_sessions);
