@@ -454,7 +454,9 @@ Test(proxies, clients_that_give_up_right_after_hello_leave_nothing, .timeout = 1
     size_t hlen = wire_put_hello(hello, WIRE_ROLE_CLIENT, 0, NULL);
 
     t_echo_tcp_start(&echo);
-    chain_start(&c, t_app("passthrough"), echo.addr);
+    /* A client gone without CLOSE may come back with RESUME: a session that got as far as
+     * the server proxy waits --linger-ms for it (1.5 s here), then goes. */
+    chain_start_wait(&c, t_app("passthrough"), echo.addr, "1500");
     int cbase = fd_count(c.cproxy.pid), sbase = fd_count(c.sproxy.pid);
     /* Native clients at the edge: HELLO, then gone. The edge drops each session, maybe
      * before its HELLO reaches the server proxy. */
