@@ -43,7 +43,8 @@ struct shm_ctl {
     uint64_t replay_until;
     _Atomic uint64_t started_ns, load_ns, replayed_ns;
     /* Remote recovery: after finishing this event (or right after restoring a snapshot at
-     * it), the worker reports each pending timer (OUT_TIMER_PENDING). 0 = never. */
+     * it), the worker reports each pending timer (OUT_TIMER_PENDING), then an end record;
+     * the supervisor sets it to 0 at the end record. 0 = never. */
     uint64_t announce_timers_at;
     char error[256];            /* the worker's reason when it gives up (NUL-terminated) */
 };
@@ -66,7 +67,8 @@ enum shm_out {
     OUT_CACHE_READ,   /* a = xxh3-64 of the content (0 = miss), b = length; name follows */
     OUT_DONE,         /* the worker finished shutdown() and exits */
     OUT_FAIL,         /* the worker gives up (reason in shm_ctl.error) and exits */
-    OUT_TIMER_PENDING,/* a = timer id, b = due time (event-time ms): see announce_timers_at */
+    OUT_TIMER_PENDING,/* a = timer id, b = due time (event-time ms): see announce_timers_at;
+                       * a = 0 ends the announcement */
 };
 
 /* The session's report socket carries two fixed-size, versioned records per snapshot:

@@ -802,7 +802,8 @@ void recovery_start(struct session *s, const char *how, int own_fault)
     S.stats.worker_deaths++;
     s->died_ns = mono_ns();
     s->ctl->replay_until = s->next_pos - 1;
-    s->ctl->announce_timers_at = 0;   /* the timers are armed here already */
+    /* announce_timers_at stays until the announcement's end arrived: a worker killed during
+     * a remote replay leaves the new one to announce the pending timers. */
     atomic_store(&s->ctl->started_ns, 0);
     atomic_store(&s->ctl->load_ns, 0);
     atomic_store(&s->ctl->replayed_ns, 0);

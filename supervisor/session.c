@@ -980,9 +980,15 @@ static int take_output(struct session *s, uint16_t type, const void *rec, uint32
         break;
     case OUT_TIMER_PENDING: {
         uint64_t now = sess_now_ms();
+        if (!r.a) {   /* the end of the announcement: a later worker need not repeat it */
+            s->ctl->announce_timers_at = 0;
+            break;
+        }
         if (r.a > s->max_timer_id)
             s->max_timer_id = r.a;
-        if (s->state == S_LIVE && timers_arm(s, r.a, r.b > now ? r.b - now : 0) < 0)
+        /* Armed already when a worker that died mid-announcement announced it first. */
+        if (s->state == S_LIVE && !timers_has(s, r.a) &&
+            timers_arm(s, r.a, r.b > now ? r.b - now : 0) < 0)
             LOG(LOG_WARN, "session=%llu msg=\"timer not armed\"", ull(s->id));
         break;
     }

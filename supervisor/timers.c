@@ -66,6 +66,14 @@ int timers_arm(struct session *s, uint64_t id, uint64_t delay_ms)
     return 0;
 }
 
+int timers_has(const struct session *s, uint64_t id)
+{
+    for (uint32_t i = 0; i < nslots(&s->timers); i++)
+        if (slot_at(&s->timers, i)->id == id)
+            return 1;
+    return 0;
+}
+
 void timers_cancel(struct session *s, uint64_t id)
 {
     for (uint32_t i = 0; i < nslots(&s->timers); i++) {

@@ -35,6 +35,8 @@ struct session;
 
 /* Arm timer `id` to fire after delay_ms. 0, -ENOSPC or -ENOMEM. */
 int  timers_arm(struct session *s, uint64_t id, uint64_t delay_ms);
+/* 1 when timer `id` is armed. */
+int  timers_has(const struct session *s, uint64_t id);
 /* Cancel timer `id` if it is armed (a firing already ordered is not undone). */
 void timers_cancel(struct session *s, uint64_t id);
 void timers_cancel_all(struct session *s);

@@ -526,11 +526,11 @@ static void announce_timers(uint64_t pos)
 {
     if (!L.ctl->announce_timers_at || pos != L.ctl->announce_timers_at)
         return;
-    for (uint32_t i = 0; i < L.st->ntimers; i++) {
+    for (uint32_t i = 0; i <= L.st->ntimers; i++) {   /* then one with id 0: the end */
         struct shm_rec *r = out_reserve(OUT_TIMER_PENDING, 0);
         r->pos = pos;
-        r->a = L.st->timers[i].id;
-        r->b = L.st->timers[i].due_ms;
+        r->a = i < L.st->ntimers ? L.st->timers[i].id : 0;
+        r->b = i < L.st->ntimers ? L.st->timers[i].due_ms : 0;
         out_commit();
     }
     flush_outputs();
