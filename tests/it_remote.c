@@ -9,6 +9,8 @@
  * byte each program received must equal a run without faults. */
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "t_world.h"
@@ -87,4 +89,69 @@ Test(remote, without_a_stored_snapshot_a_session_replays_from_its_start)
 {
     struct w_opts o = { .standby = "cold", .rounds = 300, .snapshot_interval_ms = -1 };
     node_losses(&o, KILL, 8);
+}
+
+/* Read from fd until the received bytes hold needle (or timeout_ms passes). */
+static int read_until(int fd, char *buf, size_t cap, size_t *len, const char *needle,
+                      int timeout_ms)
+{
+    long deadline = t_now_ms() + timeout_ms;
+
+    while (!memmem(buf, *len, needle, strlen(needle))) {
+        long left = deadline - t_now_ms();
+        if (left <= 0 || *len >= cap)
+            return -1;
+        long n = t_read_n(fd, buf + *len, 1, (int)left);   /* whatever arrives first */
+        if (n <= 0)
+            return -1;
+        *len += (size_t)n;
+    }
+    return 0;
+}
+
+/* Two faults together: the node holding a session with a timer pending dies, and at the
+ * new edge the worker is killed too, as soon as the session is there (during or right after
+ * its remote replay, before or after it announced its pending timers). The timer fires,
+ * once. */
+Test(remote, worker_killed_while_a_resumed_session_replays_keeps_its_timer)
+{
+    static struct world w;
+    static char buf[1 << 20];
+    struct w_opts o = { .standby = "cold", .sessions = 1, .snapshot_interval_ms = -1 };
+    char line[64], out[1 << 16];
+    size_t len = 0;
+    uint64_t id = 0;
+
+    world_start(&w, &o);
+    int fd = t_connect(w.cproxy.addr);
+    for (int i = 1; i <= 300; i++) {   /* 600 events to replay from the start */
+        int n = snprintf(line, sizeof(line), "%s %d\n", i == 1 ? "hello client" : "message", i);
+        t_write_all(fd, line, (size_t)n);
+        snprintf(line, sizeof(line), "reply %d\n", i);
+        cr_assert_eq(read_until(fd, buf, sizeof(buf), &len, line, 5000), 0, "%s", line);
+    }
+    t_write_all(fd, "TICK 1500\n", 10);
+    usleep(100 * 1000);   /* the TICK is ordered (its echo to the server carries it) */
+    int a = busiest_edge(&w);
+    cr_assert_geq(a, 0);
+    edge_kill(&w, a);
+    edge_start(&w, a);
+    /* Kill the worker wherever the session shows up first. */
+    for (long t0 = t_now_ms(); !id && t_now_ms() - t0 < 10000; ) {
+        for (int i = 0; i < w.o.edges && !id; i++) {
+            if (i == a || edge_session_ids(&w, i, &id, 1) != 1)
+                continue;
+            snprintf(line, sizeof(line), "kill-worker %llu", (unsigned long long)id);
+            edge_ctl(&w, i, line, out, sizeof(out));
+            cr_log_info("killed the resumed worker: %s", out);
+        }
+    }
+    cr_assert(id, "the session resumed nowhere");
+    cr_assert_eq(read_until(fd, buf, sizeof(buf), &len, "TOCK 1\n", 10000), 0,
+                 "the pending timer never fired after the resume and the worker kill");
+    t_write_all(fd, "message 301\n", 12);
+    cr_assert_eq(read_until(fd, buf, sizeof(buf), &len, "reply 301\n", 5000), 0);
+    cr_expect(!memmem(buf, len, "TOCK 2", 6), "the timer fired twice");
+    close(fd);
+    world_stop(&w);
 }
