@@ -12,8 +12,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -570,23 +568,14 @@ static int credential_checked(struct session *s)
 /* Ask the server endpoint, which checks the client's credential. */
 static void reach_server(struct session *s)
 {
-    struct conn *srv = &s->c[SIDE_SERVER];
     uint8_t frame[WIRE_RESUME_MAX];
-    int fd = socket(S.server_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    char err[256];
 
-    if (fd == -1) {
-        abort_resume(s, WIRE_ERR_UNAVAILABLE, "socket: %s", strerror(errno));
-        return;
-    }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    srv->fd = fd;
-    sess_queue(srv, frame, wire_put_resume(frame, s->id, s->token, s->rs->client_epoch + 1, 0,
-                                           0, 0, S.edge_secret, S.edge_secret_len), NULL, 0);
-    struct io_uring_sqe *sqe = sup_sqe();
-    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&S.server_addr, S.server_addrlen);
-    io_uring_sqe_set_data64(sqe, UD(OP_CONNECT, s->slot, SIDE_SERVER));
-    srv->connect_armed = 1;
-    s->inflight++;
+    if (sess_connect_server(s, frame, wire_put_resume(frame, s->id, s->token,
+                                                      s->rs->client_epoch + 1, 0, 0, 0,
+                                                      S.edge_secret, S.edge_secret_len),
+                            err, sizeof(err)) < 0)
+        abort_resume(s, WIRE_ERR_UNAVAILABLE, "%s", err);
 }
 
 void resume_on_connect(struct session *s, int res)

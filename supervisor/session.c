@@ -524,12 +524,31 @@ static int start_worker(struct session *s, char *err, size_t errlen)
     return sess_spawn_worker(s, 0, err, errlen);
 }
 
-static void on_hello(struct session *s, const struct wire_frame *f)
+int sess_connect_server(struct session *s, const void *first, size_t len, char *err,
+                        size_t errlen)
 {
     struct conn *srv = &s->c[SIDE_SERVER];
+    int fd = socket(S.server_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+
+    if (fd == -1) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -errno;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    srv->fd = fd;
+    conn_queue(srv, first, len, NULL, 0);
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&S.server_addr, S.server_addrlen);
+    io_uring_sqe_set_data64(sqe, UD(OP_CONNECT, s->slot, SIDE_SERVER));
+    srv->connect_armed = 1;
+    s->inflight++;
+    return 0;
+}
+
+static void on_hello(struct session *s, const struct wire_frame *f)
+{
     uint8_t hello[WIRE_RESUME_MAX], verifier[WIRE_VERIFIER_LEN];
     char err[256];
-    int fd;
 
     if (f->u.hello.role != WIRE_ROLE_CLIENT || f->u.hello.session_id != 0) {
         sess_fail(s, WIRE_ERR_UNEXPECTED, "HELLO must come from a client with session id 0");
@@ -546,24 +565,15 @@ static void on_hello(struct session *s, const struct wire_frame *f)
         sess_fail(s, WIRE_ERR_UNAVAILABLE, "cannot start a worker: %s", err);
         return;
     }
-    fd = socket(S.server_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd == -1) {
-        sess_fail(s, WIRE_ERR_UNAVAILABLE, "socket: %s", strerror(errno));
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    srv->fd = fd;
     /* HELLO goes first; the server connection is not `up` until WELCOME, so nothing else
      * is sent before it. */
     cred_verifier(s->token, verifier);
-    conn_queue(srv, hello, wire_put_hello_edge(hello, s->id, s->epoch, verifier, S.edge_secret,
-                                               S.edge_secret_len), NULL, 0);
-    struct io_uring_sqe *sqe = sup_sqe();
-    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&S.server_addr, S.server_addrlen);
-    io_uring_sqe_set_data64(sqe, UD(OP_CONNECT, s->slot, SIDE_SERVER));
-    srv->connect_armed = 1;
-    s->inflight++;
+    if (sess_connect_server(s, hello, wire_put_hello_edge(hello, s->id, s->epoch, verifier,
+                                                          S.edge_secret, S.edge_secret_len),
+                            err, sizeof(err)) < 0) {
+        sess_fail(s, WIRE_ERR_UNAVAILABLE, "%s", err);
+        return;
+    }
     LOG(LOG_INFO, "session=%llu msg=\"new session\" worker=%d", ull(s->id), (int)s->pid);
 }
 

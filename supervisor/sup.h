@@ -286,6 +286,10 @@ int  sess_queue(struct conn *c, const void *a, size_t alen, const void *b, size_
  * limits (-EAGAIN past them); else that time, rebuilding a session's events. */
 int  sess_push_event_at(struct session *s, uint16_t type, uint8_t src, uint64_t a,
                         const void *data, size_t len, uint64_t time_ms);
+/* Open the connection to the server endpoint with `first` (HELLO or RESUME) queued; the
+ * connect completes in sess_on_connect. 0, or -errno with a reason in err. */
+int  sess_connect_server(struct session *s, const void *first, size_t len, char *err,
+                         size_t errlen);
 /* Shared memory, doorbells and the directory for a session about to get its worker. */
 int  sess_prepare(struct session *s, char *err, size_t errlen);
 /* Fresh rings and the held events rewound to `position`, for a worker about to take over. */
