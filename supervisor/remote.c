@@ -150,7 +150,6 @@ static int ship_start(struct session *s)
     sh->seq[1] = m.seq[1];
     sh->total = (uint64_t)st.st_size;
     sh->off = 0;
-    sh->acked = 0;
     return 0;
 }
 

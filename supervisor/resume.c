@@ -48,7 +48,6 @@ struct resume {
     char tmp[PATH_MAX];
     uint64_t chain[CHAIN_MAX];  /* files stored, oldest first */
     int nchain;
-    uint64_t started_ms;
 };
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
@@ -463,7 +462,7 @@ static void rebuild(struct session *s)
     LOG(LOG_INFO, "session=%llu msg=\"resumed\" epoch=%llu snapshot=%llu snapshot_files=%d "
         "replay=%llu new_client=%llu new_server=%llu took_ms=%llu", ull(s->id), ull(s->epoch),
         ull(P), rs->nchain, ull(N - P), ull(rs->h[0].next_seq - 1 - seq[0]),
-        ull(rs->h[1].next_seq - 1 - seq[1]), ull(tmo_now_ms() - rs->started_ms));
+        ull(rs->h[1].next_seq - 1 - seq[1]), ull((tmo_now_ns() - s->resume_ns[0]) / 1000000));
     resume_free(s);
     sess_resume_input(s);   /* live frames that waited */
 out:
@@ -533,7 +532,6 @@ void resume_start(struct session *s, const struct wire_frame *f)
         return;
     }
     s->rs->fd = -1;
-    s->rs->started_ms = tmo_now_ms();
     s->resume_ns[0] = tmo_now_ns();
     memcpy(s->token, f->u.resume.token, WIRE_TOKEN_LEN);
     s->rs->client_epoch = f->u.resume.epoch;

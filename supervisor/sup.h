@@ -77,7 +77,7 @@ enum sess_state {
 struct ship {
     struct { uint64_t pos; int full; } q[SHIP_QUEUE];   /* durable here, not shipped yet */
     int nq;
-    int active, acked;
+    int active;
     int fd;                 /* the file being shipped */
     uint64_t pos, base, total, off;
     uint64_t seq[2];        /* the last client / server message it covers */
