@@ -377,6 +377,9 @@ static void step(struct psess *s)
             return;
         }
         arm_recv(s, PS_EDGE, p, room);
+        /* The heartbeat counts from here: while a slow plain peer kept us from reading, the
+         * edge's frames waited in the socket, and its silence proved nothing. */
+        r->last_edge_ms = relay_now_ms();
     }
 }
 
@@ -464,7 +467,8 @@ static void on_tick(void)
             continue;
         }
         if (s->state == P_LIVE && ploop_heartbeat_ms && !s->r.done && !s->r.edge_dead &&
-            s->r.resumable && now - s->r.last_edge_ms >= ploop_heartbeat_ms) {
+            s->r.resumable && s->recv_armed[PS_EDGE] &&
+            now - s->r.last_edge_ms >= ploop_heartbeat_ms) {
             char why[96];
             snprintf(why, sizeof(why), "no frame for %d ms (heartbeat timeout)",
                      ploop_heartbeat_ms);
