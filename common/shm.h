@@ -27,6 +27,9 @@ struct shm_ctl {
     _Atomic uint64_t consumed;  /* position of the last event the worker finished */
     _Atomic uint32_t spin_ns;   /* how long the worker may poll for input before sleeping */
     uint32_t pad2;
+    /* Doorbells (bell.h): futex words, one per direction. */
+    _Atomic uint32_t bell_in;   /* the supervisor rings it: events, room for outputs, a request */
+    _Atomic uint32_t bell_out;  /* the worker rings it: outputs, room for events, its end */
     /* A snapshot request: the supervisor fills the fields, then snap_pos (release); the
      * worker forks when it has finished event snap_pos (DESIGN.md section 5). */
     uint64_t snap_base;         /* 0: full; else the durable snapshot a delta builds on */

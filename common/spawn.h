@@ -2,8 +2,9 @@
  * SOCK_SEQPACKET socketpair. Fixed-size, zeroed, versioned records (STYLE.md 4).
  *
  *   zygote -> supervisor, once:  spawn_ready   (status 0, or -errno and a reason)
- *   supervisor -> zygote:        spawn_request + fds [memfd, doorbell to worker, doorbell to
- *                                supervisor, snapshot report socket]
+ *   supervisor -> zygote:        spawn_request + fds [memfd, snapshot report socket, and on
+ *                                kernels without io_uring futex waits an eventfd: the
+ *                                doorbell to the supervisor (bell.h)]
  *   zygote -> supervisor:        spawn_reply   + fd  [pidfd of the new worker] when status == 0
  */
 #ifndef CESSNA_SPAWN_H
@@ -12,7 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SPAWN_VERSION 3u   /* 2: max_memory; 3: the layout fingerprint when ready */
+#define SPAWN_VERSION 4u   /* 2: max_memory; 3: the layout fingerprint when ready;
+                            * 4: futex doorbells (fds: memfd, report[, doorbell]) */
 
 struct spawn_ready {
     uint32_t version;

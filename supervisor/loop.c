@@ -419,6 +419,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "cessna-supervisor: io_uring: %s\n", strerror(-rc));
         return 1;
     }
+    doorbell_probe();
     proc_close_in_child(S.listen_fd);
     proc_close_in_child(S.ctl_fd);
     proc_close_in_child(S.ring.ring_fd);

@@ -242,8 +242,6 @@ static void drop_pending(struct session *s)
 
 int recovery_request_snapshot(struct session *s, char *msg, size_t len)
 {
-    uint64_t one = 1;
-
     if (s->state != S_LIVE || s->pid <= 0 || s->worker_reaped) {
         snprintf(msg, len, "error: session %llu has no live worker\n", ull(s->id));
         return -ESRCH;
@@ -276,8 +274,7 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
     atomic_store_explicit(&s->ctl->snap_req, ++s->snap_req_id, memory_order_release);
     s->snap_inflight = 1;
     s->snap_requested_ms = tmo_now_ms();
-    if (write(s->doorbell_in, &one, sizeof(one)) == -1)
-        LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
+    sess_ring_worker(s);
     snprintf(msg, len, "ok snapshot of session %llu at position %llu (%s) requested\n",
              ull(s->id), ull(p), full ? "full" : "delta");
     return 0;

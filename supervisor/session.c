@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bell.h"
 #include "cachelog.h"
 #include "cred.h"
 #include "log.h"
@@ -331,14 +332,12 @@ static void spin_for_outputs(struct session **watch, int n)
 void sess_ring_doorbells(void)
 {
     struct session *watch[SPIN_WATCH];
-    uint64_t one = 1;
     int n = 0;
 
     for (struct session *s = S.dirty; s; s = s->next_dirty) {
         s->in_dirty = 0;
-        if (s->doorbell_in >= 0 && ring_wants_wakeup(&s->in) &&
-            write(s->doorbell_in, &one, sizeof(one)) == -1)
-            LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
+        if (s->ctl && ring_wants_wakeup(&s->in))
+            sess_ring_worker(s);
         if (n < SPIN_WATCH && s->state == S_LIVE && !s->out_stalled)
             watch[n++] = s;
     }
@@ -391,7 +390,7 @@ void sess_accept(int fd)
     memset(s, 0, sizeof(*s));
     s->slot = slot;
     s->state = S_HELLO;
-    s->pidfd = s->doorbell_in = s->doorbell_out = s->memfd = -1;
+    s->pidfd = s->doorbell_out = s->memfd = -1;
     recovery_init(s);
     remote_init(s);
     s->log_fd = -1;
@@ -435,13 +434,8 @@ void sess_watch_worker(struct session *s, pid_t pid, int pidfd)
     s->pid = pid;
     s->pidfd = pidfd;
     s->worker_reaped = 0;
-    if (!s->doorbell_armed) {
-        struct io_uring_sqe *sqe = sup_sqe();
-        io_uring_prep_read(sqe, s->doorbell_out, &s->doorbell_val, sizeof(s->doorbell_val), 0);
-        io_uring_sqe_set_data64(sqe, UD(OP_DOORBELL, s->slot, 0));
-        s->doorbell_armed = 1;
-        s->inflight++;
-    }
+    if (!s->doorbell_armed)
+        sess_arm_doorbell(s, bell_seen(&s->ctl->bell_out));
     struct io_uring_sqe *sqe = sup_sqe();
     io_uring_prep_poll_add(sqe, s->pidfd, POLLIN);
     io_uring_sqe_set_data64(sqe, UD(OP_PIDFD, s->slot, 0));
@@ -506,9 +500,7 @@ int sess_prepare(struct session *s, char *err, size_t errlen)
     s->ctl->session_id = s->id;
     s->ctl->max_message = S.cfg.max_message_bytes;
     s->ctl->spin_ns = S.spin_ns;
-    s->doorbell_in = eventfd(0, EFD_CLOEXEC);
-    s->doorbell_out = eventfd(0, EFD_CLOEXEC);
-    if (s->doorbell_in == -1 || s->doorbell_out == -1) {
+    if (!S.futex_bells && (s->doorbell_out = eventfd(0, EFD_CLOEXEC)) == -1) {
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
         return -EMFILE;
     }
@@ -1064,22 +1056,17 @@ static void drain_worker(struct session *s)
         }
         if (s->out.broken && s->state != S_DEAD)
             sess_fail(s, WIRE_ERR_SESSION, "worker broke its output ring: %s", s->out.broken);
-        if (ring_producer_waits(&s->out) && s->doorbell_in >= 0) {
-            uint64_t one = 1;
-            if (write(s->doorbell_in, &one, sizeof(one)) == -1)
-                LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
-        }
+        if (ring_producer_waits(&s->out))
+            sess_ring_worker(s);
         sup_flush(s, &s->c[SIDE_CLIENT]);
         sup_flush(s, &s->c[SIDE_SERVER]);
         order_trim(s);
         recovery_outputs_drained(s);
         sess_feed(s);
         sess_resume_input(s);
-        if (!budget && s->state != S_DEAD && s->doorbell_out >= 0) {
+        if (!budget && s->state != S_DEAD) {
             /* More waits: come back after the other sessions had their turn. */
-            uint64_t one = 1;
-            if (write(s->doorbell_out, &one, sizeof(one)) == -1)
-                LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
+            sess_ring_own_doorbell(s);
             break;
         }
         if (s->out_stalled || s->worker_done || s->state == S_DEAD || ring_sleep_prepare(&s->out))
@@ -1089,20 +1076,18 @@ static void drain_worker(struct session *s)
 
 void sess_on_doorbell(struct session *s, int res)
 {
+    /* Read before draining: a ring after this point makes the next wait return at once. */
+    uint32_t seen = s->ctl ? bell_seen(&s->ctl->bell_out) : 0;
+
     s->doorbell_armed = 0;
     sess_release_op(s);
-    if (res < 0 && res != -EINTR && res != -ECANCELED)
-        LOG(LOG_WARN, "session=%llu msg=\"doorbell read\" error=\"%s\"", ull(s->id), strerror(-res));
+    if (res < 0 && res != -EINTR && res != -ECANCELED && res != -EAGAIN)
+        LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(-res));
     if (s->state != S_DEAD || !s->worker_done)
         drain_worker(s);
-    if (!s->doorbell_armed && !s->worker_reaped && s->doorbell_out >= 0 && s->state != S_FREE &&
-        !s->worker_done) {
-        struct io_uring_sqe *sqe = sup_sqe();
-        io_uring_prep_read(sqe, s->doorbell_out, &s->doorbell_val, sizeof(s->doorbell_val), 0);
-        io_uring_sqe_set_data64(sqe, UD(OP_DOORBELL, s->slot, 0));
-        s->doorbell_armed = 1;
-        s->inflight++;
-    }
+    if (!s->doorbell_armed && !s->worker_reaped && s->ctl && s->state != S_FREE &&
+        !s->worker_done)
+        sess_arm_doorbell(s, seen);
     sess_maybe_free(s);
 }
 
@@ -1161,11 +1146,8 @@ void sess_on_pidfd(struct session *s, int res)
     }
     if (s->state == S_DEAD)
         recovery_worker_gone(s);
-    if (s->worker_reaped && s->doorbell_armed) {
-        uint64_t one = 1;   /* complete the pending doorbell read, so the slot can go */
-        if (write(s->doorbell_out, &one, sizeof(one)) == -1)
-            LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(errno));
-    }
+    if (s->worker_reaped && s->doorbell_armed)
+        sess_ring_own_doorbell(s);   /* complete the pending wait, so the slot can go */
     sess_maybe_free(s);
 }
 
@@ -1282,8 +1264,6 @@ void sess_maybe_free(struct session *s)
     }
     if (s->shm)
         munmap(s->shm, s->shm_len);
-    if (s->doorbell_in >= 0)
-        close(s->doorbell_in);
     if (s->doorbell_out >= 0)
         close(s->doorbell_out);
     if (s->pidfd >= 0)

@@ -114,7 +114,8 @@ struct session {
 
     /* the worker */
     pid_t pid;
-    int pidfd, doorbell_in, doorbell_out, memfd;
+    int pidfd, memfd;
+    int doorbell_out;           /* an eventfd on kernels without io_uring futex waits, else -1 */
     void *shm;
     size_t shm_len;
     struct shm_ctl *ctl;
@@ -223,6 +224,7 @@ struct sup {
      * holds it while a side is slow, instead of in rings resident for every session. */
     size_t unfed_max, out_high_water;
 
+    int futex_bells;            /* io_uring waits on and wakes futex words (doorbell.c) */
     int zygote_sock, zygote_pidfd;     /* -1 while the zygote is being restarted */
     uint8_t fingerprint[32];    /* the layout of the zygote's workers: a snapshot from another
                                  * is refused before anything is loaded (resume.c) */
@@ -327,6 +329,12 @@ void sess_maybe_free(struct session *s);
 int  sess_rbuf(struct conn *c);
 struct session *sess_find(uint64_t id);
 int  sess_kill_worker(uint64_t id, char *msg, size_t len);
+
+/* doorbell.c: the doorbells in each session's shared memory (common/bell.h) */
+void doorbell_probe(void);                              /* sets S.futex_bells */
+void sess_arm_doorbell(struct session *s, uint32_t seen);   /* wait for bell_out != seen */
+void sess_ring_own_doorbell(struct session *s);         /* complete our own wait */
+void sess_ring_worker(struct session *s);               /* wake the worker (bell_in) */
 
 /* zygote.c */
 int zygote_start(const char *app, const char *cache_dir, const char *state_dir, char *err,

@@ -356,7 +356,7 @@ static void fail_pending(const char *why)
 int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, size_t errlen)
 {
     struct spawn_request req;
-    int fds[4] = { memfd, s->doorbell_in, s->doorbell_out, s->report_worker_fd };
+    int fds[3] = { memfd, s->report_worker_fd, s->doorbell_out };
     int rc;
 
     if (S.zygote_sock < 0) {
@@ -374,7 +374,7 @@ int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, 
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    rc = spawn_send(S.zygote_sock, &req, sizeof(req), fds, 4);
+    rc = spawn_send(S.zygote_sock, &req, sizeof(req), fds, s->doorbell_out >= 0 ? 3 : 2);
     if (rc < 0) {
         P.count--;   /* the entry just pushed */
         snprintf(err, errlen, "zygote unreachable: %s", rc == -EAGAIN ?

@@ -46,7 +46,7 @@ static void report_ready(int sock, int status, const char *text)
     spawn_send(sock, &r, sizeof(r), NULL, 0);
 }
 
-static void spawn_one(int sock, const struct spawn_request *req, const int *fds)
+static void spawn_one(int sock, const struct spawn_request *req, const int *fds, int nfds)
 {
     struct spawn_reply rep;
     int pidfd = -1;
@@ -56,8 +56,8 @@ static void spawn_one(int sock, const struct spawn_request *req, const int *fds)
         struct rt_session s = {
             .session_id = req->session_id, .ring_size = req->ring_size,
             .max_message = req->max_message,
-            .memfd = fds[0], .doorbell_in = fds[1], .doorbell_out = fds[2],
-            .report_fd = fds[3], .restore_pos = req->restore_pos,
+            .memfd = fds[0], .report_fd = fds[1], .doorbell_out = nfds > 2 ? fds[2] : -1,
+            .restore_pos = req->restore_pos,
             .max_memory = req->max_memory,
         };
         close(sock);
@@ -136,9 +136,9 @@ int main(int argc, char **argv)
 
     for (;;) {
         struct spawn_request req;
-        int fds[4], nfds, rc;
+        int fds[3], nfds, rc;
 
-        rc = spawn_recv(sock, &req, sizeof(req), fds, 4, &nfds);
+        rc = spawn_recv(sock, &req, sizeof(req), fds, 3, &nfds);
         if (rc < 0) {
             for (int i = 0; i < nfds; i++)
                 close(fds[i]);
@@ -147,10 +147,10 @@ int main(int argc, char **argv)
             LOG(LOG_ERROR, "msg=\"spawn request\" error=\"%s\"", strerror(-rc));
             return 1;
         }
-        if (req.version != SPAWN_VERSION || nfds != 4) {
+        if (req.version != SPAWN_VERSION || nfds < 2) {
             LOG(LOG_ERROR, "msg=\"bad spawn request\" version=%u fds=%d", req.version, nfds);
         } else {
-            spawn_one(sock, &req, fds);
+            spawn_one(sock, &req, fds, nfds);
         }
         for (int i = 0; i < nfds; i++)
             close(fds[i]);

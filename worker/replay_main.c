@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bell.h"
 #include "evlog.h"
 #include "log.h"
 #include "proc.h"
@@ -45,7 +46,7 @@ struct replay {
     struct ring in, out;
     struct ring_asm out_asm;    /* outputs in pieces */
     uint32_t fed_part;          /* payload bytes of the event at the feed offset in the ring */
-    int bell_in, bell_out, pidfd;
+    int bell_out, pidfd;   /* bell_out: an eventfd the worker rings (bell.h) */
     pid_t pid;
     uint64_t outputs[2], last_pos;
 };
@@ -77,9 +78,7 @@ static int drain(struct replay *r)
         ring_pop(&r->out);
     }
     if (ring_producer_waits(&r->out)) {
-        uint64_t one = 1;
-        if (write(r->bell_in, &one, sizeof(one)) == -1)
-            return done;
+        bell_ring(&r->ctl->bell_in);
     }
     return done;
 }
@@ -87,7 +86,6 @@ static int drain(struct replay *r)
 /* Feed records from *off while the ring has room; rings the worker's doorbell. */
 static void feed(struct replay *r, const struct evlog_reader *ev, size_t *off)
 {
-    uint64_t one = 1;
     int fed = 0;
 
     while (*off < ev->len) {
@@ -105,8 +103,8 @@ static void feed(struct replay *r, const struct evlog_reader *ev, size_t *off)
             continue;
         *off += (8 + (size_t)len + 7) & ~(size_t)7;
     }
-    if (fed && ring_wants_wakeup(&r->in) && write(r->bell_in, &one, sizeof(one)) == -1)
-        LOG(LOG_WARN, "msg=\"doorbell\" error=\"%s\"", strerror(errno));
+    if (fed && ring_wants_wakeup(&r->in))
+        bell_ring(&r->ctl->bell_in);
 }
 
 /* Say how the replay ended: 0 no crash, 3 the app crashed, 1 the worker stopped. */
@@ -159,7 +157,6 @@ static int start_worker(struct replay *r, uint64_t session_id, uint64_t restore_
     ring_attach(&r->in, shm_in_ring(base));
     ring_attach(&r->out, shm_out_ring(base, ring_size));
     ring_sleep_prepare(&r->out);
-    r->bell_in = eventfd(0, EFD_CLOEXEC);
     r->bell_out = eventfd(0, EFD_CLOEXEC);
     r->pid = proc_fork(0, &r->pidfd);
     if (r->pid < 0)
@@ -167,7 +164,7 @@ static int start_worker(struct replay *r, uint64_t session_id, uint64_t restore_
     if (r->pid == 0) {
         struct rt_session s = {
             .session_id = session_id, .ring_size = ring_size, .max_message = max_message,
-            .memfd = memfd, .doorbell_in = r->bell_in, .doorbell_out = r->bell_out,
+            .memfd = memfd, .doorbell_out = r->bell_out,
             .report_fd = sv[1], .restore_pos = restore_pos,
             .max_memory = 256ull << 20,   /* the default; a snapshot's arena holds its own */
         };

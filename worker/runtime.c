@@ -23,6 +23,7 @@
 #include "arena.h"
 #include "determ.h"
 #include "log.h"
+#include "bell.h"
 #include "runtime.h"
 #include "sandbox.h"
 #include "shm.h"
@@ -69,7 +70,7 @@ static struct {
     struct ring_asm in_asm;  /* an event arriving in pieces, put back together here, outside
                               * the arena: snapshots never see it */
     struct shm_ctl *ctl;
-    int doorbell_in, doorbell_out;
+    int doorbell_out;       /* -1: the futex word alone (bell.h) */
     uint32_t max_message;
     int cache_dirfd;
     int session_dirfd;      /* STATE_DIR/SESSION_ID: snapshots are written under it */
@@ -151,20 +152,24 @@ void rt_set_state_dir(const char *dir)
 
 /* ---- doorbells and rings ---- */
 
-static void ring_bell(int fd)
+/* Wake the supervisor. Async-signal-safe. */
+static void ring_out_bell(void)
 {
     uint64_t one = 1;
 
-    while (write(fd, &one, sizeof(one)) == -1 && errno == EINTR)
+    bell_add(&L.ctl->bell_out);
+    if (L.doorbell_out < 0) {
+        bell_wake(&L.ctl->bell_out);
+        return;
+    }
+    while (write(L.doorbell_out, &one, sizeof(one)) == -1 && errno == EINTR)
         ;
 }
 
-static void wait_bell(void)
+/* Sleep until the supervisor rings, unless it rang since `seen` was read. */
+static void wait_bell(uint32_t seen)
 {
-    uint64_t v;
-
-    while (read(L.doorbell_in, &v, sizeof(v)) == -1 && errno == EINTR)
-        ;
+    bell_wait(&L.ctl->bell_in, seen);
 }
 
 /* Tell the supervisor about outputs, if it is waiting for them. */
@@ -172,7 +177,7 @@ static void flush_outputs(void)
 {
     L.unflushed = 0;
     if (ring_wants_wakeup(&L.out))
-        ring_bell(L.doorbell_out);
+        ring_out_bell();
 }
 
 /* The session fails with the reason in L.ctl->error: an OUT_FAIL record, the bell, exit.
@@ -188,7 +193,7 @@ static void fail_out(void)
         r->pos = L.st ? L.st->pos : 0;
         ring_commit(&L.out);
     }
-    ring_bell(L.doorbell_out);
+    ring_out_bell();
     _exit(1);
 }
 
@@ -224,9 +229,10 @@ static struct shm_rec *out_reserve(uint16_t type, size_t len)
             r->pos = L.st->pos;
             return r;
         }
-        ring_bell(L.doorbell_out);
+        uint32_t seen = bell_seen(&L.ctl->bell_in);
+        ring_out_bell();
         if (ring_wait_prepare(&L.out, (uint32_t)(sizeof(*r) + len)))
-            wait_bell();
+            wait_bell(seen);
     }
 }
 
@@ -255,9 +261,10 @@ static int send_msg(int dest, const void *data, size_t len)
     r.pos = L.st->pos;
     r.a = ++L.st->out_no[dest];
     while (!ring_put(&L.out, type, &r, sizeof(r), data, (uint32_t)len, &done)) {
-        ring_bell(L.doorbell_out);
+        uint32_t seen = bell_seen(&L.ctl->bell_in);
+        ring_out_bell();
         if (ring_wait_prepare(&L.out, ring_put_need(&L.out, sizeof(r) + len, done)))
-            wait_bell();
+            wait_bell(seen);
     }
     if (++L.unflushed >= RT_FLUSH_EVERY)
         flush_outputs();
@@ -468,7 +475,7 @@ static void finish(void)
     (void)r;
     ring_commit(&L.out);
     atomic_store(&L.ctl->consumed, L.st->pos);
-    ring_bell(L.doorbell_out);
+    ring_out_bell();
     _exit(0);
 }
 
@@ -658,7 +665,6 @@ void rt_run(const struct rt_session *s)
     }
     close(s->memfd);
     L.ctl = base;
-    L.doorbell_in = s->doorbell_in;
     L.doorbell_out = s->doorbell_out;
     L.report_fd = s->report_fd;
     L.max_message = s->max_message;
@@ -702,6 +708,7 @@ void rt_run(const struct rt_session *s)
         uint16_t type;
         uint32_t len;
         const struct shm_rec *ev;
+        uint32_t seen = bell_seen(&L.ctl->bell_in);   /* before looking for work */
 
         if (snapshot_due())
             take_snapshot();
@@ -711,7 +718,7 @@ void rt_run(const struct rt_session *s)
             if (spin_for_input())
                 continue;
             if (ring_sleep_prepare(&L.in))
-                wait_bell();
+                wait_bell(seen);
             ring_sleep_done(&L.in);
             continue;
         }
@@ -723,7 +730,7 @@ void rt_run(const struct rt_session *s)
         if (rc == 0) {   /* a piece: the event is not complete yet */
             ring_pop(&L.in);
             if (ring_producer_waits_half(&L.in))
-                ring_bell(L.doorbell_out);
+                ring_out_bell();
             continue;
         }
         ev = whole;
@@ -740,6 +747,6 @@ void rt_run(const struct rt_session *s)
             atomic_store(&L.ctl->replayed_ns, (uint64_t)mono_ns());
         announce_timers(pos);
         if (ring_producer_waits_half(&L.in))
-            ring_bell(L.doorbell_out);
+            ring_out_bell();
     }
 }

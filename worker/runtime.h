@@ -17,8 +17,8 @@ struct rt_session {
     uint32_t ring_size;
     uint32_t max_message;
     int memfd;       /* the session's shared memory (shm.h) */
-    int doorbell_in; /* eventfd: the supervisor rings it for us */
-    int doorbell_out;/* eventfd: we ring it for the supervisor */
+    int doorbell_out;/* -1: the supervisor waits on shm_ctl.bell_out (bell.h); else an
+                      * eventfd it waits on instead (kernels before 6.7) */
     int report_fd;   /* snapshot children report here */
     uint64_t restore_pos;   /* 0: start fresh; else restore the snapshot at this position */
     uint64_t max_memory;    /* the arena's cap in bytes (max_session_memory); 0: no cap */

@@ -1,0 +1,77 @@
+/* doorbell.c - waking a worker and being woken by it, without a descriptor per session
+ * (common/bell.h): the supervisor waits on shm_ctl.bell_out with IORING_OP_FUTEX_WAIT and
+ * wakes shm_ctl.bell_in with IORING_OP_FUTEX_WAKE in the loop's next submission. A kernel
+ * without io_uring futex operations (before 6.7) gets the eventfd it had before for the
+ * worker-to-supervisor direction, and a futex_wake syscall for the other. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bell.h"
+#include "log.h"
+#include "sup.h"
+
+/* Not in Debian 12's liburing and kernel headers yet. */
+#define OP_FUTEX_WAIT 51
+#define OP_FUTEX_WAKE 52
+#define FUTEX2_U32    0x02          /* FUTEX2_SIZE_U32; shared (not FUTEX2_PRIVATE) */
+#define FUTEX_ANY     0xffffffffu   /* FUTEX_BITSET_MATCH_ANY */
+
+static void prep_futex(struct io_uring_sqe *sqe, int op, _Atomic uint32_t *word, uint64_t val)
+{
+    io_uring_prep_rw(op, sqe, FUTEX2_U32, word, 0, val);
+    sqe->addr3 = FUTEX_ANY;
+}
+
+void doorbell_probe(void)
+{
+    struct io_uring_probe *p = io_uring_get_probe_ring(&S.ring);
+
+    S.futex_bells = p && io_uring_opcode_supported(p, OP_FUTEX_WAIT) &&
+                    io_uring_opcode_supported(p, OP_FUTEX_WAKE);
+    if (p)
+        io_uring_free_probe(p);
+    if (!S.futex_bells)
+        LOG(LOG_INFO, "msg=\"io_uring has no futex operations (Linux < 6.7): each session "
+            "keeps an eventfd doorbell\"");
+}
+
+void sess_arm_doorbell(struct session *s, uint32_t seen)
+{
+    struct io_uring_sqe *sqe = sup_sqe();
+
+    if (S.futex_bells)
+        prep_futex(sqe, OP_FUTEX_WAIT, &s->ctl->bell_out, seen);
+    else
+        io_uring_prep_read(sqe, s->doorbell_out, &s->doorbell_val, sizeof(s->doorbell_val), 0);
+    io_uring_sqe_set_data64(sqe, UD(OP_DOORBELL, s->slot, 0));
+    s->doorbell_armed = 1;
+    s->inflight++;
+}
+
+void sess_ring_own_doorbell(struct session *s)
+{
+    uint64_t one = 1;
+
+    bell_add(&s->ctl->bell_out);
+    if (S.futex_bells)
+        bell_wake(&s->ctl->bell_out);
+    else if (write(s->doorbell_out, &one, sizeof(one)) == -1)
+        LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", (unsigned long long)s->id,
+            strerror(errno));
+}
+
+void sess_ring_worker(struct session *s)
+{
+    bell_add(&s->ctl->bell_in);
+    if (!S.futex_bells) {
+        bell_wake(&s->ctl->bell_in);
+        return;
+    }
+    /* The wake goes out with the loop's next submission, beside the sends. A stale one
+     * (the memory went meanwhile) fails harmlessly or wakes nobody who minds. */
+    struct io_uring_sqe *sqe = sup_sqe();
+    prep_futex(sqe, OP_FUTEX_WAKE, &s->ctl->bell_in, 1);
+    io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+}
