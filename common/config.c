@@ -44,7 +44,8 @@ static const struct key keys[] = {
     STR(cache_dir, K_STRING, 0),
     { "snapshot_interval_ms", K_U64, offsetof(struct config, snapshot_interval_ms), 0, 0, 86400000, 0 },
     { "standby", K_STANDBY, offsetof(struct config, standby), 0, 0, 0, 0 },
-    { "max_sessions", K_U32, offsetof(struct config, max_sessions), 0, 1, 65536, 0 },
+    { "max_sessions", K_U32, offsetof(struct config, max_sessions), 0, 0, 65536, 0 },
+    { "max_fds", K_U32, offsetof(struct config, max_fds), 0, 0, 1u << 24, 0 },
     { "max_message_bytes", K_U32, offsetof(struct config, max_message_bytes), 0, 1, 64u << 20, 0 },
     { "max_session_memory", K_U64, offsetof(struct config, max_session_memory), 0, 1u << 20, 4095ull << 20, 0 },
     { "ring_bytes", K_POW2, offsetof(struct config, ring_bytes), 0, 64u << 10, 64u << 20, 0 },
@@ -71,7 +72,7 @@ void config_defaults(struct config *c)
     snprintf(c->state_dir, sizeof(c->state_dir), "/var/lib/cessna");
     c->snapshot_interval_ms = 1000;
     c->standby = STANDBY_COLD;
-    c->max_sessions = 1024;
+    c->max_sessions = 0;   /* derived from the descriptor limit at start (loop.c) */
     c->heartbeat_interval_ms = 1000;
     c->drain_timeout_ms = 30000;
     c->ship_snapshots = 1;

@@ -17,7 +17,8 @@ struct config {
     char     cache_dir[PATH_MAX];  /* objects for cessna_cache_read ("" = no cache) */
     uint64_t snapshot_interval_ms; /* 0 = no periodic snapshots (default 1000) */
     enum standby_mode standby;     /* cold | hot (default cold) */
-    uint32_t max_sessions;         /* default 1024 */
+    uint32_t max_sessions;         /* 0 (default): derived from the descriptor limit */
+    uint32_t max_fds;              /* the descriptor limit to run with; 0: what max_sessions needs */
     uint32_t max_message_bytes;    /* default 1 MiB, at most 64 MiB */
     uint64_t max_session_memory;   /* a session's heap (arena) cap in bytes, default 256 MiB */
     uint32_t ring_bytes;           /* each shared-memory ring, a power of two (default 256 KiB) */

@@ -105,7 +105,7 @@ static size_t list_sessions(char *out, size_t cap)
 {
     size_t n = 0;
 
-    for (uint32_t i = 0; i < S.cfg.max_sessions && n + 512 < cap; i++) {
+    for (uint32_t i = 0; i < S.slot_high && n + 512 < cap; i++) {
         struct session *s = &S.sessions[i];
         char standby[16] = "-", snapshot[24] = "-", timing[320];
         if (s->state == S_FREE || s->state == S_HELLO)
@@ -210,7 +210,7 @@ static void arm_send(uint32_t idx)
 /* Run one command; the reply is malloc()ed into c->out. */
 static void execute(struct ctl_conn *c)
 {
-    size_t cap = 256 * (size_t)S.cfg.max_sessions + 4096;
+    size_t cap = 256 * (size_t)S.nsessions + 4096;
     struct ctl_cmd cmd;
     struct session *s;
 

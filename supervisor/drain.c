@@ -99,7 +99,7 @@ void drain_sweep(uint64_t now)
     char msg[160];
     uint32_t left = 0;
 
-    for (uint32_t i = 0; i < S.cfg.max_sessions; i++) {
+    for (uint32_t i = 0; i < S.slot_high; i++) {
         struct session *s = &S.sessions[i];
         if (s->state == S_FREE || s->state == S_DEAD)
             continue;

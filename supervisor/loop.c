@@ -263,28 +263,61 @@ static int setup_ring(void)
     return io_uring_queue_init_params(4096, &S.ring, &p);
 }
 
-/* Each session holds about this many descriptors (two sockets, the worker's pidfd, two
- * doorbells, the memfd, the report socketpair, the log file; a hot standby's pidfd and wake
- * fd more), the node a few dozen besides. */
-#define FDS_PER_SESSION 9
+/* Each session holds about this many descriptors: two sockets, the worker's pidfd, the
+ * snapshot report socketpair, one snapshot child's pidfd while a snapshot is taken, the
+ * ordering log file; a hot standby's pidfd and wake fd more; an eventfd doorbell on kernels
+ * without io_uring futex waits. The node needs a few dozen besides. */
+#define FDS_PER_SESSION 7
 #define FDS_RESERVED    64
 
-/* Say at start when max_sessions cannot be reached under the descriptor limit, rather than
- * at the session that hits it. (Raising the soft limit to the hard one, as HAProxy does, is
- * issue 8's: the out-of-descriptors test lowers the limit it starts us with.) */
-static void check_fd_limit(void)
+static uint64_t fds_per_session(void)
+{
+    return FDS_PER_SESSION + (S.cfg.standby == STANDBY_HOT ? 2 : 0) + (S.futex_bells ? 0 : 1);
+}
+
+/* The descriptor limit, as HAProxy sets it for maxconn: max_fds if given, else what
+ * max_sessions needs, else the hard limit; the hard limit is raised too when we may (root,
+ * up to fs.nr_open). max_sessions = 0 is derived from the limit we got. What cannot be
+ * reached is said at start, with the numbers, not found out at the session that hits it. */
+static void set_fd_limit(void)
 {
     struct rlimit rl;
+    uint64_t per = fds_per_session(), want;
 
     if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
         return;
-    uint64_t per = FDS_PER_SESSION + (S.cfg.standby == STANDBY_HOT ? 2 : 0);
+    if (S.cfg.max_fds)
+        want = S.cfg.max_fds;
+    else if (S.cfg.max_sessions)
+        want = S.cfg.max_sessions * per + FDS_RESERVED;
+    else
+        want = rl.rlim_max;
+    if (want > rl.rlim_max) {
+        struct rlimit up = { want, want };
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl = up;
+        else
+            want = rl.rlim_max;
+    }
+    if (want != rl.rlim_cur) {
+        struct rlimit set = { want, rl.rlim_max };
+        if (setrlimit(RLIMIT_NOFILE, &set) == 0)
+            rl.rlim_cur = want;
+    }
     uint64_t can = rl.rlim_cur > FDS_RESERVED ? (rl.rlim_cur - FDS_RESERVED) / per : 0;
-    if (rl.rlim_cur != RLIM_INFINITY && can < S.cfg.max_sessions)
-        LOG(LOG_WARN, "msg=\"max_sessions cannot be reached under the descriptor limit (ulimit -n): new "
-            "sessions will wait for descriptors past about this many\" max_sessions=%u "
-            "fd_limit=%llu sessions_possible=%llu", S.cfg.max_sessions,
+    if (rl.rlim_cur == RLIM_INFINITY || can > 65536)
+        can = 65536;
+    if (!S.cfg.max_sessions) {
+        S.cfg.max_sessions = can ? (uint32_t)can : 1;
+        LOG(LOG_INFO, "msg=\"max_sessions derived from the descriptor limit\" max_sessions=%u "
+            "fd_limit=%llu fds_per_session=%llu", S.cfg.max_sessions,
+            (unsigned long long)rl.rlim_cur, (unsigned long long)per);
+    } else if (can < S.cfg.max_sessions) {
+        LOG(LOG_WARN, "msg=\"max_sessions cannot be reached under the descriptor limit (ulimit -n, "
+            "max_fds): new sessions will wait for descriptors past about this many\" "
+            "max_sessions=%u fd_limit=%llu sessions_possible=%llu", S.cfg.max_sessions,
             (unsigned long long)rl.rlim_cur, (unsigned long long)can);
+    }
 }
 
 static void usage(FILE *f)
@@ -375,12 +408,6 @@ int main(int argc, char **argv)
     S.ncpu = (uint32_t)sysconf(_SC_NPROCESSORS_ONLN);
     S.ring_size = S.cfg.ring_bytes;
     sess_flow_limits();
-    check_fd_limit();
-    S.sessions = calloc(S.cfg.max_sessions, sizeof(*S.sessions));
-    if (!S.sessions) {
-        fprintf(stderr, "cessna-supervisor: out of memory for %u sessions\n", S.cfg.max_sessions);
-        return 1;
-    }
     if ((rc = mkdir_p(S.cfg.state_dir)) < 0) {
         fprintf(stderr, "cessna-supervisor: state_dir %s: %s\n", S.cfg.state_dir, strerror(-rc));
         return 1;
@@ -420,6 +447,13 @@ int main(int argc, char **argv)
         return 1;
     }
     doorbell_probe();
+    set_fd_limit();   /* after the probe: the doorbells decide the fds per session */
+    S.sessions = calloc(S.cfg.max_sessions, sizeof(*S.sessions));
+    S.free_slots = calloc(S.cfg.max_sessions, sizeof(*S.free_slots));
+    if (!S.sessions || !S.free_slots) {
+        fprintf(stderr, "cessna-supervisor: out of memory for %u sessions\n", S.cfg.max_sessions);
+        return 1;
+    }
     proc_close_in_child(S.listen_fd);
     proc_close_in_child(S.ctl_fd);
     proc_close_in_child(S.ring.ring_fd);
@@ -449,7 +483,7 @@ int main(int argc, char **argv)
     rc = run_loop();
 
     /* Stop: workers die with us (PDEATHSIG); close the zygote's socket so it exits too. */
-    for (uint32_t i = 0; i < S.cfg.max_sessions; i++)
+    for (uint32_t i = 0; i < S.slot_high; i++)
         if (S.sessions[i].pid > 0 && !S.sessions[i].worker_reaped)
             kill(S.sessions[i].pid, SIGKILL);
     zygote_stop();

@@ -405,7 +405,7 @@ void recovery_on_tick(void)
 
     if (!started++)
         oom_seen = oom_kills();   /* OOM kills from before we ran are not ours */
-    for (uint32_t i = 0; i < S.cfg.max_sessions; i++) {
+    for (uint32_t i = 0; i < S.slot_high; i++) {
         struct session *s = &S.sessions[i];
         watchdog(s, now);
         if (s->state != S_LIVE)
@@ -874,7 +874,7 @@ static int tracked(pid_t pid)
 {
     if (pid == S.zygote_pid)
         return 1;
-    for (uint32_t i = 0; i < S.cfg.max_sessions; i++) {
+    for (uint32_t i = 0; i < S.slot_high; i++) {
         const struct session *s = &S.sessions[i];
         if (s->state == S_FREE)
             continue;

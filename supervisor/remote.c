@@ -235,7 +235,7 @@ void remote_sweep(uint64_t now_ms)
     if (!S.cfg.heartbeat_interval_ms)
         return;
     wire_put_empty(frame, WIRE_HEARTBEAT);
-    for (uint32_t i = 0; i < S.cfg.max_sessions; i++) {
+    for (uint32_t i = 0; i < S.slot_high; i++) {
         struct session *s = &S.sessions[i];
         if (s->state != S_LIVE && s->state != S_CLOSING)
             continue;

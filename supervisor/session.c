@@ -34,6 +34,7 @@
 
 static void conn_close(struct session *s, struct conn *c);
 static void drain_worker(struct session *s);
+static int new_memory(struct session *s, char *err, size_t errlen);
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
 
@@ -293,14 +294,14 @@ static void update_spin_policy(void)
 {
     uint32_t workers = 0, spin;
 
-    for (uint32_t i = 0; i < S.cfg.max_sessions; i++)
+    for (uint32_t i = 0; i < S.slot_high; i++)
         if (S.sessions[i].ctl && !S.sessions[i].worker_reaped)
             workers++;
     spin = S.cfg.busy_poll && workers < S.ncpu ? WORKER_SPIN_NS : 0;
     if (spin == S.spin_ns)
         return;
     S.spin_ns = spin;
-    for (uint32_t i = 0; i < S.cfg.max_sessions; i++)
+    for (uint32_t i = 0; i < S.slot_high; i++)
         if (S.sessions[i].ctl)
             atomic_store(&S.sessions[i].ctl->spin_ns, spin);
 }
@@ -348,11 +349,14 @@ void sess_ring_doorbells(void)
 
 /* ---- session lifecycle ---- */
 
+/* Freed slots are taken again first (a stack), so the slots in use stay below
+ * S.slot_high and the sweeps look at no more than the busiest moment needed. */
 static struct session *slot_alloc(void)
 {
-    for (uint32_t i = 0; i < S.cfg.max_sessions; i++)
-        if (S.sessions[i].state == S_FREE)
-            return &S.sessions[i];
+    if (S.nfree)
+        return &S.sessions[S.free_slots[--S.nfree]];
+    if (S.slot_high < S.cfg.max_sessions)
+        return &S.sessions[S.slot_high++];
     return NULL;
 }
 
@@ -452,13 +456,18 @@ void sess_watch_worker(struct session *s, pid_t pid, int pidfd)
  * events wait in the store until it is there (sess_worker_spawned). */
 int sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t errlen)
 {
+    int rc;
+
+    if (s->memfd < 0 && new_memory(s, err, errlen) < 0)
+        return -ENOMEM;
     if (sess_reset_worker(s, restore_pos, err, errlen) < 0)
         return -ENOENT;
     s->pid = 0;
     s->pidfd = -1;
-    if (zygote_spawn(s, s->memfd, restore_pos, err, errlen) < 0)
-        return -EINVAL;
-    return 0;
+    rc = zygote_spawn(s, s->memfd, restore_pos, err, errlen);
+    close(s->memfd);    /* the zygote has its own copy now (or none: the next try makes one) */
+    s->memfd = -1;
+    return rc < 0 ? -EINVAL : 0;
 }
 
 void sess_worker_spawned(struct session *s, pid_t pid, int pidfd)
@@ -479,27 +488,55 @@ void sess_spawn_failed(struct session *s, const char *why)
     sess_maybe_free(s);
 }
 
+/* The session's shared memory (shm.h), made anew for each worker the zygote starts: its
+ * descriptor goes to the zygote and is closed here, so a session holds none. The control
+ * page carries over (what recovery set for the next worker); the rings are formatted by
+ * sess_reset_worker. A hot standby keeps the memory it was forked with. */
+static int new_memory(struct session *s, char *err, size_t errlen)
+{
+    size_t len = shm_total_size(S.ring_size);
+    int fd = memfd_create("cessna-session", MFD_CLOEXEC);
+    void *m;
+
+    if (fd == -1 || ftruncate(fd, (off_t)len) == -1) {
+        snprintf(err, errlen, "session memory: %s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -ENOMEM;
+    }
+    m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+        snprintf(err, errlen, "mmap session memory: %s", strerror(errno));
+        close(fd);
+        return -ENOMEM;
+    }
+    if (s->shm) {
+        if (s->doorbell_armed)
+            sess_ring_own_doorbell(s);  /* the pending wait is on the old memory: end it */
+        memcpy(m, s->shm, SHM_CTL_LEN);
+        atomic_store(&((struct shm_ctl *)m)->bell_in, 0);
+        atomic_store(&((struct shm_ctl *)m)->bell_out, 0);
+        munmap(s->shm, s->shm_len);
+    } else {
+        struct shm_ctl *c = m;
+        c->magic = SHM_MAGIC;
+        c->ring_size = S.ring_size;
+        c->session_id = s->id;
+        c->max_message = S.cfg.max_message_bytes;
+        c->spin_ns = S.spin_ns;
+    }
+    s->shm = m;
+    s->shm_len = len;
+    s->ctl = m;
+    s->memfd = fd;
+    return 0;
+}
+
 /* Shared memory, doorbells and the session's directory, before its first worker. */
 int sess_prepare(struct session *s, char *err, size_t errlen)
 {
-    s->shm_len = shm_total_size(S.ring_size);
-    s->memfd = memfd_create("cessna-session", MFD_CLOEXEC);
-    if (s->memfd == -1 || ftruncate(s->memfd, (off_t)s->shm_len) == -1) {
-        snprintf(err, errlen, "session memory: %s", strerror(errno));
+    if (new_memory(s, err, errlen) < 0)
         return -ENOMEM;
-    }
-    s->shm = mmap(NULL, s->shm_len, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
-    if (s->shm == MAP_FAILED) {
-        s->shm = NULL;
-        snprintf(err, errlen, "mmap session memory: %s", strerror(errno));
-        return -ENOMEM;
-    }
-    s->ctl = s->shm;
-    s->ctl->magic = SHM_MAGIC;
-    s->ctl->ring_size = S.ring_size;
-    s->ctl->session_id = s->id;
-    s->ctl->max_message = S.cfg.max_message_bytes;
-    s->ctl->spin_ns = S.spin_ns;
     if (!S.futex_bells && (s->doorbell_out = eventfd(0, EFD_CLOEXEC)) == -1) {
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
         return -EMFILE;
@@ -1297,10 +1334,12 @@ void sess_maybe_free(struct session *s)
             break;
         }
     }
+    uint32_t slot = s->slot;
     memset(s, 0, sizeof(*s));
     s->state = S_FREE;
     s->c[0].fd = s->c[1].fd = -1;
     S.nsessions--;
+    S.free_slots[S.nfree++] = slot;
 }
 
 /* A frame for both endpoints (those still there). */
@@ -1319,7 +1358,7 @@ void sess_send_all(struct session *s, const void *frame, size_t len)
 
 struct session *sess_find(uint64_t id)
 {
-    for (uint32_t i = 0; i < S.cfg.max_sessions; i++)
+    for (uint32_t i = 0; i < S.slot_high; i++)
         if (S.sessions[i].state != S_FREE && S.sessions[i].state != S_HELLO &&
             S.sessions[i].id == id)
             return &S.sessions[i];

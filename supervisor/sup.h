@@ -231,8 +231,10 @@ struct sup {
     pid_t zygote_pid;
     int lock_fd;                /* STATE_DIR/supervisor.lock, held (flock) while we run */
 
-    struct session *sessions;   /* max_sessions slots */
+    struct session *sessions;   /* max_sessions slots (calloc: untouched ones cost no memory) */
     uint32_t nsessions;
+    uint32_t slot_high;         /* slots below this have been used; the rest never were */
+    uint32_t *free_slots, nfree;/* freed slots, taken again first */
     struct session *dirty;      /* sessions whose worker doorbell must ring before sleeping */
     struct session *log_dirty;  /* sessions with event log bytes to write */
     struct sup_stats stats;

@@ -140,7 +140,7 @@ void tmo_on_sweep(void)
 {
     uint64_t now = tmo_now_ms();
 
-    for (uint32_t i = 0; i < S.cfg.max_sessions; i++) {
+    for (uint32_t i = 0; i < S.slot_high; i++) {
         struct session *s = &S.sessions[i];
         if (s->state == S_FREE)
             continue;

@@ -697,7 +697,7 @@ Test(ops, accept_out_of_fds_pauses_without_flooding_the_log)
     low = old;
     low.rlim_cur = 64;
     cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
-    t_edge_start(&e, t_app("passthrough"), srv.addr, "hello_timeout_ms = 0\n");
+    t_edge_start(&e, t_app("passthrough"), srv.addr, "hello_timeout_ms = 0\nmax_fds = 64\n");
     cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
 
     size_t hlen = wire_put_hello(hello, WIRE_ROLE_CLIENT, 0, NULL);
@@ -774,34 +774,87 @@ Test(ops, ended_session_whose_peer_never_closes_gives_its_slot_back)
     t_edge_stop(&e);
 }
 
+/* Find the first log line containing `what` (waits up to 2 s); 1 if found. */
+static int log_line(const char *log, const char *what, char *line, size_t len)
+{
+    for (int i = 0; i < 100; i++) {
+        FILE *f = fopen(log, "r");
+        while (f && fgets(line, (int)len, f))
+            if (strstr(line, what)) {
+                fclose(f);
+                return 1;
+            }
+        if (f)
+            fclose(f);
+        usleep(20000);
+    }
+    return 0;
+}
+
+/* The supervisor's "Max open files" from /proc (soft limit), 0 if unreadable. */
+static unsigned long long proc_fd_limit(pid_t pid)
+{
+    char path[64], line[256];
+    unsigned long long soft = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/limits", (int)pid);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (strncmp(line, "Max open files", 14) == 0)
+            sscanf(line + 14, "%llu", &soft);
+    if (f)
+        fclose(f);
+    return soft;
+}
+
 /* A max_sessions the descriptor limit cannot hold is said at start, with the numbers, not
- * found out at the session that hits the limit. */
+ * found out at the session that hits it. */
 Test(ops, max_sessions_beyond_the_fd_limit_is_said_at_start, .timeout = 30)
 {
     struct t_echo_ep srv;
     struct t_edge e;
     char line[4096] = "";
-    int found = 0;
 
-    /* The same on any machine: a descriptor limit of 4096 (inherited by the supervisor). */
-    struct rlimit rl = { 4096, 4096 };
-    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    /* The same on any machine: max_fds pins the limit the supervisor runs with. */
     t_echo_ep_start(&srv);
-    t_edge_start(&e, t_app("passthrough"), srv.addr, "max_sessions = 65536\n");
-    for (int i = 0; i < 100 && !found; i++) {
-        FILE *f = fopen(e.sup.log, "r");
-        while (f && fgets(line, sizeof(line), f))
-            if (strstr(line, "max_sessions cannot be reached")) {
-                found = 1;
-                break;
-            }
-        if (f)
-            fclose(f);
-        if (!found)
-            usleep(20000);
-    }
-    cr_assert(found, "no warning in %s", e.sup.log);
-    cr_expect(strstr(line, "max_sessions=65536") && strstr(line, "fd_limit=4096") &&
-              strstr(line, "sessions_possible=448"), "%s", line);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, "max_sessions = 65536\nmax_fds = 4096\n");
+    cr_assert(log_line(e.sup.log, "max_sessions cannot be reached", line, sizeof(line)),
+              "no warning in %s", e.sup.log);
+    cr_expect(strstr(line, "max_sessions=65536") && strstr(line, "fd_limit=4096"), "%s", line);
+    cr_assert_eq(proc_fd_limit(e.sup.pid), 4096);
+    t_edge_stop(&e);
+}
+
+/* As HAProxy does for maxconn: the supervisor raises its descriptor limit to what
+ * max_sessions needs (as root beyond the hard limit it was started with), and without
+ * max_sessions derives it from the limit. */
+Test(ops, fd_limit_follows_max_sessions_and_max_sessions_follows_the_limit, .timeout = 30)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char line[4096] = "";
+    struct rlimit old, low = { 1024, 4096 };
+
+    getrlimit(RLIMIT_NOFILE, &old);
+    t_echo_ep_start(&srv);
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, "");
+    setrlimit(RLIMIT_NOFILE, &old);
+    cr_assert(log_line(e.sup.log, "max_sessions derived", line, sizeof(line)), "%s", e.sup.log);
+    cr_expect(strstr(line, "fd_limit=4096"), "the soft limit rose to the hard one: %s", line);
+    cr_assert_eq(proc_fd_limit(e.sup.pid), 4096);
+    t_edge_stop(&e);
+
+    /* Raising a hard limit needs CAP_SYS_RESOURCE (a container may not have it). */
+    struct rlimit up = { old.rlim_max + 1, old.rlim_max + 1 };
+    if (setrlimit(RLIMIT_NOFILE, &up) != 0)
+        cr_skip_test("this process may not raise its hard descriptor limit");
+    setrlimit(RLIMIT_NOFILE, &old);
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, "max_sessions = 10000\n");
+    setrlimit(RLIMIT_NOFILE, &old);
+    unsigned long long lim = proc_fd_limit(e.sup.pid);
+    cr_assert(lim >= 10000ull * 5, "limit %llu for 10,000 sessions", lim);
+    cr_assert_not(log_line(e.sup.log, "cannot be reached", line, sizeof(line)), "%s", line);
     t_edge_stop(&e);
 }
