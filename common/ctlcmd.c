@@ -6,7 +6,7 @@
 
 #include "ctlcmd.h"
 
-#define CTL_USAGE "(sessions, stats, kill-worker ID, snapshot ID, move ID, drain)"
+#define CTL_USAGE "(sessions, stats, kill-worker ID, snapshot ID, log ID, move ID, drain)"
 
 /* A session id: decimal digits only, no sign, no spaces, fits 64 bits. */
 static int parse_id(const char *s, size_t len, uint64_t *id)
@@ -32,7 +32,7 @@ int ctl_parse(const char *line, size_t len, struct ctl_cmd *cmd, char *err, size
     static const struct { const char *name; enum ctl_verb verb; int takes_id; } verbs[] = {
         { "sessions", CTL_SESSIONS, 0 }, { "stats", CTL_STATS, 0 },
         { "kill-worker", CTL_KILL_WORKER, 1 }, { "snapshot", CTL_SNAPSHOT, 1 },
-        { "move", CTL_MOVE, 1 }, { "drain", CTL_DRAIN, 0 },
+        { "move", CTL_MOVE, 1 }, { "drain", CTL_DRAIN, 0 }, { "log", CTL_LOG, 1 },
     };
 
     memset(cmd, 0, sizeof(*cmd));

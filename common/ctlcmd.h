@@ -8,11 +8,12 @@
 
 #define CTL_LINE_MAX 256   /* a command line, newline included */
 
-enum ctl_verb { CTL_SESSIONS = 1, CTL_STATS, CTL_KILL_WORKER, CTL_SNAPSHOT, CTL_MOVE, CTL_DRAIN };
+enum ctl_verb { CTL_SESSIONS = 1, CTL_STATS, CTL_KILL_WORKER, CTL_SNAPSHOT, CTL_MOVE, CTL_DRAIN,
+                CTL_LOG };
 
 struct ctl_cmd {
     enum ctl_verb verb;
-    uint64_t id;           /* CTL_KILL_WORKER, CTL_SNAPSHOT, CTL_MOVE: the session id */
+    uint64_t id;           /* CTL_KILL_WORKER, CTL_SNAPSHOT, CTL_MOVE, CTL_LOG: the session id */
 };
 
 /* Parse one command: `len` bytes, an optional "\n" or "\r\n" at the end. No I/O, no state.

@@ -23,6 +23,8 @@ static void usage(FILE *f)
         "  stats             counters of the edge node\n"
         "  kill-worker ID    SIGKILL the worker of session ID (for demos and tests)\n"
         "  snapshot ID       take a snapshot of session ID now\n"
+        "  log ID            write session ID's events since its last durable snapshot to\n"
+        "                    STATE_DIR/ID/events-FIRST.log (for cessna-replay) and say where\n"
         "  move ID           move session ID to another edge: a final snapshot is shipped to\n"
         "                    the server endpoint, then its client endpoint resumes elsewhere\n"
         "  drain             move every session away, refuse new ones, and stop the supervisor\n"

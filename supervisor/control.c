@@ -249,6 +249,20 @@ static void execute(struct ctl_conn *c)
             drain_move(s, c->out, cap);
         c->outlen = strlen(c->out);
         break;
+    case CTL_LOG: {
+        char path[PATH_MAX + 80], err[PATH_MAX + 160];
+        s = sess_find(cmd.id);
+        if (!s || !s->ctl)
+            snprintf(c->out, cap, "error: no session %llu with events\n", (unsigned long long)cmd.id);
+        else if (olog_dump(s, path, sizeof(path), err, sizeof(err)) < 0)
+            snprintf(c->out, cap, "error: %s\n", err);
+        else
+            snprintf(c->out, cap, "ok log of session %llu: %llu events from position %llu in %s\n",
+                     (unsigned long long)s->id, (unsigned long long)s->ev.count,
+                     (unsigned long long)(s->ev.count ? s->ev.first : s->next_pos), path);
+        c->outlen = strlen(c->out);
+        break;
+    }
     case CTL_DRAIN:
         snprintf(c->out, cap, "ok draining sessions=%u\n", S.nsessions);
         c->outlen = strlen(c->out);

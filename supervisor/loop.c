@@ -217,7 +217,6 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_TIMER:   sess_on_timer(s, arg, cqe->res); break;
     case OP_TIMER_CANCEL: sess_release_op(s); break;
     case OP_REPORT:  recovery_on_report(s, cqe->res); break;
-    case OP_LOGWRITE: olog_on_write(s, cqe->res); break;
     }
     if (s->state != S_FREE)
         sess_maybe_free(s);
@@ -230,11 +229,8 @@ static int run_loop(void)
         unsigned head, n = 0;
         int rc;
 
-        while (S.dirty || S.log_dirty) {
-            olog_flush_all();
-            if (S.dirty)
-                sess_ring_doorbells();
-        }   /* the before-sleep hook: one doorbell per worker per batch */
+        if (S.dirty)
+            sess_ring_doorbells();   /* the before-sleep hook: one doorbell per worker per batch */
         sdir_step();   /* a few files of ended sessions; while some remain, do not sleep */
         rc = io_uring_submit_and_wait(&S.ring, sdir_busy() ? 0 : 1);
         if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {

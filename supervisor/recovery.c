@@ -454,7 +454,6 @@ static void make_durable(struct session *s, const struct snap_pending *p)
     S.stats.snapshots++;
     evstore_drop_through(&s->ev, p->pos);
     cachelog_drop_through(s, p->pos);
-    olog_durable(s, p->pos);
     if (p->standby_pidfd >= 0) {
         drop_standby(s);
         s->standby_pidfd = p->standby_pidfd;

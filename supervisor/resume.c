@@ -394,10 +394,6 @@ static void rebuild(struct session *s)
         }
     }
     /* The events after the snapshot, at their positions and times. */
-    if (olog_start(s, P + 1, err, sizeof(err)) < 0) {
-        abort_resume(s, WIRE_ERR_UNAVAILABLE, "%s", err);
-        goto out;
-    }
     s->next_pos = P + 1;
     s->order_base = P + 1;
     s->order_len = 0;

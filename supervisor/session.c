@@ -256,7 +256,6 @@ int sess_push_event_at(struct session *s, uint16_t type, uint8_t src, uint64_t a
     r = (struct shm_rec){ .pos = s->next_pos, .time = e.time_ms, .a = a };
     if (order_append(s, &e) < 0 || evstore_append(&s->ev, type, &r, data, len) < 0)
         return -ENOMEM;
-    olog_append(s, type, &r, data, len);
     s->last_time = e.time_ms;
     s->next_pos++;
     tmo_touch(s);
@@ -397,7 +396,6 @@ void sess_accept(int fd)
     s->pidfd = s->doorbell_out = s->memfd = -1;
     recovery_init(s);
     remote_init(s);
-    s->log_fd = -1;
     s->next_pos = 1;
     s->order_base = 1;
     conn_init(&s->c[SIDE_CLIENT], SIDE_CLIENT, fd);
@@ -548,7 +546,7 @@ int sess_prepare(struct session *s, char *err, size_t errlen)
 
 static int start_worker(struct session *s, char *err, size_t errlen)
 {
-    if (sess_prepare(s, err, errlen) < 0 || olog_start(s, 1, err, errlen) < 0)
+    if (sess_prepare(s, err, errlen) < 0)
         return -EIO;
     return sess_spawn_worker(s, 0, err, errlen);
 }
@@ -1245,6 +1243,7 @@ void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
     LOG(LOG_WARN, "session=%llu msg=\"session failed\" reason=\"%s\"", ull(s->id), text);
     s->state = S_DEAD;
     s->failed = 1;
+    olog_on_failure(s);     /* before recovery_end: the held events are what it writes */
     for (int i = 0; i < 2; i++) {
         struct conn *c = &s->c[i];
         if (c->fd < 0 || c->draining)
@@ -1315,7 +1314,6 @@ void sess_maybe_free(struct session *s)
     remote_end(s);
     resume_free(s);
     ring_asm_reset(&s->out_asm);
-    olog_end(s);
     if (!s->dir_taken)
         sdir_session_ended(s->id, s->failed);   /* removed, or kept for offline replay */
     free(s->order);
@@ -1325,12 +1323,6 @@ void sess_maybe_free(struct session *s)
     for (struct session **p = &S.dirty; *p; p = &(*p)->next_dirty) {
         if (*p == s) {
             *p = s->next_dirty;
-            break;
-        }
-    }
-    for (struct session **p = &S.log_dirty; *p; p = &(*p)->next_log_dirty) {
-        if (*p == s) {
-            *p = s->next_log_dirty;
             break;
         }
     }

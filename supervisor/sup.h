@@ -20,7 +20,7 @@
 enum op {
     OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_DOORBELL, OP_PIDFD,
     OP_TIMER, OP_TIMER_CANCEL, OP_CTL_ACCEPT, OP_SIGNAL, OP_ZYGOTE,
-    OP_REPORT, OP_TICK, OP_REAP, OP_LOGWRITE,
+    OP_REPORT, OP_TICK, OP_REAP,
     OP_SWEEP,          /* the periodic sweep (timeouts.c) */
     OP_ACCEPT_RESUME,  /* accepting paused after EMFILE/ENFILE resumes */
     OP_CTL_RECV, OP_CTL_SEND,   /* control connections (control.c); slot = connection */
@@ -156,17 +156,6 @@ struct session {
     uint64_t wd_pos, wd_since_ms;       /* watchdog: the worker's position, and since when */
     unsigned wd_killed : 1;             /* the watchdog killed the worker */
 
-    /* the ordering log files (olog.c) */
-    int log_fd;
-    uint64_t log_off;                   /* bytes of the current file written or in flight */
-    struct outbuf log_pend, log_write;  /* collecting / being written */
-    size_t log_written;                 /* bytes of log_write done */
-    uint64_t log_pend_first;            /* position of the first record in log_pend */
-    uint64_t log_rotate;                /* a durable snapshot position to rotate after */
-    uint64_t log_files[32];             /* first positions of the files on disk */
-    int log_nfiles;
-    unsigned log_writing : 1, log_failed : 1, log_dirty : 1;
-    struct session *next_log_dirty;
     const char *recovery_mode;          /* of the last recovery: fresh, cold or hot */
 
     /* event order */
@@ -236,7 +225,6 @@ struct sup {
     uint32_t slot_high;         /* slots below this have been used; the rest never were */
     uint32_t *free_slots, nfree;/* freed slots, taken again first */
     struct session *dirty;      /* sessions whose worker doorbell must ring before sleeping */
-    struct session *log_dirty;  /* sessions with event log bytes to write */
     struct sup_stats stats;
     uint32_t ncpu;              /* online cores */
     uint32_t spin_ns;           /* what workers may poll now (see update_spin_policy) */
@@ -274,14 +262,10 @@ int  recovery_setup(struct session *s, char *err, size_t errlen);
 /* The user sandboxed workers run as (0 and *uid, *gid), or -1: none (files stay ours). */
 int  recovery_worker_owner(uid_t *uid, gid_t *gid);
 
-/* olog.c: the ordering log files */
-int  olog_start(struct session *s, uint64_t first, char *err, size_t errlen);
-void olog_append(struct session *s, uint16_t type, const struct shm_rec *r, const void *data,
-                 size_t len);
-void olog_flush_all(void);
-void olog_on_write(struct session *s, int res);
-void olog_durable(struct session *s, uint64_t p);
-void olog_end(struct session *s);
+/* olog.c: the ordering log file, written when the session fails or on request */
+/* Write the held events to STATE_DIR/ID/events-FIRST.log (path set). 0 or -errno. */
+int  olog_dump(struct session *s, char *path, size_t pathlen, char *err, size_t errlen);
+void olog_on_failure(struct session *s);   /* the same, a warning when it cannot */
 
 /* session.c */
 /* Append to a connection's output (sup_flush sends it). 0 or -ENOMEM. */

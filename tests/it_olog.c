@@ -1,7 +1,8 @@
-/* it_olog.c - integration: the ordering log files a real supervisor writes (supervisor/olog.c)
- * under STATE_DIR/ID/events-FIRST.log, and their rotation when a snapshot becomes durable.
- * olog.c works on the supervisor's io_uring and session table, so it is tested here, through
- * the process, with the files parsed by common/evlog.c's reader.
+/* it_olog.c - integration: the ordering log file a real supervisor writes (supervisor/olog.c)
+ * under STATE_DIR/ID/events-FIRST.log on request (`log ID`) and when a session fails: the
+ * events after the last durable snapshot, so a snapshot moves its start. olog.c works on the
+ * supervisor's session table, so it is tested here, through the process, with the files
+ * parsed by common/evlog.c's reader.
  *
  * Snapshots are taken on demand (`snapshot ID` on the control socket) with periodic ones
  * off, so each test knows the position a snapshot covers. Every wait is a poll with a
@@ -92,6 +93,16 @@ static uint64_t t_sess_field(const struct t_olog *o, const char *key)
     return t_field(out, key);
 }
 
+/* Ask the supervisor to write the session's log now. */
+static void t_dump(const struct t_olog *o)
+{
+    char cmd[64], out[1024];
+
+    snprintf(cmd, sizeof(cmd), "log %llu", (unsigned long long)o->id);
+    t_ctl(&o->e, cmd, out, sizeof(out));
+    cr_assert(!strncmp(out, "ok log of session ", 18), "log: %s", out);
+}
+
 /* First positions of the events-*.log files in the session's directory, sorted. */
 static int t_log_files(const struct t_olog *o, uint64_t *firsts, int max)
 {
@@ -134,6 +145,7 @@ static void t_expect_files(const struct t_olog *o, uint64_t first)
     long deadline = t_ms() + WAIT_MS;
 
     do {
+        t_dump(o);
         n = t_log_files(o, f, 64);
         if (n == 1 && f[0] == first)
             return;
@@ -155,6 +167,7 @@ static void t_read_log(const struct t_olog *o, uint64_t after, uint64_t count,
     int rc;
 
     do {
+        t_dump(o);
         rc = evlog_read_dir(o->dir, o->id, after, r, err, sizeof(err));
         if (rc == 0 && r->count >= count)
             break;
@@ -308,7 +321,7 @@ Test(olog, second_snapshot_at_one_position_completes_or_is_refused)
     t_olog_stop(&o);
 }
 
-/* Snapshots off: nothing ever rotates; one file from event 1 grows with every batch. */
+/* Snapshots off: the log always starts at event 1 and grows with every batch. */
 Test(olog, without_snapshots_one_file_keeps_growing)
 {
     struct t_olog o;
@@ -401,6 +414,7 @@ Test(olog, rotation_under_traffic_loses_nothing)
     long deadline = t_ms() + WAIT_MS;
     int rc;
     for (;;) {
+        t_dump(&o);
         rc = evlog_read_dir(o.dir, o.id, p, &r, err, sizeof(err));
         if (rc == 0 && r.count >= ordered - p)
             break;

@@ -697,7 +697,7 @@ Test(ops, accept_out_of_fds_pauses_without_flooding_the_log)
     low = old;
     low.rlim_cur = 64;
     cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
-    t_edge_start(&e, t_app("passthrough"), srv.addr, "hello_timeout_ms = 0\nmax_fds = 64\n");
+    t_edge_start(&e, t_app("passthrough"), srv.addr, "hello_timeout_ms = 0\nmax_fds = 64\nmax_sessions = 1000\n");
     cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
 
     size_t hlen = wire_put_hello(hello, WIRE_ROLE_CLIENT, 0, NULL);

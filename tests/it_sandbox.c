@@ -277,8 +277,12 @@ static void run_row(const struct row *r)
         char pat[600];
         glob_t g;
         int found = 0;
+        char logcmd[64], logout[1024];
         snprintf(pat, sizeof(pat), "%s/state/%llu/events-*.log", e.dir,
                  (unsigned long long)v.id);
+        /* a live session's log is written on request */
+        snprintf(logcmd, sizeof(logcmd), "log %llu", (unsigned long long)v.id);
+        t_ctl(&e, logcmd, logout, sizeof(logout));
         for (long t0 = now_ms(); !found && now_ms() - t0 < 3000; usleep(20000)) {
             found = glob(pat, 0, NULL, &g) == 0;
             if (found) {
