@@ -56,6 +56,7 @@ static const struct key keys[] = {
     { "hello_timeout_ms", K_U32, offsetof(struct config, hello_timeout_ms), 0, 0, 3600000, 0 },
     { "connect_timeout_ms", K_U32, offsetof(struct config, connect_timeout_ms), 0, 0, 3600000, 0 },
     { "idle_timeout_ms", K_U32, offsetof(struct config, idle_timeout_ms), 0, 0, 604800000, 0 },
+    { "hibernate_after_ms", K_U64, offsetof(struct config, hibernate_after_ms), 0, 0, 604800000, 0 },
     { "failed_sessions_keep", K_U32, offsetof(struct config, failed_sessions_keep), 0, 0, 1000000, 0 },
     STR(worker_user, K_STRING, 0),
     { "sandbox", K_ONOFF, offsetof(struct config, sandbox), 0, 0, 0, 0 },
@@ -86,6 +87,7 @@ void config_defaults(struct config *c)
     c->hello_timeout_ms = 5000;
     c->connect_timeout_ms = 5000;
     c->idle_timeout_ms = 0;
+    c->hibernate_after_ms = 30000;
     c->failed_sessions_keep = 100;
     snprintf(c->worker_user, sizeof(c->worker_user), "nobody");
     c->sandbox = 1;

@@ -30,6 +30,8 @@ struct config {
     uint32_t hello_timeout_ms;     /* a connection without HELLO is closed (default 5000, 0 = off) */
     uint32_t connect_timeout_ms;   /* server endpoint connect + WELCOME (default 5000, 0 = off) */
     uint32_t idle_timeout_ms;      /* a live session with no event is ended (default 0 = off) */
+    uint64_t hibernate_after_ms;   /* a live session with no event for this long gives up its
+                                    * worker until its next event (default 30000, 0 = off) */
     uint32_t failed_sessions_keep; /* directories of failed sessions kept (default 100) */
     char     worker_user[64];      /* workers run as this user when the edge is root (nobody) */
     int      sandbox;              /* 1 = confine workers (default), 0 = off (docs/sandbox.md) */

@@ -114,13 +114,14 @@ static size_t list_sessions(char *out, size_t cap)
             snprintf(standby, sizeof(standby), "%d", (int)s->standby_pid);
         if (s->snap_pos)
             snprintf(snapshot, sizeof(snapshot), "%llu", (unsigned long long)s->snap_pos);
-        uint64_t events = s->ctl ? atomic_load(&s->ctl->consumed) : 0;
+        uint64_t events = s->ctl ? atomic_load(&s->ctl->consumed) : hib_events(s);
         n += (size_t)snprintf(out + n, cap - n,
             "id=%llu worker=%d state=%s events=%llu ordered=%llu to_client=%llu to_server=%llu "
             "recoveries=%u standby=%s snapshot=%s snapshots=%llu snapshot_bytes=%llu "
             "fork_us=%llu write_us=%llu held_events=%llu held_bytes=%llu snapshot_failures=%llu "
             "timers=%u order_held=%llu epoch=%llu remote_snapshot=%llu%s\n",
-            (unsigned long long)s->id, s->worker_reaped ? 0 : (int)s->pid, state_names[s->state],
+            (unsigned long long)s->id, s->worker_reaped ? 0 : (int)s->pid,
+            hib_state_name(s, state_names[s->state]),
             (unsigned long long)events, (unsigned long long)(s->next_pos - 1),
             (unsigned long long)s->outputs[0], (unsigned long long)s->outputs[1], s->recoveries,
             standby, snapshot, (unsigned long long)s->snapshots,
@@ -136,14 +137,14 @@ static size_t list_sessions(char *out, size_t cap)
 
 static size_t stats(char *out, size_t cap)
 {
-    return (size_t)snprintf(out, cap,
+    int n = snprintf(out, cap,
         "sessions=%u sessions_total=%llu sessions_failed=%llu worker_deaths=%llu "
         "bad_frames=%llu msgs_in=%llu msgs_out=%llu bytes_in=%llu bytes_out=%llu recoveries=%llu "
         "hot_takeovers=%llu cold_restores=%llu snapshots=%llu snapshot_failures=%llu "
         "log_failures=%llu hello_timeouts=%llu connect_timeouts=%llu idle_timeouts=%llu "
         "forced_closes=%llu accept_fd_limit=%llu accept_paused=%llu zygote_restarts=%llu "
         "zygote=%s zygote_pid=%d dirs_removed=%llu ctl_timeouts=%llu resumes=%llu moves=%llu "
-        "draining=%d\n",
+        "draining=%d",
         S.nsessions, (unsigned long long)S.stats.sessions_total,
         (unsigned long long)S.stats.sessions_failed, (unsigned long long)S.stats.worker_deaths,
         (unsigned long long)S.stats.bad_frames, (unsigned long long)S.stats.msgs_in,
@@ -159,6 +160,13 @@ static size_t stats(char *out, size_t cap)
         (unsigned long long)S.stats.dirs_removed,
         (unsigned long long)S.stats.ctl_timeouts, (unsigned long long)S.stats.resumes,
         (unsigned long long)S.stats.moves, S.draining);
+    size_t len = n < 0 ? 0 : (size_t)n >= cap ? cap - 1 : (size_t)n;
+    len += hib_stats(out + len, cap - len);   /* hibernate.c */
+    if (len + 1 < cap) {
+        out[len++] = '\n';
+        out[len] = 0;
+    }
+    return len;
 }
 
 /* ---- control connections, served through io_uring ---- */

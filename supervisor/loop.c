@@ -218,8 +218,10 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_TIMER_CANCEL: sess_release_op(s); break;
     case OP_REPORT:  recovery_on_report(s, cqe->res); break;
     }
-    if (s->state != S_FREE)
+    if (s->state != S_FREE) {
+        hib_after_op(s);   /* hibernate.c: finish going to sleep, or wake */
         sess_maybe_free(s);
+    }
 }
 
 static int run_loop(void)

@@ -242,6 +242,11 @@ static void drop_pending(struct session *s)
 
 int recovery_request_snapshot(struct session *s, char *msg, size_t len)
 {
+    if (hib_holds(s)) {   /* hibernate.c: its snapshot at the last event is durable */
+        snprintf(msg, len, "error: session %llu is hibernated (snapshot %llu is durable)\n",
+                 ull(s->id), ull(s->snap_pos));
+        return -ESRCH;
+    }
     if (s->state != S_LIVE || s->pid <= 0 || s->worker_reaped) {
         snprintf(msg, len, "error: session %llu has no live worker\n", ull(s->id));
         return -ESRCH;
@@ -431,6 +436,7 @@ void recovery_on_tick(void)
             continue;   /* written already; waits for its outputs to go out */
         recovery_request_snapshot(s, msg, sizeof(msg));
     }
+    hib_tick(now);   /* hibernate.c: idle sessions sleep, waiting wakes retry */
     recovery_reap_strays();
     zygote_check_spawns();
     recovery_tick_arm();
@@ -858,6 +864,24 @@ void recovery_end(struct session *s)
         kill_kid(&s->kids[i]);
     if (s->pid <= 0 || s->worker_reaped)
         recovery_worker_gone(s);
+}
+
+/* ---- hibernation (hibernate.c) ---- */
+
+void recovery_hibernate(struct session *s)
+{
+    drop_pending(s);
+    drop_standby(s);
+    for (int i = 0; i < SNAP_KIDS; i++)
+        kill_kid(&s->kids[i]);
+}
+
+void recovery_close_reports(struct session *s)
+{
+    if (s->report_fd < 0)
+        return;
+    read_reports(s);   /* every child it forked is watched now */
+    shutdown(s->report_fd, SHUT_RDWR);   /* completes the pending report poll */
 }
 
 void recovery_worker_gone(struct session *s)

@@ -223,6 +223,8 @@ void sess_flow_limits(void)
 /* Hand stored events to the worker while its input ring has room. */
 void sess_feed(struct session *s)
 {
+    if (hib_holds(s))
+        return;   /* hibernate.c: no worker; the events wait in the store for the wake */
     if (s->pid <= 0 || s->worker_reaped || !evstore_feed(&s->ev, &s->in))
         return;
     if (!s->in_dirty) {
@@ -259,6 +261,7 @@ int sess_push_event_at(struct session *s, uint16_t type, uint8_t src, uint64_t a
     s->last_time = e.time_ms;
     s->next_pos++;
     tmo_touch(s);
+    hib_on_event(s);   /* hibernate.c: a sleeping session wakes */
     sess_feed(s);
     return 0;
 }
@@ -1169,7 +1172,9 @@ void sess_on_pidfd(struct session *s, int res)
     if (!s->worker_done && s->state != S_DEAD)
         drain_worker(s);
     describe_status(&si, how, sizeof(how));
-    if (!s->worker_done && (s->state == S_LIVE || s->state == S_CLOSING)) {
+    if (hib_worker_exited(s)) {
+        /* hibernate.c stopped it at a durable snapshot: nothing to recover */
+    } else if (!s->worker_done && (s->state == S_LIVE || s->state == S_CLOSING)) {
         recovery_start(s, how, !(si.si_code == CLD_KILLED && si.si_status == SIGKILL));
     } else if (!s->worker_done && s->state != S_DEAD) {
         S.stats.worker_deaths++;
@@ -1366,7 +1371,8 @@ int sess_kill_worker(uint64_t id, char *msg, size_t len)
         return -ENOENT;
     }
     if (s->pid <= 0 || s->worker_reaped) {
-        snprintf(msg, len, "error: session %llu has no live worker\n", ull(id));
+        snprintf(msg, len, "error: session %llu has no live worker%s\n", ull(id),
+                 hib_holds(s) ? " (hibernated)" : "");
         return -ESRCH;
     }
     kill(s->pid, SIGKILL);

@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "evstore.h"
+#include "hibernate.h"
 #include "ring.h"
 #include "shm.h"
 #include "statedir.h"
@@ -128,6 +129,7 @@ struct session {
     unsigned failed : 1;    /* ended by sess_fail: its directory is kept for offline replay */
     unsigned dir_taken : 1; /* a newer copy of the session (a resume) uses its directory */
     struct tmo tmo;
+    struct hib hib;         /* hibernation (hibernate.c) */
 
     /* events since the last durable snapshot, and local recovery */
     struct evstore ev;
@@ -258,6 +260,10 @@ void recovery_start(struct session *s, const char *how, int own_fault);
 void recovery_end(struct session *s);   /* the session is over: drop the standby */
 void recovery_worker_gone(struct session *s);   /* an ended session's worker was reaped */
 void recovery_reap_strays(void);
+/* Hibernation (hibernate.c): the standby, a written snapshot and any snapshot child go;
+ * once the worker is reaped, the report socket is read to its end and shut down. */
+void recovery_hibernate(struct session *s);
+void recovery_close_reports(struct session *s);
 int  recovery_setup(struct session *s, char *err, size_t errlen);
 /* The user sandboxed workers run as (0 and *uid, *gid), or -1: none (files stay ours). */
 int  recovery_worker_owner(uid_t *uid, gid_t *gid);
