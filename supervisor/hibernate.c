@@ -44,6 +44,13 @@ static struct {
 } H;
 
 #define ASK_AGAIN_MS 1000   /* a hibernation snapshot that failed is asked for again after this */
+/* Wakes wait while this many spawn requests are with the zygote (a burst of timers firing
+ * at once): its socket holds a few hundred, and a recovery or a new session must still
+ * find room. The tick tries again. */
+#define WAKES_QUEUED_MAX 64
+/* Hibernation snapshots asked for per tick at most (every 50 ms): many sessions falling
+ * idle together do not fork all at once. */
+#define ASKS_PER_TICK 64
 
 void hib_on_event(struct session *s)
 {
@@ -155,8 +162,8 @@ static void wake(struct session *s)
 {
     char err[256] = "";
 
-    if (S.zygote_sock < 0)
-        return;   /* the zygote is being restarted: the tick tries again */
+    if (S.zygote_sock < 0 || zygote_waiting() >= WAKES_QUEUED_MAX)
+        return;   /* the zygote is being restarted, or busy: the tick tries again */
     s->hib.wake_pending = 0;
     s->hib.wake_ns = mono_ns();
     if (sess_prepare(s, err, sizeof(err)) < 0 ||
@@ -169,24 +176,37 @@ static void wake(struct session *s)
     }
     s->hib.state = HIB_AWAKE;
     s->snap_written = s->snap_pos;   /* the new worker's chain starts over with a full */
+    /* The event watchdog's clock starts when it next looks (as after a recovery): the time
+     * asleep is not time the app spent on an event. */
+    s->wd_since_ms = 0;
+    s->ctl->replay_until = s->next_pos - 1;   /* stamped when it is through (wake_timed) */
+    atomic_store(&s->ctl->replayed_ns, 0);
     H.wakes++;
     LOG(LOG_INFO, "session=%llu msg=\"waking\" snapshot=%llu events_waiting=%llu",
         ull(s->id), ull(s->hib.pos), ull(s->next_pos - 1 - s->hib.pos));
 }
 
+/* A wake is over when the new worker has processed the events that waited for it: it
+ * stamps replayed_ns then (the same stamp a recovery's timing uses). */
+static void wake_timed(struct session *s)
+{
+    uint64_t done = s->ctl && s->state < S_DEAD ? atomic_load(&s->ctl->replayed_ns) : 0;
+
+    if (!s->hib.wake_ns || done < s->hib.wake_ns)
+        return;
+    uint64_t us = (done - s->hib.wake_ns) / 1000;
+    H.wake_us_sum += us;
+    H.wake_us_n++;
+    if (us > H.wake_us_max)
+        H.wake_us_max = us;
+    s->hib.wake_ns = 0;
+}
+
 void hib_after_op(struct session *s)
 {
     if (s->hib.state == HIB_AWAKE) {
-        /* A wake is over when the worker has processed the first event after the snapshot. */
-        if (s->hib.wake_ns && s->ctl && s->state < S_DEAD &&
-            atomic_load(&s->ctl->consumed) > s->hib.pos) {
-            uint64_t us = (mono_ns() - s->hib.wake_ns) / 1000;
-            H.wake_us_sum += us;
-            H.wake_us_n++;
-            if (us > H.wake_us_max)
-                H.wake_us_max = us;
-            s->hib.wake_ns = 0;
-        }
+        if (s->hib.wake_ns)
+            wake_timed(s);
         return;
     }
     if (s->state != S_LIVE && s->state != S_CLOSING)
@@ -204,12 +224,15 @@ void hib_after_op(struct session *s)
 void hib_tick(uint64_t now_ms)
 {
     char msg[256];
+    int asks = 0;
 
     for (uint32_t i = 0; i < S.slot_high; i++) {
         struct session *s = &S.sessions[i];
 
         if (s->state != S_LIVE && s->state != S_CLOSING)
             continue;
+        if (s->hib.wake_ns)
+            wake_timed(s);
         if (s->hib.state != HIB_AWAKE) {
             if (s->hib.state == HIB_ASLEEP && s->hib.wake_pending)
                 wake(s);   /* it waited for the zygote */
@@ -227,6 +250,8 @@ void hib_tick(uint64_t now_ms)
             continue;   /* on its way; or written, durable once its outputs are out */
         if (s->hib.asked_pos == p && now_ms - s->hib.asked_ms < ASK_AGAIN_MS)
             continue;   /* asked already: it failed, try again a little later */
+        if (asks++ >= ASKS_PER_TICK)
+            continue;
         s->hib.asked_pos = p;
         s->hib.asked_ms = now_ms;
         if (recovery_request_snapshot(s, msg, sizeof(msg)) < 0)

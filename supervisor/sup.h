@@ -335,6 +335,7 @@ int zygote_start(const char *app, const char *cache_dir, const char *state_dir, 
  * sess_spawn_failed(). 0, or -errno with a reason in err. */
 int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, size_t errlen);
 void zygote_on_reply(int res);
+uint32_t zygote_waiting(void);          /* spawn requests not answered yet */
 void zygote_check_spawns(void);
 void zygote_watch(void);                 /* arm the watch of the zygote's death */
 void zygote_on_death(void);              /* it died: restart it, with backoff */

@@ -423,6 +423,11 @@ void zygote_on_reply(int res)
     arm_replies();
 }
 
+uint32_t zygote_waiting(void)
+{
+    return P.count;
+}
+
 /* From the periodic tick: a zygote that leaves the oldest request unanswered too long is
  * killed (its death watch restarts it, and the waiting spawns fail). */
 void zygote_check_spawns(void)
