@@ -14,8 +14,11 @@
  *                                         random workers are SIGKILLed
  *   hibernate/hot_standby                 the same with standby = hot (no standby left
  *                                         while asleep)
+ *   hibernate/sleeps_and_wakes_hot_standby  the first with standby = hot
  *   hibernate/kill_and_idle_timeout       cessna-ctl kill-worker on a sleeping session is
  *                                         refused; idle_timeout_ms still ends it
+ *   hibernate/drain_moves_sleeping_sessions  drain an edge whose sessions sleep: they move
+ *                                         on their stored snapshots (tests/t_world.h)
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -27,12 +30,14 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "addr.h"
 #include "cessna_endpoint.h"
 #include "t_helpers.h"
+#include "t_world.h"
 
 static void sleep_ms(long ms)
 {
@@ -516,6 +521,10 @@ static void fleet_edge_run(struct fleet_result *r, const char *extra, const stru
     free(f.c);
     t_edge_stop(&e);
     cr_assert_eq(t_field(r->stats, "sessions_failed"), 0, "%s", r->stats);
+    /* time asleep is not time on an event: no worker woken is killed by the watchdog */
+    char log[512];
+    snprintf(log, sizeof(log), "%s/supervisor.log", e.dir);
+    cr_assert_eq(file_count(log, "watchdog"), 0, "the event watchdog fired: see %s", log);
 }
 
 static void assert_same(const struct fleet_result *want, const struct fleet_result *got, int n)
@@ -643,8 +652,9 @@ static long step(const struct t_edge *e, struct cessna_ep *ep, struct transcript
 }
 
 /* The scripted session; with hib, checks around each sleep. */
-static void scripted(struct transcript *client, struct transcript *server, int hib)
+static void scripted(struct transcript *client, struct transcript *server, const char *hib_extra)
 {
+    int hib = hib_extra != NULL;
     static struct srv v;
     struct t_edge e;
     char stats[4096], state[32];
@@ -652,8 +662,7 @@ static void scripted(struct transcript *client, struct transcript *server, int h
 
     srv_start(&v);
     t_edge_start(&e, t_app("sequencer"), v.addr,
-                 hib ? "hibernate_after_ms = 200\nsnapshot_interval_ms = 0\n"
-                     : "hibernate_after_ms = 0\nsnapshot_interval_ms = 0\n");
+                 hib ? hib_extra : "hibernate_after_ms = 0\nsnapshot_interval_ms = 0\n");
     struct cessna_ep *ep = t_ep_connect(&e);
     uint64_t id = cessna_ep_session_id(ep), prng = id;
     cessna_ep_set_nonblocking(ep, 1);
@@ -710,12 +719,12 @@ static void scripted(struct transcript *client, struct transcript *server, int h
     *server = v.by_index[0];
 }
 
-Test(hibernate, sleeps_and_wakes, .timeout = 60)
+static void scripted_compare(const char *hib_extra)
 {
     struct transcript want_c, want_s, got_c, got_s;
 
-    scripted(&want_c, &want_s, 0);
-    scripted(&got_c, &got_s, 1);
+    scripted(&want_c, &want_s, NULL);
+    scripted(&got_c, &got_s, hib_extra);
     cr_assert_eq(got_c.len, want_c.len, "client bytes: %zu, without hibernation %zu:\n%s\n--\n%s",
                  got_c.len, want_c.len, got_c.buf, want_c.buf);
     cr_assert(memcmp(got_c.buf, want_c.buf, want_c.len) == 0,
@@ -723,6 +732,105 @@ Test(hibernate, sleeps_and_wakes, .timeout = 60)
               got_c.buf, want_c.buf);
     cr_assert(got_s.len == want_s.len && memcmp(got_s.buf, want_s.buf, want_s.len) == 0,
               "the server received other bytes than without hibernation");
+}
+
+Test(hibernate, sleeps_and_wakes, .timeout = 60)
+{
+    scripted_compare("hibernate_after_ms = 200\nsnapshot_interval_ms = 0\n");
+}
+
+/* With periodic snapshots and a hot standby: no standby is left while it sleeps either. */
+Test(hibernate, sleeps_and_wakes_hot_standby, .timeout = 60)
+{
+    scripted_compare("hibernate_after_ms = 200\nsnapshot_interval_ms = 50\nstandby = hot\n");
+}
+
+/* A sleeping session has no worker to kill, and idle_timeout_ms still ends it. */
+Test(hibernate, kill_and_idle_timeout, .timeout = 30)
+{
+    static struct srv v;
+    struct t_edge e;
+    char out[4096], cmd[64];
+
+    srv_start(&v);
+    t_edge_start(&e, t_app("sequencer"), v.addr,
+                 "hibernate_after_ms = 100\nidle_timeout_ms = 1500\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep), prng = id;
+    struct transcript t = { 0 };
+    cessna_ep_set_nonblocking(ep, 1);
+    step(&e, ep, &t, &prng, 0, "client 0 message 0", 1);
+    wait_state(&e, id, "hibernated", 5000);
+    snprintf(cmd, sizeof(cmd), "kill-worker %llu", (unsigned long long)id);
+    t_ctl(&e, cmd, out, sizeof(out));
+    cr_assert(strstr(out, "error") && strstr(out, "hibernated"), "kill-worker: %s", out);
+    snprintf(cmd, sizeof(cmd), "snapshot %llu", (unsigned long long)id);
+    t_ctl(&e, cmd, out, sizeof(out));
+    cr_assert(strstr(out, "hibernated"), "snapshot: %s", out);
+    /* idle since the last event: ended with ERROR "idle: ..." while asleep */
+    const void *m;
+    long n;
+    long deadline = t_now_ms() + 5000;
+    while ((n = cessna_ep_recv(ep, &m)) == -EAGAIN && t_now_ms() < deadline) {
+        struct pollfd pfd = { .fd = cessna_ep_fd(ep), .events = POLLIN };
+        poll(&pfd, 1, 100);
+    }
+    cr_assert_eq(n, -ECONNABORTED, "recv: %ld %s", n, cessna_ep_error(ep));
+    cr_assert(strstr(cessna_ep_error(ep), "idle"), "%s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    wait_no_sessions(&e, out, sizeof(out));
+    cr_assert_eq(t_field(out, "idle_timeouts"), 1, "%s", out);
+    cr_assert_eq(workers_alive(&e), 0);
+    t_edge_stop(&e);
+    v.stop = 1;
+    pthread_join(v.poller, NULL);
+    shutdown(v.lfd, SHUT_RDWR);
+    pthread_join(v.acc, NULL);
+    close(v.lfd);
+    free(t.buf);
+}
+
+/* Draining an edge whose sessions sleep: each moves on its stored hibernation snapshot (no
+ * waiting for a snapshot the worker would have to take), resumes at another edge, and every
+ * byte is what a run without hibernation gives. */
+Test(hibernate, drain_moves_sleeping_sessions, .timeout = 120)
+{
+    static struct world clean, w;
+    struct w_opts o = { .sessions = 4, .rounds = 80, .pause_after = 30, .pause_ms = 2500 };
+    struct w_clients c;
+    char out[4096], log[512];
+    int status = -1;
+
+    for (int i = 0; i < 3; i++)
+        o.edge_extra[i] = "hibernate_after_ms = 0\n";
+    world_start(&clean, &o);
+    run_clients(&clean, &c);
+    join_clients(&clean, &c);
+    wait_server_transcripts(&clean);
+    world_stop(&clean);
+
+    for (int i = 0; i < 3; i++)
+        o.edge_extra[i] = "hibernate_after_ms = 200\n";
+    world_start(&w, &o);
+    run_clients(&w, &c);
+    cr_assert_eq(wait_rounds(&w, 30, 30000), 0, "the clients did not get going");
+    long t0 = t_now_ms();
+    while (edge_stat(&w, 0, "hibernated") < 4 && t_now_ms() - t0 < 2000)
+        usleep(10000);
+    cr_assert_eq(edge_stat(&w, 0, "hibernated"), 4, "every session sleeps before the drain");
+    edge_ctl(&w, 0, "drain", out, sizeof(out));
+    cr_expect(strstr(out, "ok draining"), "drain: %s", out);
+    while (t_now_ms() - t0 < 20000 && waitpid(w.edge[0].pid, &status, WNOHANG) != w.edge[0].pid)
+        usleep(5000);
+    cr_assert(status != -1, "the draining edge did not exit within 20 s");
+    w.edge[0].pid = 0;
+    edge_log(&w, 0, log, sizeof(log));
+    cr_expect_eq(file_count(log, "msg=\"moved off this edge\" how=snapshot"), 4,
+                 "every sleeping session moved on its stored snapshot");
+    join_clients(&w, &c);
+    wait_server_transcripts(&w);
+    world_stop(&w);
+    compare(&clean, &w);
 }
 
 /* ---- many sessions ---- */

@@ -408,7 +408,7 @@ static void *client_run(void *p)
     struct w_transcript *t = &w->client[a->index];
     int fd = t_connect(w->cproxy.addr), replies = 0, tocks = 0;
     char msg[128], want_reply[32], want_tock[32];
-    long deadline = t_now_ms() + 150000;
+    long deadline = t_now_ms() + 150000 + w->o.pause_ms;
 
     for (int r = 0; r < w->o.rounds; r++) {
         const char *needles[2];
@@ -439,6 +439,8 @@ static void *client_run(void *p)
             break;
         }
         w->rounds_done[a->index] = r + 1;
+        if (w->o.pause_ms && r + 1 == w->o.pause_after)
+            usleep((useconds_t)w->o.pause_ms * 1000);   /* idle: the session may hibernate */
     }
     shutdown(fd, SHUT_WR);
     /* The session ends with CLOSE: the proxy's EOF follows. */

@@ -34,6 +34,7 @@ struct w_opts {
     int heartbeat_ms;                  /* client proxy [400] */
     int resume_timeout_ms;             /* client proxy [30000] */
     int snapshot_interval_ms;          /* edges [50]; -1: no snapshots */
+    int pause_after, pause_ms;         /* clients pause pause_ms after round pause_after [never] */
 };
 
 struct world {
