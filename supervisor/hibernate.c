@@ -24,8 +24,10 @@
  * recovery, so the app sees the same events in the same order as without hibernation.
  * A worker killed while the session goes to sleep or wakes is recovered as any other. */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -41,6 +43,7 @@ static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
 /* Node-wide counters for cessna-ctl stats. */
 static struct {
     uint64_t hibernations, wakes, wake_failures, wake_us_sum, wake_us_max, wake_us_n;
+    int released;   /* buffers were freed since the last tick: give the pages back */
 } H;
 
 #define ASK_AGAIN_MS 1000   /* a hibernation snapshot that failed is asked for again after this */
@@ -112,6 +115,30 @@ static void close_fd(int *fd)
     *fd = -1;
 }
 
+/* The connections' idle buffers: an empty output buffer not being sent is freed (it is
+ * allocated again on the next output), and the receive buffer's untouched pages are given
+ * back (it stays: a receive is armed on it, and the kernel copies into it only while the
+ * loop is in io_uring_enter, never during this). */
+static void trim_conn(struct conn *c)
+{
+    long page = sysconf(_SC_PAGESIZE);
+
+    if (!c->send_armed && !c->sending.len && !c->sent) {
+        free(c->sending.data);
+        c->sending = (struct outbuf){ 0 };
+    }
+    if (!c->pending.len) {
+        free(c->pending.data);
+        c->pending = (struct outbuf){ 0 };
+    }
+    if (c->rbuf && page > 0) {
+        uintptr_t from = ((uintptr_t)c->rbuf + c->rlen + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+        uintptr_t to = ((uintptr_t)c->rbuf + c->rcap) & ~((uintptr_t)page - 1);
+        if (to > from)
+            madvise((void *)from, to - from, MADV_DONTNEED);
+    }
+}
+
 /* ---- what a hibernated session gives back ----
  * Keep this in step with sess_prepare() (session.c: shared memory, the eventfd doorbell of
  * old kernels) and recovery_setup() (recovery.c: the report socketpair): whatever they open
@@ -139,6 +166,11 @@ static void release(struct session *s)
     close_fd(&s->report_fd);
     close_fd(&s->report_worker_fd);
     s->pid = 0;
+    trim_conn(&s->c[SIDE_CLIENT]);
+    trim_conn(&s->c[SIDE_SERVER]);
+    if (!s->ev.count)
+        evstore_free(&s->ev);   /* nothing held: the next event allocates it again */
+    H.released = 1;
 }
 
 /* Stopping is over once the worker is reaped and none of its operations is in flight. */
@@ -226,6 +258,12 @@ void hib_tick(uint64_t now_ms)
     char msg[256];
     int asks = 0;
 
+    if (H.released) {
+        /* Freed buffers sit in the middle of the heap: only malloc_trim returns their pages. */
+        H.released = 0;
+        malloc_trim(0);
+    }
+
     for (uint32_t i = 0; i < S.slot_high; i++) {
         struct session *s = &S.sessions[i];
 
@@ -242,7 +280,7 @@ void hib_tick(uint64_t now_ms)
             now_ms - s->hib.last_event_ms < S.cfg.hibernate_after_ms || !quiet(s))
             continue;
         uint64_t p = s->next_pos - 1;
-        if (s->snap_pos == p && !s->pend.valid) {
+        if (s->snap_pos == p && !s->pend.valid && !s->snap_inflight) {
             stop(s, now_ms);
             continue;
         }

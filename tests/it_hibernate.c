@@ -21,6 +21,7 @@
  *                                         on their stored snapshots (tests/t_world.h)
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -878,4 +879,112 @@ Test(hibernate, hot_standby, .timeout = 120)
 {
     fleet_compare("hibernate_after_ms = 100\nsnapshot_interval_ms = 50\nstandby = hot\n",
                   100, 4, 30);
+}
+
+/* ---- measuring (not a check: run with CESSNA_HIB_MEASURE=N) ---- */
+
+static long proc_kb(pid_t pid, const char *file, const char *key)
+{
+    char path[64], line[256];
+    long v = -1;
+    size_t klen = strlen(key);
+
+    snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (strncmp(line, key, klen) == 0) {
+            v = atol(line + klen);
+            break;
+        }
+    if (f)
+        fclose(f);
+    return v;
+}
+
+static int proc_fds(pid_t pid)
+{
+    char path[64];
+    int n = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    for (struct dirent *de; d && (de = readdir(d));)
+        n += de->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    return n;
+}
+
+Test(hibernate, measure_sleeping_sessions, .timeout = 300)
+{
+    int n = env_int("CESSNA_HIB_MEASURE", 0);
+    static struct srv v;
+    static struct cessna_ep *eps[MAX_SESSIONS];
+    struct t_edge e;
+    char extra[256], stats[4096], err[256];
+
+    if (n <= 0 || n > MAX_SESSIONS)
+        cr_skip_test("set CESSNA_HIB_MEASURE=N (N <= %d) to measure", MAX_SESSIONS);
+    raise_fd_limit();
+    srv_start(&v);
+    snprintf(extra, sizeof(extra), "hibernate_after_ms = 300\nmax_sessions = %d\n", 2 * n + 64);
+    t_edge_start(&e, t_app("sequencer"), v.addr, extra);
+    sleep_ms(300);
+    long pss0 = proc_kb(e.sup.pid, "smaps_rollup", "Pss:"), fd0 = proc_fds(e.sup.pid);
+    long slab0 = proc_kb(getpid(), "../meminfo", "Slab:");
+    for (int i = 0; i < n; i++) {
+        eps[i] = cessna_ep_connect(e.sup.addr, err, sizeof(err));
+        cr_assert(eps[i], "%s", err);
+        cessna_ep_set_heartbeat(eps[i], 0);
+        char msg[64];
+        const void *m;
+        int len = snprintf(msg, sizeof(msg), "client %d message 0", i);
+        cr_assert_eq(cessna_ep_send(eps[i], msg, (size_t)len), 0);
+        cr_assert(cessna_ep_recv(eps[i], &m) >= 0);
+    }
+    /* awake: every session has its worker */
+    t_ctl(&e, "stats", stats, sizeof(stats));
+    long awake_pss = proc_kb(e.sup.pid, "smaps_rollup", "Pss:"), awake_fd = proc_fds(e.sup.pid);
+    for (long t0 = t_now_ms(); t_now_ms() - t0 < 120000; sleep_ms(100)) {
+        t_ctl(&e, "stats", stats, sizeof(stats));
+        if (t_field(stats, "hibernated") == (uint64_t)n)
+            break;
+    }
+    cr_assert_eq(t_field(stats, "hibernated"), (uint64_t)n, "%s", stats);
+    sleep_ms(500);
+    long pss1 = proc_kb(e.sup.pid, "smaps_rollup", "Pss:"), fd1 = proc_fds(e.sup.pid);
+    long slab1 = proc_kb(getpid(), "../meminfo", "Slab:");
+    if (getenv("CESSNA_HIB_SMAPS")) {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "cp /proc/%d/smaps %s", (int)e.sup.pid, getenv("CESSNA_HIB_SMAPS"));
+        cr_assert_eq(system(cmd), 0);
+    }
+    cr_log_info("%d sessions: supervisor PSS %ld KiB -> awake %ld KiB -> all asleep %ld KiB "
+                "(%.1f KiB per sleeping session); fds %ld -> awake %ld -> asleep %ld (%.2f per "
+                "sleeping session); machine slab %+ld KiB (%.1f KiB per session, noisy)",
+                n, pss0, awake_pss, pss1, (double)(pss1 - pss0) / n, fd0, awake_fd, fd1,
+                (double)(fd1 - fd0) / n, slab1 - slab0, (double)(slab1 - slab0) / n);
+    fprintf(stderr, "measure: %d sleeping sessions: supervisor %.1f KiB and %.2f fds each\n", n,
+            (double)(pss1 - pss0) / n, (double)(fd1 - fd0) / n);
+    /* a wake's round trip, one session at a time */
+    long sum = 0, worst = 0;
+    int k = n < 50 ? n : 50;
+    for (int i = 0; i < k; i++) {
+        const void *m;
+        long t0 = t_now_ms();
+        cr_assert_eq(cessna_ep_send(eps[i], "client wake", 11), 0);
+        cr_assert(cessna_ep_recv(eps[i], &m) >= 0);
+        long dt = t_now_ms() - t0;
+        sum += dt;
+        worst = dt > worst ? dt : worst;
+    }
+    t_ctl(&e, "stats", stats, sizeof(stats));
+    cr_log_info("round trip through a wake: avg %.1f ms, max %ld ms; %s", (double)sum / k, worst,
+                stats);
+    for (int i = 0; i < n; i++) {
+        cessna_ep_close(eps[i], 10000);
+        cessna_ep_free(eps[i]);
+    }
+    srv_finish(&v, n, 30000);
+    t_edge_stop(&e);
 }
