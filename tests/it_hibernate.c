@@ -210,6 +210,13 @@ static void srv_finish(struct srv *v, int want, int timeout_ms)
     shutdown(v->lfd, SHUT_RDWR);   /* the accept thread's accept fails: it sees stop */
     pthread_join(v->acc, NULL);
     close(v->lfd);
+    for (int i = 0; i < v->n; i++) {
+        if (!v->s[i]->done)
+            cessna_ep_free(v->s[i]->ep);
+        free(v->s[i]->got.buf);
+        free(v->s[i]);
+    }
+    v->n = 0;
     cr_assert_eq(v->closed, want, "%d of %d sessions closed at the server", v->closed, want);
 }
 
@@ -336,7 +343,7 @@ static void fleet_recv(struct fleet *f, int i, long now)
 {
     struct fcli *c = &f->c[i];
     const void *m;
-    long n;
+    long n = -EAGAIN;
 
     while (!c->failed && !c->done && (n = cessna_ep_recv(c->ep, &m)) >= 0) {
         char why[128];
@@ -733,6 +740,10 @@ static void scripted_compare(const char *hib_extra)
               got_c.buf, want_c.buf);
     cr_assert(got_s.len == want_s.len && memcmp(got_s.buf, want_s.buf, want_s.len) == 0,
               "the server received other bytes than without hibernation");
+    free(want_c.buf);
+    free(want_s.buf);
+    free(got_c.buf);
+    free(got_s.buf);
 }
 
 Test(hibernate, sleeps_and_wakes, .timeout = 60)
@@ -783,11 +794,7 @@ Test(hibernate, kill_and_idle_timeout, .timeout = 30)
     cr_assert_eq(t_field(out, "idle_timeouts"), 1, "%s", out);
     cr_assert_eq(workers_alive(&e), 0);
     t_edge_stop(&e);
-    v.stop = 1;
-    pthread_join(v.poller, NULL);
-    shutdown(v.lfd, SHUT_RDWR);
-    pthread_join(v.acc, NULL);
-    close(v.lfd);
+    srv_finish(&v, 1, 5000);   /* its server side ended with the ERROR too */
     free(t.buf);
 }
 
