@@ -38,6 +38,7 @@
 #include "addr.h"
 #include "cessna_endpoint.h"
 #include "t_helpers.h"
+#include "t_storm.h"
 #include "t_world.h"
 
 static void sleep_ms(long ms)
@@ -1003,4 +1004,11 @@ Test(hibernate, measure_sleeping_sessions, .timeout = 300)
     }
     srv_finish(&v, n, 30000);
     t_edge_stop(&e);
+}
+
+/* The recovery storm of tests/t_storm.c (timers, cancels, PRNG, slow readers, random kills)
+ * with sessions falling asleep whenever they pause for 30 ms. */
+Test(hibernate, recovery_storm_with_short_hibernation, .timeout = 180)
+{
+    t_storm_compare("standby = cold\nsnapshot_interval_ms = 20\nhibernate_after_ms = 30\n");
 }
