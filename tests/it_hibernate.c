@@ -563,6 +563,53 @@ static void free_result(struct fleet_result *r, int n)
     }
 }
 
+static long proc_kb(pid_t pid, const char *file, const char *key)
+{
+    char path[64], line[256];
+    long v = -1;
+    size_t klen = strlen(key);
+
+    snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (strncmp(line, key, klen) == 0) {
+            v = atol(line + klen);
+            break;
+        }
+    if (f)
+        fclose(f);
+    return v;
+}
+
+static int proc_fds(pid_t pid)
+{
+    char path[64];
+    int n = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    for (struct dirent *de; d && (de = readdir(d));)
+        n += de->d_name[0] != '.';
+    if (d)
+        closedir(d);
+    return n;
+}
+
+/* Mappings of session shared memory the supervisor holds. */
+static int shm_maps(pid_t pid)
+{
+    char path[64], line[512];
+    int n = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof(line), f))
+        n += strstr(line, "cessna-session") != NULL;
+    if (f)
+        fclose(f);
+    return n;
+}
+
 /* ---- one session, step by step ---- */
 
 /* The value of `key` in the `cessna-ctl sessions` line of session id (0 if absent); the
@@ -672,6 +719,7 @@ static void scripted(struct transcript *client, struct transcript *server, const
     srv_start(&v);
     t_edge_start(&e, t_app("sequencer"), v.addr,
                  hib ? hib_extra : "hibernate_after_ms = 0\nsnapshot_interval_ms = 0\n");
+    int fds0 = proc_fds(e.sup.pid);
     struct cessna_ep *ep = t_ep_connect(&e);
     uint64_t id = cessna_ep_session_id(ep), prng = id;
     cessna_ep_set_nonblocking(ep, 1);
@@ -683,6 +731,10 @@ static void scripted(struct transcript *client, struct transcript *server, const
     long awake_us = step(&e, ep, &t, &prng, 0, "client 0 message 0b", 1);
     long woken_us = step(&e, ep, &t, &prng, hib, "client 0 message 1", 1);
     if (hib) {
+        wait_state(&e, id, "hibernated", 5000);
+        /* what it keeps: its two connections; no shared memory, no report socket, no pidfd */
+        cr_assert_eq(proc_fds(e.sup.pid) - fds0, 2, "descriptors of a sleeping session");
+        cr_assert_eq(shm_maps(e.sup.pid), 0, "a sleeping session's shared memory is unmapped");
         cr_assert(kill(first, 0) == -1 && errno == ESRCH, "the first worker is gone");
         cr_log_info("round trip awake %ld us, through a wake %ld us", awake_us, woken_us);
     }
@@ -899,38 +951,6 @@ Test(hibernate, hot_standby, .timeout = 120)
 }
 
 /* ---- measuring (not a check: run with CESSNA_HIB_MEASURE=N) ---- */
-
-static long proc_kb(pid_t pid, const char *file, const char *key)
-{
-    char path[64], line[256];
-    long v = -1;
-    size_t klen = strlen(key);
-
-    snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
-    FILE *f = fopen(path, "r");
-    while (f && fgets(line, sizeof(line), f))
-        if (strncmp(line, key, klen) == 0) {
-            v = atol(line + klen);
-            break;
-        }
-    if (f)
-        fclose(f);
-    return v;
-}
-
-static int proc_fds(pid_t pid)
-{
-    char path[64];
-    int n = 0;
-
-    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    for (struct dirent *de; d && (de = readdir(d));)
-        n += de->d_name[0] != '.';
-    if (d)
-        closedir(d);
-    return n;
-}
 
 Test(hibernate, measure_sleeping_sessions, .timeout = 300)
 {

@@ -414,6 +414,23 @@ Test(config, timeouts_and_retention)
     expect_error(REQUIRED "failed_sessions_keep = lots\n", 5, "bad value 'lots'");
 }
 
+Test(config, hibernate_after_ms)
+{
+    struct config c;
+    char err[512];
+
+    cr_assert_eq(load(cfg_write("hib-default.ini", REQUIRED), &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.hibernate_after_ms, 30000, "on by default: 30 s");
+    cr_assert_eq(load(cfg_write("hib-off.ini", REQUIRED "hibernate_after_ms = 0\n"), &c, err,
+                      sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.hibernate_after_ms, 0);
+    cr_assert_eq(load(cfg_write("hib-50.ini", REQUIRED "hibernate_after_ms = 50\n"), &c, err,
+                      sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.hibernate_after_ms, 50);
+    expect_error(REQUIRED "hibernate_after_ms = soon\n", 5, "bad value 'soon'");
+    expect_error(REQUIRED "hibernate_after_ms = 604800001\n", 5, "0..604800000");
+}
+
 Test(config, sandbox_and_worker_user)
 {
     struct config c;
