@@ -15,6 +15,8 @@
  *   hibernate/hot_standby                 the same with standby = hot (no standby left
  *                                         while asleep)
  *   hibernate/sleeps_and_wakes_hot_standby  the first with standby = hot
+ *   hibernate/worker_killed_while_waking  ten wakes, each new worker SIGKILLed at once
+ *   hibernate/recovery_storm_with_short_hibernation  tests/t_storm.c with hibernation
  *   hibernate/kill_and_idle_timeout       cessna-ctl kill-worker on a sleeping session is
  *                                         refused; idle_timeout_ms still ends it
  *   hibernate/drain_moves_sleeping_sessions  drain an edge whose sessions sleep: they move
@@ -808,6 +810,68 @@ Test(hibernate, sleeps_and_wakes, .timeout = 60)
 Test(hibernate, sleeps_and_wakes_hot_standby, .timeout = 60)
 {
     scripted_compare("hibernate_after_ms = 200\nsnapshot_interval_ms = 50\nstandby = hot\n");
+}
+
+/* Ten wakes, each with the new worker SIGKILLed as soon as it shows up (before, during or
+ * just after it processes the waking message: the recovery restores the same snapshot and
+ * feeds the same events). Against the same messages without hibernation and kills. */
+static void wake_kills(struct transcript *out, int hib)
+{
+    static struct srv v;
+    struct t_edge e;
+    char stats[4096], msg[64];
+    struct transcript t = { 0 };
+    int kills = 0;
+
+    srv_start(&v);
+    t_edge_start(&e, t_app("sequencer"), v.addr,
+                 hib ? "hibernate_after_ms = 100\nsnapshot_interval_ms = 0\n"
+                     : "hibernate_after_ms = 0\nsnapshot_interval_ms = 0\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep), prng = id;
+    cessna_ep_set_nonblocking(ep, 1);
+    for (int k = 0; k < 10; k++) {
+        snprintf(msg, sizeof(msg), k % 3 == 2 ? "RAND client 0 message %d" : "client 0 message %d", k);
+        if (hib)
+            wait_state(&e, id, "hibernated", 5000);
+        cr_assert_eq(cessna_ep_send(ep, msg, strlen(msg)), 0);
+        for (long t0 = t_now_ms(); hib && t_now_ms() - t0 < 2000;) {
+            pid_t w = (pid_t)sess_field(&e, id, "worker", NULL, 0);
+            if (w > 0) {
+                kills += kill(w, SIGKILL) == 0;
+                break;
+            }
+        }
+        for (int a = 0; a < (k % 3 == 2 ? 2 : 1); a++)
+            recv_one(ep, &t, &prng, 10000);
+    }
+    cessna_ep_set_nonblocking(ep, 0);
+    cr_assert_eq(cessna_ep_close(ep, 10000), 0, "close: %s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    srv_finish(&v, 1, 10000);
+    wait_no_sessions(&e, stats, sizeof(stats));
+    cr_log_info("%s; kills %d", stats, kills);
+    cr_assert_eq(t_field(stats, "sessions_failed"), 0, "%s", stats);
+    if (hib) {
+        cr_assert_eq(kills, 10, "every wake's worker was killed");
+        cr_assert_geq(t_field(stats, "recoveries"), 10, "%s", stats);
+    }
+    t_edge_stop(&e);
+    keep(&t, v.by_index[0].buf, v.by_index[0].len);   /* and what the server received */
+    free(v.by_index[0].buf);
+    *out = t;
+}
+
+Test(hibernate, worker_killed_while_waking, .timeout = 60)
+{
+    struct transcript want, got;
+
+    wake_kills(&want, 0);
+    wake_kills(&got, 1);
+    cr_assert(got.len == want.len && memcmp(got.buf, want.buf, want.len) == 0,
+              "other bytes than without hibernation and kills:\n%s\n--\n%s", got.buf, want.buf);
+    free(want.buf);
+    free(got.buf);
 }
 
 /* A sleeping session has no worker to kill, and idle_timeout_ms still ends it. */
