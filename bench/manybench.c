@@ -65,8 +65,9 @@ struct side_result {
     int      paced_ok, sat_ok;
     struct many_result paced, sat;
     double   cpu_s;                   /* during the paced run */
+    double   cpu_wall_s;              /* its wall time (warm-up and drain included) */
     int      nosnap_ok;               /* edge: the second edge, without snapshots */
-    double   cpu_nosnap_s;
+    double   cpu_nosnap_s, cpu_nosnap_wall_s;
     struct many_result paced_nosnap;
     uint64_t snapshots_nosnap;
 };
@@ -181,14 +182,16 @@ static int bring_up(struct bench_stack *s, enum side side, int n, unsigned inter
 
 /* The paced run with the tree's CPU time around it. */
 static int paced_with_cpu(struct many_set *m, struct bench_stack *s, struct many_result *res,
-                          double *cpu_s, uint64_t *snapshots, char *err, size_t errlen)
+                          double *cpu_s, double *wall_s, uint64_t *snapshots, char *err,
+                          size_t errlen)
 {
     pid_t root = s->procs[1].pid;
-    uint64_t n0 = edge_stat(s, "snapshots");
+    uint64_t n0 = edge_stat(s, "snapshots"), t0 = ectl_now_ns();
     double c0 = ps_tree_cpu_s(root);
     int rc = many_paced(m, RATE_HZ, paced_seconds, res, err, errlen);
 
     *cpu_s = ps_tree_cpu_s(root) - c0;
+    *wall_s = (double)(ectl_now_ns() - t0) / 1e9;
     *snapshots = edge_stat(s, "snapshots") - n0;
     return rc;
 }
@@ -256,7 +259,8 @@ static void measure_side(struct side_result *r, enum side side, int n,
     }
     fprintf(stderr, "cessna-bench: sessions N=%d %s: paced, %.0f s\n", n, side_names[side],
             paced_seconds);
-    if (paced_with_cpu(&m, &s, &r->paced, &r->cpu_s, &r->snapshots, err, sizeof(err)) < 0) {
+    if (paced_with_cpu(&m, &s, &r->paced, &r->cpu_s, &r->cpu_wall_s, &r->snapshots, err,
+                       sizeof(err)) < 0) {
         fail(r, &s, n, "paced run", err);
         goto out;
     }
@@ -287,8 +291,8 @@ static void measure_nosnap(struct side_result *r, int n, const struct bench_opts
         fail(r, &s, n, "setup (no snapshots)", err);
     else if (many_open(&m, s.entry, 1, want, o->many_inflight, err, sizeof(err)) < 0)
         fail(r, &s, n, "opening (no snapshots)", err);
-    else if (paced_with_cpu(&m, &s, &r->paced_nosnap, &r->cpu_nosnap_s, &r->snapshots_nosnap,
-                            err, sizeof(err)) < 0)
+    else if (paced_with_cpu(&m, &s, &r->paced_nosnap, &r->cpu_nosnap_s,
+                            &r->cpu_nosnap_wall_s, &r->snapshots_nosnap, err, sizeof(err)) < 0)
         fail(r, &s, n, "paced run (no snapshots)", err);
     else
         r->nosnap_ok = 1;
@@ -359,16 +363,17 @@ static void print_cpu(FILE *f, const struct n_result *nr)
     if (!e->paced_ok) {
         fprintf(f, "- | - | - | - | - | - | - |");
     } else {
-        double secs = e->paced.seconds + 1.0 / RATE_HZ; /* the CPU window holds the warm-up */
-        fprintf(f, "%d | %.2f (%.1f%%) | %" PRIu64 " | ", e->opened, e->cpu_s,
-                100.0 * e->cpu_s / secs, e->snapshots);
+        /* CPU per second of each edge's own window; the snapshots' share is the difference */
+        double on = e->cpu_s / e->cpu_wall_s;
+        fprintf(f, "%d | %.2f in %.1f s (%.1f%%) | %" PRIu64 " | ", e->opened, e->cpu_s,
+                e->cpu_wall_s, 100.0 * on, e->snapshots);
         if (e->nosnap_ok) {
-            double d = e->cpu_s - e->cpu_nosnap_s;
-            fprintf(f, "%.2f (%.1f%%) | %.2f (%.1f%%) | %.1f | ", e->cpu_nosnap_s,
-                    100.0 * e->cpu_nosnap_s / secs, d, 100.0 * d / secs,
-                    1e6 * d / secs / e->opened);
+            double off = e->cpu_nosnap_s / e->cpu_nosnap_wall_s, d = on - off;
+            double snaps_per_s = (double)e->snapshots / e->cpu_wall_s;
+            fprintf(f, "%.2f in %.1f s (%.1f%%) | %.1f%% | %.1f | ", e->cpu_nosnap_s,
+                    e->cpu_nosnap_wall_s, 100.0 * off, 100.0 * d, 1e6 * d / e->opened);
             if (e->snapshots)
-                fprintf(f, "%.0f |", 1e6 * d / (double)e->snapshots);
+                fprintf(f, "%.0f |", 1e6 * d / snaps_per_s);
             else
                 fprintf(f, "- |");
         } else {
@@ -378,12 +383,11 @@ static void print_cpu(FILE *f, const struct n_result *nr)
     for (int sd = SIDE_HAPROXY; sd < SIDE_COUNT; sd++) {
         const struct side_result *h = &nr->side[sd];
 
-        if (h->paced_ok) {
-            double secs = h->paced.seconds + 1.0 / RATE_HZ;
-            fprintf(f, " %.2f (%.1f%%) |", h->cpu_s, 100.0 * h->cpu_s / secs);
-        } else {
+        if (h->paced_ok)
+            fprintf(f, " %.2f in %.1f s (%.1f%%) |", h->cpu_s, h->cpu_wall_s,
+                    100.0 * h->cpu_s / h->cpu_wall_s);
+        else
             fprintf(f, " - |");
-        }
     }
     fprintf(f, "\n");
 }
@@ -420,12 +424,13 @@ static void print_section(FILE *f, const struct bench_opts *o)
         for (int sd = 0; sd < SIDE_COUNT; sd++)
             if (o->many_stacks & (1 << sd))
                 print_row(f, results[i].n, (enum side)sd, &results[i].side[sd]);
-    fprintf(f, "\nCPU during the paced run (user + system of the edge's tree, reaped snapshot "
-               "children included; %% of one core), with snapshots every %d ms and on a second "
-               "edge without (as many sessions); the difference is the snapshots' cost. "
-               "snapshots = the edge's stats counter over the run:\n\n", SNAP_INTERVAL_MS);
+    fprintf(f, "\nCPU during the paced run, warm-up and drain included (user + system of the "
+               "edge's tree, reaped snapshot children included; %% of one core), with snapshots "
+               "every %d ms and on a second edge without (as many sessions); the difference of "
+               "the two shares is the snapshots' cost. snapshots = the edge's stats counter "
+               "over the run:\n\n", SNAP_INTERVAL_MS);
     fprintf(f, "| N | sessions | edge CPU s, snapshots | snapshots | edge CPU s, none | "
-               "snapshots' CPU s | µs CPU per session-second | µs CPU per snapshot | "
+               "snapshots' share of a core | µs CPU per session-second | µs CPU per snapshot | "
                "HAProxy CPU s | HAProxy busy-polling CPU s |\n");
     fprintf(f, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int i = 0; i < nresults; i++)
@@ -486,10 +491,10 @@ static void plot_section(const struct bench_opts *o)
              "set ylabel \"KiB per session\"\n"
              "set logscale x\n"
              "stacks = \"%s\"\n"
-             "plot for [s in stacks] \"%%D/sessions.dat\" using 1:(strcol(2) eq s ? $5 : 1/0) "
-             "with linespoints title s.\" all in\", "
-             "for [s in stacks] \"%%D/sessions.dat\" using 1:(strcol(2) eq s ? $6 : 1/0) "
-             "with linespoints dashtype 2 title s.\" marginal\"\n", stacks);
+             "plot for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $5 : 1/0) "
+             "with linespoints lc i title word(stacks, i).\" all in\", "
+             "for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $6 : 1/0) "
+             "with linespoints lc i dashtype 2 title word(stacks, i).\" marginal\"\n", stacks);
     plot_script(o, "sessions-memory", text);
     snprintf(text, sizeof(text),
              "set title \"Aggregate 64 B messages/s against N (saturating: one outstanding per "
@@ -498,10 +503,10 @@ static void plot_section(const struct bench_opts *o)
              "set ylabel \"msgs/s\"\n"
              "set logscale xy\n"
              "stacks = \"%s\"\n"
-             "plot for [s in stacks] \"%%D/sessions.dat\" using 1:(strcol(2) eq s ? $9 : 1/0) "
-             "with linespoints title s.\" saturating\", "
-             "for [s in stacks] \"%%D/sessions.dat\" using 1:(strcol(2) eq s ? $7 : 1/0) "
-             "with linespoints dashtype 2 title s.\" paced\"\n", stacks);
+             "plot for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $9 : 1/0) "
+             "with linespoints lc i title word(stacks, i).\" saturating\", "
+             "for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $7 : 1/0) "
+             "with linespoints lc i dashtype 2 title word(stacks, i).\" paced\"\n", stacks);
     plot_script(o, "sessions-throughput", text);
     snprintf(text, sizeof(text),
              "set title \"p99 round trip against N\"\n"
@@ -509,10 +514,10 @@ static void plot_section(const struct bench_opts *o)
              "set ylabel \"p99 µs\"\n"
              "set logscale xy\n"
              "stacks = \"%s\"\n"
-             "plot for [s in stacks] \"%%D/sessions.dat\" using 1:(strcol(2) eq s ? $10 : 1/0) "
-             "with linespoints title s.\" saturating\", "
-             "for [s in stacks] \"%%D/sessions.dat\" using 1:(strcol(2) eq s ? $8 : 1/0) "
-             "with linespoints dashtype 2 title s.\" paced\"\n", stacks);
+             "plot for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $10 : 1/0) "
+             "with linespoints lc i title word(stacks, i).\" saturating\", "
+             "for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $8 : 1/0) "
+             "with linespoints lc i dashtype 2 title word(stacks, i).\" paced\"\n", stacks);
     plot_script(o, "sessions-p99", text);
 }
 
@@ -594,12 +599,18 @@ static void json_side(struct jsonw *w, enum side sd, const struct side_result *r
     json_run(w, "paced", &r->paced, r->paced_ok);
     json_run(w, "saturating", &r->sat, r->sat_ok);
     jw_num(w, "cpu_paced_s", r->paced_ok ? r->cpu_s : 0.0 / 0.0);
+    jw_num(w, "cpu_paced_wall_s", r->paced_ok ? r->cpu_wall_s : 0.0 / 0.0);
     if (sd == SIDE_EDGE) {
+        double on = r->paced_ok ? r->cpu_s / r->cpu_wall_s : 0.0 / 0.0;
+        double off = r->nosnap_ok ? r->cpu_nosnap_s / r->cpu_nosnap_wall_s : 0.0 / 0.0;
+
         jw_num(w, "snapshots_paced", r->paced_ok ? (double)r->snapshots : 0.0 / 0.0);
         jw_num(w, "cpu_paced_no_snapshots_s", r->nosnap_ok ? r->cpu_nosnap_s : 0.0 / 0.0);
-        jw_num(w, "cpu_snapshots_s", r->nosnap_ok ? r->cpu_s - r->cpu_nosnap_s : 0.0 / 0.0);
-        jw_num(w, "cpu_per_snapshot_us", r->nosnap_ok && r->snapshots ?
-                   1e6 * (r->cpu_s - r->cpu_nosnap_s) / (double)r->snapshots : 0.0 / 0.0);
+        jw_num(w, "cpu_paced_no_snapshots_wall_s", r->nosnap_ok ? r->cpu_nosnap_wall_s
+                                                                : 0.0 / 0.0);
+        jw_num(w, "snapshots_cores", on - off);
+        jw_num(w, "cpu_per_snapshot_us", r->snapshots ?
+                   1e6 * (on - off) * r->cpu_wall_s / (double)r->snapshots : 0.0 / 0.0);
     }
     jw_obj_end(w);
 }

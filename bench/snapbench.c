@@ -242,16 +242,17 @@ static void plot_rows(const struct bench_opts *o, struct snap_row *rows, int n)
     if (any)
         plot_script(o, "snapshot",
                     "set title \"Snapshot cost against app state (ballast.so; medians)\"\n"
-                    "set xlabel \"app state (bytes)\"\n"
+                    "set xlabel \"app state (KiB)\"\n"
                     "set ylabel \"ms\"\n"
-                    "set logscale xy\n"
-                    "set format x \"%.0s%cB\"\n"
-                    "plot \"%D/snapshot.dat\" using 1:($2/1000) with linespoints title "
-                    "\"full: fork (pause)\", "
-                    "'' using 1:3 with linespoints title \"full: write\", "
-                    "'' using 1:($5/1000) with linespoints dashtype 2 title "
+                    "set logscale xy 2\n"
+                    "set format y \"%g\"\n"
+                    "plot \"%D/snapshot.dat\" using ($1/1024):($2/1000) with linespoints "
+                    "title \"full: fork (pause)\", "
+                    "'' using ($1/1024):3 with linespoints title \"full: write\", "
+                    "'' using ($1/1024):($5/1000) with linespoints dashtype 2 title "
                     "\"delta: fork (pause)\", "
-                    "'' using 1:6 with linespoints dashtype 2 title \"delta: write\"\n");
+                    "'' using ($1/1024):6 with linespoints dashtype 2 title "
+                    "\"delta: write\"\n");
 }
 
 int snapbench_run(FILE *f, const struct bench_opts *o)
