@@ -170,6 +170,7 @@ struct edge_spec {
     int         hot;                  /* standby = hot (else cold) */
     unsigned    max_sessions;         /* 0: 64 */
     int         busy_poll_off;        /* busy_poll = off whatever --busy-poll says */
+    int         many;                 /* the one-thread epoll echo server (sessions) */
 };
 
 const char *stack_path_name(enum bench_path path);
@@ -197,6 +198,8 @@ void stack_down(struct bench_stack *s);
 
 int echo_plain_main(void *arg);
 int echo_native_main(void *arg);
+int echo_plain_many_main(void *arg);   /* one thread, epoll: the sessions section */
+int echo_native_many_main(void *arg);
 
 /* ---- load.c: the drivers ---- */
 

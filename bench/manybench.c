@@ -175,6 +175,7 @@ static int bring_up(struct bench_stack *s, enum side side, int n, unsigned inter
         return stack_up_haproxy(s, o, haproxy_maxconn(n, capped), side == SIDE_HAPROXY_BUSY,
                                 err, errlen);
     struct edge_spec e = { .app = "passthrough.so", .snapshot_interval_ms = interval_ms,
+                           .many = 1,
                            .max_sessions = (unsigned)(n > 64 ? n : 64) };
     snprintf(e.tag, sizeof(e.tag), "sessions-%d-%ums", n, interval_ms);
     return stack_up_edge(s, &e, o, err, errlen);

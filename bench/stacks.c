@@ -116,7 +116,7 @@ static int need_file(const char *path, int exec, const char *hint, char *err, si
 }
 
 /* A plain TCP echo server in a child; its address in addr. */
-static int start_echo(struct bench_stack *s, const struct bench_opts *o, int native,
+static int start_echo(struct bench_stack *s, const struct bench_opts *o, int native, int many,
                       char *addr, size_t addrlen, char *err, size_t errlen)
 {
     char why[256];
@@ -133,7 +133,9 @@ static int start_echo(struct bench_stack *s, const struct bench_opts *o, int nat
     port = addr_local_port(lfd);
     struct proc_spec spec = {
         .name = native ? "echo-native" : "echo", .keep_fd = lfd,
-        .fn = native ? echo_native_main : echo_plain_main, .arg = &lfd,
+        .fn = native ? (many ? echo_native_many_main : echo_native_main)
+                     : (many ? echo_plain_many_main : echo_plain_main),
+        .arg = &lfd,
     };
     rc = stack_start(s, &spec, o, err, errlen);
     close(lfd); /* the child has it; connections queue in its backlog meanwhile */
@@ -351,7 +353,7 @@ static int up_edge_native(struct bench_stack *s, const struct bench_opts *o,
                           const struct edge_spec *e, char *err, size_t errlen)
 {
     char echo[64];
-    int rc = start_echo(s, o, 1, echo, sizeof(echo), err, errlen);
+    int rc = start_echo(s, o, 1, e->many, echo, sizeof(echo), err, errlen);
 
     if (rc == 0)
         rc = start_supervisor(s, o, e, echo, s->entry, sizeof(s->entry), err, errlen);
@@ -363,7 +365,7 @@ static int up_edge_proxies(struct bench_stack *s, const struct bench_opts *o, ch
                            size_t errlen)
 {
     char echo[64], sproxy[64], edge[64], bin[PATH_MAX + 32];
-    int rc = start_echo(s, o, 0, echo, sizeof(echo), err, errlen);
+    int rc = start_echo(s, o, 0, 0, echo, sizeof(echo), err, errlen);
 
     if (rc < 0)
         return rc;
@@ -408,7 +410,7 @@ int stack_up(struct bench_stack *s, enum bench_path path, const struct bench_opt
         if (rc < 0)
             return rc;
     }
-    rc = start_echo(s, o, 0, echo, sizeof(echo), err, errlen);
+    rc = start_echo(s, o, 0, 0, echo, sizeof(echo), err, errlen);
     if (rc < 0)
         return rc;
     if (path == PATH_DIRECT) {
@@ -452,7 +454,7 @@ int stack_up_haproxy(struct bench_stack *s, const struct bench_opts *o, int maxc
     snprintf(s->tag, sizeof(s->tag), "sessions-%d%s", maxconn, busy ? "-busy" : "");
     rc = need_file(o->haproxy, 1, " (install haproxy or pass --haproxy)", err, errlen);
     if (rc == 0)
-        rc = start_echo(s, o, 0, echo, sizeof(echo), err, errlen);
+        rc = start_echo(s, o, 0, 1, echo, sizeof(echo), err, errlen);
     if (rc == 0)
         rc = start_haproxy(s, o, "haproxy", echo, maxconn, busy, s->entry, sizeof(s->entry),
                            err, errlen);
