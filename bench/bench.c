@@ -632,7 +632,7 @@ int main(int argc, char **argv)
     static struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES];
     struct bench_opts o;
     char err[BENCH_ERRLEN];
-    int rc, failed = 0;
+    int rc, failed = 0, output_failed = 0;
 
     rc = parse_options(&o, argc, argv);
     if (rc != 0) {
@@ -668,13 +668,11 @@ int main(int argc, char **argv)
     print_load(stdout, "end", la_end);
     if (o.json[0] && write_json(&o, res, la_start, la_end, err, sizeof(err)) < 0) {
         fprintf(stderr, "cessna-bench: %s\n", err);
-        failed = 1;
+        output_failed = 1;
     }
-    if (o.plot[0]) {
-        if (plot_draw(&o, err, sizeof(err)) < 0) {
-            fprintf(stderr, "cessna-bench: --plot: %s\n", err);
-            failed = 1;
-        }
+    if (o.plot[0] && plot_draw(&o, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-bench: --plot: %s\n", err);
+        output_failed = 1;
     }
     if (o.keep_tmp)
         fprintf(stderr, "cessna-bench: configs and logs kept in %s\n", o.tmpdir);
@@ -683,5 +681,7 @@ int main(int argc, char **argv)
     if (failed)
         fprintf(stderr, "cessna-bench: some paths or sections could not be run (see the errors above)%s\n",
                 o.keep_tmp ? "" : "; rerun with --keep-tmp to keep the children's logs");
-    return failed ? 1 : 0;
+    if (output_failed)
+        fprintf(stderr, "cessna-bench: --json or --plot failed (see above)\n");
+    return failed || output_failed ? 1 : 0;
 }

@@ -116,9 +116,10 @@ static uint64_t edge_stat(struct bench_stack *s, const char *key)
 static void explain(struct side_result *r, struct bench_stack *s, enum side side, int root,
                     int n, const char *err)
 {
-    char dead[BENCH_ERRLEN / 2], last[256] = "", at[32], counters[256] = "";
+    char dead[BENCH_ERRLEN / 2], last[256] = "", at[32], of[32], counters[256] = "";
 
     thousands(at, sizeof(at), r->opened);
+    thousands(of, sizeof(of), n);
     if (stack_check(s, dead, sizeof(dead)) < 0)
         snprintf(last, sizeof(last), "%s", dead);
     else
@@ -146,14 +147,14 @@ static void explain(struct side_result *r, struct bench_stack *s, enum side side
     }
     if (side == SIDE_EDGE)
         snprintf(r->why, sizeof(r->why),
-                 "refused at %s of %d sessions (max_sessions %d, the edge's RLIMIT_NOFILE %ld; "
-                 "edge stats: %s): %s%s%s", at, n, n > 64 ? n : 64, proc_machine_nofile(),
+                 "refused at %s of %s sessions (max_sessions %d, the edge's RLIMIT_NOFILE %ld; "
+                 "edge stats: %s): %s%s%s", at, of, n > 64 ? n : 64, proc_machine_nofile(),
                  counters[0] ? counters : "unreadable", err,
                  last[0] ? "; last log line: " : "", last);
     else
         snprintf(r->why, sizeof(r->why),
-                 "refused at %s of %d connections (maxconn %d%s, RLIMIT_NOFILE hard %ld): %s%s%s",
-                 at, n, r->capped ? stack_haproxy_max_conns() : n,
+                 "refused at %s of %s connections (maxconn %d%s, RLIMIT_NOFILE hard %ld): %s%s%s",
+                 at, of, r->capped ? stack_haproxy_max_conns() : n,
                  r->capped ? ", capped by the fd hard limit: 2 per connection" : "",
                  proc_nofile_hard(), err, last[0] ? "; last log line: " : "", last);
 }
