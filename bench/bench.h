@@ -21,6 +21,7 @@
  *   manyload.c   the load generator of N connections (edge sessions or plain TCP), one thread
  *   procstat.c   /proc: a process tree's PSS and CPU time, kernel memory, load average
  *   jsonw.c      a tiny JSON writer (--json)
+ *   plot.c       --plot DIR: each section's data and gnuplot script, PNGs drawn at the end
  *
  * The sections run after the paths, each on edges of its own, and print their tables
  * after the paths' table.
