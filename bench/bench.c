@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -42,6 +43,9 @@
 #define MAX_MANY               65536 /* the supervisor's max_sessions at most */
 #define DEFAULT_MANY_SECONDS   10.0
 #define QUICK_MANY_SECONDS     3.0
+#define DEFAULT_INFLIGHT       64
+#define MAX_INFLIGHT           1024
+#define NOFILE_SLACK           256  /* the bench's own descriptors beside the connections */
 
 static const char *const section_names[SEC_COUNT] = {
     [SEC_SNAPSHOT] = "snapshot", [SEC_RECOVERY] = "recovery",
@@ -62,13 +66,16 @@ static void usage(FILE *f)
             "  --seconds S    length of each throughput run (default %.0f)\n"
             "  --quick        CI smoke: %d round trips (%d above 1 KiB), %.0f s throughput\n"
             "  --sizes LIST   message sizes in bytes (default 64,16384; at most %u)\n"
-            "  --paths LIST   subset of direct,haproxy1,haproxy3,edge-native,edge-proxies,\n"
-            "                 snapshot,recovery,snapshot-latency,remote,sessions\n"
-            "                 (default all)\n"
+            "  --paths LIST   subset of direct,haproxy1,haproxy1-busy,edge-native,\n"
+            "                 edge-native-off,haproxy3,haproxy3-busy,edge-proxies,\n"
+            "                 edge-proxies-off,snapshot,recovery,snapshot-latency,remote,\n"
+            "                 sessions (default all)\n"
             "  --build DIR    where bin/ and apps/ are (default %s)\n"
             "  --haproxy BIN  the haproxy binary (default /usr/sbin/haproxy)\n"
             "  --keep-tmp     keep the temp dir (configs, children's logs) instead of removing it\n"
-            "  --busy-poll auto|off  the edge's busy_poll setting (default auto)\n"
+            "  --busy-poll auto|off  the edge's busy_poll setting on edge-native, edge-proxies\n"
+            "                        and the sections (default auto; the -off paths are always\n"
+            "                        off)\n"
             "  --sandbox on|off      the edge's sandbox setting (default on)\n"
             "  --snap-sizes LIST     snapshot: app state sizes, bytes or with K/M/G\n"
             "                        (default %s)\n"
@@ -88,15 +95,33 @@ static void usage(FILE *f)
             "                        1..%d (default %s)\n"
             "  --sessions-seconds S  sessions: length of each paced run, one 64 B message\n"
             "                        per session per second (default %.0f; --quick %.0f)\n"
-            "  --json FILE    write the sessions section's numbers to FILE as JSON\n"
+            "  --sessions-stacks LIST  sessions: subset of edge,haproxy,haproxy-busy (default\n"
+            "                        all three)\n"
+            "  --setup-inflight K    sessions: opens in flight at once while setting up, 1..%d\n"
+            "                        (default %d; 1 = one after the other)\n"
+            "  --json FILE    write the run's numbers to FILE as JSON (load average, the\n"
+            "                 paths, the sessions section)\n"
+            "  --plot DIR     write each plot's data (DIR/*.dat) and draw PNG plots in DIR\n"
+            "                 with gnuplot: latency percentiles per path, memory and\n"
+            "                 throughput against N (sessions), snapshot cost against state\n"
+            "                 size (snapshot), round trips around the kills (recovery:\n"
+            "                 worker kills; remote: whole-node kills and the hang); a\n"
+            "                 plot whose section did not run is not drawn. Without gnuplot\n"
+            "                 the data is still written and the run exits 1\n"
             "  --help         this text\n"
             "\n"
             "Paths: direct = client -> echo; haproxy1 = client -> haproxy -> echo;\n"
             "edge-native = libcessna-endpoint client -> cessna-supervisor (passthrough.so) ->\n"
             "libcessna-endpoint echo server; haproxy3 = three chained haproxies;\n"
             "edge-proxies = client -> cessna-client-proxy -> cessna-supervisor ->\n"
-            "cessna-server-proxy -> echo. Targets: each edge path's p50 within %.1fx and\n"
-            "throughput at least %.1fx of its HAProxy baseline (haproxy1, haproxy3).\n"
+            "cessna-server-proxy -> echo. haproxy1-busy, haproxy3-busy: the same with\n"
+            "HAProxy's busy-polling (global section); edge-native-off, edge-proxies-off: the\n"
+            "edge with busy_poll = off. Each edge path is compared with plain HAProxy of the\n"
+            "same number of hops and, like with like, an edge that may poll (busy_poll auto)\n"
+            "with busy-polling HAProxy, one that does not with plain HAProxy. Targets: each\n"
+            "edge path's p50 within %.1fx and throughput at least %.1fx of its plain HAProxy\n"
+            "baseline (haproxy1, haproxy3); issue 8: 64 B edge-proxies-off p50 at most 1.0x\n"
+            "haproxy3 (edge-proxies with busy_poll auto reported beside it).\n"
             "\n"
             "Sections, after the paths' table, each on edges of its own (ballast.so holds as\n"
             "much arena state as asked): snapshot = fork pause, write time and file size of a\n"
@@ -111,21 +136,26 @@ static void usage(FILE *f)
             "drain time per session; 64 B latency with snapshots every 100 ms shipped\n"
             "against not shipped (target: within 1.1x);\n"
             "sessions = N concurrent sessions on one edge (max_sessions = N) against one\n"
-            "HAProxy with N connections, same load generator: setup rate, PSS of the\n"
-            "edge's tree + kernel memory per session, msgs/s and p99 with one 64 B message\n"
-            "per session per second and saturating, CPU of snapshots every 1000 ms; an N\n"
-            "a stack cannot open is reported as refused, with its reason.\n"
-            "Every run prints the load average at its start and end.\n"
+            "HAProxy with N connections, plain and busy-polling, same load generator: setup\n"
+            "rate with K opens in flight, PSS of the edge's tree + kernel memory per session,\n"
+            "msgs/s, p50 and p99 with one 64 B message per session per second and\n"
+            "saturating, CPU of snapshots every 1000 ms (per session-second and per\n"
+            "snapshot); an N a stack cannot open is reported as refused at the count it\n"
+            "reached, with its reason, and measured with what opened. The bench raises its\n"
+            "RLIMIT_NOFILE for the largest N (as root the hard limit too, up to\n"
+            "fs.nr_open); the edge runs under the limits the bench started with.\n"
+            "Every run prints the load average at its start and end, with a warning above\n"
+            "one per core.\n"
             "\n"
-            "Exit: 0 when every selected path ran (PASS or MISS), 1 when one could not run,\n"
-            "2 on a usage error.\n",
+            "Exit: 0 when every selected path ran (PASS or MISS), 1 when one could not run\n"
+            "or --json / --plot failed, 2 on a usage error.\n",
             DEFAULT_MESSAGES, DEFAULT_SECONDS, QUICK_MESSAGES, QUICK_MESSAGES / 4, QUICK_SECONDS,
             MAX_SIZE, CESSNA_BUILD_DIR, DEFAULT_SNAP_SIZES, DEFAULT_SNAP_RUNS, QUICK_SNAP_RUNS,
             DEFAULT_RECOVERY_RUNS, QUICK_RECOVERY_RUNS, DEFAULT_RECOVERY_MSGS,
             2 * DEFAULT_RECOVERY_MSGS, DEFAULT_SNAP_INTERVAL, DEFAULT_REMOTE_RUNS,
             QUICK_REMOTE_RUNS, DEFAULT_REMOTE_MSGS, 2 * DEFAULT_REMOTE_MSGS,
             DEFAULT_DRAIN_SESSIONS, MAX_MANY, DEFAULT_MANY, DEFAULT_MANY_SECONDS,
-            QUICK_MANY_SECONDS, 1.5, 0.5);
+            QUICK_MANY_SECONDS, MAX_INFLIGHT, DEFAULT_INFLIGHT, 1.5, 0.5);
 }
 
 static int parse_sizes(struct bench_opts *o, const char *list)
@@ -168,6 +198,30 @@ static int parse_many(struct bench_opts *o, const char *list)
     return o->nmany ? 0 : -EINVAL;
 }
 
+static int parse_many_stacks(struct bench_opts *o, const char *list)
+{
+    static const char *const names[MANY_STACKS] = { "edge", "haproxy", "haproxy-busy" };
+    char buf[256], *save = NULL;
+
+    snprintf(buf, sizeof(buf), "%s", list);
+    o->many_stacks = 0;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int found = 0;
+
+        for (int i = 0; i < MANY_STACKS; i++)
+            if (strcmp(tok, names[i]) == 0) {
+                o->many_stacks |= 1 << i;
+                found = 1;
+            }
+        if (!found) {
+            fprintf(stderr, "cessna-bench: bad --sessions-stacks '%s' (edge, haproxy, "
+                            "haproxy-busy)\n", list);
+            return -EINVAL;
+        }
+    }
+    return o->many_stacks ? 0 : -EINVAL;
+}
+
 static int section_parse(const char *name, enum bench_section *sec)
 {
     for (int i = 0; i < SEC_COUNT; i++)
@@ -196,8 +250,9 @@ static int parse_paths(struct bench_opts *o, const char *list)
             o->sections[sec] = 1;
         } else {
             fprintf(stderr, "cessna-bench: unknown path '%s' in --paths (want direct, haproxy1, "
-                            "haproxy3, edge-native, edge-proxies, snapshot, recovery, "
-                            "snapshot-latency, remote, sessions)\n", tok);
+                            "haproxy1-busy, edge-native, edge-native-off, haproxy3, "
+                            "haproxy3-busy, edge-proxies, edge-proxies-off, snapshot, "
+                            "recovery, snapshot-latency, remote, sessions)\n", tok);
             return -EINVAL;
         }
         n++;
@@ -292,10 +347,13 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         { "sessions", required_argument, NULL, 'N' },
         { "sessions-seconds", required_argument, NULL, 'E' },
         { "json", required_argument, NULL, 'J' },
+        { "sessions-stacks", required_argument, NULL, 'W' },
+        { "setup-inflight", required_argument, NULL, 'F' },
+        { "plot", required_argument, NULL, 'P' },
         { NULL, 0, NULL, 0 },
     };
     double messages = 0, seconds = 0, snap_runs = 0, rec_runs = 0, rec_msgs = 0, interval = 0;
-    double rem_runs = 0, rem_msgs = 0, drain = 0, many_seconds = 0;
+    double rem_runs = 0, rem_msgs = 0, drain = 0, many_seconds = 0, inflight = 0;
     int quick = 0, c;
 
     memset(o, 0, sizeof(*o));
@@ -309,6 +367,7 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
     parse_snap_sizes(o, DEFAULT_SNAP_SIZES);
     o->recovery_state = DEFAULT_RECOVERY_STATE;
     parse_many(o, DEFAULT_MANY);
+    o->many_stacks = (1 << MANY_STACKS) - 1;
 
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         int rc = 0;
@@ -353,6 +412,11 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
             rc = parse_number("--sessions-seconds", optarg, 1, 3600, &many_seconds);
             break;
         case 'J': snprintf(o->json, sizeof(o->json), "%s", optarg); break;
+        case 'W': rc = parse_many_stacks(o, optarg); break;
+        case 'F':
+            rc = parse_number("--setup-inflight", optarg, 1, MAX_INFLIGHT, &inflight);
+            break;
+        case 'P': snprintf(o->plot, sizeof(o->plot), "%s", optarg); break;
         default: rc = -EINVAL; break;
         }
         if (rc < 0)
@@ -378,6 +442,7 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
     o->drain_sessions = drain > 0 ? (int)drain : DEFAULT_DRAIN_SESSIONS;
     o->many_seconds = many_seconds > 0 ? many_seconds
                                        : quick ? QUICK_MANY_SECONDS : DEFAULT_MANY_SECONDS;
+    o->many_inflight = inflight > 0 ? (int)inflight : DEFAULT_INFLIGHT;
     return 0;
 }
 
@@ -489,17 +554,17 @@ static int run_sections(FILE *f, const struct bench_opts *o)
     return failed ? -1 : 0;
 }
 
-/* The bench holds many connections (section sessions), and its children inherit the
- * limit: raise the soft limit to the hard one. */
-static void raise_nofile(void)
+/* Descriptors the run needs in one process: the load generator holds N connections, the
+ * echo server N, HAProxy 2 N (section sessions). */
+static long nofile_wanted(const struct bench_opts *o)
 {
-    struct rlimit rl;
+    long n = 0;
 
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            fprintf(stderr, "cessna-bench: setrlimit(RLIMIT_NOFILE): %s\n", strerror(errno));
-    }
+    if (o->sections[SEC_SESSIONS])
+        for (int i = 0; i < o->nmany; i++)
+            if (o->many[i] > n)
+                n = o->many[i];
+    return 2 * n + NOFILE_SLACK > 4096 ? 2 * n + NOFILE_SLACK : 4096;
 }
 
 /* The machine's load average, with a warning when above one per core: other work skews
@@ -520,13 +585,55 @@ static void print_load(FILE *f, const char *when, double la[3])
     fflush(f);
 }
 
+static void json_loadavg(struct jsonw *w, const char *key, const double la[3])
+{
+    jw_key(w, key);
+    jw_arr(w);
+    for (int i = 0; i < 3; i++)
+        jw_num(w, NULL, la[i] >= 0 ? la[i] : 0.0 / 0.0);
+    jw_arr_end(w);
+}
+
+/* --json FILE: the load average, the paths and the sessions section. */
+static int write_json(const struct bench_opts *o,
+                      struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES],
+                      const double la_start[3], const double la_end[3], char *err,
+                      size_t errlen)
+{
+    FILE *f = fopen(o->json, "w");
+    struct jsonw w = { .f = f };
+
+    if (!f) {
+        int rc = -errno;
+        snprintf(err, errlen, "--json %s: %s", o->json, strerror(errno));
+        return rc;
+    }
+    jw_obj(&w);
+    jw_num(&w, "cpus", (double)sysconf(_SC_NPROCESSORS_ONLN));
+    json_loadavg(&w, "loadavg_start", la_start);
+    json_loadavg(&w, "loadavg_end", la_end);
+    jw_str(&w, "busy_poll", o->busy_poll_off ? "off" : "auto");
+    jw_str(&w, "sandbox", o->sandbox_off ? "off" : "on");
+    if (any_path(o))
+        report_json(&w, o, res);
+    if (o->sections[SEC_SESSIONS])
+        manybench_json(&w);
+    jw_obj_end(&w);
+    if (fclose(f) != 0) {
+        int rc = -errno;
+        snprintf(err, errlen, "--json %s: %s", o->json, strerror(errno));
+        return rc;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     double la_start[3], la_end[3];
     static struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES];
     struct bench_opts o;
     char err[BENCH_ERRLEN];
-    int rc, failed = 0;
+    int rc, failed = 0, output_failed = 0;
 
     rc = parse_options(&o, argc, argv);
     if (rc != 0) {
@@ -543,19 +650,30 @@ int main(int argc, char **argv)
         proc_tmpdir_remove(o.tmpdir);
         return 1;
     }
-    raise_nofile();
     print_load(stdout, "start", la_start);
+    proc_raise_nofile(stdout, nofile_wanted(&o));
+    if (o.plot[0] && mkdir(o.plot, 0755) == -1 && errno != EEXIST) {
+        fprintf(stderr, "cessna-bench: --plot %s: %s\n", o.plot, strerror(errno));
+        proc_tmpdir_remove(o.tmpdir);
+        return 1;
+    }
     for (int p = 0; p < PATH_COUNT; p++)
         if (o.selected[p] && run_path((enum bench_path)p, &o, res[p]) < 0)
             failed = 1;
-    if (any_path(&o))
+    if (any_path(&o)) {
         report_print(stdout, &o, res);
+        report_plot_data(&o, res);
+    }
     if (run_sections(stdout, &o) < 0)
         failed = 1;
     print_load(stdout, "end", la_end);
-    if (o.json[0] && manybench_write_json(o.json, la_start, la_end, err, sizeof(err)) < 0) {
+    if (o.json[0] && write_json(&o, res, la_start, la_end, err, sizeof(err)) < 0) {
         fprintf(stderr, "cessna-bench: %s\n", err);
-        failed = 1;
+        output_failed = 1;
+    }
+    if (o.plot[0] && plot_draw(&o, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-bench: --plot: %s\n", err);
+        output_failed = 1;
     }
     if (o.keep_tmp)
         fprintf(stderr, "cessna-bench: configs and logs kept in %s\n", o.tmpdir);
@@ -564,5 +682,7 @@ int main(int argc, char **argv)
     if (failed)
         fprintf(stderr, "cessna-bench: some paths or sections could not be run (see the errors above)%s\n",
                 o.keep_tmp ? "" : "; rerun with --keep-tmp to keep the children's logs");
-    return failed ? 1 : 0;
+    if (output_failed)
+        fprintf(stderr, "cessna-bench: --json or --plot failed (see above)\n");
+    return failed || output_failed ? 1 : 0;
 }

@@ -21,6 +21,7 @@
  *   manyload.c   the load generator of N connections (edge sessions or plain TCP), one thread
  *   procstat.c   /proc: a process tree's PSS and CPU time, kernel memory, load average
  *   jsonw.c      a tiny JSON writer (--json)
+ *   plot.c       --plot DIR: each section's data and gnuplot script, PNGs drawn at the end
  *
  * The sections run after the paths, each on edges of its own, and print their tables
  * after the paths' table.
@@ -42,11 +43,15 @@
 
 /* The paths, in the order they run and are reported. */
 enum bench_path {
-    PATH_DIRECT,       /* client -> echo */
-    PATH_HAPROXY1,     /* client -> haproxy -> echo */
-    PATH_EDGE_NATIVE,  /* native endpoint -> supervisor -> native endpoint (echo) */
-    PATH_HAPROXY3,     /* client -> haproxy -> haproxy -> haproxy -> echo */
-    PATH_EDGE_PROXIES, /* client -> client-proxy -> supervisor -> server-proxy -> echo */
+    PATH_DIRECT,           /* client -> echo */
+    PATH_HAPROXY1,         /* client -> haproxy -> echo */
+    PATH_HAPROXY1_BUSY,    /* the same, haproxy with busy-polling */
+    PATH_EDGE_NATIVE,      /* native endpoint -> supervisor -> native endpoint (echo) */
+    PATH_EDGE_NATIVE_OFF,  /* the same, the edge with busy_poll = off */
+    PATH_HAPROXY3,         /* client -> haproxy -> haproxy -> haproxy -> echo */
+    PATH_HAPROXY3_BUSY,    /* the same, each haproxy with busy-polling */
+    PATH_EDGE_PROXIES,     /* client -> client-proxy -> supervisor -> server-proxy -> echo */
+    PATH_EDGE_PROXIES_OFF, /* the same, the edge with busy_poll = off */
     PATH_COUNT
 };
 
@@ -89,8 +94,14 @@ struct bench_opts {
     int    many[BENCH_MAX_MANY];    /* sessions: the numbers of concurrent sessions */
     int    nmany;
     double many_seconds;            /* sessions: length of each paced run */
-    char   json[PATH_MAX];          /* --json FILE: the sessions section's numbers; "" none */
+    int    many_inflight;           /* sessions: opens in flight at once */
+    int    many_stacks;             /* sessions: bit per stack (MANY_STACK_*) */
+    char   json[PATH_MAX];          /* --json FILE: the run's numbers; "" none */
+    char   plot[PATH_MAX];          /* --plot DIR: data files and PNG plots; "" none */
 };
+
+/* sessions: the stacks compared (--sessions-stacks). */
+enum { MANY_EDGE, MANY_HAPROXY, MANY_HAPROXY_BUSY, MANY_STACKS };
 
 /* ---- procs.c: child processes ---- */
 
@@ -108,12 +119,22 @@ struct proc_spec {
     int          want_stdout; /* pipe the child's stdout to out_fd (for the ready line);
                                  otherwise it goes to the log with stderr */
     int          keep_fd;     /* a descriptor the child keeps (a listener), or -1 */
+    int          machine_nofile; /* the child gets RLIMIT_NOFILE as the bench found it at
+                                    start, not as the bench raised it (the edge is measured
+                                    under the machine's limits) */
     proc_main_fn fn;          /* runs in the child, which then _exit()s; NULL with argv */
     void        *arg;
     char *const *argv;        /* exec this instead of fn (argv[0] is the path) */
 };
 
 int  proc_install_signals(const char *tmpdir, char *err, size_t errlen);
+/* RLIMIT_NOFILE: remember the machine's limits, then raise the bench's own (and so its
+ * children's) to `want` descriptors: the soft limit up to the hard one, and as root the hard
+ * one too, up to /proc/sys/fs/nr_open. A line on f says what was done and what was refused. */
+void proc_raise_nofile(FILE *f, long want);
+long proc_nofile_soft(void);   /* the bench's, now */
+long proc_nofile_hard(void);
+long proc_machine_nofile(void); /* the soft limit the bench started with */
 int  proc_interrupted(void);
 int  proc_start(struct bench_proc *p, const struct proc_spec *spec, const char *dir,
                 char *err, size_t errlen);
@@ -124,6 +145,9 @@ int  proc_check(struct bench_proc *p, char *err, size_t errlen);
 void proc_stop(struct bench_proc *p, int grace_ms);
 /* The last non-empty line of the child's log ("" when none). */
 void proc_log_last(const struct bench_proc *p, char *out, size_t outlen);
+/* Run argv to its end (gnuplot), output in dir/name.log: 0 on exit status 0. */
+int  proc_run(const char *name, char *const argv[], const char *dir, int timeout_ms, char *err,
+              size_t errlen);
 int  proc_tmpdir_create(char *dir, size_t len, char *err, size_t errlen);
 void proc_tmpdir_remove(const char *dir);
 
@@ -146,18 +170,28 @@ struct edge_spec {
     unsigned    snapshot_interval_ms; /* 0: snapshots only when asked for */
     int         hot;                  /* standby = hot (else cold) */
     unsigned    max_sessions;         /* 0: 64 */
+    int         busy_poll_off;        /* busy_poll = off whatever --busy-poll says */
+    int         many;                 /* the one-thread epoll echo server (sessions) */
 };
 
 const char *stack_path_name(enum bench_path path);
 int  stack_path_parse(const char *name, enum bench_path *path);
 enum bench_path stack_baseline(enum bench_path edge); /* PATH_COUNT for non-edge paths */
+/* The like-with-like baseline: haproxy with busy-polling for an edge that may poll (busy_poll
+ * auto), plain haproxy for one that does not (busy_poll off). */
+enum bench_path stack_like_baseline(enum bench_path edge, const struct bench_opts *o);
+int  stack_path_busy(enum bench_path path);      /* haproxy busy-polling path */
+int  stack_path_edge_off(enum bench_path path, const struct bench_opts *o); /* busy_poll off */
 int  stack_up(struct bench_stack *s, enum bench_path path, const struct bench_opts *o,
               char *err, size_t errlen);
 int  stack_up_edge(struct bench_stack *s, const struct edge_spec *e, const struct bench_opts *o,
                    char *err, size_t errlen);
-/* plain echo <- one HAProxy with maxconn (and its fd limit) for that many connections. */
-int  stack_up_haproxy(struct bench_stack *s, const struct bench_opts *o, int maxconn,
+/* plain echo <- one HAProxy with maxconn (and its fd limit) for that many connections,
+ * with busy-polling if busy. */
+int  stack_up_haproxy(struct bench_stack *s, const struct bench_opts *o, int maxconn, int busy,
                       char *err, size_t errlen);
+/* The most connections one HAProxy can hold under the bench's RLIMIT_NOFILE hard limit. */
+int  stack_haproxy_max_conns(void);
 int  stack_check(struct bench_stack *s, char *err, size_t errlen);
 void stack_down(struct bench_stack *s);
 
@@ -165,6 +199,8 @@ void stack_down(struct bench_stack *s);
 
 int echo_plain_main(void *arg);
 int echo_native_main(void *arg);
+int echo_plain_many_main(void *arg);   /* one thread, epoll: the sessions section */
+int echo_native_many_main(void *arg);
 
 /* ---- load.c: the drivers ---- */
 
@@ -286,12 +322,15 @@ struct many_conn;
 
 struct many_set {
     struct many_conn *conns;
-    int               n;       /* connected (closed by many_close) */
-    int               proven;  /* of them, with their first message echoed: open */
+    int               n;       /* open and proven (closed by many_close) */
+    int               proven;  /* the same: each with its first message echoed */
+    int               tried;   /* connects started */
     int               native;
+    int               inflight; /* opens in flight at once */
     int               epfd;
-    double            open_s;  /* opening the n took this long (a failed one included) */
+    double            open_s;  /* opening took this long (failed ones included) */
     double            proven_s; /* from the start to the last one proven */
+    struct lat_result setup;   /* one open: connect to first echo, µs */
 };
 
 struct many_result {
@@ -300,10 +339,10 @@ struct many_result {
     struct lat_result lat;
 };
 
-/* Open n connections one after the other, each proven by one echo; on failure m->proven
- * are open and err says why. */
-int  many_open(struct many_set *m, const char *entry, int native, int n, char *err,
-               size_t errlen);
+/* Open n connections, inflight at a time (threads), each proven by one echo; the first
+ * failure stops new opens. On failure m->proven are open and err says why. */
+int  many_open(struct many_set *m, const char *entry, int native, int n, int inflight,
+               char *err, size_t errlen);
 void many_close(struct many_set *m);
 /* Each connection one 64 B message per 1/rate_hz s, spread evenly, for seconds (after one
  * warm-up period). */
@@ -347,10 +386,24 @@ void jw_str(struct jsonw *w, const char *key, const char *s); /* s NULL: null */
 
 /* ---- manybench.c: section "sessions" ---- */
 
-int manybench_run(FILE *f, const struct bench_opts *o);
-/* The section's numbers as JSON, with the run's load average at start and end. */
-int manybench_write_json(const char *path, const double la_start[3], const double la_end[3],
-                         char *err, size_t errlen);
+int  manybench_run(FILE *f, const struct bench_opts *o);
+void manybench_json(struct jsonw *w);     /* the section's numbers, as "sessions": {...} */
+const char *manybench_stack_name(int stack);
+
+/* ---- plot.c: --plot DIR ---- */
+
+/* A data file DIR/name.dat for a plot, opened for writing (its first line a comment with
+ * the columns); NULL when --plot is not set or the file cannot be made (said on stderr).
+ * The plot of that name is drawn at the end of the run by plot_draw. */
+FILE *plot_data(const struct bench_opts *o, const char *name, const char *columns);
+void  plot_data_close(FILE *f);
+void  plot_num(FILE *f, double v);   /* " v", or " ?" (missing) when not finite */
+/* The gnuplot commands for DIR/name.png (after the terminal and output lines the bench
+ * writes); %D in text stands for DIR's absolute path. Drawn by plot_draw. */
+void  plot_script(const struct bench_opts *o, const char *name, const char *text);
+/* Draw a PNG per data file written in this run, with gnuplot. 0, or -errno with err set
+ * (gnuplot missing, or it failed). */
+int   plot_draw(const struct bench_opts *o, char *err, size_t errlen);
 
 /* helpers shared by the sections (report.c) */
 void report_size_label(size_t size, char *out, size_t len);
@@ -370,5 +423,10 @@ struct bench_result {
 /* res[path][size index]. Returns the number of targets missed (informational). */
 int report_print(FILE *f, const struct bench_opts *o,
                  struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES]);
+void report_json(struct jsonw *w, const struct bench_opts *o,
+                 struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES]);
+/* The paths' latency percentiles and throughput, as plot data. */
+void  report_plot_data(const struct bench_opts *o,
+                       struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES]);
 
 #endif

@@ -2,6 +2,11 @@
  * thread per connection, so a pipelined stream is read and written back as it comes: the
  * client reads concurrently (throughput) or waits for each echo (latency), so nothing
  * deadlocks.
+ *
+ * The sessions section's echo servers (echo_*_many_main) serve thousands of connections of
+ * small messages from one thread with epoll instead: a thread each would add thousands of
+ * threads (pids: kernel.pid_max counts them beside the edge's workers) and their kernel
+ * stacks to the memory the section measures.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -10,6 +15,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -129,6 +136,126 @@ int echo_native_main(void *arg)
         if (spawn_detached(echo_native_session, ep) < 0) {
             fprintf(stderr, "echo-native: pthread_create failed\n");
             cessna_ep_free(ep);
+        }
+    }
+}
+
+/* ---- one thread, epoll: the sessions section ---- */
+
+#define MANY_EVENTS 256
+#define LISTENER    ((void *)1)
+
+static int many_epoll(int lfd)
+{
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = LISTENER };
+
+    if (ep == -1 || epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev) == -1) {
+        fprintf(stderr, "echo: epoll: %s\n", strerror(errno));
+        return -1;
+    }
+    return ep;
+}
+
+/* Plain TCP: whatever a connection sent, written back (blocking writes: small echoes into
+ * an empty socket buffer). */
+int echo_plain_many_main(void *arg)
+{
+    int lfd = *(const int *)arg, one = 1, ep = many_epoll(lfd);
+    struct epoll_event evs[MANY_EVENTS];
+    char buf[64 * 1024];
+
+    if (ep < 0)
+        return -1;
+    for (;;) {
+        int n = epoll_wait(ep, evs, MANY_EVENTS, -1);
+
+        if (n == -1 && errno != EINTR) {
+            fprintf(stderr, "echo: epoll_wait: %s\n", strerror(errno));
+            return -1;
+        }
+        for (int k = 0; k < n; k++) {
+            if (evs[k].data.ptr == LISTENER) {
+                int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+                struct epoll_event ev = { .events = EPOLLIN };
+
+                if (fd == -1)
+                    continue; /* EAGAIN, EMFILE ...: the client sees it as a stall */
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                ev.data.fd = fd;
+                if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == -1)
+                    close(fd);
+                continue;
+            }
+            int fd = evs[k].data.fd;
+            ssize_t r = read(fd, buf, sizeof(buf));
+
+            if (r == -1 && (errno == EINTR || errno == EAGAIN))
+                continue;
+            if (r <= 0 || write_all(fd, buf, (size_t)r) < 0)
+                close(fd); /* leaves the epoll set with it */
+        }
+    }
+}
+
+/* Native endpoint: each session accepted (the handshake blocks briefly), then read in
+ * nonblocking mode; every message sent back. */
+int echo_native_many_main(void *arg)
+{
+    int lfd = *(const int *)arg, ep = many_epoll(lfd);
+    struct epoll_event evs[MANY_EVENTS];
+
+    if (ep < 0)
+        return -1;
+    for (;;) {
+        int n = epoll_wait(ep, evs, MANY_EVENTS, -1);
+
+        if (n == -1 && errno != EINTR) {
+            fprintf(stderr, "echo-native: epoll_wait: %s\n", strerror(errno));
+            return -1;
+        }
+        for (int k = 0; k < n; k++) {
+            if (evs[k].data.ptr == LISTENER) {
+                char err[256];
+                struct cessna_ep *s = cessna_ep_accept(lfd, err, sizeof(err));
+                struct epoll_event ev = { .events = EPOLLIN };
+
+                if (!s) {
+                    fprintf(stderr, "echo-native: cessna_ep_accept: %s\n", err);
+                    continue;
+                }
+                cessna_ep_set_nonblocking(s, 1);
+                ev.data.ptr = s;
+                if (epoll_ctl(ep, EPOLL_CTL_ADD, cessna_ep_fd(s), &ev) == -1) {
+                    fprintf(stderr, "echo-native: epoll_ctl: %s\n", strerror(errno));
+                    cessna_ep_free(s);
+                }
+                continue;
+            }
+            struct cessna_ep *s = evs[k].data.ptr;
+            long r;
+
+            for (;;) {
+                const void *data;
+
+                r = cessna_ep_recv(s, &data);
+                if (r < 0)
+                    break;
+                if (cessna_ep_send(s, data, (size_t)r) < 0) {
+                    fprintf(stderr, "echo-native: session=%llu cessna_ep_send failed: %s\n",
+                            (unsigned long long)cessna_ep_session_id(s), cessna_ep_error(s));
+                    r = -EIO;
+                    break;
+                }
+            }
+            if (r == -EAGAIN)
+                continue;
+            if (r != CESSNA_EP_CLOSED && r != -ECONNRESET)
+                fprintf(stderr, "echo-native: session=%llu cessna_ep_recv: %s %s\n",
+                        (unsigned long long)cessna_ep_session_id(s), strerror((int)-r),
+                        cessna_ep_error(s));
+            epoll_ctl(ep, EPOLL_CTL_DEL, cessna_ep_fd(s), NULL);
+            cessna_ep_free(s);
         }
     }
 }

@@ -2,10 +2,13 @@
  * node against HAProxy with N connections, for each N of --sessions (default 100, 1000,
  * 10000). The same load generator (manyload.c) drives both: native endpoint sessions
  * through cessna-supervisor (passthrough.so) to a native echo server, plain TCP
- * connections through one HAProxy (nbthread 1, maxconn N) to a plain echo server.
+ * connections through one HAProxy (nbthread 1, maxconn N) to a plain echo server, and the
+ * same HAProxy with busy-polling (the edge polls too when it has a core to spare: like with
+ * like). --sessions-stacks picks among edge, haproxy, haproxy-busy.
  *
  * Per N and stack, on a stack of its own:
- *   setup     open N one after the other, each proven by one echo: sessions/s
+ *   setup     open N with --setup-inflight opens in flight at once (threads), each proven
+ *             by one echo: sessions/s over what opened, and one open's p50 / p99
  *   memory    PSS (smaps_rollup) of the edge's whole process tree (supervisor, zygote,
  *             workers) or of HAProxy, plus the kernel's: the change of /proc/meminfo Slab +
  *             PageTables + KernelStack from before the opening to after it. That change is
@@ -16,9 +19,12 @@
  *   CPU       user + system time of the edge's tree (reaped children included) during the
  *             paced run, on an edge with snapshot_interval_ms = 1000 and again on one with
  *             0 (no periodic snapshots): the difference is what the snapshots cost.
- * The edge runs with max_sessions = N (at least 64). An N that a stack cannot open is
- * reported as refused at the count it reached, with the reason it gave; the rest of that
- * stack's measurements for that N are not made.
+ *             The supervisor's `stats` snapshots= counter over the run: CPU per snapshot.
+ * The edge runs with max_sessions = N (at least 64) under the machine's RLIMIT_NOFILE (not
+ * the bench's raised one). HAProxy gets maxconn N, at most what its fd hard limit allows (2
+ * per connection). An N that a stack cannot open is reported as refused at the count it
+ * reached, with the reason it gave (and the edge's stats counters); the paced and saturating
+ * runs are still made with the sessions that opened, marked as such.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -33,14 +39,25 @@
 #define SNAP_INTERVAL_MS 1000 /* the supervisor's default */
 #define RATE_HZ          1.0  /* paced: messages per session per second */
 
-enum side { SIDE_EDGE, SIDE_HAPROXY, SIDE_COUNT };
+enum side { SIDE_EDGE = MANY_EDGE, SIDE_HAPROXY = MANY_HAPROXY,
+            SIDE_HAPROXY_BUSY = MANY_HAPROXY_BUSY, SIDE_COUNT = MANY_STACKS };
 
-static const char *const side_names[SIDE_COUNT] = { "edge-native", "haproxy1" };
+static const char *const side_names[SIDE_COUNT] = { "edge-native", "haproxy1",
+                                                    "haproxy1-busy" };
+
+const char *manybench_stack_name(int stack)
+{
+    return stack >= 0 && stack < SIDE_COUNT ? side_names[stack] : "?";
+}
 
 struct side_result {
     int      tried, opened, refused, failed;
     char     why[BENCH_ERRLEN];       /* refused or failed: the reason */
     double   open_s, open_rate;
+    int      inflight;
+    struct lat_result setup;          /* one open, µs */
+    int      capped;                  /* HAProxy: maxconn below N (its fd limit) */
+    uint64_t snapshots;               /* edge: snapshots taken during the paced run */
     uint64_t base_pss_kib;            /* before the opening */
     uint64_t pss_kib;                 /* after it */
     int      procs;
@@ -48,9 +65,11 @@ struct side_result {
     int      paced_ok, sat_ok;
     struct many_result paced, sat;
     double   cpu_s;                   /* during the paced run */
+    double   cpu_wall_s;              /* its wall time (warm-up and drain included) */
     int      nosnap_ok;               /* edge: the second edge, without snapshots */
-    double   cpu_nosnap_s;
+    double   cpu_nosnap_s, cpu_nosnap_wall_s;
     struct many_result paced_nosnap;
+    uint64_t snapshots_nosnap;
 };
 
 struct n_result {
@@ -78,47 +97,104 @@ static void thousands(char *out, size_t len, double v)
 
 static long nofile_limit(void)
 {
-    struct rlimit rl;
-
-    return getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_cur : -1;
+    return proc_nofile_soft();
 }
 
-/* Why the opening stopped: the error, and the stack's last log line or its death. */
-static void explain(struct side_result *r, struct bench_stack *s, int root, int n,
-                    const char *err)
+/* A counter of the edge's `stats` line, or 0. */
+static uint64_t edge_stat(struct bench_stack *s, const char *key)
 {
-    char dead[BENCH_ERRLEN / 2], last[256] = "", at[32];
+    char out[2048], err[256];
+    uint64_t v = 0;
+
+    if (s->control[0] && ectl_cmd(s->control, "stats", out, sizeof(out), err, sizeof(err)) == 0)
+        ectl_field(out, key, &v);
+    return v;
+}
+
+/* Why the opening stopped: the error, the edge's counters, the stack's last log line or
+ * its death. */
+static void explain(struct side_result *r, struct bench_stack *s, enum side side, int root,
+                    int n, const char *err)
+{
+    char dead[BENCH_ERRLEN / 2], last[256] = "", at[32], of[32], counters[256] = "";
 
     thousands(at, sizeof(at), r->opened);
+    thousands(of, sizeof(of), n);
     if (stack_check(s, dead, sizeof(dead)) < 0)
         snprintf(last, sizeof(last), "%s", dead);
     else
         proc_log_last(&s->procs[root], last, sizeof(last));
-    snprintf(r->why, sizeof(r->why),
-             "refused at %s sessions (max_sessions/maxconn %d, RLIMIT_NOFILE %ld, pid_max "
-             "applies to workers): %s%s%s", at, n, nofile_limit(), err,
-             last[0] ? "; last log line: " : "", last);
+    if (side == SIDE_EDGE && s->control[0]) {
+        char out[2048], e2[256];
+
+        if (ectl_cmd(s->control, "stats", out, sizeof(out), e2, sizeof(e2)) == 0) {
+            static const char *const keys[] = { "sessions", "sessions_failed",
+                                                "accept_fd_limit", "accept_paused",
+                                                "hello_timeouts", "worker_deaths" };
+            size_t used = 0;
+
+            for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+                uint64_t v;
+
+                if (ectl_field(out, keys[k], &v) == 0)
+                    used += (size_t)snprintf(counters + used, sizeof(counters) - used,
+                                             "%s%s=%llu", used ? " " : "", keys[k],
+                                             (unsigned long long)v);
+                if (used >= sizeof(counters))
+                    break;
+            }
+        }
+    }
+    if (side == SIDE_EDGE)
+        snprintf(r->why, sizeof(r->why),
+                 "refused at %s of %s sessions (max_sessions %d, the edge's RLIMIT_NOFILE %ld; "
+                 "edge stats: %s): %s%s%s", at, of, n > 64 ? n : 64, proc_machine_nofile(),
+                 counters[0] ? counters : "unreadable", err,
+                 last[0] ? "; last log line: " : "", last);
+    else
+        snprintf(r->why, sizeof(r->why),
+                 "refused at %s of %s connections (maxconn %d%s, RLIMIT_NOFILE hard %ld): %s%s%s",
+                 at, of, r->capped ? stack_haproxy_max_conns() : n,
+                 r->capped ? ", capped by the fd hard limit: 2 per connection" : "",
+                 proc_nofile_hard(), err, last[0] ? "; last log line: " : "", last);
+}
+
+/* HAProxy's maxconn for n connections: n, or what its fd hard limit allows. */
+static int haproxy_maxconn(int n, int *capped)
+{
+    int max = stack_haproxy_max_conns();
+
+    *capped = max > 0 && n > max;
+    return *capped ? max : n;
 }
 
 static int bring_up(struct bench_stack *s, enum side side, int n, unsigned interval_ms,
-                    const struct bench_opts *o, char *err, size_t errlen)
+                    const struct bench_opts *o, int *capped, char *err, size_t errlen)
 {
-    if (side == SIDE_HAPROXY)
-        return stack_up_haproxy(s, o, n, err, errlen);
+    *capped = 0;
+    if (side != SIDE_EDGE)
+        return stack_up_haproxy(s, o, haproxy_maxconn(n, capped), side == SIDE_HAPROXY_BUSY,
+                                err, errlen);
     struct edge_spec e = { .app = "passthrough.so", .snapshot_interval_ms = interval_ms,
+                           .many = 1,
                            .max_sessions = (unsigned)(n > 64 ? n : 64) };
     snprintf(e.tag, sizeof(e.tag), "sessions-%d-%ums", n, interval_ms);
     return stack_up_edge(s, &e, o, err, errlen);
 }
 
 /* The paced run with the tree's CPU time around it. */
-static int paced_with_cpu(struct many_set *m, pid_t root, struct many_result *res,
-                          double *cpu_s, char *err, size_t errlen)
+static int paced_with_cpu(struct many_set *m, struct bench_stack *s, struct many_result *res,
+                          double *cpu_s, double *wall_s, uint64_t *snapshots, char *err,
+                          size_t errlen)
 {
+    pid_t root = s->procs[1].pid;
+    uint64_t n0 = edge_stat(s, "snapshots"), t0 = ectl_now_ns();
     double c0 = ps_tree_cpu_s(root);
     int rc = many_paced(m, RATE_HZ, paced_seconds, res, err, errlen);
 
     *cpu_s = ps_tree_cpu_s(root) - c0;
+    *wall_s = (double)(ectl_now_ns() - t0) / 1e9;
+    *snapshots = edge_stat(s, "snapshots") - n0;
     return rc;
 }
 
@@ -146,14 +222,15 @@ static void measure_side(struct side_result *r, enum side side, int n,
     int root = 1; /* procs[0] is the echo server; [1] the supervisor or HAProxy */
 
     r->tried = 1;
-    fprintf(stderr, "cessna-bench: sessions N=%d %s: starting, opening %d\n", n,
-            side_names[side], n);
-    if (bring_up(&s, side, n, SNAP_INTERVAL_MS, o, err, sizeof(err)) < 0) {
-        if (side == SIDE_HAPROXY && !proc_interrupted()) { /* it checks its fd limit first */
+    fprintf(stderr, "cessna-bench: sessions N=%d %s: starting, opening %d, %d in flight\n", n,
+            side_names[side], n, o->many_inflight);
+    if (bring_up(&s, side, n, SNAP_INTERVAL_MS, o, &r->capped, err, sizeof(err)) < 0) {
+        if (side != SIDE_EDGE && !proc_interrupted()) { /* it checks its fd limit first */
             r->refused = 1;
             snprintf(r->why, sizeof(r->why), "refused at 0 connections: HAProxy with maxconn "
-                     "%d did not start (RLIMIT_NOFILE %ld): %s", n, nofile_limit(), err);
-            fprintf(stderr, "cessna-bench: sessions N=%d haproxy1: %s\n", n, r->why);
+                     "%d did not start (RLIMIT_NOFILE %ld / %ld): %s", n, nofile_limit(),
+                     proc_nofile_hard(), err);
+            fprintf(stderr, "cessna-bench: sessions N=%d %s: %s\n", n, side_names[side], r->why);
         } else {
             fail(r, &s, n, "setup", err);
         }
@@ -162,9 +239,11 @@ static void measure_side(struct side_result *r, enum side side, int n,
     ps_tree_usage(s.procs[root].pid, &u);
     r->base_pss_kib = u.pss_kib;
     ps_kernel_kib(&k0);
-    int rc = many_open(&m, s.entry, side == SIDE_EDGE, n, err, sizeof(err));
+    int rc = many_open(&m, s.entry, side == SIDE_EDGE, n, o->many_inflight, err, sizeof(err));
     ps_kernel_kib(&k1);
     r->opened = m.proven;
+    r->inflight = m.inflight;
+    r->setup = m.setup;
     r->open_s = m.proven_s; /* the rate of what opened, not the wait for what did not */
     r->open_rate = m.proven_s > 0 ? m.proven / m.proven_s : 0;
     ps_tree_usage(s.procs[root].pid, &u);
@@ -173,13 +252,17 @@ static void measure_side(struct side_result *r, enum side side, int n,
     r->kernel_kib = (int64_t)k1 - (int64_t)k0;
     if (rc < 0) {
         r->refused = 1;
-        explain(r, &s, root, n, err);
+        explain(r, &s, side, root, n, err);
         fprintf(stderr, "cessna-bench: sessions N=%d %s: %s\n", n, side_names[side], r->why);
-        goto out;
+        if (!r->opened || proc_interrupted() || stack_check(&s, err, sizeof(err)) < 0)
+            goto out;
+        fprintf(stderr, "cessna-bench: sessions N=%d %s: measuring the %d that opened\n", n,
+                side_names[side], r->opened);
     }
     fprintf(stderr, "cessna-bench: sessions N=%d %s: paced, %.0f s\n", n, side_names[side],
             paced_seconds);
-    if (paced_with_cpu(&m, s.procs[root].pid, &r->paced, &r->cpu_s, err, sizeof(err)) < 0) {
+    if (paced_with_cpu(&m, &s, &r->paced, &r->cpu_s, &r->cpu_wall_s, &r->snapshots, err,
+                       sizeof(err)) < 0) {
         fail(r, &s, n, "paced run", err);
         goto out;
     }
@@ -202,15 +285,16 @@ static void measure_nosnap(struct side_result *r, int n, const struct bench_opts
     struct bench_stack s;
     struct many_set m = { .epfd = -1 };
     char err[BENCH_ERRLEN];
+    int capped, want = r->opened; /* as many as the first edge held */
 
-    fprintf(stderr, "cessna-bench: sessions N=%d edge-native without snapshots: paced, %.0f s\n",
-            n, paced_seconds);
-    if (bring_up(&s, SIDE_EDGE, n, 0, o, err, sizeof(err)) < 0)
+    fprintf(stderr, "cessna-bench: sessions N=%d edge-native without snapshots: %d sessions, "
+            "paced, %.0f s\n", n, want, paced_seconds);
+    if (bring_up(&s, SIDE_EDGE, n, 0, o, &capped, err, sizeof(err)) < 0)
         fail(r, &s, n, "setup (no snapshots)", err);
-    else if (many_open(&m, s.entry, 1, n, err, sizeof(err)) < 0)
+    else if (many_open(&m, s.entry, 1, want, o->many_inflight, err, sizeof(err)) < 0)
         fail(r, &s, n, "opening (no snapshots)", err);
-    else if (paced_with_cpu(&m, s.procs[1].pid, &r->paced_nosnap, &r->cpu_nosnap_s, err,
-                            sizeof(err)) < 0)
+    else if (paced_with_cpu(&m, &s, &r->paced_nosnap, &r->cpu_nosnap_s,
+                            &r->cpu_nosnap_wall_s, &r->snapshots_nosnap, err, sizeof(err)) < 0)
         fail(r, &s, n, "paced run (no snapshots)", err);
     else
         r->nosnap_ok = 1;
@@ -220,92 +304,137 @@ static void measure_nosnap(struct side_result *r, int n, const struct bench_opts
 
 /* ---- the markdown ---- */
 
+static double kib_all_in(const struct side_result *r)
+{
+    return r->opened ? ((double)r->pss_kib + (double)r->kernel_kib) / r->opened : 0.0 / 0.0;
+}
+
+/* What opening the sessions added: PSS growth + kernel growth, per session. */
+static double kib_marginal(const struct side_result *r)
+{
+    return r->opened ? ((double)r->pss_kib - (double)r->base_pss_kib + (double)r->kernel_kib) /
+                       r->opened : 0.0 / 0.0;
+}
+
 static void print_row(FILE *f, int n, enum side side, const struct side_result *r)
 {
-    char nn[32], opened[32], rate[32], pmps[32], smps[32];
-    double total_kib = (double)r->pss_kib + (double)r->kernel_kib;
+    char nn[32], opened[64], rate[32], pmps[32], smps[32];
 
     thousands(nn, sizeof(nn), n);
-    thousands(opened, sizeof(opened), r->opened);
     if (!r->tried) {
-        fprintf(f, "| %s | %s | not run | | | | | | | | | |\n", nn, side_names[side]);
+        fprintf(f, "| %s | %s | not run | | | | | | | | | | | | | |\n", nn, side_names[side]);
         return;
     }
+    thousands(opened, sizeof(opened), r->opened);
+    if (r->refused)
+        snprintf(opened + strlen(opened), sizeof(opened) - strlen(opened), " **refused**");
     thousands(rate, sizeof(rate), r->open_rate);
-    fprintf(f, "| %s | %s | %s%s | %s | %.1f | %d | %.1f | %.1f | ", nn, side_names[side],
-            opened, r->refused ? " **refused**" : "", r->opened ? rate : "-",
-            (double)r->pss_kib / 1024.0, r->procs, (double)r->kernel_kib / 1024.0,
-            r->opened ? total_kib / r->opened : 0.0);
+    fprintf(f, "| %s | %s | %s | %s | ", nn, side_names[side], opened, r->opened ? rate : "-");
+    if (r->opened)
+        fprintf(f, "%.1f / %.1f | ", r->setup.p50_us / 1000.0, r->setup.p99_us / 1000.0);
+    else
+        fprintf(f, "- | ");
+    fprintf(f, "%.1f | %d | %.1f | ", (double)r->pss_kib / 1024.0, r->procs,
+            (double)r->kernel_kib / 1024.0);
+    if (r->opened)
+        fprintf(f, "%.0f | %.0f | ", kib_all_in(r), kib_marginal(r));
+    else
+        fprintf(f, "- | - | ");
     if (r->paced_ok) {
         thousands(pmps, sizeof(pmps), r->paced.msgs_per_s);
-        fprintf(f, "%s | %.0f | %" PRIu64 " | ", pmps, r->paced.lat.p99_us, r->paced.late);
+        fprintf(f, "%s | %.0f | %.0f | %" PRIu64 " | ", pmps, r->paced.lat.p50_us,
+                r->paced.lat.p99_us, r->paced.late);
     } else {
-        fprintf(f, "- | - | - | ");
+        fprintf(f, "- | - | - | - | ");
     }
     if (r->sat_ok) {
         thousands(smps, sizeof(smps), r->sat.msgs_per_s);
-        fprintf(f, "%s | %.0f |\n", smps, r->sat.lat.p99_us);
+        fprintf(f, "%s | %.0f | %.0f |\n", smps, r->sat.lat.p50_us, r->sat.lat.p99_us);
     } else {
-        fprintf(f, "- | - |\n");
+        fprintf(f, "- | - | - |\n");
     }
 }
 
 static void print_cpu(FILE *f, const struct n_result *nr)
 {
-    const struct side_result *e = &nr->side[SIDE_EDGE], *h = &nr->side[SIDE_HAPROXY];
+    const struct side_result *e = &nr->side[SIDE_EDGE];
     char nn[32];
 
     thousands(nn, sizeof(nn), nr->n);
+    fprintf(f, "| %s | ", nn);
     if (!e->paced_ok) {
-        fprintf(f, "| %s | - | - | - | - | %s |\n", nn,
-                h->paced_ok ? "" : "-");
-        return;
-    }
-    double secs = e->paced.seconds + 1.0 / RATE_HZ; /* the CPU window holds the warm-up */
-    fprintf(f, "| %s | %.2f (%.1f%%) | ", nn, e->cpu_s, 100.0 * e->cpu_s / secs);
-    if (e->nosnap_ok) {
-        double d = e->cpu_s - e->cpu_nosnap_s;
-        fprintf(f, "%.2f (%.1f%%) | %.2f (%.1f%%) | %.1f | ", e->cpu_nosnap_s,
-                100.0 * e->cpu_nosnap_s / secs, d, 100.0 * d / secs,
-                1e6 * d / secs / nr->n);
+        fprintf(f, "- | - | - | - | - | - | - |");
     } else {
-        fprintf(f, "- | - | - | ");
+        /* CPU per second of each edge's own window; the snapshots' share is the difference */
+        double on = e->cpu_s / e->cpu_wall_s;
+        fprintf(f, "%d | %.2f in %.1f s (%.1f%%) | %" PRIu64 " | ", e->opened, e->cpu_s,
+                e->cpu_wall_s, 100.0 * on, e->snapshots);
+        if (e->nosnap_ok) {
+            double off = e->cpu_nosnap_s / e->cpu_nosnap_wall_s, d = on - off;
+            double snaps_per_s = (double)e->snapshots / e->cpu_wall_s;
+            fprintf(f, "%.2f in %.1f s (%.1f%%) | %.1f%% | %.1f | ", e->cpu_nosnap_s,
+                    e->cpu_nosnap_wall_s, 100.0 * off, 100.0 * d, 1e6 * d / e->opened);
+            if (e->snapshots)
+                fprintf(f, "%.0f |", 1e6 * d / snaps_per_s);
+            else
+                fprintf(f, "- |");
+        } else {
+            fprintf(f, "- | - | - | - |");
+        }
     }
-    if (h->paced_ok)
-        fprintf(f, "%.2f (%.1f%%) |\n", h->cpu_s, 100.0 * h->cpu_s / secs);
-    else
-        fprintf(f, "- |\n");
+    for (int sd = SIDE_HAPROXY; sd < SIDE_COUNT; sd++) {
+        const struct side_result *h = &nr->side[sd];
+
+        if (h->paced_ok)
+            fprintf(f, " %.2f in %.1f s (%.1f%%) |", h->cpu_s, h->cpu_wall_s,
+                    100.0 * h->cpu_s / h->cpu_wall_s);
+        else
+            fprintf(f, " - |");
+    }
+    fprintf(f, "\n");
 }
 
 static void print_section(FILE *f, const struct bench_opts *o)
 {
     fprintf(f, "## Many sessions: one edge node against HAProxy, %d B messages\n\n", MANY_MSG);
     fprintf(f, "Per N: the edge (cessna-supervisor, passthrough.so, max_sessions = N, "
-               "snapshot_interval_ms = %d) between native endpoints, and one HAProxy "
-               "(nbthread 1, maxconn N) before a plain echo server, both driven by the same "
-               "one-thread epoll load generator. Setup: N opened one after the other, each "
-               "proven by one echo. PSS: smaps_rollup summed over the edge's tree (supervisor, "
-               "zygote, workers) or HAProxy alone; procs = processes in it. Kernel: change of "
-               "meminfo Slab + PageTables + KernelStack over the opening, machine-wide (the "
-               "client's and echo server's sockets and threads included, for both stacks). "
-               "KiB/session = (PSS + kernel) / opened. Paced: one message per session per "
-               "second for %.0f s after a warm-up second (late = sends skipped because the last "
-               "echo was still out). Saturating: one message outstanding per session, %.1f s. "
-               "RLIMIT_NOFILE of the bench and its children: %ld.\n\n",
-            SNAP_INTERVAL_MS, paced_seconds, sat_seconds, nofile_limit());
-    fprintf(f, "| N | stack | opened | sessions/s | PSS MiB | procs | kernel MiB | "
-               "KiB/session | paced msgs/s | paced p99 µs | late | saturating msgs/s | "
+               "snapshot_interval_ms = %d, busy_poll %s) between native endpoints, one HAProxy "
+               "(nbthread 1, maxconn N) before a plain echo server, and the same HAProxy with "
+               "busy-polling (haproxy1-busy), all driven by the same one-thread epoll load "
+               "generator. Setup: N opened with %d opens in flight at once (threads), each "
+               "proven by one echo; sessions/s over what opened; setup ms = one open, "
+               "connect to first echo, p50 / p99. PSS: smaps_rollup summed over the edge's "
+               "tree (supervisor, zygote, workers) or HAProxy alone; procs = processes in it. "
+               "Kernel: change of meminfo Slab + PageTables + KernelStack over the opening, "
+               "machine-wide (the client's and echo server's sockets included, for every "
+               "stack). KiB/session all in = (PSS + kernel) / opened; marginal = (PSS growth + "
+               "kernel) / opened. Paced: one message per session per second for %.0f s after "
+               "a warm-up second (late = sends skipped because the last echo was still out). "
+               "Saturating: one message outstanding per session, %.1f s. RLIMIT_NOFILE: the "
+               "edge %ld (the machine's), the load generator and HAProxy %ld / %ld. A refused "
+               "row's later columns are measured with the sessions that opened.\n\n",
+            SNAP_INTERVAL_MS, o->busy_poll_off ? "off" : "auto", o->many_inflight,
+            paced_seconds, sat_seconds, proc_machine_nofile(), nofile_limit(),
+            proc_nofile_hard());
+    fprintf(f, "| N | stack | opened | sessions/s | setup ms p50 / p99 | PSS MiB | procs | "
+               "kernel MiB | KiB/session all in | KiB/session marginal | paced msgs/s | "
+               "paced p50 µs | paced p99 µs | late | saturating msgs/s | saturating p50 µs | "
                "saturating p99 µs |\n");
-    fprintf(f, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    fprintf(f, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+               "---:|---:|\n");
     for (int i = 0; i < nresults; i++)
         for (int sd = 0; sd < SIDE_COUNT; sd++)
-            print_row(f, results[i].n, (enum side)sd, &results[i].side[sd]);
-    fprintf(f, "\nCPU during the paced run (user + system of the edge's tree, reaped snapshot "
-               "children included; %% of one core), with snapshots every %d ms and on a second "
-               "edge without; the difference is the snapshots' cost:\n\n", SNAP_INTERVAL_MS);
-    fprintf(f, "| N | edge CPU s, snapshots | edge CPU s, none | snapshots' CPU s | "
-               "µs CPU per session-second | HAProxy CPU s |\n");
-    fprintf(f, "|---:|---:|---:|---:|---:|---:|\n");
+            if (o->many_stacks & (1 << sd))
+                print_row(f, results[i].n, (enum side)sd, &results[i].side[sd]);
+    fprintf(f, "\nCPU during the paced run, warm-up and drain included (user + system of the "
+               "edge's tree, reaped snapshot children included; %% of one core), with snapshots "
+               "every %d ms and on a second edge without (as many sessions); the difference of "
+               "the two shares is the snapshots' cost. snapshots = the edge's stats counter "
+               "over the run:\n\n", SNAP_INTERVAL_MS);
+    fprintf(f, "| N | sessions | edge CPU s, snapshots | snapshots | edge CPU s, none | "
+               "snapshots' share of a core | µs CPU per session-second | µs CPU per snapshot | "
+               "HAProxy CPU s | HAProxy busy-polling CPU s |\n");
+    fprintf(f, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int i = 0; i < nresults; i++)
         print_cpu(f, &results[i]);
     fprintf(f, "\n");
@@ -317,7 +446,81 @@ static void print_section(FILE *f, const struct bench_opts *o)
                 fprintf(f, "- N=%d %s: %s\n", results[i].n, side_names[sd], r->why);
         }
     fprintf(f, "\n");
-    (void)o;
+}
+
+/* Plot data: memory and throughput against N, one line per stack. */
+static void plot_section(const struct bench_opts *o)
+{
+    FILE *d = plot_data(o, "sessions",
+                        "n stack opened setup_per_s kib_all_in kib_marginal paced_msgs_per_s "
+                        "paced_p99_us sat_msgs_per_s sat_p99_us");
+
+    if (!d)
+        return;
+    /* One block per stack (gnuplot: index), rows by N. */
+    for (int sd = 0; sd < SIDE_COUNT; sd++) {
+        if (!(o->many_stacks & (1 << sd)))
+            continue;
+        fprintf(d, "# %s\n", side_names[sd]);
+        for (int i = 0; i < nresults; i++) {
+            const struct side_result *r = &results[i].side[sd];
+
+            if (!r->tried || !r->opened)
+                continue;
+            fprintf(d, "%d %s %d", results[i].n, side_names[sd], r->opened);
+            plot_num(d, r->open_rate);
+            plot_num(d, kib_all_in(r));
+            plot_num(d, kib_marginal(r));
+            plot_num(d, r->paced_ok ? r->paced.msgs_per_s : 0.0 / 0.0);
+            plot_num(d, r->paced_ok ? r->paced.lat.p99_us : 0.0 / 0.0);
+            plot_num(d, r->sat_ok ? r->sat.msgs_per_s : 0.0 / 0.0);
+            plot_num(d, r->sat_ok ? r->sat.lat.p99_us : 0.0 / 0.0);
+            fputc('\n', d);
+        }
+        fprintf(d, "\n\n");
+    }
+    plot_data_close(d);
+
+    char stacks[128] = "", text[2048];
+    for (int sd = 0; sd < SIDE_COUNT; sd++)
+        if (o->many_stacks & (1 << sd))
+            snprintf(stacks + strlen(stacks), sizeof(stacks) - strlen(stacks), "%s%s",
+                     stacks[0] ? " " : "", side_names[sd]);
+    /* A stack's rows are together: a column is plotted only on its own rows. */
+    snprintf(text, sizeof(text),
+             "set title \"Memory per session against N (PSS of the stack + kernel growth)\"\n"
+             "set xlabel \"N (concurrent sessions / connections)\"\n"
+             "set ylabel \"KiB per session\"\n"
+             "set logscale x\n"
+             "stacks = \"%s\"\n"
+             "plot for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $5 : 1/0) "
+             "with linespoints lc i title word(stacks, i).\" all in\", "
+             "for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $6 : 1/0) "
+             "with linespoints lc i dashtype 2 title word(stacks, i).\" marginal\"\n", stacks);
+    plot_script(o, "sessions-memory", text);
+    snprintf(text, sizeof(text),
+             "set title \"Aggregate 64 B messages/s against N (saturating: one outstanding per "
+             "session; paced: 1/s per session)\"\n"
+             "set xlabel \"N (concurrent sessions / connections)\"\n"
+             "set ylabel \"msgs/s\"\n"
+             "set logscale xy\n"
+             "stacks = \"%s\"\n"
+             "plot for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $9 : 1/0) "
+             "with linespoints lc i title word(stacks, i).\" saturating\", "
+             "for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $7 : 1/0) "
+             "with linespoints lc i dashtype 2 title word(stacks, i).\" paced\"\n", stacks);
+    plot_script(o, "sessions-throughput", text);
+    snprintf(text, sizeof(text),
+             "set title \"p99 round trip against N\"\n"
+             "set xlabel \"N (concurrent sessions / connections)\"\n"
+             "set ylabel \"p99 µs\"\n"
+             "set logscale xy\n"
+             "stacks = \"%s\"\n"
+             "plot for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $10 : 1/0) "
+             "with linespoints lc i title word(stacks, i).\" saturating\", "
+             "for [i=1:words(stacks)] \"%%D/sessions.dat\" using 1:(strcol(2) eq word(stacks, i) ? $8 : 1/0) "
+             "with linespoints lc i dashtype 2 title word(stacks, i).\" paced\"\n", stacks);
+    plot_script(o, "sessions-p99", text);
 }
 
 int manybench_run(FILE *f, const struct bench_opts *o)
@@ -332,17 +535,20 @@ int manybench_run(FILE *f, const struct bench_opts *o)
         struct n_result *nr = &results[i];
 
         nr->n = o->many[i];
-        measure_side(&nr->side[SIDE_EDGE], SIDE_EDGE, nr->n, o);
-        if (nr->side[SIDE_EDGE].paced_ok && !proc_interrupted())
-            measure_nosnap(&nr->side[SIDE_EDGE], nr->n, o);
-        if (!proc_interrupted())
-            measure_side(&nr->side[SIDE_HAPROXY], SIDE_HAPROXY, nr->n, o);
+        for (int sd = 0; sd < SIDE_COUNT && !proc_interrupted(); sd++) {
+            if (!(o->many_stacks & (1 << sd)))
+                continue;
+            measure_side(&nr->side[sd], (enum side)sd, nr->n, o);
+            if (sd == SIDE_EDGE && nr->side[sd].paced_ok && !proc_interrupted())
+                measure_nosnap(&nr->side[sd], nr->n, o);
+        }
         for (int sd = 0; sd < SIDE_COUNT; sd++)
             failed |= nr->side[sd].failed;
     }
     for (int i = 0; i < o->nmany; i++)
         results[i].n = o->many[i];
     print_section(f, o);
+    plot_section(o);
     fflush(f);
     return failed ? -1 : 0; /* a refusal is a result, not a failure */
 }
@@ -371,75 +577,67 @@ static void json_run(struct jsonw *w, const char *key, const struct many_result 
 static void json_side(struct jsonw *w, enum side sd, const struct side_result *r)
 {
     jw_key(w, side_names[sd]);
+    if (!r->tried) {
+        jw_str(w, NULL, NULL);
+        return;
+    }
     jw_obj(w);
-    jw_num(w, "tried", r->tried);
     jw_num(w, "opened", r->opened);
     jw_num(w, "refused", r->refused);
     jw_num(w, "failed", r->failed);
     jw_str(w, "why", r->why[0] ? r->why : NULL);
+    jw_num(w, "maxconn_capped", r->capped);
+    jw_num(w, "setup_inflight", r->inflight);
     jw_num(w, "setup_s", r->open_s);
     jw_num(w, "setup_per_s", r->open_rate);
+    jw_num(w, "setup_p50_us", r->opened ? r->setup.p50_us : 0.0 / 0.0);
+    jw_num(w, "setup_p99_us", r->opened ? r->setup.p99_us : 0.0 / 0.0);
     jw_num(w, "pss_before_kib", (double)r->base_pss_kib);
     jw_num(w, "pss_kib", (double)r->pss_kib);
     jw_num(w, "procs", r->procs);
     jw_num(w, "kernel_delta_kib", (double)r->kernel_kib);
-    jw_num(w, "kib_per_session", r->opened ? ((double)r->pss_kib + (double)r->kernel_kib) /
-                                             r->opened : 0.0 / 0.0);
+    jw_num(w, "kib_per_session", kib_all_in(r));
+    jw_num(w, "kib_per_session_marginal", kib_marginal(r));
     json_run(w, "paced", &r->paced, r->paced_ok);
     json_run(w, "saturating", &r->sat, r->sat_ok);
     jw_num(w, "cpu_paced_s", r->paced_ok ? r->cpu_s : 0.0 / 0.0);
+    jw_num(w, "cpu_paced_wall_s", r->paced_ok ? r->cpu_wall_s : 0.0 / 0.0);
     if (sd == SIDE_EDGE) {
+        double on = r->paced_ok ? r->cpu_s / r->cpu_wall_s : 0.0 / 0.0;
+        double off = r->nosnap_ok ? r->cpu_nosnap_s / r->cpu_nosnap_wall_s : 0.0 / 0.0;
+
+        jw_num(w, "snapshots_paced", r->paced_ok ? (double)r->snapshots : 0.0 / 0.0);
         jw_num(w, "cpu_paced_no_snapshots_s", r->nosnap_ok ? r->cpu_nosnap_s : 0.0 / 0.0);
-        jw_num(w, "cpu_snapshots_s", r->nosnap_ok ? r->cpu_s - r->cpu_nosnap_s : 0.0 / 0.0);
+        jw_num(w, "cpu_paced_no_snapshots_wall_s", r->nosnap_ok ? r->cpu_nosnap_wall_s
+                                                                : 0.0 / 0.0);
+        jw_num(w, "snapshots_cores", on - off);
+        jw_num(w, "cpu_per_snapshot_us", r->snapshots ?
+                   1e6 * (on - off) * r->cpu_wall_s / (double)r->snapshots : 0.0 / 0.0);
     }
     jw_obj_end(w);
 }
 
-int manybench_write_json(const char *path, const double la_start[3], const double la_end[3],
-                         char *err, size_t errlen)
+void manybench_json(struct jsonw *w)
 {
-    FILE *f = fopen(path, "w");
-    struct jsonw w = { .f = f };
-
-    if (!f) {
-        int rc = -errno;
-        snprintf(err, errlen, "--json %s: %s", path, strerror(errno));
-        return rc;
-    }
-    jw_obj(&w);
-    jw_str(&w, "section", "sessions");
-    jw_num(&w, "cpus", (double)sysconf(_SC_NPROCESSORS_ONLN));
-    jw_key(&w, "loadavg_start");
-    jw_arr(&w);
-    for (int i = 0; i < 3; i++)
-        jw_num(&w, NULL, la_start[i]);
-    jw_arr_end(&w);
-    jw_key(&w, "loadavg_end");
-    jw_arr(&w);
-    for (int i = 0; i < 3; i++)
-        jw_num(&w, NULL, la_end[i]);
-    jw_arr_end(&w);
-    jw_num(&w, "nofile_limit", (double)nofile_limit());
-    jw_num(&w, "message_bytes", MANY_MSG);
-    jw_num(&w, "snapshot_interval_ms", SNAP_INTERVAL_MS);
-    jw_num(&w, "paced_rate_hz", RATE_HZ);
-    jw_num(&w, "paced_seconds", paced_seconds);
-    jw_num(&w, "saturating_seconds", sat_seconds);
-    jw_key(&w, "runs");
-    jw_arr(&w);
+    jw_key(w, "sessions");
+    jw_obj(w);
+    jw_num(w, "nofile_edge", (double)proc_machine_nofile());
+    jw_num(w, "nofile_bench", (double)nofile_limit());
+    jw_num(w, "nofile_bench_hard", (double)proc_nofile_hard());
+    jw_num(w, "message_bytes", MANY_MSG);
+    jw_num(w, "snapshot_interval_ms", SNAP_INTERVAL_MS);
+    jw_num(w, "paced_rate_hz", RATE_HZ);
+    jw_num(w, "paced_seconds", paced_seconds);
+    jw_num(w, "saturating_seconds", sat_seconds);
+    jw_key(w, "runs");
+    jw_arr(w);
     for (int i = 0; i < nresults; i++) {
-        jw_obj(&w);
-        jw_num(&w, "n", results[i].n);
+        jw_obj(w);
+        jw_num(w, "n", results[i].n);
         for (int sd = 0; sd < SIDE_COUNT; sd++)
-            json_side(&w, (enum side)sd, &results[i].side[sd]);
-        jw_obj_end(&w);
+            json_side(w, (enum side)sd, &results[i].side[sd]);
+        jw_obj_end(w);
     }
-    jw_arr_end(&w);
-    jw_obj_end(&w);
-    if (fclose(f) != 0) {
-        int rc = -errno;
-        snprintf(err, errlen, "--json %s: %s", path, strerror(errno));
-        return rc;
-    }
-    return 0;
+    jw_arr_end(w);
+    jw_obj_end(w);
 }

@@ -2,8 +2,10 @@
  * drives N native edge sessions (libcessna-endpoint) or N plain TCP connections (HAProxy),
  * from one thread with epoll.
  *
- * Opening: one connection after the other, each complete (for the edge: HELLO / WELCOME,
- * its worker forked) before the next; the first failure stops the opening.
+ * Opening: `inflight` threads each open one connection after the other (for the edge:
+ * HELLO / WELCOME, its worker forked) and prove it with one echo, so up to `inflight` opens
+ * are in flight at once; the first failure stops new opens. The open connections are then
+ * handed to the one epoll thread.
  *
  * Paced: every connection sends one 64 B message per period, the N connections spread
  * evenly over the period; one message outstanding per connection (a send that comes due
@@ -15,6 +17,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +34,8 @@
 
 struct many_conn {
     struct bench_conn c;
+    int               ok;       /* opening: open and proven */
+    uint64_t          setup_ns; /* opening: connect to first echo */
     uint64_t          sent_ns;  /* 0: nothing outstanding */
     uint64_t          seq;      /* stamped into the message */
     size_t            have;     /* plain TCP: bytes of the echo so far */
@@ -56,6 +62,11 @@ void many_close(struct many_set *m)
         close(m->epfd);
     memset(m, 0, sizeof(*m));
     m->epfd = -1;
+}
+
+static int ms_until(uint64_t now, uint64_t t)
+{
+    return t <= now ? 0 : (int)((t - now + 999999) / 1000000);
 }
 
 /* ---- one run ---- */
@@ -216,86 +227,237 @@ static int poll_once(struct run *r, int timeout_ms, char *err, size_t errlen)
     return 0;
 }
 
-static int ms_until(uint64_t now, uint64_t t)
-{
-    return t <= now ? 0 : (int)((t - now + 999999) / 1000000);
-}
+/* ---- opening ---- */
 
-/* One echo on connection i within timeout_ms, not recorded: the connection is proven. */
-static int first_echo(struct run *r, int i, int timeout_ms, char *err, size_t errlen)
+struct opener {
+    struct many_set *m;
+    const char      *entry;
+    int              total;
+    atomic_int       next;     /* the next index to open */
+    atomic_int       stop;     /* a failure: no new opens */
+    atomic_int       tried;
+    pthread_mutex_t  mu;
+    char             err[BENCH_ERRLEN]; /* the first failure */
+    uint64_t         t0, last_ok_ns;
+};
+
+/* One echo on a fresh connection within timeout_ms (blocking socket or endpoint left
+ * nonblocking): the connection is proven. */
+static int prove(struct many_conn *mc, int i, int timeout_ms, char *err, size_t errlen)
 {
     uint64_t until = ectl_now_ns() + (uint64_t)timeout_ms * 1000000u;
-    int rc = send_one(r, i, ectl_now_ns(), err, errlen);
+    uint8_t msg[MANY_MSG];
+    size_t have = 0;
+    int rc;
 
-    while (rc == 0 && r->outstanding) {
-        struct pollfd pfd = { .fd = r->m->conns[i].c.fd, .events = POLLIN };
+    fill(msg, ++mc->seq, (size_t)i);
+    if (mc->c.ep) {
+        cessna_ep_set_nonblocking(mc->c.ep, 1);
+        rc = cessna_ep_send(mc->c.ep, msg, sizeof(msg));
+        if (rc < 0) {
+            snprintf(err, errlen, "connection %d: cessna_ep_send: %s %s", i, strerror(-rc),
+                     cessna_ep_error(mc->c.ep));
+            return rc;
+        }
+    } else {
+        fcntl(mc->c.fd, F_SETFL, fcntl(mc->c.fd, F_GETFL) | O_NONBLOCK);
+        if (write(mc->c.fd, msg, sizeof(msg)) != (ssize_t)sizeof(msg)) {
+            rc = errno ? -errno : -EIO;
+            snprintf(err, errlen, "connection %d: write: %s", i, strerror(-rc));
+            return rc;
+        }
+    }
+    for (;;) {
+        if (mc->c.ep) {
+            const void *data;
+            long n = cessna_ep_recv(mc->c.ep, &data);
+
+            if (n >= 0) {
+                if (n != MANY_MSG || memcmp(data, msg, MANY_MSG) != 0) {
+                    snprintf(err, errlen, "connection %d: its first echo differs", i);
+                    return -EPROTO;
+                }
+                return 0;
+            }
+            if (n != -EAGAIN) {
+                snprintf(err, errlen, "connection %d: first echo: cessna_ep_recv: %s %s", i,
+                         n == CESSNA_EP_CLOSED ? "the edge closed the session"
+                                               : strerror((int)-n),
+                         cessna_ep_error(mc->c.ep));
+                return n == CESSNA_EP_CLOSED ? -ECONNRESET : (int)n;
+            }
+        } else {
+            ssize_t n = read(mc->c.fd, mc->buf + have, MANY_MSG - have);
+
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+                rc = n == 0 ? -ECONNRESET : -errno;
+                snprintf(err, errlen, "connection %d: first echo: read: %s", i,
+                         n == 0 ? "closed by the peer" : strerror(errno));
+                return rc;
+            }
+            if (n > 0 && (have += (size_t)n) == MANY_MSG) {
+                if (memcmp(mc->buf, msg, MANY_MSG) != 0) {
+                    snprintf(err, errlen, "connection %d: its first echo differs", i);
+                    return -EPROTO;
+                }
+                return 0;
+            }
+        }
         uint64_t now = ectl_now_ns();
-
         if (now >= until) {
             snprintf(err, errlen, "connection %d: no echo of its first message within %d ms",
                      i, timeout_ms);
             return -ETIMEDOUT;
         }
-        if (poll(&pfd, 1, ms_until(now, until)) < 0 && errno != EINTR) {
+        struct pollfd pfd = { .fd = mc->c.fd, .events = POLLIN };
+        if (poll(&pfd, 1, ms_until(now, until)) == -1 && errno != EINTR) {
             rc = -errno;
             snprintf(err, errlen, "poll: %s", strerror(errno));
             return rc;
         }
-        rc = readable(r, i, err, errlen);
     }
-    return rc;
 }
 
-static int open_one(struct many_set *m, struct run *r, const char *entry, int i, char *err,
-                    size_t errlen)
+static void *opener_main(void *arg)
 {
-    struct many_conn *mc = &m->conns[i];
-    struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)i };
-    int rc = load_connect(&mc->c, entry, m->native, err, errlen);
+    struct opener *op = arg;
+    char err[BENCH_ERRLEN];
 
-    if (rc < 0)
-        return rc;
-    m->n = i + 1;
-    if (m->native) {
-        cessna_ep_set_heartbeat(mc->c.ep, 0); /* the edge is not lost while we look away */
-        cessna_ep_set_nonblocking(mc->c.ep, 1);
-    } else {
-        fcntl(mc->c.fd, F_SETFL, fcntl(mc->c.fd, F_GETFL) | O_NONBLOCK);
+    while (!atomic_load(&op->stop) && !proc_interrupted()) {
+        int i = atomic_fetch_add(&op->next, 1);
+
+        if (i >= op->total)
+            break;
+        struct many_conn *mc = &op->m->conns[i];
+        uint64_t t0 = ectl_now_ns();
+
+        atomic_fetch_add(&op->tried, 1);
+        int rc = load_connect(&mc->c, op->entry, op->m->native, err, sizeof(err));
+        if (rc == 0 && mc->c.ep)
+            cessna_ep_set_heartbeat(mc->c.ep, 0); /* the edge is not lost while we look away */
+        if (rc == 0)
+            rc = prove(mc, i, FIRST_ECHO_MS, err, sizeof(err));
+        uint64_t t1 = ectl_now_ns();
+        pthread_mutex_lock(&op->mu);
+        if (rc == 0) {
+            mc->ok = 1;
+            mc->setup_ns = t1 - t0;
+            if (t1 > op->last_ok_ns)
+                op->last_ok_ns = t1;
+        } else if (!atomic_exchange(&op->stop, 1)) {
+            snprintf(op->err, sizeof(op->err), "%s", err);
+        }
+        pthread_mutex_unlock(&op->mu);
     }
-    if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, mc->c.fd, &ev) < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
-        return rc;
-    }
-    return first_echo(r, i, FIRST_ECHO_MS, err, errlen);
+    return NULL;
 }
 
-int many_open(struct many_set *m, const char *entry, int native, int n, char *err,
-              size_t errlen)
+/* Keep the proven connections, in front, registered with epoll; close the others. */
+static int adopt(struct many_set *m, int total, char *err, size_t errlen)
 {
-    struct run r = { .m = m }; /* measures nothing: its window is empty */
-    uint64_t t0 = ectl_now_ns();
-    int rc = 0;
+    uint64_t *setup = malloc(((size_t)total + 1) * sizeof(*setup));
+    int k = 0;
+
+    for (int i = 0; i < total; i++) {
+        struct many_conn *mc = &m->conns[i];
+
+        if (!mc->ok) {
+            if (mc->c.ep)
+                cessna_ep_free(mc->c.ep);
+            else if (mc->c.fd > 0)
+                close(mc->c.fd);
+            memset(mc, 0, sizeof(*mc));
+            continue;
+        }
+        if (setup)
+            setup[k] = mc->setup_ns;
+        if (k != i) {
+            m->conns[k] = *mc;
+            memset(mc, 0, sizeof(*mc));
+        }
+        k++;
+    }
+    m->n = m->proven = k;
+    if (setup && k)
+        load_percentiles(setup, (size_t)k, &m->setup);
+    free(setup);
+    for (int i = 0; i < k; i++) {
+        struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)i };
+
+        m->conns[i].sent_ns = 0;
+        if (epoll_ctl(m->epfd, EPOLL_CTL_ADD, m->conns[i].c.fd, &ev) == -1) {
+            int rc = -errno;
+            snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+int many_open(struct many_set *m, const char *entry, int native, int n, int inflight,
+              char *err, size_t errlen)
+{
+    static struct opener op; /* one opening at a time */
+    pthread_t *th;
+    int started = 0, rc = 0;
 
     memset(m, 0, sizeof(*m));
+    memset(&op, 0, sizeof(op));
     m->native = native;
     m->epfd = epoll_create1(EPOLL_CLOEXEC);
     m->conns = calloc((size_t)n, sizeof(*m->conns));
-    if (m->epfd < 0 || !m->conns) {
+    if (inflight < 1)
+        inflight = 1;
+    if (inflight > n)
+        inflight = n;
+    m->inflight = inflight;
+    th = calloc((size_t)inflight, sizeof(*th));
+    if (m->epfd < 0 || !m->conns || !th) {
         snprintf(err, errlen, "epoll_create1 or memory for %d connections: %s", n,
                  strerror(errno));
+        free(th);
         return -ENOMEM;
     }
-    for (int i = 0; i < n && rc == 0; i++) {
-        rc = open_one(m, &r, entry, i, err, errlen);
-        if (rc == 0) {
-            m->proven = i + 1;
-            m->proven_s = (double)(ectl_now_ns() - t0) / 1e9;
+    for (int i = 0; i < n; i++)
+        m->conns[i].c.fd = -1;
+    op.m = m;
+    op.entry = entry;
+    op.total = n;
+    pthread_mutex_init(&op.mu, NULL);
+    op.t0 = ectl_now_ns();
+    for (int t = 0; t < inflight; t++) {
+        pthread_attr_t a;
+
+        pthread_attr_init(&a);
+        pthread_attr_setstacksize(&a, 256u << 10);
+        rc = pthread_create(&th[t], &a, opener_main, &op);
+        pthread_attr_destroy(&a);
+        if (rc != 0) {
+            if (!started) {
+                snprintf(err, errlen, "pthread_create: %s", strerror(rc));
+                free(th);
+                return -rc;
+            }
+            break; /* fewer in flight: still an opening */
         }
+        started++;
     }
-    m->open_s = (double)(ectl_now_ns() - t0) / 1e9;
-    free(r.samples);
-    return rc;
+    m->inflight = started;
+    for (int t = 0; t < started; t++)
+        pthread_join(th[t], NULL);
+    free(th);
+    m->open_s = (double)(ectl_now_ns() - op.t0) / 1e9;
+    m->tried = atomic_load(&op.tried);
+    rc = adopt(m, n, err, errlen);
+    m->proven_s = m->proven ? (double)(op.last_ok_ns - op.t0) / 1e9 : 0;
+    pthread_mutex_destroy(&op.mu);
+    if (rc < 0)
+        return rc;
+    if (m->proven < n) {
+        snprintf(err, errlen, "%s", op.err[0] ? op.err : "interrupted");
+        return -ECONNREFUSED;
+    }
+    return 0;
 }
 
 /* Sends as they come due; returns at end (the outstanding echoes are still to come). */

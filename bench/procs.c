@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -30,6 +31,7 @@ static pid_t live_pids[32];
 static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
 static char sig_tmpdir[PATH_MAX]; /* removed on a fatal signal, unless empty */
 static atomic_int interrupted;
+static struct rlimit machine_nofile; /* as the bench found it; rlim_max 0: not read */
 
 /* A fatal signal came: the children are being killed, failures are expected. */
 int proc_interrupted(void)
@@ -260,6 +262,12 @@ static void child_setup(const struct proc_spec *spec, pid_t parent, int out_w, i
     }
 }
 
+static void child_limits(const struct proc_spec *spec)
+{
+    if (spec->machine_nofile && machine_nofile.rlim_max)
+        setrlimit(RLIMIT_NOFILE, &machine_nofile); /* lowering is always allowed */
+}
+
 static void child_run(const struct proc_spec *spec)
 {
     if (spec->argv) {
@@ -308,6 +316,7 @@ int proc_start(struct bench_proc *p, const struct proc_spec *spec, const char *d
     }
     if (pid == 0) {
         child_setup(spec, parent, pipefd[1], log_fd);
+        child_limits(spec);
         child_run(spec);
     }
     setpgid(pid, pid); /* also here, so a kill of the group right away finds it */
@@ -491,4 +500,109 @@ void proc_tmpdir_remove(const char *dir)
 {
     if (dir[0])
         nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static long read_nr_open(void)
+{
+    FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+    long v = -1;
+
+    if (f) {
+        if (fscanf(f, "%ld", &v) != 1)
+            v = -1;
+        fclose(f);
+    }
+    return v;
+}
+
+void proc_raise_nofile(FILE *f, long want)
+{
+    struct rlimit rl;
+    char hard_note[160] = "";
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == -1) {
+        fprintf(f, "RLIMIT_NOFILE: getrlimit: %s.\n\n", strerror(errno));
+        return;
+    }
+    machine_nofile = rl;
+    if ((long)rl.rlim_max < want && geteuid() == 0) {
+        long nr_open = read_nr_open();
+        struct rlimit up = { .rlim_cur = (rlim_t)want, .rlim_max = (rlim_t)want };
+
+        if (nr_open > 0 && want > nr_open)
+            up.rlim_cur = up.rlim_max = (rlim_t)nr_open;
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            snprintf(hard_note, sizeof(hard_note), "; hard limit raised from %lu",
+                     (unsigned long)rl.rlim_max);
+        else
+            snprintf(hard_note, sizeof(hard_note), "; raising the hard limit to %lu as root "
+                     "failed: %s (no CAP_SYS_RESOURCE?)", (unsigned long)up.rlim_max,
+                     strerror(errno));
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < rl.rlim_max && (long)rl.rlim_cur < want) {
+        rl.rlim_cur = (long)rl.rlim_max < want ? rl.rlim_max : (rlim_t)want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
+            fprintf(stderr, "cessna-bench: setrlimit(RLIMIT_NOFILE): %s\n", strerror(errno));
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    fprintf(f, "RLIMIT_NOFILE: the machine's %lu soft / %lu hard (the edge runs under these); "
+               "the bench, its load generator, echo servers and HAProxy: %lu / %lu (%ld wanted)"
+               "%s.\n\n",
+            (unsigned long)machine_nofile.rlim_cur, (unsigned long)machine_nofile.rlim_max,
+            (unsigned long)rl.rlim_cur, (unsigned long)rl.rlim_max, want, hard_note);
+    fflush(f);
+}
+
+long proc_nofile_soft(void)
+{
+    struct rlimit rl;
+
+    return getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_cur : -1;
+}
+
+long proc_nofile_hard(void)
+{
+    struct rlimit rl;
+
+    return getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_max : -1;
+}
+
+long proc_machine_nofile(void)
+{
+    return machine_nofile.rlim_max ? (long)machine_nofile.rlim_cur : proc_nofile_soft();
+}
+
+/* Run argv to its end (a tool: gnuplot), its output in DIR/name.log: 0 when it exited with
+ * status 0, else -errno with err set. Killed after timeout_ms. */
+int proc_run(const char *name, char *const argv[], const char *dir, int timeout_ms, char *err,
+             size_t errlen)
+{
+    struct proc_spec spec = { .name = name, .keep_fd = -1, .argv = argv };
+    struct bench_proc p;
+    siginfo_t si;
+    int rc = proc_start(&p, &spec, dir, err, errlen);
+
+    if (rc < 0)
+        return rc;
+    for (int waited = 0; !proc_exited(&p, &si); waited += 10) {
+        if (waited >= timeout_ms) {
+            proc_stop(&p, 0);
+            snprintf(err, errlen, "%s did not finish within %d ms (log %s)", argv[0],
+                     timeout_ms, p.log_path);
+            return -ETIMEDOUT;
+        }
+        sleep_ms(10);
+    }
+    if (si.si_code != CLD_EXITED || si.si_status != 0) {
+        char how[96], tail[512];
+
+        describe_exit(&si, how, sizeof(how));
+        proc_log_tail(&p, tail, sizeof(tail));
+        snprintf(err, errlen, "%s %s%s%s (log %s)", argv[0], how,
+                 tail[0] ? ": " : "", tail, p.log_path);
+        rc = -EIO;
+    }
+    proc_stop(&p, 0); /* reaps */
+    return rc;
 }

@@ -28,6 +28,18 @@
 #define SPLIT_TIMEOUT_MS  10000
 #define TARGET_HOT_US     1000.0
 #define TARGET_COLD_US    5000.0
+#define TRACE_BEFORE      50   /* round trips kept from before the kill, for --plot */
+#define TRACE_AFTER       50   /* round trips made right after the probe */
+#define TRACE_MAX         (TRACE_BEFORE + 1 + TRACE_AFTER)
+
+/* The round trips around one kill: send time relative to the kill command (ms), round
+ * trip (ms). Per standby mode (cold, hot) and round. */
+struct kill_trace {
+    int    n;
+    double t_ms[TRACE_MAX], rtt_ms[TRACE_MAX];
+};
+
+static struct kill_trace traces[2][MAX_RUNS];
 
 /* Per round, µs. The last three help read the first: the dead worker's exit (before it the
  * supervisor cannot know), the control command that kills, and an ordinary round trip just
@@ -64,9 +76,10 @@ static int echo_one(struct bench_conn *c, const char *msg, char *err, size_t err
     return rc;
 }
 
-/* count messages, one at a time; the last one's round trip in *rtt_us. */
-static int echo_many(struct bench_conn *c, int round, int count, double *rtt_us, char *err,
-                     size_t errlen)
+/* count messages, one at a time; the last one's round trip in *rtt_us, the last
+ * TRACE_BEFORE send times and round trips in sent / rtt (ring: slot i % TRACE_BEFORE). */
+static int echo_many(struct bench_conn *c, int round, int count, double *rtt_us,
+                     uint64_t *sent, uint64_t *rtt, char *err, size_t errlen)
 {
     char msg[64];
 
@@ -76,7 +89,44 @@ static int echo_many(struct bench_conn *c, int round, int count, double *rtt_us,
         int rc = echo_one(c, msg, err, errlen);
         if (rc < 0)
             return rc;
-        *rtt_us = (double)(ectl_now_ns() - t0) / 1000.0;
+        uint64_t t1 = ectl_now_ns();
+        *rtt_us = (double)(t1 - t0) / 1000.0;
+        sent[i % TRACE_BEFORE] = t0;
+        rtt[i % TRACE_BEFORE] = t1 - t0;
+    }
+    return 0;
+}
+
+static void trace_add(struct kill_trace *tr, uint64_t kill_ns, uint64_t sent_ns,
+                      uint64_t rtt_ns)
+{
+    if (tr->n == TRACE_MAX)
+        return;
+    tr->t_ms[tr->n] = ((double)sent_ns - (double)kill_ns) / 1e6;
+    tr->rtt_ms[tr->n++] = (double)rtt_ns / 1e6;
+}
+
+/* The round trips around the kill at t0: the kept ones before, the probe, TRACE_AFTER
+ * more now. */
+static int trace_round(struct bench_conn *c, struct kill_trace *tr, int count,
+                       const uint64_t *sent, const uint64_t *rtt, uint64_t t0, uint64_t probe_ns,
+                       char *err, size_t errlen)
+{
+    int kept = count < TRACE_BEFORE ? count : TRACE_BEFORE;
+    char msg[64];
+
+    memset(tr, 0, sizeof(*tr));
+    for (int k = count - kept; k < count; k++)
+        trace_add(tr, t0, sent[k % TRACE_BEFORE], rtt[k % TRACE_BEFORE]);
+    trace_add(tr, t0, t0, probe_ns);
+    for (int k = 0; k < TRACE_AFTER; k++) {
+        uint64_t ts = ectl_now_ns();
+
+        snprintf(msg, sizeof(msg), "after the kill msg %d", k);
+        int rc = echo_one(c, msg, err, errlen);
+        if (rc < 0)
+            return rc;
+        trace_add(tr, t0, ts, ectl_now_ns() - ts);
     }
     return 0;
 }
@@ -148,7 +198,7 @@ static int wait_probe(struct bench_conn *c, const char *msg, int pidfd, uint64_t
  * command's own time and the dead worker's exit, in µs (v[M_KILL], v[M_CMD], v[M_EXIT]). */
 static int kill_and_probe(struct bench_stack *s, struct bench_conn *c, uint64_t id,
                           const struct before_kill *b, int round, double *v[M_COUNT],
-                          char *err, size_t errlen)
+                          uint64_t *kill_ns, char *err, size_t errlen)
 {
     char cmd[64], reply[256], msg[64];
     int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)b->worker, 0), rc;
@@ -162,6 +212,7 @@ static int kill_and_probe(struct bench_stack *s, struct bench_conn *c, uint64_t 
     snprintf(cmd, sizeof(cmd), "kill-worker %" PRIu64, id);
     snprintf(msg, sizeof(msg), "probe after kill %d", round);
     uint64_t t0 = ectl_now_ns();
+    *kill_ns = t0;
     rc = ectl_cmd(s->control, cmd, reply, sizeof(reply), err, errlen);
     *v[M_CMD] = (double)(ectl_now_ns() - t0) / 1000.0;
     if (rc == 0 && strncmp(reply, "ok", 2) != 0) {
@@ -226,17 +277,22 @@ static int one_round(struct bench_stack *s, struct bench_conn *c, uint64_t id,
     struct ectl_snap snap;
     struct before_kill b;
     double *v[M_COUNT];
+    uint64_t sent[TRACE_BEFORE], rtt[TRACE_BEFORE], kill_ns = 0;
     int rc = ectl_snapshot(s, id, &snap, err, errlen);
 
     for (int k = 0; k < M_COUNT; k++)
         v[k] = &m->v[k][m->runs];
     *v[M_EXIT] = 0;
     if (rc == 0)
-        rc = echo_many(c, m->runs, o->recovery_msgs, v[M_RTT], err, errlen);
+        rc = echo_many(c, m->runs, o->recovery_msgs, v[M_RTT], sent, rtt, err, errlen);
     if (rc == 0)
         rc = read_before(s, id, &b, err, errlen);
     if (rc == 0)
-        rc = kill_and_probe(s, c, id, &b, m->runs, v, err, errlen);
+        rc = kill_and_probe(s, c, id, &b, m->runs, v, &kill_ns, err, errlen);
+    /* before the split is read, so the trace follows the probe closely */
+    if (rc == 0)
+        rc = trace_round(c, &traces[m->hot][m->runs], o->recovery_msgs, sent, rtt, kill_ns,
+                         (uint64_t)(*v[M_KILL] * 1000.0), err, errlen);
     if (rc == 0)
         rc = read_split(s, id, b.recoveries, m, err, errlen);
     if (rc < 0)
@@ -399,15 +455,57 @@ static void print_section(FILE *f, const struct bench_opts *o, struct rec_mode *
     print_notes(f, modes);
 }
 
+/* Plot data: the round trips around each kill, one block per round, cold then hot. */
+static void plot_traces(const struct bench_opts *o, const struct rec_mode *modes)
+{
+    FILE *d = plot_data(o, "recovery-kill", "t_ms_since_kill rtt_ms");
+    char text[1536];
+    int nc = modes[0].runs, nh = modes[1].runs;
+
+    if (!d)
+        return;
+    for (int h = 0; h < 2; h++)
+        for (int r = 0; r < modes[h].runs; r++) {
+            const struct kill_trace *tr = &traces[h][r];
+
+            fprintf(d, "# %s round %d\n", h ? "hot" : "cold", r + 1);
+            for (int i = 0; i < tr->n; i++)
+                fprintf(d, "%.3f %.4f\n", tr->t_ms[i], tr->rtt_ms[i]);
+            fprintf(d, "\n\n");
+        }
+    plot_data_close(d);
+    if (!nc && !nh)
+        return;
+    snprintf(text, sizeof(text),
+             "set title \"Round trips around a worker kill (edge-native, kill-worker; %d before, "
+             "the probe sent at the kill, %d after; every round)\"\n"
+             "set xlabel \"send time relative to the kill command (ms)\"\n"
+             "set ylabel \"round trip (ms)\"\n"
+             "set logscale y\n"
+             "plot %s%s%s\n", TRACE_BEFORE, TRACE_AFTER,
+             nc ? "for [i=0:NC-1] \"%D/recovery-kill.dat\" index i using 1:2 with "
+                  "linespoints lc 1 pointtype 7 pointsize 0.5 title (i == 0 ? \"cold "
+                  "standby\" : \"\")" : "",
+             nc && nh ? ", " : "",
+             nh ? "for [i=NC:NC+NH-1] \"%D/recovery-kill.dat\" index i using 1:2 with "
+                  "linespoints lc 2 pointtype 7 pointsize 0.5 title (i == NC ? \"hot "
+                  "standby\" : \"\")" : "");
+    char full[2048];
+    snprintf(full, sizeof(full), "NC = %d\nNH = %d\n%s", nc, nh, text);
+    plot_script(o, "recovery-kill", full);
+}
+
 int recbench_run(FILE *f, const struct bench_opts *o)
 {
     static struct rec_mode modes[2];
 
     memset(modes, 0, sizeof(modes));
+    memset(traces, 0, sizeof(traces));
     modes[1].hot = 1;
     for (int i = 0; i < 2 && !proc_interrupted(); i++)
         run_mode(o, &modes[i]);
     print_section(f, o, modes);
+    plot_traces(o, modes);
     fflush(f);
     return modes[0].failed || modes[1].failed ? -1 : 0;
 }

@@ -36,6 +36,8 @@
 #define EDGE_HEARTBEAT_MS  100
 #define PROXY_HEARTBEAT_MS 400
 #define TARGET_KILL_US     50000.0
+#define TRACE_BEFORE       50   /* round trips kept from before the kill, for --plot */
+#define TRACE_AFTER        50   /* round trips made right after the probe */
 
 /* Apart from the split: when the killed node's supervisor had fully exited (its pidfd
  * readable), and when a TCP connection the bench holds to the node saw its end (the same
@@ -55,6 +57,16 @@ struct rem_rounds {
     uint64_t snap_bytes;                 /* the last snapshot's size */
     char     err[BENCH_ERRLEN];
 };
+
+/* The round trips around one kill: send time relative to the kill (ms) and round trip
+ * (ms); kind 0 before, 1 the probe, 2 after. */
+struct kill_trace {
+    int    n;
+    double t_ms[TRACE_BEFORE + 1 + TRACE_AFTER], rtt_ms[TRACE_BEFORE + 1 + TRACE_AFTER];
+    int    kind[TRACE_BEFORE + 1 + TRACE_AFTER];
+};
+
+static struct kill_trace traces[MAX_RUNS + 1]; /* per round: the kills, then the stop */
 
 struct rem_part1 {
     struct rem_rounds kill, stop;
@@ -152,17 +164,36 @@ static int probe(int fd, const char *msg, int pidfd, int watch, uint64_t t0, dou
     return 0;
 }
 
-static int echo_many(int fd, int round, int count, char *err, size_t errlen)
+/* count messages, one at a time; the last TRACE_BEFORE send times and round trips in
+ * sent_ns / rtt_ns (ring, slot i % TRACE_BEFORE) when given. */
+static int echo_many(int fd, int round, int count, uint64_t *sent_ns, uint64_t *rtt_ns,
+                     char *err, size_t errlen)
 {
     char msg[64];
 
     for (int i = 0; i < count; i++) {
+        uint64_t t = ectl_now_ns();
+
         snprintf(msg, sizeof(msg), "round %d msg %d", round, i);
         int rc = rw_ask(fd, msg, msg, REPLY_TIMEOUT_MS, err, errlen);
         if (rc < 0)
             return rc;
+        if (sent_ns) {
+            sent_ns[i % TRACE_BEFORE] = t;
+            rtt_ns[i % TRACE_BEFORE] = ectl_now_ns() - t;
+        }
     }
     return 0;
+}
+
+static void trace_add(struct kill_trace *tr, uint64_t kill_ns, uint64_t sent_ns,
+                      uint64_t rtt_ns, int kind)
+{
+    if (tr->n == TRACE_BEFORE + 1 + TRACE_AFTER)
+        return;
+    tr->t_ms[tr->n] = ((double)sent_ns - (double)kill_ns) / 1e6;
+    tr->rtt_ms[tr->n] = (double)rtt_ns / 1e6;
+    tr->kind[tr->n++] = kind;
 }
 
 /* The new edge's split of the resume: poll until it holds the session with recovery_us=
@@ -208,12 +239,12 @@ static int one_round(struct rem_world *w, int fd, uint64_t id, int at, int sig,
                      const struct bench_opts *o, struct rem_rounds *r, char *err, size_t errlen)
 {
     char line[ECTL_LINE], msg[64];
-    uint64_t ordered, stored;
+    uint64_t ordered, stored, before_sent[TRACE_BEFORE], before_rtt[TRACE_BEFORE];
     double *v, tmp[M_COUNT];
     int rc = snapshot_stored(w, at, id, &r->snap_bytes, err, errlen);
 
     if (rc == 0)
-        rc = echo_many(fd, r->runs, o->remote_msgs, err, errlen);
+        rc = echo_many(fd, r->runs, o->remote_msgs, before_sent, before_rtt, err, errlen);
     if (rc == 0)
         rc = ectl_session(w->control[at], id, line, sizeof(line), err, errlen);
     if (rc < 0)
@@ -251,6 +282,23 @@ static int one_round(struct rem_world *w, int fd, uint64_t id, int at, int sig,
     if (r->runs >= MAX_RUNS)
         return -E2BIG;
     v[M_TOTAL] = (double)(t1 - t0) / 1000.0;
+    /* The round trips around the kill: the last ones before it, the probe, and as many
+     * right after (made before the split is read, so they follow the probe closely). */
+    struct kill_trace *tr = &traces[sig == SIGKILL ? r->runs : MAX_RUNS];
+    int kept = o->remote_msgs < TRACE_BEFORE ? o->remote_msgs : TRACE_BEFORE;
+    memset(tr, 0, sizeof(*tr));
+    for (int k = o->remote_msgs - kept; k < o->remote_msgs; k++)
+        trace_add(tr, t0, before_sent[k % TRACE_BEFORE], before_rtt[k % TRACE_BEFORE], 0);
+    trace_add(tr, t0, t0, t1 - t0, 1);
+    for (int k = 0; k < TRACE_AFTER; k++) {
+        uint64_t ts = ectl_now_ns();
+
+        snprintf(msg, sizeof(msg), "after %s %d msg %d", sig == SIGKILL ? "kill" : "stop",
+                 r->runs, k);
+        if ((rc = rw_ask(fd, msg, msg, REPLY_TIMEOUT_MS, err, errlen)) < 0)
+            return rc;
+        trace_add(tr, t0, ts, ectl_now_ns() - ts, 2);
+    }
     int now = read_split(w, id, at, t0, v, err, errlen);
     if (now < 0)
         return now;
@@ -442,6 +490,59 @@ static void print_part1(FILE *f, const struct bench_opts *o, struct rem_part1 *p
     fprintf(f, "\n");
 }
 
+/* Plot data: the round trips around each kill (one block per round) and the stop. */
+static void plot_traces(const struct bench_opts *o, const struct rem_part1 *p)
+{
+    FILE *d = plot_data(o, "remote-kill", "t_ms_since_fault rtt_ms kind(0 before, 1 probe, "
+                                          "2 after)");
+    char text[1024];
+    int blocks = 0;
+
+    if (!d)
+        return;
+    for (int k = 0; k <= MAX_RUNS; k++) {
+        const struct kill_trace *tr = &traces[k];
+
+        if (k < MAX_RUNS && k >= p->kill.runs)
+            continue;
+        if (k == MAX_RUNS && !p->stop.runs)
+            continue;
+        fprintf(d, "# %s round %d\n", k == MAX_RUNS ? "SIGSTOP" : "SIGKILL",
+                k == MAX_RUNS ? 1 : k + 1);
+        for (int i = 0; i < tr->n; i++)
+            fprintf(d, "%.3f %.4f %d\n", tr->t_ms[i], tr->rtt_ms[i], tr->kind[i]);
+        fprintf(d, "\n\n");
+        blocks++;
+    }
+    plot_data_close(d);
+    if (!blocks)
+        return;
+    if (p->kill.runs) {
+        snprintf(text, sizeof(text),
+                 "set title \"Round trips around a whole edge node killed (SIGKILL; client proxy "
+                 "-> edge -> server proxy; %d before, the probe sent at the kill, %d after)\"\n"
+                 "set xlabel \"send time relative to the kill (ms)\"\n"
+                 "set ylabel \"round trip (ms)\"\n"
+                 "set logscale y\n"
+                 "plot for [i=0:%d] \"%%D/remote-kill.dat\" index i using 1:2 with linespoints "
+                 "pointtype 7 pointsize 0.5 title sprintf(\"SIGKILL round %%d\", i+1)\n",
+                 TRACE_BEFORE, TRACE_AFTER, p->kill.runs - 1);
+        plot_script(o, "remote-kill", text);
+    }
+    if (p->stop.runs) {
+        snprintf(text, sizeof(text),
+                 "set title \"Round trips around a whole edge node hung (SIGSTOP, found by the "
+                 "client proxy's heartbeat, --heartbeat-ms %d)\"\n"
+                 "set xlabel \"send time relative to the SIGSTOP (ms)\"\n"
+                 "set ylabel \"round trip (ms)\"\n"
+                 "set logscale y\n"
+                 "plot \"%%D/remote-kill.dat\" index %d using 1:2 with linespoints "
+                 "pointtype 7 pointsize 0.5 title \"SIGSTOP\"\n",
+                 PROXY_HEARTBEAT_MS, blocks - 1);
+        plot_script(o, "remote-stop", text);
+    }
+}
+
 static int remote_kill_run(FILE *f, const struct bench_opts *o)
 {
     static struct rem_part1 p;
@@ -454,6 +555,7 @@ static int remote_kill_run(FILE *f, const struct bench_opts *o)
     char err[BENCH_ERRLEN];
 
     memset(&p, 0, sizeof(p));
+    memset(traces, 0, sizeof(traces));
     fprintf(stderr, "cessna-bench: remote: %d whole-node kills and one hang, %d messages "
             "each\n", o->remote_runs, o->remote_msgs);
     if (rw_up(&w, &spec, o, err, sizeof(err)) < 0)
@@ -462,6 +564,7 @@ static int remote_kill_run(FILE *f, const struct bench_opts *o)
         run_rounds(&w, o, &p);
     rw_down(&w);
     print_part1(f, o, &p);
+    plot_traces(o, &p);
     fflush(f);
     return p.kill.failed || p.stop.failed || !p.stop.runs ? -1 : 0;
 }

@@ -214,6 +214,47 @@ static void print_section(FILE *f, const struct bench_opts *o, struct snap_row *
         fprintf(f, "\n");
 }
 
+/* Plot data: snapshot cost against state size, full and delta. */
+static void plot_rows(const struct bench_opts *o, struct snap_row *rows, int n)
+{
+    FILE *d = plot_data(o, "snapshot", "state_bytes full_fork_us full_write_ms full_mb "
+                                       "delta_fork_us delta_write_ms delta_kb");
+    int any = 0;
+
+    if (!d)
+        return;
+    for (int i = 0; i < n; i++) {
+        int k = rows[i].runs;
+
+        if (!k)
+            continue;
+        fprintf(d, "%zu", rows[i].size);
+        plot_num(d, report_median(rows[i].full_fork_us, k));
+        plot_num(d, report_median(rows[i].full_write_ms, k));
+        plot_num(d, report_median(rows[i].full_mb, k));
+        plot_num(d, report_median(rows[i].delta_fork_us, k));
+        plot_num(d, report_median(rows[i].delta_write_ms, k));
+        plot_num(d, report_median(rows[i].delta_kb, k));
+        fputc('\n', d);
+        any = 1;
+    }
+    plot_data_close(d);
+    if (any)
+        plot_script(o, "snapshot",
+                    "set title \"Snapshot cost against app state (ballast.so; medians)\"\n"
+                    "set xlabel \"app state (KiB)\"\n"
+                    "set ylabel \"ms\"\n"
+                    "set logscale xy 2\n"
+                    "set format y \"%g\"\n"
+                    "plot \"%D/snapshot.dat\" using ($1/1024):($2/1000) with linespoints "
+                    "title \"full: fork (pause)\", "
+                    "'' using ($1/1024):3 with linespoints title \"full: write\", "
+                    "'' using ($1/1024):($5/1000) with linespoints dashtype 2 title "
+                    "\"delta: fork (pause)\", "
+                    "'' using ($1/1024):6 with linespoints dashtype 2 title "
+                    "\"delta: write\"\n");
+}
+
 int snapbench_run(FILE *f, const struct bench_opts *o)
 {
     static struct snap_row rows[BENCH_MAX_SNAP_SIZES];
@@ -226,6 +267,7 @@ int snapbench_run(FILE *f, const struct bench_opts *o)
         failed |= rows[i].failed;
     }
     print_section(f, o, rows, o->nsnap_sizes);
+    plot_rows(o, rows, o->nsnap_sizes);
     fflush(f);
     return failed ? -1 : 0;
 }

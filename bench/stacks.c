@@ -28,8 +28,10 @@
 
 static const char *const path_names[PATH_COUNT] = {
     [PATH_DIRECT] = "direct",           [PATH_HAPROXY1] = "haproxy1",
-    [PATH_EDGE_NATIVE] = "edge-native", [PATH_HAPROXY3] = "haproxy3",
-    [PATH_EDGE_PROXIES] = "edge-proxies",
+    [PATH_HAPROXY1_BUSY] = "haproxy1-busy",
+    [PATH_EDGE_NATIVE] = "edge-native", [PATH_EDGE_NATIVE_OFF] = "edge-native-off",
+    [PATH_HAPROXY3] = "haproxy3",       [PATH_HAPROXY3_BUSY] = "haproxy3-busy",
+    [PATH_EDGE_PROXIES] = "edge-proxies", [PATH_EDGE_PROXIES_OFF] = "edge-proxies-off",
 };
 
 const char *stack_path_name(enum bench_path path)
@@ -49,11 +51,32 @@ int stack_path_parse(const char *name, enum bench_path *path)
 
 enum bench_path stack_baseline(enum bench_path edge)
 {
-    if (edge == PATH_EDGE_NATIVE)
+    if (edge == PATH_EDGE_NATIVE || edge == PATH_EDGE_NATIVE_OFF)
         return PATH_HAPROXY1;
-    if (edge == PATH_EDGE_PROXIES)
+    if (edge == PATH_EDGE_PROXIES || edge == PATH_EDGE_PROXIES_OFF)
         return PATH_HAPROXY3;
     return PATH_COUNT;
+}
+
+int stack_path_busy(enum bench_path path)
+{
+    return path == PATH_HAPROXY1_BUSY || path == PATH_HAPROXY3_BUSY;
+}
+
+int stack_path_edge_off(enum bench_path path, const struct bench_opts *o)
+{
+    if (path == PATH_EDGE_NATIVE_OFF || path == PATH_EDGE_PROXIES_OFF)
+        return 1;
+    return (path == PATH_EDGE_NATIVE || path == PATH_EDGE_PROXIES) && o->busy_poll_off;
+}
+
+enum bench_path stack_like_baseline(enum bench_path edge, const struct bench_opts *o)
+{
+    enum bench_path base = stack_baseline(edge);
+
+    if (base == PATH_COUNT || stack_path_edge_off(edge, o))
+        return base;
+    return base == PATH_HAPROXY1 ? PATH_HAPROXY1_BUSY : PATH_HAPROXY3_BUSY;
 }
 
 static struct bench_proc *stack_next(struct bench_stack *s)
@@ -93,7 +116,7 @@ static int need_file(const char *path, int exec, const char *hint, char *err, si
 }
 
 /* A plain TCP echo server in a child; its address in addr. */
-static int start_echo(struct bench_stack *s, const struct bench_opts *o, int native,
+static int start_echo(struct bench_stack *s, const struct bench_opts *o, int native, int many,
                       char *addr, size_t addrlen, char *err, size_t errlen)
 {
     char why[256];
@@ -110,7 +133,9 @@ static int start_echo(struct bench_stack *s, const struct bench_opts *o, int nat
     port = addr_local_port(lfd);
     struct proc_spec spec = {
         .name = native ? "echo-native" : "echo", .keep_fd = lfd,
-        .fn = native ? echo_native_main : echo_plain_main, .arg = &lfd,
+        .fn = native ? (many ? echo_native_many_main : echo_native_main)
+                     : (many ? echo_plain_many_main : echo_plain_main),
+        .arg = &lfd,
     };
     rc = stack_start(s, &spec, o, err, errlen);
     close(lfd); /* the child has it; connections queue in its backlog meanwhile */
@@ -158,7 +183,7 @@ static int write_text(const char *path, const char *text, char *err, size_t errl
 }
 
 static int write_haproxy_cfg(const char *path, int port, const char *backend, int maxconn,
-                             char *err, size_t errlen)
+                             int busy, char *err, size_t errlen)
 {
     char cfg[1024];
 
@@ -166,6 +191,7 @@ static int write_haproxy_cfg(const char *path, int port, const char *backend, in
              "global\n"
              "    nbthread 1\n"
              "    maxconn %d\n"
+             "%s"
              "defaults\n"
              "    mode tcp\n"
              "    timeout connect 30s\n"
@@ -177,15 +203,15 @@ static int write_haproxy_cfg(const char *path, int port, const char *backend, in
              "    default_backend be\n"
              "backend be\n"
              "    server next %s\n",
-             maxconn, maxconn, port, backend);
+             maxconn, busy ? "    busy-polling\n" : "", maxconn, port, backend);
     return write_text(path, cfg, err, errlen);
 }
 
 /* One HAProxy in TCP mode forwarding to backend; its frontend address in addr. A port
  * taken between picking and binding makes HAProxy exit: try another one. */
 static int start_haproxy(struct bench_stack *s, const struct bench_opts *o, const char *name,
-                         const char *backend, int maxconn, char *addr, size_t addrlen, char *err,
-                         size_t errlen)
+                         const char *backend, int maxconn, int busy, char *addr, size_t addrlen,
+                         char *err, size_t errlen)
 {
     char cfg[PATH_MAX + 64];
     int rc = -EINVAL;
@@ -198,7 +224,7 @@ static int start_haproxy(struct bench_stack *s, const struct bench_opts *o, cons
 
         if (port < 0)
             return port;
-        rc = write_haproxy_cfg(cfg, port, backend, maxconn, err, errlen);
+        rc = write_haproxy_cfg(cfg, port, backend, maxconn, busy, err, errlen);
         if (rc < 0)
             return rc;
         rc = stack_start(s, &spec, o, err, errlen);
@@ -226,7 +252,8 @@ static int start_haproxy_chain(struct bench_stack *s, const struct bench_opts *o
         char name[48];
 
         snprintf(name, sizeof(name), "%s.hop%d", stack_path_name(s->path), hop);
-        rc = start_haproxy(s, o, name, next, HAPROXY_MAXCONN, addr, sizeof(addr), err, errlen);
+        rc = start_haproxy(s, o, name, next, HAPROXY_MAXCONN, stack_path_busy(s->path), addr,
+                           sizeof(addr), err, errlen);
         if (rc < 0)
             return rc;
         snprintf(next, sizeof(next), "%s", addr);
@@ -237,10 +264,11 @@ static int start_haproxy_chain(struct bench_stack *s, const struct bench_opts *o
 
 /* A child that says "ready listen=HOST:PORT" on stdout when it listens. */
 static int start_ready_child(struct bench_stack *s, const struct bench_opts *o, const char *name,
-                             char *const argv[], char *addr, size_t addrlen, char *err,
-                             size_t errlen)
+                             char *const argv[], int machine_nofile, char *addr, size_t addrlen,
+                             char *err, size_t errlen)
 {
-    struct proc_spec spec = { .name = name, .want_stdout = 1, .keep_fd = -1, .argv = argv };
+    struct proc_spec spec = { .name = name, .want_stdout = 1, .keep_fd = -1, .argv = argv,
+                              .machine_nofile = machine_nofile };
     int rc = need_file(argv[0], 1, " (build it: make)", err, errlen);
 
     if (rc < 0)
@@ -277,7 +305,8 @@ static int write_supervisor_ini(const char *ini, const struct bench_opts *o,
              "sandbox = %s\n",
              server, app, state, control, e->hot ? "hot" : "cold", e->snapshot_interval_ms,
              e->max_sessions ? e->max_sessions : 64,
-             o->busy_poll_off ? "off" : "auto", o->sandbox_off ? "off" : "on");
+             o->busy_poll_off || e->busy_poll_off ? "off" : "auto",
+             o->sandbox_off ? "off" : "on");
     return write_text(ini, text, err, errlen);
 }
 
@@ -306,13 +335,15 @@ static int start_supervisor(struct bench_stack *s, const struct bench_opts *o,
     if (rc < 0)
         return rc;
     char *argv[] = { bin, "-c", ini, NULL };
-    return start_ready_child(s, o, "cessna-supervisor", argv, addr, addrlen, err, errlen);
+    return start_ready_child(s, o, "cessna-supervisor", argv, 1, addr, addrlen, err, errlen);
 }
 
 /* The latency paths' edge: passthrough.so, no snapshots. */
 static struct edge_spec plain_edge(const struct bench_stack *s)
 {
-    struct edge_spec e = { .app = "passthrough.so" };
+    struct edge_spec e = { .app = "passthrough.so",
+                           .busy_poll_off = s->path == PATH_EDGE_NATIVE_OFF ||
+                                            s->path == PATH_EDGE_PROXIES_OFF };
 
     snprintf(e.tag, sizeof(e.tag), "%s", stack_path_name(s->path));
     return e;
@@ -322,7 +353,7 @@ static int up_edge_native(struct bench_stack *s, const struct bench_opts *o,
                           const struct edge_spec *e, char *err, size_t errlen)
 {
     char echo[64];
-    int rc = start_echo(s, o, 1, echo, sizeof(echo), err, errlen);
+    int rc = start_echo(s, o, 1, e->many, echo, sizeof(echo), err, errlen);
 
     if (rc == 0)
         rc = start_supervisor(s, o, e, echo, s->entry, sizeof(s->entry), err, errlen);
@@ -334,13 +365,13 @@ static int up_edge_proxies(struct bench_stack *s, const struct bench_opts *o, ch
                            size_t errlen)
 {
     char echo[64], sproxy[64], edge[64], bin[PATH_MAX + 32];
-    int rc = start_echo(s, o, 0, echo, sizeof(echo), err, errlen);
+    int rc = start_echo(s, o, 0, 0, echo, sizeof(echo), err, errlen);
 
     if (rc < 0)
         return rc;
     snprintf(bin, sizeof(bin), "%s/bin/cessna-server-proxy", o->build);
     char *sargv[] = { bin, "--listen", "127.0.0.1:0", "--target", echo, NULL };
-    rc = start_ready_child(s, o, "cessna-server-proxy", sargv, sproxy, sizeof(sproxy), err,
+    rc = start_ready_child(s, o, "cessna-server-proxy", sargv, 1, sproxy, sizeof(sproxy), err,
                            errlen);
     if (rc < 0)
         return rc;
@@ -350,7 +381,7 @@ static int up_edge_proxies(struct bench_stack *s, const struct bench_opts *o, ch
         return rc;
     snprintf(bin, sizeof(bin), "%s/bin/cessna-client-proxy", o->build);
     char *cargv[] = { bin, "--listen", "127.0.0.1:0", "--edge", edge, NULL };
-    return start_ready_child(s, o, "cessna-client-proxy", cargv, s->entry, sizeof(s->entry),
+    return start_ready_child(s, o, "cessna-client-proxy", cargv, 1, s->entry, sizeof(s->entry),
                              err, errlen);
 }
 
@@ -363,11 +394,13 @@ int stack_up(struct bench_stack *s, enum bench_path path, const struct bench_opt
     memset(s, 0, sizeof(*s));
     s->path = path;
     switch (path) {
-    case PATH_EDGE_NATIVE: {
+    case PATH_EDGE_NATIVE:
+    case PATH_EDGE_NATIVE_OFF: {
         struct edge_spec e = plain_edge(s);
         return up_edge_native(s, o, &e, err, errlen);
     }
     case PATH_EDGE_PROXIES:
+    case PATH_EDGE_PROXIES_OFF:
         return up_edge_proxies(s, o, err, errlen);
     default:
         break;
@@ -377,14 +410,15 @@ int stack_up(struct bench_stack *s, enum bench_path path, const struct bench_opt
         if (rc < 0)
             return rc;
     }
-    rc = start_echo(s, o, 0, echo, sizeof(echo), err, errlen);
+    rc = start_echo(s, o, 0, 0, echo, sizeof(echo), err, errlen);
     if (rc < 0)
         return rc;
     if (path == PATH_DIRECT) {
         snprintf(s->entry, sizeof(s->entry), "%s", echo);
         return 0;
     }
-    return start_haproxy_chain(s, o, path == PATH_HAPROXY1 ? 1 : 3, echo, err, errlen);
+    return start_haproxy_chain(s, o, path == PATH_HAPROXY1 || path == PATH_HAPROXY1_BUSY ? 1 : 3,
+                               echo, err, errlen);
 }
 
 /* native echo <- supervisor running e->app with e's snapshot settings <- the bench. */
@@ -397,22 +431,33 @@ int stack_up_edge(struct bench_stack *s, const struct edge_spec *e, const struct
     return up_edge_native(s, o, e, err, errlen);
 }
 
+/* HAProxy needs two descriptors per connection (client and server side) and a few of its
+ * own (it said "Cannot raise FD limit to 20014" for maxconn 10000). */
+#define HAPROXY_FDS_OWN 32
+
+int stack_haproxy_max_conns(void)
+{
+    long hard = proc_nofile_hard();
+
+    return hard > 2 * HAPROXY_FDS_OWN ? (int)((hard - HAPROXY_FDS_OWN) / 2) : 0;
+}
+
 /* plain echo <- HAProxy (maxconn) <- the bench: the sessions section's baseline. */
-int stack_up_haproxy(struct bench_stack *s, const struct bench_opts *o, int maxconn,
+int stack_up_haproxy(struct bench_stack *s, const struct bench_opts *o, int maxconn, int busy,
                      char *err, size_t errlen)
 {
     char echo[64];
     int rc;
 
     memset(s, 0, sizeof(*s));
-    s->path = PATH_HAPROXY1;
-    snprintf(s->tag, sizeof(s->tag), "sessions-%d", maxconn);
+    s->path = busy ? PATH_HAPROXY1_BUSY : PATH_HAPROXY1;
+    snprintf(s->tag, sizeof(s->tag), "sessions-%d%s", maxconn, busy ? "-busy" : "");
     rc = need_file(o->haproxy, 1, " (install haproxy or pass --haproxy)", err, errlen);
     if (rc == 0)
-        rc = start_echo(s, o, 0, echo, sizeof(echo), err, errlen);
+        rc = start_echo(s, o, 0, 1, echo, sizeof(echo), err, errlen);
     if (rc == 0)
-        rc = start_haproxy(s, o, "haproxy", echo, maxconn, s->entry, sizeof(s->entry), err,
-                           errlen);
+        rc = start_haproxy(s, o, "haproxy", echo, maxconn, busy, s->entry, sizeof(s->entry),
+                           err, errlen);
     return rc;
 }
 

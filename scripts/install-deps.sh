@@ -2,7 +2,8 @@
 # Install what CESSNA-C needs on Debian 12 (run as root). Safe to run again.
 set -euo pipefail
 PKGS="build-essential pkg-config liburing-dev libxxhash-dev libzstd-dev libcriterion-dev
-      zlib1g-dev libinih-dev libseccomp-dev libsodium-dev haproxy redis-server redis-tools"
+      zlib1g-dev libinih-dev libseccomp-dev libsodium-dev haproxy redis-server redis-tools
+      gnuplot-nox"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
