@@ -15,6 +15,7 @@
 #include "ctlcmd.h"
 #include "drain.h"
 #include "log.h"
+#include "snapsync.h"
 #include "sup.h"
 
 static const char *const state_names[] = {
@@ -136,14 +137,15 @@ static size_t list_sessions(char *out, size_t cap)
 
 static size_t stats(char *out, size_t cap)
 {
-    return (size_t)snprintf(out, cap,
+    const struct snapsync_stats *y = snapsync_stats();
+    int n = snprintf(out, cap,
         "sessions=%u sessions_total=%llu sessions_failed=%llu worker_deaths=%llu "
         "bad_frames=%llu msgs_in=%llu msgs_out=%llu bytes_in=%llu bytes_out=%llu recoveries=%llu "
         "hot_takeovers=%llu cold_restores=%llu snapshots=%llu snapshot_failures=%llu "
         "log_failures=%llu hello_timeouts=%llu connect_timeouts=%llu idle_timeouts=%llu "
         "forced_closes=%llu accept_fd_limit=%llu accept_paused=%llu zygote_restarts=%llu "
         "zygote=%s zygote_pid=%d dirs_removed=%llu ctl_timeouts=%llu resumes=%llu moves=%llu "
-        "draining=%d\n",
+        "draining=%d",
         S.nsessions, (unsigned long long)S.stats.sessions_total,
         (unsigned long long)S.stats.sessions_failed, (unsigned long long)S.stats.worker_deaths,
         (unsigned long long)S.stats.bad_frames, (unsigned long long)S.stats.msgs_in,
@@ -159,6 +161,16 @@ static size_t stats(char *out, size_t cap)
         (unsigned long long)S.stats.dirs_removed,
         (unsigned long long)S.stats.ctl_timeouts, (unsigned long long)S.stats.resumes,
         (unsigned long long)S.stats.moves, S.draining);
+    if (n < 0 || (size_t)n >= cap)
+        return n < 0 ? 0 : cap - 1;
+    /* Group durability of snapshot files (snapsync.c). */
+    n += snprintf(out + n, cap - (size_t)n, " snapshot_syncs=%llu snapshot_sync_failures=%llu "
+                  "snapshot_sync_files=%llu snapshot_sync_us_avg=%llu snapshot_sync_us_max=%llu "
+                  "snapshot_sync_waiting=%llu\n", (unsigned long long)y->syncs,
+                  (unsigned long long)y->failures, (unsigned long long)y->files,
+                  (unsigned long long)(y->syncs ? y->sync_ns_total / y->syncs / 1000 : 0),
+                  (unsigned long long)(y->sync_ns_max / 1000), (unsigned long long)y->waiting);
+    return (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
 /* ---- control connections, served through io_uring ---- */
