@@ -111,6 +111,18 @@ static int bring_up(struct bench_stack *s, enum side side, int n, unsigned inter
     return stack_up_edge(s, &e, o, err, errlen);
 }
 
+/* The edge's node-wide snapshot count (cessna-ctl stats), or 0. */
+static uint64_t edge_snapshots(const struct bench_stack *s)
+{
+    char out[4096], err[128];
+    uint64_t v = 0;
+
+    if (!s->control[0] || ectl_cmd(s->control, "stats", out, sizeof(out), err, sizeof(err)) < 0)
+        return 0;
+    ectl_field(out, "snapshots", &v);
+    return v;
+}
+
 /* The paced run with the tree's CPU time around it. */
 static int paced_with_cpu(struct many_set *m, pid_t root, struct many_result *res,
                           double *cpu_s, char *err, size_t errlen)
@@ -179,11 +191,16 @@ static void measure_side(struct side_result *r, enum side side, int n,
     }
     fprintf(stderr, "cessna-bench: sessions N=%d %s: paced, %.0f s\n", n, side_names[side],
             paced_seconds);
+    uint64_t snaps0 = side == SIDE_EDGE ? edge_snapshots(&s) : 0;
     if (paced_with_cpu(&m, s.procs[root].pid, &r->paced, &r->cpu_s, err, sizeof(err)) < 0) {
         fail(r, &s, n, "paced run", err);
         goto out;
     }
     r->paced_ok = 1;
+    if (side == SIDE_EDGE)
+        fprintf(stderr, "cessna-bench: sessions N=%d edge-native: %" PRIu64 " snapshots durable "
+                "during the paced run (%.0f/s)\n", n, edge_snapshots(&s) - snaps0,
+                (double)(edge_snapshots(&s) - snaps0) / paced_seconds);
     fprintf(stderr, "cessna-bench: sessions N=%d %s: saturating, %.1f s\n", n,
             side_names[side], sat_seconds);
     if (many_saturate(&m, sat_seconds, &r->sat, err, sizeof(err)) < 0) {

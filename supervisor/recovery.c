@@ -1,11 +1,13 @@
 /* recovery.c - snapshots and local recovery (DESIGN.md sections 3 and 5).
  *
- * Every snapshot_interval_ms (or sooner, when the held events grow past half of
- * max_held_bytes) the supervisor asks a session's worker for a snapshot of its state right
- * after the newest ordered event P. The worker forks and reports the child's birth with its
- * pidfd (SNAP_STARTED): from then on the child is watched, and reaped whatever becomes of
- * it. The frozen child writes the file and reports (SNAP_DONE). A written snapshot becomes
- * durable once no output of an event <= P waits in the worker's ring (those outputs are
+ * Every snapshot_interval_ms (or sooner, when the events held pass snapshot_max_events or
+ * snapshot_max_bytes, or half of max_held_bytes; never when the session has not moved) the
+ * supervisor asks a session's worker for a snapshot of its state right after the newest
+ * ordered event P. The worker forks and reports the child's birth with its pidfd
+ * (SNAP_STARTED): from then on the child is watched, and reaped whatever becomes of it. The
+ * frozen child writes the file, without fsync, and reports (SNAP_DONE). A written snapshot
+ * becomes durable once the sync of its batch is done (snapsync.c: one syncfs for every file
+ * written meanwhile) and no output of an event <= P waits in the worker's ring (those outputs are
  * handed to their connections first; recovery starts after P and would never make them
  * again). Durable: the events up to P are dropped and both endpoints hear SNAP_DURABLE.
  * In hot standby mode the child stays, waiting on an eventfd only the supervisor holds.
