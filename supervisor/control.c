@@ -166,10 +166,11 @@ static size_t stats(char *out, size_t cap)
     /* Group durability of snapshot files (snapsync.c). */
     n += snprintf(out + n, cap - (size_t)n, " snapshot_syncs=%llu snapshot_sync_failures=%llu "
                   "snapshot_sync_files=%llu snapshot_sync_us_avg=%llu snapshot_sync_us_max=%llu "
-                  "snapshot_sync_waiting=%llu\n", (unsigned long long)y->syncs,
+                  "snapshot_sync_waiting=%llu snapshots_without_fork=%llu\n", (unsigned long long)y->syncs,
                   (unsigned long long)y->failures, (unsigned long long)y->files,
                   (unsigned long long)(y->syncs ? y->sync_ns_total / y->syncs / 1000 : 0),
-                  (unsigned long long)(y->sync_ns_max / 1000), (unsigned long long)y->waiting);
+                  (unsigned long long)(y->sync_ns_max / 1000), (unsigned long long)y->waiting,
+                  (unsigned long long)y->inline_files);
     return (size_t)n < cap ? (size_t)n : cap - 1;
 }
 

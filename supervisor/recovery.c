@@ -593,7 +593,7 @@ static void snapshot_written(struct session *s, const struct snap_report *r,
                               .standby_pidfd = -1, .wake_fd = -1,
                               .kind = s->snap_req_full ? SNAP_FULL : SNAP_DELTA };
 
-    p.ticket = snapsync_written(s);
+    p.ticket = snapsync_written(s, r->fork_ns == 0);   /* fork_ns 0: the worker wrote it */
     if (!p.ticket) {
         kill_kid(k);
         close_fd(&wake_fd);

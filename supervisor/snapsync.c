@@ -179,7 +179,7 @@ fail:
     return rc;
 }
 
-uint64_t snapsync_written(struct session *s)
+uint64_t snapsync_written(struct session *s, int inline_write)
 {
     if (Y.nw == Y.cap) {
         size_t cap = Y.cap ? 2 * Y.cap : 64;
@@ -191,6 +191,7 @@ uint64_t snapsync_written(struct session *s)
     }
     Y.w[Y.nw++] = (struct waiter){ .slot = s->slot, .id = s->id, .ticket = Y.next };
     Y.st.files++;
+    Y.st.inline_files += inline_write != 0;
     return Y.next;
 }
 
