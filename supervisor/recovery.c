@@ -270,6 +270,14 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
         snprintf(msg, len, "error: session %llu has no event yet\n", ull(s->id));
         return -EAGAIN;
     }
+    /* A newer snapshot would replace the one waiting for its sync, and be a delta on a file
+     * that never became durable (nor was shipped): the chain stored off the node would have a
+     * hole. The sync is short; ask again after it. */
+    if (s->pend.valid && s->pend.ticket) {
+        snprintf(msg, len, "error: session %llu has a snapshot at position %llu waiting for "
+                 "its sync\n", ull(s->id), ull(s->pend.pos));
+        return -EBUSY;
+    }
     int full = s->need_full || !s->snap_written || s->deltas_since_full >= FULL_EVERY;
     s->ctl->snap_base = full ? 0 : s->snap_written;
     s->snap_req_full = full;

@@ -7,7 +7,8 @@
  * supervisor's test hook (CESSNA_FAULT_SNAPSYNC names a file saying "hold" or "fail").
  * Every session runs the sequencer app, whose every output carries the counts and a hash of
  * every event so far; what the client receives must equal, byte for byte, what a session on
- * the same edge without faults receives for the same messages. */
+ * the same edge without faults receives for the same messages. A small state is written by
+ * the worker itself, without a fork; a large one and a hot standby still fork. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
@@ -494,4 +495,70 @@ Test(snapsync, no_snapshot_of_a_session_that_has_not_moved, .timeout = 60)
     cessna_ep_free(ep);
     t_edge_stop(&e);
     free(t.data);
+}
+
+/* A small state is written by the worker itself, without a fork (cold standby only): the
+ * snapshots count as such, and kills recover from them losing nothing. A large state (1 MiB
+ * of ballast) and a hot standby still fork. */
+Test(snapsync, small_state_written_without_fork, .timeout = 90)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript ref = { 0 }, got = { 0 };
+    char fault[512];
+
+    edge_with_hook(&e, &srv, fault, sizeof(fault), "standby = cold\nsnapshot_interval_ms = 20\n");
+    struct cessna_ep *ep = t_ep_connect(&e), *rp = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    round_trips(rp, &ref, 0, 300, 100);
+    for (int i = 0; i < 300; i += 30) {
+        round_trips(ep, &got, i, i + 30, 100);
+        sleep_ms(60);
+        if (i % 90 == 30)
+            ctl_ok(&e, "kill-worker %llu", id);
+    }
+    same(&ref, &got);
+    cr_assert_geq(sess_field(&e, id, "snapshots"), 2);
+    cr_assert_geq(sess_field(&e, id, "recoveries"), 3);
+    uint64_t inl = stat_field(&e, "snapshots_without_fork");
+    cr_assert_geq(inl, stat_field(&e, "snapshots") / 2, "small states still fork: %llu",
+                  (unsigned long long)inl);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_close(rp, 5000);
+    cessna_ep_free(ep);
+    cessna_ep_free(rp);
+    t_edge_stop(&e);
+    free(ref.data);
+    free(got.data);
+}
+
+static void forks_for(const char *extra, const char *app, const char *first)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    const void *got;
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app(app), srv.addr, extra);
+    struct cessna_ep *ep = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    cr_assert_eq(cessna_ep_send(ep, first, strlen(first)), 0);
+    cr_assert(cessna_ep_recv(ep, &got) > 0, "%s", cessna_ep_error(ep));
+    ctl_ok(&e, "snapshot %llu", id);
+    wait_field_at_least(&e, id, "snapshots", 1, 10000);
+    cr_assert_eq(stat_field(&e, "snapshots_without_fork"), 0);
+    cr_assert_gt(sess_field(&e, id, "fork_us"), 0);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+}
+
+Test(snapsync, large_state_forks, .timeout = 60)
+{
+    forks_for("standby = cold\nsnapshot_interval_ms = 0\n", "ballast", "BALLAST 1048576");
+}
+
+Test(snapsync, hot_standby_forks, .timeout = 60)
+{
+    forks_for("standby = hot\nsnapshot_interval_ms = 0\n", "sequencer", "hello");
 }
