@@ -70,7 +70,7 @@ define link
 endef
 
 $(BUILD)/bin/cessna-supervisor: $(call obj,$(SUPER_SRC)) $(BUILD)/libcommon.a
-	$(call link,$(LDLIBS))
+	$(call link,$(LDLIBS) -lpthread)
 # The worker exports the app API (cessna_*) to the dlopen()ed app module.
 $(BUILD)/bin/cessna-worker: $(call obj,$(WORKER_SRC)) $(BUILD)/libcommon.a
 	$(call link,-rdynamic $(LDLIBS) -ldl -lseccomp)

@@ -267,6 +267,10 @@ static void measure_side(struct side_result *r, enum side side, int n,
         goto out;
     }
     r->paced_ok = 1;
+    if (side == SIDE_EDGE)
+        fprintf(stderr, "cessna-bench: sessions N=%d edge-native: %" PRIu64 " snapshots durable "
+                "during the paced run (%.0f/s)\n", n, r->snapshots,
+                (double)r->snapshots / paced_seconds);
     fprintf(stderr, "cessna-bench: sessions N=%d %s: saturating, %.1f s\n", n,
             side_names[side], sat_seconds);
     if (many_saturate(&m, sat_seconds, &r->sat, err, sizeof(err)) < 0) {

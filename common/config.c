@@ -16,7 +16,7 @@ struct parse_state {
     FILE *f;
     int line;          /* the line the reader handed to inih last */
     int fail_line;     /* the line of the first error our handler found */
-    unsigned seen;     /* bit per key, to refuse duplicates and find missing ones */
+    uint64_t seen;     /* bit per key, to refuse duplicates and find missing ones */
     char *err;
     size_t errlen;
     int failed;
@@ -53,6 +53,8 @@ static const struct key keys[] = {
     { "snapshot_timeout_ms", K_U64, offsetof(struct config, snapshot_timeout_ms), 0, 100, 3600000, 0 },
     { "max_event_ms", K_U64, offsetof(struct config, max_event_ms), 0, 0, 86400000, 0 },
     { "max_held_bytes", K_U64, offsetof(struct config, max_held_bytes), 0, 0, 1ull << 40, 0 },
+    { "snapshot_max_events", K_U64, offsetof(struct config, snapshot_max_events), 0, 0, 1ull << 40, 0 },
+    { "snapshot_max_bytes", K_U64, offsetof(struct config, snapshot_max_bytes), 0, 0, 1ull << 40, 0 },
     { "hello_timeout_ms", K_U32, offsetof(struct config, hello_timeout_ms), 0, 0, 3600000, 0 },
     { "connect_timeout_ms", K_U32, offsetof(struct config, connect_timeout_ms), 0, 0, 3600000, 0 },
     { "idle_timeout_ms", K_U32, offsetof(struct config, idle_timeout_ms), 0, 0, 604800000, 0 },
@@ -83,6 +85,8 @@ void config_defaults(struct config *c)
     c->busy_poll = 1;
     c->snapshot_timeout_ms = 10000;
     c->max_held_bytes = 64ull << 20;
+    c->snapshot_max_events = 50000;
+    c->snapshot_max_bytes = 8ull << 20;
     c->max_event_ms = 5000;
     c->hello_timeout_ms = 5000;
     c->connect_timeout_ms = 5000;
@@ -135,9 +139,9 @@ static int handler(void *user, const char *section, const char *name, const char
         const struct key *k = &keys[i];
         if (strcmp(k->name, name) != 0)
             continue;
-        if (st->seen & (1u << i))
+        if (st->seen & (1ull << i))
             return fail(st, "key '%s' given twice%s", name, "");
-        st->seen |= 1u << i;
+        st->seen |= 1ull << i;
         switch (k->kind) {
         case K_ADDR: {
             char host[256], port[16], why[160];
@@ -227,7 +231,7 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
     if (st.failed)
         return -EINVAL;
     for (size_t i = 0; i < NKEYS; i++) {
-        if (keys[i].required && !(st.seen & (1u << i))) {
+        if (keys[i].required && !(st.seen & (1ull << i))) {
             snprintf(err, errlen, "%s: missing key '%s' in [edge]", path, keys[i].name);
             return -EINVAL;
         }

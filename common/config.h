@@ -27,6 +27,10 @@ struct config {
     uint64_t max_event_ms;         /* an event running longer fails (default 5000, 0 = off) */
     uint64_t max_held_bytes;       /* held events per session: a snapshot is forced at half,
                                     * input stops at the limit (default 64 MiB, 0 = none) */
+    uint64_t snapshot_max_events;  /* events held past the newest written snapshot that ask for
+                                    * a snapshot now, however recent the last (default 50000, 0 = off;
+                                    * not with snapshot_interval_ms = 0) */
+    uint64_t snapshot_max_bytes;   /* the same in bytes of held events (default 8 MiB, 0 = off) */
     uint32_t hello_timeout_ms;     /* a connection without HELLO is closed (default 5000, 0 = off) */
     uint32_t connect_timeout_ms;   /* server endpoint connect + WELCOME (default 5000, 0 = off) */
     uint32_t idle_timeout_ms;      /* a live session with no event is ended (default 0 = off) */

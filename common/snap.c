@@ -25,6 +25,12 @@ static const uint8_t hdr_magic[8] = { 'C', 'S', 'N', 'A', 'P', 0, 0, 1 };
 static const uint8_t trl_magic[8] = { 'C', 'S', 'N', 'A', 'P', 'E', 'N', 'D' };
 
 static int snap_level = 1;
+static int snap_sync = 1;   /* snap_set_sync */
+
+void snap_set_sync(int on)
+{
+    snap_sync = on;
+}
 
 void snap_set_compression(int level)
 {
@@ -510,7 +516,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
     if ((rc = wbuf_raw(&w, trl, sizeof(trl))) || (rc = wbuf_flush(&w)))
         goto fail;
 
-    if (fsync(w.fd) == -1) {
+    if (snap_sync && fsync(w.fd) == -1) {
         rc = -errno;
         step = "fsync";
         goto fail;
@@ -529,7 +535,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
     }
     created = 0;
     file = name;
-    if (fsync(dfd) == -1) {
+    if (snap_sync && fsync(dfd) == -1) {
         /* Not known durable: take it away so no chain is built on it. */
         rc = -errno;
         step = "fsync dir";

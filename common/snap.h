@@ -109,6 +109,13 @@ int snap_layout_fingerprint(uint64_t arena_base, uint8_t out[32], char *err, siz
  * either way. */
 void snap_set_compression(int level);
 
+/* Whether the following snap_write()s in this process fsync the file and the directory
+ * (default 1). With 0 the file is written, closed and renamed, and nothing more: it is on
+ * disk only once someone syncs the filesystem (the supervisor does, for a whole batch of
+ * files at once: supervisor/snapsync.c); until then it must not be treated as durable, and
+ * the hash tables it moved on describe a file that may yet be lost. */
+void snap_set_sync(int on);
+
 /* Write a snapshot of the regions (read from memory at their addresses) to dir/NAME where
  * NAME is snap_name(position, kind): a temp file (NAME.tmp.PID), fsync, rename, fsync(dir).
  * A FULL writes every page; a DELTA writes the pages whose hash differs from *hashes (with

@@ -15,6 +15,7 @@
 #include "ctlcmd.h"
 #include "drain.h"
 #include "log.h"
+#include "snapsync.h"
 #include "sup.h"
 
 static const char *const state_names[] = {
@@ -137,6 +138,7 @@ static size_t list_sessions(char *out, size_t cap)
 
 static size_t stats(char *out, size_t cap)
 {
+    const struct snapsync_stats *y = snapsync_stats();
     int n = snprintf(out, cap,
         "sessions=%u sessions_total=%llu sessions_failed=%llu worker_deaths=%llu "
         "bad_frames=%llu msgs_in=%llu msgs_out=%llu bytes_in=%llu bytes_out=%llu recoveries=%llu "
@@ -162,6 +164,15 @@ static size_t stats(char *out, size_t cap)
         (unsigned long long)S.stats.moves, S.draining);
     size_t len = n < 0 ? 0 : (size_t)n >= cap ? cap - 1 : (size_t)n;
     len += hib_stats(out + len, cap - len);   /* hibernate.c */
+    /* Group durability of snapshot files (snapsync.c). */
+    n = snprintf(out + len, cap - len, " snapshot_syncs=%llu snapshot_sync_failures=%llu "
+                 "snapshot_sync_files=%llu snapshot_sync_us_avg=%llu snapshot_sync_us_max=%llu "
+                 "snapshot_sync_waiting=%llu snapshots_without_fork=%llu", (unsigned long long)y->syncs,
+                 (unsigned long long)y->failures, (unsigned long long)y->files,
+                 (unsigned long long)(y->syncs ? y->sync_ns_total / y->syncs / 1000 : 0),
+                 (unsigned long long)(y->sync_ns_max / 1000), (unsigned long long)y->waiting,
+                 (unsigned long long)y->inline_files);
+    len += n < 0 ? 0 : (size_t)n >= cap - len ? cap - len - 1 : (size_t)n;
     if (len + 1 < cap) {
         out[len++] = '\n';
         out[len] = 0;

@@ -20,6 +20,7 @@
 #include "drain.h"
 #include "log.h"
 #include "proc.h"
+#include "snapsync.h"
 #include "sup.h"
 
 struct sup S;
@@ -202,6 +203,7 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_ZYGOTE_READY:   return zygote_on_ready(cqe->res);
     case OP_IGNORE:     return;
     case OP_ZYGOTE_REPLY: return zygote_on_reply(cqe->res);
+    case OP_SNAPSYNC:   return snapsync_on_done(cqe->res);
     }
     if (slot >= S.cfg.max_sessions)
         return;
@@ -233,6 +235,7 @@ static int run_loop(void)
 
         if (S.dirty)
             sess_ring_doorbells();   /* the before-sleep hook: one doorbell per worker per batch */
+        snapsync_kick();   /* written snapshot files: one sync for all of them */
         sdir_step();   /* a few files of ended sessions; while some remain, do not sleep */
         rc = io_uring_submit_and_wait(&S.ring, sdir_busy() ? 0 : 1);
         if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
@@ -450,6 +453,10 @@ int main(int argc, char **argv)
     S.free_slots = calloc(S.cfg.max_sessions, sizeof(*S.free_slots));
     if (!S.sessions || !S.free_slots) {
         fprintf(stderr, "cessna-supervisor: out of memory for %u sessions\n", S.cfg.max_sessions);
+        return 1;
+    }
+    if (snapsync_init(err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-supervisor: %s\n", err);
         return 1;
     }
     proc_close_in_child(S.listen_fd);

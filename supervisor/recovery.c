@@ -1,11 +1,13 @@
 /* recovery.c - snapshots and local recovery (DESIGN.md sections 3 and 5).
  *
- * Every snapshot_interval_ms (or sooner, when the held events grow past half of
- * max_held_bytes) the supervisor asks a session's worker for a snapshot of its state right
- * after the newest ordered event P. The worker forks and reports the child's birth with its
- * pidfd (SNAP_STARTED): from then on the child is watched, and reaped whatever becomes of
- * it. The frozen child writes the file and reports (SNAP_DONE). A written snapshot becomes
- * durable once no output of an event <= P waits in the worker's ring (those outputs are
+ * Every snapshot_interval_ms (or sooner, when the events held pass snapshot_max_events or
+ * snapshot_max_bytes, or half of max_held_bytes; never when the session has not moved) the
+ * supervisor asks a session's worker for a snapshot of its state right after the newest
+ * ordered event P. The worker forks and reports the child's birth with its pidfd
+ * (SNAP_STARTED): from then on the child is watched, and reaped whatever becomes of it. The
+ * frozen child writes the file, without fsync, and reports (SNAP_DONE). A written snapshot
+ * becomes durable once the sync of its batch is done (snapsync.c: one syncfs for every file
+ * written meanwhile) and no output of an event <= P waits in the worker's ring (those outputs are
  * handed to their connections first; recovery starts after P and would never make them
  * again). Durable: the events up to P are dropped and both endpoints hear SNAP_DURABLE.
  * In hot standby mode the child stays, waiting on an eventfd only the supervisor holds.
@@ -43,6 +45,7 @@
 #include "snap.h"
 #include "spawn.h"
 #include "remote.h"
+#include "snapsync.h"
 #include "sup.h"
 
 #define FULL_EVERY 8   /* a full snapshot after this many deltas */
@@ -263,12 +266,20 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
     }
     if (p == s->snap_written) {
         snprintf(msg, len, "ok snapshot of session %llu at position %llu is written; durable "
-                 "once its outputs reach the endpoints\n", ull(s->id), ull(p));
+                 "once synced and its outputs reach the endpoints\n", ull(s->id), ull(p));
         return 0;
     }
     if (p == 0) {
         snprintf(msg, len, "error: session %llu has no event yet\n", ull(s->id));
         return -EAGAIN;
+    }
+    /* A newer snapshot would replace the one waiting for its sync, and be a delta on a file
+     * that never became durable (nor was shipped): the chain stored off the node would have a
+     * hole. The sync is short; ask again after it. */
+    if (s->pend.valid && s->pend.ticket) {
+        snprintf(msg, len, "error: session %llu has a snapshot at position %llu waiting for "
+                 "its sync\n", ull(s->id), ull(s->pend.pos));
+        return -EBUSY;
     }
     int full = s->need_full || !s->snap_written || s->deltas_since_full >= FULL_EVERY;
     s->ctl->snap_base = full ? 0 : s->snap_written;
@@ -321,6 +332,23 @@ void recovery_tick_arm(void)
 static int held_too_much(const struct session *s)
 {
     return S.cfg.max_held_bytes && evstore_bytes(&s->ev) > S.cfg.max_held_bytes / 2;
+}
+
+/* What the session holds asks for a snapshot now, however recent the last one (periodic
+ * snapshots must be on: snapshot_interval_ms = 0 still means "only when asked", apart
+ * from held_too_much's safety valve): snapshot_max_events events after its newest written
+ * snapshot, or snapshot_max_bytes of events held since its last durable one (counted only
+ * when no written snapshot is on its way to durable: that one will let them go). A busy
+ * session is snapshotted by how much it would replay, a quiet one by time. */
+static int held_past_threshold(const struct session *s)
+{
+    uint64_t events = s->next_pos - 1 > s->snap_written ? s->next_pos - 1 - s->snap_written : 0;
+
+    if (!S.cfg.snapshot_interval_ms)
+        return 0;
+    return (S.cfg.snapshot_max_events && events >= S.cfg.snapshot_max_events) ||
+           (S.cfg.snapshot_max_bytes && !s->pend.valid &&
+            evstore_bytes(&s->ev) >= S.cfg.snapshot_max_bytes);
 }
 
 /* The event watchdog: a worker that spends more than max_event_ms on one event (not
@@ -427,13 +455,14 @@ void recovery_on_tick(void)
                             k ? "the child was killed" : "the worker never forked");
             continue;
         }
-        if (s->next_pos - 1 <= s->snap_written && !held_too_much(s))
+        /* Nothing moved since the newest snapshot written (durable, or on its way: synced
+         * and its outputs out): nothing to take, whatever is held. */
+        if (s->next_pos - 1 <= s->snap_written)
             continue;
-        if (!held_too_much(s) && (!S.cfg.snapshot_interval_ms ||
-                                  now - s->snap_requested_ms < S.cfg.snapshot_interval_ms))
+        if (!held_too_much(s) && !held_past_threshold(s) &&
+            (!S.cfg.snapshot_interval_ms ||
+             now - s->snap_requested_ms < S.cfg.snapshot_interval_ms))
             continue;
-        if (s->next_pos - 1 == s->snap_written)
-            continue;   /* written already; waits for its outputs to go out */
         recovery_request_snapshot(s, msg, sizeof(msg));
     }
     hib_tick(now);   /* hibernate.c: idle sessions sleep, waiting wakes retry */
@@ -510,7 +539,8 @@ static int outputs_past(struct session *s, uint64_t pos)
 
 void recovery_outputs_drained(struct session *s)
 {
-    if (s->pend.valid && s->state == S_LIVE && outputs_past(s, s->pend.pos)) {
+    if (s->pend.valid && !s->pend.ticket && s->state == S_LIVE &&
+        outputs_past(s, s->pend.pos)) {
         struct snap_pending p = s->pend;
         s->pend.valid = 0;
         s->pend.standby_pidfd = s->pend.wake_fd = -1;
@@ -518,14 +548,71 @@ void recovery_outputs_drained(struct session *s)
     }
 }
 
-/* A written snapshot: durable now, or once its outputs are out. k: its verified hot
- * standby (with the eventfd that wakes it), or NULL. */
+/* Remove the file of a snapshot that will never be durable, so that nothing builds on it. */
+static void unlink_snapshot(struct session *s, uint64_t pos, uint32_t kind)
+{
+    char path[PATH_MAX], name[64];
+
+    snap_name(name, sizeof(name), pos, kind);
+    snprintf(path, sizeof(path), "%s/%llu/%s", S.cfg.state_dir, ull(s->id), name);
+    if (unlink(path) == -1 && errno != ENOENT)
+        LOG(LOG_WARN, "session=%llu msg=\"unlink of a snapshot that is not durable\" "
+            "path=%s error=\"%s\"", ull(s->id), path, strerror(errno));
+}
+
+/* The chain written since the last durable snapshot is lost: the next snapshot is full
+ * (the page hashes the children moved on describe files that are gone). */
+static void chain_lost(struct session *s)
+{
+    s->need_full = 1;
+    s->snap_written = s->snap_pos;
+}
+
+void recovery_synced(struct session *s, uint64_t ticket, int rc)
+{
+    if (!s->pend.valid || s->pend.ticket != ticket)
+        return;   /* replaced by a newer one (which has its own ticket), or dropped */
+    if (rc == 0) {
+        s->pend.ticket = 0;
+        recovery_outputs_drained(s);
+        return;
+    }
+    /* Not durable, and never will be: its events stay held. A request in flight may be a
+     * delta on top of it: it goes too. */
+    uint64_t pos = s->pend.pos;
+    unlink_snapshot(s, pos, s->pend.kind);
+    drop_pending(s);
+    if (s->snap_inflight) {
+        kill_kid(kid_by_req(s, s->snap_req_id));
+        s->snap_inflight = 0;
+    }
+    chain_lost(s);
+    s->snap_failures++;
+    S.stats.snapshot_failures++;
+    LOG(LOG_ERROR, "session=%llu msg=\"snapshot not durable: the sync of state_dir failed; "
+        "its events stay held, the next snapshot is full\" position=%llu error=\"%s\"",
+        ull(s->id), ull(pos), strerror(-rc));
+}
+
+/* A written snapshot: durable once the sync of its batch is done (snapsync.c) and its
+ * outputs are out. k: its verified hot standby (with the eventfd that wakes it), or NULL. */
 static void snapshot_written(struct session *s, const struct snap_report *r,
                              struct snapchild *k, int wake_fd)
 {
     struct snap_pending p = { .valid = 1, .pos = r->position, .rep = *r,
-                              .standby_pidfd = -1, .wake_fd = -1 };
+                              .standby_pidfd = -1, .wake_fd = -1,
+                              .kind = s->snap_req_full ? SNAP_FULL : SNAP_DELTA };
 
+    p.ticket = snapsync_written(s, r->fork_ns == 0);   /* fork_ns 0: the worker wrote it */
+    if (!p.ticket) {
+        kill_kid(k);
+        close_fd(&wake_fd);
+        unlink_snapshot(s, p.pos, p.kind);
+        drop_pending(s);
+        chain_lost(s);
+        snapshot_failed(s, "position %llu: no memory to track its sync", ull(p.pos));
+        return;
+    }
     if (s->snap_req_full) {   /* what we asked for, not what shared memory says now */
         s->deltas_since_full = 0;
         s->need_full = 0;

@@ -28,6 +28,7 @@ enum op {
     OP_ZYGOTE_RESTART, OP_ZYGOTE_READY,   /* a zygote being restarted (zygote.c) */
     OP_IGNORE,         /* completions of cancels: nothing to do */
     OP_ZYGOTE_REPLY,   /* the zygote answered spawn requests */
+    OP_SNAPSYNC,       /* the snapshot sync thread finished a batch (snapsync.c) */
 };
 #define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
 #define UD_OP(ud)   ((int)((ud) >> 56))
@@ -99,6 +100,8 @@ struct snapchild {
 struct snap_pending {
     int valid;
     uint64_t pos, full;     /* its position and the full its chain starts at */
+    uint64_t ticket;        /* the sync batch that makes its file durable; 0 = synced */
+    uint32_t kind;          /* SNAP_FULL or SNAP_DELTA: its file name */
     int standby_pidfd, wake_fd;
     pid_t standby_pid;
     struct snap_report rep;
@@ -253,6 +256,9 @@ void recovery_on_report(struct session *s, int res);
 void recovery_on_reap(uint32_t slot, int pidfd, int res);
 /* After outputs were taken from the worker's ring: a pending snapshot may become durable. */
 void recovery_outputs_drained(struct session *s);
+/* The sync of batch `ticket` (snapsync.c) ended with rc: the pending snapshot of that
+ * batch is on disk now (rc 0), or failed and is taken away (rc < 0). */
+void recovery_synced(struct session *s, uint64_t ticket, int rc);
 /* A fresh session: no snapshot state, no children (before recovery_setup). */
 void recovery_init(struct session *s);
 int  recovery_request_snapshot(struct session *s, char *msg, size_t len);

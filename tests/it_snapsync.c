@@ -1,0 +1,564 @@
+/* it_snapsync.c - group durability of snapshots (supervisor/snapsync.c) and snapshots taken
+ * by what a session holds.
+ *
+ * A written snapshot file is not durable before the sync of its batch: a worker killed in
+ * between recovers from the previous durable snapshot (or from the start) and loses nothing.
+ * A failed sync is reported and loses nothing either. The sync is held or failed through the
+ * supervisor's test hook (CESSNA_FAULT_SNAPSYNC names a file saying "hold" or "fail").
+ * Every session runs the sequencer app, whose every output carries the counts and a hash of
+ * every event so far; what the client receives must equal, byte for byte, what a session on
+ * the same edge without faults receives for the same messages. A small state is written by
+ * the worker itself, without a fork; a large one and a hot standby still fork. */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cessna_endpoint.h"
+#include "t_helpers.h"
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
+
+    nanosleep(&ts, NULL);
+}
+
+/* The value of `key` in the `cessna-ctl sessions` line of session id (0 if absent). */
+static uint64_t sess_field(const struct t_edge *e, uint64_t id, const char *key)
+{
+    static char out[65536];
+
+    t_ctl(e, "sessions", out, sizeof(out));
+    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
+        if (t_field(line, "id") == id)
+            return t_field(line, key);
+    return 0;
+}
+
+static uint64_t stat_field(const struct t_edge *e, const char *key)
+{
+    char out[4096];
+
+    t_ctl(e, "stats", out, sizeof(out));
+    return t_field(out, key);
+}
+
+static void wait_field_at_least(const struct t_edge *e, uint64_t id, const char *key,
+                                uint64_t want, int timeout_ms)
+{
+    long deadline = t_now_ms() + timeout_ms;
+    uint64_t v;
+
+    while ((v = sess_field(e, id, key)) < want) {
+        cr_assert(t_now_ms() < deadline, "%s=%llu after %d ms, want >= %llu", key,
+                  (unsigned long long)v, timeout_ms, (unsigned long long)want);
+        sleep_ms(10);
+    }
+}
+
+static void ctl_ok(const struct t_edge *e, const char *fmt, uint64_t id)
+{
+    char cmd[96], out[512];
+
+    snprintf(cmd, sizeof(cmd), fmt, (unsigned long long)id);
+    t_ctl(e, cmd, out, sizeof(out));
+    cr_assert(strncmp(out, "ok", 2) == 0, "%s: %s", cmd, out);
+}
+
+static void set_fault(const char *path, const char *word)
+{
+    FILE *f = fopen(path, "w");
+
+    cr_assert(f, "%s: %s", path, strerror(errno));
+    fputs(word, f);
+    fclose(f);
+}
+
+/* Snapshot files (not temp files) in the session's directory. */
+static int count_snapshot_files(const struct t_edge *e, uint64_t id, const char *suffix)
+{
+    char dir[600];
+    struct dirent *d;
+    int n = 0;
+
+    snprintf(dir, sizeof(dir), "%s/state/%llu", e->dir, (unsigned long long)id);
+    DIR *dp = opendir(dir);
+    if (!dp)
+        return 0;
+    while ((d = readdir(dp)))
+        if (strncmp(d->d_name, "snap-", 5) == 0 && !strstr(d->d_name, ".tmp") &&
+            (!suffix || strstr(d->d_name, suffix)))
+            n++;
+    closedir(dp);
+    return n;
+}
+
+/* What the client of a session receives, kept for the comparison. */
+struct transcript {
+    uint8_t *data;
+    size_t len, cap;
+};
+
+static void keep(struct transcript *t, const void *p, size_t n)
+{
+    if (t->len + n + 8 > t->cap) {
+        t->cap = 2 * (t->len + n + 8);
+        t->data = realloc(t->data, t->cap);
+        cr_assert(t->data);
+    }
+    uint64_t n64 = n;
+    memcpy(t->data + t->len, &n64, 8);   /* length, then the bytes: boundaries count too */
+    t->len += 8;
+    memcpy(t->data + t->len, p, n);
+    t->len += n;
+}
+
+/* Messages from..to-1, one round trip each (the sequencer's echo of message i). */
+static void round_trips(struct cessna_ep *ep, struct transcript *t, int from, int to,
+                        size_t len)
+{
+    uint8_t *buf = malloc(len);
+
+    for (int i = from; i < to; i++) {
+        const void *got;
+        t_fill(buf, len, (uint64_t)i + 1);
+        memcpy(buf, &i, sizeof(i));
+        cr_assert_eq(cessna_ep_send(ep, buf, len), 0, "send %d: %s", i, cessna_ep_error(ep));
+        long n = cessna_ep_recv(ep, &got);
+        cr_assert(n > 0, "echo %d: %ld %s", i, n, cessna_ep_error(ep));
+        keep(t, got, (size_t)n);
+    }
+    free(buf);
+}
+
+static void same(const struct transcript *a, const struct transcript *b)
+{
+    cr_assert_eq(a->len, b->len, "transcripts differ in length: %zu against %zu", a->len,
+                 b->len);
+    cr_assert(memcmp(a->data, b->data, a->len) == 0, "transcripts differ");
+}
+
+/* The edge, started with the sync test hook pointing at fault (which says "ok" at first). */
+static void edge_with_hook(struct t_edge *e, struct t_echo_ep *srv, char *fault, size_t len,
+                           const char *extra)
+{
+    const char *tmp = t_tmpdir();
+
+    snprintf(fault, len, "%s/syncfault", tmp);
+    set_fault(fault, "ok");
+    setenv("CESSNA_FAULT_SNAPSYNC", fault, 1);
+    t_echo_ep_start(srv);
+    t_edge_start(e, t_app("sequencer"), srv->addr, extra);
+    unsetenv("CESSNA_FAULT_SNAPSYNC");
+}
+
+/* A snapshot file written while the sync is held is not durable: no snapshot counts, the
+ * events stay held, and a worker killed then comes back from the start (no durable
+ * snapshot yet) or from the previous durable one, losing nothing. Once the sync goes, the
+ * next snapshot is durable and a later kill recovers from it. */
+static void written_not_durable_before_sync(const char *extra)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript ref = { 0 }, got = { 0 };
+    char fault[512];
+
+    edge_with_hook(&e, &srv, fault, sizeof(fault), extra);
+    struct cessna_ep *ep = t_ep_connect(&e), *rp = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    round_trips(rp, &ref, 0, 120, 200);   /* the reference: no fault at all */
+
+    /* A first durable snapshot, after 20 round trips. */
+    round_trips(ep, &got, 0, 20, 200);
+    ctl_ok(&e, "snapshot %llu", id);
+    wait_field_at_least(&e, id, "snapshots", 1, 10000);
+    uint64_t p1 = sess_field(&e, id, "snapshot");
+    cr_assert_gt(p1, 0);
+
+    /* The sync held: a snapshot 20 round trips later is written but stays not durable. */
+    set_fault(fault, "hold");
+    round_trips(ep, &got, 20, 40, 200);
+    ctl_ok(&e, "snapshot %llu", id);
+    long deadline = t_now_ms() + 10000;
+    while (count_snapshot_files(&e, id, NULL) < 2) {
+        cr_assert(t_now_ms() < deadline, "the held snapshot's file was never written");
+        sleep_ms(10);
+    }
+    sleep_ms(300);   /* its outputs are long out: only the sync keeps it from durable */
+    cr_assert_eq(sess_field(&e, id, "snapshots"), 1, "durable before its sync");
+    cr_assert_eq(sess_field(&e, id, "snapshot"), p1, "durable before its sync");
+    cr_assert_eq(sess_field(&e, id, "held_events"), sess_field(&e, id, "ordered") - p1,
+                 "events dropped before the sync");
+    cr_assert_geq(stat_field(&e, "snapshot_sync_waiting"), 1);
+
+    /* Killed now: recovery starts at p1, not at the written one, and loses nothing. */
+    ctl_ok(&e, "kill-worker %llu", id);
+    round_trips(ep, &got, 40, 60, 200);
+    cr_assert_geq(sess_field(&e, id, "recoveries"), 1);
+    cr_assert_eq(sess_field(&e, id, "snapshot"), p1);
+
+    /* The sync goes on: what was written by the dead worker never counts; a new snapshot
+     * does, and a later kill recovers from it. */
+    set_fault(fault, "ok");
+    round_trips(ep, &got, 60, 80, 200);
+    ctl_ok(&e, "snapshot %llu", id);
+    wait_field_at_least(&e, id, "snapshots", 2, 10000);
+    cr_assert_eq(sess_field(&e, id, "snapshot"), sess_field(&e, id, "ordered"));
+    ctl_ok(&e, "kill-worker %llu", id);
+    round_trips(ep, &got, 80, 120, 200);
+    cr_assert_geq(sess_field(&e, id, "recoveries"), 2);
+    same(&ref, &got);
+    cr_assert_geq(stat_field(&e, "snapshot_syncs"), 2);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_close(rp, 5000);
+    cessna_ep_free(ep);
+    cessna_ep_free(rp);
+    t_edge_stop(&e);
+    free(ref.data);
+    free(got.data);
+}
+
+Test(snapsync, written_not_durable_before_sync_cold, .timeout = 90)
+{
+    written_not_durable_before_sync("standby = cold\nsnapshot_interval_ms = 0\n");
+}
+
+Test(snapsync, written_not_durable_before_sync_hot, .timeout = 90)
+{
+    written_not_durable_before_sync("standby = hot\nsnapshot_interval_ms = 0\n");
+}
+
+/* A failed sync: the snapshot is counted as failed (session and node), named in the log,
+ * its file removed, its events kept; a kill then loses nothing; the next snapshot after
+ * the disk is back is a full one and durable. */
+static void failed_sync_loses_nothing(const char *extra)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript ref = { 0 }, got = { 0 };
+    char fault[512], log[4096] = "";
+
+    edge_with_hook(&e, &srv, fault, sizeof(fault), extra);
+    struct cessna_ep *ep = t_ep_connect(&e), *rp = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    round_trips(rp, &ref, 0, 100, 300);
+
+    round_trips(ep, &got, 0, 20, 300);
+    ctl_ok(&e, "snapshot %llu", id);
+    wait_field_at_least(&e, id, "snapshots", 1, 10000);
+    uint64_t p1 = sess_field(&e, id, "snapshot");
+
+    set_fault(fault, "fail");
+    round_trips(ep, &got, 20, 40, 300);
+    ctl_ok(&e, "snapshot %llu", id);
+    wait_field_at_least(&e, id, "snapshot_failures", 1, 10000);
+    cr_assert_eq(sess_field(&e, id, "snapshots"), 1);
+    cr_assert_eq(sess_field(&e, id, "snapshot"), p1);
+    cr_assert_eq(sess_field(&e, id, "held_events"), sess_field(&e, id, "ordered") - p1);
+    cr_assert_geq(stat_field(&e, "snapshot_sync_failures"), 1);
+    cr_assert_eq(count_snapshot_files(&e, id, NULL), 1, "the unsynced file was not removed");
+    FILE *f = fopen(e.sup.log, "r");
+    cr_assert(f);
+    int named = 0;
+    while (fgets(log, sizeof(log), f))
+        named |= strstr(log, "snapshot sync failed") != NULL;
+    fclose(f);
+    cr_assert(named, "the failed sync is not in the supervisor's log");
+
+    ctl_ok(&e, "kill-worker %llu", id);
+    round_trips(ep, &got, 40, 60, 300);
+    cr_assert_eq(sess_field(&e, id, "snapshot"), p1);
+
+    set_fault(fault, "ok");
+    ctl_ok(&e, "snapshot %llu", id);
+    wait_field_at_least(&e, id, "snapshots", 2, 10000);
+    cr_assert_eq(sess_field(&e, id, "snapshot"), sess_field(&e, id, "ordered"));
+    cr_assert_eq(count_snapshot_files(&e, id, ".full"), 1, "the snapshot after a failed "
+                 "sync must be full (older chains are pruned once it is durable)");
+    ctl_ok(&e, "kill-worker %llu", id);
+    round_trips(ep, &got, 60, 100, 300);
+    same(&ref, &got);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_close(rp, 5000);
+    cessna_ep_free(ep);
+    cessna_ep_free(rp);
+    t_edge_stop(&e);
+    free(ref.data);
+    free(got.data);
+}
+
+Test(snapsync, failed_sync_is_reported_and_loses_nothing_cold, .timeout = 90)
+{
+    failed_sync_loses_nothing("standby = cold\nsnapshot_interval_ms = 0\n");
+}
+
+Test(snapsync, failed_sync_is_reported_and_loses_nothing_hot, .timeout = 90)
+{
+    failed_sync_loses_nothing("standby = hot\nsnapshot_interval_ms = 0\n");
+}
+
+/* Periodic snapshots keep going through a sync that fails for a while: no snapshot is
+ * durable meanwhile, the events stay held, random kills lose nothing, and snapshots are
+ * durable again once the sync works. */
+Test(snapsync, periodic_snapshots_through_failing_syncs, .timeout = 120)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript ref = { 0 }, got = { 0 };
+    char fault[512];
+
+    edge_with_hook(&e, &srv, fault, sizeof(fault), "snapshot_interval_ms = 20\n");
+    set_fault(fault, "fail");
+    struct cessna_ep *ep = t_ep_connect(&e), *rp = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    round_trips(rp, &ref, 0, 400, 100);
+    for (int i = 0; i < 200; i += 20) {
+        round_trips(ep, &got, i, i + 20, 100);
+        if (i % 60 == 20)
+            ctl_ok(&e, "kill-worker %llu", id);
+    }
+    cr_assert_geq(sess_field(&e, id, "snapshot_failures"), 1);
+    cr_assert_eq(sess_field(&e, id, "snapshots"), 0);
+    cr_assert_eq(sess_field(&e, id, "held_events"), sess_field(&e, id, "ordered"));
+    set_fault(fault, "ok");
+    for (int i = 200; i < 400; i += 20) {
+        round_trips(ep, &got, i, i + 20, 100);
+        if (i % 60 == 20)
+            ctl_ok(&e, "kill-worker %llu", id);
+    }
+    wait_field_at_least(&e, id, "snapshots", 1, 10000);
+    same(&ref, &got);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_close(rp, 5000);
+    cessna_ep_free(ep);
+    cessna_ep_free(rp);
+    t_edge_stop(&e);
+    free(ref.data);
+    free(got.data);
+}
+
+/* A real full disk: state_dir on a small tmpfs. Snapshots fail (ENOSPC) and are reported,
+ * the session goes on and loses nothing across a kill; once there is room they are durable
+ * again. Needs root for the mount (skipped otherwise). */
+Test(snapsync, full_disk_reported_and_loses_nothing, .timeout = 90)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript ref = { 0 }, got = { 0 };
+    char state[600], filler[700], extra[900];
+
+    if (geteuid() != 0)
+        cr_skip_test("mounting a tmpfs needs root");
+    const char *tmp = t_tmpdir();
+    snprintf(state, sizeof(state), "%s/small", tmp);
+    cr_assert_eq(mkdir(state, 0755), 0);
+    if (mount("cessna-test", state, "tmpfs", 0, "size=2m") == -1)
+        cr_skip_test("mount tmpfs: %s", strerror(errno));
+    t_echo_ep_start(&srv);
+    /* t_edge_start's config with state_dir on the small disk. */
+    snprintf(e.dir, sizeof(e.dir), "%s", tmp);
+    snprintf(e.control, sizeof(e.control), "%s/control.sock", tmp);
+    snprintf(extra, sizeof(extra), "%s/edge.ini", tmp);
+    FILE *f = fopen(extra, "w");
+    cr_assert(f);
+    fprintf(f, "[edge]\nlisten = 127.0.0.1:0\nserver = %s\napp = %s\nstate_dir = %s\n"
+            "control = %s\nsnapshot_interval_ms = 0\n", srv.addr, t_app("sequencer"), state,
+            e.control);
+    fclose(f);
+    char *argv[] = { (char *)t_bin("cessna-supervisor"), "-c", extra, NULL };
+    t_start(&e.sup, e.dir, "supervisor", argv);
+    struct cessna_ep *ep = t_ep_connect(&e), *rp = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    round_trips(rp, &ref, 0, 60, 300);
+    round_trips(ep, &got, 0, 20, 300);
+
+    /* Fill the disk. */
+    snprintf(filler, sizeof(filler), "%s/filler", state);
+    int fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    cr_assert(fd >= 0);
+    static char block[65536];
+    while (write(fd, block, sizeof(block)) > 0)
+        ;
+    fsync(fd);
+    close(fd);
+    ctl_ok(&e, "snapshot %llu", id);
+    wait_field_at_least(&e, id, "snapshot_failures", 1, 10000);
+    cr_assert_eq(sess_field(&e, id, "snapshots"), 0);
+    ctl_ok(&e, "kill-worker %llu", id);
+    round_trips(ep, &got, 20, 40, 300);
+
+    unlink(filler);
+    ctl_ok(&e, "snapshot %llu", id);
+    wait_field_at_least(&e, id, "snapshots", 1, 10000);
+    ctl_ok(&e, "kill-worker %llu", id);
+    round_trips(ep, &got, 40, 60, 300);
+    same(&ref, &got);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_close(rp, 5000);
+    cessna_ep_free(ep);
+    cessna_ep_free(rp);
+    t_edge_stop(&e);
+    umount2(state, MNT_DETACH);
+    free(ref.data);
+    free(got.data);
+}
+
+/* Held events ask for a snapshot without time: the interval is a day, yet every 50 events
+ * a session is snapshotted (and recovers from the newest one, losing nothing). */
+Test(snapsync, held_events_threshold_snapshots_without_time, .timeout = 60)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript ref = { 0 }, got = { 0 };
+    char fault[512];
+
+    edge_with_hook(&e, &srv, fault, sizeof(fault),
+                   "snapshot_interval_ms = 86400000\nsnapshot_max_events = 50\n"
+                   "snapshot_max_bytes = 0\n");
+    struct cessna_ep *ep = t_ep_connect(&e), *rp = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    round_trips(rp, &ref, 0, 200, 64);
+    for (int i = 0; i < 100; i += 20) {   /* 40 events a step, the 50 ms tick between */
+        round_trips(ep, &got, i, i + 20, 64);
+        sleep_ms(120);
+    }
+    wait_field_at_least(&e, id, "snapshots", 2, 5000);
+    cr_assert_leq(sess_field(&e, id, "held_events"), 90);
+    ctl_ok(&e, "kill-worker %llu", id);
+    round_trips(ep, &got, 100, 200, 64);
+    same(&ref, &got);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_close(rp, 5000);
+    cessna_ep_free(ep);
+    cessna_ep_free(rp);
+    t_edge_stop(&e);
+    free(ref.data);
+    free(got.data);
+}
+
+/* The same by bytes: 64 KiB of held events ask for a snapshot, a few small ones do not. */
+Test(snapsync, held_bytes_threshold_snapshots_without_time, .timeout = 60)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript t = { 0 };
+    char fault[512];
+
+    edge_with_hook(&e, &srv, fault, sizeof(fault),
+                   "snapshot_interval_ms = 86400000\nsnapshot_max_events = 0\n"
+                   "snapshot_max_bytes = 65536\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    round_trips(ep, &t, 0, 10, 64);
+    sleep_ms(300);
+    cr_assert_eq(sess_field(&e, id, "snapshots"), 0, "a snapshot below every threshold");
+    round_trips(ep, &t, 10, 20, 8192);   /* 160 KiB and more held */
+    wait_field_at_least(&e, id, "snapshots", 1, 5000);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+    free(t.data);
+}
+
+/* A session that has not moved since its snapshot gets no other, however short the
+ * interval. */
+Test(snapsync, no_snapshot_of_a_session_that_has_not_moved, .timeout = 60)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript t = { 0 };
+    char fault[512];
+
+    edge_with_hook(&e, &srv, fault, sizeof(fault), "snapshot_interval_ms = 20\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    round_trips(ep, &t, 0, 10, 64);
+    wait_field_at_least(&e, id, "snapshots", 1, 5000);
+    long deadline = t_now_ms() + 5000;
+    while (sess_field(&e, id, "held_events") != 0) {
+        cr_assert(t_now_ms() < deadline, "events still held");
+        sleep_ms(10);
+    }
+    uint64_t snaps = sess_field(&e, id, "snapshots");
+    sleep_ms(500);
+    cr_assert_eq(sess_field(&e, id, "snapshots"), snaps, "snapshots of a session that "
+                 "did not move");
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+    free(t.data);
+}
+
+/* A small state is written by the worker itself, without a fork (cold standby only): the
+ * snapshots count as such, and kills recover from them losing nothing. A large state (1 MiB
+ * of ballast) and a hot standby still fork. */
+Test(snapsync, small_state_written_without_fork, .timeout = 90)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript ref = { 0 }, got = { 0 };
+    char fault[512];
+
+    edge_with_hook(&e, &srv, fault, sizeof(fault), "standby = cold\nsnapshot_interval_ms = 20\n");
+    struct cessna_ep *ep = t_ep_connect(&e), *rp = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    round_trips(rp, &ref, 0, 300, 100);
+    for (int i = 0; i < 300; i += 30) {
+        round_trips(ep, &got, i, i + 30, 100);
+        sleep_ms(60);
+        if (i % 90 == 30)
+            ctl_ok(&e, "kill-worker %llu", id);
+    }
+    same(&ref, &got);
+    cr_assert_geq(sess_field(&e, id, "snapshots"), 2);
+    cr_assert_geq(sess_field(&e, id, "recoveries"), 3);
+    uint64_t inl = stat_field(&e, "snapshots_without_fork");
+    cr_assert_geq(inl, stat_field(&e, "snapshots") / 2, "small states still fork: %llu",
+                  (unsigned long long)inl);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_close(rp, 5000);
+    cessna_ep_free(ep);
+    cessna_ep_free(rp);
+    t_edge_stop(&e);
+    free(ref.data);
+    free(got.data);
+}
+
+static void forks_for(const char *extra, const char *app, const char *first)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    const void *got;
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app(app), srv.addr, extra);
+    struct cessna_ep *ep = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    cr_assert_eq(cessna_ep_send(ep, first, strlen(first)), 0);
+    cr_assert(cessna_ep_recv(ep, &got) > 0, "%s", cessna_ep_error(ep));
+    ctl_ok(&e, "snapshot %llu", id);
+    wait_field_at_least(&e, id, "snapshots", 1, 10000);
+    cr_assert_eq(stat_field(&e, "snapshots_without_fork"), 0);
+    cr_assert_gt(sess_field(&e, id, "fork_us"), 0);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+}
+
+Test(snapsync, large_state_forks, .timeout = 60)
+{
+    forks_for("standby = cold\nsnapshot_interval_ms = 0\n", "ballast", "BALLAST 1048576");
+}
+
+Test(snapsync, hot_standby_forks, .timeout = 60)
+{
+    forks_for("standby = hot\nsnapshot_interval_ms = 0\n", "sequencer", "hello");
+}
