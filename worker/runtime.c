@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -658,6 +659,11 @@ void rt_run(const struct rt_session *s)
     char err[256];
 
     log_init("cessna-worker");
+    /* libc's heap serves the worker outside events (a snapshot written without a fork):
+     * buffers of 32 KiB and more are mappings of their own, unmapped when freed, so an idle
+     * worker keeps none of them resident (a fixed threshold also stops glibc from raising
+     * it after the first free and serving them from the heap from then on). */
+    mallopt(M_MMAP_THRESHOLD, 32 * 1024);
     if (base == MAP_FAILED) {
         LOG(LOG_ERROR, "session=%llu msg=\"cannot map session memory\" error=\"%s\"",
             (unsigned long long)s->session_id, strerror(errno));
