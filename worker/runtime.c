@@ -664,6 +664,10 @@ void rt_run(const struct rt_session *s)
      * worker keeps none of them resident (a fixed threshold also stops glibc from raising
      * it after the first free and serving them from the heap from then on). */
     mallopt(M_MMAP_THRESHOLD, 32 * 1024);
+    /* The first call into libc's allocator initializes it, which asks getrandom() for a key:
+     * do it now, before the sandbox refuses that (under ASan, whose malloc replaces libc's,
+     * the first call would otherwise be the malloc_trim after a snapshot written inline). */
+    malloc_trim(0);
     if (base == MAP_FAILED) {
         LOG(LOG_ERROR, "session=%llu msg=\"cannot map session memory\" error=\"%s\"",
             (unsigned long long)s->session_id, strerror(errno));
