@@ -5,16 +5,32 @@
 #   demo_client -TCP- cessna-client-proxy =CESSNA= cessna-supervisor (compress.so) =CESSNA= cessna-server-proxy -TCP- zlib_server
 #
 # The client sends plain text; the edge deflates it toward the server; the server inflates,
-# echoes and deflates its answer; the edge inflates that for the client.
+# echoes and deflates its answer; the edge inflates that for the client. Then a second
+# client sends slowly while the demo kills its session's worker with SIGKILL: the client
+# sees a stall and the same bytes. Everything started here is stopped on exit.
 set -euo pipefail
 BUILD=${1:-build}
 BUILD=$(cd "$BUILD" && pwd)
 BYTES=${DEMO_BYTES:-4194304}
 work=$(mktemp -d /tmp/cessna-demo.XXXXXX)
-pids=()
+
+# Stop what we started (the pid files: start() runs in a subshell, so a shell array would
+# not see its pids), wait until each is gone, and only then remove the directory.
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    local pid
+    for f in "$work"/*.pid; do
+        [ -e "$f" ] || continue
+        kill "$(cat "$f")" 2>/dev/null || true
+    done
+    for f in "$work"/*.pid; do
+        [ -e "$f" ] || continue
+        pid=$(cat "$f")
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -23,7 +39,7 @@ trap cleanup EXIT
 start() {
     local name=$1; shift
     "$@" >"$work/$name.out" 2>"$work/$name.log" &
-    pids+=($!)
+    echo $! >"$work/$name.pid"
     for _ in $(seq 100); do
         if grep -q '^ready listen=' "$work/$name.out" 2>/dev/null; then
             sed -n 's/^ready listen=//p' "$work/$name.out" | head -1
@@ -36,6 +52,8 @@ start() {
     exit 1
 }
 
+ctl() { "$BUILD/bin/cessna-ctl" --socket "$work/control.sock" "$@"; }
+
 server=$(start zlib_server "$BUILD/tools/zlib_server" --listen 127.0.0.1:0)
 sproxy=$(start server_proxy "$BUILD/bin/cessna-server-proxy" --listen 127.0.0.1:0 --target "$server")
 cat >"$work/edge.ini" <<INI
@@ -45,6 +63,7 @@ server = $sproxy
 app = $BUILD/apps/compress.so
 state_dir = $work/state
 control = $work/control.sock
+snapshot_interval_ms = 200
 INI
 edge=$(start supervisor "$BUILD/bin/cessna-supervisor" -c "$work/edge.ini")
 cproxy=$(start client_proxy "$BUILD/bin/cessna-client-proxy" --listen 127.0.0.1:0 --edge "$edge")
@@ -54,12 +73,9 @@ echo "server proxy     $sproxy"
 echo "edge (compress)  $edge"
 echo "client proxy     $cproxy"
 echo
-echo "client: sending $BYTES bytes of text through the edge and reading the echo..."
+echo "1. client: sending $BYTES bytes of text through the edge and reading the echo..."
 "$BUILD/tools/demo_client" --connect "$cproxy" --bytes "$BYTES"
 sleep 0.3
-echo
-echo "edge sessions while it ran:"
-"$BUILD/bin/cessna-ctl" --socket "$work/control.sock" stats
 line=$(grep '^conn ' "$work/zlib_server.out" | tail -1 || true)
 if [ -z "$line" ]; then
     echo "demo: the server reported no finished connection" >&2
@@ -69,3 +85,33 @@ echo "server: $line"
 plain=$(sed -n 's/.* plain=\([0-9]*\).*/\1/p' <<<"$line")
 comp=$(sed -n 's/.*compressed_in=\([0-9]*\).*/\1/p' <<<"$line")
 awk -v p="$plain" -v c="$comp" 'BEGIN { printf "compression ratio on the edge-server link: %.1fx (%d plain bytes became %d)\n", p / c, p, c }'
+
+echo
+echo "2. a slow client (1 MiB in 4 KiB pieces, 8 ms apart); its worker is killed with SIGKILL after 1 s..."
+"$BUILD/tools/demo_client" --connect "$cproxy" --bytes 1048576 --pace-ms 8 >"$work/slow.out" 2>&1 &
+slow=$!
+sleep 1
+id=$(ctl sessions | sed -n 's/^id=\([0-9]*\) .*state=live.*/\1/p' | head -1)
+if [ -z "$id" ]; then
+    echo "demo: no live session to kill" >&2
+    exit 1
+fi
+echo "edge:   $(ctl kill-worker "$id")"
+sleep 0.3
+echo "edge:   session $id after the kill: $(ctl sessions | grep "^id=$id " | grep -o 'recoveries=[0-9]*\|recovery=[a-z]*\|recovery_us=[0-9]*' | tr '\n' ' ')"
+rc=0
+wait "$slow" || rc=$?
+echo "client: $(cat "$work/slow.out")"
+[ "$rc" -eq 0 ] || { echo "demo: the slow client did not get its bytes back" >&2; exit 1; }
+
+echo
+echo "edge node counters:"
+ctl stats
+cat <<EOF
+
+Try next, with the edge from this demo's pattern (README "Running an edge"):
+  cessna-ctl --socket STATE_DIR/control.sock sessions        one line per session
+  cessna-ctl --socket STATE_DIR/control.sock kill-worker ID  kill a worker: the client stalls, nothing is lost
+  kill -9 the supervisor with two edges in --edge            the client proxy resumes at the other one
+  standby = hot in the config                                takeover in well under a millisecond
+EOF

@@ -1,9 +1,9 @@
 /* demo_client - sends compressible text over plain TCP and checks the echo.
  *
- *   demo_client --connect HOST:PORT [--bytes N] [--chunk N] [--timeout-ms N]
+ *   demo_client --connect HOST:PORT [--bytes N] [--chunk N] [--pace-ms N] [--timeout-ms N]
  *
  * Generates N bytes (default 1 MiB) of deterministic JSON-like log lines, sends them in
- * chunks (default 4 KiB) from a second thread while the main thread reads the echo, so
+ * chunks (default 4 KiB, --pace-ms apart: default 0) from a second thread while the main thread reads the echo, so
  * neither side can deadlock on full socket buffers. Once N bytes came back (or the peer
  * closed, or nothing arrived for --timeout-ms, default 30 s) it compares byte for byte,
  * prints "sent=N received=M match=yes|no" and exits 0 only on a match.
@@ -24,6 +24,7 @@ struct sender {
     int fd;
     const char *data;
     size_t len, chunk, sent;
+    long pace_ms;           /* pause between chunks (the demo kills a worker meanwhile) */
     int err;
 };
 
@@ -61,13 +62,16 @@ static void *send_thread(void *arg)
             break;
         }
         s->sent += (size_t)w;
+        if (s->pace_ms > 0)
+            usleep((useconds_t)s->pace_ms * 1000);
     }
     return NULL;
 }
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: demo_client --connect HOST:PORT [--bytes N] [--chunk N] [--timeout-ms N]\n");
+    fprintf(stderr, "usage: demo_client --connect HOST:PORT [--bytes N] [--chunk N] [--pace-ms N] "
+                    "[--timeout-ms N]\n");
     exit(2);
 }
 
@@ -75,7 +79,7 @@ int main(int argc, char **argv)
 {
     const char *connect_to = NULL;
     size_t nbytes = 1024 * 1024, chunk = 4096;
-    long timeout_ms = 30000;
+    long timeout_ms = 30000, pace_ms = 0;
     char err[256];
 
     for (int i = 1; i < argc; i++) {
@@ -85,6 +89,8 @@ int main(int argc, char **argv)
             nbytes = strtoull(argv[++i], NULL, 0);
         else if (strcmp(argv[i], "--chunk") == 0 && i + 1 < argc)
             chunk = strtoull(argv[++i], NULL, 0);
+        else if (strcmp(argv[i], "--pace-ms") == 0 && i + 1 < argc)
+            pace_ms = strtol(argv[++i], NULL, 0);
         else if (strcmp(argv[i], "--timeout-ms") == 0 && i + 1 < argc)
             timeout_ms = strtol(argv[++i], NULL, 0);
         else
@@ -107,7 +113,8 @@ int main(int argc, char **argv)
     struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 
-    struct sender s = { .fd = fd, .data = data, .len = nbytes, .chunk = chunk };
+    struct sender s = { .fd = fd, .data = data, .len = nbytes, .chunk = chunk,
+                         .pace_ms = pace_ms };
     pthread_t th;
     if (pthread_create(&th, NULL, send_thread, &s) != 0) {
         fprintf(stderr, "demo_client: error msg=\"pthread_create failed\"\n");
