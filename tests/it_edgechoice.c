@@ -331,3 +331,58 @@ Test(edgechoice, control_timeout_ms_closes_a_silent_control_connection)
     cr_expect_eq(t_field(out, "ctl_timeouts"), 1, "%s", out);
     t_edge_stop(&e);
 }
+
+/* cessna_ep_connect_opts with a list: the time it took to open a session and echo once. */
+static long native_round_trip_ms(const char *edges, const struct cessna_ep_options *o)
+{
+    char err[256];
+    const void *data;
+    long t0 = t_now_ms();
+    struct cessna_ep *ep = cessna_ep_connect_opts(edges, o, err, sizeof(err));
+
+    cr_assert(ep, "a session through %s: %s", edges, err);
+    cr_assert_eq(cessna_ep_send(ep, "native", 6), 0);
+    cr_assert_eq(cessna_ep_recv(ep, &data), 6, "%s", cessna_ep_error(ep));
+    long took = t_now_ms() - t0;
+    cessna_ep_close(ep, 2000);
+    cessna_ep_free(ep);
+    return took;
+}
+
+Test(edgechoice, native_client_skips_a_failed_edge_and_times_out_its_connect)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char dead[64], full[64], edges[240];
+    struct cessna_ep_options o = { .handshake_timeout_ms = 300, .edge_retry_ms = 2000 };
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
+    int lfd = dead_listener(64, dead, sizeof(dead));
+    int ffd = dead_listener(0, full, sizeof(full));
+    int filler = t_connect(full);   /* its one place taken: connects to it hang */
+
+    /* An edge whose connect hangs, one that never answers HELLO, a working one. */
+    snprintf(edges, sizeof(edges), "%s,%s,%s", full, dead, e.sup.addr);
+    long first = native_round_trip_ms(edges, &o);
+    cr_expect_geq(first, 560, "both bad edges were waited for, 300 ms each (%ld ms)", first);
+    cr_expect_lt(first, 2000, "and no longer (%ld ms)", first);
+    cr_expect_eq(arrivals(lfd), 1);
+    for (int i = 0; i < 5; i++) {
+        long took = native_round_trip_ms(edges, &o);
+        cr_expect_lt(took, 150, "session %d went straight to the working edge (%ld ms)", i, took);
+    }
+    cr_expect_eq(arrivals(lfd), 1, "the silent edge was skipped");
+
+    /* edge_retry_ms = -1: nothing is skipped, every session pays for both again. */
+    struct cessna_ep_options never = { .handshake_timeout_ms = 300, .edge_retry_ms = -1 };
+    long took = native_round_trip_ms(edges, &never);
+    cr_expect_geq(took, 560, "without skipping, the bad edges are waited for (%ld ms)", took);
+    cr_expect_eq(arrivals(lfd), 2);
+
+    t_edge_stop(&e);
+    release_held();
+    close(filler);
+    close(ffd);
+    close(lfd);
+}
