@@ -113,11 +113,12 @@ Test(edgechoice, dead_edge_costs_one_timeout_then_is_skipped_until_the_retry_int
     cr_expect_lt(first, 1500, "and only for its 300 ms timeout (%ld ms)", first);
     cr_assert_eq(arrivals(lfd), 1, "the dead edge was tried once");
 
-    /* The next ones go straight to the working edge. */
+    /* The next ones go straight to the working edge (a way through the dead one costs at
+     * least its 300 ms timeout; the arrivals at it are counted too). */
     long t_start_ms = t_now_ms();
     for (int i = 1; i <= 8; i++) {
         long took = round_trip_ms(cp.addr, i);
-        cr_expect_lt(took, 150, "connection %d skipped the dead edge (%ld ms)", i, took);
+        cr_expect_lt(took, 200, "connection %d skipped the dead edge (%ld ms)", i, took);
     }
     cr_assert_lt(t_now_ms() - t_start_ms, 1800, "the 8 connections ran inside the interval");
     cr_expect_eq(arrivals(lfd), 1, "no connection reached the dead edge meanwhile");
@@ -128,7 +129,7 @@ Test(edgechoice, dead_edge_costs_one_timeout_then_is_skipped_until_the_retry_int
     cr_expect_geq(again, 280, "after the interval the dead edge was tried (%ld ms)", again);
     cr_expect_eq(arrivals(lfd), 2, "a second connection reached the dead edge");
     long after = round_trip_ms(cp.addr, 10);
-    cr_expect_lt(after, 150, "and then skipped again (%ld ms)", after);
+    cr_expect_lt(after, 200, "and then skipped again (%ld ms)", after);
     cr_expect_eq(arrivals(lfd), 2);
 
     t_stop(&cp);
@@ -198,7 +199,7 @@ Test(edgechoice, connect_timeout_is_separate_from_the_handshake_timeout)
     cr_expect_geq(first, 280, "the connect to the full listener was waited for (%ld ms)", first);
     cr_expect_lt(first, 2000, "for --connect-timeout-ms, not the 5 s handshake (%ld ms)", first);
     long next = round_trip_ms(cp.addr, 1);
-    cr_expect_lt(next, 150, "then that edge is skipped (%ld ms)", next);
+    cr_expect_lt(next, 200, "then that edge is skipped (%ld ms)", next);
 
     t_stop(&cp);
     t_edge_stop(&e);
@@ -370,7 +371,7 @@ Test(edgechoice, native_client_skips_a_failed_edge_and_times_out_its_connect)
     cr_expect_eq(arrivals(lfd), 1);
     for (int i = 0; i < 5; i++) {
         long took = native_round_trip_ms(edges, &o);
-        cr_expect_lt(took, 150, "session %d went straight to the working edge (%ld ms)", i, took);
+        cr_expect_lt(took, 200, "session %d went straight to the working edge (%ld ms)", i, took);
     }
     cr_expect_eq(arrivals(lfd), 1, "the silent edge was skipped");
 
