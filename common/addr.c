@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "addr.h"
@@ -110,19 +111,35 @@ int addr_listen(const char *s, char *err, size_t errlen)
 
 int addr_connect(const char *s, char *err, size_t errlen)
 {
+    return addr_connect_within(s, 0, err, errlen);
+}
+
+int addr_connect_within(const char *s, int timeout_ms, char *err, size_t errlen)
+{
     struct sockaddr_storage ss;
+    struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 }, none = { 0, 0 };
     socklen_t len;
     int fd, one = 1, rc;
 
     fd = tcp_socket(s, &ss, &len, err, errlen);
     if (fd < 0)
         return fd;
+    /* A blocking connect gives up after SO_SNDTIMEO (with EINPROGRESS). */
+    if (timeout_ms > 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     if (connect(fd, (struct sockaddr *)&ss, len) == -1) {
-        rc = -errno;
-        snprintf(err, errlen, "connect to %s: %s", s, strerror(errno));
+        if (errno == EINPROGRESS || errno == EAGAIN) {
+            rc = -ETIMEDOUT;
+            snprintf(err, errlen, "connect to %s: no answer within %d ms", s, timeout_ms);
+        } else {
+            rc = -errno;
+            snprintf(err, errlen, "connect to %s: %s", s, strerror(errno));
+        }
         close(fd);
         return rc;
     }
+    if (timeout_ms > 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof(none));
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     return fd;
 }

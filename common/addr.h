@@ -17,6 +17,8 @@ int addr_listen(const char *s, char *err, size_t errlen);
 
 /* A connected TCP socket (blocking, TCP_NODELAY) to s, or -errno with a reason in err. */
 int addr_connect(const char *s, char *err, size_t errlen);
+/* The same, giving up after timeout_ms (-ETIMEDOUT; 0: the kernel's own limit). */
+int addr_connect_within(const char *s, int timeout_ms, char *err, size_t errlen);
 
 /* The port a bound socket listens on, or -1. */
 int addr_local_port(int fd);

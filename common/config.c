@@ -58,6 +58,11 @@ static const struct key keys[] = {
     { "hello_timeout_ms", K_U32, offsetof(struct config, hello_timeout_ms), 0, 0, 3600000, 0 },
     { "connect_timeout_ms", K_U32, offsetof(struct config, connect_timeout_ms), 0, 0, 3600000, 0 },
     { "idle_timeout_ms", K_U32, offsetof(struct config, idle_timeout_ms), 0, 0, 604800000, 0 },
+    { "close_wait_ms", K_U32, offsetof(struct config, close_wait_ms), 0, 1, 3600000, 0 },
+    { "control_timeout_ms", K_U32, offsetof(struct config, control_timeout_ms), 0, 1, 3600000, 0 },
+    { "zygote_ready_timeout_ms", K_U32, offsetof(struct config, zygote_ready_timeout_ms), 0, 1, 3600000, 0 },
+    { "zygote_answer_timeout_ms", K_U32, offsetof(struct config, zygote_answer_timeout_ms), 0, 1, 3600000, 0 },
+    { "zygote_backoff_max_ms", K_U32, offsetof(struct config, zygote_backoff_max_ms), 0, 100, 3600000, 0 },
     { "hibernate_after_ms", K_U64, offsetof(struct config, hibernate_after_ms), 0, 0, 604800000, 0 },
     { "failed_sessions_keep", K_U32, offsetof(struct config, failed_sessions_keep), 0, 0, 1000000, 0 },
     STR(worker_user, K_STRING, 0),
@@ -91,6 +96,11 @@ void config_defaults(struct config *c)
     c->hello_timeout_ms = 5000;
     c->connect_timeout_ms = 5000;
     c->idle_timeout_ms = 0;
+    c->close_wait_ms = 3000;
+    c->control_timeout_ms = 1000;
+    c->zygote_ready_timeout_ms = 10000;
+    c->zygote_answer_timeout_ms = 5000;
+    c->zygote_backoff_max_ms = 10000;
     c->hibernate_after_ms = 30000;
     c->failed_sessions_keep = 100;
     snprintf(c->worker_user, sizeof(c->worker_user), "nobody");

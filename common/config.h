@@ -34,6 +34,14 @@ struct config {
     uint32_t hello_timeout_ms;     /* a connection without HELLO is closed (default 5000, 0 = off) */
     uint32_t connect_timeout_ms;   /* server endpoint connect + WELCOME (default 5000, 0 = off) */
     uint32_t idle_timeout_ms;      /* a live session with no event is ended (default 0 = off) */
+    uint32_t close_wait_ms;        /* an ended session's peers that keep their connections
+                                    * open this long are shut down (default 3000) */
+    uint32_t control_timeout_ms;   /* a control connection must be done by then (default 1000) */
+    uint32_t zygote_ready_timeout_ms;  /* a starting zygote reports ready by then (10000) */
+    uint32_t zygote_answer_timeout_ms; /* a spawn request unanswered this long: the zygote is
+                                        * killed and restarted (default 5000) */
+    uint32_t zygote_backoff_max_ms;    /* a zygote that keeps dying is restarted after 100 ms,
+                                        * doubling up to this (default 10000) */
     uint64_t hibernate_after_ms;   /* a live session with no event for this long gives up its
                                     * worker until its next event (default 30000, 0 = off) */
     uint32_t failed_sessions_keep; /* directories of failed sessions kept (default 100) */

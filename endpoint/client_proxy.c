@@ -10,8 +10,16 @@
  * --heartbeat-ms, or the edge says MOVE) the client's connection stays open and the session
  * resumes at the next edges of the list (docs/protocol.md, "Losing the edge"): RESUME, the
  * kept order and messages, RESUME_END; then WELCOME with a higher epoch. Full passes over the
- * list back off from RESUME_BACKOFF_MIN_MS to RESUME_BACKOFF_MAX_MS; after
- * --resume-timeout-ms the client is reset. */
+ * list back off from RESUME_BACKOFF_MIN_MS to --resume-backoff-max-ms; after
+ * --resume-timeout-ms the client is reset.
+ *
+ * Choosing an edge: an edge that failed (connect refused or timed out, no WELCOME, ERROR
+ * UNAVAILABLE or INCOMPATIBLE, lost while holding a session) is remembered for
+ * --edge-retry-ms and skipped while an edge of the list that has not failed is left to try;
+ * when every edge left failed recently they are tried anyway, in list order, rather than
+ * refusing the client. So a dead edge that accepts and never answers costs one handshake
+ * timeout per retry interval, not one per connection. An edge that answers WELCOME is
+ * forgotten as failed at once. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdint.h>
@@ -25,14 +33,15 @@
 #include "log.h"
 #include "ploop.h"
 
-#define EDGES_MAX 64
+#define EDGES_MAX 64           /* psess.tried is a bit mask of them */
 #define RESUME_BACKOFF_MIN_MS 50
-#define RESUME_BACKOFF_MAX_MS 1000
 
-enum { OPT_HEARTBEAT = 256, OPT_RESUME_TIMEOUT };
+enum { OPT_HEARTBEAT = 256, OPT_RESUME_TIMEOUT, OPT_EDGE_RETRY, OPT_BACKOFF_MAX };
 
 static const char *opt_edges;
 static size_t opt_max_msg = 1u << 20;
+static int opt_edge_retry_ms = 10000;   /* 0: never skip an edge */
+static int opt_backoff_max_ms = 1000;
 
 /* The --edge list, resolved once at start (a name that does not resolve then is tried
  * again for each connection). */
@@ -42,24 +51,82 @@ static struct edge {
     socklen_t len;
     int resolved;
     int64_t last_try;
+    int64_t failed_ms;      /* when it last failed to take a session; 0: not since it answered */
 } edges[EDGES_MAX];
 static int nedges;
 
 static int client_init(void)
 {
-    char list[EDGES_MAX * 64], err[256];
+    char *list = strdup(opt_edges), err[256];
     char *save = NULL;
 
-    snprintf(list, sizeof(list), "%s", opt_edges);
-    for (char *e = strtok_r(list, ",", &save); e && nedges < EDGES_MAX;
-         e = strtok_r(NULL, ",", &save)) {
+    if (!list) {
+        LOG(LOG_ERROR, "msg=\"out of memory\"");
+        return 1;
+    }
+    for (char *e = strtok_r(list, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
+        if (nedges == EDGES_MAX || strlen(e) >= sizeof(edges[0].name)) {
+            fprintf(stderr, "cessna-client-proxy: bad --edge: %s\n", nedges == EDGES_MAX ?
+                    "more than 64 edges" : "an address longer than 255 characters");
+            free(list);
+            return 2;
+        }
         struct edge *d = &edges[nedges++];
         snprintf(d->name, sizeof(d->name), "%s", e);
         d->resolved = ploop_resolve(e, &d->ss, &d->len, &d->last_try, err, sizeof(err)) == 0;
         if (!d->resolved)
             LOG(LOG_WARN, "msg=\"edge address does not resolve (yet)\" edge=%s err=\"%s\"", e, err);
     }
+    free(list);
+    if (!nedges) {
+        fprintf(stderr, "cessna-client-proxy: bad --edge: no address in '%s'\n", opt_edges);
+        return 2;
+    }
     return 0;
+}
+
+/* ---- which edge next ---- */
+
+static bool failed_recently(const struct edge *e, int64_t now)
+{
+    return opt_edge_retry_ms && e->failed_ms && now - e->failed_ms < opt_edge_retry_ms;
+}
+
+/* Edge i did not take a session: skip it for a while (logged once per failure streak). */
+static void edge_failed(int i)
+{
+    int64_t now = relay_now_ms();
+
+    if (i < 0 || i >= nedges || !opt_edge_retry_ms)
+        return;
+    if (!failed_recently(&edges[i], now))
+        LOG(LOG_INFO, "msg=\"edge failed; others are tried first\" edge=%s retry_ms=%d",
+            edges[i].name, opt_edge_retry_ms);
+    edges[i].failed_ms = now ? now : 1;
+}
+
+static void edge_answered(int i)
+{
+    edges[i].failed_ms = 0;
+}
+
+/* The next edge to try, going round the list from `from`: the first not in tried that has
+ * not failed recently, else the first not in tried; -1 when every edge is in tried. */
+static int pick_edge(uint64_t tried, int from)
+{
+    int64_t now = relay_now_ms();
+    int fallback = -1;
+
+    for (int k = 0; k < nedges; k++) {
+        int i = (from + k) % nedges;
+        if (tried & (1ull << i))
+            continue;
+        if (!failed_recently(&edges[i], now))
+            return i;
+        if (fallback < 0)
+            fallback = i;
+    }
+    return fallback;
 }
 
 /* Tell an edge that answered HELLO with nonsense why we hang up (best effort). */
@@ -73,18 +140,24 @@ static void refuse(struct psess *s, uint32_t code, const char *why)
     shutdown(s->fd[PS_EDGE], SHUT_WR);
 }
 
-/* Try the next edge of the list; with none left, close the client. */
+/* The edge being tried (if any) failed: try the next one; with none left, close the
+ * client. */
 static void next_edge(struct psess *s)
 {
     char err[256];
+    int i;
 
+    edge_failed(s->attempt);
     ploop_drop(s, PS_EDGE);
     s->r.in.off = s->r.in.len = 0;
-    while (++s->attempt < nedges) {
-        struct edge *e = &edges[s->attempt];
+    while ((i = pick_edge(s->tried, 0)) >= 0) {
+        struct edge *e = &edges[i];
+        s->tried |= 1ull << i;
+        s->attempt = i;
         if (!e->resolved &&
             ploop_resolve(e->name, &e->ss, &e->len, &e->last_try, err, sizeof(err)) < 0) {
             LOG(LOG_WARN, "msg=\"edge unreachable\" edge=%s err=\"%s\"", e->name, err);
+            edge_failed(i);
             continue;
         }
         e->resolved = 1;
@@ -105,31 +178,37 @@ static void next_edge(struct psess *s)
 
 /* ---- resuming a detached session ---- */
 
-/* Try the next edge after the lost one; after each full pass over the list, wait first. */
+/* The attempt under way (if any) failed: try the next edge after the lost one (those that
+ * did not fail recently first); after each full pass over the list, wait first. */
 static void resume_next(struct psess *s)
 {
     struct relay *r = &s->r;
     char err[256];
 
+    if (s->attempt >= 0 && (s->tried & (1ull << s->attempt)))
+        edge_failed(s->attempt);
     ploop_drop(s, PS_EDGE);
     r->in.off = r->in.len = 0;
     outq_clear(&r->to_edge);
     s->state = P_DETACHED;
     for (;;) {
-        if (s->tries && s->tries % nedges == 0 && !s->pass_waited) {
-            s->pass_waited = true;
+        int i = pick_edge(s->tried, s->lost + 1);
+        if (i < 0) {   /* a full pass: wait, then go round again */
+            s->tried = 0;
             s->retry_at = relay_now_ms() + s->backoff_ms;
-            if ((s->backoff_ms *= 2) > RESUME_BACKOFF_MAX_MS)
-                s->backoff_ms = RESUME_BACKOFF_MAX_MS;
+            if ((s->backoff_ms *= 2) > opt_backoff_max_ms)
+                s->backoff_ms = opt_backoff_max_ms;
             return;
         }
-        s->pass_waited = false;
-        s->attempt = (s->lost + 1 + s->tries++) % nedges;
-        struct edge *e = &edges[s->attempt];
+        s->tried |= 1ull << i;
+        s->tries++;
+        s->attempt = i;
+        struct edge *e = &edges[i];
         if (!e->resolved &&
             ploop_resolve(e->name, &e->ss, &e->len, &e->last_try, err, sizeof(err)) < 0) {
             LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s err=\"%s\"",
                 (unsigned long long)r->session_id, e->name, err);
+            edge_failed(i);
             continue;
         }
         e->resolved = 1;
@@ -152,9 +231,11 @@ static void resume_next(struct psess *s)
 static void client_detached(struct psess *s)
 {
     s->lost = s->attempt;
+    edge_failed(s->lost);   /* new sessions go elsewhere while it may be down */
     s->tries = 0;
-    s->pass_waited = false;
-    s->backoff_ms = RESUME_BACKOFF_MIN_MS;
+    s->tried = 0;
+    s->backoff_ms = RESUME_BACKOFF_MIN_MS < opt_backoff_max_ms ? RESUME_BACKOFF_MIN_MS
+                                                               : opt_backoff_max_ms;
     resume_next(s);
 }
 
@@ -233,6 +314,7 @@ static void resume_answer(struct psess *s, const struct wire_hdr *h, const struc
         }
         r->close_sent = true;
     }
+    edge_answered(s->attempt);
     r->keep.epoch = f->u.welcome.epoch;
     r->detached = r->edge_dead = r->edge_lost = false;
     r->last_edge_ms = relay_now_ms();
@@ -350,6 +432,7 @@ static void client_hs_input(struct psess *s, long res)
     }
     r->in.off += WIRE_HDR_LEN + h.len;   /* anything after WELCOME is the session's */
     r->in.len -= WIRE_HDR_LEN + h.len;
+    edge_answered(s->attempt);
     r->keep.epoch = f.u.welcome.epoch;
     r->resumable = true;
     LOG(LOG_INFO, "session=%llu msg=\"session open\" edge=%s epoch=%llu",
@@ -372,6 +455,17 @@ static int client_option(int val, const char *arg)
             return 2;
         ploop_detach_ms = (int)v;
         return 0;
+    case OPT_EDGE_RETRY:
+        if (ploop_parse_num("cessna-client-proxy", "edge-retry-ms", arg, 0, 86400000, &v) < 0)
+            return 2;
+        opt_edge_retry_ms = (int)v;
+        return 0;
+    case OPT_BACKOFF_MAX:
+        if (ploop_parse_num("cessna-client-proxy", "resume-backoff-max-ms", arg, 1, 3600000,
+                            &v) < 0)
+            return 2;
+        opt_backoff_max_ms = (int)v;
+        return 0;
     }
     return 2;
 }
@@ -379,16 +473,27 @@ static int client_option(int val, const char *arg)
 static const char usage[] =
     "usage: cessna-client-proxy --listen HOST:PORT --edge HOST:PORT[,HOST:PORT...]\n"
     "                           [--max-message-bytes N] [--handshake-timeout-ms N]\n"
-    "                           [--heartbeat-ms N] [--resume-timeout-ms N] [--keep-max-bytes N]\n"
+    "                           [--connect-timeout-ms N] [--edge-retry-ms N]\n"
+    "                           [--heartbeat-ms N] [--resume-timeout-ms N]\n"
+    "                           [--resume-backoff-max-ms N] [--keep-max-bytes N]\n"
     "Lets unmodified TCP clients use CESSNA: each connection to --listen opens a\n"
-    "session at the first edge that answers; every chunk read from the client is one\n"
-    "message, every message from the edge is written back. One process serves every\n"
-    "client. Prints 'ready listen=ADDR'.\n"
+    "session at the first edge of the list that answers (skipping edges that failed\n"
+    "recently); every chunk read from the client is one message, every message from the\n"
+    "edge is written back. One process serves every client. Prints 'ready listen=ADDR'.\n"
     "  --max-message-bytes N     largest message (default 1048576)\n"
-    "  --handshake-timeout-ms N  for each edge: connect, then WELCOME (default 10000)\n"
+    "  --handshake-timeout-ms N  for each edge: the wait for its WELCOME (or its answer to\n"
+    "                            a RESUME) after connecting (default 10000)\n"
+    "  --connect-timeout-ms N    for each edge: the TCP connect (default: the handshake\n"
+    "                            timeout)\n"
+    "  --edge-retry-ms N         an edge that failed (refused, timed out, no WELCOME, lost)\n"
+    "                            is skipped this long while another edge is left to try;\n"
+    "                            when all failed recently they are tried anyway; 0 = never\n"
+    "                            skip (default 10000)\n"
     "  --heartbeat-ms N          an edge silent this long is lost; 0 = never (default 3000)\n"
     "  --resume-timeout-ms N     after losing the edge, try the other edges this long, then\n"
     "                            reset the client (default 60000)\n"
+    "  --resume-backoff-max-ms N between passes over the edge list while resuming, wait\n"
+    "                            50 ms, doubling up to this (default 1000)\n"
     "  --keep-max-bytes N        messages and order kept for a resume; past it the client\n"
     "                            is not read until a snapshot is durable (default 67108864)\n";
 
@@ -397,6 +502,8 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         { "heartbeat-ms", required_argument, NULL, OPT_HEARTBEAT },
         { "resume-timeout-ms", required_argument, NULL, OPT_RESUME_TIMEOUT },
+        { "edge-retry-ms", required_argument, NULL, OPT_EDGE_RETRY },
+        { "resume-backoff-max-ms", required_argument, NULL, OPT_BACKOFF_MAX },
         { 0 },
     };
     static const struct proxy_spec spec = {

@@ -34,6 +34,9 @@
 #define EP_RESUME_TIMEOUT_MS  60000
 #define EP_BACKOFF_MIN_MS     50
 #define EP_BACKOFF_MAX_MS     1000
+#define EP_EDGE_RETRY_MS      10000
+#define EP_EDGES_MAX          64          /* a bit mask of the edges tried */
+#define EP_FAILED_MAX         64          /* edges remembered as failed, per process */
 #define EP_LOST               2           /* ep_read_frame: the connection is gone */
 
 void ep_seterr(struct cessna_ep *ep, const char *fmt, ...)
@@ -92,6 +95,8 @@ struct cessna_ep *ep_new(int fd, enum ep_role role)
     ep->max_body = wire_max_body(EP_MAX_MESSAGE);
     ep->next_seq = 1;
     ep->heartbeat_ms = EP_HEARTBEAT_MS;
+    ep->handshake_ms = EP_HANDSHAKE_MS;
+    ep->edge_retry_ms = EP_EDGE_RETRY_MS;
     ep->resume_timeout_ms = EP_RESUME_TIMEOUT_MS;
     ep->last_rx = ep_now_ms();
     keep_init(&ep->keep, KEEP_MAX_DEFAULT);
@@ -709,6 +714,73 @@ static int ep_resume_at(struct cessna_ep *ep, int fd, const char *edge, int64_t 
     return 0;
 }
 
+/* ---- edges that failed recently: one table for every client endpoint of the process ---- */
+
+static pthread_mutex_t failed_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    char name[256];
+    int64_t at;                 /* when it last failed; 0: a free entry */
+} failed[EP_FAILED_MAX];
+
+/* Edge name failed to take a session (bad) or answered WELCOME (!bad). */
+static void edge_mark(const char *name, bool bad)
+{
+    int slot = -1, oldest = 0;
+
+    pthread_mutex_lock(&failed_mu);
+    for (int i = 0; i < EP_FAILED_MAX; i++) {
+        if (failed[i].at && strcmp(failed[i].name, name) == 0) {
+            slot = i;
+            break;
+        }
+        if (failed[i].at < failed[oldest].at)
+            oldest = i;
+    }
+    if (bad) {
+        if (slot < 0) {
+            slot = oldest;   /* a free entry, or the one that failed longest ago */
+            snprintf(failed[slot].name, sizeof(failed[slot].name), "%s", name);
+        }
+        failed[slot].at = ep_now_ms() ? ep_now_ms() : 1;
+    } else if (slot >= 0) {
+        failed[slot].at = 0;
+    }
+    pthread_mutex_unlock(&failed_mu);
+}
+
+static bool edge_failed_recently(const char *name, int retry_ms, int64_t now)
+{
+    bool recent = false;
+
+    if (retry_ms <= 0)
+        return false;
+    pthread_mutex_lock(&failed_mu);
+    for (int i = 0; i < EP_FAILED_MAX && !recent; i++)
+        recent = failed[i].at && now - failed[i].at < retry_ms &&
+                 strcmp(failed[i].name, name) == 0;
+    pthread_mutex_unlock(&failed_mu);
+    return recent;
+}
+
+/* The next edge to try, going round the list from `from`: the first not in tried that has
+ * not failed recently, else the first not in tried; -1 when every edge is in tried. */
+static int ep_pick_edge(const struct cessna_ep *ep, uint64_t tried, int from)
+{
+    int64_t now = ep_now_ms();
+    int fallback = -1;
+
+    for (int k = 0; k < ep->nedges; k++) {
+        int i = (from + k) % ep->nedges;
+        if (tried & (1ull << i))
+            continue;
+        if (!edge_failed_recently(ep->edges[i], ep->edge_retry_ms, now))
+            return i;
+        if (fallback < 0)
+            fallback = i;
+    }
+    return fallback;
+}
+
 static void ep_sleep_ms(int64_t ms)
 {
     struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000 };
@@ -717,42 +789,55 @@ static void ep_sleep_ms(int64_t ms)
         ;
 }
 
-/* Try the edges after the lost one, with backoff after each full pass, until one takes
- * the session or the resume timeout passes. The new fd with *epoch, or -errno. */
+/* Try the edges after the lost one (those that did not fail recently first), with backoff
+ * after each full pass, until one takes the session or the resume timeout passes. The new
+ * fd with *epoch, or -errno. */
 static int ep_resume_loop(struct cessna_ep *ep, uint64_t *epoch)
 {
     int64_t deadline = ep_now_ms() + ep->resume_timeout_ms, backoff = EP_BACKOFF_MIN_MS;
     char why[sizeof(ep->err)];
     int lost = ep->cur;
+    uint64_t tried = 0;
 
     snprintf(why, sizeof(why), "%s", ep->err);
-    for (int tries = 0;; tries++) {
-        if (tries && tries % ep->nedges == 0) {
+    edge_mark(ep->edges[lost], true);   /* other sessions of the process avoid it for now */
+    for (;;) {
+        int i = ep_pick_edge(ep, tried, lost + 1);
+        if (i < 0) {   /* a full pass: wait, then go round again */
             int64_t left = deadline - ep_now_ms();
             ep_sleep_ms(backoff < left ? backoff : left);
             if ((backoff *= 2) > EP_BACKOFF_MAX_MS)
                 backoff = EP_BACKOFF_MAX_MS;
+            tried = 0;
+            continue;
         }
-        if (ep_now_ms() >= deadline) {
+        int64_t left = deadline - ep_now_ms();
+        if (left <= 0) {
             char last[sizeof(ep->err)];
             snprintf(last, sizeof(last), "%s", ep->err);
             ep_seterr(ep, "resume timed out after %d ms (edge lost: %.200s; last attempt: "
                       "%.300s)", ep->resume_timeout_ms, why, last);
             return -ETIMEDOUT;
         }
-        int i = (lost + 1 + tries) % ep->nedges;
-        int fd = addr_connect(ep->edges[i], ep->err, sizeof(ep->err));
-        if (fd < 0)
+        tried |= 1ull << i;
+        int fd = addr_connect_within(ep->edges[i],
+                                     (int)(ep->handshake_ms < left ? ep->handshake_ms : left),
+                                     ep->err, sizeof(ep->err));
+        if (fd < 0) {
+            edge_mark(ep->edges[i], true);
             continue;
-        int64_t until = ep_now_ms() + EP_HANDSHAKE_MS;
+        }
+        int64_t until = ep_now_ms() + ep->handshake_ms;
         int rc = ep_resume_at(ep, fd, ep->edges[i], until < deadline ? until : deadline, epoch);
         if (rc == 0) {
+            edge_mark(ep->edges[i], false);
             ep->cur = i;
             return fd;
         }
         close(fd);
         if (rc == -ECONNABORTED)
             return rc;
+        edge_mark(ep->edges[i], true);
     }
 }
 
@@ -814,7 +899,7 @@ static int ep_hello(struct cessna_ep *ep, int fd, const char *edge)
 {
     uint8_t buf[EP_HS_FRAME_MAX];
     struct wire_frame f;
-    int64_t deadline = ep_now_ms() + EP_HANDSHAKE_MS;
+    int64_t deadline = ep_now_ms() + ep->handshake_ms;
     long n;
     int rc;
 
@@ -825,7 +910,7 @@ static int ep_hello(struct cessna_ep *ep, int fd, const char *edge)
     }
     n = ep_read_hs_frame(fd, buf, sizeof(buf), &f, deadline);
     if (n == -ETIMEDOUT) {
-        ep_seterr(ep, "no answer to HELLO from %s in %d ms", edge, EP_HANDSHAKE_MS);
+        ep_seterr(ep, "no answer to HELLO from %s in %d ms", edge, ep->handshake_ms);
         return -ETIMEDOUT;
     }
     if (n == -ECONNRESET) {
@@ -879,13 +964,25 @@ static int ep_set_edges(struct cessna_ep *ep, const char *edges, char *err, size
         snprintf(err, errlen, "empty edge list");
         return -EINVAL;
     }
+    if (ep->nedges > EP_EDGES_MAX) {
+        snprintf(err, errlen, "more than %d edges in the list", EP_EDGES_MAX);
+        return -EINVAL;
+    }
     return 0;
 }
 
 struct cessna_ep *cessna_ep_connect(const char *edges, char *err, size_t errlen)
 {
+    return cessna_ep_connect_opts(edges, NULL, err, errlen);
+}
+
+struct cessna_ep *cessna_ep_connect_opts(const char *edges, const struct cessna_ep_options *o,
+                                         char *err, size_t errlen)
+{
     struct cessna_ep *ep = ep_new(-1, EP_CLIENT);
     char why[sizeof(((struct cessna_ep *)0)->err)];
+    uint64_t tried = 0;
+    int i;
 
     if (!ep) {
         snprintf(err, errlen, "out of memory");
@@ -895,13 +992,25 @@ struct cessna_ep *cessna_ep_connect(const char *edges, char *err, size_t errlen)
         cessna_ep_free(ep);
         return NULL;
     }
+    if (o && o->handshake_timeout_ms > 0)
+        ep->handshake_ms = o->handshake_timeout_ms;
+    if (o && o->heartbeat_ms)
+        ep->heartbeat_ms = o->heartbeat_ms > 0 ? o->heartbeat_ms : 0;
+    if (o && o->resume_timeout_ms > 0)
+        ep->resume_timeout_ms = o->resume_timeout_ms;
+    if (o && o->edge_retry_ms)
+        ep->edge_retry_ms = o->edge_retry_ms > 0 ? o->edge_retry_ms : 0;
     snprintf(why, sizeof(why), "empty edge list");
-    for (int i = 0; i < ep->nedges; i++) {
-        int fd = addr_connect(ep->edges[i], why, sizeof(why));
-        if (fd < 0)
+    while ((i = ep_pick_edge(ep, tried, 0)) >= 0) {
+        tried |= 1ull << i;
+        int fd = addr_connect_within(ep->edges[i], ep->handshake_ms, why, sizeof(why));
+        if (fd < 0) {
+            edge_mark(ep->edges[i], true);
             continue;
+        }
         int rc = ep_hello(ep, fd, ep->edges[i]);
         if (rc == 0) {
+            edge_mark(ep->edges[i], false);
             ep->fd = fd;
             ep->cur = i;
             ep->resumable = true;
@@ -912,6 +1021,7 @@ struct cessna_ep *cessna_ep_connect(const char *edges, char *err, size_t errlen)
         snprintf(why, sizeof(why), "%s", ep->err);
         if (rc == -ECONNABORTED)
             break; /* the edge answered: no */
+        edge_mark(ep->edges[i], true);
     }
     snprintf(err, errlen, "%s", why);
     cessna_ep_free(ep);

@@ -51,6 +51,8 @@ struct cessna_ep {
     char **edges;
     int nedges, cur;
     int heartbeat_ms;
+    int handshake_ms;           /* per edge: connect, then WELCOME */
+    int edge_retry_ms;          /* a failed edge is skipped this long; 0: never */
     int64_t last_rx;            /* when the edge's last bytes arrived */
 
     /* Server side (ep_server.c). */

@@ -34,6 +34,7 @@ enum op { OP_ACCEPT = 1, OP_ACCEPT_RESUME, OP_TICK, OP_RECV, OP_SEND, OP_CONNECT
 #define SLOTS_MAX        (1u << 24)
 
 int ploop_handshake_ms = HANDSHAKE_MS;
+int ploop_connect_ms;
 int ploop_heartbeat_ms;
 int ploop_detach_ms = 60000;
 
@@ -220,7 +221,7 @@ void ploop_connect(struct psess *s, enum pside side, int fd)
 
     s->fd[side] = fd;
     s->state = P_HS_CONNECT;
-    s->hs_deadline = relay_now_ms() + ploop_handshake_ms;
+    s->hs_deadline = relay_now_ms() + (ploop_connect_ms ? ploop_connect_ms : ploop_handshake_ms);
     io_uring_prep_connect(sqe, fd, (struct sockaddr *)&s->addr, s->addrlen);
     io_uring_sqe_set_data64(sqe, UD(OP_CONNECT, s->slot, ARG(s, side)));
     s->connect_armed[side] = true;
@@ -689,9 +690,10 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         { "max-message-bytes", required_argument, NULL, 'm' },
         { "handshake-timeout-ms", required_argument, NULL, 't' },
         { "keep-max-bytes", required_argument, NULL, 'k' },
+        { "connect-timeout-ms", required_argument, NULL, 'c' },
         { "help", no_argument, NULL, 'h' },
     };
-    for (int i = 0, n = 6; spec->opts && spec->opts[i].name && n < 31; i++)
+    for (int i = 0, n = 7; spec->opts && spec->opts[i].name && n < 31; i++)
         opts[n++] = spec->opts[i];
     const char *listen_addr = NULL;
     unsigned long long v;
@@ -715,6 +717,11 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
             if (parse_num(spec->name, "handshake-timeout-ms", optarg, 3600000, &v) < 0)
                 return 2;
             ploop_handshake_ms = (int)v;
+            break;
+        case 'c':
+            if (parse_num(spec->name, "connect-timeout-ms", optarg, 3600000, &v) < 0)
+                return 2;
+            ploop_connect_ms = (int)v;
             break;
         case 'k':
             if (parse_num(spec->name, "keep-max-bytes", optarg, 1ull << 40, &v) < 0)
@@ -758,8 +765,9 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         return 1;
     }
     LOG(LOG_INFO, "msg=\"listening\" listen=%s %s=%s max_message_bytes=%zu handshake_timeout_ms=%d "
-        "keep_max_bytes=%zu", listen_addr, spec->peer_opt, *spec->peer, *spec->max_msg,
-        ploop_handshake_ms, relay_keep_max);
+        "connect_timeout_ms=%d keep_max_bytes=%zu", listen_addr, spec->peer_opt, *spec->peer,
+        *spec->max_msg, ploop_handshake_ms, ploop_connect_ms ? ploop_connect_ms : ploop_handshake_ms,
+        relay_keep_max);
     L.tick_ts.tv_sec = 0;
     L.tick_ts.tv_nsec = TICK_MS * 1000000ll;
     arm_accept();

@@ -53,7 +53,7 @@ struct psess {
     int attempt;            /* client proxy: index of the edge being tried */
     int lost;               /* client proxy: index of the edge lost */
     int tries, backoff_ms;  /* client proxy: resume attempts so far, the next pass's wait */
-    bool pass_waited;
+    uint64_t tried;         /* client proxy: edges tried (opening: all; resuming: this pass) */
     uint64_t material_seq;  /* client proxy: the last DATA in the RESUME being made */
     int64_t detach_start, detach_deadline;  /* when the edge was lost, when to give up */
     int64_t retry_at;       /* P_DETACHED: when spec->retry runs (0: never) */
@@ -98,7 +98,8 @@ struct proxy_spec {
 int  ploop_parse_num(const char *name, const char *opt, const char *s, unsigned long long min,
                      unsigned long long max, unsigned long long *v);
 
-extern int ploop_handshake_ms;
+extern int ploop_handshake_ms;  /* the wait for the peer's handshake frame */
+extern int ploop_connect_ms;    /* a connect; 0: ploop_handshake_ms */
 extern int ploop_heartbeat_ms;  /* a live edge silent this long is lost; 0: never */
 extern int ploop_detach_ms;     /* how long a detached session waits */
 

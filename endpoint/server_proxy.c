@@ -29,10 +29,11 @@
 #include "ploop.h"
 #include "store.h"
 
-#define SERVER_CLOSE_WAIT_MS 2000    /* for the edge's CLOSE once the server is gone */
 #define AUTH_FAILED "authentication failed"   /* the one text for every auth failure */
 
-enum { OPT_LINGER = 256, OPT_STORE, OPT_SECRET };
+enum { OPT_LINGER = 256, OPT_STORE, OPT_SECRET, OPT_CLOSE_WAIT };
+
+static int opt_close_wait_ms = 2000;    /* for the edge's CLOSE once the server is gone */
 
 static const char *opt_store;
 static const char *opt_secret_file;
@@ -81,7 +82,7 @@ static int server_init(void)
 static void server_accepted(struct psess *s, int fd)
 {
     s->fd[PS_EDGE] = fd;
-    s->r.close_wait_ms = SERVER_CLOSE_WAIT_MS;
+    s->r.close_wait_ms = opt_close_wait_ms;
     if (ploop_hs_recv(s) < 0)
         ploop_end(s);
 }
@@ -316,6 +317,11 @@ static int server_option(int val, const char *arg)
     case OPT_SECRET:
         opt_secret_file = arg;
         return 0;
+    case OPT_CLOSE_WAIT:
+        if (ploop_parse_num("cessna-server-proxy", "close-wait-ms", arg, 1, 3600000, &v) < 0)
+            return 2;
+        opt_close_wait_ms = (int)v;
+        return 0;
     }
     return 2;
 }
@@ -323,17 +329,20 @@ static int server_option(int val, const char *arg)
 static const char usage[] =
     "usage: cessna-server-proxy --listen HOST:PORT --target HOST:PORT\n"
     "                           [--max-message-bytes N] [--handshake-timeout-ms N]\n"
-    "                           [--linger-ms N] [--store DIR] [--edge-secret-file PATH]\n"
-    "                           [--keep-max-bytes N]\n"
+    "                           [--connect-timeout-ms N] [--linger-ms N] [--close-wait-ms N]\n"
+    "                           [--store DIR] [--edge-secret-file PATH] [--keep-max-bytes N]\n"
     "Lets an unmodified TCP server use CESSNA: each session the edge opens at --listen\n"
     "gets its own connection to --target; every message from the edge is written to\n"
     "it, every chunk read from it is one message. One process serves every session.\n"
     "Prints 'ready listen=ADDR'.\n"
     "  --max-message-bytes N     largest message (default 1048576)\n"
-    "  --handshake-timeout-ms N  for the edge's HELLO, then for the target's connect\n"
-    "                            (default 10000)\n"
+    "  --handshake-timeout-ms N  for the edge's HELLO (default 10000)\n"
+    "  --connect-timeout-ms N    for the connect to --target (default: the handshake\n"
+    "                            timeout)\n"
     "  --linger-ms N             an edge lost without CLOSE: keep the target's connection\n"
     "                            open this long for a RESUME, then reset it (default 60000)\n"
+    "  --close-wait-ms N         once the target closed or failed, wait this long for the\n"
+    "                            edge's CLOSE, then end the session (default 2000)\n"
     "  --store DIR               keep shipped snapshots in DIR/<session id>/ (fsynced);\n"
     "                            default: in memory, not verified\n"
     "  --edge-secret-file PATH   edges must send this file's secret in HELLO and RESUME\n"
@@ -347,6 +356,7 @@ int main(int argc, char **argv)
         { "linger-ms", required_argument, NULL, OPT_LINGER },
         { "store", required_argument, NULL, OPT_STORE },
         { "edge-secret-file", required_argument, NULL, OPT_SECRET },
+        { "close-wait-ms", required_argument, NULL, OPT_CLOSE_WAIT },
         { 0 },
     };
     static const struct proxy_spec spec = {

@@ -49,9 +49,25 @@ struct cessna_ep;
 
 #define CESSNA_EP_CLOSED (-1000L) /* cessna_ep_recv: the session ended with CLOSE */
 
-/* Client: connect to the first edge of a comma-separated HOST:PORT list that answers,
- * and open a new session (HELLO / WELCOME). NULL with a reason in err. */
+/* Client: connect to the first edge of a comma-separated HOST:PORT list (at most 64) that
+ * answers, and open a new session (HELLO / WELCOME). NULL with a reason in err. An edge
+ * that failed (connect refused or timed out, no WELCOME in time, lost while holding a
+ * session) is remembered by the process for edge_retry_ms and skipped, here and when a
+ * session resumes, as long as an edge of the list that has not failed recently is left;
+ * when all of them failed recently they are tried anyway, in list order. */
 struct cessna_ep *cessna_ep_connect(const char *edges, char *err, size_t errlen);
+
+/* Client options; a zeroed struct (or NULL) means every default. */
+struct cessna_ep_options {
+    int handshake_timeout_ms;  /* per edge: the TCP connect, then the WELCOME (or the answer
+                                * to a RESUME): default 10000 */
+    int heartbeat_ms;          /* as cessna_ep_set_heartbeat: default 3000; -1: never */
+    int resume_timeout_ms;     /* as cessna_ep_set_resume_timeout: default 60000 */
+    int edge_retry_ms;         /* how long a failed edge is skipped: default 10000; -1: never
+                                * skip */
+};
+struct cessna_ep *cessna_ep_connect_opts(const char *edges, const struct cessna_ep_options *o,
+                                         char *err, size_t errlen);
 
 /* Server: a listening socket for edges (fd >= 0), or -errno with a reason in err. */
 int cessna_ep_listen(const char *addr, char *err, size_t errlen);

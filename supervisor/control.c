@@ -2,7 +2,7 @@
  *
  * Each connection is served through io_uring (a receive, then sends until the reply is
  * out), so a slow or silent client never stalls the loop; one that takes longer than
- * CTL_TIMEOUT_MS is closed by the periodic sweep (timeouts.c). */
+ * control_timeout_ms is closed by the periodic sweep (timeouts.c). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,7 +183,6 @@ static size_t stats(char *out, size_t cap)
 /* ---- control connections, served through io_uring ---- */
 
 #define CTL_CONNS      64     /* at once; more are closed at accept */
-#define CTL_TIMEOUT_MS 1000   /* a connection that has not been answered by then is closed */
 
 struct ctl_conn {
     int fd;                   /* -1: free */
@@ -360,11 +359,12 @@ void ctl_sweep(uint64_t now_ms)
 {
     for (int i = 0; i < CTL_CONNS && conns_init; i++) {
         struct ctl_conn *c = &conns[i];
-        if (c->fd < 0 || c->closing || now_ms - c->start_ms < CTL_TIMEOUT_MS)
+        if (c->fd < 0 || c->closing || now_ms - c->start_ms < S.cfg.control_timeout_ms)
             continue;
         c->closing = 1;
         S.stats.ctl_timeouts++;
-        LOG(LOG_DEBUG, "msg=\"control connection timed out\" after_ms=%d", CTL_TIMEOUT_MS);
+        LOG(LOG_DEBUG, "msg=\"control connection timed out\" control_timeout_ms=%u",
+            S.cfg.control_timeout_ms);
         if (c->armed)
             shutdown(c->fd, SHUT_RDWR);   /* its completion frees it */
         else

@@ -3,9 +3,9 @@
  *   hello_timeout_ms    a connection that has not completed its HELLO is closed
  *   connect_timeout_ms  the server endpoint's connect + WELCOME
  *   idle_timeout_ms     a live session with no event for that long is ended
- *   (fixed) DEAD_LINGER_MS  an ended session whose peers keep their connections open after
+ *   close_wait_ms       an ended session whose peers keep their connections open after
  *                       our ERROR or CLOSE: the connections are shut down, the slot freed
- *   control connections (control.c: ctl_sweep)
+ *   control_timeout_ms  control connections (control.c: ctl_sweep)
  *
  * The sweep runs every min(500 ms, smallest timeout / 4); a timeout fires late by at most
  * one period. Session state here is the session's `tmo`, written only in this file. */
@@ -21,7 +21,6 @@
 
 #define SWEEP_MAX_MS   500
 #define SWEEP_MIN_MS   20
-#define DEAD_LINGER_MS 3000
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
 
@@ -48,11 +47,11 @@ void tmo_touch(struct session *s)
 
 static uint64_t period_ms(void)
 {
-    uint32_t t[4] = { S.cfg.hello_timeout_ms, S.cfg.connect_timeout_ms, S.cfg.idle_timeout_ms,
-                      S.cfg.heartbeat_interval_ms };
+    uint32_t t[] = { S.cfg.hello_timeout_ms, S.cfg.connect_timeout_ms, S.cfg.idle_timeout_ms,
+                     S.cfg.heartbeat_interval_ms, S.cfg.close_wait_ms, S.cfg.control_timeout_ms };
     uint64_t p = SWEEP_MAX_MS;
 
-    for (int i = 0; i < 4; i++)
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
         if (t[i] && t[i] / 4 < p)
             p = t[i] / 4;
     return p < SWEEP_MIN_MS ? SWEEP_MIN_MS : p;
@@ -121,12 +120,12 @@ static void sweep_session(struct session *s, uint64_t now)
                   S.cfg.idle_timeout_ms);
         break;
     case S_DEAD:
-        if (now - s->tmo.state_ms < DEAD_LINGER_MS ||
+        if (now - s->tmo.state_ms < S.cfg.close_wait_ms ||
             (s->c[SIDE_CLIENT].fd < 0 && s->c[SIDE_SERVER].fd < 0))
             return;
         S.stats.forced_closes++;
         LOG(LOG_INFO, "session=%llu msg=\"ended session's connections still open; shutting "
-            "them down\" after_ms=%d", ull(s->id), DEAD_LINGER_MS);
+            "them down\" close_wait_ms=%u", ull(s->id), S.cfg.close_wait_ms);
         s->tmo.state_ms = now;   /* once per linger period */
         for (int i = 0; i < 2; i++)
             force_close(s, &s->c[i], SHUT_RDWR);

@@ -18,10 +18,10 @@
 #include "spawn.h"
 #include "sup.h"
 
-#define ZYGOTE_READY_TIMEOUT_MS  10000
-#define ZYGOTE_ANSWER_TIMEOUT_MS 5000    /* a spawn request unanswered this long fails */
+/* Timeouts from the config: zygote_ready_timeout_ms (a starting zygote reports ready),
+ * zygote_answer_timeout_ms (a spawn request unanswered this long fails and the zygote is
+ * killed), zygote_backoff_max_ms (restarts of a zygote that keeps dying). */
 #define ZYGOTE_BACKOFF_MIN_MS    100
-#define ZYGOTE_BACKOFF_MAX_MS    10000
 #define ZYGOTE_STABLE_MS         10000   /* a zygote that lived this long: backoff resets */
 
 /* What zygote_start() was given, for restarts; and the restart's progress. */
@@ -56,7 +56,8 @@ static int launch(int *sock, pid_t *pidp, int *pidfdp, char *err, size_t errlen)
 {
     const char *app = Z.app, *cache_dir = Z.cache_dir, *state_dir = Z.state_dir;
     char dir[PATH_MAX], exe[PATH_MAX + 32], fdarg[16];
-    struct timeval tv = { ZYGOTE_ANSWER_TIMEOUT_MS / 1000, 0 };
+    struct timeval tv = { (time_t)(S.cfg.zygote_answer_timeout_ms / 1000),
+                          (suseconds_t)(S.cfg.zygote_answer_timeout_ms % 1000) * 1000 };
     int sv[2], pidfd = -1;
     pid_t pid;
 
@@ -161,9 +162,10 @@ int zygote_start(const char *app, const char *cache_dir, const char *state_dir, 
     if ((rc = launch(&sock, &pid, &pidfd, err, errlen)) < 0)
         return rc;
     pfd = (struct pollfd){ .fd = sock, .events = POLLIN };
-    rc = poll(&pfd, 1, ZYGOTE_READY_TIMEOUT_MS);
+    rc = poll(&pfd, 1, (int)S.cfg.zygote_ready_timeout_ms);
     if (rc <= 0) {
-        snprintf(err, errlen, "zygote did not report ready within %d ms", ZYGOTE_READY_TIMEOUT_MS);
+        snprintf(err, errlen, "zygote did not report ready within zygote_ready_timeout_ms=%u",
+                 S.cfg.zygote_ready_timeout_ms);
         discard(sock, pid, pidfd, 1);
         return -EINVAL;
     }
@@ -198,8 +200,8 @@ static void restart_later(void)
 static void next_backoff(void)
 {
     Z.backoff_ms = Z.backoff_ms ? Z.backoff_ms * 2 : ZYGOTE_BACKOFF_MIN_MS;
-    if (Z.backoff_ms > ZYGOTE_BACKOFF_MAX_MS)
-        Z.backoff_ms = ZYGOTE_BACKOFF_MAX_MS;
+    if (Z.backoff_ms > S.cfg.zygote_backoff_max_ms)
+        Z.backoff_ms = S.cfg.zygote_backoff_max_ms;
 }
 
 /* The zygote died. Live sessions go on (they need it only at their next cold recovery);
@@ -247,9 +249,9 @@ void zygote_on_restart_timer(void)
             (unsigned long long)Z.backoff_ms);
         return restart_later();
     }
-    /* Wait for its ready report, at most ZYGOTE_READY_TIMEOUT_MS. */
-    Z.ready_ts.tv_sec = ZYGOTE_READY_TIMEOUT_MS / 1000;
-    Z.ready_ts.tv_nsec = 0;
+    /* Wait for its ready report, at most zygote_ready_timeout_ms. */
+    Z.ready_ts.tv_sec = S.cfg.zygote_ready_timeout_ms / 1000;
+    Z.ready_ts.tv_nsec = (long long)(S.cfg.zygote_ready_timeout_ms % 1000) * 1000000;
     struct io_uring_sqe *sqe = sup_sqe();
     io_uring_prep_poll_add(sqe, Z.sock, POLLIN);
     io_uring_sqe_set_data64(sqe, UD(OP_ZYGOTE_READY, 0, 0));
@@ -266,8 +268,8 @@ void zygote_on_ready(int res)
     if (Z.sock < 0)
         return;
     if (res < 0 || S.stopping) {
-        snprintf(err, sizeof(err), "zygote did not report ready within %d ms",
-                 ZYGOTE_READY_TIMEOUT_MS);
+        snprintf(err, sizeof(err), "zygote did not report ready within "
+                 "zygote_ready_timeout_ms=%u", S.cfg.zygote_ready_timeout_ms);
     } else if (read_ready(Z.sock, err, sizeof(err)) == 0) {
         adopt(Z.sock, Z.pid, Z.pidfd);
         Z.sock = -1;
@@ -433,11 +435,11 @@ uint32_t zygote_waiting(void)
 void zygote_check_spawns(void)
 {
     if (!P.count || S.zygote_sock < 0 ||
-        tmo_now_ms() - P.q[P.head].sent_ms < ZYGOTE_ANSWER_TIMEOUT_MS)
+        tmo_now_ms() - P.q[P.head].sent_ms < S.cfg.zygote_answer_timeout_ms)
         return;
-    LOG(LOG_ERROR, "msg=\"the zygote did not answer; killing it\" pid=%d timeout_ms=%d",
-        (int)S.zygote_pid, ZYGOTE_ANSWER_TIMEOUT_MS);
-    fail_pending("the zygote did not answer within 5 s");
+    LOG(LOG_ERROR, "msg=\"the zygote did not answer; killing it\" pid=%d "
+        "zygote_answer_timeout_ms=%u", (int)S.zygote_pid, S.cfg.zygote_answer_timeout_ms);
+    fail_pending("the zygote did not answer within zygote_answer_timeout_ms");
     close(S.zygote_sock);
     S.zygote_sock = -1;
     kill(S.zygote_pid, SIGKILL);   /* its death watch restarts it */

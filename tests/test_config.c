@@ -414,6 +414,35 @@ Test(config, timeouts_and_retention)
     expect_error(REQUIRED "failed_sessions_keep = lots\n", 5, "bad value 'lots'");
 }
 
+Test(config, operator_timeouts)
+{
+    struct config c;
+    char err[512];
+    const char *path = cfg_write("defaults-optmo.ini", REQUIRED);
+
+    cr_assert_eq(load(path, &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.close_wait_ms, 3000);
+    cr_assert_eq(c.control_timeout_ms, 1000);
+    cr_assert_eq(c.zygote_ready_timeout_ms, 10000);
+    cr_assert_eq(c.zygote_answer_timeout_ms, 5000);
+    cr_assert_eq(c.zygote_backoff_max_ms, 10000);
+    path = cfg_write("optmo.ini", REQUIRED "close_wait_ms = 500\ncontrol_timeout_ms = 300\n"
+                     "zygote_ready_timeout_ms = 30000\nzygote_answer_timeout_ms = 1500\n"
+                     "zygote_backoff_max_ms = 100\n");
+    cr_assert_eq(load(path, &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.close_wait_ms, 500);
+    cr_assert_eq(c.control_timeout_ms, 300);
+    cr_assert_eq(c.zygote_ready_timeout_ms, 30000);
+    cr_assert_eq(c.zygote_answer_timeout_ms, 1500);
+    cr_assert_eq(c.zygote_backoff_max_ms, 100);
+    /* None of them can be off: each is what keeps something from waiting for ever. */
+    expect_error(REQUIRED "control_timeout_ms = 0\n", 5, "1..3600000");
+    expect_error(REQUIRED "close_wait_ms = 0\n", 5, "1..3600000");
+    expect_error(REQUIRED "zygote_answer_timeout_ms = 0\n", 5, "1..3600000");
+    expect_error(REQUIRED "zygote_ready_timeout_ms = 3600001\n", 5, "1..3600000");
+    expect_error(REQUIRED "zygote_backoff_max_ms = 99\n", 5, "100..3600000");
+}
+
 Test(config, hibernate_after_ms)
 {
     struct config c;
