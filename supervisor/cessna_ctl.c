@@ -186,7 +186,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (json) {   /* the whole reply first: it is converted at once */
-        char *all = NULL;
+        char *all = calloc(1, 1);   /* an empty reply (no sessions) is one too */
         size_t len = 0;
         while ((n = read(fd, buf, sizeof(buf))) > 0) {
             char *more = realloc(all, len + (size_t)n + 1);
@@ -200,8 +200,7 @@ int main(int argc, char **argv)
         }
         close(fd);
         if (n == -1 || !all) {
-            fprintf(stderr, "cessna-ctl: no reply from the supervisor%s%s\n", n == -1 ? ": " : "",
-                    n == -1 ? strerror(errno) : "");
+            fprintf(stderr, "cessna-ctl: reading the reply: %s\n", strerror(n == -1 ? errno : ENOMEM));
             free(all);
             return 1;
         }
