@@ -8,6 +8,8 @@
  *                                  and connections that never send (closed by the timeout),
  *                                  more connections than slots: the session and the control
  *                                  socket are served all along, and /metrics afterwards
+ *   metrics/hibernation           a session goes to sleep and wakes: the gauges and counters
+ *                                  follow, and every durable snapshot is in the histogram
  *   metrics/ctl_json               cessna-ctl --json stats, sessions, snapshot, an error:
  *                                  parsed with jansson, numbers as numbers, "-" as null
  *
@@ -149,15 +151,32 @@ static void round_trip(struct cessna_ep *ep, size_t len, uint64_t seed)
     cr_assert(memcmp(got, msg, len) == 0, "echo differs");
 }
 
-static struct t_edge *edge_with_metrics(struct t_edge *e, struct t_echo_ep *srv, int *port)
+static struct t_edge *edge_with_metrics_and(struct t_edge *e, struct t_echo_ep *srv, int *port,
+                                            const char *more)
 {
-    char extra[128];
+    char extra[256];
 
     *port = free_port();
-    snprintf(extra, sizeof(extra), "metrics_listen = 127.0.0.1:%d\n", *port);
+    snprintf(extra, sizeof(extra), "metrics_listen = 127.0.0.1:%d\n%s", *port, more);
     t_echo_ep_start(srv);
     t_edge_start(e, t_app("passthrough"), srv->addr, extra);
     return e;
+}
+
+static struct t_edge *edge_with_metrics(struct t_edge *e, struct t_echo_ep *srv, int *port)
+{
+    return edge_with_metrics_and(e, srv, port, "");
+}
+
+/* Wait until the series has the value want (within timeout_ms); the last value. */
+static double scrape_wait(int port, const char *name, double want, int timeout_ms)
+{
+    long deadline = t_now_ms() + timeout_ms;
+    double v;
+
+    while ((v = scrape(port, name)) != want && t_now_ms() < deadline)
+        usleep(50000);
+    return v;
 }
 
 /* ---- Prometheus, started by the test and always stopped ---- */
@@ -440,6 +459,41 @@ Test(metrics, hostile_requests)
     t_ctl(&e, "stats", out, sizeof(out));
     cr_assert_eq(t_field(out, "sessions_failed"), 0, "%s", out);
     cr_assert_eq(t_field(out, "worker_deaths"), 0, "%s", out);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+}
+
+Test(metrics, hibernation)
+{
+    struct t_edge e;
+    struct t_echo_ep srv;
+    int port;
+
+    edge_with_metrics_and(&e, &srv, &port, "hibernate_after_ms = 200\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    round_trip(ep, 64, 1);
+    cr_assert_eq(scrape_wait(port, "cessna_hibernated_sessions", 1, 10000), 1, "never slept");
+    cr_assert_eq(scrape(port, "cessna_sessions{state=\"hibernated\"}"), 1);
+    cr_assert_eq(scrape(port, "cessna_sessions{state=\"live\"}"), 0);
+    cr_assert_eq(scrape(port, "cessna_hibernations_total"), 1);
+    cr_assert_eq(scrape(port, "cessna_wakes_total"), 0);
+    double snaps = scrape(port, "cessna_snapshots_total");
+    cr_assert_geq(snaps, 1, "a session sleeps on a durable snapshot");
+    cr_assert_eq(scrape(port, "cessna_snapshot_duration_seconds_count"), snaps);
+    cr_assert_eq(scrape(port, "cessna_snapshot_duration_seconds_bucket{le=\"+Inf\"}"), snaps);
+    cr_assert_gt(scrape(port, "cessna_snapshot_duration_seconds_sum"), 0);
+
+    round_trip(ep, 64, 2);   /* wakes it */
+    cr_assert_eq(scrape(port, "cessna_wakes_total"), 1);
+    cr_assert_eq(scrape(port, "cessna_wake_failures_total"), 0);
+    cr_assert_eq(scrape(port, "cessna_worker_deaths_total"), 0, "a sleep is not a death");
+    double total = 0;
+    for (const char *m = "fresh\0cold\0hot\0remote\0"; *m; m += strlen(m) + 1) {
+        char name[96];
+        snprintf(name, sizeof(name), "cessna_recoveries_total{mode=\"%s\"}", m);
+        total += scrape(port, name);
+    }
+    cr_assert_eq(total, 0, "a wake is not a recovery");
     cessna_ep_free(ep);
     t_edge_stop(&e);
 }
