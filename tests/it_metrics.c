@@ -10,6 +10,9 @@
  *                                  socket are served all along, and /metrics afterwards
  *   metrics/hibernation           a session goes to sleep and wakes: the gauges and counters
  *                                  follow, and every durable snapshot is in the histogram
+ *   metrics/remote_move            a session moved between two edges (t_world): the old edge
+ *                                  counts the move and the end, the new one a remote recovery,
+ *                                  timed
  *   metrics/ctl_json               cessna-ctl --json stats, sessions, snapshot, an error:
  *                                  parsed with jansson, numbers as numbers, "-" as null
  *
@@ -32,6 +35,7 @@
 
 #include "cessna_endpoint.h"
 #include "t_helpers.h"
+#include "t_world.h"
 
 #define PROMETHEUS "/usr/bin/prometheus"
 #define PROMTOOL   "/usr/bin/promtool"
@@ -496,6 +500,46 @@ Test(metrics, hibernation)
     cr_assert_eq(total, 0, "a wake is not a recovery");
     cessna_ep_free(ep);
     t_edge_stop(&e);
+}
+
+Test(metrics, remote_move)
+{
+    static struct world w;
+    struct w_opts o = { .edges = 2, .sessions = 2, .rounds = 300 };
+    struct w_clients c;
+    char extra[2][64], cmd[64], out[4096], name[96];
+    int port[2];
+    uint64_t ids[W_SESSIONS_MAX];
+
+    for (int i = 0; i < 2; i++) {
+        port[i] = w_free_port();
+        snprintf(extra[i], sizeof(extra[i]), "metrics_listen = 127.0.0.1:%d\n", port[i]);
+        o.edge_extra[i] = extra[i];
+    }
+    world_start(&w, &o);
+    run_clients(&w, &c);
+    cr_assert_eq(wait_rounds(&w, 40, 30000), 0, "the clients did not get going");
+    cr_assert_eq(edge_session_ids(&w, 0, ids, W_SESSIONS_MAX), 2);
+    cr_assert_eq(scrape(port[0], "cessna_sessions_opened_total"), 2);
+    snprintf(cmd, sizeof(cmd), "move %llu", (unsigned long long)ids[0]);
+    edge_ctl(&w, 0, cmd, out, sizeof(out));
+    cr_assert(strstr(out, "ok moving"), "move: %s", out);
+
+    snprintf(name, sizeof(name), "cessna_recoveries_total{mode=\"remote\"}");
+    cr_assert_eq(scrape_wait(port[1], name, 1, 15000), 1, "the session never resumed at edge 1");
+    cr_assert_eq(scrape(port[1], "cessna_sessions_opened_total"), 1, "resumed counts as opened");
+    cr_assert_eq(scrape_wait(port[1], "cessna_recovery_duration_seconds_count{mode=\"remote\"}",
+                             1, 10000), 1, "the remote recovery is timed");
+    cr_assert_eq(scrape_wait(port[0], "cessna_moves_total", 1, 10000), 1);
+    cr_assert_eq(scrape_wait(port[0], "cessna_sessions_ended_total", 1, 10000), 1,
+                 "the moved copy ended at edge 0");
+    cr_assert_eq(scrape(port[0], "cessna_sessions{state=\"live\"}"), 1);
+    cr_assert_eq(scrape(port[0], "cessna_recoveries_total{mode=\"remote\"}"), 0);
+    join_clients(&w, &c);
+    wait_server_transcripts(&w);
+    cr_assert_eq(scrape(port[0], "cessna_sessions_failed_total") +
+                 scrape(port[1], "cessna_sessions_failed_total"), 0);
+    world_stop(&w);
 }
 
 /* ---- cessna-ctl --json ---- */
