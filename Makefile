@@ -78,7 +78,7 @@ $(BUILD)/bin/cessna-worker: $(call obj,$(WORKER_SRC)) $(BUILD)/libcommon.a
 $(BUILD)/bin/cessna-replay: $(BUILD)/bin/cessna-worker
 	$(Q)ln -sf cessna-worker $@
 $(BUILD)/bin/cessna-ctl: $(call obj,supervisor/cessna_ctl.c) $(BUILD)/libcommon.a
-	$(call link,$(LDLIBS))
+	$(call link,$(LDLIBS) -ljansson)
 $(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c endpoint/ploop.c endpoint/relay.c endpoint/keep.c) $(BUILD)/lib/libcessna-endpoint.a
 	$(call link,-luring -lsodium)
 $(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c endpoint/ploop.c endpoint/relay.c endpoint/keep.c endpoint/store.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
@@ -109,7 +109,7 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/lib
 TEST_WRAP := -Wl,--wrap=ring_put
 $(BUILD)/tests/cessna-tests: $(call obj,$(UNIT_SRC) $(IT_SRC) $(THELP_SRC) worker/arena.c \
 		supervisor/evstore.c supervisor/timers.c endpoint/keep.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
-	$(call link,$(TEST_WRAP) -lcriterion $(LDLIBS) -lz -lpthread)
+	$(call link,$(TEST_WRAP) -lcriterion $(LDLIBS) -ljansson -lz -lpthread)
 
 # The long runs (`make soak`): not part of `make test`.
 $(BUILD)/tests/cessna-soak: $(call obj,$(wildcard tests/soak/*.c) $(THELP_SRC)) \

@@ -42,6 +42,7 @@ static const struct key keys[] = {
     STR(state_dir, K_STRING, 0),
     STR(control, K_STRING, 0),
     STR(cache_dir, K_STRING, 0),
+    STR(metrics_listen, K_ADDR, 0),
     { "snapshot_interval_ms", K_U64, offsetof(struct config, snapshot_interval_ms), 0, 0, 86400000, 0 },
     { "standby", K_STANDBY, offsetof(struct config, standby), 0, 0, 0, 0 },
     { "max_sessions", K_U32, offsetof(struct config, max_sessions), 0, 0, 65536, 0 },

@@ -15,6 +15,7 @@ struct config {
     char     state_dir[PATH_MAX];  /* snapshots and ordering logs (default /var/lib/cessna) */
     char     control[PATH_MAX];    /* control socket (default STATE_DIR/control.sock) */
     char     cache_dir[PATH_MAX];  /* objects for cessna_cache_read ("" = no cache) */
+    char     metrics_listen[256];  /* HOST:PORT of the Prometheus endpoint ("" = off) */
     uint64_t snapshot_interval_ms; /* 0 = no periodic snapshots (default 1000) */
     enum standby_mode standby;     /* cold | hot (default cold) */
     uint32_t max_sessions;         /* 0 (default): derived from the descriptor limit */

@@ -3,7 +3,7 @@
 set -euo pipefail
 PKGS="build-essential pkg-config liburing-dev libxxhash-dev libzstd-dev libcriterion-dev
       zlib1g-dev libinih-dev libseccomp-dev libsodium-dev haproxy redis-server redis-tools
-      gnuplot-nox"
+      gnuplot-nox libjansson-dev prometheus"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -19,4 +19,6 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq $missing
     # The redis-server package starts a system instance; the tests run their own.
     (systemctl disable --now redis-server 2>/dev/null || service redis-server stop 2>/dev/null) || true
+    # So does the prometheus package; the metrics test runs its own on a free port.
+    (systemctl disable --now prometheus 2>/dev/null || service prometheus stop 2>/dev/null) || true
 fi

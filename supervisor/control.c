@@ -102,6 +102,11 @@ static const char *recovery_timing(const struct session *s, char *out, size_t le
     return out;
 }
 
+const char *ctl_state_name(const struct session *s)
+{
+    return hib_state_name(s, state_names[s->state]);
+}
+
 static size_t list_sessions(char *out, size_t cap)
 {
     size_t n = 0;
@@ -122,7 +127,7 @@ static size_t list_sessions(char *out, size_t cap)
             "fork_us=%llu write_us=%llu held_events=%llu held_bytes=%llu snapshot_failures=%llu "
             "timers=%u order_held=%llu epoch=%llu remote_snapshot=%llu%s\n",
             (unsigned long long)s->id, s->worker_reaped ? 0 : (int)s->pid,
-            hib_state_name(s, state_names[s->state]),
+            ctl_state_name(s),
             (unsigned long long)events, (unsigned long long)(s->next_pos - 1),
             (unsigned long long)s->outputs[0], (unsigned long long)s->outputs[1], s->recoveries,
             standby, snapshot, (unsigned long long)s->snapshots,

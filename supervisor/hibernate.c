@@ -314,20 +314,29 @@ uint64_t hib_events(const struct session *s)
     return s->hib.state == HIB_AWAKE ? 0 : s->hib.pos;
 }
 
-size_t hib_stats(char *out, size_t cap)
+void hib_totals(struct hib_totals *t)
 {
-    uint32_t asleep = 0, going = 0;
-    int n;
-
+    memset(t, 0, sizeof(*t));
     for (uint32_t i = 0; i < S.slot_high; i++) {
         const struct session *s = &S.sessions[i];
         if (s->state == S_FREE || s->state >= S_DEAD)
             continue;
-        asleep += s->hib.state == HIB_ASLEEP;
-        going += s->hib.state == HIB_STOPPING;
+        t->asleep += s->hib.state == HIB_ASLEEP;
+        t->going += s->hib.state == HIB_STOPPING;
     }
+    t->hibernations = H.hibernations;
+    t->wakes = H.wakes;
+    t->wake_failures = H.wake_failures;
+}
+
+size_t hib_stats(char *out, size_t cap)
+{
+    struct hib_totals t;
+    int n;
+
+    hib_totals(&t);
     n = snprintf(out, cap, " hibernated=%u hibernating=%u hibernations=%llu wakes=%llu "
-                 "wake_failures=%llu wake_us_avg=%llu wake_us_max=%llu", asleep, going,
+                 "wake_failures=%llu wake_us_avg=%llu wake_us_max=%llu", t.asleep, t.going,
                  ull(H.hibernations), ull(H.wakes), ull(H.wake_failures),
                  ull(H.wake_us_n ? H.wake_us_sum / H.wake_us_n : 0), ull(H.wake_us_max));
     return n < 0 ? 0 : (size_t)n >= cap ? cap - 1 : (size_t)n;

@@ -47,5 +47,11 @@ const char *hib_state_name(const struct session *s, const char *live_name);
 uint64_t hib_events(const struct session *s);
 /* " hibernated=N ..." for cessna-ctl stats: the length written. */
 size_t hib_stats(char *out, size_t cap);
+/* The same counters for the metrics (metrics.c). */
+struct hib_totals {
+    uint32_t asleep, going;     /* sessions hibernated, and going to sleep now */
+    uint64_t hibernations, wakes, wake_failures;
+};
+void hib_totals(struct hib_totals *t);
 
 #endif

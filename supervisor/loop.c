@@ -19,6 +19,7 @@
 #include "cred.h"
 #include "drain.h"
 #include "log.h"
+#include "metrics.h"
 #include "proc.h"
 #include "snapsync.h"
 #include "sup.h"
@@ -204,6 +205,9 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_IGNORE:     return;
     case OP_ZYGOTE_REPLY: return zygote_on_reply(cqe->res);
     case OP_SNAPSYNC:   return snapsync_on_done(cqe->res);
+    case OP_METRICS_ACCEPT: return metrics_on_accept(cqe->res, cqe->flags);
+    case OP_METRICS_RECV:   return metrics_on_recv(slot, cqe->res);
+    case OP_METRICS_SEND:   return metrics_on_send(slot, cqe->res);
     }
     if (slot >= S.cfg.max_sessions)
         return;
@@ -271,6 +275,12 @@ static int setup_ring(void)
 #define FDS_PER_SESSION 7
 #define FDS_RESERVED    64
 
+/* The node's own descriptors: the few dozen, and the metrics endpoint's when it is on. */
+static uint64_t fds_reserved(void)
+{
+    return FDS_RESERVED + (S.cfg.metrics_listen[0] ? METRICS_FDS : 0);
+}
+
 static uint64_t fds_per_session(void)
 {
     return FDS_PER_SESSION + (S.cfg.standby == STANDBY_HOT ? 2 : 0) + (S.futex_bells ? 0 : 1);
@@ -290,7 +300,7 @@ static void set_fd_limit(void)
     if (S.cfg.max_fds)
         want = S.cfg.max_fds;
     else if (S.cfg.max_sessions)
-        want = S.cfg.max_sessions * per + FDS_RESERVED;
+        want = S.cfg.max_sessions * per + fds_reserved();
     else
         want = rl.rlim_max;
     if (want > rl.rlim_max) {
@@ -305,7 +315,7 @@ static void set_fd_limit(void)
         if (setrlimit(RLIMIT_NOFILE, &set) == 0)
             rl.rlim_cur = want;
     }
-    uint64_t can = rl.rlim_cur > FDS_RESERVED ? (rl.rlim_cur - FDS_RESERVED) / per : 0;
+    uint64_t can = rl.rlim_cur > fds_reserved() ? (rl.rlim_cur - fds_reserved()) / per : 0;
     if (rl.rlim_cur == RLIM_INFINITY || can > 65536)
         can = 65536;
     if (!S.cfg.max_sessions) {
@@ -443,6 +453,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "cessna-supervisor: %s\n", err);
         return 1;
     }
+    int metrics_fd = -1;
+    if (S.cfg.metrics_listen[0] &&
+        (metrics_fd = metrics_listen(S.cfg.metrics_listen, err, sizeof(err))) < 0) {
+        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        return 1;
+    }
     if ((rc = setup_ring()) < 0) {
         fprintf(stderr, "cessna-supervisor: io_uring: %s\n", strerror(-rc));
         return 1;
@@ -461,6 +477,8 @@ int main(int argc, char **argv)
     }
     proc_close_in_child(S.listen_fd);
     proc_close_in_child(S.ctl_fd);
+    if (metrics_fd >= 0)
+        proc_close_in_child(metrics_fd);
     proc_close_in_child(S.ring.ring_fd);
     proc_close_in_child(S.lock_fd);
     proc_close_in_child(S.signal_fd);
@@ -473,6 +491,7 @@ int main(int argc, char **argv)
     zygote_watch();
     recovery_tick_arm();
     tmo_arm();
+    metrics_start();
 
     /* Report the real address (the config may say port 0). */
     char host[256];
@@ -484,6 +503,9 @@ int main(int argc, char **argv)
     fflush(stdout);
     LOG(LOG_INFO, "msg=\"ready\" listen=%s:%d server=%s app=%s control=%s", host,
         addr_local_port(S.listen_fd), S.cfg.server, S.cfg.app, S.cfg.control);
+    if (metrics_fd >= 0)
+        LOG(LOG_INFO, "msg=\"metrics endpoint ready\" metrics_listen=%s port=%d",
+            S.cfg.metrics_listen, addr_local_port(metrics_fd));
 
     rc = run_loop();
 

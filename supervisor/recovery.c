@@ -42,6 +42,7 @@
 
 #include "cachelog.h"
 #include "log.h"
+#include "metrics.h"
 #include "snap.h"
 #include "spawn.h"
 #include "remote.h"
@@ -430,6 +431,19 @@ static uint64_t oom_kills(void)
 
 /* Periodic snapshots of the sessions that moved since their last one, the watchdog of
  * requests in flight, and the event watchdog. */
+/* A recovery is over when its worker has replayed every event it was given: the worker
+ * stamps replayed_ns then; its duration goes into the metrics once. */
+static void recovery_timed(struct session *s)
+{
+    if (!s->recovery_untimed || s->state == S_FREE || !s->ctl)
+        return;
+    uint64_t done = atomic_load(&s->ctl->replayed_ns);
+    if (!done || done < s->died_ns)
+        return;
+    metrics_observe_recovery(s->recovery_mode, done - s->died_ns);
+    s->recovery_untimed = 0;
+}
+
 void recovery_on_tick(void)
 {
     static int started;
@@ -441,6 +455,7 @@ void recovery_on_tick(void)
     for (uint32_t i = 0; i < S.slot_high; i++) {
         struct session *s = &S.sessions[i];
         watchdog(s, now);
+        recovery_timed(s);
         if (s->state != S_LIVE)
             continue;
         if (s->snap_inflight) {
@@ -487,6 +502,7 @@ static void make_durable(struct session *s, const struct snap_pending *p)
     s->snap_write_ns = r->write_ns;
     s->snap_fork_ns = r->fork_ns;
     S.stats.snapshots++;
+    metrics_observe_snapshot(r->fork_ns + r->write_ns);
     evstore_drop_through(&s->ev, p->pos);
     cachelog_drop_through(s, p->pos);
     if (p->standby_pidfd >= 0) {
@@ -934,6 +950,7 @@ void recovery_start(struct session *s, const char *how, int own_fault)
     s->snap_written = s->snap_pos;
     s->recoveries++;
     s->recovery_mode = mode;
+    s->recovery_untimed = 1;
     S.stats.recoveries++;
     LOG(LOG_WARN, "session=%llu msg=\"worker died, recovering\" old=%d status=\"%s\" "
         "at_event=%llu new=%d mode=%s snapshot=%llu replay=%llu", ull(s->id), (int)old, how,

@@ -424,6 +424,7 @@ static void rebuild(struct session *s)
     /* For cessna-ctl sessions: the restore and replay are timed from here, like a recovery. */
     s->recoveries++;
     s->recovery_mode = "remote";
+    s->recovery_untimed = 1;   /* recovery.c puts its duration in the metrics */
     s->died_ns = s->resume_ns[2];
     if (!P && !N && sess_push_event_at(s, EV_START, ORDER_START, 0, NULL, 0, 0) < 0)
         goto fail;

@@ -260,6 +260,7 @@ int sess_push_event_at(struct session *s, uint16_t type, uint8_t src, uint64_t a
         return -ENOMEM;
     s->last_time = e.time_ms;
     s->next_pos++;
+    S.stats.events++;
     tmo_touch(s);
     hib_on_event(s);   /* hibernate.c: a sleeping session wakes */
     sess_feed(s);
@@ -1321,6 +1322,8 @@ void sess_maybe_free(struct session *s)
     ring_asm_reset(&s->out_asm);
     if (!s->dir_taken)
         sdir_session_ended(s->id, s->failed);   /* removed, or kept for offline replay */
+    if (s->id)
+        S.stats.sessions_ended++;
     free(s->order);
     free(s->order_end);
     timers_free(s);

@@ -29,6 +29,7 @@ enum op {
     OP_IGNORE,         /* completions of cancels: nothing to do */
     OP_ZYGOTE_REPLY,   /* the zygote answered spawn requests */
     OP_SNAPSYNC,       /* the snapshot sync thread finished a batch (snapsync.c) */
+    OP_METRICS_ACCEPT, OP_METRICS_RECV, OP_METRICS_SEND,   /* metrics.c; slot = connection */
 };
 #define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
 #define UD_OP(ud)   ((int)((ud) >> 56))
@@ -162,6 +163,7 @@ struct session {
     unsigned wd_killed : 1;             /* the watchdog killed the worker */
 
     const char *recovery_mode;          /* of the last recovery: fresh, cold or hot */
+    unsigned recovery_untimed : 1;      /* its duration is not in the metrics yet */
 
     /* event order */
     uint64_t next_pos;          /* position of the next event */
@@ -199,6 +201,8 @@ struct sup_stats {
     uint64_t accept_fd_limit, accept_paused;     /* EMFILE/ENFILE, and pauses it caused */
     uint64_t zygote_restarts, dirs_removed, ctl_timeouts;
     uint64_t resumes, moves;                            /* sessions rebuilt here after another edge lost them */
+    uint64_t events;            /* events ordered, every session */
+    uint64_t sessions_ended;    /* sessions (with an id) whose slot was freed */
 };
 
 struct sup {
@@ -355,6 +359,8 @@ void ctl_accept(int fd);
 void ctl_on_recv(uint32_t idx, int res);
 void ctl_on_send(uint32_t idx, int res);
 void ctl_sweep(uint64_t now_ms);         /* close control connections that take too long */
+/* The state cessna-ctl sessions shows: live, hibernated, ending, ... */
+const char *ctl_state_name(const struct session *s);
 
 
 #endif

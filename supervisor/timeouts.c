@@ -16,6 +16,7 @@
 
 #include "log.h"
 #include "drain.h"
+#include "metrics.h"
 #include "remote.h"
 #include "sup.h"
 
@@ -148,6 +149,7 @@ void tmo_on_sweep(void)
             sess_maybe_free(s);
     }
     ctl_sweep(now);
+    metrics_sweep(now);
     remote_sweep(now);
     drain_sweep(now);
     tmo_arm();

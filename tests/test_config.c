@@ -478,3 +478,21 @@ Test(config, sandbox_and_worker_user)
 
     expect_error(REQUIRED "sandbox = yes\n", 5, "bad value 'yes' for 'sandbox' (want on or off)");
 }
+
+Test(config, metrics_listen)
+{
+    struct config c;
+    char err[512];
+
+    const char *path = cfg_write("metrics-off.ini",
+        "[edge]\nlisten = 127.0.0.1:7000\nserver = 127.0.0.1:8000\napp = /a.so\n");
+    cr_assert_eq(load(path, &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_str_eq(c.metrics_listen, "", "off unless configured");
+    path = cfg_write("metrics-on.ini",
+        "[edge]\nlisten = 127.0.0.1:7000\nserver = 127.0.0.1:8000\napp = /a.so\n"
+        "metrics_listen = [::1]:9100\n");
+    cr_assert_eq(load(path, &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_str_eq(c.metrics_listen, "[::1]:9100");
+    expect_error("[edge]\nlisten = 127.0.0.1:7000\nserver = 127.0.0.1:8000\napp = /a.so\n"
+                 "metrics_listen = 9100\n", 5, "bad value '9100' for 'metrics_listen' (want HOST:PORT)");
+}

@@ -556,6 +556,16 @@ static void attach_rings(void)
 }
 
 /* A new snapshot request whose position we have reached (DESIGN.md 5). */
+/* A recovery (or a resume) with nothing to replay is over once the state is back: that is
+ * the end of its replay, which the supervisor's timing and metrics wait for. */
+static void stamp_if_nothing_to_replay(void)
+{
+    uint64_t until = L.ctl->replay_until;
+
+    if (until && L.st->pos >= until)
+        atomic_store(&L.ctl->replayed_ns, (uint64_t)mono_ns());
+}
+
 static int snapshot_due(void)
 {
     uint64_t req = atomic_load_explicit(&L.ctl->snap_req, memory_order_acquire);
@@ -605,6 +615,7 @@ static void take_snapshot(void)
         atomic_store(&L.ctl->started_ns, (uint64_t)mono_ns());
         attach_rings();
         log_init("cessna-worker");
+        stamp_if_nothing_to_replay();
         return;
     }
     if (rc < 0) {
@@ -713,6 +724,7 @@ void rt_run(const struct rt_session *s)
     }
     confine(s->session_id);
     announce_timers(L.st->pos);   /* nothing to replay after the snapshot */
+    stamp_if_nothing_to_replay();
 
     for (;;) {
         uint16_t type;
