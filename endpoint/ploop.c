@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 
 #include "addr.h"
+#include "cessna_version.h"
 #include "log.h"
 #include "ploop.h"
 
@@ -690,15 +691,16 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         { "handshake-timeout-ms", required_argument, NULL, 't' },
         { "keep-max-bytes", required_argument, NULL, 'k' },
         { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
     };
-    for (int i = 0, n = 6; spec->opts && spec->opts[i].name && n < 31; i++)
+    for (int i = 0, n = 7; spec->opts && spec->opts[i].name && n < 31; i++)
         opts[n++] = spec->opts[i];
     const char *listen_addr = NULL;
     unsigned long long v;
     char err[256];
     int c, rc;
 
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "V", opts, NULL)) != -1) {
         switch (c) {
         case 'l':
             listen_addr = optarg;
@@ -723,6 +725,9 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
             break;
         case 'h':
             fputs(spec->usage, stdout);
+            return 0;
+        case 'V':
+            printf("%s %s\n", spec->name, CESSNA_VERSION);
             return 0;
         default:
             if (c >= 256 && spec->option) {

@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "cessna_version.h"
 #include "ctlcmd.h"
 
 static void usage(FILE *f)
@@ -31,7 +32,8 @@ static void usage(FILE *f)
         "                    when none is left (SIGTERM does the same)\n"
         "\n"
         "  -s, --socket PATH the supervisor's control socket ([edge] control)\n"
-        "  -h, --help        this text\n");
+        "  -h, --help        this text\n"
+        "  -V, --version     print the version and exit\n");
 }
 
 int main(int argc, char **argv)
@@ -39,6 +41,7 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         { "socket", required_argument, NULL, 's' },
         { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
         { 0 },
     };
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -47,10 +50,11 @@ int main(int argc, char **argv)
     ssize_t n;
     int c, fd, failed = 0;
 
-    while ((c = getopt_long(argc, argv, "s:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:hV", opts, NULL)) != -1) {
         switch (c) {
         case 's': path = optarg; break;
         case 'h': usage(stdout); return 0;
+        case 'V': printf("cessna-ctl %s\n", CESSNA_VERSION); return 0;
         default: usage(stderr); return 2;
         }
     }
