@@ -11,7 +11,7 @@ CC       ?= cc
 WARN     := -Wall -Wextra -Wundef -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter -Wno-format-truncation
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 $(WARN) -D_GNU_SOURCE -Iinclude -Icommon -fPIC
-CFLAGS   += -DCESSNA_BUILD_DIR=\"$(abspath $(BUILD))\" -I$(BUILD)/gen
+CFLAGS   += -DCESSNA_BUILD_DIR=\"$(abspath $(BUILD))\" -I$(abspath $(BUILD))/gen
 ifeq ($(WERROR),1)
 CFLAGS   += -Werror
 endif
@@ -140,6 +140,8 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/lib
 # --wrap=ring_put lets test_evstore.c run a hook after a failed reservation (a consumer
 # popping at that instant); unarmed, the wrapper only calls the real ring_put.
 TEST_WRAP := -Wl,--wrap=ring_put
+# tests/it_install.c runs `make install` from this tree, with this build's settings.
+$(call obj,tests/it_install.c): CFLAGS += -DCESSNA_SRC_DIR=\"$(CURDIR)\" -DCESSNA_SANITIZE=\"$(SANITIZE)\"
 $(BUILD)/tests/cessna-tests: $(call obj,$(UNIT_SRC) $(IT_SRC) $(THELP_SRC) worker/arena.c \
 		supervisor/evstore.c supervisor/timers.c endpoint/keep.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(TEST_WRAP) -lcriterion $(LDLIBS) -lz -lpthread)
