@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "cessna_version.h"
 
 #ifndef CESSNA_BUILD_DIR
 #define CESSNA_BUILD_DIR "build"
@@ -109,6 +110,7 @@ static void usage(FILE *f)
             "                 plot whose section did not run is not drawn. Without gnuplot\n"
             "                 the data is still written and the run exits 1\n"
             "  --help         this text\n"
+            "  -V, --version  print the version and exit\n"
             "\n"
             "Paths: direct = client -> echo; haproxy1 = client -> haproxy -> echo;\n"
             "edge-native = libcessna-endpoint client -> cessna-supervisor (passthrough.so) ->\n"
@@ -324,11 +326,12 @@ static int parse_number(const char *opt, const char *s, double lo, double hi, do
     return 0;
 }
 
-/* 0 to run, 1 after --help, -EINVAL on a usage error. */
+/* 0 to run, 1 after --help or --version, -EINVAL on a usage error. */
 static int parse_options(struct bench_opts *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },          { "messages", required_argument, NULL, 'm' },
+        { "version", no_argument, NULL, 'V' },
         { "seconds", required_argument, NULL, 's' }, { "quick", no_argument, NULL, 'q' },
         { "build", required_argument, NULL, 'b' },   { "sizes", required_argument, NULL, 'z' },
         { "paths", required_argument, NULL, 'p' },   { "haproxy", required_argument, NULL, 'x' },
@@ -369,11 +372,12 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
     parse_many(o, DEFAULT_MANY);
     o->many_stacks = (1 << MANY_STACKS) - 1;
 
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hV", longopts, NULL)) != -1) {
         int rc = 0;
 
         switch (c) {
         case 'h': usage(stdout); return 1;
+        case 'V': printf("cessna-bench %s\n", CESSNA_VERSION); return 1;
         case 'm': rc = parse_number("--messages", optarg, 1, 1e8, &messages); break;
         case 's': rc = parse_number("--seconds", optarg, 0.1, 3600, &seconds); break;
         case 'q': quick = 1; break;

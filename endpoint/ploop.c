@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 
 #include "addr.h"
+#include "cessna_version.h"
 #include "log.h"
 #include "ploop.h"
 
@@ -692,6 +693,7 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         { "keep-max-bytes", required_argument, NULL, 'k' },
         { "connect-timeout-ms", required_argument, NULL, 'c' },
         { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
     };
     for (int i = 0, n = 7; spec->opts && spec->opts[i].name && n < 31; i++)
         opts[n++] = spec->opts[i];
@@ -700,7 +702,7 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
     char err[256];
     int c, rc;
 
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "V", opts, NULL)) != -1) {
         switch (c) {
         case 'l':
             listen_addr = optarg;
@@ -730,6 +732,9 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
             break;
         case 'h':
             fputs(spec->usage, stdout);
+            return 0;
+        case 'V':
+            printf("%s %s\n", spec->name, CESSNA_VERSION);
             return 0;
         default:
             if (c >= 256 && spec->option) {

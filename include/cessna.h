@@ -4,7 +4,8 @@
  *
  *     const struct cessna_app cessna_app = { CESSNA_ABI_VERSION, "name", ... };
  *
- * and is built out of tree with:  cc -shared -fPIC -I include app.c -o app.so
+ * and is built out of tree with:  cc -shared -fPIC $(pkg-config --cflags cessna) app.c -o app.so
+ * (after make install; from a source tree: -I CESSNA_SOURCE/include instead).
  *
  * The runtime calls the app's functions one event at a time, in the order the edge
  * supervisor assigned. The app must be deterministic: the same events must give the same

@@ -8,7 +8,8 @@
  *               in a loop on a thread of its own: it also handles the edges' RESUMEs)
  *               (or ep = cessna_ep_accept(lfd, ...): sessions that cannot move)
  * Then cessna_ep_send() and cessna_ep_recv() messages; cessna_ep_close() ends the session.
- * Link with -lcessna-endpoint -lsodium -lxxhash -lzstd -lpthread.
+ * Link with -lcessna-endpoint -lsodium -lxxhash -lzstd -lpthread (installed:
+ * $(pkg-config --cflags --libs cessna-endpoint)).
  *
  * Messages keep their boundaries. Outputs from the edge are numbered; a duplicate (a number
  * already received) is dropped. The event order piggybacked on every output is kept

@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 
+#include "cessna_version.h"
 #include "ctlcmd.h"
 
 static void usage(FILE *f)
@@ -38,7 +39,8 @@ static void usage(FILE *f)
         "                    its fields, sessions as {\"sessions\": [ ... ]}, the other\n"
         "                    commands as {\"ok\": true, \"message\": TEXT} or {\"ok\": false,\n"
         "                    \"error\": TEXT}; numbers are numbers, \"-\" (none) is null\n"
-        "  -h, --help        this text\n");
+        "  -h, --help        this text\n"
+        "  -V, --version     print the version and exit\n");
 }
 
 /* ---- --json: the supervisor's key=value text, converted ---- */
@@ -130,6 +132,7 @@ int main(int argc, char **argv)
         { "socket", required_argument, NULL, 's' },
         { "json", no_argument, NULL, 'j' },
         { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
         { 0 },
     };
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -138,11 +141,12 @@ int main(int argc, char **argv)
     ssize_t n;
     int c, fd, failed = 0, json = 0;
 
-    while ((c = getopt_long(argc, argv, "s:jh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:jhV", opts, NULL)) != -1) {
         switch (c) {
         case 's': path = optarg; break;
         case 'j': json = 1; break;
         case 'h': usage(stdout); return 0;
+        case 'V': printf("cessna-ctl %s\n", CESSNA_VERSION); return 0;
         default: usage(stderr); return 2;
         }
     }

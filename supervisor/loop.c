@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "cessna_version.h"
 #include "cred.h"
 #include "drain.h"
 #include "log.h"
@@ -343,6 +344,7 @@ static void usage(FILE *f)
         "  -c, --config FILE   the INI configuration (section [edge]; see README)\n"
         "  -t, --check         check the configuration and exit\n"
         "  -h, --help          this text\n"
+        "  -V, --version       print the version and exit\n"
         "\n"
         "Environment: CESSNA_LOG=error|warn|info|debug (default info), logs on stderr.\n");
 }
@@ -371,6 +373,7 @@ int main(int argc, char **argv)
         { "config", required_argument, NULL, 'c' },
         { "check", no_argument, NULL, 't' },
         { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
         { 0 },
     };
     const char *cfgpath = NULL;
@@ -378,11 +381,12 @@ int main(int argc, char **argv)
     int check = 0, c, rc;
     sigset_t mask;
 
-    while ((c = getopt_long(argc, argv, "c:th", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:thV", opts, NULL)) != -1) {
         switch (c) {
         case 'c': cfgpath = optarg; break;
         case 't': check = 1; break;
         case 'h': usage(stdout); return 0;
+        case 'V': printf("cessna-supervisor %s\n", CESSNA_VERSION); return 0;
         default: usage(stderr); return 2;
         }
     }

@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include "cessna_version.h"
 #include "log.h"
 #include "proc.h"
 #include "runtime.h"
@@ -30,7 +31,8 @@ static void usage(FILE *f)
         "\n"
         "The per-app zygote that cessna-supervisor starts; it is not run by hand.\n"
         "It loads MODULE.so, then forks one worker per session on the supervisor's\n"
-        "request over the socket N. Workers appear as 'cessna-worker' in ps.\n");
+        "request over the socket N. Workers appear as 'cessna-worker' in ps.\n"
+        "  -V, --version   print the version and exit\n");
 }
 
 static void report_ready(int sock, int status, const char *text)
@@ -89,13 +91,14 @@ int main(int argc, char **argv)
         { "sandbox", required_argument, NULL, 'b' },
         { "worker-user", required_argument, NULL, 'u' },
         { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
         { 0 },
     };
     const char *app = NULL, *cache_dir = NULL, *worker_user = "nobody";
     int sock = -1, zygote = 0, sandbox = 1, c;
     char err[256];
 
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
         switch (c) {
         case 'z': zygote = 1; break;
         case 'a': app = optarg; break;
@@ -105,6 +108,7 @@ int main(int argc, char **argv)
         case 'b': sandbox = strcmp(optarg, "off") != 0; break;
         case 'u': worker_user = optarg; break;
         case 'h': usage(stdout); return 0;
+        case 'V': printf("cessna-worker %s\n", CESSNA_VERSION); return 0;
         default: usage(stderr); return 2;
         }
     }

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "bell.h"
+#include "cessna_version.h"
 #include "evlog.h"
 #include "log.h"
 #include "proc.h"
@@ -38,7 +39,8 @@ static void usage(FILE *f)
         "fresh with --fresh, which needs the log from event 1), feeds the logged events\n"
         "(DIR/ID/events-*.log) to the app in their order, and reports whether and where the\n"
         "app crashes. Use the same build and app module as the edge that ran the session.\n"
-        "Exit status: 0 no crash, 3 the app crashed, 1 replay not possible, 2 usage.\n");
+        "Exit status: 0 no crash, 3 the app crashed, 1 replay not possible, 2 usage.\n"
+        "  -V, --version   print the version and exit\n");
 }
 
 struct replay {
@@ -182,6 +184,7 @@ int replay_main(int argc, char **argv)
         { "session", required_argument, NULL, 's' },
         { "fresh", no_argument, NULL, 'f' },
         { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
         { 0 },
     };
     const char *app = NULL, *state_dir = NULL;
@@ -189,13 +192,14 @@ int replay_main(int argc, char **argv)
     int fresh = 0, c;
     char err[512], dir[PATH_MAX];
 
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
         switch (c) {
         case 'a': app = optarg; break;
         case 'd': state_dir = optarg; break;
         case 's': session_id = strtoull(optarg, NULL, 0); break;
         case 'f': fresh = 1; break;
         case 'h': usage(stdout); return 0;
+        case 'V': printf("cessna-replay %s\n", CESSNA_VERSION); return 0;
         default: usage(stderr); return 2;
         }
     }
