@@ -364,9 +364,7 @@ static void on_sigsys(int signo, siginfo_t *si, void *ucv)
     }
     if (SB.in_child) {
         /* A snapshot child runs no app code: this is a runtime bug. Say so, and end it. */
-        log_safe("cessna-worker: snapshot child stopped by the sandbox: ");
-        log_safe(t.buf);
-        log_safe("\n");
+        log_safe(LOG_ERROR, "snapshot child stopped by the sandbox: ", t.buf);
         if (SB.child_fail)
             SB.child_fail(t.buf);
         _exit(1);
