@@ -26,6 +26,7 @@
 #include "log.h"
 #include "bell.h"
 #include "runtime.h"
+#include "proctitle.h"
 #include "sandbox.h"
 #include "shm.h"
 #include "wsnap.h"
@@ -605,6 +606,8 @@ static void take_snapshot(void)
         atomic_store(&L.ctl->started_ns, (uint64_t)mono_ns());
         attach_rings();
         log_init("cessna-worker");
+        proctitle_set("cessna-worker", "cessna-worker session=%llu",
+                      (unsigned long long)L.st->session_id);
         return;
     }
     if (rc < 0) {

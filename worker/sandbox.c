@@ -158,6 +158,7 @@ static int compile_filter(char *err, size_t errlen)
     ALLOW_IF("clone", SCMP_A0(SCMP_CMP_EQ, CLONE_PARENT));
     ALLOW("eventfd2");   /* a hot standby's wake-up */
     ALLOW_IF("prctl", INT_IS(0, PR_SET_PDEATHSIG));
+    ALLOW_IF("prctl", INT_IS(0, PR_SET_NAME));   /* its title in ps: snapshot, standby */
     ALLOW_IF("setpgid", INT_IS(0, 0), INT_IS(1, 0));
     ALLOW_IF("kill", INT_IS(0, 0));
     /* handlers for every signal but SIGSYS: the sandbox's own stays */
