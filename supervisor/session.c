@@ -1254,7 +1254,10 @@ void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
     va_end(ap);
     if (s->state >= S_CONNECTING)
         S.stats.sessions_failed++;
-    LOG(LOG_WARN, "session=%llu msg=\"session failed\" reason=\"%s\"", ull(s->id), text);
+    /* A connection that never became a session (no id yet) gets its session_end line
+     * only: one line per bad connection, not two. */
+    if (s->id)
+        LOG(LOG_WARN, "session=%llu msg=\"session failed\" reason=\"%s\"", ull(s->id), text);
     sesslog_end(s, END_FAILED, text);
     s->state = S_DEAD;
     s->failed = 1;

@@ -55,7 +55,9 @@ void sesslog_end(const struct session *s, enum sesslog_end dflt, const char *rea
 {
     const struct sesslog *l = &s->log;
     enum sesslog_end cause = l->cause != END_NONE ? l->cause : dflt;
-    int level = l->quiet ? LOG_DEBUG : LOG_INFO;
+    /* A failure is a warning (HAProxy's log-separate-errors); a connection that said
+     * nothing is debug (its dontlognull). */
+    int level = l->quiet ? LOG_DEBUG : cause == END_FAILED ? LOG_WARN : LOG_INFO;
     char why[300] = "";
 
     if (level > log_threshold)

@@ -187,6 +187,7 @@ Test(logs, session_end_lines, .timeout = 60)
     end_line(&e, b_id, line, sizeof(line), 10000);
     cr_log_info("%s", line);
     cr_assert_str_eq(str_field(line, "end", v, sizeof(v)), "failed", "%s", line);
+    check_head(line, "cessna-supervisor", "warn");
     cr_assert(strstr(str_field(line, "reason", v, sizeof(v)), "died again"), "%s", line);
     cr_assert_geq(t_field(line, "recoveries"), 1, "%s", line);
     cr_assert_eq(t_field(line, "bytes_in"), 7, "'ok' and 'CRASH': %s", line);
