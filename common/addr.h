@@ -20,6 +20,12 @@ int addr_connect(const char *s, char *err, size_t errlen);
 /* The same, giving up after timeout_ms (-ETIMEDOUT; 0: the kernel's own limit). */
 int addr_connect_within(const char *s, int timeout_ms, char *err, size_t errlen);
 
+/* "IP:PORT" or "[V6]:PORT" of a socket address ("?" for another family): the length. */
+size_t addr_format(const struct sockaddr *sa, char *buf, size_t len);
+
+/* The same for a connected socket's peer; "?" when it has none. */
+size_t addr_peer(int fd, char *buf, size_t len);
+
 /* The port a bound socket listens on, or -1. */
 int addr_local_port(int fd);
 

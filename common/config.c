@@ -8,6 +8,7 @@
 
 #include "addr.h"
 #include "config.h"
+#include "log.h"
 #include "shm.h"
 
 struct parse_state {
@@ -22,7 +23,7 @@ struct parse_state {
     int failed;
 };
 
-enum key_kind { K_STRING, K_ADDR, K_U64, K_U32, K_POW2, K_STANDBY, K_BUSY_POLL, K_ONOFF };
+enum key_kind { K_STRING, K_ADDR, K_U64, K_U32, K_POW2, K_STANDBY, K_BUSY_POLL, K_ONOFF, K_LOGLEVEL };
 
 struct key {
     const char *name;
@@ -71,6 +72,7 @@ static const struct key keys[] = {
     STR(edge_secret_file, K_STRING, 0),
     { "drain_timeout_ms", K_U64, offsetof(struct config, drain_timeout_ms), 0, 0, 86400000, 0 },
     { "ship_snapshots", K_ONOFF, offsetof(struct config, ship_snapshots), 0, 0, 0, 0 },
+    { "log_level", K_LOGLEVEL, offsetof(struct config, log_level), 0, 0, 0, 0 },
     { "heartbeat_interval_ms", K_U32, offsetof(struct config, heartbeat_interval_ms), 0, 0, 3600000, 0 },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -84,6 +86,7 @@ void config_defaults(struct config *c)
     c->max_sessions = 0;   /* derived from the descriptor limit at start (loop.c) */
     c->heartbeat_interval_ms = 1000;
     c->drain_timeout_ms = 30000;
+    c->log_level = LOG_INFO;
     c->ship_snapshots = 1;
     c->max_message_bytes = 1u << 20;
     c->max_session_memory = 256ull << 20;
@@ -189,6 +192,11 @@ static int handler(void *user, const char *section, const char *name, const char
             if (strcmp(value, "auto") != 0 && strcmp(value, "off") != 0)
                 return fail(st, "bad value '%s' for 'busy_poll' (want auto or off)%s", value, "");
             st->c->busy_poll = strcmp(value, "auto") == 0;
+            return 1;
+        case K_LOGLEVEL:
+            if ((st->c->log_level = log_level_parse(value)) < 0)
+                return fail(st, "bad value '%s' for 'log_level' (want error, warn, info or debug)%s",
+                            value, "");
             return 1;
         case K_ONOFF:
             if (strcmp(value, "on") != 0 && strcmp(value, "off") != 0)

@@ -51,6 +51,7 @@ struct config {
     char     edge_secret_file[PATH_MAX]; /* the secret proved to the server endpoint ("" = none) */
     int      ship_snapshots;       /* 1 = ship durable snapshots to the server endpoint (default) */
     uint32_t heartbeat_interval_ms;
+    int      log_level;            /* LOG_ERROR .. LOG_DEBUG (default info); CESSNA_LOG wins */
     uint64_t drain_timeout_ms;     /* a drain closes what is left after this (default 30000) */ /* HEARTBEAT on a connection quiet this long (default 1000, 0 = off) */
 };
 

@@ -2,11 +2,18 @@
  *
  *   LOG(LOG_INFO, "session=%llu msg=\"worker started\" pid=%d", id, pid);
  *
- * The level is read from CESSNA_LOG (error, warn, info, debug; default info) by log_init().
- * The macro tests the level before evaluating its arguments. log_safe() is the
- * async-signal-safe variant (no formatting). */
+ * writes, as one write(2) to stderr,
+ *
+ *   ts=2026-12-01T00:40:12.123Z prog=cessna-supervisor pid=812 level=info session=... msg=...
+ *
+ * (RFC 3339, UTC, milliseconds). The level is info unless CESSNA_LOG (error, warn, info,
+ * debug) says otherwise; a program with a configured level applies it with log_set_level(),
+ * which CESSNA_LOG still overrides. The macro tests the level before evaluating its
+ * arguments. log_safe() is the async-signal-safe variant (no formatting). */
 #ifndef CESSNA_LOG_H
 #define CESSNA_LOG_H
+
+#include <stddef.h>
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
@@ -14,7 +21,22 @@ extern int log_threshold;
 
 void log_init(const char *prog);
 void log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void log_safe(const char *msg);
+/* A whole line whose msg is "a" followed by "b" (b may be NULL); async-signal-safe. */
+void log_safe(int level, const char *a, const char *b);
+
+/* "error" .. "debug" to LOG_ERROR .. LOG_DEBUG, or -1. */
+int log_level_parse(const char *name);
+const char *log_level_name(int level);
+/* The level from a configuration (at start and on reload): applied unless CESSNA_LOG was
+ * set when log_init ran, which wins. Returns the level in force afterwards. Children
+ * started later inherit it (it is exported as CESSNA_LOG). */
+int log_set_level(int level);
+/* 1 when CESSNA_LOG set the level (log_set_level() then changes nothing). */
+int log_level_from_env(void);
+
+/* The time as RFC 3339 in UTC with milliseconds ("2026-12-01T00:40:12.123Z", 24 chars):
+ * writes at most len bytes including the NUL; async-signal-safe. Returns the length. */
+size_t log_format_ts(char *buf, size_t len, long long sec, long nsec);
 
 #define LOG(level, ...)                                                        \
     do {                                                                       \

@@ -34,6 +34,7 @@ static void finish_move(struct session *s, const char *how)
     }
     remote_reset_conn(srv);   /* it waits for the resume; a FIN would look like the end */
     S.stats.moves++;
+    sesslog_cause(&s->log, END_MOVED);
     sess_end_quietly(s);
 }
 
@@ -80,6 +81,7 @@ static void close_now(struct session *s)
         }
     }
     S.stats.forced_closes++;
+    sesslog_cause(&s->log, END_DRAIN_TIMEOUT);
     sess_end_quietly(s);
 }
 

@@ -96,6 +96,7 @@ static void stop(struct session *s, uint64_t now_ms)
     s->hib.pos = s->snap_pos;
     s->hib.wake_pending = 0;
     H.hibernations++;
+    sesslog_hibernated(&s->log);
     LOG(LOG_INFO, "session=%llu msg=\"hibernating\" worker=%d snapshot=%llu idle_ms=%llu",
         ull(s->id), (int)s->pid, ull(s->snap_pos), ull(now_ms - s->hib.last_event_ms));
 }

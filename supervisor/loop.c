@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -346,7 +347,25 @@ static void usage(FILE *f)
         "  -h, --help          this text\n"
         "  -V, --version       print the version and exit\n"
         "\n"
-        "Environment: CESSNA_LOG=error|warn|info|debug (default info), logs on stderr.\n");
+        "Logs go to stderr as key=value lines; the level is [edge] log_level (default info),\n"
+        "overridden by the environment: CESSNA_LOG=error|warn|info|debug.\n");
+}
+
+/* An error that stops the supervisor at start, as a log line like any other (the reason
+ * keeps its "FILE:LINE: reason" form inside). */
+static void startup_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void startup_error(const char *fmt, ...)
+{
+    char text[768];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    for (char *p = text; *p; p++)   /* the value is quoted: no quote or newline inside */
+        if (*p == '"' || *p == '\n')
+            *p = '\'';
+    log_write(LOG_ERROR, "msg=\"cannot start\" error=\"%s\"", text);
 }
 
 static int mkdir_p(const char *path)
@@ -397,24 +416,24 @@ int main(int argc, char **argv)
     log_init("cessna-supervisor");
     if (config_load(cfgpath, &S.cfg, err, sizeof(err)) < 0 ||
         addr_parse(S.cfg.server, &S.server_addr, &S.server_addrlen, err, sizeof(err)) < 0) {
-        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        startup_error("%s", err);
         return 2;
     }
     if (access(S.cfg.app, R_OK) == -1) {
-        fprintf(stderr, "cessna-supervisor: %s: app module %s: %s\n", cfgpath, S.cfg.app,
-                strerror(errno));
+        startup_error("%s: app module %s: %s", cfgpath, S.cfg.app, strerror(errno));
         return 2;
     }
     if (cred_init() < 0) {
-        fprintf(stderr, "cessna-supervisor: libsodium failed to initialise\n");
+        startup_error("libsodium failed to initialise");
         return 1;
     }
     if (S.cfg.edge_secret_file[0] &&
         cred_load_secret(S.cfg.edge_secret_file, S.edge_secret, &S.edge_secret_len, err,
                          sizeof(err)) < 0) {
-        fprintf(stderr, "cessna-supervisor: %s: %s\n", cfgpath, err);
+        startup_error("%s: %s", cfgpath, err);
         return 2;
     }
+    log_set_level(S.cfg.log_level);   /* CESSNA_LOG, when set, wins */
     if (check) {
         printf("%s: ok\n", cfgpath);
         return 0;
@@ -424,12 +443,12 @@ int main(int argc, char **argv)
     S.ring_size = S.cfg.ring_bytes;
     sess_flow_limits();
     if ((rc = mkdir_p(S.cfg.state_dir)) < 0) {
-        fprintf(stderr, "cessna-supervisor: state_dir %s: %s\n", S.cfg.state_dir, strerror(-rc));
+        startup_error("state_dir %s: %s", S.cfg.state_dir, strerror(-rc));
         return 1;
     }
     S.lock_fd = -1;
     if (sdir_lock(err, sizeof(err)) < 0) {
-        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        startup_error("%s", err);
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -439,22 +458,22 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &mask, NULL);
     S.signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
     if (S.signal_fd == -1) {
-        fprintf(stderr, "cessna-supervisor: signalfd: %s\n", strerror(errno));
+        startup_error("signalfd: %s", strerror(errno));
         return 1;
     }
 
     if (zygote_start(S.cfg.app, S.cfg.cache_dir, S.cfg.state_dir, err, sizeof(err)) < 0) {
-        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        startup_error("%s", err);
         return 1;
     }
     S.listen_fd = addr_listen(S.cfg.listen, err, sizeof(err));
     if (S.listen_fd < 0) {
-        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        startup_error("%s", err);
         return 1;
     }
     S.ctl_fd = ctl_listen(S.cfg.control, err, sizeof(err));
     if (S.ctl_fd < 0) {
-        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        startup_error("%s", err);
         return 1;
     }
     int metrics_fd = -1;
@@ -464,7 +483,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if ((rc = setup_ring()) < 0) {
-        fprintf(stderr, "cessna-supervisor: io_uring: %s\n", strerror(-rc));
+        startup_error("io_uring: %s", strerror(-rc));
         return 1;
     }
     doorbell_probe();
@@ -472,11 +491,11 @@ int main(int argc, char **argv)
     S.sessions = calloc(S.cfg.max_sessions, sizeof(*S.sessions));
     S.free_slots = calloc(S.cfg.max_sessions, sizeof(*S.free_slots));
     if (!S.sessions || !S.free_slots) {
-        fprintf(stderr, "cessna-supervisor: out of memory for %u sessions\n", S.cfg.max_sessions);
+        startup_error("out of memory for %u sessions", S.cfg.max_sessions);
         return 1;
     }
     if (snapsync_init(err, sizeof(err)) < 0) {
-        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        startup_error("%s", err);
         return 1;
     }
     proc_close_in_child(S.listen_fd);

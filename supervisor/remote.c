@@ -269,5 +269,6 @@ void remote_lost(struct session *s, enum side side, const char *why)
         ull(s->remote_pos));
     remote_reset_conn(&s->c[side == SIDE_CLIENT ? SIDE_SERVER : SIDE_CLIENT]);
     remote_reset_conn(&s->c[side]);
+    sesslog_cause(&s->log, side == SIDE_CLIENT ? END_CLIENT_LOST : END_SERVER_LOST);
     sess_end_quietly(s);
 }

@@ -98,6 +98,7 @@ static void abort_resume(struct session *s, uint32_t code, const char *fmt, ...)
         sup_flush(s, cli);
     }
     remote_reset_conn(srv);   /* it waits for the resume; a FIN would look like the end */
+    sesslog_cause(&s->log, END_RESUME_FAILED);
     sess_end_quietly(s);
 }
 
@@ -520,6 +521,7 @@ void resume_start(struct session *s, const struct wire_frame *f)
          * it left): the newer resume wins, and takes over its directory. */
         LOG(LOG_INFO, "session=%llu msg=\"older copy ends: the client resumed\"", ull(s->id));
         old->dir_taken = 1;
+        sesslog_cause(&old->log, END_SUPERSEDED);
         sess_end_quietly(old);
         sess_maybe_free(old);
     }

@@ -381,6 +381,7 @@ void sess_accept(int fd)
                                   "edge full: max_sessions=%u sessions are open", S.cfg.max_sessions);
         if (send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) == -1)
             LOG(LOG_DEBUG, "msg=\"edge full, error not delivered\"");
+        sesslog_refused(fd, "edge full");
         close(fd);
         /* One line a second at most: a flood of clients must not become a flood of logs. */
         static uint64_t last_ms, refused;
@@ -405,6 +406,7 @@ void sess_accept(int fd)
     conn_init(&s->c[SIDE_CLIENT], SIDE_CLIENT, fd);
     conn_init(&s->c[SIDE_SERVER], SIDE_SERVER, -1);
     s->c[SIDE_CLIENT].up = 1;
+    sesslog_accept(&s->log, fd);
     S.nsessions++;
     tmo_touch(s);
     sup_arm_recv(s, &s->c[SIDE_CLIENT]);
@@ -662,6 +664,7 @@ static void side_closed(struct session *s, enum side side)
                             side == SIDE_CLIENT ? 1 : 2, NULL, 0);
         if (rc == 0) {
             s->state = S_CLOSING;
+            sesslog_cause(&s->log, side == SIDE_CLIENT ? END_CLIENT_CLOSE : END_SERVER_CLOSE);
             LOG(LOG_INFO, "session=%llu msg=\"closing\" by=%s", ull(s->id),
                 side == SIDE_CLIENT ? "client" : "server");
             return;
@@ -683,6 +686,7 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
 {
     if (c->side == SIDE_CLIENT && s->state == S_HELLO) {
         if (S.draining && (f->type == WIRE_HELLO || f->type == WIRE_RESUME)) {
+            sesslog_cause(&s->log, END_REFUSED);
             sess_fail(s, WIRE_ERR_UNAVAILABLE, "this edge is draining: try another");
             return -EPROTO;
         }
@@ -700,6 +704,7 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
             return 0;
         }
         if (f->type == WIRE_ERROR) {
+            sesslog_cause(&s->log, END_REFUSED);
             sess_fail(s, WIRE_ERR_UNAVAILABLE, "server endpoint refused the session: %.*s",
                          (int)f->u.error.text_len, f->u.error.text);
             return -EPROTO;
@@ -735,6 +740,7 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
             c->next_seq++;
             S.stats.msgs_in++;
             S.stats.bytes_in += f->u.data.len;
+            sesslog_in(&s->log, c->side, f->u.data.len);
             return 0;
         }
         if (f->type == WIRE_CLOSE) {
@@ -835,6 +841,7 @@ void sess_on_recv(struct session *s, enum side side, int res)
             sess_fail(s, WIRE_ERR_PROTO, "truncated frame: the %s stopped sending after %zu "
                          "bytes of a frame", side == SIDE_CLIENT ? "client" : "server", c->rlen);
         } else if (s->state == S_HELLO) {
+            sesslog_quiet(&s->log);
             sess_fail(s, WIRE_ERR_PROTO, "disconnected before HELLO");
         } else if ((s->state == S_LIVE || s->state == S_RESUMING) && !c->closed) {
             remote_lost(s, side, res == 0 ? "closed without CLOSE" : strerror(-res));
@@ -932,6 +939,7 @@ static void send_output(struct session *s, enum side side, const struct shm_rec 
     s->outputs[side] = r->a;
     S.stats.msgs_out++;
     S.stats.bytes_out += len;
+    sesslog_out(&s->log, side, len);
 }
 
 static void worker_finished(struct session *s)
@@ -954,6 +962,7 @@ static void worker_finished(struct session *s)
     recovery_end(s);
     LOG(LOG_INFO, "session=%llu msg=\"session closed\" events=%llu to_client=%llu to_server=%llu",
         ull(s->id), ull(s->next_pos - 1), ull(s->outputs[0]), ull(s->outputs[1]));
+    sesslog_end(s, END_NONE, NULL);
 }
 
 /* Input that waited for room in the worker's ring, or for held events to go. */
@@ -1246,7 +1255,11 @@ void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
     va_end(ap);
     if (s->state >= S_CONNECTING)
         S.stats.sessions_failed++;
-    LOG(LOG_WARN, "session=%llu msg=\"session failed\" reason=\"%s\"", ull(s->id), text);
+    /* A connection that never became a session (no id yet) gets its session_end line
+     * only: one line per bad connection, not two. */
+    if (s->id)
+        LOG(LOG_WARN, "session=%llu msg=\"session failed\" reason=\"%s\"", ull(s->id), text);
+    sesslog_end(s, END_FAILED, text);
     s->state = S_DEAD;
     s->failed = 1;
     olog_on_failure(s);     /* before recovery_end: the held events are what it writes */
@@ -1272,6 +1285,7 @@ void sess_end_quietly(struct session *s)
 {
     if (s->state >= S_DEAD)
         return;
+    sesslog_end(s, END_NONE, NULL);
     s->state = S_DEAD;
     for (int i = 0; i < 2; i++)
         conn_close(s, &s->c[i]);

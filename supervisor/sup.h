@@ -11,6 +11,7 @@
 #include "evstore.h"
 #include "hibernate.h"
 #include "ring.h"
+#include "sesslog.h"
 #include "shm.h"
 #include "statedir.h"
 #include "timeouts.h"
@@ -134,6 +135,7 @@ struct session {
     unsigned dir_taken : 1; /* a newer copy of the session (a resume) uses its directory */
     struct tmo tmo;
     struct hib hib;         /* hibernation (hibernate.c) */
+    struct sesslog log;     /* the session-end line (sesslog.c) */
 
     /* events since the last durable snapshot, and local recovery */
     struct evstore ev;

@@ -99,6 +99,7 @@ static void sweep_session(struct session *s, uint64_t now)
         if (!S.cfg.hello_timeout_ms || idle < S.cfg.hello_timeout_ms)
             return;
         S.stats.hello_timeouts++;
+        sesslog_cause(&s->log, END_HELLO_TIMEOUT);
         sess_fail(s, WIRE_ERR_PROTO, "no HELLO within hello_timeout_ms=%u", S.cfg.hello_timeout_ms);
         /* A client that never finished its HELLO does not get to hold the slot while it
          * reads our ERROR at leisure: stop reading it now; the ERROR still goes out. */
@@ -109,6 +110,7 @@ static void sweep_session(struct session *s, uint64_t now)
         if (!S.cfg.connect_timeout_ms || idle < S.cfg.connect_timeout_ms)
             return;
         S.stats.connect_timeouts++;
+        sesslog_cause(&s->log, END_CONNECT_TIMEOUT);
         sess_fail(s, WIRE_ERR_UNAVAILABLE, "server endpoint %s did not answer within "
                   "connect_timeout_ms=%u", S.cfg.server, S.cfg.connect_timeout_ms);
         force_close(s, &s->c[SIDE_SERVER], SHUT_RDWR);
@@ -117,6 +119,7 @@ static void sweep_session(struct session *s, uint64_t now)
         if (!S.cfg.idle_timeout_ms || idle < S.cfg.idle_timeout_ms)
             return;
         S.stats.idle_timeouts++;
+        sesslog_cause(&s->log, END_IDLE_TIMEOUT);
         sess_fail(s, WIRE_ERR_SESSION, "idle: no event for idle_timeout_ms=%u",
                   S.cfg.idle_timeout_ms);
         break;

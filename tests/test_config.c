@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "log.h"
 
 /* Every test writes its INI files into its own mkdtemp directory, removed afterwards. */
 static char cfg_dir[64];
@@ -495,4 +496,24 @@ Test(config, metrics_listen)
     cr_assert_str_eq(c.metrics_listen, "[::1]:9100");
     expect_error("[edge]\nlisten = 127.0.0.1:7000\nserver = 127.0.0.1:8000\napp = /a.so\n"
                  "metrics_listen = 9100\n", 5, "bad value '9100' for 'metrics_listen' (want HOST:PORT)");
+}
+
+Test(config, log_level)
+{
+    struct config c;
+    char err[512];
+    const char *names[] = { "error", "warn", "info", "debug" };
+
+    cr_assert_eq(load(cfg_write("dflt.ini", REQUIRED), &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.log_level, LOG_INFO, "info by default");
+    for (int i = 0; i < 4; i++) {
+        char text[256];
+        snprintf(text, sizeof(text), REQUIRED "log_level = %s\n", names[i]);
+        cr_assert_eq(load(cfg_write("lvl.ini", text), &c, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(c.log_level, LOG_ERROR + i, "log_level = %s", names[i]);
+        cfg_nfiles--;
+    }
+    expect_error(REQUIRED "log_level = verbose\n", 5,
+                 "bad value 'verbose' for 'log_level' (want error, warn, info or debug)");
+    expect_error(REQUIRED "log_level = INFO\n", 5, "bad value 'INFO'");
 }

@@ -16,6 +16,7 @@
  * power-of-two bins searched first fit. Two bitmaps make finding a non-empty bin O(1).
  */
 #include "arena.h"
+#include "log.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -68,7 +69,7 @@ static inline uint64_t csize(const struct chunk *c) { return c->head & ~(uint64_
 
 static void die(const char *what, const void *p)
 {
-    fprintf(stderr, "arena: %s (pointer %p)\n", what, p);
+    log_write(LOG_ERROR, "msg=\"arena: %s\" pointer=%p", what, p);
     abort();
 }
 

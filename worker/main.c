@@ -18,6 +18,7 @@
 #include "cessna_version.h"
 #include "log.h"
 #include "proc.h"
+#include "proctitle.h"
 #include "runtime.h"
 #include "sandbox.h"
 #include "spawn.h"
@@ -31,7 +32,8 @@ static void usage(FILE *f)
         "\n"
         "The per-app zygote that cessna-supervisor starts; it is not run by hand.\n"
         "It loads MODULE.so, then forks one worker per session on the supervisor's\n"
-        "request over the socket N. Workers appear as 'cessna-worker' in ps.\n"
+        "request over the socket N. In ps it shows as 'cessna-worker zygote app=NAME', each\n"
+        "worker as 'cessna-worker session=ID' (a hot standby: '... standby').\n"
         "  -V, --version   print the version and exit\n");
 }
 
@@ -64,6 +66,8 @@ static void spawn_one(int sock, const struct spawn_request *req, const int *fds,
         };
         close(sock);
         prctl(PR_SET_PDEATHSIG, SIGKILL);
+        proctitle_set("cessna-worker", "cessna-worker session=%llu",
+                      (unsigned long long)req->session_id);
         rt_run(&s);
     }
     memset(&rep, 0, sizeof(rep));
@@ -79,6 +83,8 @@ int main(int argc, char **argv)
 {
     const char *self = strrchr(argv[0], '/');
 
+    proctitle_init(argc, argv);
+    self = strrchr(argv[0], '/');
     if (strcmp(self ? self + 1 : argv[0], "cessna-replay") == 0)
         return replay_main(argc, argv);
 
@@ -136,6 +142,12 @@ int main(int argc, char **argv)
         }
         rt_set_cache_dir(dfd);
     }
+    /* ps: "cessna-worker zygote app=NAME" (the module's file name without .so). */
+    const char *base = strrchr(app, '/') ? strrchr(app, '/') + 1 : app;
+    size_t blen = strlen(base);
+    if (blen > 3 && strcmp(base + blen - 3, ".so") == 0)
+        blen -= 3;
+    proctitle_set("cessna-zygote", "cessna-worker zygote app=%.*s", (int)blen, base);
     report_ready(sock, 0, "ready");
 
     for (;;) {

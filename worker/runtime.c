@@ -26,6 +26,7 @@
 #include "log.h"
 #include "bell.h"
 #include "runtime.h"
+#include "proctitle.h"
 #include "sandbox.h"
 #include "shm.h"
 #include "wsnap.h"
@@ -616,6 +617,8 @@ static void take_snapshot(void)
         attach_rings();
         log_init("cessna-worker");
         stamp_if_nothing_to_replay();
+        proctitle_set("cessna-worker", "cessna-worker session=%llu",
+                      (unsigned long long)L.st->session_id);
         return;
     }
     if (rc < 0) {

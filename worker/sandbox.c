@@ -158,6 +158,7 @@ static int compile_filter(char *err, size_t errlen)
     ALLOW_IF("clone", SCMP_A0(SCMP_CMP_EQ, CLONE_PARENT));
     ALLOW("eventfd2");   /* a hot standby's wake-up */
     ALLOW_IF("prctl", INT_IS(0, PR_SET_PDEATHSIG));
+    ALLOW_IF("prctl", INT_IS(0, PR_SET_NAME));   /* its title in ps: snapshot, standby */
     ALLOW_IF("setpgid", INT_IS(0, 0), INT_IS(1, 0));
     ALLOW_IF("kill", INT_IS(0, 0));
     /* handlers for every signal but SIGSYS: the sandbox's own stays */
@@ -364,9 +365,7 @@ static void on_sigsys(int signo, siginfo_t *si, void *ucv)
     }
     if (SB.in_child) {
         /* A snapshot child runs no app code: this is a runtime bug. Say so, and end it. */
-        log_safe("cessna-worker: snapshot child stopped by the sandbox: ");
-        log_safe(t.buf);
-        log_safe("\n");
+        log_safe(LOG_ERROR, "snapshot child stopped by the sandbox: ", t.buf);
         if (SB.child_fail)
             SB.child_fail(t.buf);
         _exit(1);

@@ -23,6 +23,7 @@
 #include "shm.h"
 #include "snap.h"
 #include "spawn.h"
+#include "proctitle.h"
 #include "wsnap.h"
 
 #define MAX_MODULE_REGIONS (SNAP_MAX_REGIONS - 1)
@@ -197,6 +198,8 @@ static void child_write(const struct wsnap_request *rq, int report_fd)
         _exit(rep.status == 0 ? 0 : 1);
     /* The hot standby: frozen at this position until the supervisor needs it. A SIGCONT
      * from anyone else only brings it back to the read. */
+    proctitle_set("cessna-standby", "cessna-worker session=%llu standby",
+                  (unsigned long long)rq->session_id);
     raise(SIGSTOP);
     while (read(wake, &v, sizeof(v)) != (ssize_t)sizeof(v))
         if (errno != EINTR && errno != EAGAIN)
@@ -270,6 +273,8 @@ int wsnap_take(const struct wsnap_request *rq, int report_fd)
         child_report_fd = report_fd;
         sandbox_snapshot_child(child_refused);
         prctl(PR_SET_PDEATHSIG, SIGKILL);   /* our parent is the supervisor (CLONE_PARENT) */
+        proctitle_set("cessna-snapshot", "cessna-worker session=%llu snapshot",
+                      (unsigned long long)rq->session_id);
         child_write(rq, report_fd);
         return 1;   /* a hot standby taking over */
     }
