@@ -32,7 +32,7 @@ static int writable_dir(const char *key, const char *path, char *err, size_t err
         }
         return 0;
     }
-    if (errno != ENOENT) {
+    if (errno != ENOENT && errno != ENOTDIR) {
         snprintf(err, errlen, "%s %s: %s", key, path, strerror(errno));
         return -errno;
     }
@@ -48,7 +48,7 @@ static int writable_dir(const char *key, const char *path, char *err, size_t err
         }
         if (stat(up, &st) == 0)
             break;
-        if (errno != ENOENT || strcmp(up, "/") == 0 || strcmp(up, ".") == 0) {
+        if ((errno != ENOENT && errno != ENOTDIR) || strcmp(up, "/") == 0 || strcmp(up, ".") == 0) {
             snprintf(err, errlen, "%s %s: %s: %s", key, path, up, strerror(errno));
             return -errno;
         }
@@ -94,7 +94,7 @@ int check_app(char *err, size_t errlen)
     char why[400];
 
     if (zygote_start(S.cfg.app, S.cfg.cache_dir, S.cfg.state_dir, why, sizeof(why)) < 0) {
-        snprintf(err, errlen, "app %s: %s", S.cfg.app, why);
+        snprintf(err, errlen, "app: %s", why);
         return -EINVAL;
     }
     pid_t pid = S.zygote_pid;

@@ -25,6 +25,7 @@
 
 #define DRAIN_QUIET_MS 200   /* no event for this long: nothing is on its way (loopback,
                               * a LAN); longer replies are cut only at drain_timeout_ms */
+#define DRAIN_LINGER_MS 100  /* every last frame is out: how long peers get to close */
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
 
@@ -166,12 +167,44 @@ void drain_sweep(uint64_t now)
     }
 }
 
+/* An ended session whose last frames are all handed to the kernel, its writes shut down:
+ * only the peers' EOFs are awaited (up to 3 s, session.c), which a drain need not wait for. */
+static int flushed(const struct session *s)
+{
+    if (s->state != S_DEAD)
+        return 0;
+    for (int i = 0; i < 2; i++) {
+        const struct conn *c = &s->c[i];
+        if (c->fd >= 0 && (!c->draining || c->connect_armed || c->send_armed ||
+                           c->sending.len || c->pending.len))
+            return 0;
+    }
+    return 1;
+}
+
 void drain_check_done(void)
 {
-    if (!S.draining || S.nsessions || S.stopping)
+    static uint64_t flushed_ms;
+    uint64_t now;
+
+    if (!S.draining || S.stopping)
         return;
+    if (S.nsessions) {
+        for (uint32_t i = 0; i < S.slot_high; i++)
+            if (S.sessions[i].state != S_FREE && !flushed(&S.sessions[i])) {
+                flushed_ms = 0;
+                return;
+            }
+        /* Every session is over and its last frames are out: give the peers a moment to
+         * close their side, so the sessions end (and their directories go) as usual. */
+        now = tmo_now_ms();
+        if (!flushed_ms)
+            flushed_ms = now;
+        if (now - flushed_ms < DRAIN_LINGER_MS)
+            return;
+    }
     LOG(LOG_INFO, "msg=\"drained: no session left, stopping\" moved=%llu closed=%llu "
-        "closed_at_timeout=%llu refused=%llu", ull(D.moved), ull(D.closed), ull(D.forced),
-        ull(D.refused));
+        "closed_at_timeout=%llu refused=%llu peers_not_closed=%u", ull(D.moved), ull(D.closed),
+        ull(D.forced), ull(D.refused), S.nsessions);
     S.stopping = 1;
 }
