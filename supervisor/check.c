@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "log.h"
 #include "sup.h"
 
 /* A directory we must write into: it exists and we may create files in it, or it does not
@@ -92,8 +93,12 @@ int check_dirs(const struct config *c, char *err, size_t errlen)
 int check_app(char *err, size_t errlen)
 {
     char why[400];
+    int level = log_threshold, rc;
 
-    if (zygote_start(S.cfg.app, S.cfg.cache_dir, S.cfg.state_dir, why, sizeof(why)) < 0) {
+    log_threshold = LOG_WARN;   /* no "zygote ready" line in a check's output */
+    rc = zygote_start(S.cfg.app, S.cfg.cache_dir, S.cfg.state_dir, why, sizeof(why));
+    log_threshold = level;
+    if (rc < 0) {
         snprintf(err, errlen, "app: %s", why);
         return -EINVAL;
     }
