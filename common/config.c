@@ -1,5 +1,6 @@
 /* config.c - parse the [edge] INI file with inih; every error names file and line. */
 #include <errno.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +110,47 @@ void config_defaults(struct config *c)
     c->failed_sessions_keep = 100;
     snprintf(c->worker_user, sizeof(c->worker_user), "nobody");
     c->sandbox = 1;
+}
+
+static size_t key_size(const struct key *k)
+{
+    switch (k->kind) {
+    case K_STRING:
+    case K_ADDR:     return k->size;
+    case K_U64:      return sizeof(uint64_t);
+    case K_U32:
+    case K_POW2:     return sizeof(uint32_t);
+    case K_STANDBY:  return sizeof(enum standby_mode);
+    case K_BUSY_POLL:
+    case K_ONOFF:    return sizeof(int);
+    }
+    return 0;
+}
+
+size_t config_nkeys(void)
+{
+    return NKEYS;
+}
+
+const char *config_key(size_t i)
+{
+    return i < NKEYS ? keys[i].name : NULL;
+}
+
+int config_key_differs(const struct config *a, const struct config *b, size_t i)
+{
+    const struct key *k = &keys[i];
+
+    if (k->kind == K_STRING || k->kind == K_ADDR)
+        return strcmp((const char *)a + k->offset, (const char *)b + k->offset) != 0;
+    return memcmp((const char *)a + k->offset, (const char *)b + k->offset, key_size(k)) != 0;
+}
+
+void config_key_copy(struct config *dst, const struct config *src, size_t i)
+{
+    const struct key *k = &keys[i];
+
+    memcpy((char *)dst + k->offset, (const char *)src + k->offset, key_size(k));
 }
 
 static int fail(struct parse_state *st, const char *fmt, const char *a, const char *b)
@@ -228,6 +270,39 @@ static char *reader(char *str, int num, void *stream)
     return s;
 }
 
+/* Relative paths in the file are relative to the file's directory, as nginx and HAProxy
+ * read theirs, not to wherever the supervisor was started from. */
+static int resolve_paths(const char *path, struct config *c, char *err, size_t errlen)
+{
+    static const struct { const char *name; size_t offset; } paths[] = {
+        { "app", offsetof(struct config, app) },
+        { "state_dir", offsetof(struct config, state_dir) },
+        { "control", offsetof(struct config, control) },
+        { "cache_dir", offsetof(struct config, cache_dir) },
+        { "edge_secret_file", offsetof(struct config, edge_secret_file) },
+    };
+    char copy[PATH_MAX], dir[PATH_MAX];
+
+    snprintf(copy, sizeof(copy), "%s", path);
+    if (!realpath(dirname(copy), dir)) {
+        snprintf(err, errlen, "%s: cannot resolve its directory: %s", path, strerror(errno));
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+        char *v = (char *)c + paths[i].offset, joined[PATH_MAX];
+        if (!v[0] || v[0] == '/')
+            continue;
+        /* every one of these fields is PATH_MAX bytes (config.h) */
+        if (snprintf(joined, sizeof(joined), "%s/%s", dir, v) >= (int)sizeof(joined)) {
+            snprintf(err, errlen, "%s: '%s' is too long once resolved against %s", path,
+                     paths[i].name, dir);
+            return -EINVAL;
+        }
+        memcpy(v, joined, strlen(joined) + 1);
+    }
+    return 0;
+}
+
 int config_load(const char *path, struct config *c, char *err, size_t errlen)
 {
     struct parse_state st = { .c = c, .path = path, .err = err, .errlen = errlen };
@@ -255,6 +330,8 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
             return -EINVAL;
         }
     }
+    if (resolve_paths(path, c, err, errlen) < 0)
+        return -EINVAL;
     if (!c->control[0] &&
         snprintf(c->control, sizeof(c->control), "%s/control.sock", c->state_dir) >=
             (int)sizeof(c->control)) {

@@ -55,9 +55,18 @@ struct config {
     uint64_t drain_timeout_ms;     /* a drain closes what is left after this (default 30000) */ /* HEARTBEAT on a connection quiet this long (default 1000, 0 = off) */
 };
 
-/* Defaults, then the file. 0, or -EINVAL with "FILE:LINE: reason" (or "FILE: reason") in err. */
+/* Defaults, then the file. 0, or -EINVAL with "FILE:LINE: reason" (or "FILE: reason") in err.
+ * Relative paths (app, state_dir, control, cache_dir, edge_secret_file) are made absolute
+ * against the directory of the file. */
 int config_load(const char *path, struct config *c, char *err, size_t errlen);
 
 void config_defaults(struct config *c);
+
+/* The keys one by one, for comparing two configurations (a reload, supervisor/reload.c):
+ * key i's name, whether a and b differ in it, and copying its value. */
+size_t      config_nkeys(void);
+const char *config_key(size_t i);
+int         config_key_differs(const struct config *a, const struct config *b, size_t i);
+void        config_key_copy(struct config *dst, const struct config *src, size_t i);
 
 #endif

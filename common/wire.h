@@ -72,6 +72,9 @@
 /* Header flags. WELCOME from a server endpoint: it stores shipped snapshots (SNAP_PUT) and
  * answers RESUME; without it the edge ships nothing and the session cannot move. */
 #define WIRE_F_STORES 1u
+/* HELLO or RESUME from a client endpoint: its list has other edges to resume at, so a
+ * draining edge moves the session (MOVE) instead of closing it (CLOSE). */
+#define WIRE_F_ROAMS  2u
 
 /* Bodies beyond max payload + this much are refused before they are read. */
 #define WIRE_MAX_OVERHEAD 4096u

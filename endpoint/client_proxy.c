@@ -247,6 +247,8 @@ static void resume_send(struct psess *s)
     uint8_t frame[WIRE_RESUME_MAX];
     size_t n = wire_put_resume(frame, r->session_id, s->token, r->keep.epoch, r->last_out,
                                r->seq + 1, r->keep.order_base, NULL, 0);
+    if (nedges > 1)
+        wire_set_flags(frame, WIRE_F_ROAMS);   /* a drain may move it rather than close it */
     int rc = outq_put(&r->to_edge, frame, n);
 
     if (rc == 0)
@@ -348,6 +350,8 @@ static void client_connected(struct psess *s, enum pside side, int res)
         resume_send(s);
         return;
     }
+    if (nedges > 1)
+        wire_set_flags(hello, WIRE_F_ROAMS);   /* a drain may move it rather than close it */
     if (res < 0) {
         LOG(LOG_WARN, "msg=\"edge unreachable\" edge=%s err=\"connect to %s: %s\"", edge, edge,
             strerror(-res));

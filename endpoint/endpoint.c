@@ -659,9 +659,11 @@ static void ep_resume_material(struct cessna_ep *ep, struct ep_buf *b)
     const uint8_t *data;
     size_t len, cursor = 0;
 
-    ep_buf_put(b, frame, wire_put_resume(frame, ep->session_id, ep->token, ep->keep.epoch,
-                                         ep->last_out, ep->next_seq, ep->keep.order_base,
-                                         NULL, 0));
+    size_t n = wire_put_resume(frame, ep->session_id, ep->token, ep->keep.epoch, ep->last_out,
+                               ep->next_seq, ep->keep.order_base, NULL, 0);
+    if (ep->nedges > 1)
+        wire_set_flags(frame, WIRE_F_ROAMS);   /* a drain may move it rather than close it */
+    ep_buf_put(b, frame, n);
     keep_order_frames(&ep->keep, put_order_frame, b);
     while (keep_next_data(&ep->keep, &cursor, &data, &len))
         ep_buf_put(b, data, len);
@@ -903,7 +905,10 @@ static int ep_hello(struct cessna_ep *ep, int fd, const char *edge)
     long n;
     int rc;
 
-    rc = ep_write_all(fd, buf, wire_put_hello(buf, WIRE_ROLE_CLIENT, 0, NULL), deadline);
+    size_t len = wire_put_hello(buf, WIRE_ROLE_CLIENT, 0, NULL);
+    if (ep->nedges > 1)
+        wire_set_flags(buf, WIRE_F_ROAMS);   /* a drain may move it rather than close it */
+    rc = ep_write_all(fd, buf, len, deadline);
     if (rc < 0) {
         ep_seterr(ep, "send HELLO to %s: %s", edge, strerror(-rc));
         return rc;

@@ -22,7 +22,7 @@ struct cl_slot {
 };
 
 static struct {
-    struct cl_slot *slots;  /* S.cfg.max_sessions, allocated on the first cache read */
+    struct cl_slot *slots;  /* S.slots, allocated on the first cache read */
 } C;
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
@@ -30,11 +30,11 @@ static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
 static struct cl_slot *slot_of(struct session *s)
 {
     if (!C.slots) {
-        C.slots = calloc(S.cfg.max_sessions, sizeof(*C.slots));
+        C.slots = calloc(S.slots, sizeof(*C.slots));
         if (!C.slots)
             return NULL;
     }
-    if (s->slot >= S.cfg.max_sessions)
+    if (s->slot >= S.slots)
         return NULL;
     struct cl_slot *cs = &C.slots[s->slot];
     if (cs->session_id != s->id) {   /* the slot's previous session has ended */
@@ -121,7 +121,7 @@ int cachelog_read(struct session *s, uint64_t pos, const void *vname, size_t nle
 
 void cachelog_drop_through(struct session *s, uint64_t pos)
 {
-    if (!C.slots || s->slot >= S.cfg.max_sessions)
+    if (!C.slots || s->slot >= S.slots)
         return;
     struct cl_slot *cs = &C.slots[s->slot];
     size_t k = 0;

@@ -83,6 +83,18 @@ static int quiet(const struct session *s)
            !ring_asm_partial(&s->out_asm, &len);
 }
 
+int hib_quiet(const struct session *s)
+{
+    if (s->hib.state == HIB_ASLEEP)
+        return s->state == S_LIVE && !s->hib.wake_pending && evstore_unfed(&s->ev) == 0;
+    return s->hib.state == HIB_AWAKE && quiet(s);
+}
+
+uint64_t hib_last_event_ms(const struct session *s)
+{
+    return s->hib.last_event_ms;
+}
+
 /* The snapshot at the last event is durable and the session is quiet: stop the worker. */
 static void stop(struct session *s, uint64_t now_ms)
 {

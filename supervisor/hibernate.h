@@ -41,6 +41,11 @@ int  hib_worker_exited(struct session *s);
 void hib_after_op(struct session *s);
 /* From the periodic tick: idle sessions go to sleep; wakes that had to wait are retried. */
 void hib_tick(uint64_t now_ms);
+/* 1 when nothing is in flight between s and its worker (every event ordered was processed,
+ * no output waits in its ring), or s sleeps with no event waiting (drain.c). */
+int  hib_quiet(const struct session *s);
+/* tmo_now_ms() of s's last event (a message from either side, a timer firing). */
+uint64_t hib_last_event_ms(const struct session *s);
 /* "hibernated" / "hibernating" for cessna-ctl sessions, else live_name. */
 const char *hib_state_name(const struct session *s, const char *live_name);
 /* The events a hibernated session's worker had processed (its shared memory is gone). */

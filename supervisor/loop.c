@@ -18,11 +18,13 @@
 
 #include "addr.h"
 #include "cessna_version.h"
+#include "check.h"
 #include "cred.h"
 #include "drain.h"
 #include "log.h"
 #include "metrics.h"
 #include "proc.h"
+#include "reload.h"
 #include "snapsync.h"
 #include "sup.h"
 
@@ -188,8 +190,14 @@ static void dispatch(struct io_uring_cqe *cqe)
         if (cqe->res < 0) {
             LOG(LOG_ERROR, "msg=\"signalfd read\" error=\"%s\"", strerror(-cqe->res));
             S.exit_code = 1;
+        } else if (sig_info.ssi_signo == SIGHUP) {
+            LOG(LOG_INFO, "msg=\"SIGHUP: reloading the configuration\"");
+            reload_config();
+            arm_signal();
+            return;
         } else if (sig_info.ssi_signo == SIGTERM && !S.draining) {
-            /* SIGTERM moves the sessions away first; a second one (or SIGINT) stops now. */
+            /* SIGTERM drains (drain.c): sessions move or close, then we stop; a second
+             * SIGTERM (or SIGINT) stops now. */
             drain_start("SIGTERM");
             arm_signal();
             return;
@@ -211,7 +219,7 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_METRICS_RECV:   return metrics_on_recv(slot, cqe->res);
     case OP_METRICS_SEND:   return metrics_on_send(slot, cqe->res);
     }
-    if (slot >= S.cfg.max_sessions)
+    if (slot >= S.slots)
         return;
     s = &S.sessions[slot];
     if (s->state == S_FREE)
@@ -253,6 +261,7 @@ static int run_loop(void)
             n++;
         }
         io_uring_cq_advance(&S.ring, n);
+        drain_check_done();   /* a drain whose last session is gone stops the loop */
     }
     return S.exit_code;
 }
@@ -343,9 +352,15 @@ static void usage(FILE *f)
         "session. Prints 'ready listen=HOST:PORT' on stdout once it accepts sessions.\n"
         "\n"
         "  -c, --config FILE   the INI configuration (section [edge]; see README)\n"
-        "  -t, --check         check the configuration and exit\n"
+        "  -t, --check         check the configuration, the directories it names and that\n"
+        "                      the app loads as a CESSNA app, then exit (0: ok)\n"
         "  -h, --help          this text\n"
         "  -V, --version       print the version and exit\n"
+        "\n"
+        "Signals: SIGTERM drains (sessions move to another edge or close once quiet, then\n"
+        "exit 0; a second SIGTERM stops at once), SIGINT stops at once, SIGHUP reloads the\n"
+        "run-time keys of the configuration file.\n"
+        "Relative paths in the configuration are relative to the file's directory.\n"
         "\n"
         "Logs go to stderr as key=value lines; the level is [edge] log_level (default info),\n"
         "overridden by the environment: CESSNA_LOG=error|warn|info|debug.\n");
@@ -430,14 +445,19 @@ int main(int argc, char **argv)
     if (S.cfg.edge_secret_file[0] &&
         cred_load_secret(S.cfg.edge_secret_file, S.edge_secret, &S.edge_secret_len, err,
                          sizeof(err)) < 0) {
-        startup_error("%s: %s", cfgpath, err);
+        startup_error("%s: edge_secret_file: %s", cfgpath, err);
         return 2;
     }
     log_set_level(S.cfg.log_level);   /* CESSNA_LOG, when set, wins */
     if (check) {
+        if (check_dirs(&S.cfg, err, sizeof(err)) < 0 || check_app(err, sizeof(err)) < 0) {
+            fprintf(stderr, "cessna-supervisor: %s: %s\n", cfgpath, err);
+            return 2;
+        }
         printf("%s: ok\n", cfgpath);
         return 0;
     }
+    reload_init(cfgpath);
     S.max_body = wire_max_body(S.cfg.max_message_bytes);
     S.ncpu = (uint32_t)sysconf(_SC_NPROCESSORS_ONLN);
     S.ring_size = S.cfg.ring_bytes;
@@ -455,6 +475,7 @@ int main(int argc, char **argv)
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     S.signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
     if (S.signal_fd == -1) {
@@ -488,8 +509,9 @@ int main(int argc, char **argv)
     }
     doorbell_probe();
     set_fd_limit();   /* after the probe: the doorbells decide the fds per session */
-    S.sessions = calloc(S.cfg.max_sessions, sizeof(*S.sessions));
-    S.free_slots = calloc(S.cfg.max_sessions, sizeof(*S.free_slots));
+    S.slots = S.cfg.max_sessions;
+    S.sessions = calloc(S.slots, sizeof(*S.sessions));
+    S.free_slots = calloc(S.slots, sizeof(*S.free_slots));
     if (!S.sessions || !S.free_slots) {
         startup_error("out of memory for %u sessions", S.cfg.max_sessions);
         return 1;

@@ -795,7 +795,7 @@ void recovery_on_report(struct session *s, int res)
 /* A watched child exited (or its watch ended): reap it and close its pidfd. */
 void recovery_on_reap(uint32_t slot, int pidfd, int res)
 {
-    struct session *s = slot < S.cfg.max_sessions ? &S.sessions[slot] : NULL;
+    struct session *s = slot < S.slots ? &S.sessions[slot] : NULL;
     struct snapchild *k = NULL;
     siginfo_t si;
     char how[96] = "gone";

@@ -356,9 +356,11 @@ void sess_ring_doorbells(void)
  * S.slot_high and the sweeps look at no more than the busiest moment needed. */
 static struct session *slot_alloc(void)
 {
+    if (S.nsessions >= S.cfg.max_sessions)
+        return NULL;   /* the limit, which a reload may lower below the slots there are */
     if (S.nfree)
         return &S.sessions[S.free_slots[--S.nfree]];
-    if (S.slot_high < S.cfg.max_sessions)
+    if (S.slot_high < S.slots)
         return &S.sessions[S.slot_high++];
     return NULL;
 }
@@ -690,6 +692,7 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
             sess_fail(s, WIRE_ERR_UNAVAILABLE, "this edge is draining: try another");
             return -EPROTO;
         }
+        s->roams = (f->flags & WIRE_F_ROAMS) != 0;   /* drain.c: move it, or close it */
         if (f->type == WIRE_HELLO) {
             on_hello(s, f);
             return 0;

@@ -209,7 +209,7 @@ void snapsync_kick(void)
 /* The waiter's session, if it is still the one that wrote the file. */
 static struct session *waiter_session(const struct waiter *w)
 {
-    struct session *s = w->slot < S.cfg.max_sessions ? &S.sessions[w->slot] : NULL;
+    struct session *s = w->slot < S.slots ? &S.sessions[w->slot] : NULL;
 
     return s && s->state != S_FREE && s->id == w->id ? s : NULL;
 }

@@ -189,6 +189,7 @@ struct session {
     struct resume *rs;          /* while S_RESUMING */
     uint64_t resume_ns[3];      /* monotonic: RESUME arrived, RESUME_INFO, the chain fetched */
     unsigned moving : 1;        /* a planned move (drain.c): MOVE once move_pos is stored */
+    unsigned roams : 1;         /* its client endpoint has other edges (WIRE_F_ROAMS) */
     uint64_t move_pos, move_deadline_ms;
 
     uint64_t outputs[2];        /* outputs sent to client / server */
@@ -231,7 +232,9 @@ struct sup {
     pid_t zygote_pid;
     int lock_fd;                /* STATE_DIR/supervisor.lock, held (flock) while we run */
 
-    struct session *sessions;   /* max_sessions slots (calloc: untouched ones cost no memory) */
+    struct session *sessions;   /* `slots` slots (calloc: untouched ones cost no memory) */
+    uint32_t slots;             /* max_sessions at start: a reload may lower the limit or
+                                 * raise it back up to this, not past it */
     uint32_t nsessions;
     uint32_t slot_high;         /* slots below this have been used; the rest never were */
     uint32_t *free_slots, nfree;/* freed slots, taken again first */

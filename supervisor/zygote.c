@@ -336,7 +336,7 @@ static struct session *queue_pop(void)
 
     P.head = (P.head + 1) % P.cap;
     P.count--;
-    if (e.slot >= S.cfg.max_sessions)
+    if (e.slot >= S.slots)
         return NULL;
     s = &S.sessions[e.slot];
     return s->state != S_FREE && s->id == e.session_id && s->gen == e.gen && s->spawning ? s

@@ -160,6 +160,61 @@ Test(config, control_follows_state_dir)
     cr_assert_str_eq(c.control, "/tmp/edge-a/control.sock");
 }
 
+Test(config, relative_paths_resolve_against_the_file)
+{
+    struct config c;
+    char err[512], want[PATH_MAX + 64], dir[PATH_MAX];
+    const char *path = cfg_write("rel.ini",
+        "[edge]\nlisten = 0.0.0.0:7000\nserver = 127.0.0.1:8000\napp = apps/x.so\n"
+        "state_dir = state\ncache_dir = ./cache\nedge_secret_file = ../s/secret\n");
+
+    cr_assert_not_null(realpath(cfg_dir, dir));
+    int rc = load(path, &c, err, sizeof(err));
+    cr_assert_eq(rc, 0, "config_load: %d %s", rc, err);
+    snprintf(want, sizeof(want), "%s/apps/x.so", dir);
+    cr_expect_str_eq(c.app, want);
+    snprintf(want, sizeof(want), "%s/state", dir);
+    cr_expect_str_eq(c.state_dir, want);
+    snprintf(want, sizeof(want), "%s/state/control.sock", dir);
+    cr_expect_str_eq(c.control, want, "the default control socket follows the resolved state_dir");
+    snprintf(want, sizeof(want), "%s/./cache", dir);
+    cr_expect_str_eq(c.cache_dir, want);
+    snprintf(want, sizeof(want), "%s/../s/secret", dir);
+    cr_expect_str_eq(c.edge_secret_file, want);
+
+    path = cfg_write("abs.ini", REQUIRED "control = ctl.sock\n");
+    rc = load(path, &c, err, sizeof(err));
+    cr_assert_eq(rc, 0, "config_load: %d %s", rc, err);
+    cr_expect_str_eq(c.app, "/usr/lib/cessna/echo.so", "absolute paths stay as they are");
+    snprintf(want, sizeof(want), "%s/ctl.sock", dir);
+    cr_expect_str_eq(c.control, want);
+}
+
+Test(config, keys_compare_and_copy_one_by_one)
+{
+    struct config a, b;
+    char err[512];
+    size_t i, changed = 0;
+
+    cr_assert_eq(load(cfg_write("a.ini", REQUIRED "idle_timeout_ms = 10\n"), &a, err,
+                      sizeof(err)), 0, "%s", err);
+    cr_assert_eq(load(cfg_write("b.ini", REQUIRED "idle_timeout_ms = 20\nstandby = hot\n"), &b,
+                      err, sizeof(err)), 0, "%s", err);
+    for (i = 0; i < config_nkeys(); i++) {
+        if (!config_key_differs(&a, &b, i))
+            continue;
+        changed++;
+        cr_expect(strcmp(config_key(i), "idle_timeout_ms") == 0 ||
+                  strcmp(config_key(i), "standby") == 0, "%s differs", config_key(i));
+        if (strcmp(config_key(i), "idle_timeout_ms") == 0)
+            config_key_copy(&a, &b, i);
+    }
+    cr_expect_eq(changed, 2);
+    cr_expect_eq(a.idle_timeout_ms, 20);
+    cr_expect_eq(a.standby, STANDBY_COLD, "only the key copied changes");
+    cr_expect_null(config_key(config_nkeys()));
+}
+
 Test(config, control_given_before_state_dir)
 {
     struct config c;
