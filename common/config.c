@@ -122,7 +122,8 @@ static size_t key_size(const struct key *k)
     case K_POW2:     return sizeof(uint32_t);
     case K_STANDBY:  return sizeof(enum standby_mode);
     case K_BUSY_POLL:
-    case K_ONOFF:    return sizeof(int);
+    case K_ONOFF:
+    case K_LOGLEVEL: return sizeof(int);
     }
     return 0;
 }
