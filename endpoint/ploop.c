@@ -695,7 +695,7 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
     };
-    for (int i = 0, n = 7; spec->opts && spec->opts[i].name && n < 31; i++)
+    for (int i = 0, n = 8; spec->opts && spec->opts[i].name && n < 31; i++)   /* after the 8 above */
         opts[n++] = spec->opts[i];
     const char *listen_addr = NULL;
     unsigned long long v;
