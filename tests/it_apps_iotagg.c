@@ -1,0 +1,374 @@
+/* it_apps_iotagg.c - apps/iotagg.c under faults (suite iotagg).
+ *
+ * A native client (libcessna-endpoint: one message is one message) plays a gateway: batches
+ * of readings from a fixed seed (tests/t_iotagg.h), many sensors, spikes above the alert
+ * limit, sensors appearing for one batch that fill the table (refusals) and age out. A
+ * native server that stores snapshots records every message and acknowledges each window
+ * report; the app passes the ACK to the client, which sends the next batch only then, so
+ * window N holds exactly batch N whatever the timing.
+ *
+ * A run without faults, then runs with the session's worker SIGKILLed at random moments,
+ * right after each batch went out (its window timer pending) and right after alerts
+ * arrive, cold and hot; and a run whose edge nodes are killed whole (right after a batch
+ * and after alerts) so that the session resumes at the other edge. Each run must be what
+ * the model in t_iotagg.h works out from the readings sent (count, min, max, mean exactly,
+ * percentiles within the histogram's 1/32, alerts and refusals exactly), and every byte
+ * either side got must equal the run without faults. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "cessna_endpoint.h"
+#include "t_helpers.h"
+#include "t_iotagg.h"
+
+#define BATCHES   12
+#define WINDOW_MS 200
+#define SEED      20261201
+#define EDGES_MAX 2
+
+TestSuite(iotagg, .timeout = 120);
+
+struct transcript {
+    char *buf;
+    size_t len, cap;
+};
+
+static void keep(struct transcript *t, const void *data, size_t len)
+{
+    if (t->len + len + 2 > t->cap) {
+        t->cap = (t->len + len + 2) * 2;
+        t->buf = realloc(t->buf, t->cap);
+    }
+    memcpy(t->buf + t->len, data, len);
+    t->len += len;
+    t->buf[t->len++] = IOT_SEP;
+    t->buf[t->len] = 0;
+}
+
+enum fault { NONE, WORKER_KILLS, EDGE_KILLS };
+
+struct run {
+    const char *dir, *standby;
+    enum fault fault;
+    int nedges, lfd;
+    char server_addr[64], store[300], edges[256];
+    struct cessna_ep_server *srv;
+    struct t_proc edge[EDGES_MAX];
+    int port[EDGES_MAX], restarts[EDGES_MAX];
+    pthread_mutex_t lock;
+    struct transcript client, server;
+    struct cessna_ep *server_ep;
+    volatile int server_done, stop;
+    char server_why[300];
+    uint64_t session;
+    volatile int kills;            /* faults that landed */
+};
+
+/* ---- the server: records every message, answers "ACK N" to window N ---- */
+
+static void *server_session(void *p)
+{
+    struct run *r = p;
+    struct cessna_ep *ep = r->server_ep;
+
+    for (;;) {
+        const void *data;
+        long n = cessna_ep_recv(ep, &data);
+        if (n < 0) {
+            if (n != CESSNA_EP_CLOSED)
+                snprintf(r->server_why, sizeof(r->server_why), "server recv: %ld %s", n,
+                         cessna_ep_error(ep));
+            break;
+        }
+        pthread_mutex_lock(&r->lock);
+        keep(&r->server, data, (size_t)n);
+        pthread_mutex_unlock(&r->lock);
+        unsigned window;
+        if (sscanf(data, "window %u ", &window) == 1) {
+            char ack[32];
+            int len = snprintf(ack, sizeof(ack), "ACK %u", window);
+            if (cessna_ep_send(ep, ack, (size_t)len) < 0) {
+                snprintf(r->server_why, sizeof(r->server_why), "server send: %s",
+                         cessna_ep_error(ep));
+                break;
+            }
+        }
+    }
+    r->server_done = 1;
+    return NULL;
+}
+
+/* The session, then the edges' RESUMEs of it: cessna_ep_server_accept handles those inside,
+ * so it is called for as long as the process lives. */
+static void *server_accept(void *p)
+{
+    struct run *r = p;
+    char err[300];
+
+    for (;;) {
+        struct cessna_ep *ep = cessna_ep_server_accept(r->srv, err, sizeof(err));
+        if (ep && !r->server_ep) {
+            pthread_t th;
+            r->server_ep = ep;
+            pthread_create(&th, NULL, server_session, r);
+            pthread_detach(th);
+        }
+    }
+    return NULL;
+}
+
+/* ---- edges: each a node of its own (setsid), killed whole ---- */
+
+static void edge_start(struct run *r, int i)
+{
+    char cfg[400], name[32];
+    FILE *f;
+
+    snprintf(cfg, sizeof(cfg), "%s/edge%d.ini", r->dir, i);
+    f = fopen(cfg, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "[edge]\nlisten = 127.0.0.1:%d\nserver = %s\napp = %s\nstate_dir = %s/edge%d-run%d\n"
+               "control = %s/edge%d.sock\nsnapshot_interval_ms = 50\nstandby = %s\n"
+               "heartbeat_interval_ms = 100\n" IOT_APP_CONFIG "window_ms = %d\n",
+            r->port[i], r->server_addr, t_app("iotagg"), r->dir, i, r->restarts[i], r->dir, i,
+            r->standby, WINDOW_MS);
+    fclose(f);
+    snprintf(name, sizeof(name), "edge%d-%d", i, r->restarts[i]++);
+    char *argv[] = { "/usr/bin/setsid", (char *)t_bin("cessna-supervisor"), "-c", cfg, NULL };
+    t_start(&r->edge[i], r->dir, name, argv);
+}
+
+/* cessna-ctl's protocol on edge i, without asserting (the killer thread uses it too). */
+static int ctl(struct run *r, int i, const char *cmd, char *out, size_t len)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    char line[128];
+    size_t got = 0;
+    ssize_t n;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int l = snprintf(line, sizeof(line), "%s\n", cmd);
+
+    out[0] = 0;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/edge%d.sock", r->dir, i);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1 || write(fd, line, (size_t)l) != l) {
+        close(fd);
+        return -1;
+    }
+    while (got + 1 < len && (n = read(fd, out + got, len - 1 - got)) > 0)
+        got += (size_t)n;
+    out[got] = 0;
+    close(fd);
+    return got ? 0 : -1;
+}
+
+static void kill_worker(struct run *r)
+{
+    char cmd[64], out[256];
+
+    snprintf(cmd, sizeof(cmd), "kill-worker %llu", (unsigned long long)r->session);
+    for (int i = 0; i < r->nedges; i++)
+        if (ctl(r, i, cmd, out, sizeof(out)) == 0 && strncmp(out, "ok", 2) == 0)
+            __atomic_add_fetch(&r->kills, 1, __ATOMIC_SEQ_CST);
+}
+
+/* SIGKILL the node that holds the session, as a whole, and start it again empty. */
+static void kill_edge(struct run *r)
+{
+    char out[4096];
+
+    for (int i = 0; i < r->nedges; i++) {
+        if (ctl(r, i, "sessions", out, sizeof(out)) < 0 || !strstr(out, "state=live"))
+            continue;
+        kill(-r->edge[i].pid, SIGKILL);
+        t_stop(&r->edge[i]);
+        edge_start(r, i);
+        r->kills++;
+        return;
+    }
+}
+
+/* Worker kills at random moments (seeded), besides the ones at chosen moments. */
+static void *killer_main(void *p)
+{
+    struct run *r = p;
+    uint64_t s = SEED;
+
+    while (!r->stop) {
+        usleep((useconds_t)(40 + iot_rand(&s) % 120) * 1000);
+        kill_worker(r);
+    }
+    return NULL;
+}
+
+/* ---- the gateway ---- */
+
+static void fault(struct run *r)
+{
+    if (r->fault == WORKER_KILLS)
+        kill_worker(r);
+    else if (r->fault == EDGE_KILLS)
+        kill_edge(r);
+}
+
+static void client_run(struct run *r)
+{
+    static char buf[IOT_PER_BATCH * 48];
+    size_t off[IOT_PER_BATCH + 1];
+    char err[300];
+    int alerts = 0;
+
+    struct cessna_ep *ep = cessna_ep_connect(r->edges, err, sizeof(err));
+    cr_assert_not_null(ep, "connect %s: %s", r->edges, err);
+    cessna_ep_set_heartbeat(ep, 400);
+    cessna_ep_set_resume_timeout(ep, 20000);
+    r->session = cessna_ep_session_id(ep);
+    pthread_t killer;
+    if (r->fault == WORKER_KILLS)
+        pthread_create(&killer, NULL, killer_main, r);
+
+    for (int b = 0; b < BATCHES; b++) {
+        int n = iot_messages(SEED, b, buf, sizeof(buf), off);
+        for (int k = 0; k < n; k++)
+            cr_assert_eq(cessna_ep_send(ep, buf + off[k], off[k + 1] - off[k]), 0,
+                         "send: %s", cessna_ep_error(ep));
+        if (b % 2 == 1)
+            fault(r);                          /* the window's timer is pending */
+        char ack[32];
+        snprintf(ack, sizeof(ack), "ACK %d", b + 1);
+        for (;;) {
+            const void *data;
+            long got = cessna_ep_recv(ep, &data);
+            cr_assert(got >= 0, "recv in batch %d: %ld %s", b, got, cessna_ep_error(ep));
+            keep(&r->client, data, (size_t)got);
+            if ((size_t)got == strlen(ack) && memcmp(data, ack, (size_t)got) == 0)
+                break;
+            if (got > 6 && memcmp(data, "ALERT ", 6) == 0 && alerts++ % 3 == 0)
+                fault(r);                      /* right after an alert */
+        }
+    }
+    r->stop = 1;
+    if (r->fault == WORKER_KILLS)
+        pthread_join(killer, NULL);
+    cr_assert_eq(cessna_ep_close(ep, 10000), 0, "close: %s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    for (int k = 0; k < 500 && !r->server_done; k++)
+        usleep(10000);
+    cr_assert(r->server_done, "the server's session did not end");
+    cr_assert_str_empty(r->server_why, "%s", r->server_why);
+}
+
+static void run(struct run *r, enum fault fault, int nedges, const char *standby)
+{
+    char err[300];
+    pthread_t th;
+
+    memset(r, 0, sizeof(*r));
+    pthread_mutex_init(&r->lock, NULL);
+    r->dir = t_tmpdir();
+    r->fault = fault;
+    r->nedges = nedges;
+    r->standby = standby;
+    snprintf(r->store, sizeof(r->store), "%s/store", r->dir);
+    r->lfd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert(r->lfd >= 0, "%s", err);
+    snprintf(r->server_addr, sizeof(r->server_addr), "127.0.0.1:%d", addr_local_port(r->lfd));
+    r->srv = cessna_ep_server_new(r->lfd, r->store, NULL, err, sizeof(err));
+    cr_assert_not_null(r->srv, "%s", err);
+    pthread_create(&th, NULL, server_accept, r);
+    pthread_detach(th);
+    for (int i = 0; i < nedges; i++) {
+        int fd = addr_listen("127.0.0.1:0", err, sizeof(err));
+        cr_assert(fd >= 0, "%s", err);
+        r->port[i] = addr_local_port(fd);
+        close(fd);
+        edge_start(r, i);
+        snprintf(r->edges + strlen(r->edges), sizeof(r->edges) - strlen(r->edges),
+                 "%s127.0.0.1:%d", i ? "," : "", r->port[i]);
+    }
+    client_run(r);
+    for (int i = 0; i < nedges; i++) {
+        kill(-r->edge[i].pid, SIGKILL);
+        t_stop(&r->edge[i]);
+    }
+}
+
+/* The run against the model: the client's messages exactly; the server's alerts exactly,
+ * each window report within what the readings allow. */
+static void check_model(const struct run *r)
+{
+    static struct iot_model m;
+    static char client[1 << 16], server[1 << 14];
+    char *srv = r->server.buf, *end = srv + r->server.len, why[400];
+
+    memset(&m, 0, sizeof(m));
+    client[0] = 0;
+    for (int b = 0; b < BATCHES; b++) {
+        char ack[32];
+        server[0] = 0;
+        iot_model_batch(&m, SEED, b, client, sizeof(client), server, sizeof(server));
+        snprintf(ack, sizeof(ack), "ACK %d", b + 1);
+        iot_put(client, sizeof(client), ack);
+        size_t alerts = strlen(server);
+        cr_assert((size_t)(end - srv) >= alerts && memcmp(srv, server, alerts) == 0,
+                  "batch %d: the server's alerts differ from the model's:\n%s", b, server);
+        srv += alerts;
+        char *sep = memchr(srv, IOT_SEP, (size_t)(end - srv));
+        cr_assert_not_null(sep, "batch %d: no window report", b);
+        cr_assert(iot_model_window(&m, b + 1, srv, (size_t)(sep - srv), why, sizeof(why)) == 0,
+                  "%s", why);
+        srv = sep + 1;
+    }
+    cr_assert_eq(srv, end, "the server got more: %.200s", srv);
+    cr_assert_str_eq(r->client.buf, client, "the client's messages differ from the model's");
+    cr_assert(m.alerts > 5 && m.refusals > 5, "the plan makes few alerts (%d) or refusals (%d)",
+              m.alerts, m.refusals);
+}
+
+static void same_bytes(const struct transcript *a, const struct transcript *b, const char *side)
+{
+    size_t i = 0;
+
+    while (i < a->len && i < b->len && a->buf[i] == b->buf[i])
+        i++;
+    cr_assert(a->len == b->len && i == a->len,
+              "%s: %zu bytes without faults, %zu with; first difference at %zu: \"%.80s\" / \"%.80s\"",
+              side, a->len, b->len, i, a->buf + i, b->buf + i);
+}
+
+static void compare_with_clean(enum fault fault, int nedges, const char *standby, int min_kills)
+{
+    static struct run clean, faulty;
+
+    run(&clean, NONE, 1, "cold");
+    check_model(&clean);
+    run(&faulty, fault, nedges, standby);
+    cr_log_info("%d faults landed", faulty.kills);
+    check_model(&faulty);
+    same_bytes(&clean.client, &faulty.client, "client");
+    same_bytes(&clean.server, &faulty.server, "server");
+    cr_assert(faulty.kills >= min_kills, "only %d faults landed", faulty.kills);
+}
+
+Test(iotagg, worker_kills_cold)
+{
+    compare_with_clean(WORKER_KILLS, 1, "cold", 10);
+}
+
+Test(iotagg, worker_kills_hot)
+{
+    compare_with_clean(WORKER_KILLS, 1, "hot", 10);
+}
+
+Test(iotagg, edge_node_kills)
+{
+    compare_with_clean(EDGE_KILLS, 2, "cold", 6);
+}
