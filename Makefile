@@ -171,6 +171,10 @@ demo: deps
 	$(MAKE) all
 	scripts/demo.sh $(BUILD)
 
+demo-iotagg: deps
+	$(MAKE) all
+	scripts/demo-iotagg.sh $(BUILD)
+
 deps:
 	scripts/install-deps.sh
 
@@ -234,5 +238,5 @@ uninstall:
 clean:
 	rm -rf build build-san
 
-.PHONY: all test test-sanitize soak demo deps clean install uninstall FORCE
+.PHONY: all test test-sanitize soak demo demo-iotagg deps clean install uninstall FORCE
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -146,6 +146,22 @@ static inline int iot_cmp_name(const void *a, const void *b)
     return strcmp(((const struct iot_sensor *)a)->name, ((const struct iot_sensor *)b)->name);
 }
 
+/* The end of a window: idle sensors age and go after IOT_IDLE windows. */
+static inline void iot_model_end(struct iot_model *m)
+{
+    int kept = 0;
+
+    for (int k = 0; k < m->n; k++) {
+        struct iot_sensor *s = &m->s[k];
+        s->idle = s->n ? 0 : s->idle + 1;
+        s->n = 0;
+        if (s->idle < IOT_IDLE)
+            m->s[kept++] = *s;
+    }
+    m->n = kept;
+    m->refused = 0;
+}
+
 /* Check the app's report of window no against the model (count, min, max and mean exactly;
  * percentiles within 1/32 of the value of that rank), then end the window in the model.
  * 0, or -1 with the first difference in why. */
@@ -208,17 +224,7 @@ static inline int iot_model_window(struct iot_model *m, int no, const char *rep,
         snprintf(why, whylen, "window %d: an extra line \"%.100s\"", no, line);
         goto out;
     }
-    /* The end of the window: idle sensors age and go after IOT_IDLE windows. */
-    int kept = 0;
-    for (int k = 0; k < m->n; k++) {
-        struct iot_sensor *s = &m->s[k];
-        s->idle = s->n ? 0 : s->idle + 1;
-        s->n = 0;
-        if (s->idle < IOT_IDLE)
-            m->s[kept++] = *s;
-    }
-    m->n = kept;
-    m->refused = 0;
+    iot_model_end(m);
     rc = 0;
 out:
     free(text);
