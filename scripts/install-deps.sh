@@ -4,6 +4,7 @@ set -euo pipefail
 PKGS="build-essential pkg-config liburing-dev libxxhash-dev libzstd-dev libcriterion-dev
       zlib1g-dev libinih-dev libseccomp-dev libsodium-dev haproxy redis-server redis-tools
       gnuplot-nox libjansson-dev prometheus"
+PKGS="$PKGS socat"    # docs/tutorial.md: a stand-in client and server program
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
