@@ -453,6 +453,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(S.cfg.log_level);   /* CESSNA_LOG, when set, wins */
+    S.log_level_fd = check ? -1 : log_share();   /* a reload's level reaches running workers */
     if (check) {
         if (check_dirs(&S.cfg, err, sizeof(err)) < 0 || check_app(err, sizeof(err)) < 0) {
             fprintf(stderr, "cessna-supervisor: %s: %s\n", cfgpath, err);
