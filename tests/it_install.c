@@ -234,6 +234,15 @@ Test(install, destdir_out_of_tree_app_and_shared_endpoint, .timeout = 180)
     cr_assert(strstr(buf, path), "not linked against the installed shared library: %s", buf);
     t_stop(&sup);
 
+    /* 6b. The installed cessna-bench finds the installed programs and apps by itself. */
+    snprintf(cmd, sizeof(cmd), "cd '%s' && '%s/usr/bin/cessna-bench' --paths edge-native "
+             "--sizes 64 --messages 200 --seconds 0.5", tmp, dest);
+    rc = sh(tmp, "bench", cmd);
+    snprintf(path, sizeof(path), "%s/bench.log", tmp);
+    read_file(path, buf, sizeof(buf));
+    cr_assert_eq(rc, 0, "the installed bench failed: %s", buf);
+    cr_assert(strstr(buf, "| edge-native"), "no edge-native row: %s", buf);
+
     /* 7. make uninstall leaves no file behind. */
     snprintf(cmd, sizeof(cmd),
              "env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make -C '%s' uninstall DESTDIR='%s' "
