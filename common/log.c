@@ -230,3 +230,17 @@ void log_safe(int level, const char *a, const char *b)
     if (write(STDERR_FILENO, line, n) == -1)
         return;
 }
+
+void log_raw(int level, const char *body)
+{
+    char line[1024];
+    size_t n = line_head(line, sizeof(line), level), k = strlen(body);
+
+    if (k > sizeof(line) - 1 - n)
+        k = sizeof(line) - 1 - n;
+    memcpy(line + n, body, k);
+    n += k;
+    line[n++] = '\n';
+    if (write(STDERR_FILENO, line, n) == -1)
+        return;
+}

@@ -27,6 +27,10 @@ void log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2,
 /* A whole line whose msg is "a" followed by "b" (b may be NULL); async-signal-safe. */
 void log_safe(int level, const char *a, const char *b);
 
+/* A whole line whose fields after the level are `body` (already key=value, quoted and
+ * escaped by the caller), cut to the line's size; no formatting, async-signal-safe. */
+void log_raw(int level, const char *body);
+
 /* "error" .. "debug" to LOG_ERROR .. LOG_DEBUG, or -1. */
 int log_level_parse(const char *name);
 const char *log_level_name(int level);
