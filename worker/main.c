@@ -128,8 +128,6 @@ int main(int argc, char **argv)
     }
     log_init("cessna-zygote");
     rt_ensure_no_aslr(argv);
-    if (log_fd >= 0)
-        log_follow(log_fd);   /* the supervisor's level, reloads included, for every worker */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -139,6 +137,11 @@ int main(int argc, char **argv)
         report_ready(sock, -EINVAL, err);
         return 1;
     }
+    /* The supervisor's level, reloads included, for every worker. Mapped only now: the
+     * layout fingerprint (load addresses) must be what cessna-replay, which has no such
+     * page, gets too. */
+    if (log_fd >= 0)
+        log_follow(log_fd);
     if (cache_dir && *cache_dir) {
         int dfd = open(cache_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (dfd == -1) {
