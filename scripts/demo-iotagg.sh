@@ -98,6 +98,8 @@ tail -2 "$work/server.out" | sed 's/^/   /'
 grep '^client: [0-9]* batches' "$work/client.out" | sed 's/^/   /' || cat "$work/client.out" >&2
 echo
 echo "4. the app's own log lines (cessna_log), from the edge's log:"
-grep 'app=iotagg' "$work/supervisor.log" | grep -m 3 'ALERT\|first seen\|refused' | sed 's/^/   /' || true
+for what in 'first seen' 'ALERT' 'refused'; do
+    grep -m 1 "app=iotagg msg=\"[^\"]*$what" "$work/supervisor.log" | sed 's/^.* level=/   level=/' || true
+done
 [ "$rc" -eq 0 ] || { echo "demo: the client did not get what the readings make" >&2; exit 1; }
 grep -q 'each one as computed' "$work/server.out" || { echo "demo: the server's windows differ" >&2; exit 1; }
