@@ -252,7 +252,7 @@ int metrics_listen(const char *addr, char *err, size_t errlen)
         conns[i].fd = -1;
     listen_fd = addr_listen(addr, why, sizeof(why));
     if (listen_fd < 0)
-        snprintf(err, errlen, "metrics_listen %s: %s", addr, why);
+        snprintf(err, errlen, "metrics_listen: %s", why);   /* why names the address */
     return listen_fd;
 }
 
