@@ -747,6 +747,11 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         }
     }
     if (!listen_addr || !*spec->peer || optind != argc) {
+        if (!listen_addr || !*spec->peer)
+            fprintf(stderr, "%s: --%s is required\n", spec->name,
+                    !listen_addr ? "listen" : spec->peer_opt);
+        else
+            fprintf(stderr, "%s: unexpected argument '%s'\n", spec->name, argv[optind]);
         fputs(spec->usage, stderr);
         return 2;
     }
