@@ -430,6 +430,10 @@ int main(int argc, char **argv)
         }
     }
     if (!cfgpath || optind != argc) {
+        if (!cfgpath)
+            fprintf(stderr, "cessna-supervisor: -c FILE is required\n");
+        else
+            fprintf(stderr, "cessna-supervisor: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
         return 2;
     }
