@@ -92,9 +92,10 @@ static void *server_session(void *p)
         pthread_mutex_lock(&r->lock);
         keep(&r->server, data, (size_t)n);
         pthread_mutex_unlock(&r->lock);
+        char head[32], ack[32];
         unsigned window;
-        if (sscanf(data, "window %u ", &window) == 1) {
-            char ack[32];
+        snprintf(head, sizeof(head), "%.*s", (int)(n < 31 ? n : 31), (const char *)data);
+        if (sscanf(head, "window %u ", &window) == 1) {
             int len = snprintf(ack, sizeof(ack), "ACK %u", window);
             if (cessna_ep_send(ep, ack, (size_t)len) < 0) {
                 snprintf(r->server_why, sizeof(r->server_why), "server send: %s",
