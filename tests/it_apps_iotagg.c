@@ -14,8 +14,10 @@
  * the model in t_iotagg.h works out from the readings sent (count, min, max, mean exactly,
  * percentiles within the histogram's 1/32, alerts and refusals exactly), and every byte
  * either side got must equal the run without faults. */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -181,6 +183,26 @@ static void kill_worker(struct run *r)
             __atomic_add_fetch(&r->kills, 1, __ATOMIC_SEQ_CST);
 }
 
+/* A killed supervisor's listening socket outlives it a moment (its io_uring is torn down
+ * after the process): wait until the port can be bound again. */
+static void wait_port_free(int port)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    int one = 1;
+
+    for (int k = 0; k < 500; k++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+        close(fd);
+        if (rc == 0)
+            return;
+        usleep(10000);
+    }
+    cr_assert_fail("port %d still in use 5 s after its edge was killed", port);
+}
+
 /* SIGKILL the node that holds the session, as a whole, and start it again empty. */
 static void kill_edge(struct run *r)
 {
@@ -191,6 +213,7 @@ static void kill_edge(struct run *r)
             continue;
         kill(-r->edge[i].pid, SIGKILL);
         t_stop(&r->edge[i]);
+        wait_port_free(r->port[i]);
         edge_start(r, i);
         r->kills++;
         return;
