@@ -112,9 +112,10 @@ $(BUILD)/bin/cessna-replay: $(BUILD)/bin/cessna-worker
 	$(Q)ln -sf cessna-worker $@
 $(BUILD)/bin/cessna-ctl: $(call obj,supervisor/cessna_ctl.c) $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS) -ljansson)
-$(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c endpoint/ploop.c endpoint/relay.c endpoint/keep.c) $(BUILD)/lib/libcessna-endpoint.a
+PROXY_SRC := endpoint/ploop.c endpoint/relay.c endpoint/keep.c endpoint/framing.c
+$(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c $(PROXY_SRC)) $(BUILD)/lib/libcessna-endpoint.a
 	$(call link,-luring -lsodium)
-$(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c endpoint/ploop.c endpoint/relay.c endpoint/keep.c endpoint/store.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
+$(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c $(PROXY_SRC) endpoint/store.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,-luring -lsodium -lxxhash -lzstd)
 $(BUILD)/bin/cessna-bench: $(call obj,$(wildcard bench/*.c)) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS) -lpthread -lm)
