@@ -1,0 +1,432 @@
+/* it_framing.c - the proxies' --framing (endpoint/framing.c) with real processes: frames
+ * split across TCP writes at random byte boundaries and many coalesced into one write reach
+ * the app (tests/apps/framecount.c) one message per frame, also while workers are killed
+ * with SIGKILL; RESP against a real redis-server; bad frames end only their own session. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "t_helpers.h"
+#include "t_redis.h"
+
+TestSuite(framing, .timeout = 120);
+
+/* target <- server proxy <- edge <- client proxy, each proxy with its own --framing. */
+struct chain {
+    struct t_proc sproxy, cproxy;
+    struct t_edge edge;
+    char dir[256];
+};
+
+struct chain_opts {
+    const char *app;             /* a path */
+    const char *target;
+    const char *cframing;        /* NULL: no --framing */
+    const char *sframing;
+    const char *cmax, *smax;     /* --max-message-bytes, or NULL */
+    const char *edge_extra;
+};
+
+static void chain_start(struct chain *c, const struct chain_opts *o)
+{
+    char *sargv[12] = { (char *)t_bin("cessna-server-proxy"), "--listen", "127.0.0.1:0",
+                        "--target", (char *)o->target };
+    char *cargv[12] = { (char *)t_bin("cessna-client-proxy"), "--listen", "127.0.0.1:0",
+                        "--edge" };
+    int sn = 5, cn = 5;
+
+    snprintf(c->dir, sizeof(c->dir), "%s", t_tmpdir());
+    if (o->sframing) {
+        sargv[sn++] = "--framing";
+        sargv[sn++] = (char *)o->sframing;
+    }
+    if (o->smax) {
+        sargv[sn++] = "--max-message-bytes";
+        sargv[sn++] = (char *)o->smax;
+    }
+    t_start(&c->sproxy, c->dir, "server-proxy", sargv);
+    t_edge_start(&c->edge, o->app, c->sproxy.addr, o->edge_extra);
+    cargv[4] = c->edge.sup.addr;
+    if (o->cframing) {
+        cargv[cn++] = "--framing";
+        cargv[cn++] = (char *)o->cframing;
+    }
+    if (o->cmax) {
+        cargv[cn++] = "--max-message-bytes";
+        cargv[cn++] = (char *)o->cmax;
+    }
+    t_start(&c->cproxy, c->dir, "client-proxy", cargv);
+}
+
+static void chain_stop(struct chain *c)
+{
+    t_stop(&c->cproxy);
+    t_edge_stop(&c->edge);
+    t_stop(&c->sproxy);
+}
+
+/* ---- byte strings ---- */
+
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+
+static void put(struct buf *b, const void *p, size_t n)
+{
+    if (b->len + n > b->cap) {
+        b->cap = (b->len + n) * 2 + 4096;
+        b->p = realloc(b->p, b->cap);
+        cr_assert(b->p);
+    }
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+}
+
+static void putf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void putf(struct buf *b, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    put(b, tmp, (size_t)n);
+}
+
+static void put_be32(struct buf *b, size_t n)
+{
+    uint8_t p[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n };
+    put(b, p, 4);
+}
+
+/* What framecount sends the client for its n-th server message m, answering a client
+ * message of c bytes; u32be adds the prefix the client proxy writes. */
+static void put_record(struct buf *b, int u32be, unsigned n, size_t c, const void *m,
+                       size_t mlen)
+{
+    struct buf rec = { 0 };
+
+    putf(&rec, "#%u c=%zu s=%zu\n", n, c, mlen);
+    put(&rec, m, mlen);
+    if (u32be)
+        put_be32(b, rec.len);
+    put(b, rec.p, rec.len);
+    free(rec.p);
+}
+
+/* ---- a client: writes the stream in random pieces while reading what comes back ---- */
+
+struct writer {
+    int fd;
+    const struct buf *stream;
+    unsigned seed;
+    size_t cap;              /* 0, or the largest piece */
+    int pause_us;            /* 0, or a pause after every piece (to give kills time) */
+};
+
+/* Pieces of 1 to 7 bytes (cutting frames anywhere), up to 3000, or 64 KiB (many frames in
+ * one write), with short pauses so the pieces reach the proxy as separate reads. */
+static void *write_pieces(void *p)
+{
+    struct writer *w = p;
+    size_t off = 0;
+    int one = 1;
+
+    setsockopt(w->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    while (off < w->stream->len) {
+        unsigned r = rand_r(&w->seed) % 10;
+        size_t n = r < 4 ? 1 + rand_r(&w->seed) % 7 : r < 9 ? 1 + rand_r(&w->seed) % 3000
+                                                           : 65536;
+        if (w->cap && n > w->cap)
+            n = w->cap;
+        if (n > w->stream->len - off)
+            n = w->stream->len - off;
+        t_write_all(w->fd, w->stream->p + off, n);
+        off += n;
+        if (w->pause_us)
+            usleep((useconds_t)w->pause_us);
+        else if (rand_r(&w->seed) % 4 == 0)
+            usleep(200);
+    }
+    return NULL;
+}
+
+/* Send stream through the client proxy at addr and expect exactly `want` back. */
+static void exchange(const char *addr, const struct buf *stream, const struct buf *want,
+                     unsigned seed, size_t cap, int pause_us)
+{
+    int fd = t_connect(addr);
+    struct writer w = { fd, stream, seed, cap, pause_us };
+    pthread_t th;
+    char *got = malloc(want->len + 1);
+
+    pthread_create(&th, NULL, write_pieces, &w);
+    long n = t_read_n(fd, got, want->len, 60000);
+    pthread_join(th, NULL);
+    cr_assert_eq(n, (long)want->len, "got %ld of %zu bytes back", n, want->len);
+    size_t i = 0;
+    while (i < want->len && got[i] == want->p[i])
+        i++;
+    cr_assert_eq(i, want->len, "the output differs at byte %zu of %zu: got \"%.40s\", want "
+                 "\"%.40s\"", i, want->len, got + (i > 20 ? i - 20 : 0),
+                 want->p + (i > 20 ? i - 20 : 0));
+    /* nothing more: one record per frame */
+    char extra;
+    cr_assert_eq(t_read_n(fd, &extra, 1, 300), -ETIMEDOUT, "more output than frames");
+    close(fd);
+    free(got);
+}
+
+/* ---- killing workers ---- */
+
+struct killer {
+    const struct t_edge *edge;
+    volatile int stop;
+    int kills;
+};
+
+static void *kill_workers(void *p)
+{
+    struct killer *k = p;
+    unsigned seed = 4242;
+    char out[8192];
+
+    while (!k->stop) {
+        usleep(10000 + rand_r(&seed) % 30000);
+        t_ctl(k->edge, "sessions", out, sizeof(out));
+        for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
+            if (t_field(line, "worker") > 0 && strstr(line, "state=live") &&
+                kill((pid_t)t_field(line, "worker"), SIGKILL) == 0)
+                k->kills++;
+    }
+    return NULL;
+}
+
+static void start_killer(struct killer *k, pthread_t *th, const struct t_edge *e)
+{
+    *k = (struct killer){ .edge = e };
+    pthread_create(th, NULL, kill_workers, k);
+}
+
+static void stop_killer(struct killer *k, pthread_t th, int min_kills)
+{
+    char stats[2048];
+
+    k->stop = 1;
+    pthread_join(th, NULL);
+    t_ctl(k->edge, "stats", stats, sizeof(stats));
+    cr_log_info("kills=%d %s", k->kills, stats);
+    cr_assert(k->kills >= min_kills, "only %d kills landed", k->kills);
+    cr_assert(t_field(stats, "recoveries") >= (uint64_t)min_kills, "%s", stats);
+}
+
+#define KILL_EDGE "snapshot_interval_ms = 20\n"
+
+/* ---- line and u32be against a plain echo server ---- */
+
+/* Frames of random bytes; line: no "\n" inside, ending "\n" or "\r\n"; u32be: a prefix,
+ * lengths from 0 up. The echo returns each frame, which the server proxy cuts the same way. */
+static void make_frames(int u32be, int count, unsigned seed, struct buf *stream,
+                        struct buf *want)
+{
+    for (int i = 1; i <= count; i++) {
+        size_t len = rand_r(&seed) % 8 == 0 ? rand_r(&seed) % 20000 : rand_r(&seed) % 300;
+        char *m = malloc(len + 2);
+        for (size_t j = 0; j < len; j++) {
+            m[j] = (char)(rand_r(&seed) & 0xff);
+            if (!u32be && (m[j] == '\n' || m[j] == '\r'))
+                m[j] = 'x';
+        }
+        if (u32be) {
+            put_be32(stream, len);
+        } else if (rand_r(&seed) % 2) {
+            m[len++] = '\r';
+            m[len++] = '\n';
+        } else {
+            m[len++] = '\n';
+        }
+        put(stream, m, len);
+        put_record(want, u32be, (unsigned)i, len, m, len);
+        free(m);
+    }
+}
+
+/* The edge ordered exactly n messages in and out (both sides): one per frame. */
+static void expect_messages(const struct t_edge *e, uint64_t n)
+{
+    char stats[2048];
+
+    t_ctl(e, "stats", stats, sizeof(stats));
+    cr_assert_eq(t_field(stats, "msgs_in"), n, "%s", stats);
+    cr_assert_eq(t_field(stats, "msgs_out"), n, "%s", stats);
+}
+
+#define FRAMES 1500
+
+static void echo_framing(const char *framing, int with_kills)
+{
+    struct t_echo_tcp echo;
+    struct chain c;
+    struct buf stream = { 0 }, want = { 0 };
+    int u32be = strcmp(framing, "u32be") == 0;
+
+    t_echo_tcp_start(&echo);
+    /* The server proxy has no --framing: it takes the client proxy's from the handshake. */
+    chain_start(&c, &(struct chain_opts){ .app = t_test_app("framecount"), .target = echo.addr,
+                                          .cframing = framing,
+                                          .edge_extra = with_kills ? KILL_EDGE : NULL });
+    make_frames(u32be, FRAMES, 7, &stream, &want);
+    struct killer k;
+    pthread_t th;
+    if (with_kills)
+        start_killer(&k, &th, &c.edge);
+    exchange(c.cproxy.addr, &stream, &want, 99, with_kills ? 4096 : 0, with_kills ? 1000 : 0);
+    if (with_kills)
+        stop_killer(&k, th, 10);
+    expect_messages(&c.edge, 2 * FRAMES);
+    free(stream.p);
+    free(want.p);
+    chain_stop(&c);
+}
+
+Test(framing, line_frames_split_and_coalesced)   { echo_framing("line", 0); }
+Test(framing, u32be_frames_split_and_coalesced)  { echo_framing("u32be", 0); }
+Test(framing, line_frames_while_workers_are_killed, .timeout = 180)  { echo_framing("line", 1); }
+Test(framing, u32be_frames_while_workers_are_killed, .timeout = 180) { echo_framing("u32be", 1); }
+
+/* ---- RESP against a real redis-server ---- */
+
+/* A RESP command (array of bulk strings) from words separated by spaces. */
+static size_t put_command(struct buf *b, const char *words)
+{
+    size_t start = b->len, n = 1;
+    for (const char *p = words; *p; p++)
+        n += *p == ' ';
+    putf(b, "*%zu\r\n", n);
+    for (const char *p = words; *p;) {
+        const char *e = strchr(p, ' ');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        putf(b, "$%zu\r\n", len);
+        put(b, p, len);
+        put(b, "\r\n", 2);
+        p += len + (e != NULL);
+    }
+    return b->len - start;
+}
+
+/* Commands of every reply type (simple string, error, integer, bulk, null, arrays nested
+ * three deep, an inline command), with the replies redis gives, worked out here. */
+static void make_redis(int rounds, struct buf *stream, struct buf *want)
+{
+    unsigned n = 0;
+    long long ctr = 0;
+
+    for (int i = 0; i < rounds; i++) {
+        struct buf reply = { 0 };
+        char cmd[256], val[128];
+        size_t clen;
+
+        for (int kind = 0; kind < 10; kind++) {
+            reply.len = 0;
+            snprintf(val, sizeof(val), "value-%d-%.*s", i, i % 60,
+                     "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghij");
+            switch (kind) {
+            case 0:
+                snprintf(cmd, sizeof(cmd), "SET k:%d %s", i, val);
+                clen = put_command(stream, cmd);
+                putf(&reply, "+OK\r\n");
+                break;
+            case 1:
+                snprintf(cmd, sizeof(cmd), "GET k:%d", i);
+                clen = put_command(stream, cmd);
+                putf(&reply, "$%zu\r\n%s\r\n", strlen(val), val);
+                break;
+            case 2:
+                clen = put_command(stream, "INCR ctr");
+                putf(&reply, ":%lld\r\n", ++ctr);
+                break;
+            case 3:
+                snprintf(cmd, sizeof(cmd), "RPUSH l:%d a bb ccc", i);
+                clen = put_command(stream, cmd);
+                putf(&reply, ":3\r\n");
+                break;
+            case 4:
+                snprintf(cmd, sizeof(cmd), "LRANGE l:%d 0 -1", i);
+                clen = put_command(stream, cmd);
+                putf(&reply, "*3\r\n$1\r\na\r\n$2\r\nbb\r\n$3\r\nccc\r\n");
+                break;
+            case 5:
+                put(stream, "PING\r\n", 6);   /* inline */
+                clen = 6;
+                putf(&reply, "+PONG\r\n");
+                break;
+            case 6:
+                snprintf(cmd, sizeof(cmd), "GET missing:%d", i);
+                clen = put_command(stream, cmd);
+                putf(&reply, "$-1\r\n");
+                break;
+            case 7:
+                snprintf(cmd, sizeof(cmd), "GET l:%d", i);
+                clen = put_command(stream, cmd);
+                putf(&reply, "-WRONGTYPE Operation against a key holding the wrong kind of "
+                     "value\r\n");
+                break;
+            case 8:
+                snprintf(cmd, sizeof(cmd), "XADD s:%d 1-%d f %s", i, i + 1, val);
+                clen = put_command(stream, cmd);
+                putf(&reply, "$%d\r\n1-%d\r\n", snprintf(NULL, 0, "1-%d", i + 1), i + 1);
+                break;
+            default:   /* [[id, [f, val]]] */
+                snprintf(cmd, sizeof(cmd), "XRANGE s:%d - +", i);
+                clen = put_command(stream, cmd);
+                putf(&reply, "*1\r\n*2\r\n$%d\r\n1-%d\r\n*2\r\n$1\r\nf\r\n$%zu\r\n%s\r\n",
+                     snprintf(NULL, 0, "1-%d", i + 1), i + 1, strlen(val), val);
+                break;
+            }
+            put_record(want, 0, ++n, clen, reply.p, reply.len);
+        }
+        free(reply.p);
+    }
+}
+
+#define ROUNDS 300
+
+static void redis_framing(int with_kills)
+{
+    struct t_redis redis;
+    struct chain c;
+    struct buf stream = { 0 }, want = { 0 };
+
+    t_redis_start(&redis, t_tmpdir());
+    chain_start(&c, &(struct chain_opts){ .app = t_test_app("framecount"),
+                                          .target = redis.addr, .cframing = "resp",
+                                          .sframing = "resp",
+                                          .edge_extra = with_kills ? KILL_EDGE : NULL });
+    make_redis(ROUNDS, &stream, &want);
+    struct killer k;
+    pthread_t th;
+    if (with_kills)
+        start_killer(&k, &th, &c.edge);
+    exchange(c.cproxy.addr, &stream, &want, 5, with_kills ? 400 : 0, with_kills ? 1000 : 0);
+    if (with_kills)
+        stop_killer(&k, th, 10);
+    expect_messages(&c.edge, 2 * 10 * ROUNDS);   /* 10 commands a round, each one reply */
+    free(stream.p);
+    free(want.p);
+    chain_stop(&c);
+    t_redis_stop(&redis);
+}
+
+Test(framing, resp_commands_and_replies_with_redis) { redis_framing(0); }
+Test(framing, resp_with_redis_while_workers_are_killed, .timeout = 180) { redis_framing(1); }
