@@ -144,7 +144,7 @@ TEST_WRAP := -Wl,--wrap=ring_put
 # tests/it_install.c runs `make install` from this tree, with this build's settings.
 $(call obj,tests/it_install.c): CFLAGS += -DCESSNA_SRC_DIR=\"$(CURDIR)\" -DCESSNA_SANITIZE=\"$(SANITIZE)\"
 $(BUILD)/tests/cessna-tests: $(call obj,$(UNIT_SRC) $(IT_SRC) $(THELP_SRC) worker/arena.c \
-		supervisor/evstore.c supervisor/timers.c endpoint/keep.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
+		supervisor/evstore.c supervisor/timers.c endpoint/keep.c endpoint/framing.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(TEST_WRAP) -lcriterion $(LDLIBS) -ljansson -lz -lpthread)
 
 # The long runs (`make soak`): not part of `make test`.

@@ -88,8 +88,8 @@ static long resp_value(const uint8_t *p, size_t len, size_t pos, size_t max, int
         return end;   /* a null bulk string or array */
     if (type == '$') {
         if ((unsigned long long)n > max) {
-            snprintf(err, errlen, "RESP bulk string of %lld bytes exceeds the message limit "
-                     "of %zu", n, max);
+            snprintf(err, errlen, "a RESP bulk string of %lld bytes, over the message "
+                     "limit of %zu", n, max);
             return -EMSGSIZE;
         }
         size_t need = (size_t)end + (size_t)n + 2;
@@ -108,7 +108,7 @@ static long resp_value(const uint8_t *p, size_t len, size_t pos, size_t max, int
         return -EPROTO;
     }
     if ((unsigned long long)n > max / 3) {   /* each element takes 3 bytes at least */
-        snprintf(err, errlen, "RESP array of %lld elements exceeds the message limit of %zu",
+        snprintf(err, errlen, "a RESP array of %lld elements, over the message limit of %zu",
                  n, max);
         return -EMSGSIZE;
     }
@@ -130,7 +130,7 @@ int framing_cut(int f, const uint8_t *p, size_t len, size_t max, size_t *scan,
             return 0;
         uint32_t n = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
         if (n > max) {
-            snprintf(err, errlen, "length prefix %u exceeds the message limit of %zu", n, max);
+            snprintf(err, errlen, "a length prefix of %u, over the message limit of %zu", n, max);
             return -EMSGSIZE;
         }
         if (len - 4 < n)
@@ -155,7 +155,7 @@ int framing_cut(int f, const uint8_t *p, size_t len, size_t max, size_t *scan,
         return -EPROTO;
     }
     if (end > 0 && (size_t)end > max) {
-        snprintf(err, errlen, "a %s message of %ld bytes exceeds the message limit of %zu",
+        snprintf(err, errlen, "a %s message of %ld bytes, over the message limit of %zu",
                  framing_name(f), end, max);
         return -EMSGSIZE;
     }

@@ -374,9 +374,11 @@ void relay_plain_room(struct relay *r, uint8_t **p, size_t *room)
         *room = r->max_msg;
         return;
     }
-    /* plain_frames() left the partial frame at the start, which is never a whole buffer */
+    /* plain_frames() left a partial frame at the start, shorter than a whole one: read no
+     * more than makes a whole one, so a frame over the limit is found the same way
+     * whatever the reads. */
     *p = r->pin.p + r->pin.len;
-    *room = r->pin.cap - r->pin.len;
+    *room = framing_frame_max(r->framing, r->max_msg) - r->pin.len;
 }
 
 /* One message (len bytes at r->chunk + WIRE_DATA_HDR_LEN) becomes the next DATA frame. */

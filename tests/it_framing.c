@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "t_helpers.h"
@@ -430,3 +431,156 @@ static void redis_framing(int with_kills)
 
 Test(framing, resp_commands_and_replies_with_redis) { redis_framing(0); }
 Test(framing, resp_with_redis_while_workers_are_killed, .timeout = 180) { redis_framing(1); }
+
+/* ---- bad frames end their own session only ---- */
+
+/* Wait up to 5 s for needle in the file at path. */
+static int log_has(const char *path, const char *needle)
+{
+    for (int i = 0; i < 100; i++) {
+        FILE *f = fopen(path, "r");
+        char line[2048];
+        int found = 0;
+        while (f && !found && fgets(line, sizeof(line), f))
+            found = strstr(line, needle) != NULL;
+        if (f)
+            fclose(f);
+        if (found)
+            return 1;
+        usleep(50000);
+    }
+    return 0;
+}
+
+/* Send frame on fd and expect framecount's n-th record of it back (the echo returns it). */
+static void round_trip(int fd, int u32be, unsigned n, const void *frame, size_t len,
+                       size_t msg_off)
+{
+    struct buf want = { 0 };
+    char got[8192];
+
+    put_record(&want, u32be, n, len - msg_off, (const char *)frame + msg_off, len - msg_off);
+    t_write_all(fd, frame, len);
+    cr_assert(want.len <= sizeof(got));
+    cr_assert_eq(t_read_n(fd, got, want.len, 10000), (long)want.len, "record %u", n);
+    cr_assert(!memcmp(got, want.p, want.len), "record %u differs", n);
+    free(want.p);
+}
+
+struct bad_case {
+    const char *framing, *cmax, *smax;
+    const char *good;  size_t good_len, good_off;   /* a frame, and where its message starts */
+    const char *bad;   size_t bad_len;
+    int server_log;                                 /* the cause is logged by the server proxy */
+    const char *cause;
+};
+
+/* Session A sends a bad frame and is closed; session B, open before and after, is not. */
+static void bad_frame(const struct bad_case *bc)
+{
+    struct t_echo_tcp echo;
+    struct chain c;
+    int u32be = strcmp(bc->framing, "u32be") == 0;
+    char stats[2048];
+
+    t_echo_tcp_start(&echo);
+    chain_start(&c, &(struct chain_opts){ .app = t_test_app("framecount"), .target = echo.addr,
+                                          .cframing = bc->framing, .cmax = bc->cmax,
+                                          .smax = bc->smax });
+    int good = t_connect(c.cproxy.addr), bad = t_connect(c.cproxy.addr);
+    round_trip(good, u32be, 1, bc->good, bc->good_len, bc->good_off);
+    round_trip(bad, u32be, 1, bc->good, bc->good_len, bc->good_off);
+    t_write_all(bad, bc->bad, bc->bad_len);
+    t_expect_eof(bad, 5000, "the session that sent a bad frame is closed");
+    round_trip(good, u32be, 2, bc->good, bc->good_len, bc->good_off);
+    cr_assert(log_has(bc->server_log ? c.sproxy.log : c.cproxy.log, bc->cause),
+              "the %s proxy's log names the cause: %s", bc->server_log ? "server" : "client",
+              bc->cause);
+    cr_assert(log_has(c.edge.sup.log, "endpoint sent ERROR"), "the edge logs the ERROR");
+    cr_assert(log_has(c.edge.sup.log, bc->cause), "the edge's log has the cause: %s", bc->cause);
+    t_ctl(&c.edge, "sessions", stats, sizeof(stats));
+    cr_assert(strstr(stats, "state=live") && !strchr(strchr(stats, '\n') + 1, '='),
+              "one session (the good one) is left: %s", stats);
+    close(good);
+    close(bad);
+    chain_stop(&c);
+}
+
+Test(framing, u32be_length_over_the_limit_ends_only_that_session)
+{
+    static const char bad[] = { 0, 1, 0, 0, 'x', 'y' };
+    bad_frame(&(struct bad_case){ .framing = "u32be", .cmax = "4096", .smax = "4096",
+                                  .good = "\0\0\0\5hello", .good_len = 9, .good_off = 4,
+                                  .bad = bad, .bad_len = sizeof(bad),
+                                  .cause = "a length prefix of 65536, over the message limit of 4096" });
+}
+
+Test(framing, line_longer_than_the_limit_ends_only_that_session)
+{
+    static char bad[5000];
+    memset(bad, 'a', sizeof(bad));
+    bad_frame(&(struct bad_case){ .framing = "line", .cmax = "4096", .smax = "4096",
+                                  .good = "hello\r\n", .good_len = 7,
+                                  .bad = bad, .bad_len = sizeof(bad),
+                                  .cause = "no whole line message within the message limit of "
+                                           "4096 bytes" });
+}
+
+Test(framing, malformed_resp_ends_only_that_session)
+{
+    static const char bad[] = "*2\r\n$3\r\nGET\r\n$abc\r\nkey\r\n";
+    static const char good[] = "*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n";
+    bad_frame(&(struct bad_case){ .framing = "resp", .good = good, .good_len = sizeof(good) - 1,
+                                  .bad = bad, .bad_len = sizeof(bad) - 1,
+                                  .cause = "malformed RESP: bad $ length 'abc'" });
+}
+
+/* The server proxy's limit is lower: the echo of a 6000-byte line is the server's bad frame. */
+Test(framing, server_frame_over_the_limit_ends_only_that_session)
+{
+    static char bad[6001];
+    memset(bad, 'b', sizeof(bad));
+    bad[6000] = '\n';
+    bad_frame(&(struct bad_case){ .framing = "line", .cmax = "8192", .smax = "4096",
+                                  .good = "hello\n", .good_len = 6,
+                                  .bad = bad, .bad_len = sizeof(bad), .server_log = 1,
+                                  .cause = "the server sent no whole line message within the "
+                                           "message limit of 4096 bytes" });
+}
+
+/* Both proxies must agree: a client proxy cutting lines and a server proxy told resp. */
+Test(framing, mismatched_framing_is_refused_with_a_clear_error)
+{
+    struct t_echo_tcp echo;
+    struct chain c;
+
+    t_echo_tcp_start(&echo);
+    chain_start(&c, &(struct chain_opts){ .app = t_test_app("framecount"), .target = echo.addr,
+                                          .cframing = "line", .sframing = "resp" });
+    int fd = t_connect(c.cproxy.addr);
+    t_write_all(fd, "hello\n", 6);
+    t_expect_eof(fd, 10000, "a session the proxies disagree on is closed");
+    const char *cause = "framing mismatch: the client proxy cuts messages by line, this server "
+                        "proxy by resp (--framing)";
+    cr_assert(log_has(c.sproxy.log, cause), "server proxy log: %s", cause);
+    cr_assert(log_has(c.edge.sup.log, cause), "edge log: %s", cause);
+    close(fd);
+    chain_stop(&c);
+}
+
+/* An unknown --framing is a usage error naming the choices. */
+Test(framing, unknown_framing_option_is_refused)
+{
+    int out;
+    char *argv[] = { (char *)t_bin("cessna-client-proxy"), "--listen", "127.0.0.1:0", "--edge",
+                     "127.0.0.1:1", "--framing", "json", NULL };
+    const char *dir = t_tmpdir();
+    pid_t pid = t_start_raw(dir, "client-proxy", argv, &out);
+    int status = t_wait(pid, 5000);
+    char path[512];
+
+    cr_assert(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 2, "exit status 2");
+    snprintf(path, sizeof(path), "%s/client-proxy.log", dir);
+    cr_assert(log_has(path, "bad --framing 'json' (raw, line, u32be or resp)"));
+    close(out);
+}
