@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../endpoint/framing.h"
 #include "t_helpers.h"
 #include "t_redis.h"
 
@@ -584,3 +585,89 @@ Test(framing, unknown_framing_option_is_refused)
     cr_assert(log_has(path, "bad --framing 'json' (raw, line, u32be or resp)"));
     close(out);
 }
+
+/* ---- apps/ratelimit.c: a token bucket per session in front of redis ---- */
+
+TestSuite(ratelimit, .timeout = 120);
+
+#define RL_RATE  10   /* per second: a token every 100 ms */
+#define RL_BURST 5
+#define RL_QUEUE 10
+#define RL_SENT  25
+#define RL_APP   "[app]\nrate_per_s = 10\nburst = 5\nqueue = 10\n"
+
+/* A burst of RL_SENT INCRs in one write: RL_BURST answered at once, RL_QUEUE released one
+ * per token, in order, the rest refused after them; redis counted only the accepted ones. */
+static void ratelimit_burst(int with_kills)
+{
+    static const char incr[] = "*2\r\n$4\r\nINCR\r\n$4\r\nhits\r\n";
+    struct t_redis redis;
+    struct chain c;
+    struct buf stream = { 0 }, want = { 0 };
+    char extra[256], got[4096];
+    long at[RL_SENT];
+    size_t have = 0, cut_at = 0;
+    int n = 0;
+
+    for (int i = 0; i < RL_SENT; i++)
+        put(&stream, incr, sizeof(incr) - 1);
+    for (int i = 1; i <= RL_BURST + RL_QUEUE; i++)
+        putf(&want, ":%d\r\n", i);
+    for (int i = RL_BURST + RL_QUEUE; i < RL_SENT; i++)
+        putf(&want, "-ERR rate limited\r\n");
+    snprintf(extra, sizeof(extra), "%s%s", with_kills ? KILL_EDGE : "", RL_APP);
+    t_redis_start(&redis, t_tmpdir());
+    chain_start(&c, &(struct chain_opts){ .app = t_app("ratelimit"), .target = redis.addr,
+                                          .cframing = "resp", .sframing = "resp",
+                                          .edge_extra = extra });
+    struct killer k;
+    pthread_t th;
+    if (with_kills)
+        start_killer(&k, &th, &c.edge);
+    int fd = t_connect(c.cproxy.addr);
+    long t0 = t_now_ms();
+    t_write_all(fd, stream.p, stream.len);
+    /* Each reply's arrival time: cut the replies as the proxy does. */
+    while (n < RL_SENT) {
+        long r = t_read_n(fd, got + have, 1, 10000);
+        cr_assert_eq(r, 1, "reply %d of %d did not come (%zu bytes so far)", n + 1, RL_SENT, have);
+        have++;
+        size_t scan = 0, skip, len;
+        char err[200];
+        if (framing_cut(FRAMING_RESP, (uint8_t *)got + cut_at, have - cut_at, 4096, &scan,
+                        &skip, &len, err, sizeof(err)) == 1) {
+            at[n++] = t_now_ms() - t0;
+            cut_at += len;
+        }
+    }
+    if (with_kills)
+        stop_killer(&k, th, 5);
+    cr_assert_eq(have, want.len);
+    cr_assert(!memcmp(got, want.p, want.len), "replies in order: got \"%.*s\"", (int)have, got);
+    for (int i = 0; i < RL_BURST; i++)
+        cr_expect(at[i] < 500, "reply %d of the burst after %ld ms", i + 1, at[i]);
+    for (int i = RL_BURST; i < RL_BURST + RL_QUEUE; i++) {
+        long due = (i - RL_BURST + 1) * 1000 / RL_RATE;   /* its token comes back then */
+        cr_expect(at[i] >= due - 20, "reply %d after %ld ms, before its token (%ld ms)", i + 1,
+                  at[i], due);
+        cr_expect(at[i] <= due + (with_kills ? 3000 : 500), "reply %d after %ld ms (due %ld)",
+                  i + 1, at[i], due);
+    }
+    cr_log_info("replies at (ms): burst %ld..%ld, queued %ld..%ld, refused %ld", at[0],
+                at[RL_BURST - 1], at[RL_BURST], at[RL_BURST + RL_QUEUE - 1], at[RL_SENT - 1]);
+    /* redis itself counted the accepted commands once each */
+    int rfd = t_connect(redis.addr);
+    char val[16] = "";
+    t_write_all(rfd, "GET hits\r\n", 10);
+    cr_assert_eq(t_read_n(rfd, val, 8, 5000), 8);
+    cr_assert(!memcmp(val, "$2\r\n15\r\n", 8), "redis counted %.8s", val);
+    close(rfd);
+    close(fd);
+    free(stream.p);
+    free(want.p);
+    chain_stop(&c);
+    t_redis_stop(&redis);
+}
+
+Test(ratelimit, burst_at_once_then_the_rate_and_overflow_refused) { ratelimit_burst(0); }
+Test(ratelimit, the_same_replies_while_workers_are_killed, .timeout = 180) { ratelimit_burst(1); }
