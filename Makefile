@@ -172,6 +172,10 @@ demo: deps
 	$(MAKE) all
 	scripts/demo.sh $(BUILD)
 
+demo-ratelimit: deps
+	$(MAKE) all
+	scripts/demo-ratelimit.sh $(BUILD)
+
 deps:
 	scripts/install-deps.sh
 
@@ -235,5 +239,5 @@ uninstall:
 clean:
 	rm -rf build build-san
 
-.PHONY: all test test-sanitize soak demo deps clean install uninstall FORCE
+.PHONY: all test test-sanitize soak demo demo-ratelimit deps clean install uninstall FORCE
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
