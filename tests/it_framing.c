@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,11 +23,14 @@
 
 TestSuite(framing, .timeout = 120);
 
-/* target <- server proxy <- edge <- client proxy, each proxy with its own --framing. */
+static int log_has(const char *path, const char *needle);
+
+/* target <- server proxy <- edge <- client proxy, each proxy with its own --framing; with
+ * two_edges, a second edge B behind A in the client proxy's list, for A's loss. */
 struct chain {
     struct t_proc sproxy, cproxy;
-    struct t_edge edge;
-    char dir[256];
+    struct t_edge edge, edge_b;
+    char dir[256], edges[160];
 };
 
 struct chain_opts {
@@ -36,7 +40,35 @@ struct chain_opts {
     const char *sframing;
     const char *cmax, *smax;     /* --max-message-bytes, or NULL */
     const char *edge_extra;
+    int two_edges;
 };
+
+/* An edge node in a process group of its own (setsid), so that its loss takes its workers
+ * too. */
+static void node_start(struct chain *c, struct t_edge *e, const char *name, const char *app)
+{
+    char cfg[512];
+
+    snprintf(e->dir, sizeof(e->dir), "%s/%s", c->dir, name);
+    mkdir(e->dir, 0700);
+    snprintf(e->control, sizeof(e->control), "%s/control.sock", e->dir);
+    snprintf(cfg, sizeof(cfg), "%s/edge.ini", e->dir);
+    FILE *f = fopen(cfg, "w");
+    cr_assert(f);
+    fprintf(f, "[edge]\nlisten = 127.0.0.1:0\nserver = %s\napp = %s\nstate_dir = %s/state\n"
+               "control = %s\nsnapshot_interval_ms = 20\nheartbeat_interval_ms = 100\n",
+            c->sproxy.addr, app, e->dir, e->control);
+    fclose(f);
+    char *argv[] = { "/usr/bin/setsid", (char *)t_bin("cessna-supervisor"), "-c", cfg, NULL };
+    t_start(&e->sup, e->dir, "supervisor", argv);
+}
+
+/* Edge A's node dies at once: supervisor and workers, SIGKILL. */
+static void node_kill(struct t_edge *e)
+{
+    kill(-e->sup.pid, SIGKILL);
+    t_stop(&e->sup);
+}
 
 static void chain_start(struct chain *c, const struct chain_opts *o)
 {
@@ -56,8 +88,15 @@ static void chain_start(struct chain *c, const struct chain_opts *o)
         sargv[sn++] = (char *)o->smax;
     }
     t_start(&c->sproxy, c->dir, "server-proxy", sargv);
-    t_edge_start(&c->edge, o->app, c->sproxy.addr, o->edge_extra);
-    cargv[4] = c->edge.sup.addr;
+    if (o->two_edges) {
+        node_start(c, &c->edge, "a", o->app);
+        node_start(c, &c->edge_b, "b", o->app);
+        snprintf(c->edges, sizeof(c->edges), "%s,%s", c->edge.sup.addr, c->edge_b.sup.addr);
+    } else {
+        t_edge_start(&c->edge, o->app, c->sproxy.addr, o->edge_extra);
+        snprintf(c->edges, sizeof(c->edges), "%s", c->edge.sup.addr);
+    }
+    cargv[4] = c->edges;
     if (o->cframing) {
         cargv[cn++] = "--framing";
         cargv[cn++] = (char *)o->cframing;
@@ -72,6 +111,8 @@ static void chain_start(struct chain *c, const struct chain_opts *o)
 static void chain_stop(struct chain *c)
 {
     t_stop(&c->cproxy);
+    if (c->edge_b.sup.pid)
+        t_edge_stop(&c->edge_b);
     t_edge_stop(&c->edge);
     t_stop(&c->sproxy);
 }
@@ -135,6 +176,7 @@ struct writer {
     unsigned seed;
     size_t cap;              /* 0, or the largest piece */
     int pause_us;            /* 0, or a pause after every piece (to give kills time) */
+    struct t_edge *lose;     /* NULL, or the edge node to kill a third of the way in */
 };
 
 /* Pieces of 1 to 7 bytes (cutting frames anywhere), up to 3000, or 64 KiB (many frames in
@@ -156,6 +198,10 @@ static void *write_pieces(void *p)
             n = w->stream->len - off;
         t_write_all(w->fd, w->stream->p + off, n);
         off += n;
+        if (w->lose && off >= w->stream->len / 3) {
+            node_kill(w->lose);
+            w->lose = NULL;
+        }
         if (w->pause_us)
             usleep((useconds_t)w->pause_us);
         else if (rand_r(&w->seed) % 4 == 0)
@@ -166,10 +212,10 @@ static void *write_pieces(void *p)
 
 /* Send stream through the client proxy at addr and expect exactly `want` back. */
 static void exchange(const char *addr, const struct buf *stream, const struct buf *want,
-                     unsigned seed, size_t cap, int pause_us)
+                     unsigned seed, size_t cap, int pause_us, struct t_edge *lose)
 {
     int fd = t_connect(addr);
-    struct writer w = { fd, stream, seed, cap, pause_us };
+    struct writer w = { fd, stream, seed, cap, pause_us, lose };
     pthread_t th;
     char *got = malloc(want->len + 1);
 
@@ -276,7 +322,33 @@ static void expect_messages(const struct t_edge *e, uint64_t n)
 
 #define FRAMES 1500
 
-static void echo_framing(const char *framing, int with_kills)
+enum fault { NO_FAULT, KILL_WORKERS, LOSE_EDGE };
+
+/* Run an exchange under a fault; check what the edge counted (one message per frame). */
+static void run_faulted(struct chain *c, enum fault fault, const struct buf *stream,
+                        const struct buf *want, size_t cap, uint64_t messages)
+{
+    struct killer k;
+    pthread_t th;
+
+    if (fault == KILL_WORKERS)
+        start_killer(&k, &th, &c->edge);
+    exchange(c->cproxy.addr, stream, want, 99, fault ? cap : 0, fault ? 1000 : 0,
+             fault == LOSE_EDGE ? &c->edge : NULL);
+    if (fault == KILL_WORKERS)
+        stop_killer(&k, th, 10);
+    if (fault == LOSE_EDGE) {   /* edge B took the session over: the client proxy resumed */
+        char stats[2048];
+        t_ctl(&c->edge_b, "stats", stats, sizeof(stats));
+        cr_assert_eq(t_field(stats, "resumes"), 1, "%s", stats);
+        cr_assert(log_has(c->cproxy.log, "msg=\"session resumed\""), "no resume in %s",
+                  c->cproxy.log);
+    } else {
+        expect_messages(&c->edge, messages);
+    }
+}
+
+static void echo_framing(const char *framing, enum fault fault)
 {
     struct t_echo_tcp echo;
     struct chain c;
@@ -286,26 +358,34 @@ static void echo_framing(const char *framing, int with_kills)
     t_echo_tcp_start(&echo);
     /* The server proxy has no --framing: it takes the client proxy's from the handshake. */
     chain_start(&c, &(struct chain_opts){ .app = t_test_app("framecount"), .target = echo.addr,
-                                          .cframing = framing,
-                                          .edge_extra = with_kills ? KILL_EDGE : NULL });
+                                          .cframing = framing, .two_edges = fault == LOSE_EDGE,
+                                          .edge_extra = fault ? KILL_EDGE : NULL });
     make_frames(u32be, FRAMES, 7, &stream, &want);
-    struct killer k;
-    pthread_t th;
-    if (with_kills)
-        start_killer(&k, &th, &c.edge);
-    exchange(c.cproxy.addr, &stream, &want, 99, with_kills ? 4096 : 0, with_kills ? 1000 : 0);
-    if (with_kills)
-        stop_killer(&k, th, 10);
-    expect_messages(&c.edge, 2 * FRAMES);
+    run_faulted(&c, fault, &stream, &want, 4096, 2 * FRAMES);
     free(stream.p);
     free(want.p);
     chain_stop(&c);
 }
 
-Test(framing, line_frames_split_and_coalesced)   { echo_framing("line", 0); }
-Test(framing, u32be_frames_split_and_coalesced)  { echo_framing("u32be", 0); }
-Test(framing, line_frames_while_workers_are_killed, .timeout = 180)  { echo_framing("line", 1); }
-Test(framing, u32be_frames_while_workers_are_killed, .timeout = 180) { echo_framing("u32be", 1); }
+Test(framing, line_frames_split_and_coalesced)   { echo_framing("line", NO_FAULT); }
+Test(framing, u32be_frames_split_and_coalesced)  { echo_framing("u32be", NO_FAULT); }
+Test(framing, line_frames_while_workers_are_killed, .timeout = 180)
+{
+    echo_framing("line", KILL_WORKERS);
+}
+Test(framing, u32be_frames_while_workers_are_killed, .timeout = 180)
+{
+    echo_framing("u32be", KILL_WORKERS);
+}
+/* Partial frames wait in the proxies while the session moves to edge B. */
+Test(framing, line_frames_across_the_loss_of_the_edge, .timeout = 180)
+{
+    echo_framing("line", LOSE_EDGE);
+}
+Test(framing, u32be_frames_across_the_loss_of_the_edge, .timeout = 180)
+{
+    echo_framing("u32be", LOSE_EDGE);
+}
 
 /* ---- RESP against a real redis-server ---- */
 
@@ -404,7 +484,7 @@ static void make_redis(int rounds, struct buf *stream, struct buf *want)
 
 #define ROUNDS 300
 
-static void redis_framing(int with_kills)
+static void redis_framing(enum fault fault)
 {
     struct t_redis redis;
     struct chain c;
@@ -413,25 +493,27 @@ static void redis_framing(int with_kills)
     t_redis_start(&redis, t_tmpdir());
     chain_start(&c, &(struct chain_opts){ .app = t_test_app("framecount"),
                                           .target = redis.addr, .cframing = "resp",
-                                          .sframing = "resp",
-                                          .edge_extra = with_kills ? KILL_EDGE : NULL });
+                                          .sframing = "resp", .two_edges = fault == LOSE_EDGE,
+                                          .edge_extra = fault ? KILL_EDGE : NULL });
     make_redis(ROUNDS, &stream, &want);
-    struct killer k;
-    pthread_t th;
-    if (with_kills)
-        start_killer(&k, &th, &c.edge);
-    exchange(c.cproxy.addr, &stream, &want, 5, with_kills ? 400 : 0, with_kills ? 1000 : 0);
-    if (with_kills)
-        stop_killer(&k, th, 10);
-    expect_messages(&c.edge, 2 * 10 * ROUNDS);   /* 10 commands a round, each one reply */
+    /* 10 commands a round, each one reply */
+    run_faulted(&c, fault, &stream, &want, 400, 2 * 10 * ROUNDS);
     free(stream.p);
     free(want.p);
     chain_stop(&c);
     t_redis_stop(&redis);
 }
 
-Test(framing, resp_commands_and_replies_with_redis) { redis_framing(0); }
-Test(framing, resp_with_redis_while_workers_are_killed, .timeout = 180) { redis_framing(1); }
+Test(framing, resp_commands_and_replies_with_redis) { redis_framing(NO_FAULT); }
+Test(framing, resp_with_redis_while_workers_are_killed, .timeout = 180)
+{
+    redis_framing(KILL_WORKERS);
+}
+/* redis sees every command once: INCR's counts would show a repeat. */
+Test(framing, resp_with_redis_across_the_loss_of_the_edge, .timeout = 180)
+{
+    redis_framing(LOSE_EDGE);
+}
 
 /* ---- bad frames end their own session only ---- */
 
