@@ -69,6 +69,10 @@ static long resp_value(const uint8_t *p, size_t len, size_t pos, size_t max, int
     if (pos >= len)
         return 0;
     uint8_t type = p[pos];
+    if (!memchr("+-:$*", type, 5)) {
+        snprintf(err, errlen, "malformed RESP: type byte 0x%02x in an array", type);
+        return -EPROTO;
+    }
     long end = resp_line(p, len, pos, err, errlen);
     long long n;
 
@@ -139,7 +143,7 @@ int framing_cut(int f, const uint8_t *p, size_t len, size_t max, size_t *scan,
         *msg_len = n;
         return 1;
     }
-    if (f == FRAMING_LINE || (f == FRAMING_RESP && len && !strchr("+-:$*", p[0]))) {
+    if (f == FRAMING_LINE || (f == FRAMING_RESP && len && !memchr("+-:$*", p[0], 5))) {
         /* A line, or RESP's inline command: up to the first "\n". */
         const uint8_t *nl = memchr(p + *scan, '\n', len - *scan);
         if (nl)

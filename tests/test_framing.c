@@ -115,7 +115,7 @@ Test(framing_unit, resp_malformed)
 {
     static const char *bad[] = {
         "$abc\r\n", "*x\r\n", "$-2\r\n", "*-5\r\n", "$\r\n", "+OK\n", "$3\r\nabcXY",
-        "*1\r\n:1\n", "$123456789012345678901234567890",
+        "*1\r\n:1\n", "$123456789012345678901234567890", "*1\r\nPING\r\n",
     };
     char err[200];
     size_t skip, len;
