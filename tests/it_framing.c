@@ -70,23 +70,28 @@ static void node_kill(struct t_edge *e)
     t_stop(&e->sup);
 }
 
+/* Append --framing and --max-message-bytes (when given) to argv. */
+static void proxy_opts(char **argv, const char *framing, const char *max)
+{
+    if (framing) {
+        *argv++ = "--framing";
+        *argv++ = (char *)framing;
+    }
+    if (max) {
+        *argv++ = "--max-message-bytes";
+        *argv++ = (char *)max;
+    }
+}
+
 static void chain_start(struct chain *c, const struct chain_opts *o)
 {
     char *sargv[12] = { (char *)t_bin("cessna-server-proxy"), "--listen", "127.0.0.1:0",
                         "--target", (char *)o->target };
     char *cargv[12] = { (char *)t_bin("cessna-client-proxy"), "--listen", "127.0.0.1:0",
                         "--edge" };
-    int sn = 5, cn = 5;
 
     snprintf(c->dir, sizeof(c->dir), "%s", t_tmpdir());
-    if (o->sframing) {
-        sargv[sn++] = "--framing";
-        sargv[sn++] = (char *)o->sframing;
-    }
-    if (o->smax) {
-        sargv[sn++] = "--max-message-bytes";
-        sargv[sn++] = (char *)o->smax;
-    }
+    proxy_opts(sargv + 5, o->sframing, o->smax);
     t_start(&c->sproxy, c->dir, "server-proxy", sargv);
     if (o->two_edges) {
         node_start(c, &c->edge, "a", o->app);
@@ -97,14 +102,7 @@ static void chain_start(struct chain *c, const struct chain_opts *o)
         snprintf(c->edges, sizeof(c->edges), "%s", c->edge.sup.addr);
     }
     cargv[4] = c->edges;
-    if (o->cframing) {
-        cargv[cn++] = "--framing";
-        cargv[cn++] = (char *)o->cframing;
-    }
-    if (o->cmax) {
-        cargv[cn++] = "--max-message-bytes";
-        cargv[cn++] = (char *)o->cmax;
-    }
+    proxy_opts(cargv + 5, o->cframing, o->cmax);
     t_start(&c->cproxy, c->dir, "client-proxy", cargv);
 }
 
