@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "../endpoint/framing.h"
+#include "cessna_endpoint.h"
 #include "t_helpers.h"
 #include "t_redis.h"
 
@@ -751,3 +752,35 @@ static void ratelimit_burst(int with_kills)
 
 Test(ratelimit, burst_at_once_then_the_rate_and_overflow_refused) { ratelimit_burst(0); }
 Test(ratelimit, the_same_replies_while_workers_are_killed, .timeout = 180) { ratelimit_burst(1); }
+
+/* A native client (libcessna-endpoint) sends whole messages and says no framing: the server
+ * proxy cuts the server's side by its own --framing. One message of two lines comes back
+ * from the echo as two messages. */
+Test(framing, a_native_client_gets_the_server_proxys_own_framing)
+{
+    struct t_echo_tcp echo;
+    struct t_proc sp;
+    struct t_edge edge;
+    const void *got;
+    char *sargv[] = { (char *)t_bin("cessna-server-proxy"), "--listen", "127.0.0.1:0",
+                      "--target", NULL, "--framing", "line", NULL };
+
+    t_echo_tcp_start(&echo);
+    sargv[4] = echo.addr;
+    t_start(&sp, t_tmpdir(), "server-proxy", sargv);
+    t_edge_start(&edge, t_test_app("framecount"), sp.addr, NULL);
+    struct cessna_ep *ep = t_ep_connect(&edge);
+    cr_assert_eq(cessna_ep_send(ep, "one\ntwo!\n", 9), 0);
+    static const char *const want[] = { "#1 c=9 s=4\none\n", "#2 c=0 s=5\ntwo!\n" };
+    for (int i = 0; i < 2; i++) {
+        long n = cessna_ep_recv(ep, &got);
+        cr_assert_eq(n, (long)strlen(want[i]), "message %d: %ld bytes", i + 1, n);
+        cr_assert(!memcmp(got, want[i], (size_t)n), "message %d: %.*s", i + 1, (int)n,
+                  (const char *)got);
+    }
+    cr_assert(log_has(sp.log, "epoch=1 framing=line"), "the session uses the server proxy's framing");
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    t_edge_stop(&edge);
+    t_stop(&sp);
+}
