@@ -25,9 +25,19 @@ size_t framing_frame_max(int f, size_t max)
     return f == FRAMING_U32BE ? max + 4 : max;
 }
 
-/* ---- RESP2 ---- */
+/* ---- RESP (RESP2, and the RESP3 types a client gets after HELLO 3) ---- */
 
-#define RESP_LEN_LINE 24   /* "$" or "*", a 64-bit number, "\r\n" fit in this */
+#define RESP_LEN_LINE 24   /* a type byte, a 64-bit number, "\r\n" fit in this */
+#define RESP_LINES  "+-:_,#("   /* a line: simple string, error, integer, null, double, ... */
+#define RESP_BULKS  "$!="       /* a length, then bytes: bulk string, blob error, verbatim */
+#define RESP_AGGR   "*~>"       /* n values: array, set, push */
+#define RESP_PAIRS  "%|"        /* 2n values: map, attribute (a value follows it) */
+#define RESP_TYPES  RESP_LINES RESP_BULKS RESP_AGGR RESP_PAIRS
+
+static int is_type(uint8_t c)
+{
+    return c && strchr(RESP_TYPES, c) != NULL;
+}
 
 /* The end (after "\n") of the line starting at pos; 0 when it is not complete; -EPROTO
  * when it ends in a "\n" without "\r". */
@@ -44,7 +54,7 @@ static long resp_line(const uint8_t *p, size_t len, size_t pos, char *err, size_
     return nl + 1 - p;
 }
 
-/* The decimal number of a "$" or "*" line (between the type byte and "\r\n"). */
+/* The decimal number of a length line (between the type byte and "\r\n"). */
 static int resp_num(const uint8_t *s, size_t n, long long *v)
 {
     size_t i = s[0] == '-';
@@ -69,28 +79,26 @@ static long resp_value(const uint8_t *p, size_t len, size_t pos, size_t max, int
     if (pos >= len)
         return 0;
     uint8_t type = p[pos];
-    if (!memchr("+-:$*", type, 5)) {
-        snprintf(err, errlen, "malformed RESP: type byte 0x%02x in an array", type);
+    if (!is_type(type)) {
+        snprintf(err, errlen, "malformed RESP: type byte 0x%02x in an aggregate", type);
         return -EPROTO;
     }
     long end = resp_line(p, len, pos, err, errlen);
     long long n;
 
-    if (end == 0 && (type == '$' || type == '*') && len - pos > RESP_LEN_LINE)
-        end = -1;   /* a length line this long is no length */
-    if (end <= 0 || type == '+' || type == '-' || type == ':') {
-        if (end == -1)
-            snprintf(err, errlen, "malformed RESP: bad %c length", type);
-        return end == -1 ? -EPROTO : end;
-    }
-    if (resp_num(p + pos + 1, (size_t)end - 2 - pos - 1, &n) < 0 || n < -1) {
+    if (strchr(RESP_LINES, type) || end < 0)
+        return end;
+    if (end == 0 && len - pos <= RESP_LEN_LINE)
+        return 0;
+    if (end == 0 || resp_num(p + pos + 1, (size_t)end - 2 - pos - 1, &n) < 0 || n < -1) {
         snprintf(err, errlen, "malformed RESP: bad %c length '%.*s'", type,
-                 (int)((size_t)end - 2 - pos - 1), (const char *)p + pos + 1);
+                 end ? (int)((size_t)end - 2 - pos - 1) : RESP_LEN_LINE,
+                 (const char *)p + pos + 1);
         return -EPROTO;
     }
     if (n == -1)
-        return end;   /* a null bulk string or array */
-    if (type == '$') {
+        return end;   /* a RESP2 null bulk string or array */
+    if (strchr(RESP_BULKS, type)) {
         if ((unsigned long long)n > max) {
             snprintf(err, errlen, "a RESP bulk string of %lld bytes, over the message "
                      "limit of %zu", n, max);
@@ -107,17 +115,21 @@ static long resp_value(const uint8_t *p, size_t len, size_t pos, size_t max, int
         return (long)need;
     }
     if (depth >= FRAMING_RESP_DEPTH) {
-        snprintf(err, errlen, "malformed RESP: arrays nested deeper than %d",
+        snprintf(err, errlen, "malformed RESP: aggregates nested deeper than %d",
                  FRAMING_RESP_DEPTH);
         return -EPROTO;
     }
+    if (strchr(RESP_PAIRS, type))
+        n *= 2;
     if ((unsigned long long)n > max / 3) {   /* each element takes 3 bytes at least */
-        snprintf(err, errlen, "a RESP array of %lld elements, over the message limit of %zu",
-                 n, max);
+        snprintf(err, errlen, "a RESP aggregate of %lld elements, over the message limit "
+                 "of %zu", n, max);
         return -EMSGSIZE;
     }
     for (long long i = 0; i < n && end > 0; i++)
         end = resp_value(p, len, (size_t)end, max, depth + 1, err, errlen);
+    if (type == '|' && end > 0)   /* attributes describe the value that follows */
+        end = resp_value(p, len, (size_t)end, max, depth, err, errlen);
     return end;
 }
 
@@ -143,7 +155,7 @@ int framing_cut(int f, const uint8_t *p, size_t len, size_t max, size_t *scan,
         *msg_len = n;
         return 1;
     }
-    if (f == FRAMING_LINE || (f == FRAMING_RESP && len && !memchr("+-:$*", p[0], 5))) {
+    if (f == FRAMING_LINE || (f == FRAMING_RESP && len && !is_type(p[0]))) {
         /* A line, or RESP's inline command: up to the first "\n". */
         const uint8_t *nl = memchr(p + *scan, '\n', len - *scan);
         if (nl)

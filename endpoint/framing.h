@@ -4,8 +4,9 @@
  *   line   a message ends with "\n", which is part of it (so is the "\r" of a "\r\n")
  *   u32be  a 4-byte big-endian length, then that many bytes; the message is the payload
  *          alone, and every message toward the plain peer gets the prefix added
- *   resp   one whole Redis protocol (RESP2) value: + - : lines, $ bulk strings, * arrays
- *          (nested), or an inline command (a line that starts with none of those)
+ *   resp   one whole Redis protocol value: RESP2 (+ - : lines, $ bulk strings, * arrays,
+ *          nested) and the RESP3 types a client gets after HELLO 3 (_ , # ( lines, ! = bulk,
+ *          ~ > % | aggregates), or an inline command (a line that starts with none of those)
  *
  * The proxies hold a partial frame until its last byte arrives; a frame over the message
  * limit, or a malformed one, is an error for its session. Pure functions: no I/O. */
@@ -25,7 +26,7 @@ enum framing {
     FRAMING_MAX = FRAMING_RESP,
 };
 
-#define FRAMING_RESP_DEPTH 32   /* RESP arrays nested deeper are refused */
+#define FRAMING_RESP_DEPTH 32   /* RESP aggregates nested deeper are refused */
 
 /* FRAMING_RAW.. from a name, or -1. */
 int         framing_parse(const char *name);

@@ -784,3 +784,61 @@ Test(framing, a_native_client_gets_the_server_proxys_own_framing)
     t_edge_stop(&edge);
     t_stop(&sp);
 }
+
+/* Read one framecount record: its header line, then the s= bytes it announces. */
+static size_t read_record(int fd, char *msg, size_t cap)
+{
+    char hdr[128];
+    size_t n = 0;
+
+    while (n < sizeof(hdr) - 1) {
+        cr_assert_eq(t_read_n(fd, hdr + n, 1, 10000), 1, "a record header");
+        if (hdr[n++] == '\n')
+            break;
+    }
+    hdr[n] = 0;
+    size_t len = (size_t)t_field(hdr, "s");
+    cr_assert(len < cap, "%s", hdr);
+    cr_assert_eq(t_read_n(fd, msg, len, 10000), (long)len, "the record of %s", hdr);
+    return len;
+}
+
+/* After HELLO 3 redis answers in RESP3: maps, nulls, doubles are cut whole too. */
+Test(framing, resp3_replies_after_hello_3)
+{
+    static const struct { const char *cmd, *reply; } steps[] = {
+        { "HSET h a 1", ":1\r\n" },
+        { "HGETALL h", "%1\r\n$1\r\na\r\n$1\r\n1\r\n" },
+        { "GET nope", "_\r\n" },
+        { "ZADD z 1.5 m", ":1\r\n" },
+        { "ZSCORE z m", ",1.5\r\n" },
+        { "SMEMBERS h", "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n" },
+    };
+    struct t_redis redis;
+    struct chain c;
+    char msg[4096];
+
+    t_redis_start(&redis, t_tmpdir());
+    chain_start(&c, &(struct chain_opts){ .app = t_test_app("framecount"),
+                                          .target = redis.addr, .cframing = "resp",
+                                          .sframing = "resp" });
+    int fd = t_connect(c.cproxy.addr);
+    struct buf cmd = { 0 };
+    put_command(&cmd, "HELLO 3");
+    t_write_all(fd, cmd.p, cmd.len);
+    size_t n = read_record(fd, msg, sizeof(msg));
+    cr_assert(n > 4 && msg[0] == '%' && strstr(msg, "proto") && !memcmp(msg + n - 2, "\r\n", 2),
+              "HELLO 3 answers one map: %.*s", (int)n, msg);
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        cmd.len = 0;
+        put_command(&cmd, steps[i].cmd);
+        t_write_all(fd, cmd.p, cmd.len);
+        n = read_record(fd, msg, sizeof(msg));
+        cr_assert(n == strlen(steps[i].reply) && !memcmp(msg, steps[i].reply, n),
+                  "%s: %.*s", steps[i].cmd, (int)n, msg);
+    }
+    free(cmd.p);
+    close(fd);
+    chain_stop(&c);
+    t_redis_stop(&redis);
+}

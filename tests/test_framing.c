@@ -107,6 +107,11 @@ Test(framing_unit, resp_values)
     WHOLE(FRAMING_RESP, "*0\r\n");
     WHOLE(FRAMING_RESP, "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
     WHOLE(FRAMING_RESP, "*3\r\n:1\r\n*2\r\n+a\r\n*1\r\n$-1\r\n-E\r\n");
+    WHOLE(FRAMING_RESP, "%2\r\n+a\r\n:1\r\n$1\r\nb\r\n_\r\n");    /* RESP3 */
+    WHOLE(FRAMING_RESP, "~2\r\n,3.5\r\n#t\r\n");
+    WHOLE(FRAMING_RESP, ">2\r\n=7\r\ntxt:abc\r\n(12345678901234567890\r\n");
+    WHOLE(FRAMING_RESP, "!3\r\nERR\r\n");
+    WHOLE(FRAMING_RESP, "|1\r\n+key\r\n+val\r\n*1\r\n:7\r\n");   /* attribute + value */
     WHOLE(FRAMING_RESP, "PING\r\n");          /* inline commands */
     WHOLE(FRAMING_RESP, "SET k v\n");
 }
@@ -136,7 +141,7 @@ Test(framing_unit, resp_limits)
     cr_assert_eq(cut(FRAMING_RESP, "$2000\r\n", 7, 1024, &skip, &len, err), -EMSGSIZE);
     cr_assert(strstr(err, "bulk string of 2000 bytes"), "%s", err);
     cr_assert_eq(cut(FRAMING_RESP, "*400\r\n", 6, 1024, &skip, &len, err), -EMSGSIZE);
-    cr_assert(strstr(err, "array of 400 elements"), "%s", err);
+    cr_assert(strstr(err, "aggregate of 400 elements"), "%s", err);
     for (int i = 0; i <= FRAMING_RESP_DEPTH; i++)
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "*1\r\n");
     n += (size_t)snprintf(buf + n, sizeof(buf) - n, ":1\r\n");
