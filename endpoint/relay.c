@@ -422,6 +422,23 @@ static void plain_frames(struct relay *r)
     b->off = 0;
 }
 
+/* The plain peer ended its stream: a last line without its "\n" is still a message; a
+ * partial frame of any other framing cannot be one. */
+static void plain_tail(struct relay *r)
+{
+    if (r->framing <= FRAMING_RAW || r->pin.len == 0 || r->done)
+        return;
+    if (r->framing == FRAMING_LINE) {
+        memcpy(r->chunk + WIRE_DATA_HDR_LEN, r->pin.p, r->pin.len);
+        plain_message(r, r->pin.len);
+    } else {
+        LOG(LOG_WARN, "session=%llu msg=\"the %s closed in the middle of a frame\" framing=%s "
+            "dropped_bytes=%zu", (unsigned long long)r->session_id, r->side ? "server" : "client",
+            framing_name(r->framing), r->pin.len);
+    }
+    r->pin.len = 0;
+}
+
 void relay_plain_chunk(struct relay *r, long res)
 {
     if (res > 0 && r->framing > FRAMING_RAW) {
@@ -430,6 +447,7 @@ void relay_plain_chunk(struct relay *r, long res)
     } else if (res > 0) {
         plain_message(r, (size_t)res);
     } else if (res == 0) {
+        plain_tail(r);
         r->plain_eof = true;
         relay_send_close(r);
         if (r->close_wait_ms >= 0)

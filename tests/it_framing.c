@@ -842,3 +842,31 @@ Test(framing, resp3_replies_after_hello_3)
     chain_stop(&c);
     t_redis_stop(&redis);
 }
+
+/* A last line without its "\n" is still a message when the client ends its stream. */
+Test(framing, a_last_line_without_newline_is_a_message_at_eof)
+{
+    struct t_echo_tcp echo;
+    struct chain c;
+    char stats[2048];
+
+    t_echo_tcp_start(&echo);
+    chain_start(&c, &(struct chain_opts){ .app = t_test_app("framecount"), .target = echo.addr,
+                                          .cframing = "line" });
+    int fd = t_connect(c.cproxy.addr);
+    round_trip(fd, 0, 1, "one\n", 4, 0);
+    t_write_all(fd, "two", 3);
+    shutdown(fd, SHUT_WR);
+    t_expect_eof(fd, 5000, "the session ends after the client's end");
+    for (int i = 0; i < 100; i++) {
+        t_ctl(&c.edge, "stats", stats, sizeof(stats));
+        if (t_field(stats, "sessions") == 0)
+            break;
+        usleep(50000);
+    }
+    /* client: "one\n" and "two"; server: the echo of "one\n" */
+    cr_assert_eq(t_field(stats, "msgs_in"), 3, "%s", stats);
+    cr_assert_eq(t_field(stats, "bytes_in"), 4 + 3 + 4, "%s", stats);
+    close(fd);
+    chain_stop(&c);
+}
