@@ -10,48 +10,9 @@
 # 2. a burst of pipelined INCRs in one write: `burst` at once, `queue` released at the rate,
 #    the rest refused with "-ERR rate limited", every reply in the order of the commands.
 # Everything started here is stopped on exit.
-set -euo pipefail
-BUILD=${1:-build}
-BUILD=$(cd "$BUILD" && pwd)
+. "$(dirname "$0")/demo-lib.sh"
 RATE=5 BURST=3 QUEUE=4 SENT=10
-work=$(mktemp -d /tmp/cessna-demo-ratelimit.XXXXXX)
-
-cleanup() {
-    local pid
-    exec 3>&- 2>/dev/null || true
-    for f in "$work"/*.pid; do
-        [ -e "$f" ] || continue
-        kill "$(cat "$f")" 2>/dev/null || true
-    done
-    for f in "$work"/*.pid; do
-        [ -e "$f" ] || continue
-        pid=$(cat "$f")
-        for _ in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.05
-        done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Start a program in the background and wait for its "ready listen=HOST:PORT" line.
-start() {
-    local name=$1; shift
-    "$@" >"$work/$name.out" 2>"$work/$name.log" &
-    echo $! >"$work/$name.pid"
-    for _ in $(seq 100); do
-        if grep -q '^ready listen=' "$work/$name.out" 2>/dev/null; then
-            sed -n 's/^ready listen=//p' "$work/$name.out" | head -1
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "demo: $name did not start; its log:" >&2
-    cat "$work/$name.log" >&2
-    exit 1
-}
+trap 'exec 3>&- 2>/dev/null || true; cleanup' EXIT
 
 # redis-server on a free loopback port (a random one, again if it is taken), in the foreground
 # of its own process so that cleanup() stops it.
@@ -65,25 +26,15 @@ for _ in $(seq 20); do
         kill -0 "$(cat "$work/redis.pid")" 2>/dev/null || break
         sleep 0.05
     done
+    kill "$(cat "$work/redis.pid")" 2>/dev/null || true   # not up: another port
 done
 [ "$(redis-cli -p "$rport" ping 2>/dev/null)" = PONG ] || { echo "demo: redis-server did not start" >&2; exit 1; }
 
 sproxy=$(start server_proxy "$BUILD/bin/cessna-server-proxy" --listen 127.0.0.1:0 \
          --target "127.0.0.1:$rport" --framing resp)
-cat >"$work/edge.ini" <<INI
-[edge]
-listen = 127.0.0.1:0
-server = $sproxy
-app = $BUILD/apps/ratelimit.so
-state_dir = $work/state
-control = $work/control.sock
-
-[app]
-rate_per_s = $RATE
+edge=$(start_edge ratelimit "$sproxy" "rate_per_s = $RATE
 burst = $BURST
-queue = $QUEUE
-INI
-edge=$(start supervisor "$BUILD/bin/cessna-supervisor" -c "$work/edge.ini")
+queue = $QUEUE")
 cproxy=$(start client_proxy "$BUILD/bin/cessna-client-proxy" --listen 127.0.0.1:0 \
          --edge "$edge" --framing resp)
 cport=${cproxy##*:}
