@@ -319,3 +319,280 @@ Test(appapi, a_hostile_log_line_stays_one_bounded_line)
     cessna_ep_free(ep);
     t_edge_stop(&e);
 }
+
+/* ---- through the proxies: plain TCP programs at both ends ---- */
+
+/* A plain TCP server that keeps what it reads from its one connection and how it ended. */
+struct tcp_rec {
+    int lfd;
+    char addr[64];
+    char got[4096];
+    volatile long len;
+    volatile int end;       /* 1 EOF, 2 reset or error */
+};
+
+static void *tcp_rec_run(void *arg)
+{
+    struct tcp_rec *t = arg;
+    int fd = accept(t->lfd, NULL, NULL);
+    ssize_t n = -1;
+
+    while (fd >= 0 && (n = read(fd, t->got + t->len, sizeof(t->got) - 1 - (size_t)t->len)) > 0)
+        t->len += n;
+    t->end = n == 0 ? 1 : 2;
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+static void tcp_rec_start(struct tcp_rec *t)
+{
+    char err[256];
+    pthread_t th;
+
+    memset(t, 0, sizeof(*t));
+    t->lfd = addr_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert(t->lfd >= 0, "listen: %s", err);
+    snprintf(t->addr, sizeof(t->addr), "127.0.0.1:%d", addr_local_port(t->lfd));
+    pthread_create(&th, NULL, tcp_rec_run, t);
+    pthread_detach(th);
+}
+
+struct chain {
+    struct t_proc sproxy, cproxy;
+    struct t_edge edge;
+    struct tcp_rec server;
+};
+
+static void chain_start(struct chain *c)
+{
+    const char *dir = t_tmpdir();
+
+    tcp_rec_start(&c->server);
+    char *sargv[] = { (char *)t_bin("cessna-server-proxy"), "--listen", "127.0.0.1:0",
+                      "--target", c->server.addr, NULL };
+    t_start(&c->sproxy, dir, "server-proxy", sargv);
+    edge_with(&c->edge, c->sproxy.addr, NULL);
+    char *cargv[] = { (char *)t_bin("cessna-client-proxy"), "--listen", "127.0.0.1:0",
+                      "--edge", c->edge.sup.addr, NULL };
+    t_start(&c->cproxy, dir, "client-proxy", cargv);
+}
+
+static void chain_stop(struct chain *c)
+{
+    t_stop(&c->cproxy);
+    t_edge_stop(&c->edge);
+    t_stop(&c->sproxy);
+}
+
+static void tcp_expect(int fd, const char *want)
+{
+    char buf[256];
+    size_t n = strlen(want);
+    long got = t_read_n(fd, buf, n, 5000);
+
+    cr_assert_eq(got, (long)n, "read %ld of %zu bytes (want '%s')", got, n, want);
+    buf[n] = 0;
+    cr_assert_str_eq(buf, want);
+}
+
+static void wait_log(const char *path, const char *needle)
+{
+    long deadline = t_now_ms() + 5000;
+    char cmd[600];
+
+    snprintf(cmd, sizeof(cmd), "grep -qF -- '%s' %s", needle, path);
+    while (system(cmd) != 0) {
+        cr_assert(t_now_ms() < deadline, "no '%s' in %s", needle, path);
+        usleep(20000);
+    }
+}
+
+static void close_through_proxies(int code)
+{
+    struct chain c;
+    char cmd[64];
+
+    chain_start(&c);
+    int fd = t_connect(c.cproxy.addr);
+    t_write_all(fd, "M 1", 3);
+    tcp_expect(fd, "R 1 n=1 greeting=-");
+    snprintf(cmd, sizeof(cmd), "CLOSE %d over and out", code);
+    t_write_all(fd, cmd, strlen(cmd));
+    tcp_expect(fd, "BYEAGAIN -114");   /* two messages, one byte stream */
+    t_expect_eof(fd, 5000, "the client proxy closes cleanly after the last output");
+    close(fd);
+    long deadline = t_now_ms() + 5000;
+    while (!c.server.end && t_now_ms() < deadline)
+        usleep(10000);
+    cr_assert_eq(c.server.end, 1, "the server program sees a clean EOF");
+    cr_assert_eq(c.server.len, 3, "and got its output first: %ld bytes", c.server.len);
+    cr_assert(memcmp(c.server.got, "BYE", 3) == 0);
+    if (code) {
+        wait_log(c.cproxy.log, "text=\"app error 9: over and out\"");
+        wait_log(c.sproxy.log, "text=\"app error 9: over and out\"");
+    }
+    chain_stop(&c);
+}
+
+Test(appapi, close_with_code_0_through_the_proxies)
+{
+    close_through_proxies(0);
+}
+
+Test(appapi, close_with_an_error_through_the_proxies)
+{
+    close_through_proxies(9);
+}
+
+/* ---- under worker kills ---- */
+
+struct killer {
+    const struct t_edge *e;
+    uint64_t id;
+    volatile int stop, kills;
+    unsigned seed;
+};
+
+/* kill-worker at random moments, 3 to 25 ms apart */
+static void *killer_run(void *arg)
+{
+    struct killer *k = arg;
+    char cmd[64], out[256];
+
+    snprintf(cmd, sizeof(cmd), "kill-worker %llu", (unsigned long long)k->id);
+    while (!k->stop) {
+        usleep(3000 + rand_r(&k->seed) % 22000);
+        t_ctl(k->e, cmd, out, sizeof(out));
+        if (strncmp(out, "ok", 2) == 0)
+            k->kills++;
+    }
+    return NULL;
+}
+
+/* Every reply exactly as a run without faults gives it, and every log line once. */
+static void log_once_under_kills(const char *extra)
+{
+    struct rec_server srv;
+    struct t_edge e;
+    struct killer k = { .seed = 7 };
+    pthread_t th;
+    char cfg[300], want[128], needle[64];
+    enum { N = 300 };
+
+    rec_start(&srv);
+    snprintf(cfg, sizeof(cfg), "%s\n[app]\ngreeting = hi\n", extra);
+    edge_with(&e, srv.addr, cfg);
+    struct cessna_ep *ep = t_ep_connect(&e);
+    k.e = &e;
+    k.id = cessna_ep_session_id(ep);
+    pthread_create(&th, NULL, killer_run, &k);
+    for (int i = 1; i <= N; i++) {
+        char cmd[32];
+        snprintf(cmd, sizeof(cmd), "M %d", i);
+        snprintf(want, sizeof(want), "R %d n=%d greeting=hi", i, i);
+        expect(ep, cmd, want);
+        if (i % 50 == 0)
+            usleep(30000);   /* time for snapshots between the kills */
+    }
+    k.stop = 1;
+    pthread_join(th, NULL);
+    cr_assert(k.kills >= 5, "only %d kills", k.kills);
+    expect(ep, "M end", "R end n=301 greeting=hi");   /* the last lines are out */
+    for (int i = 1; i <= N; i++) {
+        snprintf(needle, sizeof(needle), "msg=\"got %d\"", i);
+        int n = log_lines(&e, needle, NULL, 0);
+        cr_assert_eq(n, 1, "'got %d' logged %d times (%d kills)", i, n, k.kills);
+    }
+    cr_assert_eq(log_lines(&e, "msg=\"debug ", NULL, 0), 0, "debug lines stay out at info");
+    cessna_ep_close(ep, 2000);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+}
+
+Test(appapi, log_lines_once_under_kills_cold_standby)
+{
+    log_once_under_kills("standby = cold\nsnapshot_interval_ms = 20\n");
+}
+
+Test(appapi, log_lines_once_under_kills_hot_standby)
+{
+    log_once_under_kills("standby = hot\nsnapshot_interval_ms = 20\n");
+}
+
+Test(appapi, log_lines_once_under_kills_without_snapshots)
+{
+    log_once_under_kills("snapshot_interval_ms = 0\n");
+}
+
+/* The worker killed right around the close: the recovered one closes once, after the same
+ * outputs, and nothing is lost or doubled. */
+static void close_around_kills(const char *extra)
+{
+    struct rec_server srv;
+    struct t_edge e;
+    char out[256], cmd[64], want[64], line[2048];
+    unsigned seed = 11;
+    int killed = 0, in_window = 0;
+
+    rec_start(&srv);
+    edge_with(&e, srv.addr, extra);
+    for (int round = 0; round < 12; round++) {
+        struct cessna_ep *ep = t_ep_connect(&e);
+        uint64_t id = cessna_ep_session_id(ep);
+        for (int i = 1; i <= 20; i++) {
+            snprintf(cmd, sizeof(cmd), "M %d", i);
+            snprintf(want, sizeof(want), "R %d n=%d greeting=-", i, i);
+            expect(ep, cmd, want);
+            if (i == 10)
+                usleep(40000);   /* a snapshot in the middle */
+        }
+        /* even rounds: killed just before the close, whose event a new worker runs;
+         * odd rounds: killed while shutdown() runs, after the close's outputs */
+        char kill[64];
+        snprintf(kill, sizeof(kill), "kill-worker %llu", (unsigned long long)id);
+        if (round % 2 == 0) {
+            t_ctl(&e, kill, out, sizeof(out));
+            killed += strncmp(out, "ok", 2) == 0;
+        }
+        snprintf(cmd, sizeof(cmd), "%sCLOSE %d round %d", round % 2 ? "S" : "", round + 1,
+                 round);
+        send_str(ep, cmd);
+        if (round % 2) {
+            usleep(1000 + rand_r(&seed) % 6000);
+            t_ctl(&e, kill, out, sizeof(out));
+            killed += strncmp(out, "ok", 2) == 0;
+        }
+        cr_assert_str_eq(recv_str(ep), "BYE");
+        cr_assert_str_eq(recv_str(ep), "AGAIN -114");
+        const void *msg;
+        long n = cessna_ep_recv(ep, &msg);
+        cr_assert_eq(n, -ECONNABORTED, "round %d: got %ld, not the ERROR", round, n);
+        snprintf(want, sizeof(want), "app error %d: round %d", round + 1, round);
+        cr_assert(strstr(cessna_ep_error(ep), want), "%s", cessna_ep_error(ep));
+        cr_assert_eq(rec_wait_end(&srv, 5000), 2, "round %d: the server's end", round);
+        cr_assert_str_eq(srv.got, "BYE\n", "round %d: the server got BYE once", round);
+        session_end_line(&e, id, line, sizeof(line));
+        cr_assert(strstr(line, " end=app_error"), "%s", line);
+        in_window += round % 2 && t_field(line, "recoveries") > 0;
+        cessna_ep_free(ep);
+    }
+    cr_assert(killed >= 8, "only %d kills landed before the end", killed);
+    cr_assert(in_window >= 2, "only %d kills landed between the close and the end", in_window);
+    t_edge_stop(&e);
+}
+
+Test(appapi, close_survives_a_kill_around_it_cold)
+{
+    close_around_kills("standby = cold\nsnapshot_interval_ms = 20\n");
+}
+
+Test(appapi, close_survives_a_kill_around_it_hot)
+{
+    close_around_kills("standby = hot\nsnapshot_interval_ms = 20\n");
+}
+
+Test(appapi, close_survives_a_kill_around_it_without_snapshots)
+{
+    close_around_kills("snapshot_interval_ms = 0\n");
+}

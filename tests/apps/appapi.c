@@ -8,6 +8,8 @@
  *   LOG text      -> logs text as it is, answers "LOGGED"
  *   CLOSE c text  -> "BYE" to both sides, then cessna_close_session(c, text); a second
  *                    call answers "AGAIN rc" (it must be -EALREADY)
+ *   SCLOSE c text -> the same, with a shutdown() that spins for a while (a window for a
+ *                    kill between the close's outputs and the end)
  *   TCLOSE ms c   -> closes with code c from a timer after ms
  * Server messages are answered with "S n=N" to the server. */
 #include <stdio.h>
@@ -16,7 +18,7 @@
 
 #include "cessna.h"
 
-static int msgs;
+static int msgs, slow_close;
 static char cmd[4096];
 
 static void reply(const char *fmt, long long a, const char *s)
@@ -60,9 +62,10 @@ static void on_client(const void *data, size_t len)
     } else if (strncmp(cmd, "LOG ", 4) == 0) {
         cessna_log(CESSNA_LOG_WARN, "%s", cmd + 4);
         cessna_send_msg_to_client("LOGGED", 6);
-    } else if (strncmp(cmd, "CLOSE ", 6) == 0) {
+    } else if (strncmp(cmd, "CLOSE ", 6) == 0 || strncmp(cmd, "SCLOSE ", 7) == 0) {
         char *text;
-        int code = (int)strtol(cmd + 6, &text, 10);
+        slow_close = cmd[0] == 'S';
+        int code = (int)strtol(cmd + 6 + slow_close, &text, 10);
         cessna_send_msg_to_client("BYE", 3);
         cessna_send_msg_to_server("BYE", 3);
         cessna_close_session(code, *text ? text + 1 : NULL);
@@ -75,6 +78,12 @@ static void on_client(const void *data, size_t len)
     } else {
         reply("? %lld %s", (long long)len, cmd);
     }
+}
+
+static void shutdown(void)
+{
+    for (volatile long i = 0; slow_close && i < 40000000; i++)
+        ;
 }
 
 static void on_server(const void *data, size_t len)
@@ -91,4 +100,5 @@ const struct cessna_app cessna_app = {
     .name = "appapi",
     .recv_client_msg = on_client,
     .recv_server_msg = on_server,
+    .shutdown = shutdown,
 };
