@@ -31,17 +31,19 @@ struct rec_server {
     char error[600];
 };
 
+struct rec_arg {
+    struct rec_server *r;
+    struct cessna_ep *ep;
+};
+
 static void *rec_session(void *arg)
 {
-    struct rec_server *r = arg;
-    char err[256];
-    struct cessna_ep *ep = cessna_ep_accept(r->listen_fd, err, sizeof(err));
+    struct rec_arg *a = arg;
+    struct rec_server *r = a->r;
     const void *msg;
     long n;
 
-    if (!ep)
-        return NULL;
-    while ((n = cessna_ep_recv(ep, &msg)) >= 0) {
+    while ((n = cessna_ep_recv(a->ep, &msg)) >= 0) {
         pthread_mutex_lock(&r->lock);
         if (r->len + (size_t)n + 2 < sizeof(r->got)) {
             memcpy(r->got + r->len, msg, (size_t)n);
@@ -53,21 +55,25 @@ static void *rec_session(void *arg)
     }
     pthread_mutex_lock(&r->lock);
     r->ended = n == CESSNA_EP_CLOSED ? 1 : 2;
-    snprintf(r->error, sizeof(r->error), "%s", cessna_ep_error(ep));
+    snprintf(r->error, sizeof(r->error), "%s", cessna_ep_error(a->ep));
     pthread_mutex_unlock(&r->lock);
-    cessna_ep_free(ep);
+    cessna_ep_free(a->ep);
+    free(a);
     return NULL;
 }
 
-/* Serves one session at a time (the tests open them one after the other). */
+/* What is kept is the newest session's (the tests that look at it run one at a time). */
 static void *rec_accept(void *arg)
 {
     struct rec_server *r = arg;
+    char err[256];
 
     for (;;) {
-        struct pollfd p = { r->listen_fd, POLLIN, 0 };
-        if (poll(&p, 1, -1) <= 0)
+        struct cessna_ep *ep = cessna_ep_accept(r->listen_fd, err, sizeof(err));
+        if (!ep)
             continue;
+        struct rec_arg *a = malloc(sizeof(*a));
+        pthread_t t;
         pthread_mutex_lock(&r->lock);
         r->sessions++;
         r->len = 0;
@@ -75,7 +81,10 @@ static void *rec_accept(void *arg)
         r->ended = 0;
         r->error[0] = 0;
         pthread_mutex_unlock(&r->lock);
-        rec_session(r);
+        a->r = r;
+        a->ep = ep;
+        pthread_create(&t, NULL, rec_session, a);
+        pthread_detach(t);
     }
     return NULL;
 }
@@ -595,4 +604,92 @@ Test(appapi, close_survives_a_kill_around_it_hot)
 Test(appapi, close_survives_a_kill_around_it_without_snapshots)
 {
     close_around_kills("snapshot_interval_ms = 0\n");
+}
+
+/* ---- [app] across recovery and reload ---- */
+
+static void write_config(const struct t_edge *e, const char *greeting, const char *level)
+{
+    char path[300];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/edge.ini", e->dir);
+    /* keep [edge] as t_edge_start wrote it: only what follows [app] changes */
+    char *text = NULL;
+    size_t cap = 0;
+    f = fopen(path, "r");
+    cr_assert(f);
+    ssize_t n = getdelim(&text, &cap, 0, f);
+    fclose(f);
+    cr_assert(n > 0);
+    char *app = strstr(text, "\n[app]");
+    if (app)
+        *app = 0;
+    f = fopen(path, "w");
+    fprintf(f, "%s\n%s%s\n[app]\ngreeting = %s\n", text, level ? "log_level = " : "",
+            level ? level : "", greeting);
+    fclose(f);
+    free(text);
+}
+
+static void kill_worker(const struct t_edge *e, uint64_t id)
+{
+    char cmd[64], out[256];
+
+    snprintf(cmd, sizeof(cmd), "kill-worker %llu", (unsigned long long)id);
+    t_ctl(e, cmd, out, sizeof(out));
+    cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+}
+
+static void config_across_reload(const char *extra)
+{
+    struct rec_server srv;
+    struct t_edge e;
+    char cfg[300];
+
+    rec_start(&srv);
+    snprintf(cfg, sizeof(cfg), "%s\n[app]\ngreeting = one\n", extra);
+    edge_with(&e, srv.addr, cfg);
+    struct cessna_ep *a = t_ep_connect(&e);
+    uint64_t ida = cessna_ep_session_id(a);
+    expect(a, "M 1", "R 1 n=1 greeting=one");
+    usleep(50000);   /* a snapshot, where they are on */
+    kill_worker(&e, ida);
+    expect(a, "M 2", "R 2 n=2 greeting=one");
+
+    write_config(&e, "two", "debug");
+    kill(e.sup.pid, SIGHUP);
+    wait_log(e.sup.log, "reload: [app] changed");
+    wait_log(e.sup.log, "applied=\"log_level\"");
+
+    /* the running session keeps its values, through a recovery too */
+    kill_worker(&e, ida);
+    expect(a, "M 3", "R 3 n=3 greeting=one");
+    expect(a, "CFG greeting", "CFG greeting=one");
+    /* and the new level reaches its worker */
+    wait_log(e.sup.log, "msg=\"debug 3\"");
+
+    struct cessna_ep *b = t_ep_connect(&e);
+    uint64_t idb = cessna_ep_session_id(b);
+    expect(b, "M 1", "R 1 n=1 greeting=two");
+    usleep(50000);
+    kill_worker(&e, idb);
+    expect(b, "M 2", "R 2 n=2 greeting=two");
+    kill_worker(&e, ida);
+    expect(a, "M 4", "R 4 n=5 greeting=one");
+    cessna_ep_close(a, 2000);
+    cessna_ep_close(b, 2000);
+    cessna_ep_free(a);
+    cessna_ep_free(b);
+    t_edge_stop(&e);
+}
+
+Test(appapi, config_kept_across_recovery_and_reload)
+{
+    config_across_reload("snapshot_interval_ms = 20\n");
+}
+
+Test(appapi, config_kept_across_recovery_and_reload_without_snapshots)
+{
+    config_across_reload("snapshot_interval_ms = 0\n");
 }
