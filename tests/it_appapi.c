@@ -182,7 +182,7 @@ static void session_end_line(const struct t_edge *e, uint64_t id, char *line, si
 
 Test(appapi, close_with_code_0_through_native_endpoints)
 {
-    struct rec_server srv;
+    static struct rec_server srv;   /* its threads outlive the test */
     struct t_edge e;
     char line[2048];
 
@@ -207,7 +207,7 @@ Test(appapi, close_with_code_0_through_native_endpoints)
 
 Test(appapi, close_with_an_error_through_native_endpoints)
 {
-    struct rec_server srv;
+    static struct rec_server srv;   /* its threads outlive the test */
     struct t_edge e;
     char line[2048];
 
@@ -237,7 +237,7 @@ Test(appapi, close_with_an_error_through_native_endpoints)
 /* A timer's callback closes: no later message reaches the app. */
 Test(appapi, close_from_a_timer)
 {
-    struct rec_server srv;
+    static struct rec_server srv;   /* its threads outlive the test */
     struct t_edge e;
 
     rec_start(&srv);
@@ -257,7 +257,7 @@ Test(appapi, close_from_a_timer)
 
 Test(appapi, config_values_from_the_app_section)
 {
-    struct rec_server srv;
+    static struct rec_server srv;   /* its threads outlive the test */
     struct t_edge e;
 
     rec_start(&srv);
@@ -301,7 +301,7 @@ static int log_lines(const struct t_edge *e, const char *needle, char *last, siz
 
 Test(appapi, a_hostile_log_line_stays_one_bounded_line)
 {
-    struct rec_server srv;
+    static struct rec_server srv;   /* its threads outlive the test */
     struct t_edge e;
     char line[4096], cmd[12000];
 
@@ -419,7 +419,7 @@ static void wait_log(const char *path, const char *needle)
 
 static void close_through_proxies(int code)
 {
-    struct chain c;
+    static struct chain c;   /* its server thread outlives this function */
     char cmd[64];
 
     chain_start(&c);
@@ -482,7 +482,7 @@ static void *killer_run(void *arg)
 /* Every reply exactly as a run without faults gives it, and every log line once. */
 static void log_once_under_kills(const char *extra)
 {
-    struct rec_server srv;
+    static struct rec_server srv;   /* its threads outlive the test */
     struct t_edge e;
     struct killer k = { .seed = 7 };
     pthread_t th;
@@ -538,7 +538,7 @@ Test(appapi, log_lines_once_under_kills_without_snapshots)
  * outputs, and nothing is lost or doubled. */
 static void close_around_kills(const char *extra)
 {
-    struct rec_server srv;
+    static struct rec_server srv;   /* its threads outlive the test */
     struct t_edge e;
     char out[256], cmd[64], want[64], line[2048];
     unsigned seed = 11;
@@ -643,7 +643,7 @@ static void kill_worker(const struct t_edge *e, uint64_t id)
 
 static void config_across_reload(const char *extra)
 {
-    struct rec_server srv;
+    static struct rec_server srv;   /* its threads outlive the test */
     struct t_edge e;
     char cfg[300];
 
@@ -692,4 +692,189 @@ Test(appapi, config_kept_across_recovery_and_reload)
 Test(appapi, config_kept_across_recovery_and_reload_without_snapshots)
 {
     config_across_reload("snapshot_interval_ms = 0\n");
+}
+
+/* ---- remote recovery: the session's [app] values on an edge whose [app] differs ---- */
+
+#define REDGES 3
+
+
+struct rworld {
+    const char *dir;
+    char secret[300], store[300], edges[256], server_addr[64];
+    struct cessna_ep_server *srv;
+    struct t_proc edge[REDGES];
+    int port[REDGES];
+};
+
+static void *rworld_session(void *p)
+{
+    struct cessna_ep *ep = p;
+    const void *msg;
+
+    while (cessna_ep_recv(ep, &msg) >= 0)
+        ;   /* the app sends the server nothing in these tests */
+    cessna_ep_free(ep);
+    return NULL;
+}
+
+/* Accepting also serves the resumes of its sessions: it must keep going. */
+static void *rworld_accept(void *p)
+{
+    struct rworld *w = p;
+    char err[512];
+
+    for (;;) {
+        struct cessna_ep *ep = cessna_ep_server_accept(w->srv, err, sizeof(err));
+        pthread_t th;
+        if (!ep)
+            continue;
+        pthread_create(&th, NULL, rworld_session, ep);
+        pthread_detach(th);
+    }
+    return NULL;
+}
+
+static void rworld_start(struct rworld *w, int snapshot_ms, const char *const greeting[REDGES])
+{
+    char err[512];
+    pthread_t th;
+    FILE *f;
+    int lfd;
+
+    memset(w, 0, sizeof(*w));
+    signal(SIGPIPE, SIG_IGN);   /* endpoints write to edges that are killed */
+    w->dir = t_tmpdir();
+    snprintf(w->secret, sizeof(w->secret), "%s/edge.secret", w->dir);
+    f = fopen(w->secret, "w");
+    fprintf(f, "the-edges-secret\n");
+    fclose(f);
+    chmod(w->secret, 0600);
+    snprintf(w->store, sizeof(w->store), "%s/store", w->dir);
+    lfd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert(lfd >= 0, "%s", err);
+    snprintf(w->server_addr, sizeof(w->server_addr), "127.0.0.1:%d", addr_local_port(lfd));
+    w->srv = cessna_ep_server_new(lfd, w->store, w->secret, err, sizeof(err));
+    cr_assert_not_null(w->srv, "%s", err);
+    pthread_create(&th, NULL, rworld_accept, w);
+    pthread_detach(th);
+    for (int i = 0; i < REDGES; i++) {
+        char cfg[400], name[32];
+        int pfd = addr_listen("127.0.0.1:0", err, sizeof(err));
+        w->port[i] = addr_local_port(pfd);
+        close(pfd);
+        snprintf(cfg, sizeof(cfg), "%s/edge%d.ini", w->dir, i);
+        f = fopen(cfg, "w");
+        fprintf(f, "[edge]\nlisten = 127.0.0.1:%d\nserver = %s\napp = %s\n"
+                   "state_dir = %s/edge%d\ncontrol = %s/edge%d.sock\n"
+                   "snapshot_interval_ms = %d\nheartbeat_interval_ms = 100\n"
+                   "edge_secret_file = %s\n[app]\ngreeting = %s\n",
+                w->port[i], w->server_addr, t_test_app("appapi"), w->dir, i, w->dir, i,
+                snapshot_ms, w->secret, greeting[i]);
+        fclose(f);
+        snprintf(name, sizeof(name), "edge%d", i);
+        char *argv[] = { "/usr/bin/setsid", (char *)t_bin("cessna-supervisor"), "-c", cfg, NULL };
+        t_start(&w->edge[i], w->dir, name, argv);
+        snprintf(w->edges + strlen(w->edges), sizeof(w->edges) - strlen(w->edges),
+                 "%s127.0.0.1:%d", i ? "," : "", w->port[i]);
+    }
+}
+
+static void rworld_stop(struct rworld *w)
+{
+    for (int i = 0; i < REDGES; i++) {
+        if (w->edge[i].pid > 0)   /* 0 once stopped: kill(0) would be our own group */
+            kill(-w->edge[i].pid, SIGKILL);
+        t_stop(&w->edge[i]);
+    }
+}
+
+static int count_in(const char *path, const char *needle)
+{
+    struct t_edge e;
+
+    snprintf(e.sup.log, sizeof(e.sup.log), "%s", path);
+    return log_lines(&e, needle, NULL, 0);
+}
+
+/* Edge 0 holds the session and is lost with its node; the client resumes on the next edge
+ * that can take it. Returns the edge that did. */
+static int lose_edge0(struct rworld *w, struct cessna_ep *ep)
+{
+    char want[64], needle[64];
+
+    for (int i = 1; i <= 5; i++) {
+        char cmd[16];
+        snprintf(cmd, sizeof(cmd), "M %d", i);
+        snprintf(want, sizeof(want), "R %d n=%d greeting=one", i, i);
+        expect(ep, cmd, want);
+    }
+    /* Snapshots shipped, where they are on: the client endpoint answers the edge's RECEIPT
+     * only while it reads. */
+    cessna_ep_set_nonblocking(ep, 1);
+    for (long end = t_now_ms() + 500; t_now_ms() < end;) {
+        const void *msg;
+        long n = cessna_ep_recv(ep, &msg);
+        cr_assert(n == -EAGAIN, "nothing to read now: %ld", n);
+        struct pollfd p = { cessna_ep_fd(ep), POLLIN, 0 };
+        poll(&p, 1, 20);
+    }
+    cessna_ep_set_nonblocking(ep, 0);
+    kill(-w->edge[0].pid, SIGKILL);
+    t_stop(&w->edge[0]);
+    expect(ep, "M 6", "R 6 n=6 greeting=one");
+    expect(ep, "CFG greeting", "CFG greeting=one");
+    for (int i = 1; i <= 2; i++) {
+        snprintf(needle, sizeof(needle), "msg=\"got 6\"");
+        if (count_in(w->edge[i].log, needle) == 1) {
+            for (int k = 1; k <= 5; k++) {
+                snprintf(needle, sizeof(needle), "msg=\"got %d\"", k);
+                cr_assert_eq(count_in(w->edge[0].log, needle), 1, "edge 0 logged %s", needle);
+                cr_assert_eq(count_in(w->edge[i].log, needle), 0,
+                             "edge %d replayed %s quietly", i, needle);
+            }
+            return i;
+        }
+    }
+    cr_assert_fail("no edge logged the event after the resume");
+    return -1;
+}
+
+/* No snapshot left the node: the next edge would rebuild the session from its start with
+ * other [app] values, and refuses; the one after has the same values and takes it. */
+Test(appapi, remote_rebuild_from_the_start_needs_the_same_app_values, .timeout = 90)
+{
+    static const char *const greeting[REDGES] = { "one", "other", "one" };
+    static struct rworld w;   /* its threads outlive this function */
+    char err[512];
+
+    rworld_start(&w, 0, greeting);
+    struct cessna_ep *ep = cessna_ep_connect(w.edges, err, sizeof(err));
+    cr_assert_not_null(ep, "%s", err);
+    cessna_ep_set_heartbeat(ep, 400);
+    cessna_ep_set_resume_timeout(ep, 30000);
+    cr_assert_eq(lose_edge0(&w, ep), 2, "edge 2 took it");
+    cr_assert_eq(count_in(w.edge[1].log, "the session started with other [app] values"), 1,
+                 "edge 1 refused it");
+    cessna_ep_close(ep, 2000);
+    cessna_ep_free(ep);
+    rworld_stop(&w);
+}
+
+/* A snapshot left the node: the values come with it, whatever the next edge's [app]. */
+Test(appapi, remote_recovery_from_a_snapshot_keeps_the_app_values, .timeout = 90)
+{
+    static const char *const greeting[REDGES] = { "one", "other", "other" };
+    static struct rworld w;
+    char err[512];
+
+    rworld_start(&w, 50, greeting);
+    struct cessna_ep *ep = cessna_ep_connect(w.edges, err, sizeof(err));
+    cr_assert_not_null(ep, "%s", err);
+    cessna_ep_set_heartbeat(ep, 400);
+    cessna_ep_set_resume_timeout(ep, 30000);
+    cr_assert_eq(lose_edge0(&w, ep), 1, "edge 1 took it");
+    cessna_ep_close(ep, 2000);
+    cessna_ep_free(ep);
+    rworld_stop(&w);
 }
