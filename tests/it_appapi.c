@@ -878,3 +878,83 @@ Test(appapi, remote_recovery_from_a_snapshot_keeps_the_app_values, .timeout = 90
     cessna_ep_free(ep);
     rworld_stop(&w);
 }
+
+/* ---- cessna-supervisor --check ---- */
+
+/* --check on [edge] plus `app_section`: its exit status; its output in out. */
+static int check_config(const char *app_section, char *out, size_t len)
+{
+    const char *dir = t_tmpdir();
+    char cfg[300], cmd[1200];
+    FILE *f;
+
+    snprintf(cfg, sizeof(cfg), "%s/edge.ini", dir);
+    f = fopen(cfg, "w");
+    fprintf(f, "[edge]\nlisten = 127.0.0.1:0\nserver = 127.0.0.1:1\napp = %s\nstate_dir = %s/s\n"
+               "%s", t_test_app("appapi"), dir, app_section);
+    fclose(f);
+    snprintf(cmd, sizeof(cmd), "%s -c %s --check > %s/out 2>&1", t_bin("cessna-supervisor"),
+             cfg, dir);
+    int st = system(cmd);
+    snprintf(cmd, sizeof(cmd), "%s/out", dir);
+    f = fopen(cmd, "r");
+    size_t n = f ? fread(out, 1, len - 1, f) : 0;
+    out[n] = 0;
+    if (f)
+        fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(appapi, check_validates_the_app_section)
+{
+    char out[1024];
+
+    cr_assert_eq(check_config("[app]\ngreeting = hi\nlimit = 5\n", out, sizeof(out)), 0, "%s", out);
+    cr_assert(strstr(out, ": ok"), "%s", out);
+    cr_assert_eq(check_config("[app]\nbad key = 1\n", out, sizeof(out)), 2, "%s", out);
+    cr_assert(strstr(out, "edge.ini:7: bad [app] key 'bad key'"), "%s", out);
+    cr_assert_eq(check_config("[app]\nx = 1\nx = 2\n", out, sizeof(out)), 2, "%s", out);
+    cr_assert(strstr(out, "edge.ini:8: key 'x' given twice in [app]"), "%s", out);
+}
+
+/* ---- cessna-replay ---- */
+
+/* Offline, the session's [app] values come from its log (or snapshot), whatever the file
+ * says now, and its log lines go to stderr marked replay=1. */
+Test(appapi, cessna_replay_has_the_values_and_marks_the_lines)
+{
+    static struct rec_server srv;
+    struct t_edge e;
+    char cmd[64], out[4096], path[400];
+
+    rec_start(&srv);
+    edge_with(&e, srv.addr, "snapshot_interval_ms = 0\n[app]\ngreeting = kept\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    expect(ep, "M 1", "R 1 n=1 greeting=kept");
+    expect(ep, "LOGCFG", "LOGGED");
+    snprintf(cmd, sizeof(cmd), "log %llu", (unsigned long long)id);
+    t_ctl(&e, cmd, out, sizeof(out));
+    cr_assert(!strncmp(out, "ok log of session", 17), "%s", out);
+
+    char state[300], sid[32];
+    int fd;
+    snprintf(state, sizeof(state), "%s/state", e.dir);
+    snprintf(sid, sizeof(sid), "%llu", (unsigned long long)id);
+    char *argv[] = { (char *)t_bin("cessna-replay"), "--app", (char *)t_test_app("appapi"),
+                     "--state-dir", state, "--session", sid, NULL };
+    pid_t pid = t_start_raw(e.dir, "replay", argv, &fd);
+    memset(out, 0, sizeof(out));
+    t_read_n(fd, out, sizeof(out) - 1, 20000);
+    int status = t_wait(pid, 20000);
+    close(fd);
+    cr_assert(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", out);
+    cr_assert(strstr(out, "without a crash"), "%s", out);
+    snprintf(path, sizeof(path), "%s/replay.log", e.dir);
+    cr_assert_eq(count_in(path, "msg=\"cfg greeting=kept\" replay=1"), 1, "see %s", path);
+    cr_assert_eq(count_in(path, "msg=\"got 1\" replay=1"), 1, "see %s", path);
+    cr_assert_eq(count_in(e.sup.log, "msg=\"cfg greeting=kept\""), 1, "once at the edge");
+    cessna_ep_close(ep, 2000);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+}

@@ -6,6 +6,7 @@
  *   CFG key       -> "CFG key=value" or "CFG key absent"
  *   INT key       -> "INT key=N" (cessna_config_int, default -1)
  *   LOG text      -> logs text as it is, answers "LOGGED"
+ *   LOGCFG        -> logs "cfg greeting=G", answers "LOGGED"
  *   CLOSE c text  -> "BYE" to both sides, then cessna_close_session(c, text); a second
  *                    call answers "AGAIN rc" (it must be -EALREADY)
  *   SCLOSE c text -> the same, with a shutdown() that spins for a while (a window for a
@@ -59,6 +60,10 @@ static void on_client(const void *data, size_t len)
         int n = snprintf(out, sizeof(out), "INT %s=%lld", cmd + 4,
                          cessna_config_int(cmd + 4, -1));
         cessna_send_msg_to_client(out, (size_t)n);
+    } else if (strcmp(cmd, "LOGCFG") == 0) {
+        const char *g = cessna_config("greeting");
+        cessna_log(CESSNA_LOG_INFO, "cfg greeting=%s", g ? g : "-");
+        cessna_send_msg_to_client("LOGGED", 6);
     } else if (strncmp(cmd, "LOG ", 4) == 0) {
         cessna_log(CESSNA_LOG_WARN, "%s", cmd + 4);
         cessna_send_msg_to_client("LOGGED", 6);
