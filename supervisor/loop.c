@@ -335,23 +335,27 @@ static void set_fd_limit(void)
             "fd_limit=%llu fds_per_session=%llu", S.cfg.max_sessions,
             (unsigned long long)rl.rlim_cur, (unsigned long long)per);
     } else if (can < S.cfg.max_sessions) {
-        LOG(LOG_WARN, "msg=\"max_sessions cannot be reached under the descriptor limit (ulimit -n, "
-            "max_fds): new sessions will wait for descriptors past about this many\" "
-            "max_sessions=%u fd_limit=%llu sessions_possible=%llu", S.cfg.max_sessions,
-            (unsigned long long)rl.rlim_cur, (unsigned long long)can);
+        /* Capped, as HAProxy caps maxconn: past it, sessions already open would fail on
+         * EMFILE (a snapshot, a recovery), and one session must never hurt another. */
+        LOG(LOG_WARN, "msg=\"max_sessions lowered: the descriptor limit (ulimit -n, max_fds) "
+            "holds no more; sessions past it are refused as edge full\" max_sessions=%u "
+            "lowered_to=%llu fd_limit=%llu fds_per_session=%llu", S.cfg.max_sessions,
+            (unsigned long long)(can ? can : 1), (unsigned long long)rl.rlim_cur,
+            (unsigned long long)per);
+        S.cfg.max_sessions = can ? (uint32_t)can : 1;
     }
 }
 
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: cessna-supervisor -c FILE\n"
+        "usage: cessna-supervisor -c FILE [--check]\n"
         "\n"
         "Runs a CESSNA edge node: accepts client endpoints on [edge] listen, connects each\n"
         "session to the server endpoint, and runs the app module in one worker process per\n"
         "session. Prints 'ready listen=HOST:PORT' on stdout once it accepts sessions.\n"
         "\n"
-        "  -c, --config FILE   the INI configuration (section [edge]; see README)\n"
+        "  -c, --config FILE   the INI configuration (section [edge]; see cessna.ini(5))\n"
         "  -t, --check         check the configuration, the directories it names and that\n"
         "                      the app loads as a CESSNA app, then exit (0: ok)\n"
         "  -h, --help          this text\n"
@@ -366,8 +370,9 @@ static void usage(FILE *f)
         "overridden by the environment: CESSNA_LOG=error|warn|info|debug.\n");
 }
 
-/* An error that stops the supervisor at start, as a log line like any other (the reason
- * keeps its "FILE:LINE: reason" form inside). */
+/* An error that stops the supervisor at start (or fails --check), as a log line like any
+ * other (the reason keeps its "FILE:LINE: reason" form inside). */
+static const char *startup_what = "cannot start";
 static void startup_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void startup_error(const char *fmt, ...)
 {
@@ -380,7 +385,7 @@ static void startup_error(const char *fmt, ...)
     for (char *p = text; *p; p++)   /* the value is quoted: no quote or newline inside */
         if (*p == '"' || *p == '\n')
             *p = '\'';
-    log_write(LOG_ERROR, "msg=\"cannot start\" error=\"%s\"", text);
+    log_write(LOG_ERROR, "msg=\"%s\" error=\"%s\"", startup_what, text);
 }
 
 static int mkdir_p(const char *path)
@@ -425,10 +430,16 @@ int main(int argc, char **argv)
         }
     }
     if (!cfgpath || optind != argc) {
+        if (!cfgpath)
+            fprintf(stderr, "cessna-supervisor: -c FILE is required\n");
+        else
+            fprintf(stderr, "cessna-supervisor: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
         return 2;
     }
     log_init("cessna-supervisor");
+    if (check)
+        startup_what = "check failed";
     if (config_load(cfgpath, &S.cfg, err, sizeof(err)) < 0 ||
         addr_parse(S.cfg.server, &S.server_addr, &S.server_addrlen, err, sizeof(err)) < 0) {
         startup_error("%s", err);
@@ -449,9 +460,10 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(S.cfg.log_level);   /* CESSNA_LOG, when set, wins */
+    S.log_level_fd = check ? -1 : log_share();   /* a reload's level reaches running workers */
     if (check) {
         if (check_dirs(&S.cfg, err, sizeof(err)) < 0 || check_app(err, sizeof(err)) < 0) {
-            fprintf(stderr, "cessna-supervisor: %s: %s\n", cfgpath, err);
+            startup_error("%s: %s", cfgpath, err);
             return 2;
         }
         printf("%s: ok\n", cfgpath);
@@ -500,7 +512,7 @@ int main(int argc, char **argv)
     int metrics_fd = -1;
     if (S.cfg.metrics_listen[0] &&
         (metrics_fd = metrics_listen(S.cfg.metrics_listen, err, sizeof(err))) < 0) {
-        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        startup_error("%s", err);
         return 1;
     }
     if ((rc = setup_ring()) < 0) {

@@ -532,7 +532,6 @@ static int new_memory(struct session *s, char *err, size_t errlen)
         c->session_id = s->id;
         c->max_message = S.cfg.max_message_bytes;
         c->spin_ns = S.spin_ns;
-        c->log_level = (uint32_t)log_threshold + 1;
     }
     s->shm = m;
     s->shm_len = len;
@@ -612,7 +611,9 @@ static void on_hello(struct session *s, const struct wire_frame *f)
         sess_fail(s, WIRE_ERR_UNAVAILABLE, "%s", err);
         return;
     }
-    LOG(LOG_INFO, "session=%llu msg=\"new session\" worker=%d", ull(s->id), (int)s->pid);
+    /* Its worker is still being started by the zygote: no pid to name yet. */
+    LOG(LOG_INFO, "session=%llu msg=\"new session\" client=%s", ull(s->id),
+        s->log.client[0] ? s->log.client : "?");
 }
 
 void sess_on_connect(struct session *s, int res)
