@@ -958,3 +958,54 @@ Test(appapi, cessna_replay_has_the_values_and_marks_the_lines)
     cessna_ep_free(ep);
     t_edge_stop(&e);
 }
+
+/* An app can refuse a session from init(): the client gets what it sent, then the ERROR. */
+Test(appapi, close_from_init_refuses_the_session)
+{
+    static struct rec_server srv;
+    struct t_edge e;
+    char line[2048];
+
+    rec_start(&srv);
+    edge_with(&e, srv.addr, "[app]\nrefuse = 403\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    cr_assert_str_eq(recv_str(ep), "NO");
+    const void *msg;
+    long n = cessna_ep_recv(ep, &msg);
+    cr_assert_eq(n, -ECONNABORTED, "got %ld", n);
+    cr_assert(strstr(cessna_ep_error(ep), "app error 403: refused at init"), "%s",
+              cessna_ep_error(ep));
+    session_end_line(&e, id, line, sizeof(line));
+    cr_assert(strstr(line, " end=app_error"), "%s", line);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+}
+
+/* A session that hibernated wakes with its values, and logs each line once. */
+Test(appapi, values_and_log_lines_across_hibernation)
+{
+    static struct rec_server srv;
+    struct t_edge e;
+    char out[4096], cmd[64];
+
+    rec_start(&srv);
+    edge_with(&e, srv.addr, "hibernate_after_ms = 100\n[app]\ngreeting = sleepy\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    expect(ep, "M 1", "R 1 n=1 greeting=sleepy");
+    snprintf(cmd, sizeof(cmd), "session=%llu", (unsigned long long)id);
+    long deadline = t_now_ms() + 5000;
+    do {
+        usleep(50000);
+        t_ctl(&e, "sessions", out, sizeof(out));
+    } while (!strstr(out, "hibernated") && t_now_ms() < deadline);
+    cr_assert(strstr(out, "hibernated"), "the session never slept: %s", out);
+    expect(ep, "M 2", "R 2 n=2 greeting=sleepy");
+    expect(ep, "CFG greeting", "CFG greeting=sleepy");
+    cr_assert_eq(log_lines(&e, "msg=\"got 1\"", NULL, 0), 1);
+    cr_assert_eq(log_lines(&e, "msg=\"got 2\"", NULL, 0), 1);
+    cessna_ep_close(ep, 2000);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+}

@@ -12,7 +12,8 @@
  *   SCLOSE c text -> the same, with a shutdown() that spins for a while (a window for a
  *                    kill between the close's outputs and the end)
  *   TCLOSE ms c   -> closes with code c from a timer after ms
- * Server messages are answered with "S n=N" to the server. */
+ * Server messages are only counted. With [app] refuse = CODE, init() refuses the session:
+ * "NO" to the client, then cessna_close_session(CODE, "refused at init"). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +86,17 @@ static void on_client(const void *data, size_t len)
     }
 }
 
+static int init(void)
+{
+    long long code = cessna_config_int("refuse", 0);
+
+    if (code) {
+        cessna_send_msg_to_client("NO", 2);
+        cessna_close_session((int)code, "refused at init");
+    }
+    return 0;
+}
+
 static void shutdown(void)
 {
     for (volatile long i = 0; slow_close && i < 40000000; i++)
@@ -93,16 +105,15 @@ static void shutdown(void)
 
 static void on_server(const void *data, size_t len)
 {
-    char out[64];
-    int n = snprintf(out, sizeof(out), "S n=%d", ++msgs);
     (void)data;
     (void)len;
-    cessna_send_msg_to_server(out, (size_t)n);
+    msgs++;
 }
 
 const struct cessna_app cessna_app = {
     .abi_version = CESSNA_ABI_VERSION,
     .name = "appapi",
+    .init = init,
     .recv_client_msg = on_client,
     .recv_server_msg = on_server,
     .shutdown = shutdown,
