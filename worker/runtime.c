@@ -552,8 +552,9 @@ static int log_escape(char *dst, size_t cap, const char *src)
 }
 
 /* Deterministic up to the write: the text is formatted and numbered on every run (the
- * formatting may allocate from the arena); whether it is written depends on the log
- * level (the node's, log.h) and on what earlier workers of this session wrote (shm.h), never the app's state. */
+ * formatting may allocate from the arena); whether it is written depends on the node's log
+ * level (log.h) and on what earlier workers of this session wrote (shm.h), never on the
+ * app's state. */
 void cessna_log(int level, const char *fmt, ...)
 {
     char text[RT_LOG_TEXT_MAX], msg[RT_LOG_MSG_MAX], name[33], body[RT_LOG_MSG_MAX + 160];
