@@ -799,7 +799,7 @@ static int count_in(const char *path, const char *needle)
 
 /* Edge 0 holds the session and is lost with its node; the client resumes on the next edge
  * that can take it. Returns the edge that did. */
-static int lose_edge0(struct rworld *w, struct cessna_ep *ep)
+static int lose_edge0(struct rworld *w, struct cessna_ep *ep, int snapshots)
 {
     char want[64], needle[64];
 
@@ -809,17 +809,23 @@ static int lose_edge0(struct rworld *w, struct cessna_ep *ep)
         snprintf(want, sizeof(want), "R %d n=%d greeting=one", i, i);
         expect(ep, cmd, want);
     }
-    /* Snapshots shipped, where they are on: the client endpoint answers the edge's RECEIPT
-     * only while it reads. */
+    /* Snapshots shipped, where they are on (then one reaches the server's store): the
+     * client endpoint answers the edge's RECEIPT only while it reads. */
+    char stored[400];
+    snprintf(stored, sizeof(stored), "test -n \"$(ls %s/%llu 2>/dev/null | grep -v tmp)\"",
+             w->store, (unsigned long long)cessna_ep_session_id(ep));
     cessna_ep_set_nonblocking(ep, 1);
-    for (long end = t_now_ms() + 500; t_now_ms() < end;) {
+    for (long end = t_now_ms() + (snapshots ? 15000 : 500); t_now_ms() < end;) {
         const void *msg;
         long n = cessna_ep_recv(ep, &msg);
         cr_assert(n == -EAGAIN, "nothing to read now: %ld", n);
         struct pollfd p = { cessna_ep_fd(ep), POLLIN, 0 };
         poll(&p, 1, 20);
+        if (snapshots && system(stored) == 0)
+            break;
     }
     cessna_ep_set_nonblocking(ep, 0);
+    cr_assert(!snapshots || system(stored) == 0, "no snapshot reached %s", w->store);
     kill(-w->edge[0].pid, SIGKILL);
     t_stop(&w->edge[0]);
     expect(ep, "M 6", "R 6 n=6 greeting=one");
@@ -853,7 +859,7 @@ Test(appapi, remote_rebuild_from_the_start_needs_the_same_app_values, .timeout =
     cr_assert_not_null(ep, "%s", err);
     cessna_ep_set_heartbeat(ep, 400);
     cessna_ep_set_resume_timeout(ep, 30000);
-    cr_assert_eq(lose_edge0(&w, ep), 2, "edge 2 took it");
+    cr_assert_eq(lose_edge0(&w, ep, 0), 2, "edge 2 took it");
     cr_assert_eq(count_in(w.edge[1].log, "the session started with other [app] values"), 1,
                  "edge 1 refused it");
     cessna_ep_close(ep, 2000);
@@ -873,7 +879,7 @@ Test(appapi, remote_recovery_from_a_snapshot_keeps_the_app_values, .timeout = 90
     cr_assert_not_null(ep, "%s", err);
     cessna_ep_set_heartbeat(ep, 400);
     cessna_ep_set_resume_timeout(ep, 30000);
-    cr_assert_eq(lose_edge0(&w, ep), 1, "edge 1 took it");
+    cr_assert_eq(lose_edge0(&w, ep, 1), 1, "edge 1 took it");
     cessna_ep_close(ep, 2000);
     cessna_ep_free(ep);
     rworld_stop(&w);
