@@ -625,6 +625,12 @@ static void write_config(const struct t_edge *e, const char *greeting, const cha
     char *app = strstr(text, "\n[app]");
     if (app)
         *app = 0;
+    /* a level given replaces the one an earlier call wrote (a key twice is an error) */
+    char *old = level ? strstr(text, "\nlog_level = ") : NULL;
+    if (old) {
+        char *end = strchr(old + 1, '\n');
+        memmove(old, end ? end : old + strlen(old), strlen(end ? end : old + strlen(old)) + 1);
+    }
     f = fopen(path, "w");
     fprintf(f, "%s\n%s%s\n[app]\ngreeting = %s\n", text, level ? "log_level = " : "",
             level ? level : "", greeting);
@@ -1013,5 +1019,56 @@ Test(appapi, values_and_log_lines_across_hibernation)
     cr_assert_eq(log_lines(&e, "msg=\"got 2\"", NULL, 0), 1);
     cessna_ep_close(ep, 2000);
     cessna_ep_free(ep);
+    t_edge_stop(&e);
+}
+
+/* The worker's pid in `cessna-ctl sessions` for session id. */
+static uint64_t worker_pid(const struct t_edge *e, uint64_t id)
+{
+    static char out[65536];
+
+    t_ctl(e, "sessions", out, sizeof(out));
+    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
+        if (t_field(line, "id") == id)
+            return t_field(line, "worker");
+    return 0;
+}
+
+/* A reload's log_level reaches a worker that is already running (no recovery, no new
+ * worker): it reads the node's level page. */
+Test(appapi, reloaded_log_level_reaches_a_running_worker)
+{
+    static struct rec_server srv;   /* its threads outlive the test */
+    struct t_edge e;
+    char line[4096];
+
+    rec_start(&srv);
+    edge_with(&e, srv.addr, "snapshot_interval_ms = 0\n[app]\ngreeting = one\n");
+    struct cessna_ep *a = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(a);
+    expect(a, "M 1", "R 1 n=1 greeting=one");
+    uint64_t pid = worker_pid(&e, id);
+    cr_assert_gt(pid, 0);
+    wait_log(e.sup.log, "msg=\"got 1\"");
+    cr_assert_eq(log_lines(&e, "msg=\"debug 1\"", line, sizeof(line)), 0,
+                 "a debug line at level info: %s", line);
+
+    write_config(&e, "one", "debug");
+    kill(e.sup.pid, SIGHUP);
+    wait_log(e.sup.log, "applied=\"log_level\"");
+    expect(a, "M 2", "R 2 n=2 greeting=one");
+    wait_log(e.sup.log, "msg=\"debug 2\"");
+    cr_expect_eq(worker_pid(&e, id), pid, "the same worker, not a new one");
+
+    write_config(&e, "one", "warn");
+    kill(e.sup.pid, SIGHUP);
+    usleep(300 * 1000);   /* at warn the reload's own info line is not written either */
+    expect(a, "M 3", "R 3 n=3 greeting=one");
+    expect(a, "M 4", "R 4 n=4 greeting=one");
+    usleep(200 * 1000);
+    cr_expect_eq(log_lines(&e, "msg=\"got 4\"", line, sizeof(line)), 0,
+                 "an info line at level warn: %s", line);
+    cessna_ep_close(a, 2000);
+    cessna_ep_free(a);
     t_edge_stop(&e);
 }
