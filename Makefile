@@ -116,9 +116,10 @@ $(BUILD)/bin/cessna-replay: $(BUILD)/bin/cessna-worker
 	$(Q)ln -sf cessna-worker $@
 $(BUILD)/bin/cessna-ctl: $(call obj,supervisor/cessna_ctl.c) $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS) -ljansson)
-$(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c endpoint/ploop.c endpoint/relay.c endpoint/keep.c) $(BUILD)/lib/libcessna-endpoint.a
+PROXY_SRC := endpoint/ploop.c endpoint/relay.c endpoint/keep.c endpoint/framing.c
+$(BUILD)/bin/cessna-client-proxy: $(call obj,endpoint/client_proxy.c $(PROXY_SRC)) $(BUILD)/lib/libcessna-endpoint.a
 	$(call link,-luring -lsodium)
-$(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c endpoint/ploop.c endpoint/relay.c endpoint/keep.c endpoint/store.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
+$(BUILD)/bin/cessna-server-proxy: $(call obj,endpoint/server_proxy.c $(PROXY_SRC) endpoint/store.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,-luring -lsodium -lxxhash -lzstd)
 $(BUILD)/bin/cessna-bench: $(call obj,$(wildcard bench/*.c)) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(LDLIBS) -lpthread -lm)
@@ -147,7 +148,7 @@ TEST_WRAP := -Wl,--wrap=ring_put
 # tests/it_install.c runs `make install` from this tree, with this build's settings.
 $(call obj,tests/it_install.c): CFLAGS += -DCESSNA_SRC_DIR=\"$(CURDIR)\" -DCESSNA_SANITIZE=\"$(SANITIZE)\"
 $(BUILD)/tests/cessna-tests: $(call obj,$(UNIT_SRC) $(IT_SRC) $(THELP_SRC) worker/arena.c \
-		supervisor/evstore.c supervisor/timers.c endpoint/keep.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
+		supervisor/evstore.c supervisor/timers.c endpoint/keep.c endpoint/framing.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
 	$(call link,$(TEST_WRAP) -lcriterion $(LDLIBS) -ljansson -lz -lpthread)
 
 # The long runs (`make soak`): not part of `make test`.
@@ -174,6 +175,10 @@ test-sanitize:
 demo: deps
 	$(MAKE) all
 	scripts/demo.sh $(BUILD)
+
+demo-ratelimit: deps
+	$(MAKE) all
+	scripts/demo-ratelimit.sh $(BUILD)
 
 demo-iotagg: deps
 	$(MAKE) all
@@ -242,5 +247,5 @@ uninstall:
 clean:
 	rm -rf build build-san
 
-.PHONY: all test test-sanitize soak demo demo-iotagg deps clean install uninstall FORCE
+.PHONY: all test test-sanitize soak demo demo-ratelimit demo-iotagg deps clean install uninstall FORCE
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -55,6 +55,7 @@ int wire_decode(const struct wire_hdr *h, const void *body, struct wire_frame *f
         if (n < 32)
             return -EPROTO;
         f->u.hello.role = p[0];
+        f->u.hello.framing = p[1];
         f->u.hello.session_id = wire_get64(p + 8);
         memcpy(f->u.hello.token, p + 16, WIRE_TOKEN_LEN);
         if (f->u.hello.role == WIRE_ROLE_CLIENT)
@@ -213,6 +214,11 @@ size_t wire_put_hello(void *buf, uint8_t role, uint64_t session_id, const uint8_
     else
         memset(p + 16, 0, WIRE_TOKEN_LEN);
     return WIRE_HDR_LEN + 32;
+}
+
+void wire_set_hello_framing(void *buf, uint8_t framing)
+{
+    ((uint8_t *)buf)[WIRE_HDR_LEN + 1] = framing;
 }
 
 size_t wire_put_hello_edge(void *buf, uint64_t session_id, uint64_t epoch,

@@ -10,7 +10,10 @@
  *          8  u32 len     body length
  *
  * Bodies (all integers little-endian). Version 2 adds remote recovery (docs/protocol.md):
- *   HELLO         u8 role, u8 pad[7], u64 session_id, u8 token[16]                (32 bytes)
+ *   HELLO         u8 role, u8 framing, u8 pad[6], u64 session_id, u8 token[16]   (32 bytes)
+ *                 framing: how the client endpoint cuts its program's byte stream into
+ *                 messages (endpoint/framing.h; 0: not said, as older peers send), passed on
+ *                 by the edge in its own HELLO so the server endpoint cuts the same way
  *                 client endpoint -> edge: role CLIENT, id 0, token 0 (a new session)
  *                 edge -> server endpoint: role EDGE, the session's id, token 0, then
  *                 u64 epoch, u8 verifier[32] (BLAKE2b of the client's credential: the
@@ -129,7 +132,7 @@ struct wire_frame {
     uint16_t flags;
     union {
         struct {
-            uint8_t role; uint64_t session_id; uint8_t token[WIRE_TOKEN_LEN];
+            uint8_t role, framing; uint64_t session_id; uint8_t token[WIRE_TOKEN_LEN];
             uint64_t epoch;                         /* role EDGE */
             uint8_t verifier[WIRE_VERIFIER_LEN];    /* role EDGE */
             const uint8_t *secret; size_t secret_len;
@@ -178,6 +181,8 @@ size_t wire_put_hdr(void *buf, uint8_t type, uint32_t body_len);
 void   wire_set_flags(void *buf, uint16_t flags);
 /* A client's HELLO (role CLIENT, id 0). */
 size_t wire_put_hello(void *buf, uint8_t role, uint64_t session_id, const uint8_t *token);
+/* Set the framing byte of an encoded HELLO (either role). */
+void   wire_set_hello_framing(void *buf, uint8_t framing);
 /* An edge's HELLO to the server endpoint (WIRE_HDR_LEN + 74 + secret_len bytes). */
 size_t wire_put_hello_edge(void *buf, uint64_t session_id, uint64_t epoch,
                            const uint8_t *verifier, const void *secret, size_t secret_len);

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "framing.h"
 #include "log.h"
 #include "ploop.h"
 
@@ -64,6 +65,8 @@ static int client_init(void)
         LOG(LOG_ERROR, "msg=\"out of memory\"");
         return 1;
     }
+    if (!ploop_framing)
+        ploop_framing = FRAMING_RAW;   /* said in every HELLO: the server proxy must agree */
     for (char *e = strtok_r(list, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
         if (nedges == EDGES_MAX || strlen(e) >= sizeof(edges[0].name)) {
             fprintf(stderr, "cessna-client-proxy: bad --edge: %s\n", nedges == EDGES_MAX ?
@@ -331,6 +334,11 @@ static void client_accepted(struct psess *s, int fd)
 {
     s->fd[PS_PLAIN] = fd;
     s->attempt = -1;
+    if (relay_set_framing(&s->r, ploop_framing) < 0) {
+        LOG(LOG_ERROR, "msg=\"out of memory for a session; client closed\"");
+        ploop_end(s);
+        return;
+    }
     next_edge(s);
 }
 
@@ -352,6 +360,7 @@ static void client_connected(struct psess *s, enum pside side, int res)
     }
     if (nedges > 1)
         wire_set_flags(hello, WIRE_F_ROAMS);   /* a drain may move it rather than close it */
+    wire_set_hello_framing(hello, (uint8_t)ploop_framing);   /* the server proxy cuts alike */
     if (res < 0) {
         LOG(LOG_WARN, "msg=\"edge unreachable\" edge=%s error=\"connect to %s: %s\"", edge, edge,
             strerror(-res));
@@ -439,8 +448,9 @@ static void client_hs_input(struct psess *s, long res)
     edge_answered(s->attempt);
     r->keep.epoch = f.u.welcome.epoch;
     r->resumable = true;
-    LOG(LOG_INFO, "session=%llu msg=\"session open\" edge=%s epoch=%llu",
-        (unsigned long long)r->session_id, edge, (unsigned long long)r->keep.epoch);
+    LOG(LOG_INFO, "session=%llu msg=\"session open\" edge=%s epoch=%llu framing=%s",
+        (unsigned long long)r->session_id, edge, (unsigned long long)r->keep.epoch,
+        framing_name(ploop_framing));
     ploop_live(s);
 }
 
@@ -480,11 +490,19 @@ static const char usage[] =
     "                           [--connect-timeout-ms N] [--edge-retry-ms N]\n"
     "                           [--heartbeat-ms N] [--resume-timeout-ms N]\n"
     "                           [--resume-backoff-max-ms N] [--keep-max-bytes N]\n"
+    "                           [--framing raw|line|u32be|resp]\n"
     "Lets unmodified TCP clients use CESSNA: each connection to --listen opens a\n"
     "session at the first edge of the list that answers (skipping edges that failed\n"
-    "recently); every chunk read from the client is one message, every message from the\n"
-    "edge is written back. One process serves every client. Prints 'ready listen=ADDR'.\n"
-    "  --max-message-bytes N     largest message (default 1048576)\n"
+    "recently); what the client sends is cut into messages by --framing, every message\n"
+    "from the edge is written back. One process serves every client. Prints\n"
+    "'ready listen=ADDR'.\n"
+    "  --framing F               raw: every chunk read is a message (default); line: each\n"
+    "                            line, its \\n included; u32be: a 4-byte big-endian length\n"
+    "                            and that many bytes (the message is the payload; messages\n"
+    "                            to the client get the prefix); resp: each Redis command.\n"
+    "                            The session's server proxy cuts the same way.\n"
+    "  --max-message-bytes N     largest message (default 1048576; keep it equal to the\n"
+    "                            edge's max_message_bytes): a longer frame ends the session\n"
     "  --handshake-timeout-ms N  for each edge: the wait for its WELCOME (or its answer to\n"
     "                            a RESUME) after connecting (default 10000)\n"
     "  --connect-timeout-ms N    for each edge: the TCP connect (default: the handshake\n"

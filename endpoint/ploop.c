@@ -15,6 +15,7 @@
 
 #include "addr.h"
 #include "cessna_version.h"
+#include "framing.h"
 #include "log.h"
 #include "ploop.h"
 
@@ -38,6 +39,7 @@ int ploop_handshake_ms = HANDSHAKE_MS;
 int ploop_connect_ms;
 int ploop_heartbeat_ms;
 int ploop_detach_ms = 60000;
+int ploop_framing;
 
 static struct {
     struct io_uring ring;
@@ -196,6 +198,15 @@ static void arm_send(struct psess *s, enum pside side)
     s->inflight++;
 }
 
+static void arm_plain_recv(struct psess *s)
+{
+    uint8_t *p;
+    size_t room;
+
+    relay_plain_room(&s->r, &p, &room);
+    arm_recv(s, PS_PLAIN, p, room);
+}
+
 int ploop_hs_recv(struct psess *s)
 {
     uint8_t *p;
@@ -307,7 +318,7 @@ static void detached_step(struct psess *s)
         arm_send(s, PS_EDGE);
     if (!s->recv_armed[PS_PLAIN] && !r->plain_eof && s->fd[PS_PLAIN] >= 0 &&
         !keep_full(&r->keep))
-        arm_recv(s, PS_PLAIN, r->chunk + WIRE_DATA_HDR_LEN, r->max_msg);
+        arm_plain_recv(s);
 }
 
 /* The relay found the edge lost: drop its connection, wait or resume. */
@@ -340,6 +351,10 @@ static void step(struct psess *s)
 
     if (s->state == P_CLOSING || s->state == P_FREE)
         return;
+    if (r->detached && r->done) {   /* a bad frame from the plain peer, no edge to tell */
+        ploop_end(s);
+        return;
+    }
     if (s->state != P_LIVE) {
         if (r->detached)
             detached_step(s);
@@ -369,7 +384,7 @@ static void step(struct psess *s)
     }
     if (!s->recv_armed[PS_PLAIN] && !r->plain_eof && s->fd[PS_PLAIN] >= 0 &&
         outq_len(&r->to_edge) < RELAY_LIMIT && !keep_full(&r->keep))
-        arm_recv(s, PS_PLAIN, r->chunk + WIRE_DATA_HDR_LEN, r->max_msg);
+        arm_plain_recv(s);
     if (!s->recv_armed[PS_EDGE] && !r->edge_dead && outq_len(&r->to_plain) < RELAY_LIMIT) {
         uint8_t *p;
         size_t room;
@@ -694,8 +709,9 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         { "connect-timeout-ms", required_argument, NULL, 'c' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
+        { "framing", required_argument, NULL, 'f' },
     };
-    for (int i = 0, n = 8; spec->opts && spec->opts[i].name && n < 31; i++)   /* after the 8 above */
+    for (int i = 0, n = 9; spec->opts && spec->opts[i].name && n < 31; i++)   /* after the 9 above */
         opts[n++] = spec->opts[i];
     const char *listen_addr = NULL;
     unsigned long long v;
@@ -729,6 +745,13 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
             if (parse_num(spec->name, "keep-max-bytes", optarg, 1ull << 40, &v) < 0)
                 return 2;
             relay_keep_max = (size_t)v;
+            break;
+        case 'f':
+            if ((ploop_framing = framing_parse(optarg)) < 0) {
+                fprintf(stderr, "%s: bad --framing '%s' (raw, line, u32be or resp)\n",
+                        spec->name, optarg);
+                return 2;
+            }
             break;
         case 'h':
             fputs(spec->usage, stdout);
@@ -775,9 +798,10 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         return 1;
     }
     LOG(LOG_INFO, "msg=\"listening\" listen=%s %s=%s max_message_bytes=%zu handshake_timeout_ms=%d "
-        "connect_timeout_ms=%d keep_max_bytes=%zu", listen_addr, spec->peer_opt, *spec->peer,
-        *spec->max_msg, ploop_handshake_ms, ploop_connect_ms ? ploop_connect_ms : ploop_handshake_ms,
-        relay_keep_max);
+        "connect_timeout_ms=%d keep_max_bytes=%zu framing=%s", listen_addr, spec->peer_opt,
+        *spec->peer, *spec->max_msg, ploop_handshake_ms,
+        ploop_connect_ms ? ploop_connect_ms : ploop_handshake_ms, relay_keep_max,
+        ploop_framing ? framing_name(ploop_framing) : "unset");
     L.tick_ts.tv_sec = 0;
     L.tick_ts.tv_nsec = TICK_MS * 1000000ll;
     arm_accept();

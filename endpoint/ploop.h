@@ -102,6 +102,7 @@ extern int ploop_handshake_ms;  /* the wait for the peer's handshake frame */
 extern int ploop_connect_ms;    /* a connect; 0: ploop_handshake_ms */
 extern int ploop_heartbeat_ms;  /* a live edge silent this long is lost; 0: never */
 extern int ploop_detach_ms;     /* how long a detached session waits */
+extern int ploop_framing;       /* --framing (framing.h); 0: not given */
 
 /* Parse the command line, listen, print the ready line, run for ever. Exit status. */
 int  ploop_main(int argc, char **argv, const struct proxy_spec *spec);

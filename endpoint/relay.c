@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "framing.h"
 #include "log.h"
 #include "order.h"
 #include "relay.h"
@@ -101,8 +102,18 @@ int relay_init(struct relay *r, size_t max_msg)
     return 0;
 }
 
+int relay_set_framing(struct relay *r, int framing)
+{
+    r->framing = framing;
+    if (framing <= FRAMING_RAW)
+        return 0;
+    r->pin.off = r->pin.len = 0;
+    return rbuf_reserve(&r->pin, framing_frame_max(framing, r->max_msg));
+}
+
 void relay_free(struct relay *r)
 {
+    free(r->pin.p);
     free(r->in.p);
     free(r->chunk);
     free(r->to_edge.pend.p);
@@ -217,7 +228,12 @@ static void relay_out(struct relay *r, const struct wire_frame *f)
     if (f->type == WIRE_ORDER)
         return;
     r->last_out = f->u.out.out_no;
-    if (!r->plain_dead && outq_put(&r->to_plain, f->u.out.payload, f->u.out.len) < 0)
+    if (r->plain_dead)
+        return;
+    uint8_t prefix[4] = { (uint8_t)(f->u.out.len >> 24), (uint8_t)(f->u.out.len >> 16),
+                          (uint8_t)(f->u.out.len >> 8), (uint8_t)f->u.out.len };
+    if ((r->framing == FRAMING_U32BE && outq_put(&r->to_plain, prefix, 4) < 0) ||
+        outq_put(&r->to_plain, f->u.out.payload, f->u.out.len) < 0)
         relay_fail(r, WIRE_ERR_SESSION, "proxy out of memory");
 }
 
@@ -351,16 +367,87 @@ void relay_edge_bytes(struct relay *r, long res)
     }
 }
 
-void relay_plain_chunk(struct relay *r, long res)
+void relay_plain_room(struct relay *r, uint8_t **p, size_t *room)
 {
-    if (res > 0) {
-        wire_put_data_hdr(r->chunk, ++r->seq, (size_t)res);
-        if (keep_put_data(&r->keep, r->chunk, WIRE_DATA_HDR_LEN + (size_t)res) < 0) {
-            relay_fail(r, WIRE_ERR_SESSION, "proxy out of memory for kept messages");
+    if (r->framing <= FRAMING_RAW) {
+        *p = r->chunk + WIRE_DATA_HDR_LEN;
+        *room = r->max_msg;
+        return;
+    }
+    /* plain_frames() left a partial frame at the start, shorter than a whole one: read no
+     * more than makes a whole one, so a frame over the limit is found the same way
+     * whatever the reads. */
+    *p = r->pin.p + r->pin.len;
+    *room = framing_frame_max(r->framing, r->max_msg) - r->pin.len;
+}
+
+/* One message (len bytes at r->chunk + WIRE_DATA_HDR_LEN) becomes the next DATA frame. */
+static void plain_message(struct relay *r, size_t len)
+{
+    wire_put_data_hdr(r->chunk, ++r->seq, len);
+    if (keep_put_data(&r->keep, r->chunk, WIRE_DATA_HDR_LEN + len) < 0) {
+        relay_fail(r, WIRE_ERR_SESSION, "proxy out of memory for kept messages");
+        return;
+    }
+    relay_to_edge(r, r->chunk, WIRE_DATA_HDR_LEN + len);
+}
+
+/* Every whole frame in r->pin becomes a message; the partial one moves to the start. A
+ * frame over the limit or malformed ends the session (the plain peer is not read again). */
+static void plain_frames(struct relay *r)
+{
+    struct rbuf *b = &r->pin;
+    size_t skip, len;
+    char err[200];
+
+    while (!r->done) {
+        int rc = framing_cut(r->framing, b->p + b->off, b->len, r->max_msg, &r->pin_scan,
+                             &skip, &len, err, sizeof(err));
+        if (rc == 0)
+            break;
+        if (rc < 0) {
+            relay_fail(r, rc == -EMSGSIZE ? WIRE_ERR_TOO_BIG : WIRE_ERR_PROTO,
+                       "framing %s: the %s sent %s", framing_name(r->framing),
+                       r->side ? "server" : "client", err);
+            r->plain_eof = true;
             return;
         }
-        relay_to_edge(r, r->chunk, WIRE_DATA_HDR_LEN + (size_t)res);
+        memcpy(r->chunk + WIRE_DATA_HDR_LEN, b->p + b->off + skip, len);
+        plain_message(r, len);
+        b->off += skip + len;
+        b->len -= skip + len;
+    }
+    if (b->off && b->len)
+        memmove(b->p, b->p + b->off, b->len);
+    b->off = 0;
+}
+
+/* The plain peer ended its stream: a last line without its "\n" is still a message; a
+ * partial frame of any other framing cannot be one. */
+static void plain_tail(struct relay *r)
+{
+    if (r->framing <= FRAMING_RAW || r->pin.len == 0 || r->done)
+        return;
+    if (r->framing == FRAMING_LINE) {
+        memcpy(r->chunk + WIRE_DATA_HDR_LEN, r->pin.p, r->pin.len);
+        plain_message(r, r->pin.len);
+    } else {
+        LOG(LOG_WARN, "session=%llu msg=\"the %s closed in the middle of a frame\" framing=%s "
+            "dropped_bytes=%zu", (unsigned long long)r->session_id, r->side ? "server" : "client",
+            framing_name(r->framing), r->pin.len);
+    }
+    r->pin.len = 0;
+}
+
+void relay_plain_chunk(struct relay *r, long res)
+{
+    if (res > 0 && r->framing > FRAMING_RAW) {
+        r->pin.len += (size_t)res;
+        plain_frames(r);
+    } else if (res > 0) {
+        plain_message(r, (size_t)res);
     } else if (res == 0) {
+        plain_tail(r);
         r->plain_eof = true;
         relay_send_close(r);
         if (r->close_wait_ms >= 0)

@@ -2,9 +2,10 @@
  * cessna-server-proxy: a plain TCP peer on one side, an edge (CESSNA frames) on the other.
  *
  * This module does no I/O. The event loop (ploop.c) reads into the buffers here and calls
- * relay_edge_bytes() / relay_plain_chunk(); it sends what the two output queues hold. Every
- * chunk read from the plain peer becomes one DATA frame; every new OUT payload (by output
- * number: duplicates are dropped) goes to the plain peer. A side is not read while the queue
+ * relay_edge_bytes() / relay_plain_chunk(); it sends what the two output queues hold. What is
+ * read from the plain peer is cut into messages by the session's framing (framing.h; raw:
+ * every chunk read), each one DATA frame; every new OUT payload (by output number:
+ * duplicates are dropped) goes to the plain peer (u32be: after its length prefix). A side is not read while the queue
  * toward the other side holds RELAY_LIMIT bytes or more, so neither direction ever waits on
  * the other and memory stays bounded. */
 #ifndef CESSNA_RELAY_H
@@ -43,7 +44,10 @@ struct relay {
     uint64_t session_id;
     size_t max_msg, max_body;
     struct rbuf in;         /* read from the edge, not yet handled */
-    uint8_t *chunk;         /* plain reads land at chunk + WIRE_DATA_HDR_LEN */
+    uint8_t *chunk;         /* raw: plain reads land at chunk + WIRE_DATA_HDR_LEN */
+    int framing;            /* of the plain side, FRAMING_* (framing.h); 0 or RAW: none */
+    struct rbuf pin;        /* framed: plain bytes read, not yet a whole message */
+    size_t pin_scan;        /* framed: how far the partial frame was searched */
     struct outq to_edge;    /* whole DATA, CLOSE and ERROR frames */
     struct outq to_plain;   /* OUT payloads */
     uint64_t seq;           /* last DATA sent */
@@ -93,7 +97,11 @@ int  relay_in_room(struct relay *r, size_t max, uint8_t **p, size_t *room);
 void relay_edge_bytes(struct relay *r, long res);
 /* Handle the frames buffered from the edge while the plain side has room for them. */
 void relay_frames(struct relay *r);
-/* A read from the plain peer into r->chunk + WIRE_DATA_HDR_LEN completed with res. */
+/* Cut what the plain peer sends by framing (FRAMING_RAW..FRAMING_MAX). 0 or -ENOMEM. */
+int  relay_set_framing(struct relay *r, int framing);
+/* Where the next read from the plain peer goes, and how much it may read (> 0). */
+void relay_plain_room(struct relay *r, uint8_t **p, size_t *room);
+/* A read from the plain peer into relay_plain_room() completed with res. */
 void relay_plain_chunk(struct relay *r, long res);
 
 /* Queue a whole frame to the edge (dropped when the edge is gone). */

@@ -25,6 +25,7 @@
 
 #include "addr.h"
 #include "cred.h"
+#include "framing.h"
 #include "log.h"
 #include "ploop.h"
 #include "store.h"
@@ -205,6 +206,30 @@ static void server_resume(struct psess *s, const struct wire_hdr *h, const struc
     ploop_live(old);
 }
 
+/* The session's framing: the client proxy's (passed on by the edge in HELLO); when it said
+ * none (a native client), --framing or raw. A client proxy that cuts otherwise than an
+ * explicit --framing here is refused. 0, or -1 with ERROR queued. */
+static int session_framing(struct psess *s, uint8_t said)
+{
+    int f = said ? said : ploop_framing ? ploop_framing : FRAMING_RAW;
+
+    if (said > FRAMING_MAX) {
+        relay_fail(&s->r, WIRE_ERR_INCOMPATIBLE, "unknown framing %u in HELLO", said);
+        return -1;
+    }
+    if (said && ploop_framing && said != ploop_framing) {
+        relay_fail(&s->r, WIRE_ERR_INCOMPATIBLE, "framing mismatch: the client proxy cuts "
+                   "messages by %s, this server proxy by %s (--framing)", framing_name(said),
+                   framing_name(ploop_framing));
+        return -1;
+    }
+    if (relay_set_framing(&s->r, f) < 0) {
+        relay_fail(&s->r, WIRE_ERR_UNAVAILABLE, "server endpoint out of memory");
+        return -1;
+    }
+    return 0;
+}
+
 static void server_hs_input(struct psess *s, long res)
 {
     struct relay *r = &s->r;
@@ -251,6 +276,8 @@ static void server_hs_input(struct psess *s, long res)
                    (unsigned long long)f.u.hello.session_id);
         return server_refuse(s);
     }
+    if (session_framing(s, f.u.hello.framing) < 0)
+        return server_refuse(s);
     memcpy(s->token, f.u.hello.token, WIRE_TOKEN_LEN);
     memcpy(s->verifier, f.u.hello.verifier, WIRE_VERIFIER_LEN);
     r->keep.epoch = f.u.hello.epoch ? f.u.hello.epoch : 1;
@@ -296,8 +323,9 @@ static void server_connected(struct psess *s, enum pside side, int res)
     }
     s->r.resumable = true;
     s->r.snap_put = server_snap_put;
-    LOG(LOG_INFO, "session=%llu msg=\"session open\" target=%s epoch=%llu",
-        (unsigned long long)s->r.session_id, opt_target, (unsigned long long)s->r.keep.epoch);
+    LOG(LOG_INFO, "session=%llu msg=\"session open\" target=%s epoch=%llu framing=%s",
+        (unsigned long long)s->r.session_id, opt_target, (unsigned long long)s->r.keep.epoch,
+        framing_name(s->r.framing));
     ploop_live(s);
 }
 
@@ -331,11 +359,16 @@ static const char usage[] =
     "                           [--max-message-bytes N] [--handshake-timeout-ms N]\n"
     "                           [--connect-timeout-ms N] [--linger-ms N] [--close-wait-ms N]\n"
     "                           [--store DIR] [--edge-secret-file PATH] [--keep-max-bytes N]\n"
+    "                           [--framing raw|line|u32be|resp]\n"
     "Lets an unmodified TCP server use CESSNA: each session the edge opens at --listen\n"
     "gets its own connection to --target; every message from the edge is written to\n"
-    "it, every chunk read from it is one message. One process serves every session.\n"
-    "Prints 'ready listen=ADDR'.\n"
-    "  --max-message-bytes N     largest message (default 1048576)\n"
+    "it, what it sends is cut into messages by the session's framing. One process\n"
+    "serves every session. Prints 'ready listen=ADDR'.\n"
+    "  --framing F               the framing of sessions whose client proxy says none (a\n"
+    "                            native client); a client proxy that says another one is\n"
+    "                            refused. Default: the client proxy's, else raw\n"
+    "  --max-message-bytes N     largest message (default 1048576; keep it equal to the\n"
+    "                            edge's max_message_bytes): a longer frame ends the session\n"
     "  --handshake-timeout-ms N  for the edge's HELLO (default 10000)\n"
     "  --connect-timeout-ms N    for the connect to --target (default: the handshake\n"
     "                            timeout)\n"

@@ -532,7 +532,6 @@ static int new_memory(struct session *s, char *err, size_t errlen)
         c->session_id = s->id;
         c->max_message = S.cfg.max_message_bytes;
         c->spin_ns = S.spin_ns;
-        c->log_level = (uint32_t)log_threshold + 1;
     }
     s->shm = m;
     s->shm_len = len;
@@ -606,9 +605,11 @@ static void on_hello(struct session *s, const struct wire_frame *f)
     /* HELLO goes first; the server connection is not `up` until WELCOME, so nothing else
      * is sent before it. */
     cred_verifier(s->token, verifier);
-    if (sess_connect_server(s, hello, wire_put_hello_edge(hello, s->id, s->epoch, verifier,
-                                                          S.edge_secret, S.edge_secret_len),
-                            err, sizeof(err)) < 0) {
+    size_t n = wire_put_hello_edge(hello, s->id, s->epoch, verifier, S.edge_secret,
+                                   S.edge_secret_len);
+    s->framing = f->u.hello.framing;   /* the server endpoint cuts its side the same way */
+    wire_set_hello_framing(hello, s->framing);
+    if (sess_connect_server(s, hello, n, err, sizeof(err)) < 0) {
         sess_fail(s, WIRE_ERR_UNAVAILABLE, "%s", err);
         return;
     }

@@ -190,6 +190,7 @@ struct session {
     uint64_t resume_ns[3];      /* monotonic: RESUME arrived, RESUME_INFO, the chain fetched */
     unsigned moving : 1;        /* a planned move (drain.c): MOVE once move_pos is stored */
     unsigned roams : 1;         /* its client endpoint has other edges (WIRE_F_ROAMS) */
+    uint8_t framing;            /* its client endpoint's framing (HELLO), passed on to the server */
     uint64_t move_pos, move_deadline_ms;
 
     uint64_t outputs[2];        /* outputs sent to client / server */
