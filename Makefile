@@ -140,6 +140,8 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/lib
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  TOOL    $@")
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) $< -o $@ $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a $(LDLIBS) -lz -lpthread
+# Tools have no dependency files: the one that includes a test header names it.
+$(BUILD)/tools/iotagg_driver: tests/t_iotagg.h
 
 # One Criterion binary: unit tests per module plus integration tests with real processes.
 # --wrap=ring_put lets test_evstore.c run a hook after a failed reservation (a consumer

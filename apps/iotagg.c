@@ -21,7 +21,8 @@
  * A reading above alert_above, where the sensor's previous one was not, sends at once
  *     ALERT SENSOR VALUE above LIMIT
  * to the client and to the server. Messages from the server are passed to the client
- * unchanged (commands for the devices).
+ * unchanged (commands for the devices). Every message the app makes ends with a newline, so
+ * programs behind the proxies with --framing line read lines.
  *
  * Memory is bounded: at most max_sensors sensors are known. A reading from a new sensor
  * when the table is full is dropped and the client gets "REFUSED SENSOR max_sensors=N"; a
@@ -158,7 +159,7 @@ static void reading(const char *name, uint32_t v)
         char out[64];
         if (refused++ == 0)
             cessna_log(CESSNA_LOG_WARN, "sensor %s refused: max_sensors=%lld", name, max_sensors);
-        cessna_send_msg_to_client(out, snprintf(out, sizeof(out), "REFUSED %s max_sensors=%lld",
+        cessna_send_msg_to_client(out, snprintf(out, sizeof(out), "REFUSED %s max_sensors=%lld\n",
                                                 name, max_sensors));
         return;
     } else {
@@ -185,10 +186,10 @@ static void reading(const char *name, uint32_t v)
     int above = alert_above >= 0 && v > alert_above;
     if (above && !s->above) {
         char out[80];
-        int n = snprintf(out, sizeof(out), "ALERT %s %u above %lld", name, v, alert_above);
+        int n = snprintf(out, sizeof(out), "ALERT %s %u above %lld\n", name, v, alert_above);
         cessna_send_msg_to_client(out, n);
         cessna_send_msg_to_server(out, n);
-        cessna_log(CESSNA_LOG_INFO, "%s", out);
+        cessna_log(CESSNA_LOG_INFO, "%.*s", n - 1, out);   /* without the newline */
     }
     s->above = above;
     if (!window_timer)

@@ -113,7 +113,7 @@ static inline void iot_model_batch(struct iot_model *m, uint64_t seed, int b, ch
             if (strcmp(m->s[k].name, r[i].name) == 0)
                 s = &m->s[k];
         if (!s && m->n == IOT_MAX_SENSORS) {
-            snprintf(line, sizeof(line), "REFUSED %s max_sensors=%d", r[i].name, IOT_MAX_SENSORS);
+            snprintf(line, sizeof(line), "REFUSED %s max_sensors=%d\n", r[i].name, IOT_MAX_SENSORS);
             iot_put(client, ccap, line);
             m->refused++;
             m->refusals++;
@@ -126,7 +126,7 @@ static inline void iot_model_batch(struct iot_model *m, uint64_t seed, int b, ch
         }
         s->v[s->n++] = r[i].v;
         if (r[i].v > IOT_ALERT && !s->above) {
-            snprintf(line, sizeof(line), "ALERT %s %u above %u", r[i].name, r[i].v, IOT_ALERT);
+            snprintf(line, sizeof(line), "ALERT %s %u above %u\n", r[i].name, r[i].v, IOT_ALERT);
             iot_put(client, ccap, line);
             iot_put(server, scap, line);
             m->alerts++;
