@@ -483,3 +483,71 @@ Test(iotagg, a_bad_app_value_is_named)
     expect_app_error("[app]\nmax_sensors = 0\n", NULL, "t01 1",
                      "[app] max_sensors = 0: expected a whole number 1..65536");
 }
+
+/* ---- behind the proxies: plain TCP programs, lines cut by --framing line ---- */
+
+struct sink {
+    int lfd;
+    char buf[4096];
+    volatile size_t len;
+    volatile int done;
+};
+
+/* The server program: keeps every byte of its one connection until EOF. */
+static void *sink_main(void *p)
+{
+    struct sink *k = p;
+    int fd = accept(k->lfd, NULL, NULL);
+    ssize_t n;
+
+    while (fd >= 0 && (n = read(fd, k->buf + k->len, sizeof(k->buf) - 1 - k->len)) > 0)
+        k->len += (size_t)n;
+    k->done = 1;
+    return NULL;
+}
+
+Test(iotagg, behind_the_proxies_lines_cut_anywhere)
+{
+    static struct sink k;
+    char err[200], addr[64], got[128] = "";
+    struct t_proc sp, cp;
+    struct t_edge e;
+    const char *dir = t_tmpdir();
+    pthread_t th;
+
+    k.lfd = addr_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert(k.lfd >= 0, "%s", err);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", addr_local_port(k.lfd));
+    pthread_create(&th, NULL, sink_main, &k);
+    char *sargv[] = { (char *)t_bin("cessna-server-proxy"), "--listen", "127.0.0.1:0",
+                      "--target", addr, "--framing", "line", NULL };
+    t_start(&sp, dir, "server-proxy", sargv);
+    t_edge_start(&e, t_app("iotagg"), sp.addr, "[app]\nwindow_ms = 300\nalert_above = 100\n");
+    char *cargv[] = { (char *)t_bin("cessna-client-proxy"), "--listen", "127.0.0.1:0",
+                      "--edge", e.sup.addr, "--framing", "line", NULL };
+    t_start(&cp, dir, "client-proxy", cargv);
+
+    /* Readings cut in the middle of lines, one write each, apart. */
+    int fd = t_connect(cp.addr);
+    const char *pieces[] = { "a 5\nb", " 7\na 1", "50\r\nb 9\n" };
+    for (int i = 0; i < 3; i++) {
+        t_write_all(fd, pieces[i], strlen(pieces[i]));
+        usleep(20000);
+    }
+    const char *alert = "ALERT a 150 above 100\n";
+    cr_assert_eq(t_read_n(fd, got, strlen(alert), 3000), (long)strlen(alert), "client: %s", got);
+    cr_assert_str_eq(got, alert);
+    usleep(600 * 1000);                        /* the window ends */
+    close(fd);
+    for (int i = 0; i < 300 && !k.done; i++)
+        usleep(10000);
+    /* Worked out by hand: a 5 and 150, b 7 and 9. p90 of a is rank 2, 150, in the bucket
+     * 144..151 whose middle is 148; p50 is rank 1, 5, exact below 16. */
+    cr_assert_str_eq(k.buf, "ALERT a 150 above 100\n"
+                            "window 1 sensors=2 refused=0\n"
+                            "a count=2 min=5 max=150 mean=77.500 p50=5 p90=148 p99=148\n"
+                            "b count=2 min=7 max=9 mean=8.000 p50=7 p90=9 p99=9\n");
+    t_stop(&cp);
+    t_edge_stop(&e);
+    t_stop(&sp);
+}
