@@ -17,20 +17,20 @@
 
 TestSuite(game, .timeout = 120);
 
-/* The backend: items and another player, zed. */
+/* The backend: items and two other players. */
 static const char *const world[] = {
     "@25 spawn 1 560 500 coin", "@25 spawn 2 620 500 mine", "@25 spawn 3 680 500 mine",
     "@25 spawn 4 740 500 mine", "@25 peer zed 500 700", "@26 spawn 8 100 100 coin",
-    "@60 remove 99", "@70 remove 8", "@90 peer zed 520 720", "@95 peer zed 500 740",
-    "@130 spawn 5 500 900 mine", "@130 spawn 6 500 950 mine", "@131 spawn 7 500 990 mine",
-    "@131 spawn 9 480 1000 coin", "@133 peer ann 900 100", "@134 gone ann",
+    "@60 remove 99", "@70 remove 8", "@90 peer zed 520 720", "@130 spawn 5 520 900 mine",
+    "@130 spawn 6 520 950 mine", "@131 spawn 7 520 990 mine", "@131 spawn 9 600 1000 coin",
+    "@133 peer ann 900 100", "@134 gone ann",
 };
-/* The player: east through the coin and three mines (a death), a shot, then north through
- * zed (shot at on the way) and three more mines: game over. */
+/* The player: east through a coin and three mines (death 1), two shots into the void,
+ * a zigzag after the respawn, then north: two shots hit zed, three mines (death 2) end the
+ * game at tick 151. */
 static const char *const inputs[] = {
-    "@30 move 5 0", "@40 fire", "@41 fire", "@60 move 12 -12", "@61 move -3 0", "@80 move 0 0",
-    "@100 move 0 10", "@101 fire", "@103 move 0 10", "@110 fire", "@112 move 0 10",
-    "@120 move 1 10", "@121 move 0 10",
+    "@30 move 5 0", "@40 fire", "@41 fire", "@80 move 12 -12", "@84 move -3 0", "@90 move 0 0",
+    "@100 move 0 10", "@101 fire", "@110 fire", "@120 move 1 10", "@121 move 0 10",
 };
 
 static void script(struct dx *d)
@@ -54,6 +54,18 @@ static struct dx *clean_run(void)
     cr_assert_str_empty(clean.script_why, "%s", clean.script_why);
     dx_finish(&clean);
     dx_stop(&clean);
+    /* What the rules say, worked out by hand from the scripts above. */
+    const char *c = clean.side[DX_CLIENT].buf, *s = clean.side[DX_SERVER].buf;
+    cr_assert(strstr(c, "tick 39\ntake 1\npos 550 500\nscore 1\n"), "the coin: %s", c);
+    cr_assert(strstr(c, "take 4\ndeath\npos 500 500\nhp 3\nlives 1\n"), "death 1: %s", c);
+    cr_assert(strstr(c, "peer zed 520 720\n") && strstr(c, "hit zed\nshot- 3\n"), "zed: %s", c);
+    cr_assert(strstr(c, "shot 3 522 510\npos 522 490\n"), "shot 3: %s", c);
+    cr_assert(strstr(c, "peer ann gone\n") && !strstr(c, "item- 99"), "%s", c);
+    cr_assert(strstr(c, "tick 151\ntake 7\ndeath\n"), "death 2: %s", c);
+    cr_assert(strcmp(c + strlen(c) - 14, "over score=11\n") == 0, "the end: %s", c);
+    cr_assert(strstr(s, "tick 30 pos 505 500 vel 5 0 hp 3 score 0 lives 2\n"), "server: %s", s);
+    cr_assert(strstr(s, "tick 151 pos 500 500 vel 0 0 hp 3 score 11 lives 0\ntake 7\n"
+                        "death\nover score=11\n"), "server: %s", s);
     return &clean;
 }
 
