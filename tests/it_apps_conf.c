@@ -76,6 +76,11 @@ static void script(struct dx *d)
     dx_send(d, DX_SERVER, "END");      /* the app ends the session: CLOSE on both sides */
 }
 
+static int starts(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
 static struct dx clean;
 static int have_clean;
 
@@ -90,17 +95,17 @@ static struct dx *clean_run(void)
     dx_finish(&clean);
     dx_stop(&clean);
     const char *c = clean.side[DX_CLIENT].buf, *s = clean.side[DX_SERVER].buf;
-    cr_assert(strncmp(c, "1 JOINED alice\n2 JOINED bob\n3 RAISED bob 1\n4 RAISED alice 2\n"
+    cr_assert(starts(c, "1 JOINED alice\n2 JOINED bob\n3 RAISED bob 1\n4 RAISED alice 2\n"
                       "ROSTER after=4 members=2 speaker=-\nalice live queue=2\nbob live queue=1\n"
                       "5 LOWERED bob\n6 RAISED bob 2\n7 SPEAKER alice\n8 SPEAKER bob\n"
                       "ERR SPEAK: nobody in the queue\n9 MUTED alice\n"
                       "ERR MUTE alice: already muted\nERR JOIN alice: already a member\n"
-                      "ERR WAVE bob: unknown command\n10 RAISED bob 1\n11 EXPIRED bob\n", 400) == 0,
+                      "ERR WAVE bob: unknown command\n10 RAISED bob 1\n11 EXPIRED bob\n"),
               "client: %.400s", c);
-    cr_assert(strncmp(s, "1 JOINED alice\n2 JOINED bob\n3 RAISED bob 1\n4 RAISED alice 2\n"
+    cr_assert(starts(s, "1 JOINED alice\n2 JOINED bob\n3 RAISED bob 1\n4 RAISED alice 2\n"
                       "5 LOWERED bob\n6 RAISED bob 2\n7 SPEAKER alice\n8 SPEAKER bob\n"
                       "9 MUTED alice\nERR KICK zoe: not a member\n10 RAISED bob 1\n"
-                      "11 EXPIRED bob\n", 200) == 0, "server: %.200s", s);
+                      "11 EXPIRED bob\n"), "server: %.200s", s);
     cr_assert(strstr(c, " KICKED m") && strstr(c, " MUTEALL\n") && strstr(c, " EXPIRED alice\n"),
               "client: %s", c);
     cr_assert(strstr(s, " END\n") && s + strlen(s) - strstr(s, " END\n") == 5, "no END last");
