@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "proc.h"
 #include "cessna_version.h"
 
 #ifndef CESSNA_BUILD_DIR
@@ -71,7 +72,9 @@ static void usage(FILE *f)
             "                 edge-native-off,haproxy3,haproxy3-busy,edge-proxies,\n"
             "                 edge-proxies-off,snapshot,recovery,snapshot-latency,remote,\n"
             "                 sessions (default all)\n"
-            "  --build DIR    where bin/ and apps/ are (default %s)\n"
+            "  --build DIR    where bin/ and apps/ are (default: the programs beside\n"
+            "                 cessna-bench, the apps in ../apps or, installed,\n"
+            "                 ../lib/cessna/apps; else %s)\n"
             "  --haproxy BIN  the haproxy binary (default /usr/sbin/haproxy)\n"
             "  --keep-tmp     keep the temp dir (configs, children's logs) instead of removing it\n"
             "  --busy-poll auto|off  the edge's busy_poll setting on edge-native, edge-proxies\n"
@@ -327,6 +330,35 @@ static int parse_number(const char *opt, const char *s, double lo, double hi, do
 }
 
 /* 0 to run, 1 after --help or --version, -EINVAL on a usage error. */
+/* Where the programs and apps are: --build DIR (DIR/bin, DIR/apps); else beside this program,
+ * with the apps in ../apps (a build directory) or ../lib/cessna/apps (installed); else the
+ * build directory this was built in. Absolute: the children get them in their configs. */
+static void find_binaries(struct bench_opts *o)
+{
+    char dir[PATH_MAX], probe[PATH_MAX + 32], abs[PATH_MAX];
+
+    if (!o->build[0] && proc_exe_dir(dir, sizeof(dir)) == 0) {
+        snprintf(probe, sizeof(probe), "%s/cessna-supervisor", dir);
+        if (access(probe, X_OK) == 0) {
+            snprintf(o->bin, sizeof(o->bin), "%s", dir);
+            snprintf(probe, sizeof(probe), "%s/../apps", dir);
+            if (!realpath(probe, abs)) {
+                snprintf(probe, sizeof(probe), "%s/../lib/cessna/apps", dir);
+                if (!realpath(probe, abs))
+                    snprintf(abs, sizeof(abs), "%s", probe);
+            }
+            snprintf(o->apps, sizeof(o->apps), "%s", abs);
+            return;
+        }
+    }
+    if (!o->build[0])
+        snprintf(o->build, sizeof(o->build), "%s", CESSNA_BUILD_DIR);
+    if (realpath(o->build, abs))
+        snprintf(o->build, sizeof(o->build), "%s", abs);
+    snprintf(o->bin, sizeof(o->bin), "%s/bin", o->build);
+    snprintf(o->apps, sizeof(o->apps), "%s/apps", o->build);
+}
+
 static int parse_options(struct bench_opts *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -360,7 +392,6 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
     int quick = 0, c;
 
     memset(o, 0, sizeof(*o));
-    snprintf(o->build, sizeof(o->build), "%s", CESSNA_BUILD_DIR);
     snprintf(o->haproxy, sizeof(o->haproxy), "%s", "/usr/sbin/haproxy");
     parse_sizes(o, "64,16384");
     for (int p = 0; p < PATH_COUNT; p++)
@@ -430,9 +461,7 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         fprintf(stderr, "cessna-bench: unexpected argument '%s'\n", argv[optind]);
         return -EINVAL;
     }
-    char abs[PATH_MAX];
-    if (realpath(o->build, abs)) /* the children get absolute paths in their configs */
-        snprintf(o->build, sizeof(o->build), "%s", abs);
+    find_binaries(o);
     /* Explicit counts win over --quick, whatever the order. */
     o->messages = messages > 0 ? (size_t)messages : quick ? QUICK_MESSAGES : DEFAULT_MESSAGES;
     o->seconds = seconds > 0 ? seconds : quick ? QUICK_SECONDS : DEFAULT_SECONDS;

@@ -71,7 +71,9 @@ enum bench_section {
 struct bench_opts {
     size_t messages;                /* latency round trips for sizes <= 1 KiB; a quarter above */
     double seconds;                 /* per throughput run */
-    char   build[PATH_MAX];         /* holds bin/ and apps/ */
+    char   build[PATH_MAX];         /* --build: holds bin/ and apps/ ("" when not given) */
+    char   bin[PATH_MAX];           /* where cessna-supervisor and the proxies are */
+    char   apps[PATH_MAX];          /* where passthrough.so, ballast.so ... are */
     char   haproxy[PATH_MAX];       /* the haproxy binary */
     size_t sizes[BENCH_MAX_SIZES];
     int    nsizes;

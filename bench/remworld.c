@@ -81,7 +81,7 @@ static int start_server_proxy(struct rem_world *w, const struct bench_opts *o, c
 {
     char bin[PATH_MAX + 32], name[64];
 
-    snprintf(bin, sizeof(bin), "%s/bin/cessna-server-proxy", o->build);
+    snprintf(bin, sizeof(bin), "%s/cessna-server-proxy", o->bin);
     snprintf(name, sizeof(name), "%s.server-proxy", w->tag);
     char *argv[] = { bin, "--listen", "127.0.0.1:0", "--target", w->echo_addr, "--store",
                      w->store, "--edge-secret-file", w->secret, "--linger-ms", LINGER_MS, NULL };
@@ -106,17 +106,17 @@ int rw_edge_start(struct rem_world *w, int i, const struct bench_opts *o, char *
         return rc;
     }
     snprintf(text, sizeof(text),
-             "[edge]\nlisten = 127.0.0.1:%d\nserver = %s\napp = %s/apps/%s\nstate_dir = %s\n"
+             "[edge]\nlisten = 127.0.0.1:%d\nserver = %s\napp = %s/%s\nstate_dir = %s\n"
              "control = %s\nstandby = cold\nsnapshot_interval_ms = %u\nship_snapshots = %s\n"
              "heartbeat_interval_ms = %u\nedge_secret_file = %s\nmax_sessions = 64\n"
              "max_session_memory = 1073741824\nbusy_poll = %s\nsandbox = off\n",
-             w->port[i], w->sproxy_addr, o->build, w->spec.app, state, w->control[i],
+             w->port[i], w->sproxy_addr, o->apps, w->spec.app, state, w->control[i],
              w->spec.snapshot_interval_ms, w->spec.ship_off ? "off" : "on",
              w->spec.edge_heartbeat_ms, w->secret, o->busy_poll_off ? "off" : "auto");
     rc = write_file(ini, text, err, errlen);
     if (rc < 0)
         return rc;
-    snprintf(bin, sizeof(bin), "%s/bin/cessna-supervisor", o->build);
+    snprintf(bin, sizeof(bin), "%s/cessna-supervisor", o->bin);
     snprintf(name, sizeof(name), "%s.edge%d-%d", w->tag, i, w->runs[i]);
     w->runs[i]++;
     char *argv[] = { bin, "-c", ini, NULL };
@@ -131,7 +131,7 @@ static int start_client_proxy(struct rem_world *w, const struct bench_opts *o, c
     for (int i = 0; i < w->spec.nedges; i++)
         snprintf(edges + strlen(edges), sizeof(edges) - strlen(edges), "%s127.0.0.1:%d",
                  i ? "," : "", w->port[i]);
-    snprintf(bin, sizeof(bin), "%s/bin/cessna-client-proxy", o->build);
+    snprintf(bin, sizeof(bin), "%s/cessna-client-proxy", o->bin);
     snprintf(name, sizeof(name), "%s.client-proxy", w->tag);
     snprintf(hb, sizeof(hb), "%u", w->spec.proxy_heartbeat_ms);
     char *argv[] = { bin, "--listen", "127.0.0.1:0", "--edge", edges, "--heartbeat-ms", hb,

@@ -318,8 +318,8 @@ static int start_supervisor(struct bench_stack *s, const struct bench_opts *o,
     char bin[PATH_MAX + 32], app[2 * PATH_MAX], ini[PATH_MAX + 32], state[PATH_MAX + 32];
     int rc;
 
-    snprintf(bin, sizeof(bin), "%s/bin/cessna-supervisor", o->build);
-    snprintf(app, sizeof(app), "%s/apps/%s", o->build, e->app);
+    snprintf(bin, sizeof(bin), "%s/cessna-supervisor", o->bin);
+    snprintf(app, sizeof(app), "%s/%s", o->apps, e->app);
     snprintf(ini, sizeof(ini), "%s/%s.ini", o->tmpdir, e->tag);
     snprintf(state, sizeof(state), "%s/%s.state", o->tmpdir, e->tag);
     snprintf(s->control, sizeof(s->control), "%s/%s.ctl.sock", o->tmpdir, e->tag);
@@ -369,7 +369,7 @@ static int up_edge_proxies(struct bench_stack *s, const struct bench_opts *o, ch
 
     if (rc < 0)
         return rc;
-    snprintf(bin, sizeof(bin), "%s/bin/cessna-server-proxy", o->build);
+    snprintf(bin, sizeof(bin), "%s/cessna-server-proxy", o->bin);
     char *sargv[] = { bin, "--listen", "127.0.0.1:0", "--target", echo, NULL };
     rc = start_ready_child(s, o, "cessna-server-proxy", sargv, 1, sproxy, sizeof(sproxy), err,
                            errlen);
@@ -379,7 +379,7 @@ static int up_edge_proxies(struct bench_stack *s, const struct bench_opts *o, ch
     rc = start_supervisor(s, o, &e, sproxy, edge, sizeof(edge), err, errlen);
     if (rc < 0)
         return rc;
-    snprintf(bin, sizeof(bin), "%s/bin/cessna-client-proxy", o->build);
+    snprintf(bin, sizeof(bin), "%s/cessna-client-proxy", o->bin);
     char *cargv[] = { bin, "--listen", "127.0.0.1:0", "--edge", edge, NULL };
     return start_ready_child(s, o, "cessna-client-proxy", cargv, 1, s->entry, sizeof(s->entry),
                              err, errlen);

@@ -1,4 +1,5 @@
-/* config.c - parse the [edge] INI file with inih; every error names file and line. */
+/* config.c - parse the INI file with inih: [edge] for the edge, [app] for the app; every
+ * error names file and line. */
 #include <errno.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@ struct parse_state {
     char *err;
     size_t errlen;
     int failed;
+    int cont;          /* the line starts with blanks: inih hands it over as a continuation */
 };
 
 enum key_kind { K_STRING, K_ADDR, K_U64, K_U32, K_POW2, K_STANDBY, K_BUSY_POLL, K_ONOFF, K_LOGLEVEL };
@@ -186,12 +188,62 @@ static int set_number(struct parse_state *st, const struct key *k, const char *v
     return 1;
 }
 
+/* [app]: any key, bounded (appcfg.h), kept in file order. A value longer than a line goes
+ * on indented continuation lines, joined with newlines (inih hands each one over under the
+ * key of the line before). */
+static int app_key(struct parse_state *st, const char *name, const char *value)
+{
+    struct config *c = st->c;
+    size_t klen = strlen(name), vlen = strlen(value);
+    char lim[16];
+
+    if (st->cont && c->app_kv_len) {
+        /* the last pair is the one continued: its value ends the blob */
+        const char *last = c->app_kv + c->app_kv_len - 1;
+        size_t have = 0;
+        while (last > c->app_kv && last[-1]) {
+            last--;
+            have++;
+        }
+        if (have + 1 + vlen > APPCFG_VAL_MAX) {
+            snprintf(lim, sizeof(lim), "%d", APPCFG_VAL_MAX);
+            return fail(st, "[app] value of '%s' longer than %s bytes", name, lim);
+        }
+        c->app_kv[c->app_kv_len - 1] = '\n';
+        memcpy(c->app_kv + c->app_kv_len, value, vlen + 1);
+        c->app_kv_len += (uint32_t)vlen + 1;
+        return 1;
+    }
+    if (klen == 0 || klen > APPCFG_KEY_MAX || strspn(name, "abcdefghijklmnopqrstuvwxyz"
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != klen) {
+        snprintf(lim, sizeof(lim), "%d", APPCFG_KEY_MAX);
+        return fail(st, "bad [app] key '%s' (want 1 to %s of A-Z a-z 0-9 _ . -)", name, lim);
+    }
+    if (vlen > APPCFG_VAL_MAX) {
+        snprintf(lim, sizeof(lim), "%d", APPCFG_VAL_MAX);
+        return fail(st, "[app] value of '%s' longer than %s bytes", name, lim);
+    }
+    if (appcfg_get(c->app_kv, c->app_kv_len, name))
+        return fail(st, "key '%s' given twice in [app]%s", name, "");
+    if (c->app_nkeys >= APPCFG_KEYS) {
+        snprintf(lim, sizeof(lim), "%d", APPCFG_KEYS);
+        return fail(st, "more than %s keys in [app] (at '%s')", lim, name);
+    }
+    memcpy(c->app_kv + c->app_kv_len, name, klen + 1);
+    memcpy(c->app_kv + c->app_kv_len + klen + 1, value, vlen + 1);
+    c->app_kv_len += (uint32_t)(klen + vlen + 2);
+    c->app_nkeys++;
+    return 1;
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value)
 {
     struct parse_state *st = user;
 
+    if (strcmp(section, "app") == 0)
+        return app_key(st, name, value);
     if (strcmp(section, "edge") != 0)
-        return fail(st, "unknown section [%s] (the only section is [edge])%s", section, "");
+        return fail(st, "unknown section [%s] (the sections are [edge] and [app])%s", section, "");
     for (size_t i = 0; i < NKEYS; i++) {
         const struct key *k = &keys[i];
         if (strcmp(k->name, name) != 0)
@@ -262,6 +314,7 @@ static char *reader(char *str, int num, void *stream)
     if (!s)
         return NULL;
     st->line++;
+    st->cont = s[0] == ' ' || s[0] == '\t';
     if (!strchr(s, '\n') && !feof(st->f)) {
         char limit[16];
         snprintf(limit, sizeof(limit), "%d", num - 2);
@@ -330,6 +383,12 @@ int config_load(const char *path, struct config *c, char *err, size_t errlen)
             snprintf(err, errlen, "%s: missing key '%s' in [edge]", path, keys[i].name);
             return -EINVAL;
         }
+    }
+    /* it travels as the payload of the session's start event (appcfg.h) */
+    if (c->app_kv_len > c->max_message_bytes) {
+        snprintf(err, errlen, "%s: the [app] section takes %u bytes, more than "
+                 "max_message_bytes=%u", path, c->app_kv_len, c->max_message_bytes);
+        return -EINVAL;
     }
     if (resolve_paths(path, c, err, errlen) < 0)
         return -EINVAL;

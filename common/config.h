@@ -1,10 +1,13 @@
-/* config.h - the edge's INI configuration, section [edge] (README "Configuration"). */
+/* config.h - the edge's INI configuration: section [edge], and [app] for the app
+ * (README "Configuration"). */
 #ifndef CESSNA_CONFIG_H
 #define CESSNA_CONFIG_H
 
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "appcfg.h"
 
 enum standby_mode { STANDBY_COLD = 0, STANDBY_HOT = 1 };
 
@@ -53,6 +56,9 @@ struct config {
     uint32_t heartbeat_interval_ms;
     int      log_level;            /* LOG_ERROR .. LOG_DEBUG (default info); CESSNA_LOG wins */
     uint64_t drain_timeout_ms;     /* a drain closes what is left after this (default 30000) */ /* HEARTBEAT on a connection quiet this long (default 1000, 0 = off) */
+    /* [app]: any keys, for the app (cessna_config); "key\0value\0" pairs (appcfg.h) */
+    char     app_kv[APPCFG_BYTES];
+    uint32_t app_kv_len, app_nkeys;
 };
 
 /* Defaults, then the file. 0, or -EINVAL with "FILE:LINE: reason" (or "FILE: reason") in err.

@@ -3,15 +3,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "log.h"
 
-int log_threshold = LOG_INFO;
+static volatile int level_here = LOG_INFO;
+volatile int *log_threshold_p = &level_here;
 static char log_prog[32] = "cessna";
 static int env_level = -1;   /* CESSNA_LOG's level at log_init, or -1 */
+static int following;        /* the level is the supervisor's page, read-only here */
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
@@ -32,7 +36,7 @@ void log_init(const char *prog)
 {
     snprintf(log_prog, sizeof(log_prog), "%s", prog);
     env_level = log_level_parse(getenv("CESSNA_LOG"));
-    if (env_level >= 0)
+    if (env_level >= 0 && !following)
         log_threshold = env_level;
 }
 
@@ -43,11 +47,47 @@ int log_level_from_env(void)
 
 int log_set_level(int level)
 {
-    if (env_level < 0 && level >= LOG_ERROR && level <= LOG_DEBUG) {
+    if (env_level < 0 && !following && level >= LOG_ERROR && level <= LOG_DEBUG) {
         log_threshold = level;
         setenv("CESSNA_LOG", level_names[level], 1);
     }
     return log_threshold;
+}
+
+int log_share(void)
+{
+    int fd = memfd_create("cessna-log-level", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return -1;
+    volatile int *page = NULL;
+    if (ftruncate(fd, 4096) == 0) {
+        page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (page == MAP_FAILED)
+            page = NULL;
+    }
+    /* Sealed after our own mapping: readers cannot map it writable, nor resize it. */
+    if (!page || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE |
+                                            F_SEAL_SEAL) == -1) {
+        if (page)
+            munmap((void *)page, 4096);
+        close(fd);
+        return -1;
+    }
+    *page = *log_threshold_p;
+    log_threshold_p = page;
+    return fd;
+}
+
+int log_follow(int fd)
+{
+    void *page = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+
+    close(fd);
+    if (page == MAP_FAILED)
+        return -1;
+    log_threshold_p = page;
+    following = 1;
+    return 0;
 }
 
 /* Civil date of a day count since 1970-01-01 (proleptic Gregorian), by 400-year eras of
@@ -187,6 +227,20 @@ void log_safe(int level, const char *a, const char *b)
     }
     if (line[n - 1] != '\n')
         line[n++] = '\n';
+    if (write(STDERR_FILENO, line, n) == -1)
+        return;
+}
+
+void log_raw(int level, const char *body)
+{
+    char line[1024];
+    size_t n = line_head(line, sizeof(line), level), k = strlen(body);
+
+    if (k > sizeof(line) - 1 - n)
+        k = sizeof(line) - 1 - n;
+    memcpy(line + n, body, k);
+    n += k;
+    line[n++] = '\n';
     if (write(STDERR_FILENO, line, n) == -1)
         return;
 }

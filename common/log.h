@@ -17,12 +17,19 @@
 
 enum log_level { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
-extern int log_threshold;
+/* The level in force. It is read through a pointer so that one page can hold it for the
+ * whole node: the supervisor's log_share() and the zygote's log_follow(). */
+extern volatile int *log_threshold_p;
+#define log_threshold (*log_threshold_p)
 
 void log_init(const char *prog);
 void log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* A whole line whose msg is "a" followed by "b" (b may be NULL); async-signal-safe. */
 void log_safe(int level, const char *a, const char *b);
+
+/* A whole line whose fields after the level are `body` (already key=value, quoted and
+ * escaped by the caller), cut to the line's size; no formatting, async-signal-safe. */
+void log_raw(int level, const char *body);
 
 /* "error" .. "debug" to LOG_ERROR .. LOG_DEBUG, or -1. */
 int log_level_parse(const char *name);
@@ -33,6 +40,14 @@ const char *log_level_name(int level);
 int log_set_level(int level);
 /* 1 when CESSNA_LOG set the level (log_set_level() then changes nothing). */
 int log_level_from_env(void);
+
+/* A node-wide level, so that a reload reaches the workers already running: log_share()
+ * moves this process's level into a sealed shared page and returns a descriptor of it
+ * (close-on-exec; the supervisor hands a copy to the zygote), or -1; log_follow(fd) maps that
+ * page read-only (no writable mapping can be made of it afterwards) and closes fd: the
+ * process and every child it forks then log at the level the supervisor sets. */
+int log_share(void);
+int log_follow(int fd);
 
 /* The time as RFC 3339 in UTC with milliseconds ("2026-12-01T00:40:12.123Z", 24 chars):
  * writes at most len bytes including the NUL; async-signal-safe. Returns the length. */

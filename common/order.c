@@ -41,7 +41,7 @@ size_t order_encode(uint8_t *buf, const struct order_entry *e, uint64_t *prev_ti
     buf[n++] = e->src;
     n += varint_put(buf + n, e->time_ms - *prev_time);
     *prev_time = e->time_ms;
-    if (e->src == ORDER_TIMER)
+    if (e->src == ORDER_TIMER || e->src == ORDER_START)
         n += varint_put(buf + n, e->timer_id);
     return n;
 }
@@ -61,7 +61,8 @@ int order_decode(const uint8_t *buf, size_t len, size_t *off, struct order_entry
         return -EPROTO;
     e->time_ms = *prev_time + delta;
     e->timer_id = 0;
-    if (e->src == ORDER_TIMER && varint_get(buf, len, &i, &e->timer_id) < 0)
+    if ((e->src == ORDER_TIMER || e->src == ORDER_START) &&
+        varint_get(buf, len, &i, &e->timer_id) < 0)
         return -EPROTO;
     *prev_time = e->time_ms;
     *off = i;

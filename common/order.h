@@ -5,7 +5,8 @@
  * message came: the k-th CLIENT entry is client message seq k. Entry encoding:
  *
  *   u8 src, varint time_delta_ms (from the previous entry; the first from 0),
- *   and for TIMER entries, varint timer_id.
+ *   for TIMER entries varint timer_id, for START entries varint app_hash (in timer_id) (the hash of the
+ *   [app] values the session started with, appcfg.h; 0: none).
  *
  * Each OUT frame carries the entries that its destination has not seen yet, up to the
  * event that produced the output, so each endpoint holds a prefix of the order. */
@@ -27,7 +28,7 @@ enum order_src {
 struct order_entry {
     uint8_t  src;
     uint64_t time_ms;
-    uint64_t timer_id;  /* TIMER only */
+    uint64_t timer_id;  /* TIMER: the timer's id; START: the app_hash (appcfg.h); else 0 */
 };
 
 #define ORDER_ENTRY_MAX 21  /* 1 + 10 + 10 */

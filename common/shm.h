@@ -50,6 +50,16 @@ struct shm_ctl {
      * the supervisor sets it to 0 at the end record. 0 = never. */
     uint64_t announce_timers_at;
     char error[256];            /* the worker's reason when it gives up (NUL-terminated) */
+    /* cessna_log (runtime.c). Lines are numbered by the session (a counter in the arena):
+     * the worker writes line n only when n > log_done and raises log_done after the write.
+     * The page outlives workers (copied for the next one), so a replay after a local
+     * recovery does not write a line again. A rebuilt session (remote recovery) writes no
+     * line for events up to log_quiet_until: the lost edge wrote them. */
+    uint64_t log_done;
+    uint64_t log_quiet_until;
+    uint32_t log_level;         /* the supervisor's level + 1 (reloads change it); 0: the
+                                 * worker's own */
+    uint32_t log_offline;       /* cessna-replay: every line, marked replay=1 */
 };
 
 /* Input records (supervisor -> worker). a and b per type. */
@@ -61,6 +71,8 @@ enum shm_ev {
     EV_CLOSE,       /* a = 1 client closed, 2 server closed: shutdown(), then exit */
 };
 
+#define SHM_CLOSE_TEXT_MAX 200   /* cessna_close_session's text (cessna.h) */
+
 /* Output records (worker -> supervisor). */
 enum shm_out {
     OUT_CLIENT = 16,  /* a = output number; message bytes follow */
@@ -68,7 +80,9 @@ enum shm_out {
     OUT_TIMER_ARM,    /* a = timer id, b = delay ms */
     OUT_TIMER_CANCEL, /* a = timer id */
     OUT_CACHE_READ,   /* a = xxh3-64 of the content (0 = miss), b = length; name follows */
-    OUT_DONE,         /* the worker finished shutdown() and exits */
+    OUT_DONE,         /* the worker finished shutdown() and exits; a = 0: an endpoint closed,
+                       * 1: the app closed (cessna_close_session) with code b (int64), its
+                       * text (at most SHM_CLOSE_TEXT_MAX bytes) follows */
     OUT_FAIL,         /* the worker gives up (reason in shm_ctl.error) and exits */
     OUT_TIMER_PENDING,/* a = timer id, b = due time (event-time ms): see announce_timers_at;
                        * a = 0 ends the announcement */

@@ -63,7 +63,8 @@
 #include <stdint.h>
 
 #define WIRE_MAGIC    0xC55Au
-#define WIRE_VERSION  2u   /* 2: remote recovery (RESUME, SNAP_PUT, epochs) */
+#define WIRE_VERSION  3u   /* 2: remote recovery (RESUME, SNAP_PUT, epochs); 3: the START
+                            * order entry carries the [app] hash, ERROR APP */
 #define WIRE_HDR_LEN  12u
 #define WIRE_TOKEN_LEN 16u
 #define WIRE_VERIFIER_LEN 32u
@@ -112,6 +113,8 @@ enum wire_err {
     WIRE_ERR_UNSUPPORTED = 7,/* frame type this build does not implement yet */
     WIRE_ERR_FENCED = 8,     /* a newer epoch's edge holds the session */
     WIRE_ERR_INCOMPATIBLE = 9,/* the snapshot's layout fingerprint differs from this edge's */
+    WIRE_ERR_APP = 10,       /* the app ended the session (cessna_close_session with a code
+                              * other than 0): the text is "app error CODE: TEXT" */
 };
 
 struct wire_hdr {

@@ -15,6 +15,7 @@
 #include "ctlcmd.h"
 #include "drain.h"
 #include "log.h"
+#include "reqconn.h"
 #include "snapsync.h"
 #include "sup.h"
 
@@ -185,194 +186,119 @@ static size_t stats(char *out, size_t cap)
     return len;
 }
 
-/* ---- control connections, served through io_uring ---- */
+/* ---- control connections, served through io_uring (reqconn.c) ---- */
 
 #define CTL_CONNS      64     /* at once; more are closed at accept */
 
-struct ctl_conn {
-    int fd;                   /* -1: free */
-    uint64_t start_ms;
-    char in[CTL_LINE_MAX];
-    size_t inlen;
-    char *out;
-    size_t outlen, sent;
-    unsigned armed : 1, closing : 1;
+static struct reqpool pool = {
+    .what = "control", .n = CTL_CONNS, .in_max = CTL_LINE_MAX,
+    .op_recv = OP_CTL_RECV, .op_send = OP_CTL_SEND,
 };
 
-static struct ctl_conn conns[CTL_CONNS];
-static int conns_init;
-
-static void conn_free(struct ctl_conn *c)
-{
-    close(c->fd);
-    free(c->out);
-    memset(c, 0, sizeof(*c));
-    c->fd = -1;
-}
-
-static void arm_recv(uint32_t idx)
-{
-    struct ctl_conn *c = &conns[idx];
-    struct io_uring_sqe *sqe = sup_sqe();
-
-    io_uring_prep_recv(sqe, c->fd, c->in + c->inlen, sizeof(c->in) - 1 - c->inlen, 0);
-    io_uring_sqe_set_data64(sqe, UD(OP_CTL_RECV, idx, 0));
-    c->armed = 1;
-}
-
-static void arm_send(uint32_t idx)
-{
-    struct ctl_conn *c = &conns[idx];
-    struct io_uring_sqe *sqe = sup_sqe();
-
-    io_uring_prep_send(sqe, c->fd, c->out + c->sent, c->outlen - c->sent, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, UD(OP_CTL_SEND, idx, 0));
-    c->armed = 1;
-}
-
-/* Run one command; the reply is malloc()ed into c->out. */
-static void execute(struct ctl_conn *c)
+/* Run one command; the reply goes to c->out (empty when out of memory). */
+static void execute(struct reqconn *c)
 {
     size_t cap = 256 * (size_t)S.nsessions + 4096;
     struct ctl_cmd cmd;
     struct session *s;
 
-    c->out = malloc(cap);
-    if (!c->out)
+    if (outbuf_reserve(&c->out, cap) < 0)
         return;
-    c->out[0] = 0;
-    if (ctl_parse(c->in, c->inlen, &cmd, c->out, cap) < 0) {
-        c->outlen = strlen(c->out);
+    char *out = (char *)c->out.data;
+    size_t outlen = 0;
+    out[0] = 0;
+    if (ctl_parse(c->in, c->inlen, &cmd, out, cap) < 0) {
+        c->out.len = strlen(out);
         return;
     }
     switch (cmd.verb) {
     case CTL_SESSIONS:
-        c->outlen = list_sessions(c->out, cap);
+        outlen = list_sessions(out, cap);
         break;
     case CTL_STATS:
-        c->outlen = stats(c->out, cap);
+        outlen = stats(out, cap);
         break;
     case CTL_SNAPSHOT:
         s = sess_find(cmd.id);
         if (!s)
-            snprintf(c->out, cap, "error: no session %llu\n", (unsigned long long)cmd.id);
+            snprintf(out, cap, "error: no session %llu\n", (unsigned long long)cmd.id);
         else
-            recovery_request_snapshot(s, c->out, cap);
-        c->outlen = strlen(c->out);
+            recovery_request_snapshot(s, out, cap);
+        outlen = strlen(out);
         break;
     case CTL_KILL_WORKER:
-        sess_kill_worker(cmd.id, c->out, cap);
-        c->outlen = strlen(c->out);
+        sess_kill_worker(cmd.id, out, cap);
+        outlen = strlen(out);
         break;
     case CTL_MOVE:
         s = sess_find(cmd.id);
         if (!s)
-            snprintf(c->out, cap, "error: no session %llu\n", (unsigned long long)cmd.id);
+            snprintf(out, cap, "error: no session %llu\n", (unsigned long long)cmd.id);
         else
-            drain_move(s, c->out, cap);
-        c->outlen = strlen(c->out);
+            drain_move(s, out, cap);
+        outlen = strlen(out);
         break;
     case CTL_LOG: {
         char path[PATH_MAX + 80], err[PATH_MAX + 160];
         s = sess_find(cmd.id);
         if (!s || !s->ctl)
-            snprintf(c->out, cap, "error: no session %llu with events\n", (unsigned long long)cmd.id);
+            snprintf(out, cap, "error: no session %llu with events\n", (unsigned long long)cmd.id);
         else if (olog_dump(s, path, sizeof(path), err, sizeof(err)) < 0)
-            snprintf(c->out, cap, "error: %s\n", err);
+            snprintf(out, cap, "error: %s\n", err);
         else
-            snprintf(c->out, cap, "ok log of session %llu: %llu events from position %llu in %s\n",
+            snprintf(out, cap, "ok log of session %llu: %llu events from position %llu in %s\n",
                      (unsigned long long)s->id, (unsigned long long)s->ev.count,
                      (unsigned long long)(s->ev.count ? s->ev.first : s->next_pos), path);
-        c->outlen = strlen(c->out);
+        outlen = strlen(out);
         break;
     }
     case CTL_DRAIN:
-        snprintf(c->out, cap, "ok draining sessions=%u\n", S.nsessions);
-        c->outlen = strlen(c->out);
+        snprintf(out, cap, "ok draining sessions=%u\n", S.nsessions);
+        outlen = strlen(out);
         drain_start("cessna-ctl drain");
         break;
     }
-    if (c->outlen >= cap)
-        c->outlen = cap - 1;
+    if (outlen >= cap)
+        outlen = cap - 1;
+    c->out.len = outlen;
 }
 
 void ctl_accept(int fd)
 {
-    static uint64_t refused;
-
-    if (!conns_init) {
-        for (int i = 0; i < CTL_CONNS; i++)
-            conns[i].fd = -1;
-        conns_init = 1;
-    }
-    for (uint32_t i = 0; i < CTL_CONNS; i++) {
-        if (conns[i].fd >= 0)
-            continue;
-        memset(&conns[i], 0, sizeof(conns[i]));
-        conns[i].fd = fd;
-        conns[i].start_ms = tmo_now_ms();
-        arm_recv(i);
+    if (!pool.conns && reqpool_init(&pool) < 0) {
+        LOG(LOG_ERROR, "msg=\"control connection refused: out of memory\"");
+        close(fd);
         return;
     }
-    if (refused++ % 1000 == 0)
-        LOG(LOG_WARN, "msg=\"control connection refused: too many open\" max=%d refused=%llu",
-            CTL_CONNS, (unsigned long long)refused);
-    close(fd);
+    reqpool_add(&pool, fd);
 }
 
 void ctl_on_recv(uint32_t idx, int res)
 {
-    struct ctl_conn *c;
+    struct reqconn *c = reqpool_completed(&pool, idx);
 
-    if (idx >= CTL_CONNS || conns[idx].fd < 0)
+    if (!c)
         return;
-    c = &conns[idx];
-    c->armed = 0;
     if (c->closing || res < 0 || (res == 0 && !c->inlen))
-        return conn_free(c);
+        return reqpool_close(c);
     c->inlen += (size_t)res;
-    if (res > 0 && !memchr(c->in, '\n', c->inlen) && c->inlen < sizeof(c->in) - 1)
-        return arm_recv(idx);   /* the rest of the line */
-    if (memchr(c->in, '\n', c->inlen))
-        c->inlen = (size_t)((char *)memchr(c->in, '\n', c->inlen) - c->in) + 1;
+    char *nl = memchr(c->in, '\n', c->inlen);
+    if (res > 0 && !nl && c->inlen < pool.in_max - 1)
+        return reqpool_recv(&pool, c);   /* the rest of the line */
+    if (nl)
+        c->inlen = (size_t)(nl - c->in) + 1;
     execute(c);
-    if (!c->out || !c->outlen)
-        return conn_free(c);
-    arm_send(idx);
+    if (!c->out.len)
+        return reqpool_close(c);
+    reqpool_send(&pool, c);
 }
 
 void ctl_on_send(uint32_t idx, int res)
 {
-    struct ctl_conn *c;
-
-    if (idx >= CTL_CONNS || conns[idx].fd < 0)
-        return;
-    c = &conns[idx];
-    c->armed = 0;
-    if (res <= 0 || c->closing) {
-        if (res < 0)
-            LOG(LOG_DEBUG, "msg=\"control reply not delivered\" error=\"%s\"", strerror(-res));
-        return conn_free(c);
-    }
-    c->sent += (size_t)res;
-    if (c->sent < c->outlen)
-        return arm_send(idx);
-    conn_free(c);
+    reqpool_on_send(&pool, idx, res);
 }
 
 void ctl_sweep(uint64_t now_ms)
 {
-    for (int i = 0; i < CTL_CONNS && conns_init; i++) {
-        struct ctl_conn *c = &conns[i];
-        if (c->fd < 0 || c->closing || now_ms - c->start_ms < S.cfg.control_timeout_ms)
-            continue;
-        c->closing = 1;
-        S.stats.ctl_timeouts++;
-        LOG(LOG_DEBUG, "msg=\"control connection timed out\" control_timeout_ms=%u",
-            S.cfg.control_timeout_ms);
-        if (c->armed)
-            shutdown(c->fd, SHUT_RDWR);   /* its completion frees it */
-        else
-            conn_free(c);
-    }
+    S.stats.ctl_timeouts += reqpool_sweep(&pool, now_ms, S.cfg.control_timeout_ms);
 }

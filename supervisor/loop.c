@@ -335,10 +335,14 @@ static void set_fd_limit(void)
             "fd_limit=%llu fds_per_session=%llu", S.cfg.max_sessions,
             (unsigned long long)rl.rlim_cur, (unsigned long long)per);
     } else if (can < S.cfg.max_sessions) {
-        LOG(LOG_WARN, "msg=\"max_sessions cannot be reached under the descriptor limit (ulimit -n, "
-            "max_fds): new sessions will wait for descriptors past about this many\" "
-            "max_sessions=%u fd_limit=%llu sessions_possible=%llu", S.cfg.max_sessions,
-            (unsigned long long)rl.rlim_cur, (unsigned long long)can);
+        /* Capped, as HAProxy caps maxconn: past it, sessions already open would fail on
+         * EMFILE (a snapshot, a recovery), and one session must never hurt another. */
+        LOG(LOG_WARN, "msg=\"max_sessions lowered: the descriptor limit (ulimit -n, max_fds) "
+            "holds no more; sessions past it are refused as edge full\" max_sessions=%u "
+            "lowered_to=%llu fd_limit=%llu fds_per_session=%llu", S.cfg.max_sessions,
+            (unsigned long long)(can ? can : 1), (unsigned long long)rl.rlim_cur,
+            (unsigned long long)per);
+        S.cfg.max_sessions = can ? (uint32_t)can : 1;
     }
 }
 
@@ -449,6 +453,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(S.cfg.log_level);   /* CESSNA_LOG, when set, wins */
+    S.log_level_fd = check ? -1 : log_share();   /* a reload's level reaches running workers */
     if (check) {
         if (check_dirs(&S.cfg, err, sizeof(err)) < 0 || check_app(err, sizeof(err)) < 0) {
             fprintf(stderr, "cessna-supervisor: %s: %s\n", cfgpath, err);

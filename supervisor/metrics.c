@@ -17,6 +17,7 @@
 #include "addr.h"
 #include "log.h"
 #include "metrics.h"
+#include "reqconn.h"
 #include "snapsync.h"
 #include "sup.h"
 
@@ -230,26 +231,20 @@ static void render(struct text *t)
 
 /* ---- connections ---- */
 
-struct mconn {
-    int fd;                   /* -1: free */
-    uint64_t start_ms;
-    char in[METRICS_REQUEST_MAX];
-    size_t inlen;
-    struct outbuf out;
-    size_t sent;
-    unsigned armed : 1, closing : 1;
+static struct reqpool pool = {
+    .what = "metrics", .n = METRICS_CONNS, .in_max = METRICS_REQUEST_MAX + 1,
+    .op_recv = OP_METRICS_RECV, .op_send = OP_METRICS_SEND,
 };
-
-static struct mconn conns[METRICS_CONNS];
 static int listen_fd = -1, accept_armed;
-static uint64_t refused;
 
 int metrics_listen(const char *addr, char *err, size_t errlen)
 {
     char why[256];
 
-    for (int i = 0; i < METRICS_CONNS; i++)
-        conns[i].fd = -1;
+    if (reqpool_init(&pool) < 0) {
+        snprintf(err, errlen, "metrics_listen %s: out of memory", addr);
+        return -ENOMEM;
+    }
     listen_fd = addr_listen(addr, why, sizeof(why));
     if (listen_fd < 0)
         snprintf(err, errlen, "metrics_listen %s: %s", addr, why);
@@ -271,34 +266,6 @@ void metrics_start(void)
         arm_accept();
 }
 
-static void conn_free(struct mconn *c)
-{
-    close(c->fd);
-    free(c->out.data);
-    memset(c, 0, sizeof(*c));
-    c->fd = -1;
-}
-
-static void arm_recv(uint32_t idx)
-{
-    struct mconn *c = &conns[idx];
-    struct io_uring_sqe *sqe = sup_sqe();
-
-    io_uring_prep_recv(sqe, c->fd, c->in + c->inlen, sizeof(c->in) - c->inlen, 0);
-    io_uring_sqe_set_data64(sqe, UD(OP_METRICS_RECV, idx, 0));
-    c->armed = 1;
-}
-
-static void arm_send(uint32_t idx)
-{
-    struct mconn *c = &conns[idx];
-    struct io_uring_sqe *sqe = sup_sqe();
-
-    io_uring_prep_send(sqe, c->fd, c->out.data + c->sent, c->out.len - c->sent, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, UD(OP_METRICS_SEND, idx, 0));
-    c->armed = 1;
-}
-
 void metrics_on_accept(int res, unsigned cqe_flags)
 {
     if (!(cqe_flags & IORING_CQE_F_MORE))
@@ -315,23 +282,11 @@ void metrics_on_accept(int res, unsigned cqe_flags)
     }
     if (!accept_armed && !S.stopping)
         arm_accept();
-    for (uint32_t i = 0; i < METRICS_CONNS; i++) {
-        if (conns[i].fd >= 0)
-            continue;
-        memset(&conns[i], 0, sizeof(conns[i]));
-        conns[i].fd = res;
-        conns[i].start_ms = tmo_now_ms();
-        arm_recv(i);
-        return;
-    }
-    if (refused++ % 1000 == 0)
-        LOG(LOG_WARN, "msg=\"metrics connection refused: too many open\" max=%d refused=%llu",
-            METRICS_CONNS, ull(refused));
-    close(res);
+    reqpool_add(&pool, res);
 }
 
 /* The answer to the request in c->in (its headers complete, or too long: status given). */
-static void answer(struct mconn *c, int status)
+static void answer(struct reqconn *c, int status)
 {
     struct text t = { .b = c->out };
     char *method = NULL, *target = NULL, *version = NULL, *save = NULL;
@@ -392,7 +347,7 @@ static void answer(struct mconn *c, int status)
 }
 
 /* The end of the request headers in what arrived, or NULL. */
-static const char *headers_end(const struct mconn *c)
+static const char *headers_end(const struct reqconn *c)
 {
     const char *e = memmem(c->in, c->inlen, "\r\n\r\n", 4);
     return e ? e : memmem(c->in, c->inlen, "\n\n", 2);
@@ -400,44 +355,31 @@ static const char *headers_end(const struct mconn *c)
 
 void metrics_on_recv(uint32_t idx, int res)
 {
-    struct mconn *c;
+    struct reqconn *c = reqpool_completed(&pool, idx);
 
-    if (idx >= METRICS_CONNS || conns[idx].fd < 0)
+    if (!c)
         return;
-    c = &conns[idx];
-    c->armed = 0;
     if (c->closing || res <= 0)
-        return conn_free(c);   /* an error, or the scraper left before its request ended */
+        return reqpool_close(c);   /* an error, or the scraper left before its request ended */
     c->inlen += (size_t)res;
+    c->in[c->inlen] = 0;
     if (memchr(c->in, 0, c->inlen))
         answer(c, 400);   /* a NUL has no place in a request */
-    else if (headers_end(c)) {
-        c->in[c->inlen < sizeof(c->in) ? c->inlen : sizeof(c->in) - 1] = 0;
+    else if (headers_end(c))
         answer(c, 0);
-    } else if (c->inlen == sizeof(c->in))
+    else if (c->inlen == METRICS_REQUEST_MAX)
         answer(c, 431);
     else
-        return arm_recv(idx);   /* the rest of the request */
+        return reqpool_recv(&pool, c);   /* the rest of the request */
     if (!c->out.len)
-        return conn_free(c);
+        return reqpool_close(c);
     shutdown(c->fd, SHUT_RD);   /* nothing more is read: a pipelined request is not served */
-    arm_send(idx);
+    reqpool_send(&pool, c);
 }
 
 void metrics_on_send(uint32_t idx, int res)
 {
-    struct mconn *c;
-
-    if (idx >= METRICS_CONNS || conns[idx].fd < 0)
-        return;
-    c = &conns[idx];
-    c->armed = 0;
-    if (res <= 0 || c->closing)
-        return conn_free(c);
-    c->sent += (size_t)res;
-    if (c->sent < c->out.len)
-        return arm_send(idx);
-    conn_free(c);
+    reqpool_on_send(&pool, idx, res);
 }
 
 void metrics_sweep(uint64_t now_ms)
@@ -446,15 +388,5 @@ void metrics_sweep(uint64_t now_ms)
         return;
     if (!accept_armed && !S.stopping)
         arm_accept();
-    for (int i = 0; i < METRICS_CONNS; i++) {
-        struct mconn *c = &conns[i];
-        if (c->fd < 0 || c->closing || now_ms - c->start_ms < METRICS_TIMEOUT_MS)
-            continue;
-        c->closing = 1;
-        LOG(LOG_DEBUG, "msg=\"metrics connection timed out\" after_ms=%d", METRICS_TIMEOUT_MS);
-        if (c->armed)
-            shutdown(c->fd, SHUT_RDWR);   /* its completion frees it */
-        else
-            conn_free(c);
-    }
+    reqpool_sweep(&pool, now_ms, METRICS_TIMEOUT_MS);
 }

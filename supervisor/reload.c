@@ -10,7 +10,10 @@
  * The app stays what it was at start on purpose: a session's snapshots restore only into
  * the module that wrote them (the layout fingerprint), and a session that was running
  * before the reload may need a worker again at any time (a cold recovery, waking from
- * hibernation), which only the zygote of its own module can give. */
+ * hibernation), which only the zygote of its own module can give.
+ *
+ * [app] changes apply to new sessions only: a session keeps the values it started with
+ * (they travel in its start event, appcfg.h). */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +59,30 @@ static void add(char *list, size_t len, const char *key, const char *why)
              why ? why : "", why ? ")" : "");
 }
 
+/* [app]: new sessions get the new values; running ones keep theirs. */
+static void apply_app(const struct config *nc)
+{
+    if (nc->app_kv_len == R.file.app_kv_len &&
+        memcmp(nc->app_kv, R.file.app_kv, nc->app_kv_len) == 0)
+        return;
+    memcpy(S.cfg.app_kv, nc->app_kv, nc->app_kv_len);
+    S.cfg.app_kv_len = nc->app_kv_len;
+    S.cfg.app_nkeys = nc->app_nkeys;
+    memcpy(R.file.app_kv, nc->app_kv, nc->app_kv_len);
+    R.file.app_kv_len = nc->app_kv_len;
+    R.file.app_nkeys = nc->app_nkeys;
+    LOG(LOG_INFO, "msg=\"reload: [app] changed; new sessions get the new values, running "
+        "sessions keep the ones they started with\" keys=%u", nc->app_nkeys);
+}
+
+/* The workers' level for cessna_log (shm.h), after log_level changed. */
+static void apply_worker_log_level(void)
+{
+    for (uint32_t i = 0; i < S.slot_high; i++)
+        if (S.sessions[i].ctl)
+            S.sessions[i].ctl->log_level = (uint32_t)log_threshold + 1;
+}
+
 /* max_sessions: 0 is "as many as the descriptor limit holds", which was worked out at start
  * as the number of slots; more slots than that need a restart. */
 static int apply_max_sessions(const struct config *nc, char *why, size_t len)
@@ -97,9 +124,12 @@ void reload_config(void)
             config_key_copy(&S.cfg, &nc, i);
         config_key_copy(&R.file, &nc, i);
         add(applied, sizeof(applied), key, NULL);
-        if (strcmp(key, "log_level") == 0)   /* CESSNA_LOG, when set, still wins */
+        if (strcmp(key, "log_level") == 0) {   /* CESSNA_LOG, when set, still wins */
             log_set_level(S.cfg.log_level);
+            apply_worker_log_level();
+        }
     }
+    apply_app(&nc);
     LOG(LOG_INFO, "msg=\"configuration reloaded\" file=%s applied=\"%s\"", R.path,
         applied[0] ? applied : "none");
     LOG(skipped[0] ? LOG_WARN : LOG_INFO, "msg=\"reload: not applied, these need a restart\" "

@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "appcfg.h"
 #include "cred.h"
 #include "log.h"
 #include "order.h"
@@ -299,7 +300,15 @@ static int push_entry(struct session *s, const struct order_entry *e, uint64_t s
 
     switch (e->src) {
     case ORDER_START:
-        return sess_push_event_at(s, EV_START, ORDER_START, 0, NULL, 0, e->time_ms);
+        /* Rebuilt from its start, the session gets this edge's [app] values: they must be
+         * the ones it started with (appcfg.h), or the replay could diverge. */
+        if (e->timer_id != appcfg_hash(S.cfg.app_kv, S.cfg.app_kv_len)) {
+            abort_resume(s, WIRE_ERR_INCOMPATIBLE, "the session started with other [app] "
+                         "values than this edge's: try another edge");
+            return -EINVAL;
+        }
+        return sess_push_event_at(s, EV_START, ORDER_START, 0, S.cfg.app_kv, S.cfg.app_kv_len,
+                                  e->time_ms);
     case ORDER_CLIENT:
     case ORDER_SERVER:
         side = e->src == ORDER_CLIENT ? SIDE_CLIENT : SIDE_SERVER;
@@ -416,6 +425,7 @@ static void rebuild(struct session *s)
     s->outputs[SIDE_SERVER] = rs->h[SIDE_SERVER].last_out;
     s->replay_quiet_until = N;
     s->ctl->replay_until = N;
+    s->ctl->log_quiet_until = N;   /* the lost edge logged those events' lines */
     s->ctl->announce_timers_at = N > P ? N : P;
     s->snap_pos = s->snap_written = s->remote_pos = s->receipt = P;
     s->snap_written_full = rs->nchain ? rs->chain[0] : 0;
@@ -427,7 +437,8 @@ static void rebuild(struct session *s)
     s->recovery_mode = "remote";
     s->recovery_untimed = 1;   /* recovery.c puts its duration in the metrics */
     s->died_ns = s->resume_ns[2];
-    if (!P && !N && sess_push_event_at(s, EV_START, ORDER_START, 0, NULL, 0, 0) < 0)
+    if (!P && !N && sess_push_event_at(s, EV_START, ORDER_START, 0, S.cfg.app_kv,
+                                       S.cfg.app_kv_len, 0) < 0)
         goto fail;
     /* What lies beyond the order was never reflected in anything anyone saw: new events. */
     for (int i = 0; i < 2 && !closing; i++) {

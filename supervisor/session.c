@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "appcfg.h"
 #include "bell.h"
 #include "cachelog.h"
 #include "cred.h"
@@ -254,7 +255,8 @@ int sess_push_event_at(struct session *s, uint16_t type, uint8_t src, uint64_t a
     }
     if (e.time_ms < s->last_time)
         e.time_ms = s->last_time;  /* event times never go backwards */
-    e.timer_id = type == EV_TIMER ? a : 0;
+    /* a TIMER entry names the timer, a START entry the [app] values (appcfg.h) */
+    e.timer_id = type == EV_TIMER ? a : type == EV_START ? appcfg_hash(data, len) : 0;
     r = (struct shm_rec){ .pos = s->next_pos, .time = e.time_ms, .a = a };
     if (order_append(s, &e) < 0 || evstore_append(&s->ev, type, &r, data, len) < 0)
         return -ENOMEM;
@@ -530,6 +532,7 @@ static int new_memory(struct session *s, char *err, size_t errlen)
         c->session_id = s->id;
         c->max_message = S.cfg.max_message_bytes;
         c->spin_ns = S.spin_ns;
+        c->log_level = (uint32_t)log_threshold + 1;
     }
     s->shm = m;
     s->shm_len = len;
@@ -650,7 +653,8 @@ static void on_welcome(struct session *s, const struct wire_frame *f)
     s->server_stores = (f->flags & WIRE_F_STORES) != 0;
     /* WELCOME to the client before anything the app says; the app starts now. */
     conn_queue(cli, buf, wire_put_welcome(buf, s->id, s->token, s->epoch), NULL, 0);
-    if (push_event(s, EV_START, ORDER_START, 0, NULL, 0) < 0) {
+    /* The start event carries the [app] values the session keeps for good (appcfg.h). */
+    if (push_event(s, EV_START, ORDER_START, 0, S.cfg.app_kv, S.cfg.app_kv_len) < 0) {
         sess_fail(s, WIRE_ERR_SESSION, "cannot hand the start event to the worker");
         return;
     }
@@ -945,27 +949,51 @@ static void send_output(struct session *s, enum side side, const struct shm_rec 
     sesslog_out(&s->log, side, len);
 }
 
-static void worker_finished(struct session *s)
+/* The worker is done: an endpoint closed, or the app closed (app != 0: code and its text,
+ * untrusted). Every output it wrote before is queued already: CLOSE or ERROR go after. */
+static void worker_finished(struct session *s, int app, int64_t code, const char *text,
+                            size_t tlen)
 {
-    uint8_t buf[WIRE_HDR_LEN];
+    uint8_t buf[WIRE_HDR_LEN + 4 + WIRE_ERROR_MAX];
+    char clean[SHM_CLOSE_TEXT_MAX + 1];
+    size_t n;
 
     s->worker_done = 1;
     if (s->state >= S_DEAD)
         return;
     s->state = S_DEAD;
+    for (n = 0; n < tlen && n < SHM_CLOSE_TEXT_MAX; n++)
+        clean[n] = (unsigned char)text[n] < 0x20 || text[n] == 0x7f ? ' ' : text[n];
+    clean[n] = 0;
+    if (app && code)
+        n = wire_put_error(buf, sizeof(buf), WIRE_ERR_APP, "app error %lld: %s",
+                           (long long)code, clean);
+    else
+        n = wire_put_close(buf);
     for (int i = 0; i < 2; i++) {
         struct conn *c = &s->c[i];
         if (c->fd >= 0 && !c->draining) {
             if (!c->dead && c->up)
-                conn_queue(c, buf, wire_put_close(buf), NULL, 0);
+                conn_queue(c, buf, n, NULL, 0);
             conn_close(s, c);
         }
     }
     timers_cancel_all(s);
     recovery_end(s);
+    if (app) {
+        sesslog_cause(&s->log, code ? END_APP_ERROR : END_APP_CLOSE);
+        LOG(LOG_INFO, "session=%llu msg=\"the app closed the session\" code=%lld",
+            ull(s->id), (long long)code);
+    }
     LOG(LOG_INFO, "session=%llu msg=\"session closed\" events=%llu to_client=%llu to_server=%llu",
         ull(s->id), ull(s->next_pos - 1), ull(s->outputs[0]), ull(s->outputs[1]));
-    sesslog_end(s, END_NONE, NULL);
+    if (app && code) {
+        char why[SHM_CLOSE_TEXT_MAX + 32];
+        snprintf(why, sizeof(why), "app error %lld: %s", (long long)code, clean);
+        sesslog_end(s, END_NONE, why);
+    } else {
+        sesslog_end(s, END_NONE, NULL);
+    }
 }
 
 /* Input that waited for room in the worker's ring, or for held events to go. */
@@ -1053,7 +1081,12 @@ static int take_output(struct session *s, uint16_t type, const void *rec, uint32
             return -EPROTO;   /* a changed object under replay: the session is failed */
         break;
     case OUT_DONE:
-        worker_finished(s);
+        if (r.pos >= s->next_pos || plen > SHM_CLOSE_TEXT_MAX) {
+            sess_fail(s, WIRE_ERR_SESSION, "worker wrote a bad end record (event %llu, %zu "
+                      "bytes of text)", ull(r.pos), plen);
+            return -EPROTO;
+        }
+        worker_finished(s, r.a != 0, (int64_t)r.b, payload, plen);
         break;
     case OUT_FAIL:
         worker_error(s, text, sizeof(text));

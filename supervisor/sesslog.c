@@ -21,6 +21,8 @@ static const char *const end_names[] = {
     [END_DRAIN_TIMEOUT] = "drain_timeout",
     [END_RESUME_FAILED] = "resume_failed",
     [END_SUPERSEDED] = "superseded",
+    [END_APP_CLOSE] = "app_close",
+    [END_APP_ERROR] = "app_error",
 };
 
 const char *sesslog_end_name(enum sesslog_end cause)

@@ -29,6 +29,8 @@ enum sesslog_end {
     END_DRAIN_TIMEOUT,    /* a drain gave up moving it and closed it */
     END_RESUME_FAILED,    /* a RESUME here could not rebuild it */
     END_SUPERSEDED,       /* its client resumed it again here: the newer copy goes on */
+    END_APP_CLOSE,        /* the app ended it: cessna_close_session(0, ...) */
+    END_APP_ERROR,        /* the app ended it with an error code (reason: its text) */
 };
 
 /* What the line reports; embedded in struct session, written only through these. */

@@ -231,6 +231,7 @@ struct sup {
                                  * is refused before anything is loaded (resume.c) */
     pid_t zygote_pid;
     int lock_fd;                /* STATE_DIR/supervisor.lock, held (flock) while we run */
+    int log_level_fd;           /* the node-wide log level page (log_share), or -1 */
 
     struct session *sessions;   /* `slots` slots (calloc: untouched ones cost no memory) */
     uint32_t slots;             /* max_sessions at start: a reload may lower the limit or

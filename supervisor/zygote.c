@@ -55,7 +55,7 @@ static void fail_pending(const char *why);
 static int launch(int *sock, pid_t *pidp, int *pidfdp, char *err, size_t errlen)
 {
     const char *app = Z.app, *cache_dir = Z.cache_dir, *state_dir = Z.state_dir;
-    char dir[PATH_MAX], exe[PATH_MAX + 32], fdarg[16];
+    char dir[PATH_MAX], exe[PATH_MAX + 32], fdarg[16], logfdarg[16] = "-1";
     struct timeval tv = { (time_t)(S.cfg.zygote_answer_timeout_ms / 1000),
                           (suseconds_t)(S.cfg.zygote_answer_timeout_ms % 1000) * 1000 };
     int sv[2], pidfd = -1;
@@ -86,9 +86,11 @@ static int launch(int *sock, pid_t *pidp, int *pidfdp, char *err, size_t errlen)
                          "--cache-dir", (char *)(cache_dir ? cache_dir : ""),
                          "--state-dir", (char *)state_dir,
                          "--sandbox", S.cfg.sandbox ? "on" : "off",
-                         "--worker-user", S.cfg.worker_user, NULL };
+                         "--worker-user", S.cfg.worker_user, "--log-fd", logfdarg, NULL };
         int fd = dup(sv[1]);   /* without CLOEXEC: it crosses the exec */
         snprintf(fdarg, sizeof(fdarg), "%d", fd);
+        if (S.log_level_fd >= 0)
+            snprintf(logfdarg, sizeof(logfdarg), "%d", dup(S.log_level_fd));
         personality(ADDR_NO_RANDOMIZE);
         execv(exe, argv);
         _exit(127);

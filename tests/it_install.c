@@ -234,6 +234,15 @@ Test(install, destdir_out_of_tree_app_and_shared_endpoint, .timeout = 180)
     cr_assert(strstr(buf, path), "not linked against the installed shared library: %s", buf);
     t_stop(&sup);
 
+    /* 6b. The installed cessna-bench finds the installed programs and apps by itself. */
+    snprintf(cmd, sizeof(cmd), "cd '%s' && '%s/usr/bin/cessna-bench' --paths edge-native "
+             "--sizes 64 --messages 200 --seconds 0.5", tmp, dest);
+    rc = sh(tmp, "bench", cmd);
+    snprintf(path, sizeof(path), "%s/bench.log", tmp);
+    read_file(path, buf, sizeof(buf));
+    cr_assert_eq(rc, 0, "the installed bench failed: %s", buf);
+    cr_assert(strstr(buf, "| edge-native"), "no edge-native row: %s", buf);
+
     /* 7. make uninstall leaves no file behind. */
     snprintf(cmd, sizeof(cmd),
              "env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make -C '%s' uninstall DESTDIR='%s' "
@@ -246,4 +255,79 @@ Test(install, destdir_out_of_tree_app_and_shared_endpoint, .timeout = 180)
     read_file(path, buf, sizeof(buf));
     char *left = strstr(buf, dest);
     cr_assert_null(left, "left after uninstall: %s", left ? left : "");
+}
+
+/* Whole file into a malloc'd string with every backslash dropped (roff escapes "\-"). */
+static char *slurp_unescaped(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "%s: %s", path, strerror(errno));
+    size_t cap = 1 << 20, n = 0;
+    char *s = malloc(cap);
+    int c;
+    while ((c = fgetc(f)) != EOF && n + 1 < cap)
+        if (c != '\\')
+            s[n++] = (char)c;
+    s[n] = 0;
+    fclose(f);
+    return s;
+}
+
+/* The man pages cannot drift from the programs: every option a binary's --help names is in
+ * its man page, and every key of README's configuration table is in cessna.ini(5). */
+Test(install, man_pages_name_every_option_and_key, .timeout = 60)
+{
+    static const char *const pages[][2] = {
+        { "cessna-supervisor", "8" }, { "cessna-worker", "8" }, { "cessna-ctl", "8" },
+        { "cessna-replay", "1" }, { "cessna-client-proxy", "8" }, { "cessna-server-proxy", "8" },
+        /* cessna-bench(1) names its main options and sends readers to --help for the rest. */
+    };
+    char path[4096], line[1024];
+
+    for (size_t i = 0; i < sizeof(pages) / sizeof(pages[0]); i++) {
+        snprintf(path, sizeof(path), "%s/man/%s.%s.in", CESSNA_SRC_DIR, pages[i][0], pages[i][1]);
+        char *man = slurp_unescaped(path);
+        snprintf(path, sizeof(path), "%s/bin/%s --help 2>&1", CESSNA_BUILD_DIR, pages[i][0]);
+        FILE *p = popen(path, "r");
+        int options = 0;
+        cr_assert(p);
+        while (fgets(line, sizeof(line), p))
+            for (char *o = strstr(line, "--"); o; o = strstr(o + 2, "--")) {
+                size_t n = 2;
+                while (o[n] == '-' || (o[n] >= 'a' && o[n] <= 'z'))
+                    n++;
+                if (n < 4)
+                    continue;
+                char opt[64];
+                snprintf(opt, sizeof(opt), "%.*s", (int)n, o);
+                cr_expect(strstr(man, opt), "%s(%s) does not name %s", pages[i][0], pages[i][1],
+                          opt);
+                options++;
+            }
+        pclose(p);
+        cr_expect_gt(options, 1, "%s --help named no options", pages[i][0]);
+        free(man);
+    }
+
+    snprintf(path, sizeof(path), "%s/man/cessna.ini.5.in", CESSNA_SRC_DIR);
+    char *ini = slurp_unescaped(path);
+    snprintf(path, sizeof(path), "%s/README.md", CESSNA_SRC_DIR);
+    FILE *r = fopen(path, "r");
+    int keys = 0, in_table = 0;
+    cr_assert(r);
+    while (fgets(line, sizeof(line), r)) {
+        if (strncmp(line, "| key | default | meaning |", 27) == 0)
+            in_table = 1;
+        else if (in_table && line[0] != '|')
+            break;
+        char key[80], want[100];
+        if (in_table && sscanf(line, "| `%79[a-z_]`", key) == 1) {
+            snprintf(want, sizeof(want), ".BR %s ", key);
+            cr_expect(strstr(ini, want), "cessna.ini(5) does not name the key %s", key);
+            keys++;
+        }
+    }
+    fclose(r);
+    cr_expect_gt(keys, 30, "README's key table: %d keys", keys);
+    free(ini);
 }

@@ -807,21 +807,57 @@ static unsigned long long proc_fd_limit(pid_t pid)
     return soft;
 }
 
-/* A max_sessions the descriptor limit cannot hold is said at start, with the numbers, not
- * found out at the session that hits it. */
-Test(ops, max_sessions_beyond_the_fd_limit_is_said_at_start, .timeout = 30)
+/* A max_sessions the descriptor limit cannot hold is lowered at start, with the numbers, and
+ * enforced: the sessions past it are refused as "edge full", while the ones open go on (they
+ * used to fail on EMFILE at their next snapshot). */
+Test(ops, max_sessions_beyond_the_fd_limit_is_lowered_at_start, .timeout = 30)
 {
     struct t_echo_ep srv;
     struct t_edge e;
+    struct cessna_ep *eps[64];
     char line[4096] = "";
+    uint8_t frame[256];
+    const void *got;
 
     /* The same on any machine: max_fds pins the limit the supervisor runs with. */
     t_echo_ep_start(&srv);
-    t_edge_start(&e, t_app("passthrough"), srv.addr, "max_sessions = 65536\nmax_fds = 4096\n");
-    cr_assert(log_line(e.sup.log, "max_sessions cannot be reached", line, sizeof(line)),
+    t_edge_start(&e, t_app("passthrough"), srv.addr,
+                 "max_sessions = 65536\nmax_fds = 4096\nsnapshot_interval_ms = 50\n");
+    cr_assert(log_line(e.sup.log, "max_sessions lowered", line, sizeof(line)),
               "no warning in %s", e.sup.log);
     cr_expect(strstr(line, "max_sessions=65536") && strstr(line, "fd_limit=4096"), "%s", line);
     cr_assert_eq(proc_fd_limit(e.sup.pid), 4096);
+    t_edge_stop(&e);
+
+    /* A limit small enough to fill: every session up to the cap works, snapshots included. */
+    t_edge_start(&e, t_app("passthrough"), srv.addr,
+                 "max_sessions = 65536\nmax_fds = 120\nsnapshot_interval_ms = 50\n");
+    cr_assert(log_line(e.sup.log, "max_sessions lowered", line, sizeof(line)), "%s", e.sup.log);
+    unsigned long long cap = t_field(line, "lowered_to");
+    cr_assert(cap >= 1 && cap < 64, "%s", line);
+    for (unsigned i = 0; i < cap; i++) {
+        eps[i] = t_ep_connect(&e);
+        cr_assert_eq(cessna_ep_send(eps[i], "hi", 2), 0);
+        cr_assert_eq(cessna_ep_recv(eps[i], &got), 2, "session %u: %s", i,
+                     cessna_ep_error(eps[i]));
+    }
+    int r = t_connect(e.sup.addr);
+    long fl = t_read_frame(r, frame, sizeof(frame), 5000);
+    cr_assert(fl > 0 && frame[3] == WIRE_ERROR, "session %llu refused with an ERROR (%ld)",
+              cap + 1, fl);
+    close(r);
+    usleep(300 * 1000);   /* a few snapshot rounds of every open session */
+    for (unsigned i = 0; i < cap; i++) {
+        cr_assert_eq(cessna_ep_send(eps[i], "again", 5), 0);
+        cr_assert_eq(cessna_ep_recv(eps[i], &got), 5, "session %u: %s", i,
+                     cessna_ep_error(eps[i]));
+        cessna_ep_close(eps[i], 2000);
+        cessna_ep_free(eps[i]);
+    }
+    char out[4096];
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_expect_eq(t_field(out, "snapshot_failures"), 0, "%s", out);
+    cr_expect_gt(t_field(out, "snapshots"), 0, "%s", out);
     t_edge_stop(&e);
 }
 

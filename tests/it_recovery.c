@@ -20,3 +20,16 @@ Test(recovery, random_kills_without_snapshots, .timeout = 180)
 {
     t_storm_compare("snapshot_interval_ms = 0\n");
 }
+
+/* Faults combined with operations: SIGHUP reloads every 30-80 ms change the snapshot
+ * interval (5 ms to none), the held caps, the snapshot timeout (2 ms: snapshots in flight
+ * fail and their children are killed) and hibernation, while workers are killed. */
+Test(recovery, random_kills_with_reloads_cold_standby, .timeout = 180)
+{
+    t_storm_compare_reloads("standby = cold\n");
+}
+
+Test(recovery, random_kills_with_reloads_hot_standby, .timeout = 180)
+{
+    t_storm_compare_reloads("standby = hot\n");
+}

@@ -513,3 +513,70 @@ Test(remote_ops, redis_through_the_proxies_while_edges_die)
     kill(redis, SIGTERM);
     t_wait(redis, 2000);
 }
+
+/* A drain while workers die: a killer SIGKILLs a random live worker of the draining edge
+ * every 2-7 ms, before and during the drain, so sessions are mid-recovery when they are
+ * told to move (and their final snapshots are taken by replacement workers). Every session
+ * still moves, the edge exits 0, and every byte is what a run without faults gives. */
+struct drain_killer { struct world *w; volatile int stop; int kills; };
+
+static void *kill_workers_of_edge0(void *p)
+{
+    struct drain_killer *k = p;
+    uint64_t ids[64];
+    unsigned seed = 4242;
+
+    while (!k->stop && edge_alive(k->w, 0)) {
+        usleep(2000 + rand_r(&seed) % 5000);
+        int n = edge_session_ids(k->w, 0, ids, 64);
+        if (n <= 0)
+            continue;
+        uint64_t pid = edge_session_field(k->w, 0, ids[rand_r(&seed) % (unsigned)n], "worker");
+        if (pid > 0 && kill((pid_t)pid, SIGKILL) == 0)
+            k->kills++;
+    }
+    return NULL;
+}
+
+Test(remote_ops, drain_while_workers_die)
+{
+    static struct world clean, w;
+    struct w_clients c;
+    struct drain_killer k = { .w = &w };
+    pthread_t killer;
+    char out[4096], log[512];
+    int status = -1;
+
+    clean_run(&clean, &base);
+    start_busy(&w, &base, &c, 40);
+    cr_assert_eq(edge_stat(&w, 0, "sessions"), SESSIONS, "every session opens at the first edge");
+    pthread_create(&killer, NULL, kill_workers_of_edge0, &k);
+    usleep(100 * 1000);
+    /* Every session mid-recovery when the drain begins: all workers killed just before. */
+    uint64_t ids[SESSIONS];
+    int n = edge_session_ids(&w, 0, ids, SESSIONS), mid = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t pid = edge_session_field(&w, 0, ids[i], "worker");
+        mid += pid > 0 && kill((pid_t)pid, SIGKILL) == 0;
+    }
+    edge_ctl(&w, 0, "drain", out, sizeof(out));
+    cr_expect(strstr(out, "ok draining"), "drain: %s", out);
+    long t0 = t_now_ms();
+    while (t_now_ms() - t0 < 30000 && waitpid(w.edge[0].pid, &status, WNOHANG) != w.edge[0].pid)
+        usleep(5000);
+    k.stop = 1;
+    pthread_join(killer, NULL);
+    cr_assert(status != -1, "the draining edge did not exit within 30 s");
+    w.edge[0].pid = 0;
+    cr_log_info("drain with %d sessions killed at its start and %d random kills: %ld ms", mid,
+                k.kills, t_now_ms() - t0);
+    cr_expect_eq(mid, SESSIONS, "every worker was killed as the drain began");
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %#x", status);
+    cr_assert_geq(k.kills, 5, "kills must land for the test to mean anything");
+    edge_log(&w, 0, log, sizeof(log));
+    cr_expect_eq(file_count(log, "msg=\"moved off this edge\""), SESSIONS,
+                 "the edge's log shows every session moved");
+    finish(&w, &c);
+    world_stop(&w);
+    compare(&clean, &w);
+}

@@ -21,6 +21,7 @@
 #include "cessna_endpoint.h"
 #include "t_helpers.h"
 #include "t_storm.h"
+#include "t_world.h"
 
 #define SESSIONS 20
 #define ROUNDS   400
@@ -52,6 +53,7 @@ struct run {
     char why[SESSIONS][256];
     volatile int clients_done;
     int server_lfd;
+    char server_addr[64], extra[512];
 };
 
 /* The server endpoint: answers every message with a reply derived from what it got, and
@@ -325,25 +327,68 @@ static void *killer(void *p)
     return (void *)(intptr_t)kills;
 }
 
-/* Run the 20 sessions, with or without the killer; returns how many kills landed. */
-static int run_sessions(struct run *run, const char *extra, int with_kills)
+/* Run-time keys a reload changes while kills go on: snapshots every 5 ms or none, held
+ * caps that snapshot at once, snapshot timeouts short enough to fail snapshots in flight,
+ * hibernation after 30 ms. None of them may change what a session sees. */
+static const char *const reload_sets[] = {
+    "snapshot_interval_ms = 5\nsnapshot_max_events = 10\n",
+    "snapshot_interval_ms = 200\nlog_level = warn\n",
+    "snapshot_interval_ms = 0\nmax_held_bytes = 1048576\n",
+    "snapshot_interval_ms = 20\nhibernate_after_ms = 30\n",
+    "snapshot_interval_ms = 10\nsnapshot_timeout_ms = 2\nsnapshot_max_bytes = 65536\n",
+};
+
+/* Rewrite edge.ini (atomically, by rename) with the next set, then SIGHUP the supervisor,
+ * every 30-80 ms until the clients are done; returns how many reloads were sent. */
+static void *reloader(void *p)
+{
+    struct run *run = p;
+    const struct t_edge *e = run->edge;
+    char path[400], tmp[420];
+    unsigned seed = 777;
+    int sent = 0;
+
+    snprintf(path, sizeof(path), "%s/edge.ini", e->dir);
+    snprintf(tmp, sizeof(tmp), "%s.new", path);
+    while (run->clients_done < SESSIONS) {
+        usleep(30000 + rand_r(&seed) % 50000);
+        FILE *f = fopen(tmp, "w");
+        if (!f)
+            break;
+        fprintf(f, "[edge]\nlisten = 127.0.0.1:0\nserver = %s\napp = %s\nstate_dir = %s/state\n"
+                   "control = %s\n%s%s", run->server_addr, t_app("sequencer"), e->dir, e->control,
+                run->extra, reload_sets[sent % (int)(sizeof(reload_sets) / sizeof(reload_sets[0]))]);
+        fclose(f);
+        if (rename(tmp, path) == 0 && kill(e->sup.pid, SIGHUP) == 0)
+            sent++;
+    }
+    return (void *)(intptr_t)sent;
+}
+
+/* Run the 20 sessions, with or without the killer (and the reloader); returns how many
+ * kills landed. */
+static int run_sessions(struct run *run, const char *extra, int with_kills, int with_reloads)
 {
     struct t_edge e;
     char err[256], addr[64], stats[1024];
-    pthread_t srv, kil, cli[SESSIONS];
+    pthread_t srv, kil, rel, cli[SESSIONS];
     struct cli_arg args[SESSIONS];
-    void *kills = 0;
+    void *kills = 0, *reloads = 0;
 
     memset(run, 0, sizeof(*run));
     run->server_lfd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
     cr_assert(run->server_lfd >= 0, "%s", err);
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", addr_local_port(run->server_lfd));
+    snprintf(run->server_addr, sizeof(run->server_addr), "%s", addr);
+    snprintf(run->extra, sizeof(run->extra), "%s", extra);
     pthread_create(&srv, NULL, server_accept, run);
     pthread_detach(srv);
     t_edge_start(&e, t_app("sequencer"), addr, extra);
     run->edge = &e;
     if (with_kills)
         pthread_create(&kil, NULL, killer, run);
+    if (with_reloads)
+        pthread_create(&rel, NULL, reloader, run);
     for (int i = 0; i < SESSIONS; i++) {
         args[i] = (struct cli_arg){ run, i };
         pthread_create(&cli[i], NULL, client_session, &args[i]);
@@ -352,6 +397,15 @@ static int run_sessions(struct run *run, const char *extra, int with_kills)
         pthread_join(cli[i], NULL);
     if (with_kills)
         pthread_join(kil, &kills);
+    if (with_reloads) {
+        pthread_join(rel, &reloads);
+        cr_log_info("reloads sent: %d", (int)(intptr_t)reloads);
+        char log[600];
+        snprintf(log, sizeof(log), "%s", e.sup.log);
+        cr_assert_geq(file_count(log, "msg=\"configuration reloaded\""), 10,
+                      "reloads must land for the test to mean anything (%d sent)",
+                      (int)(intptr_t)reloads);
+    }
     /* the server side finishes when the session's CLOSE arrives */
     for (int i = 0; i < 500; i++) {
         int all = 1;
@@ -378,12 +432,12 @@ static int run_sessions(struct run *run, const char *extra, int with_kills)
     return (int)(intptr_t)kills;
 }
 
-int t_storm_compare(const char *extra)
+static int storm_compare(const char *extra, int with_reloads)
 {
     static struct run clean, faulty;
 
-    run_sessions(&clean, extra, 0);
-    int kills = run_sessions(&faulty, extra, 1);
+    run_sessions(&clean, extra, 0, 0);
+    int kills = run_sessions(&faulty, extra, 1, with_reloads);
     cr_log_info("kills: %d", kills);
     for (int i = 0; i < SESSIONS; i++) {
         cr_assert(!clean.failed[i], "clean run, session %d: %s", i, clean.why[i]);
@@ -404,3 +458,13 @@ int t_storm_compare(const char *extra)
     return kills;
 }
 
+
+int t_storm_compare(const char *extra)
+{
+    return storm_compare(extra, 0);
+}
+
+int t_storm_compare_reloads(const char *extra)
+{
+    return storm_compare(extra, 1);
+}

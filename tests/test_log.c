@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -126,4 +128,50 @@ Test(log, config_level_and_environment)
         unsetenv("CESSNA_LOG");
     log_init("cessna-tests");
     log_threshold = log_level_parse(saved) >= 0 ? log_level_parse(saved) : LOG_INFO;
+}
+
+/* The node-wide level page: a child that follows it sees each level the parent sets (as a
+ * running worker sees a reload), and cannot make the page writable (an app in a worker must
+ * not change the node's level). Criterion runs each test in a process of its own. */
+Test(log, shared_level_page_is_followed_and_read_only)
+{
+    unsetenv("CESSNA_LOG");
+    log_init("test");
+    log_set_level(LOG_INFO);
+    int fd = log_share();
+    cr_assert(fd >= 0, "log_share: %s", strerror(errno));
+    int go[2], back[2];
+    cr_assert_eq(pipe(go), 0);
+    cr_assert_eq(pipe(back), 0);
+
+    pid_t pid = fork();
+    if (pid == 0) {
+        char c, seen[3];
+        if (log_follow(dup(fd)) < 0)
+            _exit(10);
+        seen[0] = (char)('0' + log_threshold);
+        /* Writable again? Neither mprotect nor a new writable mapping may succeed. */
+        void *page = (void *)log_threshold_p;
+        if (mprotect(page, 4096, PROT_READ | PROT_WRITE) == 0)
+            _exit(11);
+        if (mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) != MAP_FAILED)
+            _exit(12);
+        log_set_level(LOG_ERROR);   /* a follower's own call changes nothing */
+        seen[1] = (char)('0' + log_threshold);
+        if (write(back[1], seen, 2) != 2 || read(go[0], &c, 1) != 1)
+            _exit(13);
+        seen[2] = (char)('0' + log_threshold);
+        _exit(write(back[1], seen + 2, 1) == 1 ? 0 : 14);
+    }
+    char got[3];
+    cr_assert_eq(read(back[0], got, 2), 2);
+    cr_expect_eq(got[0], '0' + LOG_INFO);
+    cr_expect_eq(got[1], '0' + LOG_INFO);
+    log_set_level(LOG_DEBUG);   /* the "reload" */
+    cr_assert_eq(write(go[1], "x", 1), 1);
+    cr_assert_eq(read(back[0], got + 2, 1), 1);
+    cr_expect_eq(got[2], '0' + LOG_DEBUG, "the follower saw level %c", got[2]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the follower: status %d", st);
 }

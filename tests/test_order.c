@@ -243,7 +243,7 @@ Test(order, first_entry_delta_from_zero)
     struct order_entry e = { .src = ORDER_START, .time_ms = 300 }, out;
 
     size_t n = order_encode(buf, &e, &pt);
-    cr_assert_eq(n, 3);
+    cr_assert_eq(n, 4, "START: src, delta, app hash 0");
     cr_assert(buf[1] == 0xac && buf[2] == 0x02, "delta from 0 is 300 = ac 02");
     cr_assert_eq(order_decode(buf, n, &off, &out, &dt), 0);
     cr_assert_eq(out.time_ms, 300);

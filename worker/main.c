@@ -28,12 +28,14 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: cessna-worker --zygote --app MODULE.so --fd N --state-dir DIR [--cache-dir DIR]\n"
-        "                     [--sandbox on|off] [--worker-user USER]\n"
+        "                     [--sandbox on|off] [--worker-user USER] [--log-fd N]\n"
         "\n"
         "The per-app zygote that cessna-supervisor starts; it is not run by hand.\n"
         "It loads MODULE.so, then forks one worker per session on the supervisor's\n"
         "request over the socket N. In ps it shows as 'cessna-worker zygote app=NAME', each\n"
         "worker as 'cessna-worker session=ID' (a hot standby: '... standby').\n"
+        "--log-fd N is the supervisor's log level page: its level, reloads included, holds\n"
+        "for the zygote and every worker.\n"
         "  -V, --version   print the version and exit\n");
 }
 
@@ -92,6 +94,7 @@ int main(int argc, char **argv)
         { "zygote", no_argument, NULL, 'z' },
         { "app", required_argument, NULL, 'a' },
         { "fd", required_argument, NULL, 'f' },
+        { "log-fd", required_argument, NULL, 'l' },
         { "cache-dir", required_argument, NULL, 'c' },
         { "state-dir", required_argument, NULL, 's' },
         { "sandbox", required_argument, NULL, 'b' },
@@ -101,7 +104,7 @@ int main(int argc, char **argv)
         { 0 },
     };
     const char *app = NULL, *cache_dir = NULL, *worker_user = "nobody";
-    int sock = -1, zygote = 0, sandbox = 1, c;
+    int sock = -1, log_fd = -1, zygote = 0, sandbox = 1, c;
     char err[256];
 
     while ((c = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
@@ -109,6 +112,7 @@ int main(int argc, char **argv)
         case 'z': zygote = 1; break;
         case 'a': app = optarg; break;
         case 'f': sock = atoi(optarg); break;
+        case 'l': log_fd = atoi(optarg); break;
         case 'c': cache_dir = optarg; break;
         case 's': rt_set_state_dir(optarg); break;
         case 'b': sandbox = strcmp(optarg, "off") != 0; break;
@@ -133,6 +137,11 @@ int main(int argc, char **argv)
         report_ready(sock, -EINVAL, err);
         return 1;
     }
+    /* The supervisor's level, reloads included, for every worker. Mapped only now: the
+     * layout fingerprint (load addresses) must be what cessna-replay, which has no such
+     * page, gets too. */
+    if (log_fd >= 0)
+        log_follow(log_fd);
     if (cache_dir && *cache_dir) {
         int dfd = open(cache_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (dfd == -1) {

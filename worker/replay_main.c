@@ -71,11 +71,21 @@ static int drain(struct replay *r)
             return 1;
         }
         if (rc == 1) {
-            ring_asm_reset(&r->out_asm);
+            struct shm_rec h = { 0 };
+            if (len >= sizeof(h))
+                memcpy(&h, whole, sizeof(h));
             if (type == OUT_CLIENT || type == OUT_SERVER)
                 r->outputs[type == OUT_SERVER]++;
             else if (type == OUT_DONE || type == OUT_FAIL)
                 done = 1;
+            if (type == OUT_DONE && h.a && len >= sizeof(h)) {
+                int tlen = (int)(len - sizeof(h));
+                printf("the app closed the session at event %llu: code %lld%s%.*s\n",
+                       (unsigned long long)h.pos, (long long)(int64_t)h.b, tlen ? ", " : "",
+                       tlen > SHM_CLOSE_TEXT_MAX ? SHM_CLOSE_TEXT_MAX : tlen,
+                       (const char *)whole + sizeof(h));
+            }
+            ring_asm_reset(&r->out_asm);
         }
         ring_pop(&r->out);
     }
@@ -154,6 +164,7 @@ static int start_worker(struct replay *r, uint64_t session_id, uint64_t restore_
     r->ctl->session_id = session_id;
     r->ctl->max_message = max_message;
     atomic_store(&r->ctl->consumed, restore_pos);
+    r->ctl->log_offline = 1;   /* cessna_log lines go to stderr, marked replay=1 */
     ring_format(shm_in_ring(base), ring_size);
     ring_format(shm_out_ring(base, ring_size), ring_size);
     ring_attach(&r->in, shm_in_ring(base));

@@ -10,6 +10,7 @@
 #include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/personality.h>
@@ -21,6 +22,7 @@
 #include <xxhash.h>
 
 #include "cessna.h"
+#include "appcfg.h"
 #include "arena.h"
 #include "determ.h"
 #include "log.h"
@@ -62,6 +64,12 @@ struct rt_state {
     struct rt_cache_obj *cache;
     uint32_t ncache, cache_cap;
     int shut_down;
+    char *app_cfg;           /* the session's [app] values (appcfg.h), from its start event */
+    uint32_t app_cfg_len;
+    int closing;             /* cessna_close_session was called: the event ends the session */
+    int64_t close_code;
+    char close_text[SHM_CLOSE_TEXT_MAX + 1];
+    uint64_t log_no;         /* cessna_log lines so far (shm.h: log_done) */
 };
 
 /* Process-local: rebuilt on every start, never snapshotted. */
@@ -461,20 +469,147 @@ const void *cessna_cache_read(const char *name, size_t *len)
     return o->data;
 }
 
+/* ---- ending the session, [app] values, log lines ---- */
+
+int cessna_close_session(int code, const char *text)
+{
+    struct rt_state *st = L.st;
+
+    if (!st)
+        return -EINVAL;
+    if (st->closing || st->shut_down)
+        return -EALREADY;
+    st->closing = 1;   /* handle_event ends the session once the app returns */
+    st->close_code = code;
+    snprintf(st->close_text, sizeof(st->close_text), "%s", text ? text : "");
+    return 0;
+}
+
+const char *cessna_config(const char *key)
+{
+    if (!L.st || !key || !L.st->app_cfg)
+        return NULL;
+    return appcfg_get(L.st->app_cfg, L.st->app_cfg_len, key);
+}
+
+long long cessna_config_int(const char *key, long long dflt)
+{
+    const char *v = cessna_config(key);
+    char *end;
+    long long x;
+    int saved = errno;
+
+    if (!v || !*v)
+        return dflt;
+    errno = 0;
+    x = strtoll(v, &end, 10);
+    if (*end || errno) {
+        errno = saved;
+        return dflt;
+    }
+    errno = saved;
+    return x;
+}
+
+#define RT_LOG_TEXT_MAX 1024   /* bytes of an app's line before escaping */
+#define RT_LOG_MSG_MAX  600    /* bytes of the escaped msg="..." value in the log line */
+
+/* Quote-safe copy of at most cap - 1 bytes: the app cannot end the value, add a field
+ * or start a line. Returns 1 when src did not fit whole. */
+static int log_escape(char *dst, size_t cap, const char *src)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+
+    for (; *src; src++) {
+        unsigned char c = (unsigned char)*src;
+        char e[4];
+        size_t k = 0;
+
+        if (c == '"' || c == '\\') {
+            e[k++] = '\\';
+            e[k++] = (char)c;
+        } else if (c == '\n' || c == '\r' || c == '\t') {
+            e[k++] = '\\';
+            e[k++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+        } else if (c < 0x20 || c == 0x7f) {
+            e[k++] = '\\';
+            e[k++] = 'x';
+            e[k++] = hex[c >> 4];
+            e[k++] = hex[c & 15];
+        } else {
+            e[k++] = (char)c;
+        }
+        if (n + k >= cap) {
+            dst[n] = 0;
+            return 1;
+        }
+        memcpy(dst + n, e, k);
+        n += k;
+    }
+    dst[n] = 0;
+    return 0;
+}
+
+/* Deterministic up to the write: the text is formatted and numbered on every run (the
+ * formatting may allocate from the arena); whether it is written depends on the log
+ * level and on what earlier workers of this session wrote (shm.h), never the app's state. */
+void cessna_log(int level, const char *fmt, ...)
+{
+    char text[RT_LOG_TEXT_MAX], msg[RT_LOG_MSG_MAX], name[33], body[RT_LOG_MSG_MAX + 160];
+    const char *app = L.app && L.app->name ? L.app->name : "?";
+    struct rt_state *st = L.st;
+    va_list ap;
+    uint64_t no;
+    int cut, threshold;
+    size_t i;
+
+    if (!st || !fmt)
+        return;
+    va_start(ap, fmt);
+    cut = vsnprintf(text, sizeof(text), fmt, ap) >= (int)sizeof(text);
+    va_end(ap);
+    no = ++st->log_no;
+    if (no <= L.ctl->log_done)
+        return;   /* a worker before this one wrote it */
+    level = level < LOG_ERROR ? LOG_ERROR : level > LOG_DEBUG ? LOG_DEBUG : level;
+    threshold = L.ctl->log_level ? (int)L.ctl->log_level - 1 : log_threshold;
+    if (level <= threshold && (L.ctl->log_offline || st->pos > L.ctl->log_quiet_until)) {
+        for (i = 0; app[i] && i < sizeof(name) - 1; i++)
+            name[i] = strchr("\"\\= ", app[i]) || (unsigned char)app[i] < 0x21 ||
+                      (unsigned char)app[i] > 0x7e ? '_' : app[i];
+        name[i] = 0;
+        cut |= log_escape(msg, sizeof(msg), text);
+        snprintf(body, sizeof(body), "session=%llu app=%s msg=\"%s\"%s%s",
+                 (unsigned long long)st->session_id, name, msg, cut ? " truncated=1" : "",
+                 L.ctl->log_offline ? " replay=1" : "");
+        log_raw(level, body);
+    }
+    L.ctl->log_done = no;
+}
+
 /* ---- the event loop ---- */
 
 __attribute__((noreturn))
 static void finish(void)
 {
+    struct rt_state *st = L.st;
+    size_t tlen = strlen(st->close_text);
     struct shm_rec *r;
 
-    if (!L.st->shut_down) {
-        L.st->shut_down = 1;
+    if (!st->shut_down) {
+        st->shut_down = 1;
         if (L.app->shutdown)
             L.app->shutdown();
     }
-    r = out_reserve(OUT_DONE, 0);
-    (void)r;
+    /* After the outputs of this event and of shutdown(): the supervisor delivers them,
+     * then CLOSE or ERROR (an app's close), or CLOSE (an endpoint's). */
+    r = out_reserve(OUT_DONE, st->closing ? tlen : 0);
+    if (st->closing) {
+        r->a = 1;
+        r->b = (uint64_t)st->close_code;
+        memcpy(r + 1, st->close_text, tlen);
+    }
     ring_commit(&L.out);
     atomic_store(&L.ctl->consumed, L.st->pos);
     ring_out_bell();
@@ -489,14 +624,23 @@ static void handle_event(uint16_t type, const struct shm_rec *ev, uint32_t len)
 
     st->pos = ev->pos;
     st->now_ms = ev->time;
+    if (st->closing)
+        finish();   /* not reached: the event that closed ended the worker */
     switch (type) {
     case EV_START:
+        /* The session's [app] values, kept in the arena: every snapshot has them. */
+        if (mlen) {
+            if (!(st->app_cfg = arena_malloc(mlen)))
+                rt_fail("no arena memory for the %zu bytes of [app] values", mlen);
+            memcpy(st->app_cfg, msg, mlen);
+            st->app_cfg_len = (uint32_t)mlen;
+        }
         if (L.app->init) {
             int rc = L.app->init();
             if (rc != 0)
                 rt_fail("app %s: init() returned %d", L.app->name ? L.app->name : "?", rc);
         }
-        if (L.app->accept_client_connection)
+        if (L.app->accept_client_connection && !st->closing)
             L.app->accept_client_connection();
         break;
     case EV_CLIENT:
@@ -519,6 +663,8 @@ static void handle_event(uint16_t type, const struct shm_rec *ev, uint32_t len)
     default:
         rt_fail("unknown event type %u at position %llu", type, (unsigned long long)ev->pos);
     }
+    if (st->closing)
+        finish();   /* cessna_close_session: no event after this one reaches the app */
 }
 
 static long long mono_ns(void)
