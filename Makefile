@@ -171,6 +171,11 @@ demo: deps
 	$(MAKE) all
 	scripts/demo.sh $(BUILD)
 
+# The example apps on loopback, each with its driver and a worker killed midway.
+demo-confctl demo-game: demo-%: deps
+	$(MAKE) all
+	scripts/demo-$*.sh $(BUILD)
+
 deps:
 	scripts/install-deps.sh
 
@@ -234,5 +239,5 @@ uninstall:
 clean:
 	rm -rf build build-san
 
-.PHONY: all test test-sanitize soak demo deps clean install uninstall FORCE
+.PHONY: all test test-sanitize soak demo demo-confctl demo-game deps clean install uninstall FORCE
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
