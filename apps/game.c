@@ -8,7 +8,7 @@
  *   from the client:  move DX DY   velocity in units per tick (clamped to max_speed, 10)
  *                     fire         a shot in the direction of the last move
  *   from the server:  spawn ID X Y coin|mine    remove ID
- *                     peer NAME X Y             another player's position ("gone NAME")
+ *                     peer NAME X Y             another player's position
  *
  * Any command may start with "@T ": it applies at tick T (the lockstep style: inputs are
  * sent a little ahead, so when they arrive does not matter); without it, or when T has
@@ -20,13 +20,13 @@
  * scores 5. At 0 hp the player dies and respawns in the middle; after [app] lives (3)
  * deaths the game is over and the session ends. Each tick sends what changed:
  *
- *   to the client:  "tick N\n" then lines: pos X Y | hp H | score S | lives L | take ID
+ *   to both:        "tick N\n", then the events: take ID | hit NAME | death | over score=S
+ *   to the client:  pos X Y | hp H | score S | lives L (what changed in the player),
  *                   item+ ID X Y KIND | item- ID | peer NAME X Y | shot ID X Y | shot- ID
- *                   hit NAME | death | over score=S
- *   to the server:  "tick N pos X Y vel VX VY hp H score S lives L\n" when the player
- *                   changed, plus the take / hit / death / over lines
+ *   to the server:  "state pos X Y vel VX VY hp H score S lives L" (the authoritative
+ *                   state, when it changed)
  *
- * Nothing is sent on a tick where nothing changed.
+ * A side gets nothing on a tick where nothing changed for it.
  *
  * Build: cc -shared -fPIC $(pkg-config --cflags cessna) game.c -o game.so
  */
@@ -41,24 +41,24 @@
 #define MAX_ITEMS 64
 #define MAX_PEERS 8
 #define MAX_SHOTS 16
-#define MAX_PENDING 4096                 /* queued inputs per side */
+#define MAX_PENDING 256                /* inputs waiting for their tick, per side */
 
 struct player { int x, y, vx, vy, fx, fy, hp, lives, score; };
 struct item { int id, x, y, live; char kind[8]; };
 struct peer { char name[16]; int x, y, live; };
 struct shot { int id, x, y, vx, vy, live; };
-struct input { uint64_t tick; struct input *next; char text[64]; };
-struct out { char buf[8192]; size_t len; };   /* one tick's message to one side */
+struct input { uint64_t tick; char text[80]; };
+struct out { char buf[8192]; size_t len, head; };  /* one tick's message to one side */
 
-static struct player me, told_client, told_server;  /* now, and as each side last saw it */
+static struct player me, told;         /* now, and as the last tick told it */
 static struct item items[MAX_ITEMS];
 static struct peer peers[MAX_PEERS];
 static struct shot shots[MAX_SHOTS];
-static struct input *queue[2];         /* pending inputs: [0] client, [1] server */
-static int queued[2], next_shot = 1;
+static struct input pending[2][MAX_PENDING];   /* [0] the client's, [1] the server's */
+static int npending[2], next_shot = 1;
 static uint64_t tick;
 static int tick_ms, size, max_speed, lives;
-static struct out oc, os, ev;          /* to the client, to the server, the server's events */
+static struct out oc, os;              /* this tick's messages to the client, the server */
 
 static void say(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(struct out *o, const char *fmt, ...)
@@ -72,8 +72,10 @@ static void say(struct out *o, const char *fmt, ...)
         o->len += (size_t)n;           /* a full buffer drops the line, never half of it */
 }
 
+#define event(...) (say(&oc, __VA_ARGS__), say(&os, __VA_ARGS__))   /* news for both */
+
 static int clamp(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
-static int near(int x1, int y1, int x2, int y2, int r) { return abs(x1 - x2) <= r && abs(y1 - y2) <= r; }
+static int near(int x, int y, int x2, int y2, int r) { return abs(x - x2) <= r && abs(y - y2) <= r; }
 
 static void respawn(void)
 {
@@ -98,7 +100,7 @@ static int app_init(void)
     respawn();
     me.fx = 1;                         /* facing +x until the first move */
     me.lives = lives;
-    told_client = told_server = (struct player){ .lives = -1 };   /* all of it is news */
+    told.lives = -1;                   /* so the first tick tells everything */
     cessna_set_timeout(on_tick, NULL, (uint64_t)tick_ms);
     return 0;
 }
@@ -122,19 +124,13 @@ static void enqueue(int side, const void *data, size_t len)
         if (at <= tick)
             at = tick + 1;             /* late: as soon as possible */
     }
-    struct input *in = queued[side] < MAX_PENDING ? cessna_malloc(sizeof(*in)) : NULL;
-    if (!in) {
-        cessna_log(CESSNA_LOG_WARN, "input queue full, dropped: %s", text);
+    if (npending[side] == MAX_PENDING) {
+        cessna_log(CESSNA_LOG_WARN, "more than %d inputs ahead, dropped: %s", MAX_PENDING, text);
         return;
     }
+    struct input *in = &pending[side][npending[side]++];
     in->tick = at;
-    in->next = NULL;
     snprintf(in->text, sizeof(in->text), "%s", text);
-    struct input **pp = &queue[side];
-    while (*pp)                        /* keep arrival order: append */
-        pp = &(*pp)->next;
-    *pp = in;
-    queued[side]++;
 }
 
 static void client_input(const char *t)
@@ -176,47 +172,35 @@ static void server_input(const char *t)
                 items[i].live = 0;
                 say(&oc, "item- %d\n", id);
             }
-    } else if (sscanf(t, "peer %15s %d %d", name, &x, &y) == 3 || sscanf(t, "gone %15s", name) == 1) {
-        int live = t[0] == 'p', free_slot = -1;
-        for (int i = 0; i < MAX_PEERS; i++) {
-            if (peers[i].live && strcmp(peers[i].name, name) == 0) {
-                free_slot = i;
-                break;
-            }
-            if (!peers[i].live && free_slot < 0)
-                free_slot = i;
-        }
-        if (free_slot < 0 || (!live && !peers[free_slot].live))
-            return;                    /* no room, or gone before it came */
-        struct peer *p = &peers[free_slot];
+    } else if (sscanf(t, "peer %15s %d %d", name, &x, &y) == 3) {
+        struct peer *p = NULL;
+        for (int i = 0; i < MAX_PEERS; i++)     /* this one, or else the first free slot */
+            if ((peers[i].live && strcmp(peers[i].name, name) == 0) ||
+                (!peers[i].live && !p))
+                p = &peers[i];
+        if (!p)
+            return;
+        *p = (struct peer){ "", x, y, 1 };
         snprintf(p->name, sizeof(p->name), "%s", name);
-        p->live = live;
-        p->x = x;
-        p->y = y;
-        if (live)
-            say(&oc, "peer %s %d %d\n", name, x, y);
-        else
-            say(&oc, "peer %s gone\n", name);
+        say(&oc, "peer %s %d %d\n", name, x, y);
     }
 }
 
-/* Apply (and free) every queued input of one side due by now, in arrival order. */
+/* Apply every input of one side that is due, in arrival order; keep the others. */
 static void apply_due(int side)
 {
-    for (struct input **pp = &queue[side]; *pp; ) {
-        struct input *in = *pp;
-        if (in->tick > tick) {
-            pp = &in->next;
-            continue;
-        }
-        *pp = in->next;
-        queued[side]--;
-        if (side)
+    int kept = 0;
+
+    for (int i = 0; i < npending[side]; i++) {
+        struct input *in = &pending[side][i];
+        if (in->tick > tick)
+            pending[side][kept++] = *in;
+        else if (side)
             server_input(in->text);
         else
             client_input(in->text);
-        cessna_free(in);
     }
+    npending[side] = kept;
 }
 
 /* ---- the rules ---- */
@@ -242,8 +226,7 @@ static void step(void)
             if (peers[k].live && near(s->x, s->y, peers[k].x, peers[k].y, 15)) {
                 s->live = 0;
                 me.score += 5;
-                say(&oc, "hit %s\n", peers[k].name);
-                say(&ev, "hit %s\n", peers[k].name);
+                event("hit %s\n", peers[k].name);
             }
         if (s->live && s->x == clamp(s->x, 0, size) && s->y == clamp(s->y, 0, size)) {
             say(&oc, "shot %d %d %d\n", s->id, s->x, s->y);
@@ -262,60 +245,51 @@ static void step(void)
             me.hp--;
         else
             me.score++;
-        say(&oc, "take %d\n", it->id);
-        say(&ev, "take %d\n", it->id);
+        event("take %d\n", it->id);
     }
 
     if (me.hp <= 0) {
         me.lives--;
-        say(&oc, "death\n");
-        say(&ev, "death\n");
-        cessna_log(CESSNA_LOG_INFO, "player died at tick %" PRIu64 ", %d lives left", tick, me.lives);
+        event("death\n");
+        cessna_log(CESSNA_LOG_INFO, "player died at tick %" PRIu64 ", %d lives left", tick,
+                   me.lives);
         respawn();
     }
-}
-
-/* What changed in the player since `told`, to the client; then told = now. */
-static void player_delta(struct player *told)
-{
-    if (me.x != told->x || me.y != told->y)
-        say(&oc, "pos %d %d\n", me.x, me.y);
-    if (me.hp != told->hp)
-        say(&oc, "hp %d\n", me.hp);
-    if (me.score != told->score)
-        say(&oc, "score %d\n", me.score);
-    if (me.lives != told->lives)
-        say(&oc, "lives %d\n", me.lives);
-    *told = me;
 }
 
 static void on_tick(void *arg)
 {
     (void)arg;
     tick++;
-    oc.len = os.len = ev.len = 0;
+    oc.len = os.len = 0;
     say(&oc, "tick %" PRIu64 "\n", tick);
-    size_t head = oc.len;
+    say(&os, "tick %" PRIu64 "\n", tick);
+    oc.head = os.head = oc.len;
 
     apply_due(1);                      /* the world first, then the player's inputs */
     apply_due(0);
     step();
-    player_delta(&told_client);
+    /* To the client, what changed in its player; to the server, the whole state. */
+    if (me.x != told.x || me.y != told.y)
+        say(&oc, "pos %d %d\n", me.x, me.y);
+    if (me.hp != told.hp)
+        say(&oc, "hp %d\n", me.hp);
+    if (me.score != told.score)
+        say(&oc, "score %d\n", me.score);
+    if (me.lives != told.lives)
+        say(&oc, "lives %d\n", me.lives);
+    if (memcmp(&me, &told, sizeof(me)) != 0)
+        say(&os, "state pos %d %d vel %d %d hp %d score %d lives %d\n", me.x, me.y, me.vx,
+            me.vy, me.hp, me.score, me.lives);
+    told = me;
     if (me.lives == 0) {               /* game over: tell both, then end the session */
-        say(&oc, "over score=%d\n", me.score);
-        say(&ev, "over score=%d\n", me.score);
+        event("over score=%d\n", me.score);
         cessna_log(CESSNA_LOG_INFO, "game over at tick %" PRIu64 ", score %d", tick, me.score);
     }
-    /* The server gets the authoritative state, then the events, when either is news. */
-    if (memcmp(&me, &told_server, sizeof(me)) != 0 || ev.len) {
-        say(&os, "tick %" PRIu64 " pos %d %d vel %d %d hp %d score %d lives %d\n", tick,
-            me.x, me.y, me.vx, me.vy, me.hp, me.score, me.lives);
-        say(&os, "%.*s", (int)ev.len, ev.buf);
-        told_server = me;
-        cessna_send_msg_to_server(os.buf, os.len);
-    }
-    if (oc.len > head)                 /* something beyond the "tick N" line */
+    if (oc.len > oc.head)              /* nothing is sent for a quiet tick */
         cessna_send_msg_to_client(oc.buf, oc.len);
+    if (os.len > os.head)
+        cessna_send_msg_to_server(os.buf, os.len);
     if (me.lives == 0)
         cessna_close_session(0, NULL);
     else

@@ -23,7 +23,7 @@ static const char *const world[] = {
     "@25 spawn 4 740 500 mine", "@25 peer zed 500 700", "@26 spawn 8 100 100 coin",
     "@60 remove 99", "@70 remove 8", "@90 peer zed 520 720", "@130 spawn 5 520 900 mine",
     "@130 spawn 6 520 950 mine", "@131 spawn 7 520 990 mine", "@131 spawn 9 600 1000 coin",
-    "@133 peer ann 900 100", "@134 gone ann",
+    "@133 peer ann 900 100", "@134 peer ann 890 110",
 };
 /* The player: east through a coin and three mines (death 1), two shots into the void,
  * a zigzag after the respawn, then north: two shots hit zed, three mines (death 2) end the
@@ -60,12 +60,13 @@ static struct dx *clean_run(void)
     cr_assert(strstr(c, "take 4\ndeath\npos 500 500\nhp 3\nlives 1\n"), "death 1: %s", c);
     cr_assert(strstr(c, "peer zed 520 720\n") && strstr(c, "hit zed\nshot- 3\n"), "zed: %s", c);
     cr_assert(strstr(c, "shot 3 522 510\npos 522 490\n"), "shot 3: %s", c);
-    cr_assert(strstr(c, "peer ann gone\n") && !strstr(c, "item- 99"), "%s", c);
+    cr_assert(strstr(c, "tick 134\npeer ann 890 110\n") && strstr(c, "tick 70\nitem- 8\n") &&
+              !strstr(c, "item- 99"), "%s", c);
     cr_assert(strstr(c, "tick 151\ntake 7\ndeath\n"), "death 2: %s", c);
     cr_assert(strcmp(c + strlen(c) - 14, "over score=11\n") == 0, "the end: %s", c);
-    cr_assert(strstr(s, "tick 30 pos 505 500 vel 5 0 hp 3 score 0 lives 2\n"), "server: %s", s);
-    cr_assert(strstr(s, "tick 151 pos 500 500 vel 0 0 hp 3 score 11 lives 0\ntake 7\n"
-                        "death\nover score=11\n"), "server: %s", s);
+    cr_assert(strstr(s, "tick 30\nstate pos 505 500 vel 5 0 hp 3 score 0 lives 2\n"), "%s", s);
+    cr_assert(strcmp(strstr(s, "tick 151\n"), "tick 151\ntake 7\ndeath\nstate pos 500 500 "
+                     "vel 0 0 hp 3 score 11 lives 0\nover score=11\n") == 0, "server: %s", s);
     return &clean;
 }
 

@@ -26,7 +26,7 @@ static const char *const inputs[] = {
     "@100 move 0 10", "@101 fire", "@110 fire",
 };
 
-/* Print the lines of one message worth reading; "tick N" lines only every 25 ticks. */
+/* Print the lines of one message worth reading: the position or state every 25 ticks. */
 static void show(const char *who, const char *msg, long n)
 {
     char line[160];
@@ -37,13 +37,10 @@ static void show(const char *who, const char *msg, long n)
         if (!nl)
             nl = end;
         snprintf(line, sizeof(line), "%.*s", (int)(nl - s), s);
-        if (sscanf(line, "tick %lu", &tick) == 1) {
-            if (tick % 25 == 0 && strchr(line, ' ') != strrchr(line, ' '))
-                printf("%s <- %s\n", who, line);          /* the backend's state line */
+        if (sscanf(line, "tick %lu", &tick) == 1 || strncmp(line, "shot", 4) == 0)
+            continue;                  /* the noisy ones */
+        if ((strncmp(line, "pos ", 4) == 0 || strncmp(line, "state ", 6) == 0) && tick % 25)
             continue;
-        }
-        if (strncmp(line, "shot", 4) == 0 || (strncmp(line, "pos ", 4) == 0 && tick % 25))
-            continue;                                      /* the noisy ones */
         printf("%s <- tick %lu: %s\n", who, tick, line);
     }
     fflush(stdout);
