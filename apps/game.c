@@ -26,7 +26,8 @@
  *   to the server:  "state pos X Y vel VX VY hp H score S lives L" (the authoritative
  *                   state, when it changed)
  *
- * A side gets nothing on a tick where nothing changed for it.
+ * A side gets nothing on a tick where nothing changed for it; an input it sent that the
+ * game does not know gets "error unknown input "TEXT"" at the tick it was due.
  *
  * Build: cc -shared -fPIC $(pkg-config --cflags cessna) game.c -o game.so
  */
@@ -133,7 +134,8 @@ static void enqueue(int side, const void *data, size_t len)
     snprintf(in->text, sizeof(in->text), "%s", text);
 }
 
-static void client_input(const char *t)
+/* 1 when t was understood. */
+static int client_input(const char *t)
 {
     int dx, dy;
 
@@ -150,10 +152,13 @@ static void client_input(const char *t)
                 shots[i] = (struct shot){ next_shot++, me.x, me.y, me.fx * 2, me.fy * 2, 1 };
                 break;
             }
+    } else {
+        return 0;
     }
+    return 1;
 }
 
-static void server_input(const char *t)
+static int server_input(const char *t)
 {
     char name[16], kind[8];
     int id, x = 0, y = 0;
@@ -178,12 +183,15 @@ static void server_input(const char *t)
             if ((peers[i].live && strcmp(peers[i].name, name) == 0) ||
                 (!peers[i].live && !p))
                 p = &peers[i];
-        if (!p)
-            return;
-        *p = (struct peer){ "", x, y, 1 };
-        snprintf(p->name, sizeof(p->name), "%s", name);
-        say(&oc, "peer %s %d %d\n", name, x, y);
+        if (p) {
+            *p = (struct peer){ "", x, y, 1 };
+            snprintf(p->name, sizeof(p->name), "%s", name);
+            say(&oc, "peer %s %d %d\n", name, x, y);
+        }
+    } else {
+        return 0;
     }
+    return 1;
 }
 
 /* Apply every input of one side that is due, in arrival order; keep the others. */
@@ -195,10 +203,8 @@ static void apply_due(int side)
         struct input *in = &pending[side][i];
         if (in->tick > tick)
             pending[side][kept++] = *in;
-        else if (side)
-            server_input(in->text);
-        else
-            client_input(in->text);
+        else if (!(side ? server_input(in->text) : client_input(in->text)))
+            say(side ? &os : &oc, "error unknown input \"%s\"\n", in->text);
     }
     npending[side] = kept;
 }

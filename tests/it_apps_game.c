@@ -23,14 +23,14 @@ static const char *const world[] = {
     "@25 spawn 4 740 500 mine", "@25 peer zed 500 700", "@26 spawn 8 100 100 coin",
     "@60 remove 99", "@70 remove 8", "@90 peer zed 520 720", "@130 spawn 5 520 900 mine",
     "@130 spawn 6 520 950 mine", "@131 spawn 7 520 990 mine", "@131 spawn 9 600 1000 coin",
-    "@133 peer ann 900 100", "@134 peer ann 890 110",
+    "@133 peer ann 900 100", "@134 peer ann 890 110", "@135 rain 3",
 };
 /* The player: east through a coin and three mines (death 1), two shots into the void,
  * a zigzag after the respawn, then north: two shots hit zed, three mines (death 2) end the
- * game at tick 151. */
+ * game at tick 151. "jump" and the backend's "rain" are not in the game. */
 static const char *const inputs[] = {
     "@30 move 5 0", "@40 fire", "@41 fire", "@80 move 12 -12", "@84 move -3 0", "@90 move 0 0",
-    "@100 move 0 10", "@101 fire", "@110 fire", "@120 move 1 10", "@121 move 0 10",
+    "@100 move 0 10", "@101 fire", "@110 fire", "@120 move 1 10", "@121 move 0 10", "@122 jump",
 };
 
 static void script(struct dx *d)
@@ -63,6 +63,8 @@ static struct dx *clean_run(void)
     cr_assert(strstr(c, "tick 134\npeer ann 890 110\n") && strstr(c, "tick 70\nitem- 8\n") &&
               !strstr(c, "item- 99"), "%s", c);
     cr_assert(strstr(c, "tick 151\ntake 7\ndeath\n"), "death 2: %s", c);
+    cr_assert(strstr(c, "tick 122\nerror unknown input \"jump\"\n"), "bad input: %s", c);
+    cr_assert(strstr(s, "tick 135\nerror unknown input \"rain 3\"\n"), "bad input: %s", s);
     cr_assert(strcmp(c + strlen(c) - 14, "over score=11\n") == 0, "the end: %s", c);
     cr_assert(strstr(s, "tick 30\nstate pos 505 500 vel 5 0 hp 3 score 0 lives 2\n"), "%s", s);
     cr_assert(strcmp(strstr(s, "tick 151\n"), "tick 151\ntake 7\ndeath\nstate pos 500 500 "
