@@ -68,11 +68,15 @@ $(BUILD)/flags.stamp: FORCE
 	@echo '$(CC) $(CFLAGS) $(LDFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(LDFLAGS)' > $@
 FORCE:
 
-# Rewritten only when the version changes, so only the mains that print it rebuild.
+# Rewritten only when the version changes, so only the mains that print it rebuild. When git
+# cannot describe a checkout it has (`sudo make install` in a tree you own: git refuses a
+# repository owned by another user), the version `make` wrote stays, and nothing recompiles.
+GIT_FAILED   := $(if $(wildcard .git),$(if $(GIT_DESCRIBE),,1))
 $(VERSION_H): FORCE
 	@mkdir -p $(dir $@)
-	@echo '#define CESSNA_VERSION "$(FULL_VERSION)"' | cmp -s - $@ || \
-		echo '#define CESSNA_VERSION "$(FULL_VERSION)"' > $@
+	@if [ -n "$(GIT_FAILED)" ] && [ -f $@ ]; then :; else \
+		echo '#define CESSNA_VERSION "$(FULL_VERSION)"' | cmp -s - $@ || \
+		echo '#define CESSNA_VERSION "$(FULL_VERSION)"' > $@; fi
 $(call obj,$(VERSION_USERS)): $(VERSION_H)
 
 $(BUILD)/obj/%.o: %.c $(BUILD)/flags.stamp

@@ -143,8 +143,8 @@ int evlog_read_dir(const char *dir, uint64_t session_id, uint64_t after,
         rc = read_file(path, session_id, firsts[i], after, r, &next, err, errlen);
     }
     if (rc == 0 && firsts[0] > after + 1) {
-        snprintf(err, errlen, "%s: the log starts at event %llu, events after %llu are needed",
-                 dir, (unsigned long long)firsts[0], (unsigned long long)after);
+        snprintf(err, errlen, "%s: the log starts at event %llu; the replay needs event %llu",
+                 dir, (unsigned long long)firsts[0], (unsigned long long)after + 1);
         rc = -ENOENT;
     }
     if (rc < 0)

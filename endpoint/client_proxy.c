@@ -75,7 +75,7 @@ static int client_init(void)
         snprintf(d->name, sizeof(d->name), "%s", e);
         d->resolved = ploop_resolve(e, &d->ss, &d->len, &d->last_try, err, sizeof(err)) == 0;
         if (!d->resolved)
-            LOG(LOG_WARN, "msg=\"edge address does not resolve (yet)\" edge=%s err=\"%s\"", e, err);
+            LOG(LOG_WARN, "msg=\"edge address does not resolve (yet)\" edge=%s error=\"%s\"", e, err);
     }
     free(list);
     if (!nedges) {
@@ -156,14 +156,14 @@ static void next_edge(struct psess *s)
         s->attempt = i;
         if (!e->resolved &&
             ploop_resolve(e->name, &e->ss, &e->len, &e->last_try, err, sizeof(err)) < 0) {
-            LOG(LOG_WARN, "msg=\"edge unreachable\" edge=%s err=\"%s\"", e->name, err);
+            LOG(LOG_WARN, "msg=\"edge unreachable\" edge=%s error=\"%s\"", e->name, err);
             edge_failed(i);
             continue;
         }
         e->resolved = 1;
         int fd = socket(e->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd == -1) {
-            LOG(LOG_WARN, "msg=\"edge unreachable\" edge=%s err=\"socket: %s\"", e->name,
+            LOG(LOG_WARN, "msg=\"edge unreachable\" edge=%s error=\"socket: %s\"", e->name,
                 strerror(errno));
             continue;
         }
@@ -206,7 +206,7 @@ static void resume_next(struct psess *s)
         struct edge *e = &edges[i];
         if (!e->resolved &&
             ploop_resolve(e->name, &e->ss, &e->len, &e->last_try, err, sizeof(err)) < 0) {
-            LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s err=\"%s\"",
+            LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s error=\"%s\"",
                 (unsigned long long)r->session_id, e->name, err);
             edge_failed(i);
             continue;
@@ -214,7 +214,7 @@ static void resume_next(struct psess *s)
         e->resolved = 1;
         int fd = socket(e->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd == -1) {
-            LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s err=\"socket: %s\"",
+            LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s error=\"socket: %s\"",
                 (unsigned long long)r->session_id, e->name, strerror(errno));
             continue;
         }
@@ -341,7 +341,7 @@ static void client_connected(struct psess *s, enum pside side, int res)
     size_t len = wire_put_hello(hello, WIRE_ROLE_CLIENT, 0, NULL);
 
     if (res < 0 && s->r.detached) {
-        LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s err=\"connect: %s\"",
+        LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s error=\"connect: %s\"",
             (unsigned long long)s->r.session_id, edge, strerror(-res));
         resume_next(s);
         return;
@@ -353,14 +353,14 @@ static void client_connected(struct psess *s, enum pside side, int res)
     if (nedges > 1)
         wire_set_flags(hello, WIRE_F_ROAMS);   /* a drain may move it rather than close it */
     if (res < 0) {
-        LOG(LOG_WARN, "msg=\"edge unreachable\" edge=%s err=\"connect to %s: %s\"", edge, edge,
+        LOG(LOG_WARN, "msg=\"edge unreachable\" edge=%s error=\"connect to %s: %s\"", edge, edge,
             strerror(-res));
         next_edge(s);
         return;
     }
     /* A fresh socket: its send buffer takes the 44 bytes at once. */
     if (send(s->fd[PS_EDGE], hello, len, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)len) {
-        LOG(LOG_WARN, "msg=\"send HELLO failed\" edge=%s err=\"%s\"", edge, strerror(errno));
+        LOG(LOG_WARN, "msg=\"send HELLO failed\" edge=%s error=\"%s\"", edge, strerror(errno));
         next_edge(s);
         return;
     }
@@ -377,7 +377,7 @@ static void client_hs_input(struct psess *s, long res)
     int rc;
 
     if (res <= 0) {
-        LOG(LOG_WARN, "session=%llu msg=\"no WELCOME\" edge=%s err=\"%s\"",
+        LOG(LOG_WARN, "session=%llu msg=\"no WELCOME\" edge=%s error=\"%s\"",
             (unsigned long long)r->session_id, edge,
             res == 0 ? "connection closed" : strerror((int)-res));
         if (r->detached)
@@ -397,7 +397,7 @@ static void client_hs_input(struct psess *s, long res)
     if (rc < 0) {
         refuse(s, rc == -EMSGSIZE ? WIRE_ERR_TOO_BIG : WIRE_ERR_PROTO,
                rc == -EMSGSIZE ? "frame exceeds limit" : "bad frame instead of WELCOME");
-        LOG(LOG_WARN, "msg=\"no WELCOME\" edge=%s err=\"%s\"", edge, strerror(-rc));
+        LOG(LOG_WARN, "msg=\"no WELCOME\" edge=%s error=\"%s\"", edge, strerror(-rc));
         if (r->detached)
             resume_next(s);
         else

@@ -747,6 +747,11 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         }
     }
     if (!listen_addr || !*spec->peer || optind != argc) {
+        if (!listen_addr || !*spec->peer)
+            fprintf(stderr, "%s: --%s is required\n", spec->name,
+                    !listen_addr ? "listen" : spec->peer_opt);
+        else
+            fprintf(stderr, "%s: unexpected argument '%s'\n", spec->name, argv[optind]);
         fputs(spec->usage, stderr);
         return 2;
     }
@@ -758,15 +763,15 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         return rc;
     L.lfd = addr_listen(listen_addr, err, sizeof(err));
     if (L.lfd < 0) {
-        LOG(LOG_ERROR, "msg=\"cannot listen\" err=\"%s\"", err);
+        LOG(LOG_ERROR, "msg=\"cannot listen\" error=\"%s\"", err);
         return 1;
     }
     if ((rc = setup_ring()) < 0) {
-        LOG(LOG_ERROR, "msg=\"io_uring setup failed\" err=\"%s\"", strerror(-rc));
+        LOG(LOG_ERROR, "msg=\"io_uring setup failed\" error=\"%s\"", strerror(-rc));
         return 1;
     }
     if (proxy_print_ready(L.lfd) < 0) {
-        LOG(LOG_ERROR, "msg=\"getsockname failed\" err=\"%s\"", strerror(errno));
+        LOG(LOG_ERROR, "msg=\"getsockname failed\" error=\"%s\"", strerror(errno));
         return 1;
     }
     LOG(LOG_INFO, "msg=\"listening\" listen=%s %s=%s max_message_bytes=%zu handshake_timeout_ms=%d "

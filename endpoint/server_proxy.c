@@ -58,7 +58,7 @@ static int server_init(void)
     if (opt_secret_file) {
         if (cred_load_secret(opt_secret_file, edge_secret, &edge_secret_len, err,
                              sizeof(err)) < 0) {
-            LOG(LOG_ERROR, "msg=\"cannot load the edge secret\" err=\"%s\"", err);
+            LOG(LOG_ERROR, "msg=\"cannot load the edge secret\" error=\"%s\"", err);
             return 1;
         }
     } else {
@@ -66,7 +66,7 @@ static int server_init(void)
             "accepted\"");
     }
     if (opt_store && mkdir(opt_store, 0700) == -1 && errno != EEXIST) {
-        LOG(LOG_ERROR, "msg=\"cannot create the store directory\" store=%s err=\"%s\"",
+        LOG(LOG_ERROR, "msg=\"cannot create the store directory\" store=%s error=\"%s\"",
             opt_store, strerror(errno));
         return 1;
     }
@@ -74,7 +74,7 @@ static int server_init(void)
     target_resolved = ploop_resolve(opt_target, &target_ss, &target_len, &target_last_try, err,
                                     sizeof(err)) == 0;
     if (!target_resolved)
-        LOG(LOG_WARN, "msg=\"target does not resolve (yet)\" target=%s err=\"%s\"", opt_target,
+        LOG(LOG_WARN, "msg=\"target does not resolve (yet)\" target=%s error=\"%s\"", opt_target,
             err);
     return 0;
 }
@@ -181,7 +181,7 @@ static void server_resume(struct psess *s, const struct wire_hdr *h, const struc
     int rc = outq_put(&r->to_edge, frame, wire_put_resume_info(frame, epoch, r->last_out,
                                                                r->seq + 1, r->keep.order_base));
     if (rc == 0 && (rc = store_frames(old->priv, put_piece, r, err, sizeof(err))) < 0)
-        LOG(LOG_ERROR, "session=%llu msg=\"cannot send the stored chain\" err=\"%s\"",
+        LOG(LOG_ERROR, "session=%llu msg=\"cannot send the stored chain\" error=\"%s\"",
             (unsigned long long)id, err);
     if (rc == 0)
         rc = relay_put_kept(r, true, 0);
@@ -214,7 +214,7 @@ static void server_hs_input(struct psess *s, long res)
     int rc;
 
     if (res <= 0) {
-        LOG(LOG_WARN, "msg=\"no HELLO from the edge\" err=\"%s\"",
+        LOG(LOG_WARN, "msg=\"no HELLO from the edge\" error=\"%s\"",
             res == 0 ? "connection closed" : strerror((int)-res));
         ploop_end(s);
         return;

@@ -16,7 +16,7 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: cessna-ctl --socket PATH [--json] COMMAND\n"
+        "usage: cessna-ctl --socket PATH [--json] COMMAND [ID]\n"
         "\n"
         "Commands:\n"
         "  sessions          one line per session: id= worker= state= events= ordered=\n"
@@ -31,14 +31,16 @@ static void usage(FILE *f)
         "                    STATE_DIR/ID/events-FIRST.log (for cessna-replay) and say where\n"
         "  move ID           move session ID to another edge: a final snapshot is shipped to\n"
         "                    the server endpoint, then its client endpoint resumes elsewhere\n"
-        "  drain             move every session away, refuse new ones, and stop the supervisor\n"
-        "                    when none is left (SIGTERM does the same)\n"
+        "  drain             refuse new sessions, move every session that can move, close\n"
+        "                    the others once quiet, and stop the supervisor when none is\n"
+        "                    left (SIGTERM does the same)\n"
         "\n"
         "  -s, --socket PATH the supervisor's control socket ([edge] control)\n"
         "  -j, --json        print one JSON object instead of text: stats as an object of\n"
         "                    its fields, sessions as {\"sessions\": [ ... ]}, the other\n"
         "                    commands as {\"ok\": true, \"message\": TEXT} or {\"ok\": false,\n"
-        "                    \"error\": TEXT}; numbers are numbers, \"-\" (none) is null\n"
+        "                    \"error\": TEXT}; numbers are numbers (the session id is a\n"
+        "                    string), \"-\" (none) is null\n"
         "  -h, --help        this text\n"
         "  -V, --version     print the version and exit\n");
 }
@@ -62,7 +64,8 @@ static json_t *json_value(const char *v)
     return json_string(v);
 }
 
-/* One line of key=value fields as an object; NULL when a word is not key=value. */
+/* One line of key=value fields as an object; NULL when a word is not key=value. A session
+ * id stays a string: 63 bits do not fit a double, and jq 1.6 or JavaScript would round it. */
 static json_t *json_fields(char *line)
 {
     json_t *o = json_object();
@@ -75,7 +78,7 @@ static json_t *json_fields(char *line)
             return NULL;
         }
         *eq = 0;
-        json_object_set_new(o, w, json_value(eq + 1));
+        json_object_set_new(o, w, strcmp(w, "id") == 0 ? json_string(eq + 1) : json_value(eq + 1));
     }
     return o;
 }
@@ -151,6 +154,8 @@ int main(int argc, char **argv)
         }
     }
     if (!path || optind >= argc) {
+        fprintf(stderr, "cessna-ctl: %s\n", !path ? "--socket PATH is required (the edge's control "
+                "socket: [edge] control, by default STATE_DIR/control.sock)" : "no command given");
         usage(stderr);
         return 2;
     }

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -96,10 +97,12 @@ int check_app(char *err, size_t errlen)
     int level = log_threshold, rc;
 
     log_threshold = LOG_WARN;   /* no "zygote ready" line in a check's output */
+    if (!log_level_from_env())
+        setenv("CESSNA_LOG", "warn", 1);   /* nor the zygote's "sandbox on" (it reads this) */
     rc = zygote_start(S.cfg.app, S.cfg.cache_dir, S.cfg.state_dir, why, sizeof(why));
     log_threshold = level;
     if (rc < 0) {
-        snprintf(err, errlen, "app: %s", why);
+        snprintf(err, errlen, "%s%s", strncmp(why, "app ", 4) ? "app: " : "", why);
         return -EINVAL;
     }
     pid_t pid = S.zygote_pid;

@@ -349,13 +349,13 @@ static void set_fd_limit(void)
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: cessna-supervisor -c FILE\n"
+        "usage: cessna-supervisor -c FILE [--check]\n"
         "\n"
         "Runs a CESSNA edge node: accepts client endpoints on [edge] listen, connects each\n"
         "session to the server endpoint, and runs the app module in one worker process per\n"
         "session. Prints 'ready listen=HOST:PORT' on stdout once it accepts sessions.\n"
         "\n"
-        "  -c, --config FILE   the INI configuration (section [edge]; see README)\n"
+        "  -c, --config FILE   the INI configuration (section [edge]; see cessna.ini(5))\n"
         "  -t, --check         check the configuration, the directories it names and that\n"
         "                      the app loads as a CESSNA app, then exit (0: ok)\n"
         "  -h, --help          this text\n"
@@ -370,8 +370,9 @@ static void usage(FILE *f)
         "overridden by the environment: CESSNA_LOG=error|warn|info|debug.\n");
 }
 
-/* An error that stops the supervisor at start, as a log line like any other (the reason
- * keeps its "FILE:LINE: reason" form inside). */
+/* An error that stops the supervisor at start (or fails --check), as a log line like any
+ * other (the reason keeps its "FILE:LINE: reason" form inside). */
+static const char *startup_what = "cannot start";
 static void startup_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void startup_error(const char *fmt, ...)
 {
@@ -384,7 +385,7 @@ static void startup_error(const char *fmt, ...)
     for (char *p = text; *p; p++)   /* the value is quoted: no quote or newline inside */
         if (*p == '"' || *p == '\n')
             *p = '\'';
-    log_write(LOG_ERROR, "msg=\"cannot start\" error=\"%s\"", text);
+    log_write(LOG_ERROR, "msg=\"%s\" error=\"%s\"", startup_what, text);
 }
 
 static int mkdir_p(const char *path)
@@ -429,10 +430,16 @@ int main(int argc, char **argv)
         }
     }
     if (!cfgpath || optind != argc) {
+        if (!cfgpath)
+            fprintf(stderr, "cessna-supervisor: -c FILE is required\n");
+        else
+            fprintf(stderr, "cessna-supervisor: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
         return 2;
     }
     log_init("cessna-supervisor");
+    if (check)
+        startup_what = "check failed";
     if (config_load(cfgpath, &S.cfg, err, sizeof(err)) < 0 ||
         addr_parse(S.cfg.server, &S.server_addr, &S.server_addrlen, err, sizeof(err)) < 0) {
         startup_error("%s", err);
@@ -456,7 +463,7 @@ int main(int argc, char **argv)
     S.log_level_fd = check ? -1 : log_share();   /* a reload's level reaches running workers */
     if (check) {
         if (check_dirs(&S.cfg, err, sizeof(err)) < 0 || check_app(err, sizeof(err)) < 0) {
-            fprintf(stderr, "cessna-supervisor: %s: %s\n", cfgpath, err);
+            startup_error("%s: %s", cfgpath, err);
             return 2;
         }
         printf("%s: ok\n", cfgpath);
@@ -505,7 +512,7 @@ int main(int argc, char **argv)
     int metrics_fd = -1;
     if (S.cfg.metrics_listen[0] &&
         (metrics_fd = metrics_listen(S.cfg.metrics_listen, err, sizeof(err))) < 0) {
-        fprintf(stderr, "cessna-supervisor: %s\n", err);
+        startup_error("%s", err);
         return 1;
     }
     if ((rc = setup_ring()) < 0) {

@@ -247,7 +247,7 @@ int metrics_listen(const char *addr, char *err, size_t errlen)
     }
     listen_fd = addr_listen(addr, why, sizeof(why));
     if (listen_fd < 0)
-        snprintf(err, errlen, "metrics_listen %s: %s", addr, why);
+        snprintf(err, errlen, "metrics_listen: %s", why);   /* why names the address */
     return listen_fd;
 }
 

@@ -612,7 +612,9 @@ static void on_hello(struct session *s, const struct wire_frame *f)
         sess_fail(s, WIRE_ERR_UNAVAILABLE, "%s", err);
         return;
     }
-    LOG(LOG_INFO, "session=%llu msg=\"new session\" worker=%d", ull(s->id), (int)s->pid);
+    /* Its worker is still being started by the zygote: no pid to name yet. */
+    LOG(LOG_INFO, "session=%llu msg=\"new session\" client=%s", ull(s->id),
+        s->log.client[0] ? s->log.client : "?");
 }
 
 void sess_on_connect(struct session *s, int res)

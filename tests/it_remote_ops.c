@@ -557,7 +557,8 @@ Test(remote_ops, drain_while_workers_die)
     int n = edge_session_ids(&w, 0, ids, SESSIONS), mid = 0;
     for (int i = 0; i < n; i++) {
         uint64_t pid = edge_session_field(&w, 0, ids[i], "worker");
-        mid += pid > 0 && kill((pid_t)pid, SIGKILL) == 0;
+        /* killed now, or already being recovered from the killer's last kill */
+        mid += pid == 0 || kill((pid_t)pid, SIGKILL) == 0;
     }
     edge_ctl(&w, 0, "drain", out, sizeof(out));
     cr_expect(strstr(out, "ok draining"), "drain: %s", out);
@@ -570,7 +571,7 @@ Test(remote_ops, drain_while_workers_die)
     w.edge[0].pid = 0;
     cr_log_info("drain with %d sessions killed at its start and %d random kills: %ld ms", mid,
                 k.kills, t_now_ms() - t0);
-    cr_expect_eq(mid, SESSIONS, "every worker was killed as the drain began");
+    cr_expect_eq(mid, SESSIONS, "every session was mid-recovery as the drain began (%d)", mid);
     cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %#x", status);
     cr_assert_geq(k.kills, 5, "kills must land for the test to mean anything");
     edge_log(&w, 0, log, sizeof(log));

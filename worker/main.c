@@ -167,8 +167,8 @@ int main(int argc, char **argv)
         if (rc < 0) {
             for (int i = 0; i < nfds; i++)
                 close(fds[i]);
-            if (rc == -EPIPE)
-                return 0;   /* the supervisor closed the socket: we are done */
+            if (rc == -EPIPE || rc == -ECONNRESET)
+                return 0;   /* the supervisor closed the socket (or exited): we are done */
             LOG(LOG_ERROR, "msg=\"spawn request\" error=\"%s\"", strerror(-rc));
             return 1;
         }
