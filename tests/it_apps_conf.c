@@ -16,14 +16,19 @@
 
 TestSuite(confctl, .timeout = 120);
 
-/* One command, then its answer: every command gets exactly one on the side that sent it. */
+/* One command, then its answer: every command gets exactly one on the side that sent it,
+ * and when that is an event (a numbered line), the other side gets it too: wait for both,
+ * so the next command, from either side, is ordered after this one in every run. */
 static int cmd(struct dx *d, int side, const char *fmt, int i)
 {
-    char text[64];
-    int n = dx_msgs(d, side);
+    char text[64], answer[8];
+    int n = dx_msgs(d, side), other = dx_msgs(d, !side);
 
     snprintf(text, sizeof(text), fmt, i);
-    return dx_send(d, side, text) || dx_wait_msgs(d, side, n + 1, 15000);
+    if (dx_send(d, side, text) || dx_wait_msgs(d, side, n + 1, 15000))
+        return -1;
+    dx_last(d, side, answer, sizeof(answer));
+    return answer[0] >= '0' && answer[0] <= '9' ? dx_wait_msgs(d, !side, other + 1, 15000) : 0;
 }
 
 /* A hand raised and left up: its expiry reaches both sides (one event each). */

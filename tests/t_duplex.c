@@ -122,6 +122,7 @@ static void *reader_main(void *p)
                 s->buf = realloc(s->buf, s->cap);
             }
             memcpy(s->buf + s->len, msg, (size_t)n);
+            s->last = s->len;
             s->len += (size_t)n;
             s->buf[s->len] = 0;
             s->msgs++;
@@ -236,6 +237,15 @@ int dx_send(struct dx *d, int side, const char *text)
     return rc;
 }
 
+void dx_last(struct dx *d, int side, char *out, size_t len)
+{
+    struct dx_side *s = &d->side[side];
+
+    pthread_mutex_lock(&d->lock);
+    snprintf(out, len, "%s", s->buf ? s->buf + s->last : "");
+    pthread_mutex_unlock(&d->lock);
+}
+
 int dx_msgs(struct dx *d, int side)
 {
     pthread_mutex_lock(&d->lock);
@@ -342,12 +352,30 @@ int dx_run(struct dx *d, void (*script)(struct dx *d), enum dx_fault f, int gap_
     return faults;
 }
 
-void dx_finish(struct dx *d)
+/* Both transcripts go to DIR/client.transcript and DIR/server.transcript (for a reader
+ * of a failed test). */
+static void save(struct dx *d)
 {
     for (int side = 0; side < 2; side++) {
+        char path[400];
+        snprintf(path, sizeof(path), "%s/%s.transcript", d->dir, side_name(side));
+        FILE *f = fopen(path, "w");
+        if (f) {
+            fwrite(d->side[side].buf ? d->side[side].buf : "", 1, d->side[side].len, f);
+            fclose(f);
+        }
+    }
+}
+
+void dx_finish(struct dx *d)
+{
+    for (int k = 0; k < 1000 && !(d->side[0].ended && d->side[1].ended); k++)
+        usleep(10000);
+    pthread_mutex_lock(&d->lock);
+    save(d);
+    pthread_mutex_unlock(&d->lock);
+    for (int side = 0; side < 2; side++) {
         struct dx_side *s = &d->side[side];
-        for (int k = 0; k < 1000 && !s->ended; k++)
-            usleep(10000);
         cr_assert_eq(s->ended, 1, "the %s side did not end with CLOSE: %s", side_name(side),
                      s->why);
         pthread_join(s->th, NULL);
@@ -366,6 +394,7 @@ void dx_stop(struct dx *d)
 
 void dx_compare(struct dx *a, struct dx *b)
 {
+    cr_log_info("transcripts in %s and %s", a->dir, b->dir);
     for (int side = 0; side < 2; side++) {
         struct dx_side *x = &a->side[side], *y = &b->side[side];
         size_t at = 0;

@@ -21,7 +21,7 @@ struct dx_side {
     struct cessna_ep *ep;
     pthread_t th;
     char *buf;                         /* every message received, concatenated */
-    size_t len, cap;
+    size_t len, cap, last;             /* last: where the newest message starts */
     int msgs;
     volatile int ended;                /* CLOSE (1) or an error (-1) */
     char why[256];
@@ -61,6 +61,8 @@ int  dx_send(struct dx *d, int side, const char *text);
 int  dx_wait_msgs(struct dx *d, int side, int n, int timeout_ms);
 int  dx_wait_text(struct dx *d, int side, const char *needle, int timeout_ms);
 int  dx_msgs(struct dx *d, int side);
+/* The newest message a side received (cut to len). */
+void dx_last(struct dx *d, int side, char *out, size_t len);
 
 /* Both transcripts of b equal a's, byte for byte (a: the run without faults). */
 void dx_compare(struct dx *a, struct dx *b);
