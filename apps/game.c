@@ -76,7 +76,10 @@ static void say(struct out *o, const char *fmt, ...)
 #define event(...) (say(&oc, __VA_ARGS__), say(&os, __VA_ARGS__))   /* news for both */
 
 static int clamp(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
-static int near(int x, int y, int x2, int y2, int r) { return abs(x - x2) <= r && abs(y - y2) <= r; }
+static int near(int x, int y, int x2, int y2, int r)
+{
+    return abs(x - x2) <= r && abs(y - y2) <= r;
+}
 
 static void respawn(void)
 {

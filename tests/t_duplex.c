@@ -319,17 +319,21 @@ static void *script_main(void *p)
 int dx_run(struct dx *d, void (*script)(struct dx *d), enum dx_fault f, int gap_min_ms,
            int gap_max_ms)
 {
-    unsigned seed = 4242;
+    unsigned seed0 = (unsigned)t_now_ms() ^ (unsigned)getpid(), seed = seed0;  /* new moments */
     int faults = 0;
     pthread_t th;
     char out[256], cmd[64];
 
     d->script = script;
     pthread_create(&th, NULL, script_main, d);
+    cr_log_info("faults: %s", f == DX_NONE ? "none" : f == DX_KILL_WORKER ? "worker kills" :
+                "edge node kills");
     /* Faults come from this thread: the edges it restarts die with the thread that started
      * them (PR_SET_PDEATHSIG). */
     while (!d->script_done && f != DX_NONE) {
-        usleep((useconds_t)(gap_min_ms + (int)(rand_r(&seed) % (unsigned)(gap_max_ms - gap_min_ms + 1))) * 1000);
+        unsigned gap = (unsigned)(gap_max_ms - gap_min_ms + 1);
+        gap = (unsigned)gap_min_ms + rand_r(&seed) % gap;
+        usleep(gap * 1000);
         if (d->script_done)
             break;
         uint64_t worker = 0;
@@ -348,7 +352,7 @@ int dx_run(struct dx *d, void (*script)(struct dx *d), enum dx_fault f, int gap_
         }
     }
     pthread_join(th, NULL);
-    cr_log_info("%d faults", faults);
+    cr_log_info("%d faults (seed %u)", faults, seed0);
     return faults;
 }
 
