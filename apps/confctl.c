@@ -128,7 +128,7 @@ static void remove_member(struct member *m, const char *what)
 /* ROSTER: one message, a header line and one line per member in join order. */
 static void roster(void)
 {
-    size_t cap = 64 + (size_t)nmembers * 64, len;
+    size_t cap = 128 + (size_t)nmembers * 64, len;   /* a member's line is under 64 */
     char *buf = cessna_malloc(cap);
 
     if (!buf)
@@ -223,7 +223,7 @@ static const char *server_cmd(const char *verb, const char *name)
 /* Split "VERB [name]" out of a message (bytes, not a string) and run it. */
 static void command(const void *data, size_t len, int from_server)
 {
-    char line[128], verb[16] = "", name[NAME_MAX_LEN + 1] = "", err[200];
+    char line[128], verb[16] = "", name[64] = "", err[200];
     const char *why;
 
     if (len >= sizeof(line))
@@ -231,8 +231,10 @@ static void command(const void *data, size_t len, int from_server)
     memcpy(line, data, len);
     line[len] = 0;
     line[strcspn(line, "\r\n")] = 0;
-    if (sscanf(line, "%15s %31s", verb, name) < 1)
+    if (sscanf(line, "%15s %63s", verb, name) < 1)
         why = "empty command";
+    else if (strlen(name) > NAME_MAX_LEN)
+        why = "name longer than 31 bytes";
     else
         why = from_server ? server_cmd(verb, name) : client_cmd(verb, name);
     if (!why)

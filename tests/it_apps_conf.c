@@ -13,6 +13,7 @@
 #include "t_duplex.h"
 
 #define HAND_TIMEOUT "hand_timeout_ms = 700\n"
+#define LONG_NAME "abcdefghijklmnopqrstuvwxyz0123456789"   /* 36 bytes: too long */
 
 TestSuite(confctl, .timeout = 120);
 
@@ -53,7 +54,8 @@ static void script(struct dx *d)
         cmd(d, DX_CLIENT, "SPEAK", 0) || cmd(d, DX_CLIENT, "SPEAK", 0) ||
         cmd(d, DX_CLIENT, "MUTE alice", 0) || cmd(d, DX_CLIENT, "MUTE alice", 0) ||
         cmd(d, DX_CLIENT, "JOIN alice", 0) || cmd(d, DX_CLIENT, "WAVE bob", 0) ||
-        cmd(d, DX_SERVER, "KICK zoe", 0) || expire(d, "bob"))
+        cmd(d, DX_SERVER, "KICK zoe", 0) || cmd(d, DX_CLIENT, "JOIN " LONG_NAME, 0) ||
+        expire(d, "bob"))
         return;
     /* Rounds: every hand raised is down again before the round ends (SPEAK, LOWER, LEAVE),
      * so no expiry races the script; the waits for expiries are the only timer firings. */
@@ -105,7 +107,9 @@ static struct dx *clean_run(void)
                       "5 LOWERED bob\n6 RAISED bob 2\n7 SPEAKER alice\n8 SPEAKER bob\n"
                       "ERR SPEAK: nobody in the queue\n9 MUTED alice\n"
                       "ERR MUTE alice: already muted\nERR JOIN alice: already a member\n"
-                      "ERR WAVE bob: unknown command\n10 RAISED bob 1\n11 EXPIRED bob\n"),
+                      "ERR WAVE bob: unknown command\n"
+                      "ERR JOIN " LONG_NAME ": name longer than 31 bytes\n"
+                      "10 RAISED bob 1\n11 EXPIRED bob\n"),
               "client: %.400s", c);
     cr_assert(starts(s, "1 JOINED alice\n2 JOINED bob\n3 RAISED bob 1\n4 RAISED alice 2\n"
                       "5 LOWERED bob\n6 RAISED bob 2\n7 SPEAKER alice\n8 SPEAKER bob\n"
