@@ -2,10 +2,10 @@
  * scripted room gateway (client) and conference backend (server) on native endpoints.
  * Members join, mute, raise hands, take the floor, leave and get kicked; hands expire on
  * their timer ([app] hand_timeout_ms) while the script waits. The same script runs without
- * faults, with the worker SIGKILLed at random moments (cold and hot standby; the expiry
- * timers pending across kills), and with the edge node holding the session killed again
- * and again (remote recovery at another edge): every event line and every ROSTER each side
- * received must equal the run without faults, byte for byte. */
+ * faults, with the worker SIGKILLed at random moments (cold and hot standby, and without
+ * snapshots; the expiry timers pending across kills), and with the edge node holding the
+ * session killed again and again (remote recovery at another edge): every event line and
+ * every ROSTER each side received must equal the run without faults, byte for byte. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
@@ -145,6 +145,12 @@ Test(confctl, worker_kills_cold_standby)
 Test(confctl, worker_kills_hot_standby)
 {
     faulty_run("standby = hot", DX_KILL_WORKER, 1, 10, 60, 10);
+}
+
+/* No snapshot at all: every replacement replays the session from its first event. */
+Test(confctl, worker_kills_without_snapshots)
+{
+    faulty_run("snapshot_interval_ms = 0", DX_KILL_WORKER, 1, 10, 60, 10);
 }
 
 Test(confctl, edge_node_lost_again_and_again)

@@ -3,10 +3,10 @@
  * its whole script at the start, stamped with the ticks it applies at ("@T move 5 0"), so
  * the world depends on the ticks alone and not on when messages arrive. The game runs on a
  * 20 ms tick until the player's last life is lost, and the app ends the session. The same
- * game without faults, with workers SIGKILLed at random ticks (cold and hot standby), and
- * with the edge node killed again and again (remote recovery, the tick timer re-armed at
- * the new edge): the deltas each side received must equal the run without faults, byte for
- * byte. */
+ * game without faults, with workers SIGKILLed at random ticks (cold and hot standby, and
+ * without snapshots), and with the edge node killed again and again (remote recovery, the
+ * tick timer re-armed at the new edge): the deltas each side received must equal the run
+ * without faults, byte for byte. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <string.h>
@@ -101,6 +101,12 @@ Test(game, worker_kills_at_random_ticks_cold_standby)
 Test(game, worker_kills_at_random_ticks_hot_standby)
 {
     faulty_run("standby = hot", DX_KILL_WORKER, 1, 10, 60, 10);
+}
+
+/* No snapshot at all: every replacement replays the session from its first event. */
+Test(game, worker_kills_at_random_ticks_without_snapshots)
+{
+    faulty_run("snapshot_interval_ms = 0", DX_KILL_WORKER, 1, 10, 60, 10);
 }
 
 Test(game, edge_node_lost_again_and_again)

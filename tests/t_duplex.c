@@ -54,10 +54,11 @@ static void edge_start(struct dx *d, int i)
     f = fopen(cfg, "w");
     cr_assert_not_null(f);
     fprintf(f, "[edge]\nlisten = 127.0.0.1:%d\nserver = %s\napp = %s\nstate_dir = %s\n"
-               "control = %s\nsnapshot_interval_ms = 50\nheartbeat_interval_ms = 100\n"
-               "edge_secret_file = %s\n%s\n[app]\n%s\n",
-            d->port[i], d->server_addr, d->app, state, sock, d->secret_file, d->extra,
-            d->app_cfg);
+               "control = %s\n%sheartbeat_interval_ms = 100\nedge_secret_file = %s\n%s\n"
+               "[app]\n%s\n",
+            d->port[i], d->server_addr, d->app, state, sock,
+            strstr(d->extra, "snapshot_interval_ms") ? "" : "snapshot_interval_ms = 50\n",
+            d->secret_file, d->extra, d->app_cfg);
     fclose(f);
     snprintf(name, sizeof(name), "edge%d-%d", i, d->restarts[i]++);
     char *argv[] = { "/usr/bin/setsid", (char *)t_bin("cessna-supervisor"), "-c", cfg, NULL };
