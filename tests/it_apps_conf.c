@@ -12,7 +12,7 @@
 
 #include "t_duplex.h"
 
-#define HAND_TIMEOUT "hand_timeout_ms = 700\n"
+#define HAND_TIMEOUT "hand_timeout_ms = 1000\n"   /* far above a recovery's stall */
 #define LONG_NAME "abcdefghijklmnopqrstuvwxyz0123456789"   /* 36 bytes: too long */
 
 TestSuite(confctl, .timeout = 120);
