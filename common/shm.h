@@ -57,8 +57,6 @@ struct shm_ctl {
      * line for events up to log_quiet_until: the lost edge wrote them. */
     uint64_t log_done;
     uint64_t log_quiet_until;
-    uint32_t log_level;         /* the supervisor's level + 1 (reloads change it); 0: the
-                                 * worker's own */
     uint32_t log_offline;       /* cessna-replay: every line, marked replay=1 */
 };
 

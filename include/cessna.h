@@ -63,22 +63,31 @@ void        cessna_free(void *p);
 /* The session id (the same on every edge that runs this session). */
 uint64_t    cessna_session_id(void);
 
-/* End the session once the outputs queued so far are delivered. code 0 closes both
- * connections cleanly (CLOSE); a nonzero code sends both endpoints an ERROR carrying code and
- * text (at most 200 bytes; text may be NULL). Deterministic like any output: a replay ends the
- * session at the same event. No app callback runs afterwards except shutdown(). Returns 0, or
- * -EALREADY when the session is already closing. */
+/* End the session once the outputs queued so far are delivered. The current callback
+ * finishes, shutdown() runs (what it sends is delivered too), then code 0 closes both
+ * connections cleanly (CLOSE); a nonzero code sends both endpoints an ERROR reading
+ * "app error CODE: TEXT" (text at most 200 bytes, may be NULL; control characters become
+ * spaces). Deterministic like any output: a replay ends the session at the same event, and
+ * the edge acts on it once. No app callback runs afterwards except shutdown(); events that
+ * arrive later are dropped. Returns 0, -EALREADY when the session is already closing (a
+ * second call, or from shutdown()), -EINVAL outside a callback. */
 int         cessna_close_session(int code, const char *text);
 
 /* The value of KEY in the [app] section of the edge's config file, or NULL when absent.
  * The values are taken when the session starts and kept with the session (its snapshots and
  * its recovery), so they never change under a running session, even if the config is edited
- * and reloaded. cessna_config_int: the value as an integer, or dflt when absent or not one. */
+ * and reloaded, or the session moves to an edge configured otherwise. The string stays valid
+ * for the session. cessna_config_int: the value as a decimal integer (a sign is allowed), or
+ * dflt when absent or not one. */
 const char *cessna_config(const char *key);
 long long   cessna_config_int(const char *key, long long dflt);
 
-/* A line in the edge node's log, tagged with the app's name and the session id. Silent while
- * a recovery replays events the log already saw, so each line appears once per event. */
+/* A line in the edge node's log, tagged with the app's name and the session id:
+ *   ... prog=cessna-worker pid=P level=info session=ID app=NAME msg="TEXT"
+ * TEXT is escaped (quotes, backslashes, newlines and control bytes), so it cannot add fields
+ * or lines, and cut at 600 bytes (the line then ends in truncated=1). The edge's log_level
+ * applies. Each line appears once per session: a recovery that replays events does not write
+ * again what was written before. Never use stderr in an app: it repeats on replay. */
 enum cessna_log_level { CESSNA_LOG_ERROR = 0, CESSNA_LOG_WARN, CESSNA_LOG_INFO, CESSNA_LOG_DEBUG };
 void        cessna_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -75,14 +75,6 @@ static void apply_app(const struct config *nc)
         "sessions keep the ones they started with\" keys=%u", nc->app_nkeys);
 }
 
-/* The workers' level for cessna_log (shm.h), after log_level changed. */
-static void apply_worker_log_level(void)
-{
-    for (uint32_t i = 0; i < S.slot_high; i++)
-        if (S.sessions[i].ctl)
-            S.sessions[i].ctl->log_level = (uint32_t)log_threshold + 1;
-}
-
 /* max_sessions: 0 is "as many as the descriptor limit holds", which was worked out at start
  * as the number of slots; more slots than that need a restart. */
 static int apply_max_sessions(const struct config *nc, char *why, size_t len)
@@ -124,10 +116,8 @@ void reload_config(void)
             config_key_copy(&S.cfg, &nc, i);
         config_key_copy(&R.file, &nc, i);
         add(applied, sizeof(applied), key, NULL);
-        if (strcmp(key, "log_level") == 0) {   /* CESSNA_LOG, when set, still wins */
+        if (strcmp(key, "log_level") == 0)   /* CESSNA_LOG, when set, still wins */
             log_set_level(S.cfg.log_level);
-            apply_worker_log_level();
-        }
     }
     apply_app(&nc);
     LOG(LOG_INFO, "msg=\"configuration reloaded\" file=%s applied=\"%s\"", R.path,

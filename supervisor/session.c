@@ -532,7 +532,6 @@ static int new_memory(struct session *s, char *err, size_t errlen)
         c->session_id = s->id;
         c->max_message = S.cfg.max_message_bytes;
         c->spin_ns = S.spin_ns;
-        c->log_level = (uint32_t)log_threshold + 1;
     }
     s->shm = m;
     s->shm_len = len;

@@ -572,3 +572,144 @@ Test(config, log_level)
                  "bad value 'verbose' for 'log_level' (want error, warn, info or debug)");
     expect_error(REQUIRED "log_level = INFO\n", 5, "bad value 'INFO'");
 }
+
+/* ---- [app]: any keys for the app, bounded (common/appcfg.h) ---- */
+
+Test(config, app_section_keys_in_file_order)
+{
+    struct config c;
+    char err[512];
+    const char *path = cfg_write("app.ini", "[app]\nfirst = 1\n" REQUIRED
+                                            "[app]\ngreeting = hello world\n"
+                                            "long = part one\n   part two\n\tpart three\n"
+                                            "empty =\ndotted.key-2_x = v ; a comment\n");
+
+    cr_assert_eq(load(path, &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.app_nkeys, 5);
+    cr_assert_str_eq(appcfg_get(c.app_kv, c.app_kv_len, "first"), "1");
+    cr_assert_str_eq(appcfg_get(c.app_kv, c.app_kv_len, "greeting"), "hello world");
+    cr_assert_str_eq(appcfg_get(c.app_kv, c.app_kv_len, "long"),
+                     "part one\npart two\npart three", "continuation lines join with newlines");
+    cr_assert_str_eq(appcfg_get(c.app_kv, c.app_kv_len, "empty"), "");
+    cr_assert_str_eq(appcfg_get(c.app_kv, c.app_kv_len, "dotted.key-2_x"), "v");
+    cr_assert_null(appcfg_get(c.app_kv, c.app_kv_len, "absent"));
+    cr_assert_null(appcfg_get(c.app_kv, c.app_kv_len, "hello world"), "values are not keys");
+    static const char want[] = "first\0" "1\0" "greeting\0" "hello world\0" "long\0"
+                               "part one\npart two\npart three\0" "empty\0" "\0"
+                               "dotted.key-2_x\0" "v";
+    cr_assert_eq(c.app_kv_len, sizeof(want), "the blob: %u bytes", c.app_kv_len);
+    cr_assert(memcmp(c.app_kv, want, sizeof(want)) == 0, "key\\0value\\0 pairs in file order");
+    cr_assert_eq(c.max_sessions, 0, "[edge] is read as before");
+}
+
+Test(config, no_app_section_is_an_empty_one)
+{
+    struct config c;
+    char err[512];
+
+    cr_assert_eq(load(cfg_write("plain.ini", REQUIRED), &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.app_kv_len, 0);
+    cr_assert_eq(c.app_nkeys, 0);
+    cr_assert_eq(appcfg_hash(c.app_kv, c.app_kv_len), 0, "no values: hash 0");
+}
+
+Test(config, app_hash_tells_values_apart)
+{
+    cr_assert_neq(appcfg_hash("a\0" "1", 4), appcfg_hash("a\0" "2", 4));
+    cr_assert_neq(appcfg_hash("a\0" "1", 4), 0, "never 0 for a section with keys");
+    cr_assert_eq(appcfg_hash("a\0" "1", 4), appcfg_hash("a\0" "1", 4));
+}
+
+Test(config, appcfg_get_stops_at_a_cut_blob)
+{
+    static const char blob[] = "k\0v\0cut";   /* a key without its value */
+
+    cr_assert_str_eq(appcfg_get(blob, 4, "k"), "v");
+    cr_assert_null(appcfg_get(blob, sizeof(blob) - 1, "cut"));
+    cr_assert_null(appcfg_get(blob, 3, "k"), "a value without its NUL");
+}
+
+Test(config, app_bad_keys)
+{
+    expect_error(REQUIRED "[app]\nbad key = 1\n", 6, "bad [app] key 'bad key'");
+    expect_error(REQUIRED "[app]\na/b = 1\n", 6, "bad [app] key 'a/b'");
+    expect_error(REQUIRED "[app]\nx = 1\ny = 2\nx = 3\n", 8, "key 'x' given twice in [app]");
+    char text[600], key[80];
+    memset(key, 'k', 65);
+    key[65] = 0;
+    snprintf(text, sizeof(text), REQUIRED "[app]\n%s = 1\n", key);
+    expect_error(text, 6, "(want 1 to 64 of A-Z a-z 0-9 _ . -)");
+    key[64] = 0;   /* 64 is fine */
+    snprintf(text, sizeof(text), REQUIRED "[app]\n%s = 1\n", key);
+    struct config c;
+    char err[512];
+    cr_assert_eq(load(cfg_write("k64.ini", text), &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_str_eq(appcfg_get(c.app_kv, c.app_kv_len, key), "1");
+}
+
+/* A value of n bytes on continuation lines of at most 170 characters. */
+static void long_value(char *text, size_t cap, size_t n)
+{
+    size_t off = (size_t)snprintf(text, cap, REQUIRED "[app]\nbig = "), done = 0;
+
+    while (done < n) {
+        size_t part = n - done < 170 ? n - done : 170;
+        if (done) {
+            off += (size_t)snprintf(text + off, cap - off, "\n  ");
+            done++;   /* the newline it becomes */
+            part = n - done < 170 ? n - done : 170;
+        }
+        memset(text + off, 'v', part);
+        off += part;
+        done += part;
+    }
+    snprintf(text + off, cap - off, "\n");
+}
+
+Test(config, app_value_up_to_1024_bytes)
+{
+    struct config c;
+    char err[512], text[4096];
+
+    long_value(text, sizeof(text), 1024);
+    cr_assert_eq(load(cfg_write("v1024.ini", text), &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(strlen(appcfg_get(c.app_kv, c.app_kv_len, "big")), 1024);
+    long_value(text, sizeof(text), 1025);
+    int lines = 0;
+    for (const char *p = text; *p; p++)
+        lines += *p == '\n';
+    expect_error(text, lines, "[app] value of 'big' longer than 1024 bytes");
+}
+
+Test(config, app_at_most_64_keys)
+{
+    char text[4096];
+    size_t off = (size_t)snprintf(text, sizeof(text), REQUIRED "[app]\n");
+
+    for (int i = 0; i < 64; i++)
+        off += (size_t)snprintf(text + off, sizeof(text) - off, "key%d = %d\n", i, i);
+    struct config c;
+    char err[512];
+    cr_assert_eq(load(cfg_write("k64n.ini", text), &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(c.app_nkeys, 64);
+    snprintf(text + off, sizeof(text) - off, "one_more = x\n");
+    expect_error(text, 6 + 64, "more than 64 keys in [app] (at 'one_more')");
+}
+
+Test(config, app_section_must_fit_a_message)
+{
+    struct config c;
+    char err[512];
+    const char *path = cfg_write("small.ini", REQUIRED "max_message_bytes = 16\n"
+                                              "[app]\ngreeting = hello world\n");
+
+    cr_assert_eq(load(path, &c, err, sizeof(err)), -EINVAL);
+    cr_assert(strstr(err, "the [app] section takes 21 bytes, more than max_message_bytes=16"),
+              "%s", err);
+}
+
+Test(config, unknown_section_names_both)
+{
+    expect_error(REQUIRED "[apps]\nx = 1\n", 6, "unknown section [apps] (the sections are "
+                                                "[edge] and [app])");
+}

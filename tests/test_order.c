@@ -286,3 +286,21 @@ Test(order, truncated_entries)
         }
     }
 }
+
+/* A START entry carries the hash of the session's [app] values (appcfg.h) in timer_id. */
+Test(order, start_entry_carries_the_app_hash)
+{
+    uint8_t buf[ORDER_ENTRY_MAX];
+    uint64_t pt = 0, dt = 0;
+    size_t off = 0;
+    struct order_entry e = { .src = ORDER_START, .time_ms = 7, .timer_id = UINT64_MAX }, out;
+
+    size_t n = order_encode(buf, &e, &pt);
+    cr_assert_eq(n, 12, "src, 1-byte delta, 10-byte hash: %zu", n);
+    cr_assert_eq(order_decode(buf, n, &off, &out, &dt), 0);
+    cr_assert_eq(out.timer_id, UINT64_MAX, "the hash comes back");
+    cr_assert_eq(off, n);
+    off = 0;
+    dt = 0;
+    cr_assert_eq(order_decode(buf, n - 1, &off, &out, &dt), -EPROTO, "a cut hash is refused");
+}

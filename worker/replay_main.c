@@ -51,6 +51,7 @@ struct replay {
     int bell_out, pidfd;   /* bell_out: an eventfd the worker rings (bell.h) */
     pid_t pid;
     uint64_t outputs[2], last_pos;
+    uint64_t closed_at;    /* the app ended the session at this event (0: it did not) */
 };
 
 /* Drain the worker's outputs; returns 1 when it said DONE or FAIL. */
@@ -80,6 +81,7 @@ static int drain(struct replay *r)
                 done = 1;
             if (type == OUT_DONE && h.a && len >= sizeof(h)) {
                 int tlen = (int)(len - sizeof(h));
+                r->closed_at = h.pos;
                 printf("the app closed the session at event %llu: code %lld%s%.*s\n",
                        (unsigned long long)h.pos, (long long)(int64_t)h.b, tlen ? ", " : "",
                        tlen > SHM_CLOSE_TEXT_MAX ? SHM_CLOSE_TEXT_MAX : tlen,
@@ -125,6 +127,14 @@ static int report(struct replay *r, uint64_t from, uint64_t last)
     uint64_t consumed = atomic_load(&r->ctl->consumed);
     siginfo_t si;
 
+    if (r->closed_at && consumed == r->closed_at && !r->ctl->error[0]) {
+        /* later logged events never reach an app that closed (cessna_close_session) */
+        printf("replayed events %llu..%llu without a crash, where the app closed the session; "
+               "outputs: to_client=%llu to_server=%llu\n", (unsigned long long)(from + 1),
+               (unsigned long long)consumed, (unsigned long long)r->outputs[0],
+               (unsigned long long)r->outputs[1]);
+        return 0;
+    }
     if (consumed >= last && !r->ctl->error[0]) {
         printf("replayed events %llu..%llu without a crash; outputs: to_client=%llu "
                "to_server=%llu\n", (unsigned long long)(from + 1), (unsigned long long)last,

@@ -552,8 +552,9 @@ static int log_escape(char *dst, size_t cap, const char *src)
 }
 
 /* Deterministic up to the write: the text is formatted and numbered on every run (the
- * formatting may allocate from the arena); whether it is written depends on the log
- * level and on what earlier workers of this session wrote (shm.h), never the app's state. */
+ * formatting may allocate from the arena); whether it is written depends on the node's log
+ * level (log.h) and on what earlier workers of this session wrote (shm.h), never on the
+ * app's state. */
 void cessna_log(int level, const char *fmt, ...)
 {
     char text[RT_LOG_TEXT_MAX], msg[RT_LOG_MSG_MAX], name[33], body[RT_LOG_MSG_MAX + 160];
@@ -561,7 +562,7 @@ void cessna_log(int level, const char *fmt, ...)
     struct rt_state *st = L.st;
     va_list ap;
     uint64_t no;
-    int cut, threshold;
+    int cut;
     size_t i;
 
     if (!st || !fmt)
@@ -573,8 +574,7 @@ void cessna_log(int level, const char *fmt, ...)
     if (no <= L.ctl->log_done)
         return;   /* a worker before this one wrote it */
     level = level < LOG_ERROR ? LOG_ERROR : level > LOG_DEBUG ? LOG_DEBUG : level;
-    threshold = L.ctl->log_level ? (int)L.ctl->log_level - 1 : log_threshold;
-    if (level <= threshold && (L.ctl->log_offline || st->pos > L.ctl->log_quiet_until)) {
+    if (level <= log_threshold && (L.ctl->log_offline || st->pos > L.ctl->log_quiet_until)) {
         for (i = 0; app[i] && i < sizeof(name) - 1; i++)
             name[i] = strchr("\"\\= ", app[i]) || (unsigned char)app[i] < 0x21 ||
                       (unsigned char)app[i] > 0x7e ? '_' : app[i];

@@ -6,17 +6,21 @@
  *   CFG key       -> "CFG key=value" or "CFG key absent"
  *   INT key       -> "INT key=N" (cessna_config_int, default -1)
  *   LOG text      -> logs text as it is, answers "LOGGED"
+ *   LOGCFG        -> logs "cfg greeting=G", answers "LOGGED"
  *   CLOSE c text  -> "BYE" to both sides, then cessna_close_session(c, text); a second
  *                    call answers "AGAIN rc" (it must be -EALREADY)
+ *   SCLOSE c text -> the same, with a shutdown() that spins for a while (a window for a
+ *                    kill between the close's outputs and the end)
  *   TCLOSE ms c   -> closes with code c from a timer after ms
- * Server messages are answered with "S n=N" to the server. */
+ * Server messages are only counted. With [app] refuse = CODE, init() refuses the session:
+ * "NO" to the client, then cessna_close_session(CODE, "refused at init"). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cessna.h"
 
-static int msgs;
+static int msgs, slow_close;
 static char cmd[4096];
 
 static void reply(const char *fmt, long long a, const char *s)
@@ -57,12 +61,17 @@ static void on_client(const void *data, size_t len)
         int n = snprintf(out, sizeof(out), "INT %s=%lld", cmd + 4,
                          cessna_config_int(cmd + 4, -1));
         cessna_send_msg_to_client(out, (size_t)n);
+    } else if (strcmp(cmd, "LOGCFG") == 0) {
+        const char *g = cessna_config("greeting");
+        cessna_log(CESSNA_LOG_INFO, "cfg greeting=%s", g ? g : "-");
+        cessna_send_msg_to_client("LOGGED", 6);
     } else if (strncmp(cmd, "LOG ", 4) == 0) {
         cessna_log(CESSNA_LOG_WARN, "%s", cmd + 4);
         cessna_send_msg_to_client("LOGGED", 6);
-    } else if (strncmp(cmd, "CLOSE ", 6) == 0) {
+    } else if (strncmp(cmd, "CLOSE ", 6) == 0 || strncmp(cmd, "SCLOSE ", 7) == 0) {
         char *text;
-        int code = (int)strtol(cmd + 6, &text, 10);
+        slow_close = cmd[0] == 'S';
+        int code = (int)strtol(cmd + 6 + slow_close, &text, 10);
         cessna_send_msg_to_client("BYE", 3);
         cessna_send_msg_to_server("BYE", 3);
         cessna_close_session(code, *text ? text + 1 : NULL);
@@ -77,18 +86,35 @@ static void on_client(const void *data, size_t len)
     }
 }
 
+static int init(void)
+{
+    long long code = cessna_config_int("refuse", 0);
+
+    if (code) {
+        cessna_send_msg_to_client("NO", 2);
+        cessna_close_session((int)code, "refused at init");
+    }
+    return 0;
+}
+
+static void shutdown(void)
+{
+    for (volatile long i = 0; slow_close && i < 40000000; i++)
+        ;
+}
+
 static void on_server(const void *data, size_t len)
 {
-    char out[64];
-    int n = snprintf(out, sizeof(out), "S n=%d", ++msgs);
     (void)data;
     (void)len;
-    cessna_send_msg_to_server(out, (size_t)n);
+    msgs++;
 }
 
 const struct cessna_app cessna_app = {
     .abi_version = CESSNA_ABI_VERSION,
     .name = "appapi",
+    .init = init,
     .recv_client_msg = on_client,
     .recv_server_msg = on_server,
+    .shutdown = shutdown,
 };
