@@ -96,7 +96,8 @@ static int app_init(void)
     size = (int)cessna_config_int("world_size", 1000);
     max_speed = (int)cessna_config_int("max_speed", 10);
     lives = (int)cessna_config_int("lives", 3);
-    if (tick_ms < 1 || size < 100 || max_speed < 1 || lives < 1) {
+    if (tick_ms < 1 || tick_ms > 60000 || size < 100 || size > 1000000 || max_speed < 1 ||
+        max_speed > size || lives < 1 || lives > 1000) {
         cessna_log(CESSNA_LOG_ERROR, "bad [app] settings: tick_ms=%d world_size=%d "
                    "max_speed=%d lives=%d", tick_ms, size, max_speed, lives);
         return -1;
@@ -164,14 +165,16 @@ static int client_input(const char *t)
 static int server_input(const char *t)
 {
     char name[16], kind[8];
-    int id, x = 0, y = 0;
+    int id, x, y;
 
+    /* Positions from the server are put inside the world, whatever they were. */
     if (sscanf(t, "spawn %d %d %d %7s", &id, &x, &y, kind) == 4) {
         for (int i = 0; i < MAX_ITEMS; i++)
             if (!items[i].live) {
-                items[i] = (struct item){ id, x, y, 1, "" };
-                snprintf(items[i].kind, sizeof(items[i].kind), "%s", kind);
-                say(&oc, "item+ %d %d %d %s\n", id, x, y, kind);
+                struct item *it = &items[i];
+                *it = (struct item){ id, clamp(x, 0, size), clamp(y, 0, size), 1, "" };
+                snprintf(it->kind, sizeof(it->kind), "%s", kind);
+                say(&oc, "item+ %d %d %d %s\n", id, it->x, it->y, it->kind);
                 break;
             }
     } else if (sscanf(t, "remove %d", &id) == 1) {
@@ -187,9 +190,9 @@ static int server_input(const char *t)
                 (!peers[i].live && !p))
                 p = &peers[i];
         if (p) {
-            *p = (struct peer){ "", x, y, 1 };
+            *p = (struct peer){ "", clamp(x, 0, size), clamp(y, 0, size), 1 };
             snprintf(p->name, sizeof(p->name), "%s", name);
-            say(&oc, "peer %s %d %d\n", name, x, y);
+            say(&oc, "peer %s %d %d\n", name, p->x, p->y);
         }
     } else {
         return 0;
