@@ -46,12 +46,16 @@ static char speaker[NAME_MAX_LEN + 1]; /* who has the floor, "" for nobody */
 
 static int app_init(void)
 {
-    max_members = (int)cessna_config_int("max_members", 64);
-    hand_timeout_ms = (uint64_t)cessna_config_int("hand_timeout_ms", 30000);
-    if (max_members < 1 || max_members > 10000) {
-        cessna_log(CESSNA_LOG_ERROR, "max_members %d: must be 1 to 10000", max_members);
-        return -1;
+    long long room = cessna_config_int("max_members", 64);
+    long long hand = cessna_config_int("hand_timeout_ms", 30000);
+
+    if (room < 1 || room > 10000 || hand < 1 || hand > 86400000) {
+        cessna_log(CESSNA_LOG_ERROR, "bad [app] settings: max_members=%lld (1 to 10000), "
+                   "hand_timeout_ms=%lld (1 to 86400000)", room, hand);
+        return -1;                     /* the session fails at its start */
     }
+    max_members = (int)room;
+    hand_timeout_ms = (uint64_t)hand;
     members = cessna_calloc((size_t)max_members, sizeof(*members));
     return members ? 0 : -1;
 }

@@ -7,9 +7,11 @@
  * session killed again and again (remote recovery at another edge): every event line and
  * every ROSTER each side received must equal the run without faults, byte for byte. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "cessna_endpoint.h"
 #include "t_duplex.h"
 
 #define HAND_TIMEOUT "hand_timeout_ms = 1000\n"   /* far above a recovery's stall */
@@ -156,4 +158,28 @@ Test(confctl, worker_kills_without_snapshots)
 Test(confctl, edge_node_lost_again_and_again)
 {
     faulty_run("standby = cold", DX_KILL_EDGE, 2, 250, 500, 3);
+}
+
+/* A setting out of range fails the session at its start, and the log says which. */
+Test(confctl, bad_setting_fails_the_session_naming_it)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    const void *msg;
+    char log[8192] = "";
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("confctl"), srv.addr, "[app]\nhand_timeout_ms = -5\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    long n = cessna_ep_recv(ep, &msg);
+    cr_expect_eq(n, -ECONNABORTED, "recv: %ld %s", n, cessna_ep_error(ep));
+    cr_expect(strstr(cessna_ep_error(ep), "init"), "error: %s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+    FILE *f = fopen(e.sup.log, "r");
+    cr_assert_not_null(f);
+    log[fread(log, 1, sizeof(log) - 1, f)] = 0;
+    fclose(f);
+    cr_expect(strstr(log, "bad [app] settings: max_members=64 (1 to 10000), hand_timeout_ms=-5 "),
+              "log: %s", log);
 }
