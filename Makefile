@@ -178,13 +178,14 @@ demo: deps
 	$(MAKE) all
 	scripts/demo.sh $(BUILD)
 
-demo-ratelimit: deps
+# The example apps on loopback, each with its driver and a worker killed midway
+# (demo-compress is `make demo`).
+DEMO_APPS := demo-confctl demo-game demo-ratelimit demo-iotagg
+$(DEMO_APPS): demo-%: deps
 	$(MAKE) all
-	scripts/demo-ratelimit.sh $(BUILD)
+	scripts/demo-$*.sh $(BUILD)
 
-demo-iotagg: deps
-	$(MAKE) all
-	scripts/demo-iotagg.sh $(BUILD)
+demo-compress: demo
 
 deps:
 	scripts/install-deps.sh
@@ -249,5 +250,5 @@ uninstall:
 clean:
 	rm -rf build build-san
 
-.PHONY: all test test-sanitize soak demo demo-ratelimit demo-iotagg deps clean install uninstall FORCE
+.PHONY: all test test-sanitize soak demo demo-compress $(DEMO_APPS) deps clean install uninstall FORCE
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

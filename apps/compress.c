@@ -13,10 +13,11 @@
  *
  * A server stream that ends (Z_STREAM_END) is reset, so a following zlib stream is
  * accepted. If the server sends data that is not zlib (Z_DATA_ERROR and the like), the
- * rest of that message is dropped, and so is every later server message: the inflate
- * stream cannot resynchronize. The app logs nothing (apps have no files).
+ * inflate stream cannot resynchronize: the plain bytes that came before go to the client,
+ * then the session ends with an ERROR naming zlib's reason (cessna_close_session), and the
+ * node's log says so (cessna_log).
  *
- * Build: cc -shared -fPIC -I include compress.c -o compress.so -lz
+ * Build: cc -shared -fPIC $(pkg-config --cflags cessna) compress.c -o compress.so -lz
  */
 #include <string.h>
 #include <zlib.h>
@@ -26,7 +27,7 @@
 #define CHUNK (64 * 1024)              /* inflate output per message to the client */
 
 static z_stream def, inf;              /* client->server deflate, server->client inflate */
-static int def_live, inf_live, inf_broken;
+static int def_live, inf_live;
 static unsigned char *dbuf;            /* deflate output buffer (arena), grows as needed */
 static size_t dbuf_len;
 static unsigned char *ibuf;            /* inflate output buffer (arena), CHUNK bytes */
@@ -105,8 +106,6 @@ static void recv_server_msg(const void *data, size_t len)
 {
     size_t have = 0;
 
-    if (inf_broken)
-        return;
     inf.next_in = (Bytef *)data;
     inf.avail_in = (uInt)len;
     for (;;) {
@@ -121,9 +120,13 @@ static void recv_server_msg(const void *data, size_t len)
         if (rc == Z_STREAM_END) {
             inflateReset(&inf);        /* the next bytes may start a new stream */
         } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
-            inf_broken = 1;            /* not zlib: drop this and every later message */
-            have = 0;
-            break;
+            if (have)                  /* what inflated before the bad bytes */
+                cessna_send_msg_to_client(ibuf, have);
+            cessna_log(CESSNA_LOG_WARN, "server sent data that is not zlib: %s",
+                       inf.msg ? inf.msg : "inflate failed");
+            cessna_close_session(2, "the server's data is not zlib");
+            inf.next_in = NULL;
+            return;
         }
         if (inf.avail_in == 0 && inf.avail_out != 0)
             break;                     /* input consumed, nothing more pending */

@@ -234,7 +234,10 @@ static void resume_next(struct psess *s)
 static void client_detached(struct psess *s)
 {
     s->lost = s->attempt;
-    edge_failed(s->lost);   /* new sessions go elsewhere while it may be down */
+    /* New sessions go elsewhere while it may be down; an edge that sent MOVE is not down
+     * (one `cessna-ctl move`), and a draining one refuses new sessions itself. */
+    if (!s->r.moved)
+        edge_failed(s->lost);
     s->tries = 0;
     s->tried = 0;
     s->backoff_ms = RESUME_BACKOFF_MIN_MS < opt_backoff_max_ms ? RESUME_BACKOFF_MIN_MS
@@ -321,7 +324,7 @@ static void resume_answer(struct psess *s, const struct wire_hdr *h, const struc
     }
     edge_answered(s->attempt);
     r->keep.epoch = f->u.welcome.epoch;
-    r->detached = r->edge_dead = r->edge_lost = false;
+    r->detached = r->edge_dead = r->edge_lost = r->moved = false;
     r->last_edge_ms = relay_now_ms();
     LOG(LOG_INFO, "session=%llu msg=\"session resumed\" edge=%s epoch=%llu took_ms=%lld "
         "attempts=%d", (unsigned long long)r->session_id, edge,
@@ -517,7 +520,9 @@ static const char usage[] =
     "  --resume-backoff-max-ms N between passes over the edge list while resuming, wait\n"
     "                            50 ms, doubling up to this (default 1000)\n"
     "  --keep-max-bytes N        messages and order kept for a resume; past it the client\n"
-    "                            is not read until a snapshot is durable (default 67108864)\n";
+    "                            is not read until a snapshot is durable (default 67108864)\n"
+    "  -h, --help                this text\n"
+    "  -V, --version             print the version and exit\n";
 
 int main(int argc, char **argv)
 {

@@ -283,7 +283,7 @@ void ploop_adopt_edge(struct psess *dst, struct psess *src)
     src->r.in.off = src->r.in.len = 0;
     dst->drained[PS_EDGE] = false;
     outq_clear(&r->to_edge);
-    r->edge_dead = r->edge_lost = r->detached = false;
+    r->edge_dead = r->edge_lost = r->detached = r->moved = false;
     r->close_sent = false;
     r->last_edge_ms = relay_now_ms();
     dst->retry_at = dst->detach_deadline = 0;

@@ -305,6 +305,7 @@ void relay_frames(struct relay *r)
                 relay_fail(r, WIRE_ERR_UNEXPECTED, "unexpected MOVE frame in session");
                 break;
             }
+            r->moved = true;
             relay_edge_gone(r, "MOVE: the edge is leaving");
             break;
         case WIRE_SNAP_PUT:

@@ -64,6 +64,7 @@ struct relay {
     bool plain_dead;        /* nor to write to it */
     bool edge_dead;         /* nothing more to read from or write to the edge */
     bool edge_lost;         /* the edge went away without CLOSE or ERROR: reset the plain peer */
+    bool moved;             /* the edge sent MOVE: it is fine, it asked us to go elsewhere */
     bool close_sent;
     bool done;              /* the session ended: only flushing is left */
     bool resumable;         /* an edge lost without CLOSE detaches the session, not ends it */

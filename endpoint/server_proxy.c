@@ -381,7 +381,9 @@ static const char usage[] =
     "  --edge-secret-file PATH   edges must send this file's secret in HELLO and RESUME\n"
     "                            (default: none; any edge is accepted, with a warning)\n"
     "  --keep-max-bytes N        messages and order kept for a resume; past it the target\n"
-    "                            is not read until a snapshot is durable (default 67108864)\n";
+    "                            is not read until a snapshot is durable (default 67108864)\n"
+    "  -h, --help                this text\n"
+    "  -V, --version             print the version and exit\n";
 
 int main(int argc, char **argv)
 {

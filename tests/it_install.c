@@ -199,6 +199,14 @@ Test(install, destdir_out_of_tree_app_and_shared_endpoint, .timeout = 180)
              "cd '%s' && %s && cc -shared -fPIC $(pkg-config --cflags cessna) app.c -o app.so",
              appdir, pc);
     cr_assert_eq(sh(tmp, "build-app", cmd), 0, "app build failed: see %s/build-app.log", tmp);
+    /* Every example app of the tree builds the same way, against the installed header. */
+    snprintf(cmd, sizeof(cmd),
+             "cd '%s' && %s && for f in '%s'/apps/*.c; do cp \"$f\" . && "
+             "cc -shared -fPIC -Wall -Wextra -Werror $(pkg-config --cflags cessna) "
+             "\"$(basename \"$f\")\" -o \"$(basename \"$f\" .c).so\" || exit 1; done",
+             appdir, pc, CESSNA_SRC_DIR);
+    cr_assert_eq(sh(tmp, "build-examples", cmd), 0,
+                 "an example app did not build out of tree: see %s/build-examples.log", tmp);
 
     /* 5. The installed supervisor checks and runs it (it finds the installed worker). */
     struct t_echo_ep echo;

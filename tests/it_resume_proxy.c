@@ -731,6 +731,18 @@ Test(resume_proxy, client_heartbeat_timeout_and_move_start_a_resume)
     expect(b, WIRE_RESUME_END, &f, "RESUME_END");
     t_write_all(b, buf, wire_put_welcome(buf, SID, token, 5));
     client_says(&c, b, "y", 2);
+    /* An edge that sent MOVE asked; it is not down: a new session still tries it first
+     * (an edge marked failed would be skipped for --edge-retry-ms, 10 s by default). */
+    char err[128];
+    int alfd = addr_listen(c.aaddr, err, sizeof(err));
+    cr_assert_geq(alfd, 0, "listen at A again: %s", err);
+    int plain2 = t_connect(c.cp.addr);
+    int a2 = accept_within(alfd, 2000);
+    cr_expect_geq(a2, 0, "the next session goes to A, the edge that moved the first one");
+    if (a2 >= 0)
+        close(a2);
+    close(plain2);
+    close(alfd);
     close(b);
     csess_close(&c);
 }
