@@ -7,8 +7,8 @@
  *                           VALUE:  a whole number 0 .. 4294967295 (e.g. in milli-units)
  *
  * Readings are aggregated per sensor over a window that starts with the first reading after
- * the previous window ended and lasts window_ms. When it ends, one message goes to the
- * server, sensors sorted by name (only those with readings in the window):
+ * the previous window ended and lasts window_ms (or until the session ends). When it ends,
+ * one message goes to the server, sensors sorted by name (those with readings in it):
  *
  *     window N sensors=K refused=R
  *     SENSOR count=C min=A max=B mean=M.mmm p50=X p90=Y p99=Z
@@ -251,6 +251,13 @@ static void recv_server_msg(const void *data, size_t len)
     cessna_send_msg_to_client(data, len);
 }
 
+/* The session ends (either side closed it): the open window is reported as it is. */
+static void app_shutdown(void)
+{
+    if (window_timer)
+        end_window(NULL);
+}
+
 /* An [app] integer between lo and hi, or dflt when the key is absent. A value that is not
  * a number makes cessna_config_int return its default: asking with two defaults tells. */
 static int conf(const char *key, long long dflt, long long lo, long long hi, long long *out)
@@ -284,4 +291,5 @@ const struct cessna_app cessna_app = {
     .init = app_init,
     .recv_client_msg = recv_client_msg,
     .recv_server_msg = recv_server_msg,
+    .shutdown = app_shutdown,
 };

@@ -551,3 +551,33 @@ Test(iotagg, behind_the_proxies_lines_cut_anywhere)
     t_edge_stop(&e);
     t_stop(&sp);
 }
+
+/* A gateway that closes with a window open: the window is reported before the CLOSE. */
+Test(iotagg, the_open_window_is_reported_when_the_gateway_closes)
+{
+    static struct run r;
+    char err[300];
+    struct t_edge e;
+    pthread_t th;
+
+    memset(&r, 0, sizeof(r));
+    pthread_mutex_init(&r.lock, NULL);
+    r.lfd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert(r.lfd >= 0, "%s", err);
+    snprintf(r.server_addr, sizeof(r.server_addr), "127.0.0.1:%d", addr_local_port(r.lfd));
+    r.srv = cessna_ep_server_new(r.lfd, NULL, NULL, err, sizeof(err));
+    cr_assert_not_null(r.srv, "%s", err);
+    pthread_create(&th, NULL, server_accept, &r);
+    pthread_detach(th);
+    t_edge_start(&e, t_app("iotagg"), r.server_addr, "[app]\nwindow_ms = 60000\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    cr_assert_eq(cessna_ep_send(ep, "a 1\na 2", 7), 0);
+    cr_assert_eq(cessna_ep_close(ep, 5000), 0, "close: %s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    for (int k = 0; k < 500 && !r.server_done; k++)
+        usleep(10000);
+    cr_assert(r.server_done, "the server's session did not end");
+    cr_assert_str_eq(r.server.buf, "window 1 sensors=1 refused=0\n"
+                                   "a count=2 min=1 max=2 mean=1.500 p50=1 p90=2 p99=2\n\x1e");
+    t_edge_stop(&e);
+}
