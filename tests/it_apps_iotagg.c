@@ -24,7 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "addr.h"
@@ -62,7 +61,7 @@ struct run {
     const char *dir, *standby;
     enum fault fault;
     int nedges, lfd;
-    char server_addr[64], store[300], edges[256];
+    char server_addr[64], edges[256];
     struct cessna_ep_server *srv;
     struct t_proc edge[EDGES_MAX];
     int port[EDGES_MAX], restarts[EDGES_MAX];
@@ -129,6 +128,24 @@ static void *server_accept(void *p)
     return NULL;
 }
 
+/* A fresh run with its server endpoint listening (store: where it keeps the snapshots edges
+ * ship, NULL: in memory) and its accept loop on a thread of its own. */
+static void server_start(struct run *r, const char *store)
+{
+    char err[300];
+    pthread_t th;
+
+    memset(r, 0, sizeof(*r));
+    pthread_mutex_init(&r->lock, NULL);
+    r->lfd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert(r->lfd >= 0, "%s", err);
+    snprintf(r->server_addr, sizeof(r->server_addr), "127.0.0.1:%d", addr_local_port(r->lfd));
+    r->srv = cessna_ep_server_new(r->lfd, store, NULL, err, sizeof(err));
+    cr_assert_not_null(r->srv, "%s", err);
+    pthread_create(&th, NULL, server_accept, r);
+    pthread_detach(th);
+}
+
 /* ---- edges: each a node of its own (setsid), killed whole ---- */
 
 static void edge_start(struct run *r, int i)
@@ -153,24 +170,10 @@ static void edge_start(struct run *r, int i)
 /* cessna-ctl's protocol on edge i, without asserting (the killer thread uses it too). */
 static int ctl(struct run *r, int i, const char *cmd, char *out, size_t len)
 {
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    char line[128];
-    size_t got = 0;
-    ssize_t n;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int l = snprintf(line, sizeof(line), "%s\n", cmd);
+    char path[300];
 
-    out[0] = 0;
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/edge%d.sock", r->dir, i);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1 || write(fd, line, (size_t)l) != l) {
-        close(fd);
-        return -1;
-    }
-    while (got + 1 < len && (n = read(fd, out + got, len - 1 - got)) > 0)
-        got += (size_t)n;
-    out[got] = 0;
-    close(fd);
-    return got ? 0 : -1;
+    snprintf(path, sizeof(path), "%s/edge%d.sock", r->dir, i);
+    return t_ctl_try(path, cmd, out, len);
 }
 
 static void kill_worker(struct run *r)
@@ -292,23 +295,15 @@ static void client_run(struct run *r)
 
 static void run(struct run *r, enum fault fault, int nedges, const char *standby)
 {
-    char err[300];
-    pthread_t th;
+    const char *dir = t_tmpdir();
+    char err[300], store[300];
 
-    memset(r, 0, sizeof(*r));
-    pthread_mutex_init(&r->lock, NULL);
-    r->dir = t_tmpdir();
+    snprintf(store, sizeof(store), "%s/store", dir);
+    server_start(r, store);
+    r->dir = dir;
     r->fault = fault;
     r->nedges = nedges;
     r->standby = standby;
-    snprintf(r->store, sizeof(r->store), "%s/store", r->dir);
-    r->lfd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
-    cr_assert(r->lfd >= 0, "%s", err);
-    snprintf(r->server_addr, sizeof(r->server_addr), "127.0.0.1:%d", addr_local_port(r->lfd));
-    r->srv = cessna_ep_server_new(r->lfd, r->store, NULL, err, sizeof(err));
-    cr_assert_not_null(r->srv, "%s", err);
-    pthread_create(&th, NULL, server_accept, r);
-    pthread_detach(th);
     for (int i = 0; i < nedges; i++) {
         int fd = addr_listen("127.0.0.1:0", err, sizeof(err));
         cr_assert(fd >= 0, "%s", err);
@@ -432,21 +427,10 @@ static void expect_app_error(const char *app_cfg, const char *before, const char
                              const char *want)
 {
     static struct run r;
-    char err[300], extra[512];
     struct t_edge e;
 
-    memset(&r, 0, sizeof(r));
-    pthread_mutex_init(&r.lock, NULL);
-    r.lfd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
-    cr_assert(r.lfd >= 0, "%s", err);
-    snprintf(r.server_addr, sizeof(r.server_addr), "127.0.0.1:%d", addr_local_port(r.lfd));
-    r.srv = cessna_ep_server_new(r.lfd, NULL, NULL, err, sizeof(err));
-    cr_assert_not_null(r.srv, "%s", err);
-    pthread_t th;
-    pthread_create(&th, NULL, server_accept, &r);
-    pthread_detach(th);
-    snprintf(extra, sizeof(extra), "%s", app_cfg);
-    t_edge_start(&e, t_app("iotagg"), r.server_addr, extra);
+    server_start(&r, NULL);
+    t_edge_start(&e, t_app("iotagg"), r.server_addr, app_cfg);
     struct cessna_ep *ep = t_ep_connect(&e);
     if (before)
         cr_assert_eq(cessna_ep_send(ep, before, strlen(before)), 0);
@@ -556,19 +540,9 @@ Test(iotagg, behind_the_proxies_lines_cut_anywhere)
 Test(iotagg, the_open_window_is_reported_when_the_gateway_closes)
 {
     static struct run r;
-    char err[300];
     struct t_edge e;
-    pthread_t th;
 
-    memset(&r, 0, sizeof(r));
-    pthread_mutex_init(&r.lock, NULL);
-    r.lfd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
-    cr_assert(r.lfd >= 0, "%s", err);
-    snprintf(r.server_addr, sizeof(r.server_addr), "127.0.0.1:%d", addr_local_port(r.lfd));
-    r.srv = cessna_ep_server_new(r.lfd, NULL, NULL, err, sizeof(err));
-    cr_assert_not_null(r.srv, "%s", err);
-    pthread_create(&th, NULL, server_accept, &r);
-    pthread_detach(th);
+    server_start(&r, NULL);
     t_edge_start(&e, t_app("iotagg"), r.server_addr, "[app]\nwindow_ms = 60000\n");
     struct cessna_ep *ep = t_ep_connect(&e);
     cr_assert_eq(cessna_ep_send(ep, "a 1\na 2", 7), 0);

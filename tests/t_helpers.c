@@ -182,6 +182,29 @@ void t_ctl(const struct t_edge *e, const char *cmd, char *out, size_t len)
     close(fd);
 }
 
+int t_ctl_try(const char *control, const char *cmd, char *out, size_t len)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    char line[256];
+    size_t got = 0;
+    ssize_t n;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int lenl = snprintf(line, sizeof(line), "%s\n", cmd);
+
+    out[0] = 0;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", control);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1 ||
+        write(fd, line, (size_t)lenl) != lenl) {
+        close(fd);
+        return -1;
+    }
+    while (got + 1 < len && (n = read(fd, out + got, len - 1 - got)) > 0)
+        got += (size_t)n;
+    out[got] = 0;
+    close(fd);
+    return got ? 0 : -1;
+}
+
 uint64_t t_field(const char *text, const char *key)
 {
     char pat[64];

@@ -41,6 +41,9 @@ void t_edge_start(struct t_edge *e, const char *app, const char *server_addr, co
 void t_edge_stop(struct t_edge *e);
 /* Ask the control socket; the reply is NUL-terminated in out. */
 void t_ctl(const struct t_edge *e, const char *cmd, char *out, size_t len);
+/* The same on a control socket by path, without stopping the test (for threads, and for an
+ * edge that may be gone): 0, or -1 when nothing answered. */
+int  t_ctl_try(const char *control, const char *cmd, char *out, size_t len);
 /* The value of key= in text (first match), or 0. */
 uint64_t t_field(const char *text, const char *key);
 

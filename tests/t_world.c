@@ -166,25 +166,10 @@ void edge_ctl(struct world *w, int i, const char *cmd, char *out, size_t len)
 
 int edge_ctl_try(struct world *w, int i, const char *cmd, char *out, size_t len)
 {
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    char line[256];
-    size_t got = 0;
-    ssize_t n;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int lenl = snprintf(line, sizeof(line), "%s\n", cmd);
+    char path[300];
 
-    out[0] = 0;
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/edge%d.sock", w->dir, i);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1 ||
-        write(fd, line, (size_t)lenl) != lenl) {
-        close(fd);
-        return -1;
-    }
-    while (got + 1 < len && (n = read(fd, out + got, len - 1 - got)) > 0)
-        got += (size_t)n;
-    out[got] = 0;
-    close(fd);
-    return got ? 0 : -1;
+    snprintf(path, sizeof(path), "%s/edge%d.sock", w->dir, i);
+    return t_ctl_try(path, cmd, out, len);
 }
 
 uint64_t edge_stat(struct world *w, int i, const char *key)
