@@ -50,14 +50,7 @@ struct shm_ctl {
      * the supervisor sets it to 0 at the end record. 0 = never. */
     uint64_t announce_timers_at;
     char error[256];            /* the worker's reason when it gives up (NUL-terminated) */
-    /* cessna_log (runtime.c). Lines are numbered by the session (a counter in the arena):
-     * the worker writes line n only when n > log_done and raises log_done after the write.
-     * The page outlives workers (copied for the next one), so a replay after a local
-     * recovery does not write a line again. A rebuilt session (remote recovery) writes no
-     * line for events up to log_quiet_until: the lost edge wrote them. */
-    uint64_t log_done;
-    uint64_t log_quiet_until;
-    uint32_t log_offline;       /* cessna-replay: every line, marked replay=1 */
+    uint32_t log_offline;       /* cessna-replay: cessna_log lines go to stderr, replay=1 */
 };
 
 /* Input records (supervisor -> worker). a and b per type. */
@@ -84,7 +77,12 @@ enum shm_out {
     OUT_FAIL,         /* the worker gives up (reason in shm_ctl.error) and exits */
     OUT_TIMER_PENDING,/* a = timer id, b = due time (event-time ms): see announce_timers_at;
                        * a = 0 ends the announcement */
+    OUT_LOG,          /* a = the session's line number (1, 2, ...), b = level; the line's
+                       * fields follow (app=NAME msg="..."), at most SHM_LOG_MAX bytes. The
+                       * supervisor writes each number once: a replay's lines are dropped */
 };
+
+#define SHM_LOG_MAX 800
 
 /* The session's report socket carries two fixed-size, versioned records per snapshot:
  *   SNAP_STARTED from the worker right after the fork, with the child's pidfd attached

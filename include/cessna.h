@@ -83,7 +83,8 @@ const char *cessna_config(const char *key);
 long long   cessna_config_int(const char *key, long long dflt);
 
 /* A line in the edge node's log, tagged with the app's name and the session id:
- *   ... prog=cessna-worker pid=P level=info session=ID app=NAME msg="TEXT"
+ *   ... prog=cessna-supervisor pid=P level=info session=ID app=NAME msg="TEXT"
+ * (the worker hands the line to the supervisor, which writes it)
  * TEXT is escaped (quotes, backslashes, newlines and control bytes), so it cannot add fields
  * or lines, and cut at 600 bytes (the line then ends in truncated=1). The edge's log_level
  * applies. Each line appears once per session: a recovery that replays events does not write

@@ -425,7 +425,6 @@ static void rebuild(struct session *s)
     s->outputs[SIDE_SERVER] = rs->h[SIDE_SERVER].last_out;
     s->replay_quiet_until = N;
     s->ctl->replay_until = N;
-    s->ctl->log_quiet_until = N;   /* the lost edge logged those events' lines */
     s->ctl->announce_timers_at = N > P ? N : P;
     s->snap_pos = s->snap_written = s->remote_pos = s->receipt = P;
     s->snap_written_full = rs->nchain ? rs->chain[0] : 0;

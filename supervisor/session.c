@@ -1022,6 +1022,21 @@ static void worker_error(struct session *s, char *buf, size_t len)
     buf[n - 1] = 0;
 }
 
+/* An app's cessna_log line, as the node's log line of its session. The fields came from
+ * the worker, which is not trusted: anything that could end or forge a line (a control
+ * byte, a byte past ASCII) becomes '_'. */
+static void app_log_line(const struct session *s, int level, const void *fields, size_t len)
+{
+    char body[SHM_LOG_MAX + 64];
+    int n = snprintf(body, sizeof(body), "session=%llu ", ull(s->id));
+    const uint8_t *f = fields;
+
+    for (size_t i = 0; i < len && (size_t)n + 1 < sizeof(body); i++)
+        body[n++] = f[i] < 0x20 || f[i] > 0x7e ? '_' : (char)f[i];
+    body[n] = 0;
+    log_raw(level, body);
+}
+
 /* One record from the worker's output ring. The worker is not trusted: the header is
  * copied before use and every field is checked by what uses it. 0, or -EPROTO when the
  * record makes no sense (the session is failed). */
@@ -1090,6 +1105,19 @@ static int take_output(struct session *s, uint16_t type, const void *rec, uint32
             return -EPROTO;
         }
         worker_finished(s, r.a != 0, (int64_t)r.b, payload, plen);
+        break;
+    case OUT_LOG:
+        if (plen > SHM_LOG_MAX || r.b > LOG_DEBUG) {
+            sess_fail(s, WIRE_ERR_SESSION, "worker wrote a bad log record (%zu bytes, level "
+                      "%llu)", plen, ull(r.b));
+            return -EPROTO;
+        }
+        if (r.a <= s->log_done)
+            break;   /* written before a recovery: this is the replay's copy */
+        s->log_done = r.a;
+        if (r.pos <= s->replay_quiet_until)
+            break;   /* rebuilt at a new edge: the lost edge wrote these lines */
+        app_log_line(s, (int)r.b, payload, plen);
         break;
     case OUT_FAIL:
         worker_error(s, text, sizeof(text));

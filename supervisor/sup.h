@@ -184,6 +184,7 @@ struct session {
     uint64_t receipt;           /* the client confirmed every output up to this event */
     int server_stores;          /* the server endpoint stores snapshots (WIRE_F_STORES) */
     uint64_t remote_pos;        /* newest snapshot stored at the server endpoint */
+    uint64_t log_done;          /* the app's log lines written (OUT_LOG numbers) */
     uint64_t replay_quiet_until;/* rebuilt events up to here: their timer arms are not
                                  * armed again (the worker reports what is pending) */
     struct resume *rs;          /* while S_RESUMING */

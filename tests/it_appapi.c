@@ -319,7 +319,7 @@ Test(appapi, a_hostile_log_line_stays_one_bounded_line)
     cr_assert_eq(log_lines(&e, "HOSTILE", line, sizeof(line)), 1, "one line");
     cr_assert_eq(log_lines(&e, "ts=forged", NULL, 0), 1, "the newline did not start a line");
     cr_assert(strlen(line) <= 1024, "bounded: %zu bytes", strlen(line));
-    cr_assert(strstr(line, "prog=cessna-worker "), "%s", line);
+    cr_assert(strstr(line, "prog=cessna-supervisor "), "%s", line);
     cr_assert(strstr(line, " level=warn session="), "%s", line);
     cr_assert(strstr(line, " app=appapi msg=\"HOSTILE\\\" level=error session=1\\nts=forged "
                            "prog=cessna-supervisor msg=\\\"x\\r\\t\\x01\\\\ AAA"), "%s", line);

@@ -69,7 +69,7 @@ struct rt_state {
     int closing;             /* cessna_close_session was called: the event ends the session */
     int64_t close_code;
     char close_text[SHM_CLOSE_TEXT_MAX + 1];
-    uint64_t log_no;         /* cessna_log lines so far (shm.h: log_done) */
+    uint64_t log_no;         /* cessna_log lines so far (shm.h: OUT_LOG) */
 };
 
 /* Process-local: rebuilt on every start, never snapshotted. */
@@ -561,8 +561,7 @@ void cessna_log(int level, const char *fmt, ...)
     const char *app = L.app && L.app->name ? L.app->name : "?";
     struct rt_state *st = L.st;
     va_list ap;
-    uint64_t no;
-    int cut;
+    int cut, n;
     size_t i;
 
     if (!st || !fmt)
@@ -570,22 +569,31 @@ void cessna_log(int level, const char *fmt, ...)
     va_start(ap, fmt);
     cut = vsnprintf(text, sizeof(text), fmt, ap) >= (int)sizeof(text);
     va_end(ap);
-    no = ++st->log_no;
-    if (no <= L.ctl->log_done)
-        return;   /* a worker before this one wrote it */
+    uint64_t no = ++st->log_no;   /* every call, whatever the level: the same on replay */
     level = level < LOG_ERROR ? LOG_ERROR : level > LOG_DEBUG ? LOG_DEBUG : level;
-    if (level <= log_threshold && (L.ctl->log_offline || st->pos > L.ctl->log_quiet_until)) {
-        for (i = 0; app[i] && i < sizeof(name) - 1; i++)
-            name[i] = strchr("\"\\= ", app[i]) || (unsigned char)app[i] < 0x21 ||
-                      (unsigned char)app[i] > 0x7e ? '_' : app[i];
-        name[i] = 0;
-        cut |= log_escape(msg, sizeof(msg), text);
-        snprintf(body, sizeof(body), "session=%llu app=%s msg=\"%s\"%s%s",
-                 (unsigned long long)st->session_id, name, msg, cut ? " truncated=1" : "",
-                 L.ctl->log_offline ? " replay=1" : "");
+    if (level > log_threshold)
+        return;
+    for (i = 0; app[i] && i < sizeof(name) - 1; i++)
+        name[i] = strchr("\"\\= ", app[i]) || (unsigned char)app[i] < 0x21 ||
+                  (unsigned char)app[i] > 0x7e ? '_' : app[i];
+    name[i] = 0;
+    cut |= log_escape(msg, sizeof(msg), text);
+    if (L.ctl->log_offline) {   /* cessna-replay: straight to stderr, marked */
+        snprintf(body, sizeof(body), "session=%llu app=%s msg=\"%s\"%s replay=1",
+                 (unsigned long long)st->session_id, name, msg, cut ? " truncated=1" : "");
         log_raw(level, body);
+        return;
     }
-    L.ctl->log_done = no;
+    /* To the supervisor, which writes it once (a replay's copy has the same number). */
+    n = snprintf(body, sizeof(body), "app=%s msg=\"%s\"%s", name, msg, cut ? " truncated=1" : "");
+    size_t len = (size_t)n < sizeof(body) ? (size_t)n : sizeof(body) - 1;
+    if (len > SHM_LOG_MAX)
+        len = SHM_LOG_MAX;
+    struct shm_rec *r = out_reserve(OUT_LOG, len);
+    r->a = no;
+    r->b = (uint64_t)level;
+    memcpy(r + 1, body, len);
+    out_commit();
 }
 
 /* ---- the event loop ---- */
