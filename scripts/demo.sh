@@ -8,51 +8,9 @@
 # echoes and deflates its answer; the edge inflates that for the client. Then a second
 # client sends slowly while the demo kills its session's worker with SIGKILL: the client
 # sees a stall and the same bytes. Everything started here is stopped on exit.
-set -euo pipefail
-BUILD=${1:-build}
-BUILD=$(cd "$BUILD" && pwd)
+# shellcheck source=scripts/demo-lib.sh
+. "$(dirname "$0")/demo-lib.sh"   # work dir, start, ctl, cleanup of all it started
 BYTES=${DEMO_BYTES:-4194304}
-work=$(mktemp -d /tmp/cessna-demo.XXXXXX)
-
-# Stop what we started (the pid files: start() runs in a subshell, so a shell array would
-# not see its pids), wait until each is gone, and only then remove the directory.
-cleanup() {
-    local pid
-    for f in "$work"/*.pid; do
-        [ -e "$f" ] || continue
-        kill "$(cat "$f")" 2>/dev/null || true
-    done
-    for f in "$work"/*.pid; do
-        [ -e "$f" ] || continue
-        pid=$(cat "$f")
-        for _ in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.05
-        done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Start a program in the background and wait for its "ready listen=HOST:PORT" line.
-start() {
-    local name=$1; shift
-    "$@" >"$work/$name.out" 2>"$work/$name.log" &
-    echo $! >"$work/$name.pid"
-    for _ in $(seq 100); do
-        if grep -q '^ready listen=' "$work/$name.out" 2>/dev/null; then
-            sed -n 's/^ready listen=//p' "$work/$name.out" | head -1
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "demo: $name did not start; its log:" >&2
-    cat "$work/$name.log" >&2
-    exit 1
-}
-
-ctl() { "$BUILD/bin/cessna-ctl" --socket "$work/control.sock" "$@"; }
 
 server=$(start zlib_server "$BUILD/tools/zlib_server" --listen 127.0.0.1:0)
 sproxy=$(start server_proxy "$BUILD/bin/cessna-server-proxy" --listen 127.0.0.1:0 --target "$server")
@@ -114,4 +72,6 @@ Try next, with the edge from this demo's pattern (README "Running an edge"):
   cessna-ctl --socket STATE_DIR/control.sock kill-worker ID  kill a worker: the client stalls, nothing is lost
   kill -9 the supervisor with two edges in --edge            the client proxy resumes at the other one
   standby = hot in the config                                takeover in well under a millisecond
+  make demo-confctl, demo-game, demo-iotagg, demo-ratelimit  the other example apps (README "Example apps")
+  docs/tutorial.md                                           write your own app, test it under kills
 EOF
