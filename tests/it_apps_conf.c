@@ -163,23 +163,5 @@ Test(confctl, edge_node_lost_again_and_again)
 /* A setting out of range fails the session at its start, and the log says which. */
 Test(confctl, bad_setting_fails_the_session_naming_it)
 {
-    struct t_echo_ep srv;
-    struct t_edge e;
-    const void *msg;
-    char log[8192] = "";
-
-    t_echo_ep_start(&srv);
-    t_edge_start(&e, t_app("confctl"), srv.addr, "[app]\nhand_timeout_ms = -5\n");
-    struct cessna_ep *ep = t_ep_connect(&e);
-    long n = cessna_ep_recv(ep, &msg);
-    cr_expect_eq(n, -ECONNABORTED, "recv: %ld %s", n, cessna_ep_error(ep));
-    cr_expect(strstr(cessna_ep_error(ep), "init"), "error: %s", cessna_ep_error(ep));
-    cessna_ep_free(ep);
-    t_edge_stop(&e);
-    FILE *f = fopen(e.sup.log, "r");
-    cr_assert_not_null(f);
-    log[fread(log, 1, sizeof(log) - 1, f)] = 0;
-    fclose(f);
-    cr_expect(strstr(log, "bad [app] settings: max_members=64 (1 to 10000), hand_timeout_ms=-5 "),
-              "log: %s", log);
+    dx_bad_setting("confctl", "hand_timeout_ms = -5", "bad [app] settings: max_members=64 (1 to 10000), hand_timeout_ms=-5 ");
 }

@@ -119,23 +119,5 @@ Test(game, edge_node_lost_again_and_again)
 /* A setting out of range fails the session at its start, and the log says which. */
 Test(game, bad_setting_fails_the_session_naming_it)
 {
-    struct t_echo_ep srv;
-    struct t_edge e;
-    const void *msg;
-    char log[8192] = "";
-
-    t_echo_ep_start(&srv);
-    t_edge_start(&e, t_app("game"), srv.addr, "[app]\ntick_ms = 0\n");
-    struct cessna_ep *ep = t_ep_connect(&e);
-    long n = cessna_ep_recv(ep, &msg);
-    cr_expect_eq(n, -ECONNABORTED, "recv: %ld %s", n, cessna_ep_error(ep));
-    cr_expect(strstr(cessna_ep_error(ep), "init"), "error: %s", cessna_ep_error(ep));
-    cr_log_info("the client got: %s", cessna_ep_error(ep));
-    cessna_ep_free(ep);
-    t_edge_stop(&e);
-    FILE *f = fopen(e.sup.log, "r");
-    cr_assert_not_null(f);
-    log[fread(log, 1, sizeof(log) - 1, f)] = 0;
-    fclose(f);
-    cr_expect(strstr(log, "bad [app] settings: tick_ms=0 "), "log: %s", log);
+    dx_bad_setting("game", "tick_ms = 0", "bad [app] settings: tick_ms=0 ");
 }

@@ -411,3 +411,26 @@ void dx_compare(struct dx *a, struct dx *b)
                   y->buf ? y->buf + (at > 40 ? at - 40 : 0) : "");
     }
 }
+
+void dx_bad_setting(const char *app, const char *app_cfg, const char *want)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    const void *msg;
+    char cfg[512], log[8192] = "";
+
+    t_echo_ep_start(&srv);
+    snprintf(cfg, sizeof(cfg), "[app]\n%s\n", app_cfg);
+    t_edge_start(&e, t_app(app), srv.addr, cfg);
+    struct cessna_ep *ep = t_ep_connect(&e);
+    long n = cessna_ep_recv(ep, &msg);
+    cr_expect_eq(n, -ECONNABORTED, "recv: %ld %s", n, cessna_ep_error(ep));
+    cr_expect(strstr(cessna_ep_error(ep), "init"), "error: %s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+    FILE *f = fopen(e.sup.log, "r");
+    cr_assert_not_null(f);
+    log[fread(log, 1, sizeof(log) - 1, f)] = 0;
+    fclose(f);
+    cr_expect(strstr(log, want), "no '%s' in the log: %s", want, log);
+}

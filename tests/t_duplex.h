@@ -67,4 +67,8 @@ void dx_last(struct dx *d, int side, char *out, size_t len);
 /* Both transcripts of b equal a's, byte for byte (a: the run without faults). */
 void dx_compare(struct dx *a, struct dx *b);
 
+/* A session of app (a built app's name) with [app] lines app_cfg must fail at its start
+ * (init refuses it), and the edge's log must hold want (the app's line naming the setting). */
+void dx_bad_setting(const char *app, const char *app_cfg, const char *want);
+
 #endif
