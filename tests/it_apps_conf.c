@@ -127,16 +127,8 @@ static struct dx *clean_run(void)
 static void faulty_run(const char *extra, enum dx_fault f, int nedges, int gap_min, int gap_max,
                        int min_faults)
 {
-    static struct dx faulty;
-    struct dx *a = clean_run();
-
-    dx_start(&faulty, t_app("confctl"), HAND_TIMEOUT, extra, nedges);
-    int faults = dx_run(&faulty, script, f, gap_min, gap_max);
-    cr_assert_str_empty(faulty.script_why, "%s", faulty.script_why);
-    dx_finish(&faulty);
-    dx_stop(&faulty);
-    cr_expect(faults >= min_faults, "only %d faults landed", faults);
-    dx_compare(a, &faulty);
+    dx_compare_faulty(clean_run(), t_app("confctl"), HAND_TIMEOUT, extra, script, f, nedges, gap_min, gap_max,
+                      min_faults);
 }
 
 Test(confctl, worker_kills_cold_standby)

@@ -434,3 +434,18 @@ void dx_bad_setting(const char *app, const char *app_cfg, const char *want)
     fclose(f);
     cr_expect(strstr(log, want), "no '%s' in the log: %s", want, log);
 }
+
+void dx_compare_faulty(struct dx *clean, const char *app_path, const char *app_cfg,
+                       const char *extra, void (*script)(struct dx *d), enum dx_fault f,
+                       int nedges, int gap_min, int gap_max, int min_faults)
+{
+    static struct dx faulty;
+
+    dx_start(&faulty, app_path, app_cfg, extra, nedges);
+    int faults = dx_run(&faulty, script, f, gap_min, gap_max);
+    cr_assert_str_empty(faulty.script_why, "%s", faulty.script_why);
+    dx_finish(&faulty);
+    dx_stop(&faulty);
+    cr_expect(faults >= min_faults, "only %d faults landed", faults);
+    dx_compare(clean, &faulty);
+}

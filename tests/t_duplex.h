@@ -67,6 +67,13 @@ void dx_last(struct dx *d, int side, char *out, size_t len);
 /* Both transcripts of b equal a's, byte for byte (a: the run without faults). */
 void dx_compare(struct dx *a, struct dx *b);
 
+/* Run script on a new world (app_path, app_cfg, [edge] extra, nedges edges) under fault f
+ * every gap_min..gap_max ms, check at least min_faults landed, and compare both sides'
+ * transcripts with clean's, byte for byte. */
+void dx_compare_faulty(struct dx *clean, const char *app_path, const char *app_cfg,
+                       const char *extra, void (*script)(struct dx *d), enum dx_fault f,
+                       int nedges, int gap_min, int gap_max, int min_faults);
+
 /* A session of app (a built app's name) with [app] lines app_cfg must fail at its start
  * (init refuses it), and the edge's log must hold want (the app's line naming the setting). */
 void dx_bad_setting(const char *app, const char *app_cfg, const char *want);
