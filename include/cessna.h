@@ -9,10 +9,12 @@
  *
  * The runtime calls the app's functions one event at a time, in the order the edge
  * supervisor assigned. The app must be deterministic: the same events must give the same
- * state and the same outputs. So it must not use sockets, clocks, randomness, threads or
- * files; it uses cessna_now_ms(), cessna_random(), cessna_set_timeout() and
- * cessna_cache_read() instead. Its state lives in the arena (cessna_malloc and friends)
- * or in the module's static variables: both are part of every snapshot.
+ * state and the same outputs. So it must not use sockets, threads, files or sleeps (the
+ * worker's sandbox fails the session, naming the call); it uses cessna_now_ms(),
+ * cessna_random(), cessna_set_timeout() and cessna_cache_read() instead (libc's clocks
+ * and random functions give the same answers). Its state lives in the arena
+ * (cessna_malloc and friends) or in the module's static variables: both are part of every
+ * snapshot.
  */
 #ifndef CESSNA_H
 #define CESSNA_H
@@ -88,7 +90,8 @@ long long   cessna_config_int(const char *key, long long dflt);
  * TEXT is escaped (quotes, backslashes, newlines and control bytes), so it cannot add fields
  * or lines, and cut at 600 bytes (the line then ends in truncated=1). The edge's log_level
  * applies. Each line appears once per session: a recovery that replays events does not write
- * again what was written before. Never use stderr in an app: it repeats on replay. */
+ * again what was written before (cessna-replay writes them to its stderr, marked replay=1).
+ * Never use stderr in an app: it repeats on replay. */
 enum cessna_log_level { CESSNA_LOG_ERROR = 0, CESSNA_LOG_WARN, CESSNA_LOG_INFO, CESSNA_LOG_DEBUG };
 void        cessna_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
