@@ -244,3 +244,39 @@ void log_raw(int level, const char *body)
     if (write(STDERR_FILENO, line, n) == -1)
         return;
 }
+
+int log_escape(char *dst, size_t cap, const char *src, size_t len)
+{
+    const char *end = src + len;
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+
+    for (; src < end; src++) {
+        unsigned char c = (unsigned char)*src;
+        char e[4];
+        size_t k = 0;
+
+        if (c == '"' || c == '\\') {
+            e[k++] = '\\';
+            e[k++] = (char)c;
+        } else if (c == '\n' || c == '\r' || c == '\t') {
+            e[k++] = '\\';
+            e[k++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+        } else if (c < 0x20 || c == 0x7f) {
+            e[k++] = '\\';
+            e[k++] = 'x';
+            e[k++] = hex[c >> 4];
+            e[k++] = hex[c & 15];
+        } else {
+            e[k++] = (char)c;
+        }
+        if (n + k >= cap) {
+            dst[n] = 0;
+            return 1;
+        }
+        memcpy(dst + n, e, k);
+        n += k;
+    }
+    dst[n] = 0;
+    return 0;
+}

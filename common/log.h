@@ -31,6 +31,12 @@ void log_safe(int level, const char *a, const char *b);
  * escaped by the caller), cut to the line's size; no formatting, async-signal-safe. */
 void log_raw(int level, const char *body);
 
+/* For a quoted value (key="..."): len bytes of src into dst with " and \ escaped,
+ * newline, CR and tab as \n \r \t and other control bytes as \\xHH, so text from a peer
+ * or an app cannot end the value, add a field or start a line; NUL-terminated, at most
+ * cap - 1 bytes. Returns 1 when src did not fit whole (cut), else 0. */
+int log_escape(char *dst, size_t cap, const char *src, size_t len);
+
 /* "error" .. "debug" to LOG_ERROR .. LOG_DEBUG, or -1. */
 int log_level_parse(const char *name);
 const char *log_level_name(int level);

@@ -279,19 +279,20 @@ static void resume_send(struct psess *s)
 static void resume_answer(struct psess *s, const struct wire_hdr *h, const struct wire_frame *f)
 {
     const char *edge = edges[s->attempt].name;
+    char text[4 * WIRE_ERROR_MAX + 1];
     struct relay *r = &s->r;
 
     if (f->type == WIRE_ERROR && f->u.error.code == WIRE_ERR_AUTH) {
         LOG(LOG_WARN, "session=%llu msg=\"resume refused: authentication; client reset\" "
-            "edge=%s text=\"%.*s\"", (unsigned long long)r->session_id, edge,
-            (int)f->u.error.text_len, f->u.error.text);
+            "edge=%s text=\"%s\"", (unsigned long long)r->session_id, edge,
+            relay_error_text(f, text, sizeof(text)));
         ploop_end(s);   /* r->edge_lost: a reset */
         return;
     }
     if (f->type == WIRE_ERROR) {
-        LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s code=%u text=\"%.*s\"",
+        LOG(LOG_WARN, "session=%llu msg=\"resume attempt failed\" edge=%s code=%u text=\"%s\"",
             (unsigned long long)r->session_id, edge, f->u.error.code,
-            (int)f->u.error.text_len, f->u.error.text);
+            relay_error_text(f, text, sizeof(text)));
         resume_next(s);
         return;
     }
@@ -382,6 +383,7 @@ static void client_connected(struct psess *s, enum pside side, int res)
 
 static void client_hs_input(struct psess *s, long res)
 {
+    char text[4 * WIRE_ERROR_MAX + 1];
     const char *edge = edges[s->attempt].name;
     struct relay *r = &s->r;
     struct wire_hdr h;
@@ -421,8 +423,8 @@ static void client_hs_input(struct psess *s, long res)
         return;
     }
     if (f.type == WIRE_ERROR) {
-        LOG(LOG_WARN, "msg=\"edge refused the session\" edge=%s code=%u text=\"%.*s\"", edge,
-            f.u.error.code, (int)f.u.error.text_len, f.u.error.text);
+        LOG(LOG_WARN, "msg=\"edge refused the session\" edge=%s code=%u text=\"%s\"", edge,
+            f.u.error.code, relay_error_text(&f, text, sizeof(text)));
         /* UNAVAILABLE (draining, full, its server endpoint refused it) and INCOMPATIBLE are
          * about this edge: the next one may open it. Any other refusal is the answer. */
         if (f.u.error.code == WIRE_ERR_UNAVAILABLE || f.u.error.code == WIRE_ERR_INCOMPATIBLE)

@@ -157,7 +157,9 @@ void relay_fail(struct relay *r, uint32_t code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    LOG(LOG_WARN, "session=%llu msg=\"%s\"", (unsigned long long)r->session_id, text);
+    char quoted[4 * WIRE_ERROR_MAX + 1];   /* the text may quote a peer's bytes */
+    log_escape(quoted, sizeof(quoted), text, strlen(text));
+    LOG(LOG_WARN, "session=%llu msg=\"%s\"", (unsigned long long)r->session_id, quoted);
     relay_to_edge(r, frame, wire_put_error(frame, sizeof(frame), code, "%s", text));
     r->done = true;
 }
@@ -274,14 +276,16 @@ void relay_frames(struct relay *r)
             relay_send_close(r);
             r->done = true;
             break;
-        case WIRE_ERROR:
-            LOG(LOG_WARN, "session=%llu msg=\"edge error\" code=%u text=\"%.*s\"",
+        case WIRE_ERROR: {
+            char text[4 * WIRE_ERROR_MAX + 1];
+            LOG(LOG_WARN, "session=%llu msg=\"edge error\" code=%u text=\"%s\"",
                 (unsigned long long)r->session_id, f.u.error.code,
-                (int)f.u.error.text_len, f.u.error.text);
+                relay_error_text(&f, text, sizeof(text)));
             outq_clear(&r->to_edge); /* the edge closes after ERROR */
             r->edge_dead = true;
             r->done = true;
             break;
+        }
         case WIRE_SNAP_DURABLE:
             keep_durable(&r->keep, f.u.durable.position, f.u.durable.seq[r->side]);
             LOG(LOG_DEBUG, "session=%llu msg=\"snapshot durable\" position=%llu seq=%llu "
@@ -456,4 +460,10 @@ void relay_plain_chunk(struct relay *r, long res)
     } else {
         relay_plain_gone(r);
     }
+}
+
+const char *relay_error_text(const struct wire_frame *f, char *buf, size_t len)
+{
+    log_escape(buf, len, (const char *)f->u.error.text, f->u.error.text_len);
+    return buf;
 }

@@ -121,4 +121,7 @@ void relay_edge_gone(struct relay *r, const char *why);
 /* The plain connection failed: tell the edge CLOSE and wait a while for its answer. */
 void relay_plain_gone(struct relay *r);
 
+/* An ERROR frame's text, escaped for a quoted log value (it may quote a peer's bytes). */
+const char *relay_error_text(const struct wire_frame *f, char *buf, size_t len);
+
 #endif

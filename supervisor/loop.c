@@ -376,16 +376,14 @@ static const char *startup_what = "cannot start";
 static void startup_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void startup_error(const char *fmt, ...)
 {
-    char text[768];
+    char text[768], quoted[1024];
     va_list ap;
 
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    for (char *p = text; *p; p++)   /* the value is quoted: no quote or newline inside */
-        if (*p == '"' || *p == '\n')
-            *p = '\'';
-    log_write(LOG_ERROR, "msg=\"%s\" error=\"%s\"", startup_what, text);
+    log_escape(quoted, sizeof(quoted), text, strlen(text));
+    log_write(LOG_ERROR, "msg=\"%s\" error=\"%s\"", startup_what, quoted);
 }
 
 static int mkdir_p(const char *path)

@@ -760,9 +760,10 @@ static int handle_frame(struct session *s, struct conn *c, const struct wire_fra
             return -EPROTO;  /* read nothing more from this endpoint */
         }
         if (f->type == WIRE_ERROR) {
-            LOG(LOG_WARN, "session=%llu msg=\"endpoint sent ERROR\" side=%s text=\"%.*s\"",
-                ull(s->id), c->side == SIDE_CLIENT ? "client" : "server",
-                (int)f->u.error.text_len, f->u.error.text);
+            char text[4 * WIRE_ERROR_MAX + 1];
+            log_escape(text, sizeof(text), (const char *)f->u.error.text, f->u.error.text_len);
+            LOG(LOG_WARN, "session=%llu msg=\"endpoint sent ERROR\" side=%s text=\"%s\"",
+                ull(s->id), c->side == SIDE_CLIENT ? "client" : "server", text);
             c->eof = 1;
             c->closed = 1;
             side_closed(s, c->side);
@@ -1324,8 +1325,11 @@ void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)
         S.stats.sessions_failed++;
     /* A connection that never became a session (no id yet) gets its session_end line
      * only: one line per bad connection, not two. */
-    if (s->id)
-        LOG(LOG_WARN, "session=%llu msg=\"session failed\" reason=\"%s\"", ull(s->id), text);
+    if (s->id && LOG_WARN <= log_threshold) {
+        char quoted[4 * sizeof(text) + 1];   /* the reason may quote a peer's or worker's bytes */
+        log_escape(quoted, sizeof(quoted), text, strlen(text));
+        LOG(LOG_WARN, "session=%llu msg=\"session failed\" reason=\"%s\"", ull(s->id), quoted);
+    }
     sesslog_end(s, END_FAILED, text);
     s->state = S_DEAD;
     s->failed = 1;

@@ -43,16 +43,6 @@ void sesslog_cause(struct sesslog *l, enum sesslog_end cause)
         l->cause = cause;
 }
 
-/* The reason goes inside quotes: what would end them becomes a single quote. */
-static void quote_safe(char *dst, size_t cap, const char *src)
-{
-    size_t i = 0;
-
-    for (; src && src[i] && i + 1 < cap; i++)
-        dst[i] = src[i] == '"' || src[i] == '\n' || src[i] == '\\' ? '\'' : src[i];
-    dst[i] = 0;
-}
-
 void sesslog_end(const struct session *s, enum sesslog_end dflt, const char *reason)
 {
     const struct sesslog *l = &s->log;
@@ -66,7 +56,7 @@ void sesslog_end(const struct session *s, enum sesslog_end dflt, const char *rea
         return;
     if (reason && *reason) {
         char q[256];
-        quote_safe(q, sizeof(q), reason);
+        log_escape(q, sizeof(q), reason, strlen(reason));
         snprintf(why, sizeof(why), " reason=\"%s\"", q);
     }
     log_write(level, "event=session_end session=%llu client=%s server=%s duration_ms=%llu "

@@ -229,7 +229,7 @@ Test(appapi, close_with_an_error_through_native_endpoints)
     cr_assert_str_eq(srv.got, "BYE\n");
     session_end_line(&e, id, line, sizeof(line));
     cr_assert(strstr(line, " end=app_error"), "%s", line);
-    cr_assert(strstr(line, "reason=\"app error 42: quota 'exceeded' for you\""), "%s", line);
+    cr_assert(strstr(line, "reason=\"app error 42: quota \\\"exceeded\\\" for you\""), "%s", line);
     cessna_ep_free(ep);
     t_edge_stop(&e);
 }

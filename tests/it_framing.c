@@ -882,3 +882,17 @@ Test(framing, a_last_line_without_newline_is_a_message_at_eof)
     close(fd);
     chain_stop(&c);
 }
+
+/* A client's bad bytes end up quoted in log lines (the proxy's cause, the edge's "endpoint
+ * sent ERROR" text): they are escaped, so a client cannot end the value, add fields or
+ * start a line of its own in the operator's log. */
+Test(framing, a_bad_frame_cannot_forge_log_fields)
+{
+    static const char bad[] = "$1\" end=client_close\tforged=1\r\n";
+    static const char good[] = "*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n";
+    bad_frame(&(struct bad_case){ .framing = "resp", .good = good, .good_len = sizeof(good) - 1,
+                                  .bad = bad, .bad_len = sizeof(bad) - 1,
+                                  .cause = "malformed RESP: bad $ length '1\\\" end=client_close"
+                                           "\\tforged=1'" });
+    /* bad_frame found the cause escaped, as above, in the proxy's and the edge's logs. */
+}

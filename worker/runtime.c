@@ -514,46 +514,10 @@ long long cessna_config_int(const char *key, long long dflt)
 #define RT_LOG_TEXT_MAX 1024   /* bytes of an app's line before escaping */
 #define RT_LOG_MSG_MAX  600    /* bytes of the escaped msg="..." value in the log line */
 
-/* Quote-safe copy of at most cap - 1 bytes: the app cannot end the value, add a field
- * or start a line. Returns 1 when src did not fit whole. */
-static int log_escape(char *dst, size_t cap, const char *src)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t n = 0;
 
-    for (; *src; src++) {
-        unsigned char c = (unsigned char)*src;
-        char e[4];
-        size_t k = 0;
-
-        if (c == '"' || c == '\\') {
-            e[k++] = '\\';
-            e[k++] = (char)c;
-        } else if (c == '\n' || c == '\r' || c == '\t') {
-            e[k++] = '\\';
-            e[k++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
-        } else if (c < 0x20 || c == 0x7f) {
-            e[k++] = '\\';
-            e[k++] = 'x';
-            e[k++] = hex[c >> 4];
-            e[k++] = hex[c & 15];
-        } else {
-            e[k++] = (char)c;
-        }
-        if (n + k >= cap) {
-            dst[n] = 0;
-            return 1;
-        }
-        memcpy(dst + n, e, k);
-        n += k;
-    }
-    dst[n] = 0;
-    return 0;
-}
-
-/* Deterministic up to the write: the text is formatted and numbered on every run (the
+/* Deterministic up to the hand-over: the text is formatted and numbered on every run (the
  * formatting may allocate from the arena); whether it is written depends on the node's log
- * level (log.h) and on what earlier workers of this session wrote (shm.h), never on the
+ * level (log.h) and on what the supervisor already wrote (OUT_LOG, shm.h), never on the
  * app's state. */
 void cessna_log(int level, const char *fmt, ...)
 {
@@ -577,7 +541,7 @@ void cessna_log(int level, const char *fmt, ...)
         name[i] = strchr("\"\\= ", app[i]) || (unsigned char)app[i] < 0x21 ||
                   (unsigned char)app[i] > 0x7e ? '_' : app[i];
     name[i] = 0;
-    cut |= log_escape(msg, sizeof(msg), text);
+    cut |= log_escape(msg, sizeof(msg), text, strlen(text));
     if (L.ctl->log_offline) {   /* cessna-replay: straight to stderr, marked */
         snprintf(body, sizeof(body), "session=%llu app=%s msg=\"%s\"%s replay=1",
                  (unsigned long long)st->session_id, name, msg, cut ? " truncated=1" : "");
