@@ -68,6 +68,12 @@ $(BUILD)/flags.stamp: FORCE
 	@echo '$(CC) $(CFLAGS) $(LDFLAGS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(LDFLAGS)' > $@
 FORCE:
 
+# The test binary relinks when a test file is added or removed, not only changed.
+$(BUILD)/tests.list: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(sort $(UNIT_SRC) $(IT_SRC) $(THELP_SRC))' | cmp -s - $@ || \
+		echo '$(sort $(UNIT_SRC) $(IT_SRC) $(THELP_SRC))' > $@
+
 # Rewritten only when the version changes, so only the mains that print it rebuild. When git
 # cannot describe a checkout it has (`sudo make install` in a tree you own: git refuses a
 # repository owned by another user), the version `make` wrote stays, and nothing recompiles.
@@ -103,7 +109,7 @@ $(BUILD)/lib/$(SHLIB): $(ENDPOINT_OBJ) endpoint/libcessna-endpoint.map
 define link
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(1)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(filter-out %.list,$^) $(1)
 endef
 
 $(BUILD)/bin/cessna-supervisor: $(call obj,$(SUPER_SRC)) $(BUILD)/libcommon.a
@@ -150,7 +156,8 @@ TEST_WRAP := -Wl,--wrap=ring_put
 # tests/it_install.c runs `make install` from this tree, with this build's settings.
 $(call obj,tests/it_install.c): CFLAGS += -DCESSNA_SRC_DIR=\"$(CURDIR)\" -DCESSNA_SANITIZE=\"$(SANITIZE)\"
 $(BUILD)/tests/cessna-tests: $(call obj,$(UNIT_SRC) $(IT_SRC) $(THELP_SRC) worker/arena.c \
-		supervisor/evstore.c supervisor/timers.c endpoint/keep.c endpoint/framing.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a
+		supervisor/evstore.c supervisor/timers.c endpoint/keep.c endpoint/framing.c) $(BUILD)/lib/libcessna-endpoint.a $(BUILD)/libcommon.a \
+		$(BUILD)/tests.list
 	$(call link,$(TEST_WRAP) -lcriterion $(LDLIBS) -ljansson -lz -lpthread)
 
 # The long runs (`make soak`): not part of `make test`.
