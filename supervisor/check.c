@@ -105,11 +105,6 @@ int check_app(char *err, size_t errlen)
         snprintf(err, errlen, "%s%s", strncmp(why, "app ", 4) ? "app: " : "", why);
         return -EINVAL;
     }
-    pid_t pid = S.zygote_pid;
-    zygote_stop();
-    while (waitpid(pid, NULL, 0) == -1 && errno == EINTR)
-        ;
-    close(S.zygote_pidfd);
-    S.zygote_pidfd = -1;
+    zygote_stop(1);
     return 0;
 }

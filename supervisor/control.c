@@ -126,7 +126,7 @@ static size_t list_sessions(char *out, size_t cap)
             "id=%llu worker=%d state=%s events=%llu ordered=%llu to_client=%llu to_server=%llu "
             "recoveries=%u standby=%s snapshot=%s snapshots=%llu snapshot_bytes=%llu "
             "fork_us=%llu write_us=%llu held_events=%llu held_bytes=%llu snapshot_failures=%llu "
-            "timers=%u order_held=%llu epoch=%llu remote_snapshot=%llu%s\n",
+            "timers=%u order_held=%llu epoch=%llu remote_snapshot=%llu zygote_gen=%u%s\n",
             (unsigned long long)s->id, s->worker_reaped ? 0 : (int)s->pid,
             ctl_state_name(s),
             (unsigned long long)events, (unsigned long long)(s->next_pos - 1),
@@ -136,7 +136,7 @@ static size_t list_sessions(char *out, size_t cap)
             (unsigned long long)(s->snap_write_ns / 1000), (unsigned long long)s->ev.count,
             (unsigned long long)evstore_bytes(&s->ev), (unsigned long long)s->snap_failures,
             timers_armed(s), (unsigned long long)(s->next_pos - s->order_base),
-            (unsigned long long)s->epoch, (unsigned long long)s->remote_pos,
+            (unsigned long long)s->epoch, (unsigned long long)s->remote_pos, s->zgen,
             recovery_timing(s, timing, sizeof(timing)));
     }
     return n;
@@ -151,7 +151,7 @@ static size_t stats(char *out, size_t cap)
         "hot_takeovers=%llu cold_restores=%llu snapshots=%llu snapshot_failures=%llu "
         "log_failures=%llu hello_timeouts=%llu connect_timeouts=%llu idle_timeouts=%llu "
         "forced_closes=%llu accept_fd_limit=%llu accept_paused=%llu zygote_restarts=%llu "
-        "zygote=%s zygote_pid=%d dirs_removed=%llu ctl_timeouts=%llu resumes=%llu moves=%llu "
+        "dirs_removed=%llu ctl_timeouts=%llu resumes=%llu moves=%llu "
         "draining=%d",
         S.nsessions, (unsigned long long)S.stats.sessions_total,
         (unsigned long long)S.stats.sessions_failed, (unsigned long long)S.stats.worker_deaths,
@@ -164,11 +164,14 @@ static size_t stats(char *out, size_t cap)
         (unsigned long long)S.stats.connect_timeouts, (unsigned long long)S.stats.idle_timeouts,
         (unsigned long long)S.stats.forced_closes, (unsigned long long)S.stats.accept_fd_limit,
         (unsigned long long)S.stats.accept_paused, (unsigned long long)S.stats.zygote_restarts,
-        S.zygote_sock >= 0 ? "up" : "restarting", S.zygote_sock >= 0 ? (int)S.zygote_pid : 0,
         (unsigned long long)S.stats.dirs_removed,
         (unsigned long long)S.stats.ctl_timeouts, (unsigned long long)S.stats.resumes,
         (unsigned long long)S.stats.moves, S.draining);
     size_t len = n < 0 ? 0 : (size_t)n >= cap ? cap - 1 : (size_t)n;
+    if (len + 1 < cap) {
+        out[len++] = ' ';   /* the zygotes: which app new sessions run, and the old one's */
+        len += zygote_stats(out + len, cap - len);
+    }
     len += hib_stats(out + len, cap - len);   /* hibernate.c */
     /* Group durability of snapshot files (snapsync.c). */
     n = snprintf(out + len, cap - len, " snapshot_syncs=%llu snapshot_sync_failures=%llu "

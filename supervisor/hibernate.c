@@ -207,8 +207,8 @@ static void wake(struct session *s)
 {
     char err[256] = "";
 
-    if (S.zygote_sock < 0 || zygote_waiting() >= WAKES_QUEUED_MAX)
-        return;   /* the zygote is being restarted, or busy: the tick tries again */
+    if (zygote_waiting(s) >= WAKES_QUEUED_MAX)
+        return;   /* its zygote is being restarted, or busy: the tick tries again */
     s->hib.wake_pending = 0;
     s->hib.wake_ns = mono_ns();
     if (sess_prepare(s, err, sizeof(err)) < 0 ||

@@ -209,11 +209,11 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_REAP:       return recovery_on_reap(slot, (int)arg, cqe->res);
     case OP_TICK:       return recovery_on_tick();
     case OP_SWEEP:      return tmo_on_sweep();
-    case OP_ZYGOTE:     return zygote_on_death();
-    case OP_ZYGOTE_RESTART: return zygote_on_restart_timer();
-    case OP_ZYGOTE_READY:   return zygote_on_ready(cqe->res);
+    case OP_ZYGOTE:     return zygote_on_death(slot);
+    case OP_ZYGOTE_RESTART: return zygote_on_restart_timer(slot);
+    case OP_ZYGOTE_READY:   return zygote_on_ready(slot, cqe->res);
     case OP_IGNORE:     return;
-    case OP_ZYGOTE_REPLY: return zygote_on_reply(cqe->res);
+    case OP_ZYGOTE_REPLY: return zygote_on_reply(slot, cqe->res);
     case OP_SNAPSYNC:   return snapsync_on_done(cqe->res);
     case OP_METRICS_ACCEPT: return metrics_on_accept(cqe->res, cqe->flags);
     case OP_METRICS_RECV:   return metrics_on_recv(slot, cqe->res);
@@ -568,7 +568,7 @@ int main(int argc, char **argv)
     for (uint32_t i = 0; i < S.slot_high; i++)
         if (S.sessions[i].pid > 0 && !S.sessions[i].worker_reaped)
             kill(S.sessions[i].pid, SIGKILL);
-    zygote_stop();
+    zygote_stop(0);
     unlink(S.cfg.control);
     LOG(LOG_INFO, "msg=\"stopped\" exit_status=%d", rc);
     return rc;

@@ -999,7 +999,7 @@ void recovery_worker_gone(struct session *s)
 /* 1 when pid is a process the supervisor watches by pidfd (it reaps those itself). */
 static int tracked(pid_t pid)
 {
-    if (pid == S.zygote_pid)
+    if (zygote_tracked(pid))
         return 1;
     for (uint32_t i = 0; i < S.slot_high; i++) {
         const struct session *s = &S.sessions[i];

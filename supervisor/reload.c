@@ -5,12 +5,14 @@
  * start cannot, and is named in the log as needing a restart: the sockets (listen, control),
  * the server address, the state directory and its lock, the descriptor limit, the layout of
  * every session's rings and arena (max_message_bytes, ring_bytes, max_session_memory), the
- * standby mode, the zygote's sandbox and user, and the app.
+ * standby mode, the zygote's sandbox and user.
  *
- * The app stays what it was at start on purpose: a session's snapshots restore only into
- * the module that wrote them (the layout fingerprint), and a session that was running
- * before the reload may need a worker again at any time (a cold recovery, waking from
- * hibernation), which only the zygote of its own module can give.
+ * The app is for new sessions: a session's snapshots restore only into the module that
+ * wrote them, and a session that was running before the reload may need a worker again at
+ * any time (a cold recovery, waking from hibernation), so a new module gets a zygote of its
+ * own and the old zygote stays for the old sessions (zygote.c). The new module must load
+ * first (its zygote reports ready, as in --check); a third module while the old one still
+ * has sessions is refused.
  *
  * [app] changes apply to new sessions only: a session keeps the values it started with
  * (they travel in its start event, appcfg.h). */
@@ -75,6 +77,22 @@ static void apply_app(const struct config *nc)
         "sessions keep the ones they started with\" keys=%u", nc->app_nkeys);
 }
 
+/* app: a zygote for the new module; new sessions run it once it is ready (zygote.c logs
+ * that, or that it did not load). */
+static void apply_module(const struct config *nc, char *applied, size_t len)
+{
+    char why[512];
+
+    if (strcmp(nc->app, zygote_current_app()) == 0)
+        return;
+    if (zygote_change_app(nc->app, why, sizeof(why)) < 0) {
+        LOG(LOG_WARN, "msg=\"reload: app not applied; new sessions keep running %s\" app=%s "
+            "reason=\"%s\"", zygote_current_app(), nc->app, why);
+        return;
+    }
+    add(applied, len, "app", "new sessions, once it loads");
+}
+
 /* max_sessions: 0 is "as many as the descriptor limit holds", which was worked out at start
  * as the number of slots; more slots than that need a restart. */
 static int apply_max_sessions(const struct config *nc, char *why, size_t len)
@@ -103,9 +121,10 @@ void reload_config(void)
         const char *key = config_key(i);
         if (!config_key_differs(&R.file, &nc, i))
             continue;
+        if (strcmp(key, "app") == 0)
+            continue;   /* apply_module */
         if (!runtime(key)) {
-            add(skipped, sizeof(skipped), key, strcmp(key, "app") == 0 ?
-                "sessions need the module they started with" : NULL);
+            add(skipped, sizeof(skipped), key, NULL);
             continue;
         }
         if (strcmp(key, "max_sessions") == 0 && apply_max_sessions(&nc, why, sizeof(why)) < 0) {
@@ -120,6 +139,7 @@ void reload_config(void)
             log_set_level(S.cfg.log_level);
     }
     apply_app(&nc);
+    apply_module(&nc, applied, sizeof(applied));
     LOG(LOG_INFO, "msg=\"configuration reloaded\" file=%s applied=\"%s\"", R.path,
         applied[0] ? applied : "none");
     LOG(skipped[0] ? LOG_WARN : LOG_INFO, "msg=\"reload: not applied, these need a restart\" "

@@ -339,6 +339,9 @@ static void rebuild(struct session *s)
     struct snap_meta m;
     char dir[PATH_MAX], name[64], path[PATH_MAX + 64], err[256];
     int closing = 0;
+    /* Without a snapshot, the module an older copy here ran (resume_start bound this copy
+     * to it): the events replayed from the start must meet the same app. */
+    uint32_t zgen = s->zgen;
 
     memset(&m, 0, sizeof(m));
     session_dir(s, dir, sizeof(dir));
@@ -352,7 +355,10 @@ static void rebuild(struct session *s)
                          err[0] ? err : "another session's");
             return;
         }
-        if (memcmp(m.fingerprint, S.fingerprint, sizeof(S.fingerprint)) != 0) {
+        /* The module that wrote it: the current one, or the one before a reload whose
+         * zygote still runs for older sessions (zygote.c). */
+        zgen = zygote_for_fingerprint(m.fingerprint);
+        if (!zgen) {
             abort_resume(s, WIRE_ERR_INCOMPATIBLE, "the session's snapshot has another layout "
                          "fingerprint than this edge's workers (another build of the worker, "
                          "its libraries or the app): try another edge");
@@ -457,6 +463,7 @@ static void rebuild(struct session *s)
         }
         s->c[i].next_seq = h->next_seq ? h->next_seq : 1;
     }
+    zygote_bind(s, zgen);
     if (sess_spawn_worker(s, P, err, sizeof(err)) < 0) {
         sess_fail(s, WIRE_ERR_UNAVAILABLE, "cannot start a worker to resume: %s", err);
         goto out;
@@ -531,6 +538,8 @@ void resume_start(struct session *s, const struct wire_frame *f)
          * it left): the newer resume wins, and takes over its directory. */
         LOG(LOG_INFO, "session=%llu msg=\"older copy ends: the client resumed\"", ull(s->id));
         old->dir_taken = 1;
+        if (old->zgen)
+            zygote_bind(s, old->zgen);   /* its module stays while this copy may need it */
         sesslog_cause(&old->log, END_SUPERSEDED);
         sess_end_quietly(old);
         sess_maybe_free(old);

@@ -472,6 +472,8 @@ int sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t
         return -ENOENT;
     s->pid = 0;
     s->pidfd = -1;
+    if (!s->zgen)
+        zygote_bind(s, 0);   /* a new session: the module new sessions run now */
     rc = zygote_spawn(s, s->memfd, restore_pos, err, errlen);
     close(s->memfd);    /* the zygote has its own copy now (or none: the next try makes one) */
     s->memfd = -1;
@@ -1412,6 +1414,7 @@ void sess_maybe_free(struct session *s)
     free(s->order);
     free(s->order_end);
     timers_free(s);
+    zygote_unbind(s);   /* the last session of an old module stops its zygote */
     /* take it off the doorbell and log lists if it is there */
     for (struct session **p = &S.dirty; *p; p = &(*p)->next_dirty) {
         if (*p == s) {

@@ -17,6 +17,7 @@
 #include "timeouts.h"
 #include "timers.h"
 #include "wire.h"
+#include "zygote.h"
 
 /* user_data of every io_uring operation: {operation, session slot, argument}. */
 enum op {
@@ -29,6 +30,7 @@ enum op {
     OP_ZYGOTE_RESTART, OP_ZYGOTE_READY,   /* a zygote being restarted (zygote.c) */
     OP_IGNORE,         /* completions of cancels: nothing to do */
     OP_ZYGOTE_REPLY,   /* the zygote answered spawn requests */
+    /* (the OP_ZYGOTE* operations carry the zygote's generation in the slot) */
     OP_SNAPSYNC,       /* the snapshot sync thread finished a batch (snapsync.c) */
     OP_METRICS_ACCEPT, OP_METRICS_RECV, OP_METRICS_SEND,   /* metrics.c; slot = connection */
 };
@@ -131,6 +133,8 @@ struct session {
     unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, pidfd_armed : 1;
     unsigned out_stalled : 1, in_dirty : 1;
     unsigned spawning : 1;      /* a worker was asked of the zygote; its reply is pending */
+    uint32_t zgen;              /* its zygote (module): every worker it gets comes from there
+                                 * (zygote.c; 0 before its first worker) */
     unsigned failed : 1;    /* ended by sess_fail: its directory is kept for offline replay */
     unsigned dir_taken : 1; /* a newer copy of the session (a resume) uses its directory */
     struct tmo tmo;
@@ -228,10 +232,6 @@ struct sup {
     size_t unfed_max, out_high_water;
 
     int futex_bells;            /* io_uring waits on and wakes futex words (doorbell.c) */
-    int zygote_sock, zygote_pidfd;     /* -1 while the zygote is being restarted */
-    uint8_t fingerprint[32];    /* the layout of the zygote's workers: a snapshot from another
-                                 * is refused before anything is loaded (resume.c) */
-    pid_t zygote_pid;
     int lock_fd;                /* STATE_DIR/supervisor.lock, held (flock) while we run */
     int log_level_fd;           /* the node-wide log level page (log_share), or -1 */
 
@@ -345,21 +345,6 @@ void doorbell_probe(void);                              /* sets S.futex_bells */
 void sess_arm_doorbell(struct session *s, uint32_t seen);   /* wait for bell_out != seen */
 void sess_ring_own_doorbell(struct session *s);         /* complete our own wait */
 void sess_ring_worker(struct session *s);               /* wake the worker (bell_in) */
-
-/* zygote.c */
-int zygote_start(const char *app, const char *cache_dir, const char *state_dir, char *err,
-                 size_t errlen);
-/* Ask for a worker; the reply comes as a completion: sess_worker_spawned() or
- * sess_spawn_failed(). 0, or -errno with a reason in err. */
-int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, size_t errlen);
-void zygote_on_reply(int res);
-uint32_t zygote_waiting(void);          /* spawn requests not answered yet */
-void zygote_check_spawns(void);
-void zygote_watch(void);                 /* arm the watch of the zygote's death */
-void zygote_on_death(void);              /* it died: restart it, with backoff */
-void zygote_on_restart_timer(void);
-void zygote_on_ready(int res);
-void zygote_stop(void);
 
 /* control.c: control connections are served through io_uring, never blocking the loop */
 int  ctl_listen(const char *path, char *err, size_t errlen);
