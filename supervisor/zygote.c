@@ -711,7 +711,8 @@ void zygote_check_spawns(void)
 int zygote_tracked(pid_t pid)
 {
     for (int i = 0; i < ZYGOTES; i++)
-        if (Z.z[i].role != Z_FREE && pid > 0 && Z.z[i].pid == pid)
+        if (Z.z[i].role != Z_FREE && pid > 0 &&
+            (Z.z[i].pid == pid || (Z.z[i].st_sock >= 0 && Z.z[i].st_pid == pid)))
             return 1;
     return 0;
 }

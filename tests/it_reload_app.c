@@ -403,3 +403,47 @@ Test(reload_app, an_old_session_wakes_with_its_own_module)
     cr_assert_eq(stat_of(&e, "sessions_failed"), 0);
     t_edge_stop(&e);
 }
+
+/* ---- each zygote keeps its own restart: the old one dies, comes back, serves its session ---- */
+
+Test(reload_app, the_old_zygote_restarts_when_it_dies)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    const char *extra = "snapshot_interval_ms = 20\n";
+    char line[2048];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("sequencer"), srv.addr, extra);
+    struct cessna_ep *s1 = t_ep_connect(&e);
+    uint64_t id1 = cessna_ep_session_id(s1);
+    expect_sequencer(s1, "s1 one", 1);
+    edge_config(&e, srv.addr, t_app("passthrough"), extra);
+    hup(&e, "msg=\"app: new sessions run ", 1);
+    pid_t za = (pid_t)stat_of(&e, "old_zygote_pid"), zb = (pid_t)stat_of(&e, "zygote_pid");
+    cr_assert(za > 0 && zb > 0 && za != zb);
+
+    kill(za, SIGKILL);
+    cr_assert(wait_log(e.sup.log, "msg=\"the old zygote died; restarting it", 1, 5000),
+              "log: %s", e.sup.log);
+    cr_assert(wait_log(e.sup.log, "msg=\"zygote restarted\"", 1, 5000), "log: %s", e.sup.log);
+    log_line(e.sup.log, "msg=\"zygote restarted\"", line, sizeof(line));
+    cr_expect(strstr(line, " gen=1 "), "the old generation came back: %s", line);
+    pid_t za2 = (pid_t)stat_of(&e, "old_zygote_pid");
+    cr_assert(za2 > 0 && za2 != za, "a new old zygote: %d", (int)za2);
+    cr_assert_eq((pid_t)stat_of(&e, "zygote_pid"), zb, "the current one was not touched");
+
+    /* S1 recovers from the restarted zygote, with its module and state. */
+    wait_snapshot(&e, id1, 0, 5000);
+    kill_worker(&e, id1);
+    expect_sequencer(s1, "s1 two, after the recovery", 2);
+    wait_recoveries(&e, id1, 1);
+    struct cessna_ep *s2 = t_ep_connect(&e);
+    expect_passthrough(s2, "s2 one");
+    close_ep(s1);
+    cr_assert(wait_log(e.sup.log, "msg=\"old zygote stopped", 1, 5000), "log: %s", e.sup.log);
+    cr_assert(pid_gone(za2, 5000), "the old zygote %d still exists", (int)za2);
+    close_ep(s2);
+    cr_assert_eq(stat_of(&e, "sessions_failed"), 0);
+    t_edge_stop(&e);
+}
