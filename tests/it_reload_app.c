@@ -447,3 +447,82 @@ Test(reload_app, the_old_zygote_restarts_when_it_dies)
     cr_assert_eq(stat_of(&e, "sessions_failed"), 0);
     t_edge_stop(&e);
 }
+
+/* ---- a session that moves in resumes with the module its snapshot was written by ---- */
+
+/* Edge i's config file with app replaced by the built app `name`. */
+static void world_edge_app(struct world *w, int i, const char *name)
+{
+    char cfg[400], tmp[420], line[1024];
+    FILE *in, *out;
+
+    snprintf(cfg, sizeof(cfg), "%s/edge%d.ini", w->dir, i);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", cfg);
+    in = fopen(cfg, "r");
+    out = fopen(tmp, "w");
+    cr_assert(in && out, "%s: %s", cfg, strerror(errno));
+    while (fgets(line, sizeof(line), in))
+        if (strncmp(line, "app = ", 6) == 0)
+            fprintf(out, "app = %s\n", t_app(name));
+        else
+            fputs(line, out);
+    fclose(in);
+    cr_assert_eq(fclose(out), 0);
+    cr_assert_eq(rename(tmp, cfg), 0);
+}
+
+static void move_to(struct world *w, uint64_t id, int from, int to)
+{
+    char cmd[64], out[1024];
+
+    snprintf(cmd, sizeof(cmd), "move %llu", (unsigned long long)id);
+    edge_ctl(w, from, cmd, out, sizeof(out));
+    cr_assert(strstr(out, "ok moving"), "move: %s", out);
+    for (long t0 = t_now_ms(); t_now_ms() - t0 < 10000; usleep(10000))
+        if (edge_session_field(w, to, id, "epoch"))
+            return;
+    cr_assert_fail("session %llu did not arrive at edge %d", (unsigned long long)id, to);
+}
+
+Test(reload_app, a_session_moving_in_resumes_with_its_module, .timeout = 180)
+{
+    static struct world clean, w;
+    static const struct w_opts o = { .edges = 2, .sessions = 4, .rounds = 300 };
+    struct w_clients c;
+    uint64_t ids[W_SESSIONS_MAX];
+    char log[512], line[2048];
+
+    world_start(&clean, &o);
+    run_clients(&clean, &c);
+    join_clients(&clean, &c);
+    wait_server_transcripts(&clean);
+    world_stop(&clean);
+
+    world_start(&w, &o);
+    run_clients(&w, &c);
+    cr_assert_eq(wait_rounds(&w, 40, 30000), 0, "the clients did not get going");
+    cr_assert_eq(edge_session_ids(&w, 0, ids, W_SESSIONS_MAX), 4, "all open at edge 0");
+
+    /* Edge 1 gets a sequencer session, then changes to passthrough: the old zygote stays. */
+    move_to(&w, ids[0], 0, 1);
+    world_edge_app(&w, 1, "passthrough");
+    kill(w.edge[1].pid, SIGHUP);
+    edge_log(&w, 1, log, sizeof(log));
+    cr_assert(wait_log(log, "msg=\"app: new sessions run ", 1, 10000), "log: %s", log);
+    log_line(log, "msg=\"app: new sessions run ", line, sizeof(line));
+    cr_expect(strstr(line, "1 sessions keep "), "%s", line);
+    cr_assert_eq(edge_session_field(&w, 1, ids[0], "zygote_gen"), 1);
+
+    /* Another sequencer session moves in: its snapshot's layout is the old zygote's. */
+    move_to(&w, ids[1], 0, 1);
+    cr_assert_eq(edge_session_field(&w, 1, ids[1], "zygote_gen"), 1,
+                 "the resumed session runs the module of its snapshot");
+    cr_assert_eq(edge_stat(&w, 1, "old_zygote_sessions"), 2);
+    cr_assert_eq(edge_stat(&w, 1, "zygote_sessions"), 0);
+
+    join_clients(&w, &c);
+    wait_server_transcripts(&w);
+    cr_assert(wait_log(log, "msg=\"old zygote stopped", 1, 10000), "log: %s", log);
+    world_stop(&w);
+    compare(&clean, &w);   /* every byte as without the reload and the moves */
+}
