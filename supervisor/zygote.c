@@ -717,12 +717,12 @@ int zygote_tracked(pid_t pid)
     return 0;
 }
 
-static size_t put(char *out, size_t cap, size_t len, int n)
+/* len after appending n more characters to a buffer of cap (snprintf's return), capped. */
+static size_t put(size_t cap, size_t len, int n)
 {
-    (void)out;
     if (n < 0)
         return len;
-    return len + (size_t)n >= cap ? (cap ? cap - 1 : 0) : len + (size_t)n;
+    return len + (size_t)n >= cap ? cap - 1 : len + (size_t)n;
 }
 
 size_t zygote_stats(char *out, size_t cap)
@@ -734,20 +734,20 @@ size_t zygote_stats(char *out, size_t cap)
         return 0;
     out[0] = 0;
     if (z)
-        len = put(out, cap, len, snprintf(out, cap, "zygote=%s zygote_pid=%d zygote_gen=%u "
+        len = put(cap, len, snprintf(out, cap, "zygote=%s zygote_pid=%d zygote_gen=%u "
                   "zygote_sessions=%u zygote_spawns_waiting=%u app=%s",
                   z->sock >= 0 ? "up" : "restarting", z->sock >= 0 ? (int)z->pid : 0, z->gen,
                   z->sessions, z->count, z->app));
     if (old)
-        len = put(out, cap, len, snprintf(out + len, cap - len, " old_zygote=%s "
+        len = put(cap, len, snprintf(out + len, cap - len, " old_zygote=%s "
                   "old_zygote_pid=%d old_zygote_gen=%u old_zygote_sessions=%u "
                   "old_zygote_restarts=%llu old_app=%s", old->sock >= 0 ? "up" : "restarting",
                   old->sock >= 0 ? (int)old->pid : 0, old->gen, old->sessions,
                   (unsigned long long)old->restarts, old->app));
     else
-        len = put(out, cap, len, snprintf(out + len, cap - len, " old_zygote=none"));
+        len = put(cap, len, snprintf(out + len, cap - len, " old_zygote=none"));
     if (nz)
-        len = put(out, cap, len, snprintf(out + len, cap - len, " new_zygote=starting "
+        len = put(cap, len, snprintf(out + len, cap - len, " new_zygote=starting "
                   "new_zygote_pid=%d new_zygote_gen=%u new_app=%s", (int)nz->st_pid, nz->gen,
                   nz->app));
     return len;
