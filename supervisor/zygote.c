@@ -437,9 +437,11 @@ void zygote_on_ready(uint32_t gen, int res)
     discard(z->st_sock, z->st_pid, z->st_pidfd, 0);
     z->st_sock = z->st_pidfd = -1;
     if (z->role == Z_NEW) {
+        char quoted[4 * sizeof(err) + 1];   /* the zygote's words (the loader's, the app's) */
+        log_escape(quoted, sizeof(quoted), err, strlen(err));
         LOG(LOG_ERROR, "msg=\"reload: app not applied: the new module does not load; new "
             "sessions keep running %s\" app=%s error=\"%s\"", by_role(Z_CURRENT) ?
-            by_role(Z_CURRENT)->app : "-", z->app, err);
+            by_role(Z_CURRENT)->app : "-", z->app, quoted);
         free_entry(z);
         return;
     }
