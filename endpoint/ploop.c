@@ -698,6 +698,17 @@ static int parse_num(const char *name, const char *opt, const char *s, unsigned 
     return ploop_parse_num(name, opt, s, 1, max, v);
 }
 
+
+/* SIGTERM, SIGINT: the listening socket is shut down first, so a proxy started right after
+ * binds the port (the ring's accept would hold it until the kernel tears the ring down,
+ * after the exit); then the default action ends the process as before. */
+static void free_port_and_die(int sig)
+{
+    shutdown(L.lfd, SHUT_RDWR);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
 {
     struct option opts[32] = {
@@ -793,6 +804,9 @@ int ploop_main(int argc, char **argv, const struct proxy_spec *spec)
         LOG(LOG_ERROR, "msg=\"io_uring setup failed\" error=\"%s\"", strerror(-rc));
         return 1;
     }
+    struct sigaction stop = { .sa_handler = free_port_and_die };
+    sigaction(SIGTERM, &stop, NULL);
+    sigaction(SIGINT, &stop, NULL);
     if (proxy_print_ready(L.lfd) < 0) {
         LOG(LOG_ERROR, "msg=\"getsockname failed\" error=\"%s\"", strerror(errno));
         return 1;

@@ -564,6 +564,13 @@ int main(int argc, char **argv)
 
     rc = run_loop();
 
+    /* Free the listening ports now: the ring's accepts hold the sockets until the kernel
+     * tears the ring down, after we exit, and a restart at once would find them bound. */
+    shutdown(S.listen_fd, SHUT_RDWR);
+    if (metrics_fd >= 0)
+        shutdown(metrics_fd, SHUT_RDWR);
+    io_uring_queue_exit(&S.ring);
+
     /* Stop: workers die with us (PDEATHSIG); close the zygote's socket so it exits too. */
     for (uint32_t i = 0; i < S.slot_high; i++)
         if (S.sessions[i].pid > 0 && !S.sessions[i].worker_reaped)

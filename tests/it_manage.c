@@ -473,3 +473,53 @@ Test(manage, relative_paths_resolve_against_the_config_file)
     cr_expect(file_count(p.log, so) >= 1, "the log names the resolved app %s", so);
     t_stop(&p);
 }
+
+/* `systemctl restart`: an edge stopped by SIGTERM (or SIGINT) frees its port before it exits,
+ * so the next one binds it at once (the ring's accept held the listener until the kernel
+ * tore the ring down after the exit: every second restart failed with EADDRINUSE). */
+Test(manage, a_stopped_edge_restarts_on_its_port_at_once)
+{
+    struct t_echo_ep srv;
+    char dir[300], cfg[400], text[1024];
+    int port = w_free_port();
+
+    t_echo_ep_start(&srv);
+    snprintf(dir, sizeof(dir), "%s", t_tmpdir());
+    snprintf(cfg, sizeof(cfg), "%s/edge.ini", dir);
+    snprintf(text, sizeof(text), "[edge]\nlisten = 127.0.0.1:%d\nserver = %s\napp = %s\n"
+             "state_dir = %s/state\n", port, srv.addr, t_app("passthrough"), dir);
+    write_file(cfg, text);
+    for (int i = 0; i < 8; i++) {
+        struct t_proc p;
+        char *argv[] = { (char *)t_bin("cessna-supervisor"), "-c", cfg, NULL };
+        t_start(&p, dir, "supervisor", argv);   /* fails the test when it does not start */
+        if (i % 4 == 0) {   /* with a session, and without */
+            struct t_edge e = { .sup = p };
+            struct cessna_ep *ep = t_ep_connect(&e);
+            const void *got;
+            cr_assert_eq(cessna_ep_send(ep, "x", 1), 0);
+            cr_assert_eq(cessna_ep_recv(ep, &got), 1, "restart %d: %s", i, cessna_ep_error(ep));
+            cessna_ep_free(ep);   /* the connection is still open when the edge stops */
+        }
+        kill(p.pid, i % 2 ? SIGINT : SIGTERM);
+        int st = -1;   /* blocking: the next start follows the exit at once, as in a shell */
+        cr_assert_eq(waitpid(p.pid, &st, 0), p.pid);
+        cr_assert(WIFEXITED(st), "restart %d: the edge did not stop", i);
+        p.pid = 0;
+        close(p.out_fd);
+    }
+    /* The proxies too (they end by the signal's default action, after freeing the port). */
+    char listen[64];
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", w_free_port());
+    for (int i = 0; i < 6; i++) {
+        struct t_proc p;
+        char *argv[] = { (char *)t_bin(i % 2 ? "cessna-server-proxy" : "cessna-client-proxy"),
+                         "--listen", listen, i % 2 ? "--target" : "--edge", "127.0.0.1:1", NULL };
+        t_start(&p, dir, "proxy", argv);
+        kill(p.pid, SIGTERM);
+        int st = -1;
+        cr_assert_eq(waitpid(p.pid, &st, 0), p.pid);
+        cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM, "proxy %d: status %#x", i, st);
+        close(p.out_fd);
+    }
+}
