@@ -1,5 +1,6 @@
 /* it_replay.c - integration: the ordering log files and cessna-replay, offline. */
 #include <criterion/criterion.h>
+#include <sys/stat.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -13,8 +14,10 @@
 
 TestSuite(replay, .timeout = 60);
 
-/* Run cessna-replay; its stdout in out, its exit status returned. */
-static int replay(const struct t_edge *e, const char *app, uint64_t id, char *out, size_t len)
+/* Run cessna-replay (with --cache-dir cache unless NULL); its stdout in out, its exit
+ * status returned. */
+static int replay_with(const struct t_edge *e, const char *app, uint64_t id, const char *cache,
+                       char *out, size_t len)
 {
     char state[300], sid[32];
     int fd;
@@ -22,7 +25,7 @@ static int replay(const struct t_edge *e, const char *app, uint64_t id, char *ou
     snprintf(state, sizeof(state), "%s/state", e->dir);
     snprintf(sid, sizeof(sid), "%llu", (unsigned long long)id);
     char *argv[] = { (char *)t_bin("cessna-replay"), "--app", (char *)app, "--state-dir", state,
-                     "--session", sid, NULL };
+                     "--session", sid, cache ? "--cache-dir" : NULL, (char *)cache, NULL };
     pid_t pid = t_start_raw(e->dir, "replay", argv, &fd);
     memset(out, 0, len);   /* what arrived stays readable even after a timeout */
     t_read_n(fd, out, len - 1, 20000);   /* a hang shows in the status (-1) below */
@@ -30,6 +33,11 @@ static int replay(const struct t_edge *e, const char *app, uint64_t id, char *ou
     close(fd);
     cr_assert(status != -1 && WIFEXITED(status), "cessna-replay ends: %s", out);
     return WEXITSTATUS(status);
+}
+
+static int replay(const struct t_edge *e, const char *app, uint64_t id, char *out, size_t len)
+{
+    return replay_with(e, app, id, NULL, out, len);
 }
 
 static int count_logs(const struct t_edge *e, uint64_t id)
@@ -159,4 +167,47 @@ Test(replay, one_mebibyte_messages_replay_to_the_same_crash)
     cr_assert(strstr(out, want), "replay says '%s', want '%s'", out, want);
     t_edge_stop(&e);
     free(msg);
+}
+
+/* A crash that depends on what the app read from its cache: a replay given the edge's
+ * cache_dir finds it at the same event; one without says what it lacks and does not. */
+Test(replay, a_crash_from_a_cache_object_needs_the_cache_dir)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char err[256], out[4096], cache[320], path[400], extra[400];
+    const void *got;
+
+    snprintf(cache, sizeof(cache), "%s/cache", t_tmpdir());
+    cr_assert_eq(mkdir(cache, 0755), 0);
+    snprintf(path, sizeof(path), "%s/trigger", cache);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs("boom", f);
+    fclose(f);
+    t_echo_ep_start(&srv);
+    snprintf(extra, sizeof(extra), "cache_dir = %s\nsnapshot_interval_ms = 0\n", cache);
+    t_edge_start(&e, t_test_app("crashy"), srv.addr, extra);
+    struct cessna_ep *ep = cessna_ep_connect(e.sup.addr, err, sizeof(err));
+    cr_assert(ep, "%s", err);
+    cr_assert_eq(cessna_ep_send(ep, "hello", 5), 0);
+    cr_assert_eq(cessna_ep_recv(ep, &got), 5);
+    uint64_t id = cessna_ep_session_id(ep);
+    cr_assert_eq(cessna_ep_send(ep, "CACHE trigger", 13), 0);
+    cr_assert_eq(cessna_ep_recv(ep, &got), -ECONNABORTED, "the crash ends the session");
+    const char *at = strstr(cessna_ep_error(ep), "again at event ");
+    cr_assert(at, "%s", cessna_ep_error(ep));
+    char want[64];
+    snprintf(want, sizeof(want), "CRASH at event %llu: signal 11",
+             strtoull(at + strlen("again at event "), NULL, 10));
+    cessna_ep_free(ep);
+    usleep(100000);   /* the log's last batch reaches the file */
+
+    cr_assert_eq(replay_with(&e, t_test_app("crashy"), id, cache, out, sizeof(out)), 3, "%s",
+                 out);
+    cr_assert(strstr(out, want), "replay says '%s', want '%s'", out, want);
+    cr_assert_eq(replay(&e, t_test_app("crashy"), id, out, sizeof(out)), 0, "%s", out);
+    cr_assert(strstr(out, "read 'trigger' from its cache, which this replay does not have"),
+              "%s", out);
+    t_edge_stop(&e);
 }

@@ -6,6 +6,7 @@
  * It is the cessna-worker binary itself (build/bin/cessna-replay is a link to it), so the
  * layout, and with it the snapshot's fingerprint, is the edge's. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <poll.h>
@@ -34,16 +35,20 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: cessna-replay --app MODULE.so --state-dir DIR --session ID [--fresh]\n"
+        "                     [--cache-dir DIR]\n"
         "\n"
         "Re-runs session ID offline: restores its newest snapshot from DIR/ID/ (or starts\n"
         "fresh with --fresh, which needs the log from event 1), feeds the logged events\n"
         "(DIR/ID/events-*.log) to the app in their order, and reports whether and where the\n"
         "app crashes. Use the same build and app module as the edge that ran the session.\n"
+        "--cache-dir DIR is the edge's cache_dir: what the app read from it (cessna_cache_read)\n"
+        "is read again (without it, every read finds nothing, and the replay says so).\n"
         "Exit status: 0 no crash, 3 the app crashed, 1 replay not possible, 2 usage.\n"
         "  -V, --version   print the version and exit\n");
 }
 
 struct replay {
+    int has_cache, cache_warned;   /* --cache-dir given; its absence said once */
     struct shm_ctl *ctl;
     struct ring in, out;
     struct ring_asm out_asm;    /* outputs in pieces */
@@ -75,6 +80,13 @@ static int drain(struct replay *r)
             struct shm_rec h = { 0 };
             if (len >= sizeof(h))
                 memcpy(&h, whole, sizeof(h));
+            if (type == OUT_CACHE_READ && !r->has_cache && !r->cache_warned) {
+                int nlen = (int)(len - sizeof(h));
+                printf("note: the app read '%.*s' from its cache, which this replay does not "
+                       "have (--cache-dir): the read found nothing\n",
+                       nlen > 200 ? 200 : nlen, (const char *)whole + sizeof(h));
+                r->cache_warned = 1;
+            }
             if (type == OUT_CLIENT || type == OUT_SERVER)
                 r->outputs[type == OUT_SERVER]++;
             else if (type == OUT_DONE || type == OUT_FAIL)
@@ -204,11 +216,12 @@ int replay_main(int argc, char **argv)
         { "state-dir", required_argument, NULL, 'd' },
         { "session", required_argument, NULL, 's' },
         { "fresh", no_argument, NULL, 'f' },
+        { "cache-dir", required_argument, NULL, 'c' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { 0 },
     };
-    const char *app = NULL, *state_dir = NULL;
+    const char *app = NULL, *state_dir = NULL, *cache_dir = NULL;
     unsigned long long session_id = 0;
     int fresh = 0, c;
     char err[512], dir[PATH_MAX];
@@ -219,6 +232,7 @@ int replay_main(int argc, char **argv)
         case 'd': state_dir = optarg; break;
         case 's': session_id = strtoull(optarg, NULL, 0); break;
         case 'f': fresh = 1; break;
+        case 'c': cache_dir = optarg; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("cessna-replay %s\n", CESSNA_VERSION); return 0;
         default: usage(stderr); return 2;
@@ -232,6 +246,18 @@ int replay_main(int argc, char **argv)
     rt_ensure_no_aslr(argv);
     signal(SIGPIPE, SIG_IGN);
     rt_set_state_dir(state_dir);
+    /* A module named without a directory is a file here, not a library on the search path. */
+    char app_path[PATH_MAX];
+    if (!strchr(app, '/') && realpath(app, app_path))
+        app = app_path;
+    if (cache_dir) {
+        int dfd = open(cache_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (dfd == -1) {
+            fprintf(stderr, "cessna-replay: --cache-dir %s: %s\n", cache_dir, strerror(errno));
+            return 1;
+        }
+        rt_set_cache_dir(dfd);
+    }
     if (rt_load_app(app, err, sizeof(err)) < 0 || rt_reserve_arena(err, sizeof(err)) < 0 ||
         wsnap_init(app, err, sizeof(err)) < 0 ||
         /* the edge's sandbox (as this user): a refused call fails the same way here */
@@ -273,6 +299,7 @@ int replay_main(int argc, char **argv)
 
     struct replay r;
     memset(&r, 0, sizeof(r));
+    r.has_cache = cache_dir != NULL;
     if (start_worker(&r, session_id, from, max_message) < 0) {
         fprintf(stderr, "cessna-replay: cannot start a worker: %s\n", strerror(errno));
         return 1;
