@@ -401,9 +401,9 @@ static void promote(struct zygote *z)
         return;
     }
     cur->role = Z_OLD;
-    LOG(LOG_INFO, "msg=\"app: new sessions run %s; %u sessions keep %s\" gen=%u pid=%d "
-        "old_gen=%u old_pid=%d", z->app, cur->sessions, cur->app, z->gen, (int)z->pid, cur->gen,
-        (int)cur->pid);
+    LOG(LOG_INFO, "msg=\"app: new sessions run %s; older sessions keep %s\" old_sessions=%u "
+        "gen=%u pid=%d old_gen=%u old_pid=%d", z->app, cur->app, cur->sessions, z->gen,
+        (int)z->pid, cur->gen, (int)cur->pid);
     if (!cur->sessions)
         retire(cur);
 }
@@ -470,8 +470,8 @@ int zygote_change_app(const char *app, char *why, size_t whylen)
         return -EBUSY;
     }
     if (old) {
-        snprintf(why, whylen, "%u sessions still run the old module %s (at most two modules "
-                 "at once)", old->sessions, old->app);
+        snprintf(why, whylen, "sessions still run the old module %s (old_sessions=%u; at "
+                 "most two modules at once)", old->app, old->sessions);
         return -EBUSY;
     }
     if (!(z = new_entry(app, Z_NEW))) {
