@@ -49,7 +49,7 @@ static void storm_for(const char *extra)
         kills += t_storm_compare(extra);
         runs++;
     }
-    cr_log_warn("soak: %d runs, %d kills, every byte equal to the runs without kills", runs, kills);
+    cr_log_info("soak: %d runs, %d kills, every byte equal to the runs without kills", runs, kills);
     printf("soak %s: %d runs, %d kills, 0 divergences\n", extra, runs, kills);
 }
 
@@ -211,7 +211,7 @@ Test(soak, node_losses, .timeout = 7200)
         compare(&clean, &faulty);
         runs++;
     }
-    cr_log_warn("soak: %d runs, %d node kills, every byte equal to the run without faults",
+    cr_log_info("soak: %d runs, %d node kills, every byte equal to the run without faults",
                 runs, kills);
     printf("soak node losses: %d runs, %d node kills, 0 divergences\n", runs, kills);
 }
