@@ -33,30 +33,6 @@ static void write_file(const char *path, const char *text)
     cr_assert_eq(fclose(f), 0, "write %s", path);
 }
 
-/* Occurrences of needle in the log reach n within timeout_ms: 1, else 0. */
-static int wait_log(const char *log, const char *needle, int n, int timeout_ms)
-{
-    for (long t0 = t_now_ms(); t_now_ms() - t0 < timeout_ms; usleep(10000))
-        if (file_count(log, needle) >= n)
-            return 1;
-    return file_count(log, needle) >= n;
-}
-
-/* The line of log holding needle, into out ("" when none). */
-static void log_line(const char *log, const char *needle, char *out, size_t len)
-{
-    char line[2048];
-    FILE *f = fopen(log, "r");
-
-    out[0] = 0;
-    if (!f)
-        return;
-    while (fgets(line, sizeof(line), f))
-        if (strstr(line, needle))
-            snprintf(out, len, "%s", line);
-    fclose(f);
-}
-
 /* One message there and back. */
 static void echo_once(struct cessna_ep *ep, const char *msg)
 {
@@ -316,7 +292,7 @@ static void edge_config(const struct t_edge *e, const char *server, const char *
 static void hup(struct t_edge *e, const char *needle, int n)
 {
     kill(e->sup.pid, SIGHUP);
-    cr_assert(wait_log(e->sup.log, needle, n, 3000), "no '%s' (#%d) after SIGHUP (log: %s)",
+    cr_assert(file_wait_count(e->sup.log, needle, n, 3000), "no '%s' (#%d) after SIGHUP (log: %s)",
               needle, n, e->sup.log);
 }
 
@@ -346,9 +322,9 @@ Test(manage, sighup_reloads_limits_and_timeouts_without_dropping_sessions)
     /* Lower max_sessions; also a key that needs a restart (an app change is it_reload_app's). */
     edge_config(&e, srv.addr, t_app("passthrough"), "max_sessions = 1\nstandby = hot\n");
     hup(&e, "msg=\"configuration reloaded\"", 1);
-    log_line(e.sup.log, "msg=\"configuration reloaded\"", line, sizeof(line));
+    file_last_line(e.sup.log, "msg=\"configuration reloaded\"", line, sizeof(line));
     cr_expect(strstr(line, "applied=\"max_sessions\""), "applied: %s", line);
-    log_line(e.sup.log, "msg=\"reload: not applied", line, sizeof(line));
+    file_last_line(e.sup.log, "msg=\"reload: not applied", line, sizeof(line));
     cr_expect(strstr(line, "level=warn") && strstr(line, "standby") && !strstr(line, "app ("),
               "not applied: %s", line);
     cr_expect(!can_connect(&e, err, sizeof(err)), "max_sessions = 1 refuses a second session");
@@ -358,7 +334,7 @@ Test(manage, sighup_reloads_limits_and_timeouts_without_dropping_sessions)
     /* A broken file: logged, and the running configuration stays. */
     edge_config(&e, srv.addr, t_app("passthrough"), "max_sessions = lots\n");
     hup(&e, "the running one stays", 1);
-    log_line(e.sup.log, "the running one stays", line, sizeof(line));
+    file_last_line(e.sup.log, "the running one stays", line, sizeof(line));
     cr_expect(strstr(line, "level=error") && strstr(line, "edge.ini:7: bad value 'lots'"),
               "the error names file, line and cause: %s", line);
     cr_expect(!can_connect(&e, err, sizeof(err)), "the old max_sessions = 1 still holds");
@@ -367,7 +343,7 @@ Test(manage, sighup_reloads_limits_and_timeouts_without_dropping_sessions)
     /* Raise it again and turn idle_timeout_ms on: both apply to the live session too. */
     edge_config(&e, srv.addr, t_app("passthrough"), "max_sessions = 4\nidle_timeout_ms = 400\n");
     hup(&e, "msg=\"configuration reloaded\"", 2);
-    log_line(e.sup.log, "msg=\"configuration reloaded\"", line, sizeof(line));
+    file_last_line(e.sup.log, "msg=\"configuration reloaded\"", line, sizeof(line));
     cr_expect(strstr(line, "max_sessions") && strstr(line, "idle_timeout_ms"), "%s", line);
     struct cessna_ep *b = t_ep_connect(&e);
     echo_once(b, "a second session");
@@ -379,7 +355,7 @@ Test(manage, sighup_reloads_limits_and_timeouts_without_dropping_sessions)
     /* More than the slots made at start is not applied, and says why. */
     edge_config(&e, srv.addr, t_app("passthrough"), "max_sessions = 1000\n");
     hup(&e, "msg=\"configuration reloaded\"", 3);
-    log_line(e.sup.log, "msg=\"reload: not applied", line, sizeof(line));
+    file_last_line(e.sup.log, "msg=\"reload: not applied", line, sizeof(line));
     cr_expect(strstr(line, "max_sessions (1000 is more than the 4 slots"), "%s", line);
     cr_expect_eq(waitpid(e.sup.pid, NULL, WNOHANG), 0, "the supervisor runs on");
     cessna_ep_free(a);

@@ -41,34 +41,11 @@ static void edge_config(const struct t_edge *e, const char *server, const char *
     cr_assert_eq(rename(tmp, cfg), 0, "rename: %s", strerror(errno));
 }
 
-static int wait_log(const char *log, const char *needle, int n, int timeout_ms)
-{
-    for (long t0 = t_now_ms(); t_now_ms() - t0 < timeout_ms; usleep(10000))
-        if (file_count(log, needle) >= n)
-            return 1;
-    return file_count(log, needle) >= n;
-}
-
-/* The last line of log holding needle ("" when none). */
-static void log_line(const char *log, const char *needle, char *out, size_t len)
-{
-    char line[2048];
-    FILE *f = fopen(log, "r");
-
-    out[0] = 0;
-    if (!f)
-        return;
-    while (fgets(line, sizeof(line), f))
-        if (strstr(line, needle))
-            snprintf(out, len, "%s", line);
-    fclose(f);
-}
-
 /* SIGHUP; the n-th occurrence of needle shows up in the log. */
 static void hup(const struct t_edge *e, const char *needle, int n)
 {
     kill(e->sup.pid, SIGHUP);
-    cr_assert(wait_log(e->sup.log, needle, n, 10000), "no '%s' (#%d) after SIGHUP (log: %s)",
+    cr_assert(file_wait_count(e->sup.log, needle, n, 10000), "no '%s' (#%d) after SIGHUP (log: %s)",
               needle, n, e->sup.log);
 }
 
@@ -215,11 +192,11 @@ static void cycle(const char *mode)
     /* B for new sessions; S1 keeps A */
     edge_config(&e, srv.addr, B, extra);
     hup(&e, "msg=\"app: new sessions run ", 1);
-    log_line(e.sup.log, "msg=\"app: new sessions run ", line, sizeof(line));
+    file_last_line(e.sup.log, "msg=\"app: new sessions run ", line, sizeof(line));
     snprintf(want, sizeof(want), "new sessions run %s; older sessions keep %s\" old_sessions=1 ",
              B, A);
     cr_expect(strstr(line, want), "the log says what was applied: %s", line);
-    log_line(e.sup.log, "msg=\"configuration reloaded\"", line, sizeof(line));
+    file_last_line(e.sup.log, "msg=\"configuration reloaded\"", line, sizeof(line));
     cr_expect(strstr(line, "app ("), "applied names app: %s", line);
     stats(&e, st, sizeof(st));
     cr_assert_eq(t_field(st, "zygote_gen"), 2, "%s", st);
@@ -242,7 +219,7 @@ static void cycle(const char *mode)
     kill_worker(&e, id1);
     expect_sequencer(s1, "s1 three, sent during the recovery", 3);
     wait_recoveries(&e, id1, 1);
-    log_line(e.sup.log, "msg=\"worker died, recovering\"", line, sizeof(line));
+    file_last_line(e.sup.log, "msg=\"worker died, recovering\"", line, sizeof(line));
     snprintf(want, sizeof(want), "mode=%s snapshot=", mode);
     cr_expect(strstr(line, want) && strtoull(strstr(line, " snapshot=") + 10, NULL, 10) >= snap,
               "recovered from its snapshot (>= %llu): %s", (unsigned long long)snap, line);
@@ -256,7 +233,7 @@ static void cycle(const char *mode)
     /* A third module while A still has S1: refused, with the count; nothing changes. */
     edge_config(&e, srv.addr, t_test_app("framecount"), extra);
     hup(&e, "msg=\"reload: app not applied", 1);
-    log_line(e.sup.log, "msg=\"reload: app not applied", line, sizeof(line));
+    file_last_line(e.sup.log, "msg=\"reload: app not applied", line, sizeof(line));
     cr_expect(strstr(line, "level=warn") && strstr(line, "sessions still run the old module") && strstr(line, "(old_sessions=1;"),
               "the refusal names the sessions: %s", line);
     struct cessna_ep *s3 = t_ep_connect(&e);
@@ -266,8 +243,8 @@ static void cycle(const char *mode)
 
     /* S1 ends: A's zygote stops, and is gone. */
     close_ep(s1);
-    cr_assert(wait_log(e.sup.log, "msg=\"old zygote stopped", 1, 5000), "log: %s", e.sup.log);
-    log_line(e.sup.log, "msg=\"old zygote stopped", line, sizeof(line));
+    cr_assert(file_wait_count(e.sup.log, "msg=\"old zygote stopped", 1, 5000), "log: %s", e.sup.log);
+    file_last_line(e.sup.log, "msg=\"old zygote stopped", line, sizeof(line));
     snprintf(want, sizeof(want), "pid=%d gen=1 app=%s", (int)za, A);
     cr_expect(strstr(line, want), "%s", line);
     cr_assert(pid_gone(za, 5000), "A's zygote %d still exists", (int)za);
@@ -277,7 +254,7 @@ static void cycle(const char *mode)
     /* Back to A while S2 and S3 run B. */
     edge_config(&e, srv.addr, A, extra);
     hup(&e, "msg=\"app: new sessions run ", 2);
-    log_line(e.sup.log, "msg=\"app: new sessions run ", line, sizeof(line));
+    file_last_line(e.sup.log, "msg=\"app: new sessions run ", line, sizeof(line));
     snprintf(want, sizeof(want), "new sessions run %s; older sessions keep %s\" old_sessions=2 ",
              A, B);
     cr_expect(strstr(line, want), "%s", line);
@@ -295,7 +272,7 @@ static void cycle(const char *mode)
     close_ep(s2);
     cr_assert(pid_gone(zb, 0) == 0, "B's zygote runs while S3 does");
     close_ep(s3);
-    cr_assert(wait_log(e.sup.log, "msg=\"old zygote stopped", 2, 5000), "log: %s", e.sup.log);
+    cr_assert(file_wait_count(e.sup.log, "msg=\"old zygote stopped", 2, 5000), "log: %s", e.sup.log);
     cr_assert(pid_gone(zb, 5000), "B's zygote %d still exists", (int)zb);
     expect_sequencer(s4, "s4 two", 2);
     close_ep(s4);
@@ -337,7 +314,7 @@ Test(reload_app, a_module_that_does_not_load_changes_nothing)
     fclose(f);
     edge_config(&e, srv.addr, notelf, NULL);
     hup(&e, "msg=\"reload: app not applied: the new module does not load", 1);
-    log_line(e.sup.log, "the new module does not load", line, sizeof(line));
+    file_last_line(e.sup.log, "the new module does not load", line, sizeof(line));
     cr_expect(strstr(line, "level=error") && strstr(line, notelf), "%s", line);
     stats(&e, st, sizeof(st));
     cr_assert_eq(t_field(st, "zygote_gen"), 1, "%s", st);
@@ -358,7 +335,7 @@ Test(reload_app, a_module_that_does_not_load_changes_nothing)
     expect_passthrough(s1, "four");
     close_ep(s1);
     close_ep(s2);
-    cr_assert(wait_log(e.sup.log, "msg=\"old zygote stopped", 1, 5000), "log: %s", e.sup.log);
+    cr_assert(file_wait_count(e.sup.log, "msg=\"old zygote stopped", 1, 5000), "log: %s", e.sup.log);
     cr_assert(pid_gone(za, 5000), "A's zygote %d still exists", (int)za);
     close_ep(s3);
     t_edge_stop(&e);
@@ -399,7 +376,7 @@ Test(reload_app, an_old_session_wakes_with_its_own_module)
     /* Asleep when it ends: the old zygote goes once it is freed. */
     wait_state(&e, id1, "hibernated", 5000);
     close_ep(s1);
-    cr_assert(wait_log(e.sup.log, "msg=\"old zygote stopped", 1, 5000), "log: %s", e.sup.log);
+    cr_assert(file_wait_count(e.sup.log, "msg=\"old zygote stopped", 1, 5000), "log: %s", e.sup.log);
     cr_assert(pid_gone(za, 5000), "the old zygote %d still exists", (int)za);
     close_ep(s2);
     cr_assert_eq(stat_of(&e, "sessions_failed"), 0);
@@ -426,10 +403,10 @@ Test(reload_app, the_old_zygote_restarts_when_it_dies)
     cr_assert(za > 0 && zb > 0 && za != zb);
 
     kill(za, SIGKILL);
-    cr_assert(wait_log(e.sup.log, "msg=\"the old zygote died; restarting it", 1, 5000),
+    cr_assert(file_wait_count(e.sup.log, "msg=\"the old zygote died; restarting it", 1, 5000),
               "log: %s", e.sup.log);
-    cr_assert(wait_log(e.sup.log, "msg=\"zygote restarted\"", 1, 5000), "log: %s", e.sup.log);
-    log_line(e.sup.log, "msg=\"zygote restarted\"", line, sizeof(line));
+    cr_assert(file_wait_count(e.sup.log, "msg=\"zygote restarted\"", 1, 5000), "log: %s", e.sup.log);
+    file_last_line(e.sup.log, "msg=\"zygote restarted\"", line, sizeof(line));
     cr_expect(strstr(line, " gen=1 "), "the old generation came back: %s", line);
     pid_t za2 = (pid_t)stat_of(&e, "old_zygote_pid");
     cr_assert(za2 > 0 && za2 != za, "a new old zygote: %d", (int)za2);
@@ -443,7 +420,7 @@ Test(reload_app, the_old_zygote_restarts_when_it_dies)
     struct cessna_ep *s2 = t_ep_connect(&e);
     expect_passthrough(s2, "s2 one");
     close_ep(s1);
-    cr_assert(wait_log(e.sup.log, "msg=\"old zygote stopped", 1, 5000), "log: %s", e.sup.log);
+    cr_assert(file_wait_count(e.sup.log, "msg=\"old zygote stopped", 1, 5000), "log: %s", e.sup.log);
     cr_assert(pid_gone(za2, 5000), "the old zygote %d still exists", (int)za2);
     close_ep(s2);
     cr_assert_eq(stat_of(&e, "sessions_failed"), 0);
@@ -510,8 +487,8 @@ Test(reload_app, a_session_moving_in_resumes_with_its_module, .timeout = 180)
     world_edge_app(&w, 1, "passthrough");
     kill(w.edge[1].pid, SIGHUP);
     edge_log(&w, 1, log, sizeof(log));
-    cr_assert(wait_log(log, "msg=\"app: new sessions run ", 1, 10000), "log: %s", log);
-    log_line(log, "msg=\"app: new sessions run ", line, sizeof(line));
+    cr_assert(file_wait_count(log, "msg=\"app: new sessions run ", 1, 10000), "log: %s", log);
+    file_last_line(log, "msg=\"app: new sessions run ", line, sizeof(line));
     cr_expect(strstr(line, " old_sessions=1 "), "%s", line);
     cr_assert_eq(edge_session_field(&w, 1, ids[0], "zygote_gen"), 1);
 
@@ -524,7 +501,7 @@ Test(reload_app, a_session_moving_in_resumes_with_its_module, .timeout = 180)
 
     join_clients(&w, &c);
     wait_server_transcripts(&w);
-    cr_assert(wait_log(log, "msg=\"old zygote stopped", 1, 10000), "log: %s", log);
+    cr_assert(file_wait_count(log, "msg=\"old zygote stopped", 1, 10000), "log: %s", log);
     world_stop(&w);
     compare(&clean, &w);   /* every byte as without the reload and the moves */
 }

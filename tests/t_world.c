@@ -253,6 +253,28 @@ int file_count(const char *path, const char *needle)
     return n;
 }
 
+int file_wait_count(const char *path, const char *needle, int n, int timeout_ms)
+{
+    for (long t0 = t_now_ms(); t_now_ms() - t0 < timeout_ms; usleep(10000))
+        if (file_count(path, needle) >= n)
+            return 1;
+    return file_count(path, needle) >= n;
+}
+
+void file_last_line(const char *path, const char *needle, char *out, size_t len)
+{
+    char line[2048];
+    FILE *f = fopen(path, "r");
+
+    out[0] = 0;
+    if (!f)
+        return;
+    while (fgets(line, sizeof(line), f))
+        if (strstr(line, needle))
+            snprintf(out, len, "%s", line);
+    fclose(f);
+}
+
 /* ---- the world ---- */
 
 static void fill_defaults(struct w_opts *o)

@@ -81,6 +81,10 @@ uint64_t edge_session_field(struct world *w, int i, uint64_t id, const char *key
 void edge_log(struct world *w, int i, char *path, size_t len);
 /* Occurrences of needle in the file at path. */
 int  file_count(const char *path, const char *needle);
+/* file_count(path, needle) reaches n within timeout_ms: 1, else 0. */
+int  file_wait_count(const char *path, const char *needle, int n, int timeout_ms);
+/* The last line of path holding needle, into out ("" when none). */
+void file_last_line(const char *path, const char *needle, char *out, size_t len);
 
 /* The lockstep client programs. */
 struct w_client_arg {
