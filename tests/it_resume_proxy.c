@@ -724,6 +724,9 @@ Test(resume_proxy, client_heartbeat_timeout_and_move_start_a_resume)
     /* MOVE: the edge is leaving. */
     csess_open(&c, NULL);
     client_says(&c, c.a, "x", 1);
+    /* B listens first: the resume goes there at once, and A (which refuses now) is never
+     * tried, so nothing but the MOVE could mark A failed. */
+    cr_assert_eq(listen(c.blfd, 8), 0);
     send_empty(c.a, WIRE_MOVE);
     b = b_accepts_resume(&c, &f, 3000);
     cr_expect_eq(f.u.resume.next_seq, 2);
