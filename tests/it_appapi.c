@@ -1022,18 +1022,6 @@ Test(appapi, values_and_log_lines_across_hibernation)
     t_edge_stop(&e);
 }
 
-/* The worker's pid in `cessna-ctl sessions` for session id. */
-static uint64_t worker_pid(const struct t_edge *e, uint64_t id)
-{
-    static char out[65536];
-
-    t_ctl(e, "sessions", out, sizeof(out));
-    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
-        if (t_field(line, "id") == id)
-            return t_field(line, "worker");
-    return 0;
-}
-
 /* A reload's log_level reaches a worker that is already running (no recovery, no new
  * worker): it reads the node's level page. */
 Test(appapi, reloaded_log_level_reaches_a_running_worker)
@@ -1047,7 +1035,7 @@ Test(appapi, reloaded_log_level_reaches_a_running_worker)
     struct cessna_ep *a = t_ep_connect(&e);
     uint64_t id = cessna_ep_session_id(a);
     expect(a, "M 1", "R 1 n=1 greeting=one");
-    uint64_t pid = worker_pid(&e, id);
+    uint64_t pid = t_session_field(&e, id, "worker");
     cr_assert_gt(pid, 0);
     wait_log(e.sup.log, "msg=\"got 1\"");
     cr_assert_eq(log_lines(&e, "msg=\"debug 1\"", line, sizeof(line)), 0,
@@ -1058,7 +1046,7 @@ Test(appapi, reloaded_log_level_reaches_a_running_worker)
     wait_log(e.sup.log, "applied=\"log_level\"");
     expect(a, "M 2", "R 2 n=2 greeting=one");
     wait_log(e.sup.log, "msg=\"debug 2\"");
-    cr_expect_eq(worker_pid(&e, id), pid, "the same worker, not a new one");
+    cr_expect_eq(t_session_field(&e, id, "worker"), pid, "the same worker, not a new one");
 
     write_config(&e, "one", "warn");
     kill(e.sup.pid, SIGHUP);

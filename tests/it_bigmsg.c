@@ -239,17 +239,6 @@ Test(bigmsg, eight_mebibyte_messages_with_max_message_raised)
 
 /* ---- workers killed while large messages are in flight ---------------------------------- */
 
-static uint64_t sess_field(const struct t_edge *e, uint64_t id, const char *key)
-{
-    static char out[65536];
-
-    t_ctl(e, "sessions", out, sizeof(out));
-    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
-        if (t_field(line, "id") == id)
-            return t_field(line, key);
-    return 0;
-}
-
 struct receiver {
     struct cessna_ep *ep;
     const size_t *lens;
@@ -313,8 +302,8 @@ static void kill_in_flight(const char *extra)
     long deadline = t_now_ms() + 60000;
     while (!rcv.done && kills < 6 && t_now_ms() < deadline) {
         sleep_ms(20);
-        uint64_t snap = sess_field(&e, id, "snapshot");
-        if (snap <= last_snap || (hot && !sess_field(&e, id, "standby")))
+        uint64_t snap = t_session_field(&e, id, "snapshot");
+        if (snap <= last_snap || (hot && !t_session_field(&e, id, "standby")))
             continue;
         snprintf(cmd, sizeof(cmd), "kill-worker %llu", (unsigned long long)id);
         t_ctl(&e, cmd, out, sizeof(out));
@@ -331,7 +320,7 @@ static void kill_in_flight(const char *extra)
     cr_assert_eq(rcv.got, COUNT, "%s", rcv.why);
     cr_assert_eq(cessna_ep_last_out(ep), COUNT, "no output lost or repeated");
     cr_assert_geq(kills, 3, "workers killed while echoes were under way: %d", kills);
-    cr_assert_geq(sess_field(&e, id, "recoveries"), 3);
+    cr_assert_geq(t_session_field(&e, id, "recoveries"), 3);
     t_ctl(&e, "stats", out, sizeof(out));
     cr_assert_geq(t_field(out, hot ? "hot_takeovers" : "cold_restores"), 2,
                   "recoveries from a snapshot: %s", out);
@@ -421,8 +410,8 @@ Test(bigmsg, worker_memory_stays_near_the_ring_size_after_one_mebibyte_messages)
         cr_assert_eq(cessna_ep_send(big, buf, max), 0);
         expect_echo(big, i, max, want);
     }
-    uint64_t wsmall = sess_field(&e, cessna_ep_session_id(small), "worker");
-    uint64_t wbig = sess_field(&e, cessna_ep_session_id(big), "worker");
+    uint64_t wsmall = t_session_field(&e, cessna_ep_session_id(small), "worker");
+    uint64_t wbig = t_session_field(&e, cessna_ep_session_id(big), "worker");
     cr_assert(wsmall > 0 && wbig > 0);
     long rss_small = rollup_kb(wsmall, "Rss"), rss_big = rollup_kb(wbig, "Rss");
     long pss_small = rollup_kb(wsmall, "Pss"), pss_big = rollup_kb(wbig, "Pss");

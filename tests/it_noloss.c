@@ -24,25 +24,13 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* The value of `key` in the `cessna-ctl sessions` line of session id (0 if absent). */
-static uint64_t sess_field(const struct t_edge *e, uint64_t id, const char *key)
-{
-    static char out[65536];
-
-    t_ctl(e, "sessions", out, sizeof(out));
-    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
-        if (t_field(line, "id") == id)
-            return t_field(line, key);
-    return 0;
-}
-
 static void wait_field_at_least(const struct t_edge *e, uint64_t id, const char *key,
                                 uint64_t want, int timeout_ms)
 {
     long deadline = t_now_ms() + timeout_ms;
     uint64_t v;
 
-    while ((v = sess_field(e, id, key)) < want) {
+    while ((v = t_session_field(e, id, key)) < want) {
         cr_assert(t_now_ms() < deadline, "%s=%llu after %d ms, want >= %llu", key,
                   (unsigned long long)v, timeout_ms, (unsigned long long)want);
         sleep_ms(10);
@@ -121,13 +109,13 @@ static void slow_reader_kill(const char *extra)
     uint64_t id = cessna_ep_session_id(snd.ep);
     pthread_create(&t, NULL, send_all, &snd);
     sleep_ms(2500);
-    uint64_t snaps = sess_field(&e, id, "snapshots");
+    uint64_t snaps = t_session_field(&e, id, "snapshots");
     ctl_ok(&e, "kill-worker %llu", id);
     sleep_ms(1500);
     expect_echoes(snd.ep, 1500, BIG);
     pthread_join(t, NULL);
     cr_assert_not(snd.failed);
-    cr_assert_geq(sess_field(&e, id, "recoveries"), 1);
+    cr_assert_geq(t_session_field(&e, id, "recoveries"), 1);
     cr_log_info("snapshots before the kill: %llu", (unsigned long long)snaps);
     cessna_ep_close(snd.ep, 5000);
     cessna_ep_free(snd.ep);
@@ -172,7 +160,7 @@ Test(noloss, stray_sigcont_does_not_wake_the_standby, .timeout = 60)
     round_trips(ep, 0, 10);
     wait_field_at_least(&e, id, "standby", 1, 5000);
     for (int k = 0; k < 20; k++) {
-        pid_t standby = (pid_t)sess_field(&e, id, "standby");
+        pid_t standby = (pid_t)t_session_field(&e, id, "standby");
         if (standby > 0)
             kill(standby, SIGCONT);
         round_trips(ep, 10 + k * 10, 10);
@@ -209,7 +197,7 @@ Test(noloss, snapshot_child_killed_midwrite_is_reaped_and_retried, .timeout = 60
     cr_assert(n > 0, "%s", cessna_ep_error(ep));
     cr_assert(!memmem(got, (size_t)n, "error", 5), "%.*s", (int)n, (const char *)got);
     t_ctl(&e, "stats", out, sizeof(out));
-    pid_t known[2] = { (pid_t)sess_field(&e, id, "worker"), (pid_t)t_field(out, "zygote_pid") };
+    pid_t known[2] = { (pid_t)t_session_field(&e, id, "worker"), (pid_t)t_field(out, "zygote_pid") };
     cr_assert(known[0] > 0 && known[1] > 0, "worker %d zygote %d", known[0], known[1]);
 
     ctl_ok(&e, "snapshot %llu", id);
@@ -223,7 +211,7 @@ Test(noloss, snapshot_child_killed_midwrite_is_reaped_and_retried, .timeout = 60
     for (int i = 0; i < nlive; i++)
         kill(live[i], SIGKILL);
     wait_field_at_least(&e, id, "snapshot_failures", 1, 5000);
-    cr_assert_eq(sess_field(&e, id, "snapshots"), 0);
+    cr_assert_eq(t_session_field(&e, id, "snapshots"), 0);
 
     /* Not wedged: the next request is taken and becomes durable. */
     round_trips(ep, 0, 1);
@@ -257,11 +245,11 @@ Test(noloss, failed_snapshot_on_an_idle_session_is_retried, .timeout = 60)
     cr_assert_eq(chmod(dir, 0500), 0, "chmod %s: %s", dir, strerror(errno));
     round_trips(ep, 3, 1);
     wait_field_at_least(&e, id, "snapshot_failures", 1, 5000);
-    uint64_t snaps = sess_field(&e, id, "snapshots");
+    uint64_t snaps = t_session_field(&e, id, "snapshots");
     cr_assert_eq(chmod(dir, 0700), 0, "chmod %s: %s", dir, strerror(errno));
     /* No new event: the retry alone must make it durable. */
     wait_field_at_least(&e, id, "snapshots", snaps + 1, 5000);
-    cr_assert_eq(sess_field(&e, id, "held_events"), 0);
+    cr_assert_eq(t_session_field(&e, id, "held_events"), 0);
     round_trips(ep, 4, 3);
     cessna_ep_close(ep, 5000);
     cessna_ep_free(ep);
@@ -300,7 +288,7 @@ Test(noloss, held_events_stay_under_their_cap_with_snapshots_off, .timeout = 90)
     pthread_create(&ts, NULL, send_all, &snd);
     pthread_create(&tr, NULL, read_all, &rd);
     for (int i = 0; i < 100; i++) {
-        uint64_t held = sess_field(&e, id, "held_bytes");
+        uint64_t held = t_session_field(&e, id, "held_bytes");
         worst = held > worst ? held : worst;
         sleep_ms(20);
     }
@@ -309,7 +297,7 @@ Test(noloss, held_events_stay_under_their_cap_with_snapshots_off, .timeout = 90)
     cr_assert_not(snd.failed);
     /* One message may go in past the cap: the check is made before it is appended. */
     cr_assert_leq(worst, cap + 2 * BIG, "held %llu bytes", (unsigned long long)worst);
-    cr_assert_gt(sess_field(&e, id, "snapshots"), 0, "snapshots forced by the cap");
+    cr_assert_gt(t_session_field(&e, id, "snapshots"), 0, "snapshots forced by the cap");
     cr_log_info("worst held bytes %llu", (unsigned long long)worst);
     cessna_ep_close(snd.ep, 5000);
     cessna_ep_free(snd.ep);
@@ -395,7 +383,7 @@ Test(noloss, order_trimmed_at_durable_snapshots, .timeout = 60)
     round_trips(ep, 0, 4000);
     /* a snapshot that covers (nearly) everything: the order before it can go */
     wait_field_at_least(&e, id, "snapshot", 4000, 20000);
-    uint64_t held = sess_field(&e, id, "order_held");
+    uint64_t held = t_session_field(&e, id, "order_held");
     cr_assert_lt(held, 2100, "order entries held after 4,000 events: %llu",
                  (unsigned long long)held);
     cessna_ep_close(ep, 5000);

@@ -49,18 +49,6 @@ static void hup(const struct t_edge *e, const char *needle, int n)
               needle, n, e->sup.log);
 }
 
-/* The value of key in the `cessna-ctl sessions` line of session id (0: no such line). */
-static uint64_t sess_field(const struct t_edge *e, uint64_t id, const char *key)
-{
-    static char out[65536];
-
-    t_ctl(e, "sessions", out, sizeof(out));
-    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
-        if (t_field(line, "id") == id)
-            return t_field(line, key);
-    return 0;
-}
-
 static uint64_t stat_of(const struct t_edge *e, const char *key)
 {
     char out[8192];
@@ -128,7 +116,7 @@ static uint64_t wait_snapshot(const struct t_edge *e, uint64_t id, uint64_t past
     uint64_t p = 0;
 
     for (long t0 = t_now_ms(); t_now_ms() - t0 < timeout_ms; usleep(10000))
-        if ((p = sess_field(e, id, "snapshot")) > past)
+        if ((p = t_session_field(e, id, "snapshot")) > past)
             return p;
     cr_assert_fail("session %llu has no snapshot past %llu", (unsigned long long)id,
                    (unsigned long long)past);
@@ -138,10 +126,10 @@ static uint64_t wait_snapshot(const struct t_edge *e, uint64_t id, uint64_t past
 static void wait_recoveries(const struct t_edge *e, uint64_t id, uint64_t n)
 {
     for (long t0 = t_now_ms(); t_now_ms() - t0 < 10000; usleep(10000))
-        if (sess_field(e, id, "recoveries") >= n && sess_field(e, id, "worker") > 0)
+        if (t_session_field(e, id, "recoveries") >= n && t_session_field(e, id, "worker") > 0)
             return;
     cr_assert_fail("session %llu did not recover (%llu recoveries)", (unsigned long long)id,
-                   (unsigned long long)sess_field(e, id, "recoveries"));
+                   (unsigned long long)t_session_field(e, id, "recoveries"));
 }
 
 static void wait_state(const struct t_edge *e, uint64_t id, const char *want, int timeout_ms)
@@ -187,7 +175,7 @@ static void cycle(const char *mode)
     struct cessna_ep *s1 = t_ep_connect(&e);
     uint64_t id1 = cessna_ep_session_id(s1);
     expect_sequencer(s1, "s1 one", 1);
-    cr_assert_eq(sess_field(&e, id1, "zygote_gen"), 1);
+    cr_assert_eq(t_session_field(&e, id1, "zygote_gen"), 1);
 
     /* B for new sessions; S1 keeps A */
     edge_config(&e, srv.addr, B, extra);
@@ -209,9 +197,9 @@ static void cycle(const char *mode)
     struct cessna_ep *s2 = t_ep_connect(&e);
     uint64_t id2 = cessna_ep_session_id(s2);
     expect_passthrough(s2, "s2 one");
-    cr_assert_eq(sess_field(&e, id2, "zygote_gen"), 2);
+    cr_assert_eq(t_session_field(&e, id2, "zygote_gen"), 2);
     expect_sequencer(s1, "s1 two", 2);
-    cr_assert_eq(sess_field(&e, id1, "zygote_gen"), 1);
+    cr_assert_eq(t_session_field(&e, id1, "zygote_gen"), 1);
 
     /* S1's worker dies: it comes back with A, from its snapshot, nothing lost. The message
      * goes out right after the kill, while the recovery runs. */
@@ -263,7 +251,7 @@ static void cycle(const char *mode)
     struct cessna_ep *s4 = t_ep_connect(&e);
     uint64_t id4 = cessna_ep_session_id(s4);
     expect_sequencer(s4, "s4 one", 1);
-    cr_assert_eq(sess_field(&e, id4, "zygote_gen"), 3);
+    cr_assert_eq(t_session_field(&e, id4, "zygote_gen"), 3);
     expect_passthrough(s2, "s2 three");
     kill_worker(&e, id2);
     expect_passthrough(s2, "s2 four, after its worker died again");

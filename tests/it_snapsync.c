@@ -31,18 +31,6 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* The value of `key` in the `cessna-ctl sessions` line of session id (0 if absent). */
-static uint64_t sess_field(const struct t_edge *e, uint64_t id, const char *key)
-{
-    static char out[65536];
-
-    t_ctl(e, "sessions", out, sizeof(out));
-    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
-        if (t_field(line, "id") == id)
-            return t_field(line, key);
-    return 0;
-}
-
 static uint64_t stat_field(const struct t_edge *e, const char *key)
 {
     char out[4096];
@@ -57,7 +45,7 @@ static void wait_field_at_least(const struct t_edge *e, uint64_t id, const char 
     long deadline = t_now_ms() + timeout_ms;
     uint64_t v;
 
-    while ((v = sess_field(e, id, key)) < want) {
+    while ((v = t_session_field(e, id, key)) < want) {
         cr_assert(t_now_ms() < deadline, "%s=%llu after %d ms, want >= %llu", key,
                   (unsigned long long)v, timeout_ms, (unsigned long long)want);
         sleep_ms(10);
@@ -180,7 +168,7 @@ static void written_not_durable_before_sync(const char *extra)
     round_trips(ep, &got, 0, 20, 200);
     ctl_ok(&e, "snapshot %llu", id);
     wait_field_at_least(&e, id, "snapshots", 1, 10000);
-    uint64_t p1 = sess_field(&e, id, "snapshot");
+    uint64_t p1 = t_session_field(&e, id, "snapshot");
     cr_assert_gt(p1, 0);
 
     /* The sync held: a snapshot 20 round trips later is written but stays not durable. */
@@ -193,17 +181,17 @@ static void written_not_durable_before_sync(const char *extra)
         sleep_ms(10);
     }
     sleep_ms(300);   /* its outputs are long out: only the sync keeps it from durable */
-    cr_assert_eq(sess_field(&e, id, "snapshots"), 1, "durable before its sync");
-    cr_assert_eq(sess_field(&e, id, "snapshot"), p1, "durable before its sync");
-    cr_assert_eq(sess_field(&e, id, "held_events"), sess_field(&e, id, "ordered") - p1,
+    cr_assert_eq(t_session_field(&e, id, "snapshots"), 1, "durable before its sync");
+    cr_assert_eq(t_session_field(&e, id, "snapshot"), p1, "durable before its sync");
+    cr_assert_eq(t_session_field(&e, id, "held_events"), t_session_field(&e, id, "ordered") - p1,
                  "events dropped before the sync");
     cr_assert_geq(stat_field(&e, "snapshot_sync_waiting"), 1);
 
     /* Killed now: recovery starts at p1, not at the written one, and loses nothing. */
     ctl_ok(&e, "kill-worker %llu", id);
     round_trips(ep, &got, 40, 60, 200);
-    cr_assert_geq(sess_field(&e, id, "recoveries"), 1);
-    cr_assert_eq(sess_field(&e, id, "snapshot"), p1);
+    cr_assert_geq(t_session_field(&e, id, "recoveries"), 1);
+    cr_assert_eq(t_session_field(&e, id, "snapshot"), p1);
 
     /* The sync goes on: what was written by the dead worker never counts; a new snapshot
      * does, and a later kill recovers from it. */
@@ -211,10 +199,10 @@ static void written_not_durable_before_sync(const char *extra)
     round_trips(ep, &got, 60, 80, 200);
     ctl_ok(&e, "snapshot %llu", id);
     wait_field_at_least(&e, id, "snapshots", 2, 10000);
-    cr_assert_eq(sess_field(&e, id, "snapshot"), sess_field(&e, id, "ordered"));
+    cr_assert_eq(t_session_field(&e, id, "snapshot"), t_session_field(&e, id, "ordered"));
     ctl_ok(&e, "kill-worker %llu", id);
     round_trips(ep, &got, 80, 120, 200);
-    cr_assert_geq(sess_field(&e, id, "recoveries"), 2);
+    cr_assert_geq(t_session_field(&e, id, "recoveries"), 2);
     same(&ref, &got);
     cr_assert_geq(stat_field(&e, "snapshot_syncs"), 2);
     cessna_ep_close(ep, 5000);
@@ -254,15 +242,15 @@ static void failed_sync_loses_nothing(const char *extra)
     round_trips(ep, &got, 0, 20, 300);
     ctl_ok(&e, "snapshot %llu", id);
     wait_field_at_least(&e, id, "snapshots", 1, 10000);
-    uint64_t p1 = sess_field(&e, id, "snapshot");
+    uint64_t p1 = t_session_field(&e, id, "snapshot");
 
     set_fault(fault, "fail");
     round_trips(ep, &got, 20, 40, 300);
     ctl_ok(&e, "snapshot %llu", id);
     wait_field_at_least(&e, id, "snapshot_failures", 1, 10000);
-    cr_assert_eq(sess_field(&e, id, "snapshots"), 1);
-    cr_assert_eq(sess_field(&e, id, "snapshot"), p1);
-    cr_assert_eq(sess_field(&e, id, "held_events"), sess_field(&e, id, "ordered") - p1);
+    cr_assert_eq(t_session_field(&e, id, "snapshots"), 1);
+    cr_assert_eq(t_session_field(&e, id, "snapshot"), p1);
+    cr_assert_eq(t_session_field(&e, id, "held_events"), t_session_field(&e, id, "ordered") - p1);
     cr_assert_geq(stat_field(&e, "snapshot_sync_failures"), 1);
     cr_assert_eq(count_snapshot_files(&e, id, NULL), 1, "the unsynced file was not removed");
     FILE *f = fopen(e.sup.log, "r");
@@ -275,12 +263,12 @@ static void failed_sync_loses_nothing(const char *extra)
 
     ctl_ok(&e, "kill-worker %llu", id);
     round_trips(ep, &got, 40, 60, 300);
-    cr_assert_eq(sess_field(&e, id, "snapshot"), p1);
+    cr_assert_eq(t_session_field(&e, id, "snapshot"), p1);
 
     set_fault(fault, "ok");
     ctl_ok(&e, "snapshot %llu", id);
     wait_field_at_least(&e, id, "snapshots", 2, 10000);
-    cr_assert_eq(sess_field(&e, id, "snapshot"), sess_field(&e, id, "ordered"));
+    cr_assert_eq(t_session_field(&e, id, "snapshot"), t_session_field(&e, id, "ordered"));
     cr_assert_eq(count_snapshot_files(&e, id, ".full"), 1, "the snapshot after a failed "
                  "sync must be full (older chains are pruned once it is durable)");
     ctl_ok(&e, "kill-worker %llu", id);
@@ -325,9 +313,9 @@ Test(snapsync, periodic_snapshots_through_failing_syncs, .timeout = 120)
         if (i % 60 == 20)
             ctl_ok(&e, "kill-worker %llu", id);
     }
-    cr_assert_geq(sess_field(&e, id, "snapshot_failures"), 1);
-    cr_assert_eq(sess_field(&e, id, "snapshots"), 0);
-    cr_assert_eq(sess_field(&e, id, "held_events"), sess_field(&e, id, "ordered"));
+    cr_assert_geq(t_session_field(&e, id, "snapshot_failures"), 1);
+    cr_assert_eq(t_session_field(&e, id, "snapshots"), 0);
+    cr_assert_eq(t_session_field(&e, id, "held_events"), t_session_field(&e, id, "ordered"));
     set_fault(fault, "ok");
     for (int i = 200; i < 400; i += 20) {
         round_trips(ep, &got, i, i + 20, 100);
@@ -391,7 +379,7 @@ Test(snapsync, full_disk_reported_and_loses_nothing, .timeout = 90)
     close(fd);
     ctl_ok(&e, "snapshot %llu", id);
     wait_field_at_least(&e, id, "snapshot_failures", 1, 10000);
-    cr_assert_eq(sess_field(&e, id, "snapshots"), 0);
+    cr_assert_eq(t_session_field(&e, id, "snapshots"), 0);
     ctl_ok(&e, "kill-worker %llu", id);
     round_trips(ep, &got, 20, 40, 300);
 
@@ -431,7 +419,7 @@ Test(snapsync, held_events_threshold_snapshots_without_time, .timeout = 60)
         sleep_ms(120);
     }
     wait_field_at_least(&e, id, "snapshots", 2, 5000);
-    cr_assert_leq(sess_field(&e, id, "held_events"), 90);
+    cr_assert_leq(t_session_field(&e, id, "held_events"), 90);
     ctl_ok(&e, "kill-worker %llu", id);
     round_trips(ep, &got, 100, 200, 64);
     same(&ref, &got);
@@ -459,7 +447,7 @@ Test(snapsync, held_bytes_threshold_snapshots_without_time, .timeout = 60)
     uint64_t id = cessna_ep_session_id(ep);
     round_trips(ep, &t, 0, 10, 64);
     sleep_ms(300);
-    cr_assert_eq(sess_field(&e, id, "snapshots"), 0, "a snapshot below every threshold");
+    cr_assert_eq(t_session_field(&e, id, "snapshots"), 0, "a snapshot below every threshold");
     round_trips(ep, &t, 10, 20, 8192);   /* 160 KiB and more held */
     wait_field_at_least(&e, id, "snapshots", 1, 5000);
     cessna_ep_close(ep, 5000);
@@ -483,13 +471,13 @@ Test(snapsync, no_snapshot_of_a_session_that_has_not_moved, .timeout = 60)
     round_trips(ep, &t, 0, 10, 64);
     wait_field_at_least(&e, id, "snapshots", 1, 5000);
     long deadline = t_now_ms() + 5000;
-    while (sess_field(&e, id, "held_events") != 0) {
+    while (t_session_field(&e, id, "held_events") != 0) {
         cr_assert(t_now_ms() < deadline, "events still held");
         sleep_ms(10);
     }
-    uint64_t snaps = sess_field(&e, id, "snapshots");
+    uint64_t snaps = t_session_field(&e, id, "snapshots");
     sleep_ms(500);
-    cr_assert_eq(sess_field(&e, id, "snapshots"), snaps, "snapshots of a session that "
+    cr_assert_eq(t_session_field(&e, id, "snapshots"), snaps, "snapshots of a session that "
                  "did not move");
     cessna_ep_close(ep, 5000);
     cessna_ep_free(ep);
@@ -518,8 +506,8 @@ Test(snapsync, small_state_written_without_fork, .timeout = 90)
             ctl_ok(&e, "kill-worker %llu", id);
     }
     same(&ref, &got);
-    cr_assert_geq(sess_field(&e, id, "snapshots"), 2);
-    cr_assert_geq(sess_field(&e, id, "recoveries"), 3);
+    cr_assert_geq(t_session_field(&e, id, "snapshots"), 2);
+    cr_assert_geq(t_session_field(&e, id, "recoveries"), 3);
     uint64_t inl = stat_field(&e, "snapshots_without_fork");
     cr_assert_geq(inl, stat_field(&e, "snapshots") / 2, "small states still fork: %llu",
                   (unsigned long long)inl);
@@ -547,7 +535,7 @@ static void forks_for(const char *extra, const char *app, const char *first)
     ctl_ok(&e, "snapshot %llu", id);
     wait_field_at_least(&e, id, "snapshots", 1, 10000);
     cr_assert_eq(stat_field(&e, "snapshots_without_fork"), 0);
-    cr_assert_gt(sess_field(&e, id, "fork_us"), 0);
+    cr_assert_gt(t_session_field(&e, id, "fork_us"), 0);
     cessna_ep_close(ep, 5000);
     cessna_ep_free(ep);
     t_edge_stop(&e);

@@ -477,3 +477,14 @@ struct cessna_ep *t_ep_connect(const struct t_edge *e)
         cr_assert_fail("cessna_ep_connect %s: %s", e->sup.addr, err);
     return ep;
 }
+
+uint64_t t_session_field(const struct t_edge *e, uint64_t id, const char *key)
+{
+    static char out[65536];
+
+    t_ctl(e, "sessions", out, sizeof(out));
+    for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
+        if (t_field(line, "id") == id)
+            return t_field(line, key);
+    return 0;
+}

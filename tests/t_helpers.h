@@ -46,6 +46,8 @@ void t_ctl(const struct t_edge *e, const char *cmd, char *out, size_t len);
 int  t_ctl_try(const char *control, const char *cmd, char *out, size_t len);
 /* The value of key= in text (first match), or 0. */
 uint64_t t_field(const char *text, const char *key);
+/* The value of key in the `cessna-ctl sessions` line of session id (0: no such line). */
+uint64_t t_session_field(const struct t_edge *e, uint64_t id, const char *key);
 
 /* A native server endpoint (libcessna-endpoint) that echoes every message back, one thread
  * per session. Counts sessions that ended with CLOSE. */
