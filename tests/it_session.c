@@ -382,3 +382,99 @@ Test(session, long_order_delta_arrives_in_pieces)
     pthread_join(t, NULL);
     t_edge_stop(&e);
 }
+
+/* TCP sockets among a process's descriptors: socket inodes of /proc/PID/fd that
+ * /proc/net/tcp or tcp6 lists. */
+static int tcp_fds(pid_t pid)
+{
+    static unsigned long inodes[4096];
+    char path[64], line[512], target[64];
+    const char *tables[] = { "/proc/net/tcp", "/proc/net/tcp6" };
+    size_t n = 0;
+    int count = 0;
+
+    for (int t = 0; t < 2; t++) {
+        FILE *f = fopen(tables[t], "r");
+        if (!f)
+            continue;
+        while (fgets(line, sizeof(line), f) && n < 4096) {
+            unsigned long ino;
+            /* sl local rem st tx:rx tr:when retrnsmt uid timeout inode */
+            if (sscanf(line, "%*s %*s %*s %*s %*s %*s %*s %*s %*s %lu", &ino) == 1 && ino)
+                inodes[n++] = ino;
+        }
+        fclose(f);
+    }
+    for (int fd = 0; fd < 65536; fd++) {
+        unsigned long ino;
+        snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)pid, fd);
+        ssize_t len = readlink(path, target, sizeof(target) - 1);
+        if (len <= 0)
+            continue;
+        target[len] = 0;
+        if (sscanf(target, "socket:[%lu]", &ino) != 1)
+            continue;
+        for (size_t i = 0; i < n; i++)
+            if (inodes[i] == ino) {
+                count++;
+                break;
+            }
+    }
+    return count;
+}
+
+/* The sessions' sockets are io_uring direct descriptors (supervisor/connfd.c): a supervisor
+ * holding N sessions has one TCP descriptor, its listener, not 2N + 1; with
+ * CESSNA_NO_DIRECT_FILES=1 (the fallback of kernels before 6.7) it has 2N + 1. Either way
+ * every session works, ends, and its slot and table entries serve the next one. */
+static void sockets_per_session(int plain)
+{
+    enum { N = 20 };
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct cessna_ep *ep[N];
+    char buf[64], out[1024];
+
+    if (plain)
+        setenv("CESSNA_NO_DIRECT_FILES", "1", 1);
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
+    int direct = t_edge_direct_sockets(&e);
+    if (!plain && !direct) {
+        t_edge_stop(&e);
+        cr_skip_test("this kernel cannot keep sockets as io_uring direct descriptors");
+    }
+    cr_assert(!plain || !direct, "CESSNA_NO_DIRECT_FILES=1 left direct descriptors on");
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            ep[i] = t_ep_connect(&e);
+            int n = snprintf(buf, sizeof(buf), "round %d session %d", round, i);
+            round_trip(ep[i], buf, (size_t)n);
+        }
+        int tcp = tcp_fds(e.sup.pid);
+        cr_assert_eq(tcp, plain ? 2 * N + 1 : 1, "round %d: the supervisor holds %d TCP "
+                     "descriptors with %d sessions open", round, tcp, N);
+        for (int i = 0; i < N; i++) {
+            cr_assert_eq(cessna_ep_close(ep[i], 5000), 0, "close: %s", cessna_ep_error(ep[i]));
+            cessna_ep_free(ep[i]);
+        }
+        for (long until = t_now_ms() + 5000; t_now_ms() < until; usleep(20000)) {
+            t_ctl(&e, "stats", out, sizeof(out));
+            if (t_field(out, "sessions") == 0 && tcp_fds(e.sup.pid) == 1)
+                break;
+        }
+        cr_assert_eq(t_field(out, "sessions"), 0, "%s", out);
+        cr_assert_eq(t_field(out, "sessions_failed"), 0, "%s", out);
+    }
+    t_edge_stop(&e);
+}
+
+Test(session, sockets_are_direct_descriptors)
+{
+    sockets_per_session(0);
+}
+
+Test(session, sockets_are_plain_descriptors_when_direct_ones_are_off)
+{
+    sockets_per_session(1);
+}
