@@ -163,8 +163,8 @@ int connfd_register(unsigned slots)
         S.direct = 0;
         return rc;
     }
-    LOG(LOG_INFO, "msg=\"session sockets are io_uring direct descriptors\" table_entries=%u",
-        2 * slots);
+    LOG(LOG_INFO, "msg=\"session sockets are io_uring direct descriptors\" max_sessions=%u "
+        "table_entries=%u", slots, 2 * slots);
     return 0;
 }
 
