@@ -423,6 +423,55 @@ static int tcp_fds(pid_t pid)
     return count;
 }
 
+/* Sockets in the file table of pid's io_uring, as its fdinfo lists them after "UserFiles:"
+ * (the kernel lists them only when it gets the ring's lock at once: -1 when the list is
+ * not there). */
+static int ring_sockets(pid_t pid)
+{
+    char path[64], target[64], line[256];
+    int count = -1;
+
+    for (int fd = 0; fd < 65536 && count < 0; fd++) {
+        snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)pid, fd);
+        ssize_t len = readlink(path, target, sizeof(target) - 1);
+        if (len <= 0)
+            continue;
+        target[len] = 0;
+        if (!strstr(target, "io_uring"))
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/fdinfo/%d", (int)pid, fd);
+        FILE *f = fopen(path, "r");
+        int in_files = 0;
+        unsigned idx;
+        while (f && fgets(line, sizeof(line), f)) {
+            if (strncmp(line, "UserFiles:", 10) == 0) {
+                in_files = 1;
+                count = 0;
+            } else if (in_files && sscanf(line, " %u: socket:[", &idx) == 1 &&
+                       strstr(line, "socket:[")) {
+                count++;
+            } else if (in_files && !strchr(line, ':')) {
+                break;
+            } else if (in_files && sscanf(line, " %u:", &idx) != 1) {
+                break;
+            }
+        }
+        if (f)
+            fclose(f);
+    }
+    return count;
+}
+
+/* ring_sockets until it is want, for up to 2 s (the ring may be busy): the last count. */
+static int wait_ring_sockets(pid_t pid, int want)
+{
+    int n = ring_sockets(pid);
+
+    for (long until = t_now_ms() + 2000; n != want && t_now_ms() < until; usleep(10000))
+        n = ring_sockets(pid);
+    return n;
+}
+
 /* The sessions' sockets are io_uring direct descriptors (supervisor/connfd.c): a supervisor
  * holding N sessions has one TCP descriptor, its listener, not 2N + 1; with
  * CESSNA_NO_DIRECT_FILES=1 (the fallback of kernels before 6.7) it has 2N + 1. Either way
@@ -454,6 +503,11 @@ static void sockets_per_session(int plain)
         int tcp = tcp_fds(e.sup.pid);
         cr_assert_eq(tcp, plain ? 2 * N + 1 : 1, "round %d: the supervisor holds %d TCP "
                      "descriptors with %d sessions open", round, tcp, N);
+        if (!plain) {
+            int n = wait_ring_sockets(e.sup.pid, 2 * N);
+            cr_assert_eq(n, 2 * N, "round %d: %d sockets in the ring's file table with %d "
+                         "sessions open", round, n, N);
+        }
         for (int i = 0; i < N; i++) {
             cr_assert_eq(cessna_ep_close(ep[i], 5000), 0, "close: %s", cessna_ep_error(ep[i]));
             cessna_ep_free(ep[i]);
@@ -465,6 +519,10 @@ static void sockets_per_session(int plain)
         }
         cr_assert_eq(t_field(out, "sessions"), 0, "%s", out);
         cr_assert_eq(t_field(out, "sessions_failed"), 0, "%s", out);
+        if (!plain) {   /* every entry closed: none left behind (-1: not listed, as good) */
+            int n = wait_ring_sockets(e.sup.pid, 0);
+            cr_assert(n <= 0, "round %d: %d sockets left in the file table", round, n);
+        }
     }
     t_edge_stop(&e);
 }
