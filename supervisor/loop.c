@@ -229,7 +229,7 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_SEND:    sess_on_send(s, (enum side)arg, cqe->res); break;
     case OP_CONNECT: sess_on_connect(s, cqe->res); break;
     case OP_DOORBELL: sess_on_doorbell(s, cqe->res); break;
-    case OP_PIDFD:   sess_on_pidfd(s, cqe->res); break;
+    case OP_WORKER_EXIT: sess_on_worker_exit(s, cqe->res); break;
     case OP_TIMER:   sess_on_timer(s, arg, cqe->res); break;
     case OP_TIMER_CANCEL: sess_release_op(s); break;
     case OP_REPORT:  recovery_on_report(s, cqe->res); break;
@@ -518,6 +518,7 @@ int main(int argc, char **argv)
         return 1;
     }
     doorbell_probe();
+    exitwatch_probe();
     set_fd_limit();   /* after the probe: the doorbells decide the fds per session */
     S.slots = S.cfg.max_sessions;
     S.sessions = calloc(S.slots, sizeof(*S.sessions));

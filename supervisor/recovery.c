@@ -357,7 +357,7 @@ static int held_past_threshold(const struct session *s)
  * time at the same event is a crash loop (recovery_start). */
 static void watchdog(struct session *s, uint64_t now)
 {
-    if (!S.cfg.max_event_ms || s->pid <= 0 || s->worker_reaped || s->pidfd < 0 ||
+    if (!S.cfg.max_event_ms || s->pid <= 0 || s->worker_reaped ||
         (s->state != S_LIVE && s->state != S_CLOSING))
         return;
     uint64_t c = atomic_load(&s->ctl->consumed);
@@ -373,7 +373,7 @@ static void watchdog(struct session *s, uint64_t now)
         "max_event_ms=%llu worker=%d", ull(s->id), ull(c + 1), ull(S.cfg.max_event_ms),
         (int)s->pid);
     s->wd_killed = 1;
-    signal_pidfd(s->pidfd, SIGKILL);
+    sess_signal_worker(s, SIGKILL);
 }
 
 static uint64_t oom_seen;   /* oom_kills() at the last worker death (or at start) */
@@ -870,7 +870,7 @@ static int promote_standby(struct session *s, char *err, size_t errlen)
         return -EIO;
     }
     close_fd(&s->standby_wake_fd);
-    signal_pidfd(watch, SIGCONT);
+    sess_signal_worker(s, SIGCONT);
     sess_feed(s);
     return 0;
 }
@@ -1025,8 +1025,9 @@ void recovery_reap_strays(void)
         if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT | __WALL) == -1 || !si.si_pid ||
             tracked(si.si_pid))
             return;
+        pid_t pid = si.si_pid;
         memset(&si, 0, sizeof(si));
-        waitid(P_PID, (id_t)si.si_pid, &si, WEXITED | WNOHANG | __WALL);
-        LOG(LOG_DEBUG, "msg=\"reaped a stray child\" pid=%d", (int)si.si_pid);
+        waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | __WALL);
+        LOG(LOG_DEBUG, "msg=\"reaped a stray child\" pid=%d", (int)pid);
     }
 }
