@@ -232,7 +232,7 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_WORKER_EXIT: sess_on_worker_exit(s, cqe->res); break;
     case OP_TIMER:   sess_on_timer(s, arg, cqe->res); break;
     case OP_TIMER_CANCEL: sess_release_op(s); break;
-    case OP_REPORT:  recovery_on_report(s, cqe->res); break;
+    case OP_REPORT:  recovery_on_report(s, (int)arg, cqe->res); break;
     }
     if (s->state != S_FREE) {
         hib_after_op(s);   /* hibernate.c: finish going to sleep, or wake */

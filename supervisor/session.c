@@ -470,8 +470,11 @@ int sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t
     s->pidfd = -1;
     if (!s->zgen)
         zygote_bind(s, 0);   /* a new session: the module new sessions run now */
-    rc = zygote_spawn(s, s->memfd, restore_pos, err, errlen);
-    close(s->memfd);    /* the zygote has its own copy now (or none: the next try makes one) */
+    int report = recovery_worker_end(s, err, errlen);
+    rc = report < 0 ? -EMFILE : zygote_spawn(s, s->memfd, report, restore_pos, err, errlen);
+    /* The zygote has its own copies now (or none: the next try makes new ones). */
+    recovery_worker_end_sent(s);
+    close(s->memfd);
     s->memfd = -1;
     return rc < 0 ? -EINVAL : 0;
 }

@@ -149,7 +149,10 @@ struct session {
     uint32_t recoveries;
 
     /* snapshots (recovery.c) */
-    int report_fd, report_worker_fd;    /* snapshot reports arrive on this socketpair */
+    int report_fd, report_worker_fd;    /* snapshot reports arrive on this socketpair; the
+                                         * worker's end is ours only until it is sent */
+    dev_t report_worker_dev;            /* ... and is known by its inode after that */
+    ino_t report_worker_ino;
     unsigned report_armed : 1, snap_inflight : 1, need_full : 1;
     unsigned snap_req_full : 1;         /* the request in flight is for a full snapshot */
     uint64_t gen;                       /* worker generation: stale reports are ignored */
@@ -266,7 +269,7 @@ void sup_flush(struct session *s, struct conn *c);
 /* recovery.c: snapshots, the hot standby, and bringing a session back after its worker died */
 void recovery_tick_arm(void);
 void recovery_on_tick(void);
-void recovery_on_report(struct session *s, int res);
+void recovery_on_report(struct session *s, int fd, int res);
 void recovery_on_reap(uint32_t slot, int pidfd, int res);
 /* After outputs were taken from the worker's ring: a pending snapshot may become durable. */
 void recovery_outputs_drained(struct session *s);
@@ -285,6 +288,8 @@ void recovery_reap_strays(void);
 void recovery_hibernate(struct session *s);
 void recovery_close_reports(struct session *s);
 int  recovery_setup(struct session *s, char *err, size_t errlen);
+int  recovery_worker_end(struct session *s, char *err, size_t errlen);
+void recovery_worker_end_sent(struct session *s);
 /* The user sandboxed workers run as (0 and *uid, *gid), or -1: none (files stay ours). */
 int  recovery_worker_owner(uid_t *uid, gid_t *gid);
 
