@@ -518,6 +518,9 @@ void recovery_on_tick(void)
 
     if (!started++)
         oom_seen = oom_kills();   /* OOM kills from before we ran are not ours */
+    uint32_t in_flight = 0;
+    for (uint32_t i = 0; i < S.slot_high; i++)
+        in_flight += S.sessions[i].state != S_FREE && S.sessions[i].snap_inflight;
     for (uint32_t i = 0; i < S.slot_high; i++) {
         struct session *s = &S.sessions[i];
         watchdog(s, now);
@@ -544,7 +547,9 @@ void recovery_on_tick(void)
             (!S.cfg.snapshot_interval_ms ||
              now - s->snap_requested_ms < S.cfg.snapshot_interval_ms))
             continue;
-        recovery_request_snapshot(s, msg, sizeof(msg));
+        if (in_flight >= SNAPSHOTS_IN_FLIGHT)
+            continue;   /* the next tick */
+        in_flight += recovery_request_snapshot(s, msg, sizeof(msg)) == 0 && s->snap_inflight;
     }
     hib_tick(now);   /* hibernate.c: idle sessions sleep, waiting wakes retry */
     recovery_reap_strays();
