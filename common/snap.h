@@ -169,7 +169,9 @@ void snap_name(char *buf, size_t len, uint64_t position, uint32_t kind);
 
 /* Remove the snapshot files (and leftover temp files) of dir at positions older than
  * keep_from, which must name a full snapshot present in dir (else -ENOENT, nothing
- * removed). Returns the number of files removed, or -errno. */
+ * removed). Up to 12 of them stay as empty "spare.N" files that the next snapshots written
+ * in dir take over (snap_write_at) instead of creating new ones. Returns the number of files
+ * removed or kept as spares, or -errno. */
 int snap_prune(const char *dir, uint64_t keep_from);
 
 #endif

@@ -99,9 +99,10 @@ uint64_t hib_last_event_ms(const struct session *s)
 static void stop(struct session *s, uint64_t now_ms)
 {
     recovery_hibernate(s);   /* the standby and any snapshot child go */
-    if (syscall(SYS_pidfd_send_signal, s->pidfd, SIGKILL, NULL, 0) == -1 && errno != ESRCH) {
+    int rc = sess_signal_worker(s, SIGKILL);
+    if (rc < 0 && rc != -ESRCH) {
         LOG(LOG_WARN, "session=%llu msg=\"hibernate: cannot stop the worker\" error=\"%s\"",
-            ull(s->id), strerror(errno));
+            ull(s->id), strerror(-rc));
         return;
     }
     s->hib.state = HIB_STOPPING;
@@ -189,7 +190,7 @@ static void release(struct session *s)
 /* Stopping is over once the worker is reaped and none of its operations is in flight. */
 static int stopped(const struct session *s)
 {
-    return s->worker_reaped && !s->pidfd_armed && !s->doorbell_armed && !s->report_armed &&
+    return s->worker_reaped && !s->exit_armed && !s->doorbell_armed && !s->report_armed &&
            !s->spawning;
 }
 

@@ -34,7 +34,7 @@ struct session;
 void hib_on_event(struct session *s);
 /* 1 while s has no worker to feed because of hibernation: events wait in the store. */
 int  hib_holds(const struct session *s);
-/* s's worker was reaped (session.c, sess_on_pidfd): 1 when it was stopped to hibernate (no
+/* s's worker was reaped (session.c, sess_on_worker_exit): 1 when it was stopped to hibernate (no
  * recovery then), 0 when its death is recovery's business. */
 int  hib_worker_exited(struct session *s);
 /* After every completion of s (loop.c): finish stopping, or wake for an event that came. */

@@ -232,10 +232,10 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_SEND:    sess_on_send(s, (enum side)arg, cqe->res); break;
     case OP_CONNECT: sess_on_connect(s, cqe->res); break;
     case OP_DOORBELL: sess_on_doorbell(s, cqe->res); break;
-    case OP_PIDFD:   sess_on_pidfd(s, cqe->res); break;
+    case OP_WORKER_EXIT: sess_on_worker_exit(s, cqe->res); break;
     case OP_TIMER:   sess_on_timer(s, arg, cqe->res); break;
     case OP_TIMER_CANCEL: sess_release_op(s); break;
-    case OP_REPORT:  recovery_on_report(s, cqe->res); break;
+    case OP_REPORT:  recovery_on_report(s, (int)arg, cqe->res); break;
     case OP_SOCK_CTL: sess_on_sock_ctl(s, (enum side)arg, cqe->res); break;
     case OP_SOCK_CLOSE: connfd_close_done(s, (int)arg, cqe->res); break;
     }
@@ -284,22 +284,26 @@ static int setup_ring(void)
     return io_uring_queue_init_params(4096, &S.ring, &p);
 }
 
-/* Each session holds about this many descriptors: two sockets, the worker's pidfd, the
- * snapshot report socketpair, one snapshot child's pidfd while a snapshot is taken, the
- * ordering log file; a hot standby's pidfd and wake fd more; an eventfd doorbell on kernels
- * without io_uring futex waits. The node needs a few dozen besides. */
-#define FDS_PER_SESSION 7
+/* Each session holds this many descriptors: its two sockets and our end of its snapshot
+ * report socket; a hot standby's pidfd and wake fd more; on kernels without io_uring futex
+ * waits an eventfd doorbell, without io_uring waitid the worker's pidfd. A snapshot child's
+ * pidfd is held while it runs: timed snapshots in flight are capped node-wide
+ * (SNAPSHOTS_IN_FLIGHT, recovery.c), and those descriptors are reserved with the node's own
+ * few dozen. */
+#define FDS_PER_SESSION 3
 #define FDS_RESERVED    64
 
-/* The node's own descriptors: the few dozen, and the metrics endpoint's when it is on. */
+/* The node's own descriptors: the few dozen, the snapshot children's, and the metrics
+ * endpoint's when it is on. */
 static uint64_t fds_reserved(void)
 {
-    return FDS_RESERVED + (S.cfg.metrics_listen[0] ? METRICS_FDS : 0);
+    return FDS_RESERVED + SNAPSHOTS_IN_FLIGHT + (S.cfg.metrics_listen[0] ? METRICS_FDS : 0);
 }
 
 static uint64_t fds_per_session(void)
 {
-    return FDS_PER_SESSION + (S.cfg.standby == STANDBY_HOT ? 2 : 0) + (S.futex_bells ? 0 : 1) -
+    return FDS_PER_SESSION + (S.cfg.standby == STANDBY_HOT ? 2 : 0) + (S.futex_bells ? 0 : 1) +
+           (S.waitid_watch ? 0 : 1) -
            (S.direct ? 2 : 0);   /* its two sockets are in the ring's file table (connfd.c) */
 }
 
@@ -528,8 +532,9 @@ int main(int argc, char **argv)
         return 1;
     }
     doorbell_probe();
+    exitwatch_probe();
     connfd_probe();
-    set_fd_limit();   /* after the probes: doorbells and sockets decide the fds per session */
+    set_fd_limit();   /* after the probes: they decide the fds per session */
     if (connfd_register(S.cfg.max_sessions) < 0)
         set_fd_limit();   /* plain sockets after all: they count again */
     S.slots = S.cfg.max_sessions;

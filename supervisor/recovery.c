@@ -89,6 +89,20 @@ static int holds_file(pid_t pid, int our_fd, int their_fd)
     return syscall(SYS_kcmp, getpid(), pid, KCMP_FILE, our_fd, their_fd) == 0;
 }
 
+/* 1 when process pid has, as its descriptor their_fd, the worker's end of s's report
+ * socket (we closed our copy of it: its inode names it). */
+static int holds_report_end(const struct session *s, pid_t pid, int their_fd)
+{
+    char path[64];
+    struct stat st;
+
+    if (pid <= 0 || their_fd < 0 || !s->report_worker_ino)
+        return 0;
+    snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)pid, their_fd);
+    return stat(path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == s->report_worker_dev &&
+           st.st_ino == s->report_worker_ino;
+}
+
 /* 1 when the process behind pidfd is our child and has exited (not reaped yet). */
 static int exited_child(int pidfd)
 {
@@ -148,13 +162,17 @@ void recovery_init(struct session *s)
     s->pend.standby_pidfd = s->pend.wake_fd = -1;
 }
 
+static int read_reports(struct session *s);
+
+/* The poll's argument is the socket it watches: a report socket replaced for a new worker
+ * (new_report_pair) is closed when its cancelled poll completes. */
 static void arm_report(struct session *s)
 {
     if (s->report_armed || s->report_fd < 0)
         return;
     struct io_uring_sqe *sqe = sup_sqe();
     io_uring_prep_poll_add(sqe, s->report_fd, POLLIN);
-    io_uring_sqe_set_data64(sqe, UD(OP_REPORT, s->slot, 0));
+    io_uring_sqe_set_data64(sqe, UD(OP_REPORT, s->slot, s->report_fd));
     s->report_armed = 1;
     s->inflight++;
 }
@@ -183,13 +201,70 @@ int recovery_worker_owner(uid_t *uid, gid_t *gid)
     return known;
 }
 
-/* The session's snapshot directory and its report socket. */
+/* A new report socketpair. We keep our end; the worker's end goes to the zygote with the
+ * spawn request and is closed here once sent (recovery_worker_end_sent): one descriptor per
+ * session, not two. What identifies the worker's end afterwards is its inode, which no
+ * other open file shares (holds_report_end). A pair already in use (the worker that had it
+ * died) is replaced: its reports are read first, its poll cancelled, and its socket closed
+ * when that completes (recovery_on_report). */
+static int new_report_pair(struct session *s, char *err, size_t errlen)
+{
+    struct stat st;
+    int sv[2];
+
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) {
+        snprintf(err, errlen, "socketpair: %s", strerror(errno));
+        return -errno;
+    }
+    if (fstat(sv[1], &st) == -1) {
+        snprintf(err, errlen, "fstat of a report socket: %s", strerror(errno));
+        close(sv[0]);
+        close(sv[1]);
+        return -EIO;
+    }
+    if (s->report_fd >= 0) {
+        int old = s->report_fd;
+        read_reports(s);   /* the dead worker's children are watched (and killed) now */
+        if (s->report_armed) {
+            struct io_uring_sqe *sqe = sup_sqe();
+            io_uring_prep_cancel64(sqe, UD(OP_REPORT, s->slot, old), 0);
+            io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+            s->report_armed = 0;   /* the cancelled poll closes `old` (recovery_on_report) */
+        } else {
+            close(old);
+        }
+    }
+    /* Our end never blocks the loop; the worker's end stays blocking. */
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    s->report_fd = sv[0];
+    s->report_worker_fd = sv[1];
+    s->report_worker_dev = st.st_dev;
+    s->report_worker_ino = st.st_ino;
+    arm_report(s);
+    return 0;
+}
+
+/* The worker's end of the report socket, for a spawn request: -1 with err on failure. */
+int recovery_worker_end(struct session *s, char *err, size_t errlen)
+{
+    if (s->report_worker_fd < 0 && new_report_pair(s, err, errlen) < 0)
+        return -1;
+    return s->report_worker_fd;
+}
+
+void recovery_worker_end_sent(struct session *s)
+{
+    if (s->report_worker_fd >= 0)
+        close(s->report_worker_fd);
+    s->report_worker_fd = -1;
+}
+
+/* The session's snapshot directory. (The report socket is made with the first worker.) */
 int recovery_setup(struct session *s, char *err, size_t errlen)
 {
     char dir[PATH_MAX];
     uid_t uid;
     gid_t gid;
-    int sv[2];
 
     snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
     if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
@@ -200,15 +275,6 @@ int recovery_setup(struct session *s, char *err, size_t errlen)
         snprintf(err, errlen, "snapshot directory %s: chown: %s", dir, strerror(errno));
         return -errno;
     }
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) {
-        snprintf(err, errlen, "socketpair: %s", strerror(errno));
-        return -errno;
-    }
-    /* Our end never blocks the loop; the worker's end stays blocking. */
-    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
-    s->report_fd = sv[0];
-    s->report_worker_fd = sv[1];
-    arm_report(s);
     return 0;
 }
 
@@ -357,7 +423,7 @@ static int held_past_threshold(const struct session *s)
  * time at the same event is a crash loop (recovery_start). */
 static void watchdog(struct session *s, uint64_t now)
 {
-    if (!S.cfg.max_event_ms || s->pid <= 0 || s->worker_reaped || s->pidfd < 0 ||
+    if (!S.cfg.max_event_ms || s->pid <= 0 || s->worker_reaped ||
         (s->state != S_LIVE && s->state != S_CLOSING))
         return;
     uint64_t c = atomic_load(&s->ctl->consumed);
@@ -373,7 +439,7 @@ static void watchdog(struct session *s, uint64_t now)
         "max_event_ms=%llu worker=%d", ull(s->id), ull(c + 1), ull(S.cfg.max_event_ms),
         (int)s->pid);
     s->wd_killed = 1;
-    signal_pidfd(s->pidfd, SIGKILL);
+    sess_signal_worker(s, SIGKILL);
 }
 
 static uint64_t oom_seen;   /* oom_kills() at the last worker death (or at start) */
@@ -452,6 +518,9 @@ void recovery_on_tick(void)
 
     if (!started++)
         oom_seen = oom_kills();   /* OOM kills from before we ran are not ours */
+    uint32_t in_flight = 0;
+    for (uint32_t i = 0; i < S.slot_high; i++)
+        in_flight += S.sessions[i].state != S_FREE && S.sessions[i].snap_inflight;
     for (uint32_t i = 0; i < S.slot_high; i++) {
         struct session *s = &S.sessions[i];
         watchdog(s, now);
@@ -478,7 +547,9 @@ void recovery_on_tick(void)
             (!S.cfg.snapshot_interval_ms ||
              now - s->snap_requested_ms < S.cfg.snapshot_interval_ms))
             continue;
-        recovery_request_snapshot(s, msg, sizeof(msg));
+        if (in_flight >= SNAPSHOTS_IN_FLIGHT)
+            continue;   /* the next tick */
+        in_flight += recovery_request_snapshot(s, msg, sizeof(msg)) == 0 && s->snap_inflight;
     }
     hib_tick(now);   /* hibernate.c: idle sessions sleep, waiting wakes retry */
     recovery_reap_strays();
@@ -702,7 +773,7 @@ static void on_started(struct session *s, const struct snap_report *r, int pidfd
     /* A child that holds this session's report socket is ours. One that has exited
      * already (its files are gone, kcmp cannot tell) is tracked only if it is our own
      * child: signals to it change nothing then. Anything else is only watched. */
-    if (!holds_file(pid, s->report_worker_fd, r->fd_no) && !exited_child(pidfd)) {
+    if (!holds_report_end(s, pid, r->fd_no) && !exited_child(pidfd)) {
         LOG(LOG_DEBUG, "session=%llu msg=\"snapshot child not verified\" pid=%d",
             ull(s->id), (int)pid);
         return;
@@ -782,10 +853,14 @@ static int read_reports(struct session *s)
     }
 }
 
-void recovery_on_report(struct session *s, int res)
+void recovery_on_report(struct session *s, int fd, int res)
 {
-    s->report_armed = 0;
     sess_release_op(s);
+    if (fd != s->report_fd) {   /* replaced for a new worker (new_report_pair) */
+        close(fd);
+        return;
+    }
+    s->report_armed = 0;
     if (res >= 0 && read_reports(s) < 0)
         return;   /* shut down: the session is ending */
     if (s->state < S_DEAD)
@@ -870,7 +945,7 @@ static int promote_standby(struct session *s, char *err, size_t errlen)
         return -EIO;
     }
     close_fd(&s->standby_wake_fd);
-    signal_pidfd(watch, SIGCONT);
+    sess_signal_worker(s, SIGCONT);
     sess_feed(s);
     return 0;
 }
@@ -1025,8 +1100,9 @@ void recovery_reap_strays(void)
         if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT | __WALL) == -1 || !si.si_pid ||
             tracked(si.si_pid))
             return;
+        pid_t pid = si.si_pid;
         memset(&si, 0, sizeof(si));
-        waitid(P_PID, (id_t)si.si_pid, &si, WEXITED | WNOHANG | __WALL);
-        LOG(LOG_DEBUG, "msg=\"reaped a stray child\" pid=%d", (int)si.si_pid);
+        waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | __WALL);
+        LOG(LOG_DEBUG, "msg=\"reaped a stray child\" pid=%d", (int)pid);
     }
 }

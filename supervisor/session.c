@@ -456,15 +456,11 @@ int sess_reset_worker(struct session *s, uint64_t position, char *err, size_t er
 void sess_watch_worker(struct session *s, pid_t pid, int pidfd)
 {
     s->pid = pid;
-    s->pidfd = pidfd;
+    sess_keep_pidfd(s, pidfd);
     s->worker_reaped = 0;
     if (!s->doorbell_armed)
         sess_arm_doorbell(s, bell_seen(&s->ctl->bell_out));
-    struct io_uring_sqe *sqe = sup_sqe();
-    io_uring_prep_poll_add(sqe, s->pidfd, POLLIN);
-    io_uring_sqe_set_data64(sqe, UD(OP_PIDFD, s->slot, 0));
-    s->pidfd_armed = 1;
-    s->inflight++;
+    sess_arm_exit_watch(s);
     update_spin_policy();
     /* A worker may write before we watch it (the timers a resumed one announces): a record
      * already there gets no doorbell, so look now. */
@@ -486,8 +482,11 @@ int sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t
     s->pidfd = -1;
     if (!s->zgen)
         zygote_bind(s, 0);   /* a new session: the module new sessions run now */
-    rc = zygote_spawn(s, s->memfd, restore_pos, err, errlen);
-    close(s->memfd);    /* the zygote has its own copy now (or none: the next try makes one) */
+    int report = recovery_worker_end(s, err, errlen);
+    rc = report < 0 ? -EMFILE : zygote_spawn(s, s->memfd, report, restore_pos, err, errlen);
+    /* The zygote has its own copies now (or none: the next try makes new ones). */
+    recovery_worker_end_sent(s);
+    close(s->memfd);
     s->memfd = -1;
     return rc < 0 ? -EINVAL : 0;
 }
@@ -497,7 +496,7 @@ void sess_worker_spawned(struct session *s, pid_t pid, int pidfd)
     s->spawning = 0;
     sess_watch_worker(s, pid, pidfd);
     if (s->state == S_DEAD) {   /* the session ended while it was being made */
-        syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+        sess_signal_worker(s, SIGKILL);
         return;
     }
     sess_feed(s);
@@ -1235,33 +1234,36 @@ static const char *describe_status(const siginfo_t *si, char *buf, size_t len)
     return buf;
 }
 
-void sess_on_pidfd(struct session *s, int res)
+/* The exit watch completed (exitwatch.c): reap the worker, then recover or end. */
+void sess_on_worker_exit(struct session *s, int res)
 {
     siginfo_t si;
     char how[96];
 
-    s->pidfd_armed = 0;
+    s->exit_armed = 0;
     sess_release_op(s);
     memset(&si, 0, sizeof(si));
-    if (waitid(P_PIDFD, (id_t)s->pidfd, &si, WEXITED | WNOHANG | __WALL) == -1) {
+    if (waitid(P_PID, (id_t)s->pid, &si, WEXITED | WNOHANG | __WALL) == -1) {
         if (errno != ECHILD) {
             LOG(LOG_WARN, "session=%llu msg=\"waitid\" error=\"%s\"", ull(s->id), strerror(errno));
-            return sess_maybe_free(s);   /* the pidfd stays unarmed; the session ends without it */
+            return sess_maybe_free(s);   /* the watch stays unarmed; the session ends without it */
         }
         /* Reaped already (it died before its spawn reply was read, and the stray-child
          * sweep took it): dead all the same, by a hand we cannot name. */
         si.si_code = CLD_KILLED;
         si.si_status = SIGKILL;
     } else if (si.si_pid == 0) {
-        struct io_uring_sqe *sqe = sup_sqe();   /* not dead after all: keep watching */
-        io_uring_prep_poll_add(sqe, s->pidfd, POLLIN);
-        io_uring_sqe_set_data64(sqe, UD(OP_PIDFD, s->slot, 0));
-        s->pidfd_armed = 1;
-        s->inflight++;
+        if (res < 0) {   /* the watch itself failed: say so, rather than spin re-arming it */
+            LOG(LOG_ERROR, "session=%llu msg=\"worker exit watch failed\" pid=%d error=\"%s\"",
+                ull(s->id), (int)s->pid, strerror(-res));
+            return sess_maybe_free(s);
+        }
+        sess_arm_exit_watch(s);   /* not dead after all: keep watching */
         return;
     }
     s->worker_reaped = 1;
-    close(s->pidfd);
+    if (s->pidfd >= 0)
+        close(s->pidfd);
     s->pidfd = -1;
     update_spin_policy();
     /* Anything the worker wrote before it died still counts. */
@@ -1411,7 +1413,7 @@ void sess_maybe_free(struct session *s)
     if (s->c[0].fd >= 0 || s->c[1].fd >= 0 || s->inflight)
         return;
     if (s->pid > 0 && !s->worker_reaped)
-        return;   /* wait for the pidfd to report the exit */
+        return;   /* wait for the exit watch to report it */
     for (int i = 0; i < 2; i++) {
         free(s->c[i].rbuf);
         free(s->c[i].sending.data);

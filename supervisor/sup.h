@@ -21,7 +21,7 @@
 
 /* user_data of every io_uring operation: {operation, session slot, argument}. */
 enum op {
-    OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_DOORBELL, OP_PIDFD,
+    OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_CONNECT, OP_DOORBELL, OP_WORKER_EXIT,
     OP_TIMER, OP_TIMER_CANCEL, OP_CTL_ACCEPT, OP_SIGNAL, OP_ZYGOTE,
     OP_REPORT, OP_TICK, OP_REAP,
     OP_SWEEP,          /* the periodic sweep (timeouts.c) */
@@ -127,7 +127,8 @@ struct session {
 
     /* the worker */
     pid_t pid;
-    int pidfd, memfd;
+    int pidfd;                  /* only on kernels without IORING_OP_WAITID (exitwatch.c) */
+    int memfd;
     int doorbell_out;           /* an eventfd on kernels without io_uring futex waits, else -1 */
     void *shm;
     size_t shm_len;
@@ -135,7 +136,7 @@ struct session {
     struct ring in, out;
     struct ring_asm out_asm;    /* an output arriving in pieces (session.c drain_worker) */
     uint64_t doorbell_val;
-    unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, pidfd_armed : 1;
+    unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, exit_armed : 1;
     unsigned out_stalled : 1, in_dirty : 1;
     unsigned spawning : 1;      /* a worker was asked of the zygote; its reply is pending */
     uint32_t zgen;              /* its zygote (module): every worker it gets comes from there
@@ -153,7 +154,10 @@ struct session {
     uint32_t recoveries;
 
     /* snapshots (recovery.c) */
-    int report_fd, report_worker_fd;    /* snapshot reports arrive on this socketpair */
+    int report_fd, report_worker_fd;    /* snapshot reports arrive on this socketpair; the
+                                         * worker's end is ours only until it is sent */
+    dev_t report_worker_dev;            /* ... and is known by its inode after that */
+    ino_t report_worker_ino;
     unsigned report_armed : 1, snap_inflight : 1, need_full : 1;
     unsigned snap_req_full : 1;         /* the request in flight is for a full snapshot */
     uint64_t gen;                       /* worker generation: stale reports are ignored */
@@ -237,6 +241,7 @@ struct sup {
     size_t unfed_max, out_high_water;
 
     int futex_bells;            /* io_uring waits on and wakes futex words (doorbell.c) */
+    int waitid_watch;           /* io_uring waits for a worker's exit by pid (exitwatch.c) */
     int direct;                 /* session sockets are direct descriptors (connfd.c) */
     int lock_fd;                /* STATE_DIR/supervisor.lock, held (flock) while we run */
     int log_level_fd;           /* the node-wide log level page (log_share), or -1 */
@@ -270,7 +275,7 @@ void sup_flush(struct session *s, struct conn *c);
 /* recovery.c: snapshots, the hot standby, and bringing a session back after its worker died */
 void recovery_tick_arm(void);
 void recovery_on_tick(void);
-void recovery_on_report(struct session *s, int res);
+void recovery_on_report(struct session *s, int fd, int res);
 void recovery_on_reap(uint32_t slot, int pidfd, int res);
 /* After outputs were taken from the worker's ring: a pending snapshot may become durable. */
 void recovery_outputs_drained(struct session *s);
@@ -288,7 +293,12 @@ void recovery_reap_strays(void);
  * once the worker is reaped, the report socket is read to its end and shut down. */
 void recovery_hibernate(struct session *s);
 void recovery_close_reports(struct session *s);
+/* Timed snapshots in flight at once, node-wide: each holds a child's pidfd (and a fork's
+ * CPU); the rest wait for the next tick. */
+#define SNAPSHOTS_IN_FLIGHT 256
 int  recovery_setup(struct session *s, char *err, size_t errlen);
+int  recovery_worker_end(struct session *s, char *err, size_t errlen);
+void recovery_worker_end_sent(struct session *s);
 /* The user sandboxed workers run as (0 and *uid, *gid), or -1: none (files stay ours). */
 int  recovery_worker_owner(uid_t *uid, gid_t *gid);
 
@@ -337,7 +347,7 @@ void sess_on_sock_ctl(struct session *s, enum side side, int res);
 void sess_on_send(struct session *s, enum side side, int res);
 void sess_on_connect(struct session *s, int res);
 void sess_on_doorbell(struct session *s, int res);
-void sess_on_pidfd(struct session *s, int res);
+void sess_on_worker_exit(struct session *s, int res);
 void sess_on_timer(struct session *s, uint32_t arg, int res);
 void sess_ring_doorbells(void);
 void sess_release_op(struct session *s);
@@ -349,6 +359,10 @@ int  sess_kill_worker(uint64_t id, char *msg, size_t len);
 
 /* doorbell.c: the doorbells in each session's shared memory (common/bell.h) */
 void doorbell_probe(void);                              /* sets S.futex_bells */
+void exitwatch_probe(void);                             /* sets S.waitid_watch */
+void sess_arm_exit_watch(struct session *s);
+void sess_keep_pidfd(struct session *s, int pidfd);
+int sess_signal_worker(struct session *s, int sig);
 void sess_arm_doorbell(struct session *s, uint32_t seen);   /* wait for bell_out != seen */
 void sess_ring_own_doorbell(struct session *s);         /* complete our own wait */
 void sess_ring_worker(struct session *s);               /* wake the worker (bell_in) */

@@ -602,11 +602,12 @@ static void fail_pending(struct zygote *z, const char *why)
 
 /* Ask the session's zygote for a worker; the reply comes later (zygote_on_reply). 0, or
  * -errno with a reason. */
-int zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, size_t errlen)
+int zygote_spawn(struct session *s, int memfd, int report_fd, uint64_t restore_pos, char *err,
+                 size_t errlen)
 {
     struct zygote *z = by_gen(s->zgen);
     struct spawn_request req;
-    int fds[3] = { memfd, s->report_worker_fd, s->doorbell_out };
+    int fds[3] = { memfd, report_fd, s->doorbell_out };
     int rc;
 
     if (!z) {

@@ -37,7 +37,8 @@ uint32_t zygote_for_fingerprint(const uint8_t fp[32]);
 
 /* Ask the session's zygote for a worker; the reply comes as a completion:
  * sess_worker_spawned() or sess_spawn_failed(). 0, or -errno with a reason in err. */
-int  zygote_spawn(struct session *s, int memfd, uint64_t restore_pos, char *err, size_t errlen);
+int  zygote_spawn(struct session *s, int memfd, int report_fd, uint64_t restore_pos, char *err,
+                  size_t errlen);
 /* Spawn requests the session's zygote has not answered yet; UINT32_MAX when it is down. */
 uint32_t zygote_waiting(const struct session *s);
 void zygote_check_spawns(void);          /* the periodic tick: answer timeouts */

@@ -1034,12 +1034,42 @@ Test(snap, prune_keeps_the_chain)
     cr_assert_eq(snap_prune(dir, 35), -ENOENT, "no full at 35: nothing removed");
     cr_assert_eq(count_files(dir), 7);
     cr_assert_eq(snap_prune(dir, 30), 3);
-    cr_assert_eq(count_files(dir), 4);
+    cr_assert_eq(count_files(dir), 7, "4 kept and 3 spares");
+    for (int i = 0; i < 3; i++) {
+        struct stat st;
+        snprintf(p, sizeof(p), "%s/spare.%d", dir, i);
+        cr_assert(stat(p, &st) == 0 && st.st_size == 0, "spare.%d is there, empty", i);
+    }
     cr_assert(file_exists(dir, "snap-00000000000000000030.full"));
     cr_assert(file_exists(dir, "snap-00000000000000000040.delta"));
     cr_assert(file_exists(dir, "snap-00000000000000000045.delta.tmp.9"));
     cr_assert(file_exists(dir, "notes.txt"));
     expect_chain(dir, (uint64_t[]){ 30, 40 }, 2, "after prune", err, sizeof(err));
     cr_assert_eq(snap_prune(dir, 30), 0);
+    rm_dir(dir);
+}
+
+/* What a prune retires, the next snapshot written takes over: the same inode, the new
+ * contents, loadable; past 12 spares, retired files are removed. */
+Test(snap, written_snapshots_reuse_spares)
+{
+    char *dir = tmp_dir(), err[1024], p[600];
+    struct world w;
+    struct stat spare, written;
+
+    world_init(&w, 2);
+    for (uint64_t pos = 1; pos <= 15; pos++)
+        put_snap(dir, &w, pos, pos == 1 ? SNAP_FULL : SNAP_DELTA, pos - 1);
+    put_snap(dir, &w, 16, SNAP_FULL, 0);
+    cr_assert_eq(snap_prune(dir, 16), 15);
+    cr_assert_eq(count_files(dir), 13, "the full and 12 spares; 3 files removed");
+    snprintf(p, sizeof(p), "%s/spare.0", dir);
+    cr_assert_eq(stat(p, &spare), 0);
+    put_snap(dir, &w, 17, SNAP_DELTA, 16);
+    snprintf(p, sizeof(p), "%s/snap-00000000000000000017.delta", dir);
+    cr_assert_eq(stat(p, &written), 0);
+    cr_assert_eq(written.st_ino, spare.st_ino, "the delta was written over spare.0");
+    cr_assert(!file_exists(dir, "spare.0"));
+    expect_chain(dir, (uint64_t[]){ 16, 17 }, 2, "on a spare", err, sizeof(err));
     rm_dir(dir);
 }
