@@ -163,6 +163,7 @@ struct bench_stack {
     int               native;    /* the entry speaks CESSNA (cessna_ep_connect) */
     char              tag[40];   /* stack_up_edge: prefix of its processes' names */
     char              control[PATH_MAX]; /* the supervisor's control socket, if any */
+    char              ini[PATH_MAX];     /* and its configuration file */
 };
 
 /* An edge-native stack for the sections: native echo <- supervisor <- the bench. */
@@ -174,6 +175,7 @@ struct edge_spec {
     unsigned    max_sessions;         /* 0: 64 */
     int         busy_poll_off;        /* busy_poll = off whatever --busy-poll says */
     int         many;                 /* the one-thread epoll echo server (sessions) */
+    unsigned    hibernate_after_ms;   /* 0: the default (30000) */
 };
 
 const char *stack_path_name(enum bench_path path);
@@ -195,6 +197,10 @@ int  stack_up_haproxy(struct bench_stack *s, const struct bench_opts *o, int max
 /* The most connections one HAProxy can hold under the bench's RLIMIT_NOFILE hard limit. */
 int  stack_haproxy_max_conns(void);
 int  stack_check(struct bench_stack *s, char *err, size_t errlen);
+/* The edge's INI gets `key = value` instead of the line it had, then SIGHUP (a run-time key:
+ * the supervisor reloads it). 0 or -errno. */
+int  stack_edge_reload(struct bench_stack *s, const char *key, const char *value, char *err,
+                       size_t errlen);
 void stack_down(struct bench_stack *s);
 
 /* ---- echo.c: echo servers (child mains; arg is a pointer to the listening fd) ---- */

@@ -38,6 +38,7 @@
 
 #define SNAP_INTERVAL_MS 1000 /* the supervisor's default */
 #define RATE_HZ          1.0  /* paced: messages per session per second */
+#define HIBERNATE_AFTER_MS 2000 /* asleep: reloaded after the runs (the default is 30000) */
 
 enum side { SIDE_EDGE = MANY_EDGE, SIDE_HAPROXY = MANY_HAPROXY,
             SIDE_HAPROXY_BUSY = MANY_HAPROXY_BUSY, SIDE_COUNT = MANY_STACKS };
@@ -70,6 +71,10 @@ struct side_result {
     double   cpu_nosnap_s, cpu_nosnap_wall_s;
     struct many_result paced_nosnap;
     uint64_t snapshots_nosnap;
+    int      asleep;                  /* edge: sessions hibernated after the runs */
+    double   asleep_wait_s;           /* from the end of the saturating run */
+    uint64_t asleep_pss_kib;
+    int64_t  asleep_kernel_kib;       /* meminfo change from before the opening */
 };
 
 struct n_result {
@@ -210,7 +215,58 @@ static void fail(struct side_result *r, struct bench_stack *s, int n, const char
     fprintf(stderr, "cessna-bench: FAILED sessions N=%d: %s\n", n, r->why);
 }
 
-/* One stack for N: setup, memory, paced (CPU), saturating. */
+/* Asleep: all in per hibernated session (PSS of the tree + kernel growth since before the
+ * opening, over the sessions asleep). */
+static double kib_asleep(const struct side_result *r)
+{
+    return r->asleep ? ((double)r->asleep_pss_kib + (double)r->asleep_kernel_kib) / r->asleep
+                     : 0.0 / 0.0;
+}
+
+/* ... and what they add to the edge before its first session (PSS growth + kernel). */
+static double kib_asleep_marginal(const struct side_result *r)
+{
+    return r->asleep ? ((double)r->asleep_pss_kib - (double)r->base_pss_kib +
+                        (double)r->asleep_kernel_kib) / r->asleep : 0.0 / 0.0;
+}
+
+/* After the runs, the edge's sessions go quiet: wait until they are all asleep
+ * (hibernated: no process, no shared memory) and measure what they hold then. */
+static void measure_asleep(struct side_result *r, struct bench_stack *s, uint64_t k0)
+{
+    struct ps_usage u;
+    uint64_t k1, t0 = ectl_now_ns();
+    double limit_s = HIBERNATE_AFTER_MS / 1000.0 + 10.0 + r->opened / 200.0;
+    char err[BENCH_ERRLEN], ms[16];
+
+    /* The default (30 s) while opening and running: what the paced and saturating rows
+     * measure is awake sessions. Now a short one, reloaded (SIGHUP). */
+    snprintf(ms, sizeof(ms), "%d", HIBERNATE_AFTER_MS);
+    if (stack_edge_reload(s, "hibernate_after_ms", ms, err, sizeof(err)) < 0) {
+        fprintf(stderr, "cessna-bench: sessions N=%d edge-native: asleep not measured: %s\n",
+                r->opened, err);
+        return;
+    }
+    fprintf(stderr, "cessna-bench: sessions N=%d edge-native: quiet, waiting for %d sessions "
+            "to hibernate (hibernate_after_ms = %d)\n", r->opened, r->opened,
+            HIBERNATE_AFTER_MS);
+    while ((double)(ectl_now_ns() - t0) / 1e9 < limit_s && !proc_interrupted()) {
+        r->asleep = (int)edge_stat(s, "hibernated");
+        if (r->asleep >= r->opened)
+            break;
+        usleep(200 * 1000);
+    }
+    r->asleep_wait_s = (double)(ectl_now_ns() - t0) / 1e9;
+    ps_tree_usage(s->procs[1].pid, &u);
+    ps_kernel_kib(&k1);
+    r->asleep_pss_kib = u.pss_kib;
+    r->asleep_kernel_kib = (int64_t)k1 - (int64_t)k0;
+    fprintf(stderr, "cessna-bench: sessions N=%d edge-native: %d asleep after %.1f s, %.1f "
+            "KiB each all in, %.1f marginal\n", r->opened, r->asleep, r->asleep_wait_s,
+            kib_asleep(r), kib_asleep_marginal(r));
+}
+
+/* One stack for N: setup, memory, paced (CPU), saturating, and for the edge asleep. */
 static void measure_side(struct side_result *r, enum side side, int n,
                          const struct bench_opts *o)
 {
@@ -278,6 +334,8 @@ static void measure_side(struct side_result *r, enum side side, int n,
         goto out;
     }
     r->sat_ok = 1;
+    if (side == SIDE_EDGE)
+        measure_asleep(r, &s, k0);
 out:
     many_close(&m);
     stack_down(&s);
@@ -326,7 +384,7 @@ static void print_row(FILE *f, int n, enum side side, const struct side_result *
 
     thousands(nn, sizeof(nn), n);
     if (!r->tried) {
-        fprintf(f, "| %s | %s | not run | | | | | | | | | | | | | |\n", nn, side_names[side]);
+        fprintf(f, "| %s | %s | not run | | | | | | | | | | | | | | |\n", nn, side_names[side]);
         return;
     }
     thousands(opened, sizeof(opened), r->opened);
@@ -353,10 +411,15 @@ static void print_row(FILE *f, int n, enum side side, const struct side_result *
     }
     if (r->sat_ok) {
         thousands(smps, sizeof(smps), r->sat.msgs_per_s);
-        fprintf(f, "%s | %.0f | %.0f |\n", smps, r->sat.lat.p50_us, r->sat.lat.p99_us);
+        fprintf(f, "%s | %.0f | %.0f | ", smps, r->sat.lat.p50_us, r->sat.lat.p99_us);
     } else {
-        fprintf(f, "- | - | - |\n");
+        fprintf(f, "- | - | - | ");
     }
+    if (side == SIDE_EDGE && r->asleep)
+        fprintf(f, "%d in %.1f s, %.0f / %.0f KiB |\n", r->asleep, r->asleep_wait_s,
+                kib_asleep(r), kib_asleep_marginal(r));
+    else
+        fprintf(f, "- |\n");
 }
 
 static void print_cpu(FILE *f, const struct n_result *nr)
@@ -416,16 +479,19 @@ static void print_section(FILE *f, const struct bench_opts *o)
                "a warm-up second (late = sends skipped because the last echo was still out). "
                "Saturating: one message outstanding per session, %.1f s. RLIMIT_NOFILE: the "
                "edge %ld (the machine's), the load generator and HAProxy %ld / %ld. A refused "
-               "row's later columns are measured with the sessions that opened.\n\n",
+               "row's later columns are measured with the sessions that opened. Asleep "
+               "(edge): after the runs the sessions go quiet and hibernate "
+               "(hibernate_after_ms = %d): how many did, how long after the saturating run, "
+               "and per sleeping session all in / marginal, as above.\n\n",
             SNAP_INTERVAL_MS, o->busy_poll_off ? "off" : "auto", o->many_inflight,
             paced_seconds, sat_seconds, proc_machine_nofile(), nofile_limit(),
-            proc_nofile_hard());
+            proc_nofile_hard(), HIBERNATE_AFTER_MS);
     fprintf(f, "| N | stack | opened | sessions/s | setup ms p50 / p99 | PSS MiB | procs | "
                "kernel MiB | KiB/session all in | KiB/session marginal | paced msgs/s | "
                "paced p50 µs | paced p99 µs | late | saturating msgs/s | saturating p50 µs | "
-               "saturating p99 µs |\n");
+               "saturating p99 µs | asleep |\n");
     fprintf(f, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-               "---:|---:|\n");
+               "---:|---:|---:|\n");
     for (int i = 0; i < nresults; i++)
         for (int sd = 0; sd < SIDE_COUNT; sd++)
             if (o->many_stacks & (1 << sd))
@@ -614,6 +680,13 @@ static void json_side(struct jsonw *w, enum side sd, const struct side_result *r
         jw_num(w, "cpu_paced_no_snapshots_s", r->nosnap_ok ? r->cpu_nosnap_s : 0.0 / 0.0);
         jw_num(w, "cpu_paced_no_snapshots_wall_s", r->nosnap_ok ? r->cpu_nosnap_wall_s
                                                                 : 0.0 / 0.0);
+        jw_num(w, "asleep", r->asleep);
+        jw_num(w, "asleep_wait_s", r->asleep ? r->asleep_wait_s : 0.0 / 0.0);
+        jw_num(w, "asleep_pss_kib", r->asleep ? (double)r->asleep_pss_kib : 0.0 / 0.0);
+        jw_num(w, "asleep_kernel_delta_kib", r->asleep ? (double)r->asleep_kernel_kib
+                                                        : 0.0 / 0.0);
+        jw_num(w, "kib_per_session_asleep", kib_asleep(r));
+        jw_num(w, "kib_per_session_asleep_marginal", kib_asleep_marginal(r));
         jw_num(w, "snapshots_cores", on - off);
         jw_num(w, "cpu_per_snapshot_us", r->snapshots ?
                    1e6 * (on - off) * r->cpu_wall_s / (double)r->snapshots : 0.0 / 0.0);

@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -302,11 +303,13 @@ static int write_supervisor_ini(const char *ini, const struct bench_opts *o,
              "max_message_bytes = 1048576\n"
              "max_session_memory = 4293918720\n"   /* ballast up to MAX_STATE (1 GiB) */
              "busy_poll = %s\n"
-             "sandbox = %s\n",
+             "sandbox = %s\n"
+             "hibernate_after_ms = %u\n",
              server, app, state, control, e->hot ? "hot" : "cold", e->snapshot_interval_ms,
              e->max_sessions ? e->max_sessions : 64,
              o->busy_poll_off || e->busy_poll_off ? "off" : "auto",
-             o->sandbox_off ? "off" : "on");
+             o->sandbox_off ? "off" : "on",
+             e->hibernate_after_ms ? e->hibernate_after_ms : 30000);
     return write_text(ini, text, err, errlen);
 }
 
@@ -334,8 +337,41 @@ static int start_supervisor(struct bench_stack *s, const struct bench_opts *o,
     rc = write_supervisor_ini(ini, o, e, server, app, state, s->control, err, errlen);
     if (rc < 0)
         return rc;
+    snprintf(s->ini, sizeof(s->ini), "%s", ini);
     char *argv[] = { bin, "-c", ini, NULL };
     return start_ready_child(s, o, "cessna-supervisor", argv, 1, addr, addrlen, err, errlen);
+}
+
+int stack_edge_reload(struct bench_stack *s, const char *key, const char *value, char *err,
+                      size_t errlen)
+{
+    char text[8192], out[8192 + 256];
+    size_t klen = strlen(key), o = 0;
+    FILE *f = fopen(s->ini, "re");
+    size_t n = f ? fread(text, 1, sizeof(text) - 1, f) : 0;
+
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", s->ini[0] ? s->ini : "(no edge INI)", strerror(errno));
+        return -ENOENT;
+    }
+    fclose(f);
+    text[n] = 0;
+    for (char *line = text, *next; *line; line = next) {
+        next = strchr(line, '\n');
+        next = next ? next + 1 : line + strlen(line);
+        if (strncmp(line, key, klen) == 0 && line[klen] == ' ')
+            o += (size_t)snprintf(out + o, sizeof(out) - o, "%s = %s\n", key, value);
+        else
+            o += (size_t)snprintf(out + o, sizeof(out) - o, "%.*s", (int)(next - line), line);
+        if (o >= sizeof(out)) {
+            snprintf(err, errlen, "%s: too long", s->ini);
+            return -E2BIG;
+        }
+    }
+    int rc = write_text(s->ini, out, err, errlen);
+    if (rc < 0)
+        return rc;
+    return kill(s->procs[1].pid, SIGHUP) == -1 ? -errno : 0;
 }
 
 /* The latency paths' edge: passthrough.so, no snapshots. */

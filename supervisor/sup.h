@@ -295,7 +295,7 @@ void recovery_hibernate(struct session *s);
 void recovery_close_reports(struct session *s);
 /* Timed snapshots in flight at once, node-wide: each holds a child's pidfd (and a fork's
  * CPU); the rest wait for the next tick. */
-#define SNAPSHOTS_IN_FLIGHT 256
+#define SNAPSHOTS_IN_FLIGHT 1024
 int  recovery_setup(struct session *s, char *err, size_t errlen);
 int  recovery_worker_end(struct session *s, char *err, size_t errlen);
 void recovery_worker_end_sent(struct session *s);
