@@ -353,6 +353,8 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
     s->snap_req_full = full;
     s->ctl->snap_gen = s->gen;
     s->ctl->snap_hot = S.cfg.standby == STANDBY_HOT;
+    s->ctl->snap_spares = s->spares;
+    s->spares -= s->spares > 0;   /* the writer takes one */
     atomic_store_explicit(&s->ctl->snap_pos, p, memory_order_release);
     atomic_store_explicit(&s->ctl->snap_req, ++s->snap_req_id, memory_order_release);
     s->snap_inflight = 1;
@@ -566,7 +568,9 @@ static void make_durable(struct session *s, const struct snap_pending *p)
     char dir[PATH_MAX];
 
     snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
-    snap_prune(dir, p->full);   /* chains older than this one's full are no longer needed */
+    int pruned = snap_prune(dir, p->full);   /* chains older than this full are not needed */
+    if (pruned > 0)   /* kept as spares, up to 12 (an estimate: snapshot writers take them) */
+        s->spares = s->spares + (uint32_t)pruned > 12 ? 12 : s->spares + (uint32_t)pruned;
     s->snap_pos = p->pos;
     s->snapshots++;
     s->snap_bytes = r->bytes;
