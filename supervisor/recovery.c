@@ -568,9 +568,16 @@ static void make_durable(struct session *s, const struct snap_pending *p)
     char dir[PATH_MAX];
 
     snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
-    int pruned = snap_prune(dir, p->full);   /* chains older than this full are not needed */
-    if (pruned > 0)   /* kept as spares, up to 12 (an estimate: snapshot writers take them) */
-        s->spares = s->spares + (uint32_t)pruned > 12 ? 12 : s->spares + (uint32_t)pruned;
+    /* Chains older than this one's full are not needed: only a new full leaves any (a delta
+     * on the same full has nothing to prune, and reading the directory would cost the loop
+     * a getdents per snapshot). */
+    if (p->full != s->pruned_full) {
+        int pruned = snap_prune(dir, p->full);
+        if (pruned >= 0)
+            s->pruned_full = p->full;
+        if (pruned > 0)   /* kept as spares, up to 12 (an estimate: writers take them) */
+            s->spares = s->spares + (uint32_t)pruned > 12 ? 12 : s->spares + (uint32_t)pruned;
+    }
     s->snap_pos = p->pos;
     s->snapshots++;
     s->snap_bytes = r->bytes;

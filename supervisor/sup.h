@@ -168,6 +168,7 @@ struct session {
     uint64_t snap_requested_ms;
     uint32_t deltas_since_full;
     uint32_t spares;                    /* spare files believed in its directory (snap.c) */
+    uint64_t pruned_full;               /* the full the last prune kept (older chains gone) */
     struct snapchild kids[SNAP_KIDS];   /* snapshot children alive, watched by pidfd */
     struct snap_pending pend;           /* written, durable once its outputs are handed over */
     pid_t standby_pid;                  /* the hot standby, 0 = none */
