@@ -555,6 +555,7 @@ void recovery_on_tick(void)
     }
     hib_tick(now);   /* hibernate.c: idle sessions sleep, waiting wakes retry */
     recovery_reap_strays();
+    sess_retry_spawns();
     zygote_check_spawns();
     recovery_tick_arm();
 }

@@ -488,7 +488,52 @@ int sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t
     recovery_worker_end_sent(s);
     close(s->memfd);
     s->memfd = -1;
+    if (rc == -ENOBUFS) {
+        /* A burst: the zygote's socket holds as many requests as it can. The session waits
+         * as if spawning and the tick asks again (sess_retry_spawns), for a while. */
+        S.spawn_backlog_full = 1;
+        S.stats.spawns_deferred++;
+        s->spawning = 1;
+        s->spawn_retry = 1;
+        s->spawn_retry_pos = restore_pos;
+        if (!s->spawn_retry_since_ms)
+            s->spawn_retry_since_ms = tmo_now_ms();
+        return 0;
+    }
+    if (rc == 0)
+        s->spawn_retry_since_ms = 0;
     return rc < 0 ? -EINVAL : 0;
+}
+
+/* From the tick: spawns that found the zygote's socket full go again, in slot order, until
+ * it is full again; past zygote_answer_timeout_ms of trying, the session fails as before. */
+void sess_retry_spawns(void)
+{
+    uint64_t now = tmo_now_ms();
+    char err[256];
+
+    S.spawn_backlog_full = 0;
+    for (uint32_t i = 0; i < S.slot_high; i++) {
+        struct session *s = &S.sessions[i];
+        if (s->state == S_FREE || !s->spawn_retry)
+            continue;
+        s->spawn_retry = 0;
+        s->spawning = 0;
+        if (s->state == S_DEAD) {
+            sess_maybe_free(s);
+            continue;
+        }
+        if (now - s->spawn_retry_since_ms > S.cfg.zygote_answer_timeout_ms) {
+            sess_spawn_failed(s, "zygote unreachable: too many spawns waiting");
+            continue;
+        }
+        if (S.spawn_backlog_full) {   /* full again this tick: the next one */
+            s->spawn_retry = s->spawning = 1;
+            continue;
+        }
+        if (sess_spawn_worker(s, s->spawn_retry_pos, err, sizeof(err)) < 0)
+            sess_spawn_failed(s, err);
+    }
 }
 
 void sess_worker_spawned(struct session *s, pid_t pid, int pidfd)

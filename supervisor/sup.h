@@ -139,6 +139,8 @@ struct session {
     unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, exit_armed : 1;
     unsigned out_stalled : 1, in_dirty : 1;
     unsigned spawning : 1;      /* a worker was asked of the zygote; its reply is pending */
+    unsigned spawn_retry : 1;   /* ... or will be: the zygote's socket was full (session.c) */
+    uint64_t spawn_retry_pos, spawn_retry_since_ms;
     uint32_t zgen;              /* its zygote (module): every worker it gets comes from there
                                  * (zygote.c; 0 before its first worker) */
     unsigned failed : 1;    /* ended by sess_fail: its directory is kept for offline replay */
@@ -223,6 +225,7 @@ struct sup_stats {
     uint64_t resumes, moves;                            /* sessions rebuilt here after another edge lost them */
     uint64_t events;            /* events ordered, every session */
     uint64_t sessions_ended;    /* sessions (with an id) whose slot was freed */
+    uint64_t spawns_deferred;   /* spawns that found the zygote's socket full and waited */
 };
 
 struct sup {
@@ -243,6 +246,7 @@ struct sup {
     size_t unfed_max, out_high_water;
 
     int futex_bells;            /* io_uring waits on and wakes futex words (doorbell.c) */
+    int spawn_backlog_full;     /* the zygote's socket was full this tick (session.c) */
     int waitid_watch;           /* io_uring waits for a worker's exit by pid (exitwatch.c) */
     int direct;                 /* session sockets are direct descriptors (connfd.c) */
     int lock_fd;                /* STATE_DIR/supervisor.lock, held (flock) while we run */
@@ -326,6 +330,7 @@ int  sess_prepare(struct session *s, char *err, size_t errlen);
 int  sess_reset_worker(struct session *s, uint64_t position, char *err, size_t errlen);
 /* The zygote's answer to sess_spawn_worker(). */
 void sess_worker_spawned(struct session *s, pid_t pid, int pidfd);
+void sess_retry_spawns(void);
 void sess_spawn_failed(struct session *s, const char *why);
 /* Watch a (new) worker process: its pidfd and its doorbell. */
 void sess_watch_worker(struct session *s, pid_t pid, int pidfd);

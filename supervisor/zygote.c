@@ -635,7 +635,7 @@ int zygote_spawn(struct session *s, int memfd, int report_fd, uint64_t restore_p
         z->count--;   /* the entry just pushed */
         snprintf(err, errlen, "zygote unreachable: %s", rc == -EAGAIN ?
                  "too many spawns waiting" : strerror(-rc));
-        return rc;
+        return rc == -EAGAIN ? -ENOBUFS : rc;   /* its socket is full: the caller may retry */
     }
     s->spawning = 1;
     arm_replies(z);
@@ -738,9 +738,10 @@ size_t zygote_stats(char *out, size_t cap)
     out[0] = 0;
     if (z)
         len = put(cap, len, snprintf(out, cap, "zygote=%s zygote_pid=%d zygote_gen=%u "
-                  "zygote_sessions=%u zygote_spawns_waiting=%u app=%s",
+                  "zygote_sessions=%u zygote_spawns_waiting=%u zygote_spawns_deferred=%llu "
+                  "app=%s",
                   z->sock >= 0 ? "up" : "restarting", z->sock >= 0 ? (int)z->pid : 0, z->gen,
-                  z->sessions, z->count, z->app));
+                  z->sessions, z->count, (unsigned long long)S.stats.spawns_deferred, z->app));
     if (old)
         len = put(cap, len, snprintf(out + len, cap - len, " old_zygote=%s "
                   "old_zygote_pid=%d old_zygote_gen=%u old_zygote_sessions=%u "

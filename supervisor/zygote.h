@@ -36,7 +36,8 @@ void zygote_unbind(struct session *s);
 uint32_t zygote_for_fingerprint(const uint8_t fp[32]);
 
 /* Ask the session's zygote for a worker; the reply comes as a completion:
- * sess_worker_spawned() or sess_spawn_failed(). 0, or -errno with a reason in err. */
+ * sess_worker_spawned() or sess_spawn_failed(). 0, or -errno with a reason in err;
+ * -ENOBUFS: its socket is full of requests (a burst of new sessions), try again later. */
 int  zygote_spawn(struct session *s, int memfd, int report_fd, uint64_t restore_pos, char *err,
                   size_t errlen);
 /* Spawn requests the session's zygote has not answered yet; UINT32_MAX when it is down. */

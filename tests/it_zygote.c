@@ -115,3 +115,43 @@ Test(zygote, a_stopped_zygote_stalls_no_live_session, .timeout = 60)
     cessna_ep_free(a.ep);
     t_edge_stop(&e);
 }
+
+/* A burst of new sessions larger than the zygote's socket can hold (the zygote is stopped
+ * while they open): the spawn requests that do not fit wait in the supervisor and go when
+ * there is room again. Every session echoes; none fails. */
+Test(zygote, a_burst_larger_than_its_socket_waits, .timeout = 120)
+{
+    enum { N = 600 };
+    static struct cessna_ep *eps[N];
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char out[4096], err[256], msg[32];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, "max_sessions = 700\n");
+    t_ctl(&e, "stats", out, sizeof(out));
+    pid_t z = (pid_t)t_field(out, "zygote_pid");
+    cr_assert(z > 0, "%s", out);
+    kill(z, SIGSTOP);
+    for (int i = 0; i < N; i++) {
+        eps[i] = cessna_ep_connect(e.sup.addr, err, sizeof(err));
+        cr_assert(eps[i], "session %d: %s", i, err);
+    }
+    usleep(300 * 1000);   /* a few ticks find the socket still full */
+    t_ctl(&e, "stats", out, sizeof(out));
+    kill(z, SIGCONT);
+    cr_assert_gt(t_field(out, "zygote_spawns_deferred"), 0,
+                 "the burst should not fit in the zygote's socket: %s", out);
+    for (int i = 0; i < N; i++) {
+        const void *got;
+        int len = snprintf(msg, sizeof(msg), "message %d", i);
+        cr_assert_eq(cessna_ep_send(eps[i], msg, (size_t)len), 0);
+        long n = cessna_ep_recv(eps[i], &got);
+        cr_assert(n == len && memcmp(got, msg, (size_t)len) == 0, "session %d: %ld %s", i, n,
+                  cessna_ep_error(eps[i]));
+        cessna_ep_free(eps[i]);
+    }
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_assert_eq(t_field(out, "sessions_failed"), 0, "%s", out);
+    t_edge_stop(&e);
+}
