@@ -467,3 +467,86 @@ Test(statedir, a_restart_adopts_the_pool)
     free(t.buf);
     t_edge_stop(&e);
 }
+
+/* A snapshot now of everything the session did so far, durable: its position. */
+static uint64_t snapshot_now(const struct t_edge *e, uint64_t id)
+{
+    char cmd[64], out[512];
+    uint64_t pos = t_session_field(e, id, "ordered");
+
+    snprintf(cmd, sizeof(cmd), "snapshot %llu", (unsigned long long)id);
+    t_ctl(e, cmd, out, sizeof(out));
+    cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+    for (int i = 0; i < 500; i++) {
+        if (t_session_field(e, id, "snapshot") >= pos)
+            return pos;
+        usleep(10000);
+    }
+    cr_assert_fail("snapshot of %llu at %llu never durable", (unsigned long long)id,
+                   (unsigned long long)pos);
+    return 0;
+}
+
+static void snap_file(const struct t_edge *e, uint64_t id, uint64_t pos, const char *kind,
+                      char *buf, size_t len)
+{
+    char dir[512];
+
+    session_path(e, id, dir, sizeof(dir));
+    snprintf(buf, len, "%s/snap-%020llu.%s", dir, (unsigned long long)pos, kind);
+}
+
+/* Should a file of another session sit in a session's directory (one that served an ended
+ * session before), a recovery does not take it for its own: here a full snapshot of session
+ * A, under the name of a full at the very position where B's chain has its delta. */
+Test(statedir, a_file_of_another_session_is_not_restored)
+{
+    struct transcript ta = { 0 }, tb = { 0 };
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char from[800], to[800];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("sequencer"), srv.addr, "standby = cold\nsnapshot_interval_ms = 0\n");
+    struct cessna_ep *a = t_ep_connect(&e), *b = t_ep_connect(&e);
+    uint64_t ida = cessna_ep_session_id(a), idb = cessna_ep_session_id(b);
+
+    for (int i = 0; i < 12; i++)
+        round_trip(a, i, &ta);
+    uint64_t pa = snapshot_now(&e, ida);
+    for (int i = 0; i < 4; i++)
+        round_trip(b, i, &tb);
+    snapshot_now(&e, idb);   /* B's full */
+    for (int i = 4; i < 8; i++)
+        round_trip(b, i, &tb);
+    uint64_t pb = snapshot_now(&e, idb);   /* a delta on it */
+    snap_file(&e, idb, pb, "delta", to, sizeof(to));
+    cr_assert_eq(access(to, F_OK), 0, "B's second snapshot is a delta: %s", to);
+
+    snap_file(&e, ida, pa, "full", from, sizeof(from));
+    snap_file(&e, idb, pb, "full", to, sizeof(to));
+    char buf[1 << 16];
+    int in = open(from, O_RDONLY), out = open(to, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    cr_assert(in >= 0 && out >= 0, "%s -> %s: %s", from, to, strerror(errno));
+    for (ssize_t n; (n = read(in, buf, sizeof(buf))) > 0;)
+        cr_assert_eq(write(out, buf, (size_t)n), n);
+    close(in);
+    close(out);
+
+    kill_worker(&e, idb);
+    for (int i = 8; i < 12; i++)
+        round_trip(b, i, &tb);
+    cr_assert_eq(tb.len, ta.len);
+    cr_assert(memcmp(ta.buf, tb.buf, ta.len) == 0, "B went on from its own snapshot");
+    char st[8192];
+    t_ctl(&e, "stats", st, sizeof(st));
+    cr_assert_eq(t_field(st, "cold_restores"), 1, "restored from its own snapshot: %s", st);
+    cr_assert_eq(t_field(st, "sessions_failed"), 0, "%s", st);
+    cessna_ep_close(a, 5000);
+    cessna_ep_free(a);
+    cessna_ep_close(b, 5000);
+    cessna_ep_free(b);
+    t_edge_stop(&e);
+    free(ta.buf);
+    free(tb.buf);
+}
