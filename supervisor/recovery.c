@@ -269,7 +269,8 @@ int recovery_setup(struct session *s, char *err, size_t errlen)
     gid_t gid;
 
     snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
-    if (sdir_take(s->id) != 0 && mkdir(dir, 0700) == -1 && errno != EEXIST) {
+    int rc = sdir_take(s->id);   /* -EEXIST: it has one (a wake, a resume) */
+    if (rc != 0 && rc != -EEXIST && mkdir(dir, 0700) == -1 && errno != EEXIST) {
         snprintf(err, errlen, "snapshot directory %s: %s", dir, strerror(errno));
         return -errno;
     }

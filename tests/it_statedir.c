@@ -550,3 +550,42 @@ Test(statedir, a_file_of_another_session_is_not_restored)
     free(ta.buf);
     free(tb.buf);
 }
+
+/* A hibernated session that wakes has its directory still: the wake takes no free one. */
+Test(statedir, a_wake_keeps_its_directory_and_the_pool)
+{
+    struct transcript ta = { 0 }, tb = { 0 };
+    struct t_echo_ep srv;
+    struct t_edge e;
+    char path[512];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("sequencer"), srv.addr,
+                 "snapshot_interval_ms = 20\nhibernate_after_ms = 300\n");
+    struct cessna_ep *b = t_ep_connect(&e);
+    uint64_t idb = cessna_ep_session_id(b);
+    for (int i = 0; i < 4; i++)
+        round_trip(b, i, &tb);
+    session_path(&e, idb, path, sizeof(path));
+    ino_t dir_b = ino_of(path);
+
+    struct cessna_ep *a = t_ep_connect(&e);
+    round_trip(a, 0, &ta);
+    cr_assert_eq(cessna_ep_close(a, 5000), 0);
+    cessna_ep_free(a);
+    cr_assert(wait_stat(&e, "dirs_free", 1, 5000), "A's directory is free");
+
+    cr_assert(wait_stat(&e, "hibernated", 1, 10000), "B sleeps");
+    for (int i = 4; i < 8; i++)
+        round_trip(b, i, &tb);   /* wakes it */
+    cr_assert(memmem(tb.buf, tb.len, "[c=8 s=8", 8), "the session went on where it was");
+    cr_assert_eq(ino_of(path), dir_b, "its own directory");
+    cr_assert_eq(stat_of(&e, "dirs_free"), 1, "the pool is untouched");
+    cr_assert_eq(stat_of(&e, "dirs_reused"), 0);
+    cr_assert_eq(stat_of(&e, "wakes"), 1);
+    cessna_ep_close(b, 5000);
+    cessna_ep_free(b);
+    t_edge_stop(&e);
+    free(ta.buf);
+    free(tb.buf);
+}
