@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cessna_endpoint.h"
+#include "snap.h"
 #include "t_helpers.h"
 
 TestSuite(statedir, .timeout = 90);
@@ -94,17 +95,6 @@ static int wait_stat(const struct t_edge *e, const char *key, uint64_t want, int
     return 1;
 }
 
-static int is_spare_name(const char *name)
-{
-    char *end;
-    long i;
-
-    if (strncmp(name, "spare.", 6) != 0 || !name[6])
-        return 0;
-    i = strtol(name + 6, &end, 10);
-    return !*end && i >= 0 && i < 12;
-}
-
 /* The free directories in state_dir: their inodes in ino[] (at most max), how many there
  * are. Each must hold nothing but empty spare.N files; their inodes go to spares[] (when
  * not NULL, at most MAX_INO), counted in *nspares. */
@@ -134,7 +124,7 @@ static int free_dirs(const struct t_edge *e, ino_t *ino, int max, ino_t *spares,
             if (strcmp(f->d_name, ".") == 0 || strcmp(f->d_name, "..") == 0)
                 continue;
             snprintf(file, sizeof(file), "%s/%s", sub, f->d_name);
-            cr_assert(is_spare_name(f->d_name), "only spares in a free directory: %s", file);
+            cr_assert(snap_is_spare(f->d_name), "only spares in a free directory: %s", file);
             cr_assert_eq(lstat(file, &st), 0, "%s", file);
             cr_assert(S_ISREG(st.st_mode) && st.st_size == 0, "%s: an empty file (%lld bytes)",
                       file, (long long)st.st_size);
@@ -147,7 +137,8 @@ static int free_dirs(const struct t_edge *e, ino_t *ino, int max, ino_t *spares,
     return n;
 }
 
-static int count_free_dirs(const struct t_edge *e)
+/* Entries of state_dir that are free directories (free = 1) or session directories. */
+static int count_dirs(const struct t_edge *e, int free)
 {
     char path[512];
     struct dirent *d;
@@ -157,22 +148,8 @@ static int count_free_dirs(const struct t_edge *e)
     DIR *dir = opendir(path);
     cr_assert(dir, "opendir %s", path);
     while ((d = readdir(dir)))
-        n += strncmp(d->d_name, ".free-", 6) == 0;
-    closedir(dir);
-    return n;
-}
-
-static int count_session_dirs(const struct t_edge *e)
-{
-    char path[512];
-    struct dirent *d;
-    int n = 0;
-
-    path_of(e, "", path, sizeof(path));
-    DIR *dir = opendir(path);
-    cr_assert(dir, "opendir %s", path);
-    while ((d = readdir(dir)))
-        n += d->d_name[0] >= '1' && d->d_name[0] <= '9';
+        n += free ? strncmp(d->d_name, ".free-", 6) == 0
+                  : d->d_name[0] >= '1' && d->d_name[0] <= '9';
     closedir(dir);
     return n;
 }
@@ -303,7 +280,7 @@ static void recycled_and_recovered(const char *extra, int hot)
     cr_assert(wait_stat(&e, "dirs_free", 1, 5000), "back in the pool");
     cr_assert_eq(free_dirs(&e, pool, 4, NULL, NULL), 1);
     cr_assert_eq(pool[0], dir_a, "the same directory again");
-    cr_assert_eq(count_session_dirs(&e), 0);
+    cr_assert_eq(count_dirs(&e, 0), 0);
     t_edge_stop(&e);
     free(ta.buf);
     free(tb.buf);
@@ -395,7 +372,7 @@ Test(statedir, the_pool_cap_holds)
     cr_assert_eq(stat_of(&e, "dirs_reused"), 2);
     cr_assert_eq(stat_of(&e, "dirs_free"), 2, "the cap held: the last two were removed");
     cr_assert_eq(free_dirs(&e, pool, 8, NULL, NULL), 2);
-    cr_assert_eq(count_session_dirs(&e), 0, "nothing else is left");
+    cr_assert_eq(count_dirs(&e, 0), 0, "nothing else is left");
     t_edge_stop(&e);
 }
 
@@ -440,7 +417,7 @@ Test(statedir, a_restart_adopts_the_pool)
     cr_assert(wait_stat(&e, "dirs_free", 2, 5000), "the earlier run's pool adopted, to the cap");
     long deadline = t_now_ms() + 5000;
     int n;
-    while ((n = count_free_dirs(&e)) != 2) {   /* the third one is being removed */
+    while ((n = count_dirs(&e, 1)) != 2) {   /* the third one is being removed */
         cr_assert(t_now_ms() < deadline, "%d free directories", n);
         usleep(20000);
     }
