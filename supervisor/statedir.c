@@ -148,8 +148,8 @@ static int parse_free(const char *name, uint64_t *n)
     if (strncmp(name, FREE_PREFIX, sizeof(FREE_PREFIX) - 1) != 0)
         return -EINVAL;
     name += sizeof(FREE_PREFIX) - 1;
-    if (name[0] < '0' || name[0] > '9')
-        return -EINVAL;
+    if (name[0] < '0' || name[0] > '9' || (name[0] == '0' && name[1]))
+        return -EINVAL;   /* as free_name() writes it: no leading zero */
     errno = 0;
     *n = strtoull(name, &end, 10);
     return *end || errno ? -EINVAL : 0;
