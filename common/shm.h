@@ -35,7 +35,8 @@ struct shm_ctl {
     uint64_t snap_base;         /* 0: full; else the durable snapshot a delta builds on */
     uint64_t snap_gen;          /* the worker generation the request is for */
     uint32_t snap_hot;          /* 1: the child stays, stopped, as the hot standby */
-    uint32_t pad3;
+    uint32_t snap_spares;       /* spare files the supervisor believes are in the session's
+                                 * directory (common/snap.c): where the writer looks first */
     _Atomic uint64_t snap_pos;
     /* Each request has a new id (written last, release): a worker acts once per id, so a
      * retry at a position it forked at before is still answered. */

@@ -26,6 +26,12 @@ static const uint8_t trl_magic[8] = { 'C', 'S', 'N', 'A', 'P', 'E', 'N', 'D' };
 
 static int snap_level = 1;
 static int snap_sync = 1;   /* snap_set_sync */
+static int snap_spares = -1;   /* snap_set_spares */
+
+void snap_set_spares(int n)
+{
+    snap_spares = n;
+}
 
 void snap_set_sync(int on)
 {
@@ -449,12 +455,14 @@ int snap_retire(int dfd, const char *name)
 }
 
 /* A spare renamed to tmp and opened for writing, emptied (O_TRUNC: the sandbox has no
- * ftruncate), or -1 when none is there. */
+ * ftruncate), or -1 when none is there. Spares fill from spare.0 up, so the highest one
+ * believed there (snap_set_spares) is taken first: one rename when the count is right. */
 static int take_spare(int dfd, const char *tmp)
 {
     char spare[16];
+    int top = snap_spares < 0 || snap_spares > SNAP_SPARES ? SNAP_SPARES : snap_spares;
 
-    for (int i = 0; i < SNAP_SPARES; i++) {
+    for (int i = top - 1; i >= 0; i--) {
         spare_name(spare, sizeof(spare), i);
         if (renameat(dfd, spare, dfd, tmp) == -1)
             continue;   /* not there, or taken by another writer first */

@@ -115,6 +115,10 @@ void snap_set_compression(int level);
  * files at once: supervisor/snapsync.c); until then it must not be treated as durable, and
  * the hash tables it moved on describe a file that may yet be lost. */
 void snap_set_sync(int on);
+/* How many "spare.N" files the next write may find in its directory (snap_prune keeps them,
+ * numbered from 0 up): it looks at spare.N-1 down to spare.0 only, instead of trying every
+ * name. -1 (the default): unknown, try them all. */
+void snap_set_spares(int n);
 
 /* Write a snapshot of the regions (read from memory at their addresses) to dir/NAME where
  * NAME is snap_name(position, kind): a temp file (NAME.tmp.PID), fsync, rename, fsync(dir).

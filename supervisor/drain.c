@@ -43,7 +43,7 @@ static void finish_move(struct session *s, const char *how)
         sess_queue(cli, frame, wire_put_empty(frame, WIRE_MOVE), NULL, 0);
         sup_flush(s, cli);
     }
-    remote_reset_conn(srv);   /* it waits for the resume; a FIN would look like the end */
+    remote_reset_conn(s, srv);   /* it waits for the resume; a FIN would look like the end */
     S.stats.moves++;
     sesslog_cause(&s->log, END_MOVED);
     if (S.draining)

@@ -19,6 +19,7 @@
 #include "addr.h"
 #include "cessna_version.h"
 #include "check.h"
+#include "connfd.h"
 #include "cred.h"
 #include "drain.h"
 #include "log.h"
@@ -54,6 +55,7 @@ void sup_arm_recv(struct session *s, struct conn *c)
         return;   /* full of frames waiting for the worker */
     struct io_uring_sqe *sqe = sup_sqe();
     io_uring_prep_recv(sqe, c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+    connfd_prep(sqe);
     io_uring_sqe_set_data64(sqe, UD(OP_RECV, s->slot, c->side));
     c->recv_armed = 1;
     s->inflight++;
@@ -74,6 +76,7 @@ void sup_flush(struct session *s, struct conn *c)
         return;
     struct io_uring_sqe *sqe = sup_sqe();
     io_uring_prep_send(sqe, c->fd, c->sending.data + c->sent, c->sending.len - c->sent, MSG_NOSIGNAL);
+    connfd_prep(sqe);
     io_uring_sqe_set_data64(sqe, UD(OP_SEND, s->slot, c->side));
     c->send_armed = 1;
     s->inflight++;
@@ -233,6 +236,8 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_TIMER:   sess_on_timer(s, arg, cqe->res); break;
     case OP_TIMER_CANCEL: sess_release_op(s); break;
     case OP_REPORT:  recovery_on_report(s, (int)arg, cqe->res); break;
+    case OP_SOCK_CTL: sess_on_sock_ctl(s, (enum side)arg, cqe->res); break;
+    case OP_SOCK_CLOSE: connfd_close_done(s, (int)arg, cqe->res); break;
     }
     if (s->state != S_FREE) {
         hib_after_op(s);   /* hibernate.c: finish going to sleep, or wake */
@@ -298,7 +303,8 @@ static uint64_t fds_reserved(void)
 static uint64_t fds_per_session(void)
 {
     return FDS_PER_SESSION + (S.cfg.standby == STANDBY_HOT ? 2 : 0) + (S.futex_bells ? 0 : 1) +
-           (S.waitid_watch ? 0 : 1);
+           (S.waitid_watch ? 0 : 1) -
+           (S.direct ? 2 : 0);   /* its two sockets are in the ring's file table (connfd.c) */
 }
 
 /* The descriptor limit, as HAProxy sets it for maxconn: max_fds if given, else what
@@ -318,6 +324,8 @@ static void set_fd_limit(void)
         want = S.cfg.max_sessions * per + fds_reserved();
     else
         want = rl.rlim_max;
+    if (S.direct && !S.cfg.max_fds && want < 2ull * S.cfg.max_sessions)
+        want = 2ull * S.cfg.max_sessions;   /* a file table may not exceed the limit */
     if (want > rl.rlim_max) {
         struct rlimit up = { want, want };
         if (setrlimit(RLIMIT_NOFILE, &up) == 0)
@@ -333,6 +341,8 @@ static void set_fd_limit(void)
     uint64_t can = rl.rlim_cur > fds_reserved() ? (rl.rlim_cur - fds_reserved()) / per : 0;
     if (rl.rlim_cur == RLIM_INFINITY || can > 65536)
         can = 65536;
+    if (S.direct && can > rl.rlim_cur / 2)
+        can = rl.rlim_cur / 2;   /* two table entries a session, at most RLIMIT_NOFILE of them */
     if (!S.cfg.max_sessions) {
         S.cfg.max_sessions = can ? (uint32_t)can : 1;
         LOG(LOG_INFO, "msg=\"max_sessions derived from the descriptor limit\" max_sessions=%u "
@@ -523,7 +533,10 @@ int main(int argc, char **argv)
     }
     doorbell_probe();
     exitwatch_probe();
-    set_fd_limit();   /* after the probe: the doorbells decide the fds per session */
+    connfd_probe();
+    set_fd_limit();   /* after the probes: they decide the fds per session */
+    if (connfd_register(S.cfg.max_sessions) < 0)
+        set_fd_limit();   /* plain sockets after all: they count again */
     S.slots = S.cfg.max_sessions;
     S.sessions = calloc(S.slots, sizeof(*S.sessions));
     S.free_slots = calloc(S.slots, sizeof(*S.free_slots));

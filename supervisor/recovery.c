@@ -356,6 +356,8 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
     s->snap_req_full = full;
     s->ctl->snap_gen = s->gen;
     s->ctl->snap_hot = S.cfg.standby == STANDBY_HOT;
+    s->ctl->snap_spares = s->spares;
+    s->spares -= s->spares > 0;   /* the writer takes one */
     atomic_store_explicit(&s->ctl->snap_pos, p, memory_order_release);
     atomic_store_explicit(&s->ctl->snap_req, ++s->snap_req_id, memory_order_release);
     s->snap_inflight = 1;
@@ -569,7 +571,16 @@ static void make_durable(struct session *s, const struct snap_pending *p)
     char dir[PATH_MAX];
 
     snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
-    snap_prune(dir, p->full);   /* chains older than this one's full are no longer needed */
+    /* Chains older than this one's full are not needed: only a new full leaves any (a delta
+     * on the same full has nothing to prune, and reading the directory would cost the loop
+     * a getdents per snapshot). */
+    if (p->full != s->pruned_full) {
+        int pruned = snap_prune(dir, p->full);
+        if (pruned >= 0)
+            s->pruned_full = p->full;
+        if (pruned > 0)   /* kept as spares, up to 12 (an estimate: writers take them) */
+            s->spares = s->spares + (uint32_t)pruned > 12 ? 12 : s->spares + (uint32_t)pruned;
+    }
     s->snap_pos = p->pos;
     s->snapshots++;
     s->snap_bytes = r->bytes;

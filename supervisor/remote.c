@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "connfd.h"
 #include "drain.h"
 #include "log.h"
 #include "remote.h"
@@ -251,13 +252,11 @@ void remote_sweep(uint64_t now_ms)
 
 /* ---- losing an endpoint ---- */
 
-void remote_reset_conn(struct conn *c)
+void remote_reset_conn(struct session *s, struct conn *c)
 {
-    struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-
     if (c->fd < 0)
         return;
-    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    connfd_linger0(s, c);
     c->reset = 1;   /* conn_close (sess_end_quietly) closes it without a FIN */
 }
 
@@ -267,8 +266,8 @@ void remote_lost(struct session *s, enum side side, const char *why)
         "session resumes elsewhere\" side=%s why=\"%s\" events=%llu remote_snapshot=%llu",
         ull(s->id), side == SIDE_CLIENT ? "client" : "server", why, ull(s->next_pos - 1),
         ull(s->remote_pos));
-    remote_reset_conn(&s->c[side == SIDE_CLIENT ? SIDE_SERVER : SIDE_CLIENT]);
-    remote_reset_conn(&s->c[side]);
+    remote_reset_conn(s, &s->c[side == SIDE_CLIENT ? SIDE_SERVER : SIDE_CLIENT]);
+    remote_reset_conn(s, &s->c[side]);
     sesslog_cause(&s->log, side == SIDE_CLIENT ? END_CLIENT_LOST : END_SERVER_LOST);
     sess_end_quietly(s);
 }

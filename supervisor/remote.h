@@ -28,7 +28,7 @@ void remote_lost(struct session *s, enum side side, const char *why);
 
 /* Close c with a reset when the session ends (sess_end_quietly), never a FIN: the endpoint
  * must not take it for a clean end. */
-void remote_reset_conn(struct conn *c);
+void remote_reset_conn(struct session *s, struct conn *c);
 
 /* resume.c: a client endpoint said RESUME (state S_HELLO). */
 void resume_start(struct session *s, const struct wire_frame *f);

@@ -98,7 +98,7 @@ static void abort_resume(struct session *s, uint32_t code, const char *fmt, ...)
         sess_queue(cli, frame, wire_put_error(frame, sizeof(frame), code, "%s", text), NULL, 0);
         sup_flush(s, cli);
     }
-    remote_reset_conn(srv);   /* it waits for the resume; a FIN would look like the end */
+    remote_reset_conn(s, srv);   /* it waits for the resume; a FIN would look like the end */
     sesslog_cause(&s->log, END_RESUME_FAILED);
     sess_end_quietly(s);
 }

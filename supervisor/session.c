@@ -24,6 +24,7 @@
 #include "bell.h"
 #include "cachelog.h"
 #include "cred.h"
+#include "connfd.h"
 #include "log.h"
 #include "order.h"
 #include "remote.h"
@@ -378,6 +379,7 @@ static void conn_init(struct conn *c, enum side side, int fd)
 void sess_accept(int fd)
 {
     struct session *s = slot_alloc();
+    int rc;
 
     if (!s) {
         uint8_t buf[256];
@@ -401,6 +403,17 @@ void sess_accept(int fd)
     uint32_t slot = (uint32_t)(s - S.sessions);
     memset(s, 0, sizeof(*s));
     s->slot = slot;
+    s->c[SIDE_CLIENT].side = SIDE_CLIENT;
+    sesslog_accept(&s->log, fd);   /* the peer's address, while it is a descriptor */
+    if ((rc = connfd_install(s, &s->c[SIDE_CLIENT], fd)) < 0) {
+        LOG(LOG_WARN, "msg=\"session refused: cannot install its socket\" error=\"%s\"",
+            strerror(-rc));
+        memset(s, 0, sizeof(*s));
+        s->c[0].fd = s->c[1].fd = -1;
+        S.free_slots[S.nfree++] = slot;
+        return;
+    }
+    fd = s->c[SIDE_CLIENT].fd;
     s->state = S_HELLO;
     s->pidfd = s->doorbell_out = s->memfd = -1;
     recovery_init(s);
@@ -410,7 +423,6 @@ void sess_accept(int fd)
     conn_init(&s->c[SIDE_CLIENT], SIDE_CLIENT, fd);
     conn_init(&s->c[SIDE_SERVER], SIDE_SERVER, -1);
     s->c[SIDE_CLIENT].up = 1;
-    sesslog_accept(&s->log, fd);
     S.nsessions++;
     tmo_touch(s);
     sup_arm_recv(s, &s->c[SIDE_CLIENT]);
@@ -566,17 +578,21 @@ int sess_connect_server(struct session *s, const void *first, size_t len, char *
                         size_t errlen)
 {
     struct conn *srv = &s->c[SIDE_SERVER];
-    int fd = socket(S.server_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    int fd = socket(S.server_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, rc;
 
     if (fd == -1) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return -errno;
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    srv->fd = fd;
+    if ((rc = connfd_install(s, srv, fd)) < 0) {
+        snprintf(err, errlen, "cannot install the server socket: %s", strerror(-rc));
+        return rc;
+    }
     conn_queue(srv, first, len, NULL, 0);
     struct io_uring_sqe *sqe = sup_sqe();
-    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&S.server_addr, S.server_addrlen);
+    io_uring_prep_connect(sqe, srv->fd, (struct sockaddr *)&S.server_addr, S.server_addrlen);
+    connfd_prep(sqe);
     io_uring_sqe_set_data64(sqe, UD(OP_CONNECT, s->slot, SIDE_SERVER));
     srv->connect_armed = 1;
     s->inflight++;
@@ -1289,18 +1305,18 @@ static void conn_close(struct session *s, struct conn *c)
          * pending recv without sending anything (a FIN is what we must not send). */
         c->pending.len = 0;
         if (c->recv_armed || c->send_armed) {
-            shutdown(c->fd, SHUT_RD);
+            connfd_shutdown(s, c, SHUT_RD);
             return;
         }
-        close(c->fd);
-        c->fd = -1;
+        if (!connfd_busy(c))   /* the SO_LINGER goes first */
+            connfd_close(s, c);
         return;
     }
     sup_flush(s, c);
     if (c->send_armed || c->sending.len || c->pending.len)
         return;
     if (!c->eof) {
-        shutdown(c->fd, SHUT_WR);
+        connfd_shutdown(s, c, SHUT_WR);
         if (!c->recv_armed) {
             c->rlen = 0;
             sup_arm_recv(s, c);
@@ -1308,11 +1324,21 @@ static void conn_close(struct session *s, struct conn *c)
         return;
     }
     if (c->recv_armed) {
-        shutdown(c->fd, SHUT_RDWR);  /* completes the pending recv */
+        connfd_shutdown(s, c, SHUT_RDWR);  /* completes the pending recv */
         return;
     }
-    close(c->fd);
-    c->fd = -1;
+    if (!connfd_busy(c))   /* a shutdown in flight goes first */
+        connfd_close(s, c);
+}
+
+/* A shutdown or setsockopt of a direct socket completed: a close waiting for it goes. */
+void sess_on_sock_ctl(struct session *s, enum side side, int res)
+{
+    struct conn *c = &s->c[side];
+
+    connfd_ctl_done(s, c, res);
+    if (c->draining && c->fd >= 0)
+        conn_close(s, c);
 }
 
 void sess_fail(struct session *s, uint32_t code, const char *fmt, ...)

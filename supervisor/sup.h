@@ -33,6 +33,8 @@ enum op {
     /* (the OP_ZYGOTE* operations carry the zygote's generation in the slot) */
     OP_SNAPSYNC,       /* the snapshot sync thread finished a batch (snapsync.c) */
     OP_METRICS_ACCEPT, OP_METRICS_RECV, OP_METRICS_SEND,   /* metrics.c; slot = connection */
+    OP_SOCK_CTL, OP_SOCK_CLOSE,   /* a direct socket's shutdown or setsockopt, its close
+                                   * (connfd.c); arg = side */
 };
 #define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
 #define UD_OP(ud)   ((int)((ud) >> 56))
@@ -49,7 +51,8 @@ struct outbuf {
 };
 
 struct conn {
-    int fd;
+    int fd;                 /* the socket: its index in the ring's file table when S.direct
+                             * (connfd.c), else its descriptor; -1: none */
     enum side side;
     uint8_t *rbuf;          /* received bytes not yet parsed */
     size_t rlen, rcap;
@@ -63,6 +66,8 @@ struct conn {
     unsigned dead : 1;      /* nothing can be written: connect or send failed, reset */
     unsigned reset : 1;     /* close with a reset, never a FIN (the session moves on) */
     unsigned closed : 1;    /* the endpoint said CLOSE (or ERROR) */
+    unsigned shut : 2;      /* shut down so far: 1 reads, 2 writes (connfd.c) */
+    uint16_t ctl_ops;       /* its shutdowns and setsockopts in flight (connfd.c) */
     uint64_t next_seq;      /* DATA sequence number expected next */
     uint64_t last_tx_ms;    /* when something was last queued (HEARTBEAT when quiet) */
     uint64_t order_sent;    /* event position up to which this endpoint has the order */
@@ -162,6 +167,8 @@ struct session {
     uint64_t snap_written_full;         /* the full that the written chain starts at */
     uint64_t snap_requested_ms;
     uint32_t deltas_since_full;
+    uint32_t spares;                    /* spare files believed in its directory (snap.c) */
+    uint64_t pruned_full;               /* the full the last prune kept (older chains gone) */
     struct snapchild kids[SNAP_KIDS];   /* snapshot children alive, watched by pidfd */
     struct snap_pending pend;           /* written, durable once its outputs are handed over */
     pid_t standby_pid;                  /* the hot standby, 0 = none */
@@ -238,6 +245,7 @@ struct sup {
 
     int futex_bells;            /* io_uring waits on and wakes futex words (doorbell.c) */
     int waitid_watch;           /* io_uring waits for a worker's exit by pid (exitwatch.c) */
+    int direct;                 /* session sockets are direct descriptors (connfd.c) */
     int lock_fd;                /* STATE_DIR/supervisor.lock, held (flock) while we run */
     int log_level_fd;           /* the node-wide log level page (log_share), or -1 */
 
@@ -338,6 +346,7 @@ void sess_send_all(struct session *s, const void *frame, size_t len);
 uint64_t sess_now_ms(void);
 void sess_accept(int fd);
 void sess_on_recv(struct session *s, enum side side, int res);
+void sess_on_sock_ctl(struct session *s, enum side side, int res);
 void sess_on_send(struct session *s, enum side side, int res);
 void sess_on_connect(struct session *s, int res);
 void sess_on_doorbell(struct session *s, int res);

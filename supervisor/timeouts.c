@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "connfd.h"
 #include "log.h"
 #include "drain.h"
 #include "metrics.h"
@@ -83,7 +84,7 @@ static void force_close(struct session *s, struct conn *c, int how)
         io_uring_prep_cancel64(sqe, UD(OP_CONNECT, s->slot, c->side), 0);
         io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
     }
-    shutdown(c->fd, how);
+    connfd_shutdown(s, c, how);
 }
 
 static void sweep_session(struct session *s, uint64_t now)

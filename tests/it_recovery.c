@@ -2,6 +2,7 @@
  * sessions run with timers, cancels, PRNG draws and slow readers (tests/t_storm.c); every
  * byte each side receives must equal a run without kills. */
 #include <criterion/criterion.h>
+#include <stdlib.h>
 
 #include "t_storm.h"
 
@@ -32,4 +33,12 @@ Test(recovery, random_kills_with_reloads_cold_standby, .timeout = 180)
 Test(recovery, random_kills_with_reloads_hot_standby, .timeout = 180)
 {
     t_storm_compare_reloads("standby = hot\n");
+}
+
+/* The same with the sessions' sockets as plain descriptors, as on a kernel before 6.7
+ * (supervisor/connfd.c): shutdowns, resets and closes then go straight to the kernel. */
+Test(recovery, random_kills_cold_standby_plain_socket_descriptors, .timeout = 180)
+{
+    setenv("CESSNA_NO_DIRECT_FILES", "1", 1);
+    t_storm_compare("standby = cold\nsnapshot_interval_ms = 20\n");
 }

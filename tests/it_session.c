@@ -1,5 +1,6 @@
 /* it_session.c - integration: native endpoints through a real supervisor and workers. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -381,4 +382,173 @@ Test(session, long_order_delta_arrives_in_pieces)
     cessna_ep_free(ep);
     pthread_join(t, NULL);
     t_edge_stop(&e);
+}
+
+/* TCP sockets among a process's descriptors: socket inodes of /proc/PID/fd that
+ * /proc/net/tcp or tcp6 lists. */
+static int tcp_fds(pid_t pid)
+{
+    char path[64], line[512], target[64];
+    const char *tables[] = { "/proc/net/tcp", "/proc/net/tcp6" };
+    unsigned long *inodes = NULL;
+    size_t n = 0, cap = 0;
+    int count = 0;
+
+    /* Every TCP socket of the machine's network namespace is listed, other tests' too:
+     * thousands, at times. */
+    for (int t = 0; t < 2; t++) {
+        FILE *f = fopen(tables[t], "r");
+        if (!f)
+            continue;
+        while (fgets(line, sizeof(line), f)) {
+            unsigned long ino;
+            /* sl local rem st tx:rx tr:when retrnsmt uid timeout inode */
+            if (sscanf(line, "%*s %*s %*s %*s %*s %*s %*s %*s %*s %lu", &ino) != 1 || !ino)
+                continue;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 4096;
+                inodes = realloc(inodes, cap * sizeof(*inodes));
+                cr_assert(inodes, "out of memory");
+            }
+            inodes[n++] = ino;
+        }
+        fclose(f);
+    }
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert(d, "%s: %s", path, strerror(errno));
+    for (struct dirent *de; (de = readdir(d));) {
+        unsigned long ino;
+        ssize_t len = readlinkat(dirfd(d), de->d_name, target, sizeof(target) - 1);
+        if (len <= 0)
+            continue;
+        target[len] = 0;
+        if (sscanf(target, "socket:[%lu]", &ino) != 1)
+            continue;
+        for (size_t i = 0; i < n; i++)
+            if (inodes[i] == ino) {
+                count++;
+                break;
+            }
+    }
+    closedir(d);
+    free(inodes);
+    return count;
+}
+
+/* Sockets in the file table of pid's io_uring, as its fdinfo lists them after "UserFiles:"
+ * (the kernel lists them only when it gets the ring's lock at once: -1 when the list is
+ * not there). */
+static int ring_sockets(pid_t pid)
+{
+    char path[64], target[64], line[256];
+    int count = -1;
+
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert(d, "%s: %s", path, strerror(errno));
+    for (struct dirent *de; count < 0 && (de = readdir(d));) {
+        ssize_t len = readlinkat(dirfd(d), de->d_name, target, sizeof(target) - 1);
+        if (len <= 0)
+            continue;
+        target[len] = 0;
+        if (!strstr(target, "io_uring"))
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/fdinfo/%s", (int)pid, de->d_name);
+        FILE *f = fopen(path, "r");
+        int in_files = 0;
+        unsigned idx;
+        while (f && fgets(line, sizeof(line), f)) {
+            if (strncmp(line, "UserFiles:", 10) == 0) {
+                in_files = 1;
+                count = 0;
+            } else if (in_files && sscanf(line, " %u: socket:[", &idx) == 1 &&
+                       strstr(line, "socket:[")) {
+                count++;
+            } else if (in_files && !strchr(line, ':')) {
+                break;
+            } else if (in_files && sscanf(line, " %u:", &idx) != 1) {
+                break;
+            }
+        }
+        if (f)
+            fclose(f);
+    }
+    closedir(d);
+    return count;
+}
+
+/* ring_sockets until it is want, for up to 2 s (the ring may be busy): the last count. */
+static int wait_ring_sockets(pid_t pid, int want)
+{
+    int n = ring_sockets(pid);
+
+    for (long until = t_now_ms() + 2000; n != want && t_now_ms() < until; usleep(10000))
+        n = ring_sockets(pid);
+    return n;
+}
+
+/* The sessions' sockets are io_uring direct descriptors (supervisor/connfd.c): a supervisor
+ * holding N sessions has one TCP descriptor, its listener, not 2N + 1; with
+ * CESSNA_NO_DIRECT_FILES=1 (the fallback of kernels before 6.7) it has 2N + 1. Either way
+ * every session works, ends, and its slot and table entries serve the next one. */
+static void sockets_per_session(int plain)
+{
+    enum { N = 20 };
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct cessna_ep *ep[N];
+    char buf[64], out[1024];
+
+    if (plain)
+        setenv("CESSNA_NO_DIRECT_FILES", "1", 1);
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, NULL);
+    int direct = t_edge_direct_sockets(&e);
+    if (!plain && !direct) {
+        t_edge_stop(&e);
+        cr_skip_test("this kernel cannot keep sockets as io_uring direct descriptors");
+    }
+    cr_assert(!plain || !direct, "CESSNA_NO_DIRECT_FILES=1 left direct descriptors on");
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            ep[i] = t_ep_connect(&e);
+            int n = snprintf(buf, sizeof(buf), "round %d session %d", round, i);
+            round_trip(ep[i], buf, (size_t)n);
+        }
+        int tcp = tcp_fds(e.sup.pid);
+        cr_assert_eq(tcp, plain ? 2 * N + 1 : 1, "round %d: the supervisor holds %d TCP "
+                     "descriptors with %d sessions open", round, tcp, N);
+        if (!plain) {
+            int n = wait_ring_sockets(e.sup.pid, 2 * N);
+            cr_assert_eq(n, 2 * N, "round %d: %d sockets in the ring's file table with %d "
+                         "sessions open", round, n, N);
+        }
+        for (int i = 0; i < N; i++) {
+            cr_assert_eq(cessna_ep_close(ep[i], 5000), 0, "close: %s", cessna_ep_error(ep[i]));
+            cessna_ep_free(ep[i]);
+        }
+        for (long until = t_now_ms() + 5000; t_now_ms() < until; usleep(20000)) {
+            t_ctl(&e, "stats", out, sizeof(out));
+            if (t_field(out, "sessions") == 0 && tcp_fds(e.sup.pid) == 1)
+                break;
+        }
+        cr_assert_eq(t_field(out, "sessions"), 0, "%s", out);
+        cr_assert_eq(t_field(out, "sessions_failed"), 0, "%s", out);
+        if (!plain) {   /* every entry closed: none left behind (-1: not listed, as good) */
+            int n = wait_ring_sockets(e.sup.pid, 0);
+            cr_assert(n <= 0, "round %d: %d sockets left in the file table", round, n);
+        }
+    }
+    t_edge_stop(&e);
+}
+
+Test(session, sockets_are_direct_descriptors)
+{
+    sockets_per_session(0);
+}
+
+Test(session, sockets_are_plain_descriptors_when_direct_ones_are_off)
+{
+    sockets_per_session(1);
 }

@@ -478,6 +478,18 @@ struct cessna_ep *t_ep_connect(const struct t_edge *e)
     return ep;
 }
 
+int t_edge_direct_sockets(const struct t_edge *e)
+{
+    static char buf[1 << 16];
+    FILE *f = fopen(e->sup.log, "r");
+    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+
+    if (f)
+        fclose(f);
+    buf[n] = 0;
+    return strstr(buf, "msg=\"session sockets are io_uring direct descriptors\"") != NULL;
+}
+
 uint64_t t_session_field(const struct t_edge *e, uint64_t id, const char *key)
 {
     static char out[65536];

@@ -46,6 +46,9 @@ void t_ctl(const struct t_edge *e, const char *cmd, char *out, size_t len);
 int  t_ctl_try(const char *control, const char *cmd, char *out, size_t len);
 /* The value of key= in text (first match), or 0. */
 uint64_t t_field(const char *text, const char *key);
+/* Whether e keeps its sessions' sockets as io_uring direct descriptors, not descriptors
+ * (its start line says so; off before Linux 6.7 or with CESSNA_NO_DIRECT_FILES=1). */
+int  t_edge_direct_sockets(const struct t_edge *e);
 /* The value of key in the `cessna-ctl sessions` line of session id (0: no such line). */
 uint64_t t_session_field(const struct t_edge *e, uint64_t id, const char *key);
 

@@ -1094,13 +1094,22 @@ Test(snap, written_snapshots_reuse_spares)
     put_snap(dir, &w, 16, SNAP_FULL, 0);
     cr_assert_eq(snap_prune(dir, 16), 15);
     cr_assert_eq(count_files(dir), 13, "the full and 12 spares; 3 files removed");
-    snprintf(p, sizeof(p), "%s/spare.0", dir);
+    snprintf(p, sizeof(p), "%s/spare.11", dir);
     cr_assert_eq(stat(p, &spare), 0);
     put_snap(dir, &w, 17, SNAP_DELTA, 16);
     snprintf(p, sizeof(p), "%s/snap-00000000000000000017.delta", dir);
     cr_assert_eq(stat(p, &written), 0);
-    cr_assert_eq(written.st_ino, spare.st_ino, "the delta was written over spare.0");
-    cr_assert(!file_exists(dir, "spare.0"));
-    expect_chain(dir, (uint64_t[]){ 16, 17 }, 2, "on a spare", err, sizeof(err));
+    cr_assert_eq(written.st_ino, spare.st_ino, "the delta was written over spare.11, the top");
+    cr_assert(!file_exists(dir, "spare.11") && file_exists(dir, "spare.10"));
+    /* told there are 3 (spare.0-2), the writer takes spare.2 */
+    snprintf(p, sizeof(p), "%s/spare.2", dir);
+    cr_assert_eq(stat(p, &spare), 0);
+    snap_set_spares(3);
+    put_snap(dir, &w, 18, SNAP_DELTA, 17);
+    snap_set_spares(-1);
+    snprintf(p, sizeof(p), "%s/snap-00000000000000000018.delta", dir);
+    cr_assert_eq(stat(p, &written), 0);
+    cr_assert_eq(written.st_ino, spare.st_ino, "the delta was written over spare.2");
+    expect_chain(dir, (uint64_t[]){ 16, 17, 18 }, 3, "on spares", err, sizeof(err));
     rm_dir(dir);
 }
