@@ -269,7 +269,10 @@ int recovery_setup(struct session *s, char *err, size_t errlen)
     gid_t gid;
 
     snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
-    int rc = sdir_take(s->id);   /* -EEXIST: it has one (a wake, a resume) */
+    uint32_t spares;
+    int rc = sdir_take(s->id, &spares);   /* -EEXIST: it has one (a wake, a resume) */
+    if (rc == 0)
+        s->spares = spares;   /* its snapshots take those first (snap_set_spares) */
     if (rc != 0 && rc != -EEXIST && mkdir(dir, 0700) == -1 && errno != EEXIST) {
         snprintf(err, errlen, "snapshot directory %s: %s", dir, strerror(errno));
         return -errno;

@@ -41,6 +41,9 @@
 #define SDIR_PASSES 4  /* a directory that is still not empty after this many passes is left */
 #define SDIR_POOL_MAX 1024  /* free directories kept at most (or max_sessions, if fewer) */
 #define FREE_PREFIX ".free-"
+#define POOL_ENTRY(n, spares) ((n) << 4 | (spares))   /* spares: at most 12 */
+#define POOL_N(e)      ((e) >> 4)
+#define POOL_SPARES(e) ((uint32_t)((e) & 15))
 
 struct idq {           /* a FIFO of session ids */
     uint64_t *v;
@@ -52,7 +55,8 @@ static struct {
     struct idq kept;   /* failed sessions' directories, oldest first */
     struct idq doomed; /* session directories given back */
     struct idq adopt;  /* free directories of an earlier run (their N), to check first */
-    struct idq pool;   /* free directories ready for new sessions (their N), oldest first */
+    struct idq pool;   /* free directories ready for new sessions, oldest first: each its N
+                        * and the spares in it, POOL_ENTRY(n, spares) */
     uint64_t next_free;/* N of the next .free-N */
     DIR *cur;          /* the directory being recycled or removed */
     uint64_t cur_id;   /* its session, or 0: a free directory being adopted */
@@ -61,6 +65,7 @@ static struct {
     int passes;
     int recycle;       /* cur goes to the pool (files retired), else it is removed */
     int dirty;         /* this pass over cur found something besides spares */
+    uint32_t spares;   /* the spares this pass over cur found */
 } D = { .dfd = -1 };
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
@@ -280,7 +285,7 @@ void sdir_reclaim(uint64_t id)
     }
 }
 
-int sdir_take(uint64_t id)
+int sdir_take(uint64_t id, uint32_t *spares)
 {
     char name[32], from[32];
 
@@ -289,13 +294,14 @@ int sdir_take(uint64_t id)
     snprintf(name, sizeof(name), "%llu", ull(id));
     while (D.pool.len) {
         uint64_t n = idq_pop(&D.pool);
-        free_name(from, sizeof(from), n);
+        free_name(from, sizeof(from), POOL_N(n));
         if (renameat2(D.dfd, from, D.dfd, name, RENAME_NOREPLACE) == 0) {
             S.stats.dirs_reused++;
+            *spares = POOL_SPARES(n);
             return 0;
         }
         int e = errno;
-        if (e == EEXIST) {          /* the session has its directory already (a resume) */
+        if (e == EEXIST) {          /* the session has its directory already (a wake) */
             idq_push(&D.pool, n);   /* n stays free (now the newest) */
             return -EEXIST;
         }
@@ -323,6 +329,7 @@ static void next_pass(void)
 {
     rewinddir(D.cur);
     D.dirty = 0;
+    D.spares = 0;
 }
 
 /* Removing cur did not work: log it, leave it where it is. */
@@ -345,14 +352,15 @@ static void finish_dir(void)
         }
         if (!D.dirty) {
             if (!D.cur_id) {   /* an adopted free directory: in place already */
-                idq_push(&D.pool, D.cur_free);
+                idq_push(&D.pool, POOL_ENTRY(D.cur_free, D.spares));
                 closedir(D.cur);
                 D.cur = NULL;
                 return;
             }
             free_name(name, sizeof(name), D.next_free);
             if (renameat2(D.dfd, D.cur_name, D.dfd, name, RENAME_NOREPLACE) == 0) {
-                idq_push(&D.pool, D.next_free++);
+                idq_push(&D.pool, POOL_ENTRY(D.next_free, D.spares));
+                D.next_free++;
                 S.stats.dirs_removed++;
                 closedir(D.cur);
                 D.cur = NULL;
@@ -404,6 +412,7 @@ static int open_next(void)
     }
     D.passes = 0;
     D.dirty = 0;
+    D.spares = 0;
     D.recycle = D.pool.len < pool_cap();   /* decided now: only this code fills the pool */
     int fd = openat(D.dfd, D.cur_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd == -1 || !(D.cur = fdopendir(fd))) {
@@ -459,9 +468,12 @@ void sdir_step(void)
             budget--;
             continue;
         }
-        if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0 ||
-            (D.recycle && snap_is_spare(d->d_name)))
-            continue;   /* spares stay for the next session */
+        if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
+            continue;
+        if (D.recycle && snap_is_spare(d->d_name)) {
+            D.spares++;   /* it stays for the next session */
+            continue;
+        }
         step_entry(d);
         budget--;
     }

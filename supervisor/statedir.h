@@ -16,10 +16,11 @@ void sdir_init(void);                    /* earlier runs' directories count as k
 void sdir_session_ended(uint64_t id, int failed);
 /* The session id is live here again (a resume): its directory is no longer to be removed. */
 void sdir_reclaim(uint64_t id);
-/* Rename the oldest free directory to STATE_DIR/ID for a new session. 0; -EEXIST when
- * STATE_DIR/ID exists already (nothing taken); -ENOENT when the pool is empty; another
- * -errno. Not 0: the caller makes the directory (mkdir) as without a pool. */
-int  sdir_take(uint64_t id);
+/* Rename the oldest free directory to STATE_DIR/ID for a new session: 0, and the number of
+ * spare files in it (spare.0 up) in *spares; -EEXIST when STATE_DIR/ID exists already
+ * (nothing taken); -ENOENT when the pool is empty; another -errno. Not 0: the caller makes
+ * the directory (mkdir) as without a pool. */
+int  sdir_take(uint64_t id, uint32_t *spares);
 size_t sdir_free_dirs(void);             /* free directories in the pool now */
 int  sdir_busy(void);                    /* files wait for removal: the loop must not sleep */
 void sdir_step(void);                    /* retire or remove at most a few files */
