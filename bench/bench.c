@@ -103,6 +103,10 @@ static void usage(FILE *f)
             "                        all three)\n"
             "  --setup-inflight K    sessions: opens in flight at once while setting up, 1..%d\n"
             "                        (default %d; 1 = one after the other)\n"
+            "  --sessions-reopen     sessions: on the edge, once the N opened, close them\n"
+            "                        cleanly and open N again on the same supervisor\n"
+            "                        (its session directories recycled): both openings'\n"
+            "                        rates and the supervisor's own CPU for each\n"
             "  --json FILE    write the run's numbers to FILE as JSON (load average, the\n"
             "                 paths, the sessions section)\n"
             "  --plot DIR     write each plot's data (DIR/*.dat) and draw PNG plots in DIR\n"
@@ -385,6 +389,7 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         { "sessions-stacks", required_argument, NULL, 'W' },
         { "setup-inflight", required_argument, NULL, 'F' },
         { "plot", required_argument, NULL, 'P' },
+        { "sessions-reopen", no_argument, NULL, 'O' },
         { NULL, 0, NULL, 0 },
     };
     double messages = 0, seconds = 0, snap_runs = 0, rec_runs = 0, rec_msgs = 0, interval = 0;
@@ -452,6 +457,7 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
             rc = parse_number("--setup-inflight", optarg, 1, MAX_INFLIGHT, &inflight);
             break;
         case 'P': snprintf(o->plot, sizeof(o->plot), "%s", optarg); break;
+        case 'O': o->many_reopen = 1; break;
         default: rc = -EINVAL; break;
         }
         if (rc < 0)

@@ -97,6 +97,7 @@ struct bench_opts {
     int    nmany;
     double many_seconds;            /* sessions: length of each paced run */
     int    many_inflight;           /* sessions: opens in flight at once */
+    int    many_reopen;             /* sessions: close the edge's N cleanly, open N again */
     int    many_stacks;             /* sessions: bit per stack (MANY_STACK_*) */
     char   json[PATH_MAX];          /* --json FILE: the run's numbers; "" none */
     char   plot[PATH_MAX];          /* --plot DIR: data files and PNG plots; "" none */
@@ -352,6 +353,9 @@ struct many_result {
 int  many_open(struct many_set *m, const char *entry, int native, int n, int inflight,
                char *err, size_t errlen);
 void many_close(struct many_set *m);
+/* Native sessions only: each sent CLOSE and waited for (threads at a time), then
+ * many_close. The number closed cleanly. */
+int  many_close_clean(struct many_set *m, int threads, int timeout_ms);
 /* Each connection one 64 B message per 1/rate_hz s, spread evenly, for seconds (after one
  * warm-up period). */
 int  many_paced(struct many_set *m, double rate_hz, double seconds, struct many_result *r,
@@ -371,6 +375,7 @@ struct ps_usage {
 int    ps_tree(pid_t root, pid_t **pids);   /* root and its descendants: their count */
 int    ps_tree_usage(pid_t root, struct ps_usage *u);
 double ps_tree_cpu_s(pid_t root);
+double ps_cpu_s(pid_t pid);                 /* one process: user + system, its own */
 int    ps_kernel_kib(uint64_t *kib);        /* meminfo Slab + PageTables + KernelStack */
 int    ps_loadavg(double la[3]);
 

@@ -75,6 +75,12 @@ struct side_result {
     double   asleep_wait_s;           /* from the end of the saturating run */
     uint64_t asleep_pss_kib;
     int64_t  asleep_kernel_kib;       /* meminfo change from before the opening */
+    double   sup_cpu_s;               /* edge: the supervisor's own CPU over the opening */
+    int      reopen_ok;               /* edge, --sessions-reopen: the second opening */
+    int      reclosed, reopened;      /* closed cleanly; opened again */
+    double   reopen_rate, reopen_wait_s, reopen_sup_cpu_s;
+    struct lat_result reopen_setup;
+    uint64_t reopen_free, reopen_reused; /* stats dirs_free before it, dirs_reused after */
 };
 
 struct n_result {
@@ -267,6 +273,54 @@ static void measure_asleep(struct side_result *r, struct bench_stack *s, uint64_
 }
 
 /* One stack for N: setup, memory, paced (CPU), saturating, and for the edge asleep. */
+/* --sessions-reopen: the N sessions closed cleanly (CLOSE each way), the edge left to give
+ * their directories back (its stats: sessions=0, dirs_removed up by as many), then N opened
+ * again on the same supervisor: with a pool of free session directories it takes those
+ * instead of making new ones. -1 when the second opening failed (r->failed says why). */
+static int reopen(struct side_result *r, struct bench_stack *s, struct many_set *m, int n,
+                  const struct bench_opts *o)
+{
+    pid_t sup = s->procs[1].pid;
+    char err[BENCH_ERRLEN];
+    uint64_t removed0 = edge_stat(s, "dirs_removed"), t0;
+
+    fprintf(stderr, "cessna-bench: sessions N=%d edge-native: closing them, then opening %d "
+            "again\n", n, n);
+    r->reclosed = many_close_clean(m, o->many_inflight, 10000);
+    t0 = ectl_now_ns();
+    while (!proc_interrupted() && (edge_stat(s, "sessions") != 0 ||
+           edge_stat(s, "dirs_removed") < removed0 + (uint64_t)r->reclosed)) {
+        if (ectl_now_ns() - t0 > 120ull * 1000000000ull) {
+            fail(r, s, n, "reopen", "the closed sessions' directories were not given back "
+                 "within 120 s");
+            return -1;
+        }
+        usleep(50000);
+    }
+    r->reopen_wait_s = (double)(ectl_now_ns() - t0) / 1e9;
+    r->reopen_free = edge_stat(s, "dirs_free");
+    uint64_t reused0 = edge_stat(s, "dirs_reused");
+    double c0 = ps_cpu_s(sup);
+    int rc = many_open(m, s->entry, 1, n, o->many_inflight, err, sizeof(err));
+    r->reopen_sup_cpu_s = ps_cpu_s(sup) - c0;
+    r->reopened = m->proven;
+    r->reopen_rate = m->proven_s > 0 ? m->proven / m->proven_s : 0;
+    r->reopen_setup = m->setup;
+    r->reopen_reused = edge_stat(s, "dirs_reused") - reused0;
+    fprintf(stderr, "cessna-bench: sessions N=%d edge-native: first opening %.0f sessions/s "
+            "(supervisor CPU %.2f s), closed %d cleanly, given back in %.1f s, %llu free "
+            "directories; second opening %.0f sessions/s (supervisor CPU %.2f s), %llu "
+            "directories reused\n", n, r->open_rate, r->sup_cpu_s, r->reclosed,
+            r->reopen_wait_s, (unsigned long long)r->reopen_free, r->reopen_rate,
+            r->reopen_sup_cpu_s, (unsigned long long)r->reopen_reused);
+    if (rc < 0) {
+        fail(r, s, n, "reopen", err);
+        return -1;
+    }
+    r->reopen_ok = 1;
+    return 0;
+}
+
 static void measure_side(struct side_result *r, enum side side, int n,
                          const struct bench_opts *o)
 {
@@ -295,7 +349,9 @@ static void measure_side(struct side_result *r, enum side side, int n,
     ps_tree_usage(s.procs[root].pid, &u);
     r->base_pss_kib = u.pss_kib;
     ps_kernel_kib(&k0);
+    double c0 = ps_cpu_s(s.procs[root].pid);
     int rc = many_open(&m, s.entry, side == SIDE_EDGE, n, o->many_inflight, err, sizeof(err));
+    r->sup_cpu_s = ps_cpu_s(s.procs[root].pid) - c0;
     ps_kernel_kib(&k1);
     r->opened = m.proven;
     r->inflight = m.inflight;
@@ -315,6 +371,8 @@ static void measure_side(struct side_result *r, enum side side, int n,
         fprintf(stderr, "cessna-bench: sessions N=%d %s: measuring the %d that opened\n", n,
                 side_names[side], r->opened);
     }
+    if (side == SIDE_EDGE && o->many_reopen && rc == 0 && reopen(r, &s, &m, n, o) < 0)
+        goto out;
     fprintf(stderr, "cessna-bench: sessions N=%d %s: paced, %.0f s\n", n, side_names[side],
             paced_seconds);
     if (paced_with_cpu(&m, &s, &r->paced, &r->cpu_s, &r->cpu_wall_s, &r->snapshots, err,
@@ -508,6 +566,27 @@ static void print_section(FILE *f, const struct bench_opts *o)
     for (int i = 0; i < nresults; i++)
         print_cpu(f, &results[i]);
     fprintf(f, "\n");
+    if (o->many_reopen) {
+        fprintf(f, "Opening twice (--sessions-reopen): the edge's N sessions closed cleanly, "
+                   "their directories given back, then N opened again on the same "
+                   "supervisor; supervisor CPU = its own user + system over each opening:\n\n");
+        fprintf(f, "| N | first sessions/s | first setup ms p50 / p99 | first supervisor CPU s "
+                   "| free dirs | second sessions/s | second setup ms p50 / p99 | second "
+                   "supervisor CPU s | dirs reused |\n");
+        fprintf(f, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for (int i = 0; i < nresults; i++) {
+            const struct side_result *r = &results[i].side[SIDE_EDGE];
+            if (!r->tried || !r->reopened)
+                continue;
+            fprintf(f, "| %d | %.0f | %.2f / %.2f | %.2f | %llu | %.0f | %.2f / %.2f | %.2f | "
+                       "%llu |\n", results[i].n, r->open_rate, r->setup.p50_us / 1000,
+                    r->setup.p99_us / 1000, r->sup_cpu_s, (unsigned long long)r->reopen_free,
+                    r->reopen_rate, r->reopen_setup.p50_us / 1000,
+                    r->reopen_setup.p99_us / 1000, r->reopen_sup_cpu_s,
+                    (unsigned long long)r->reopen_reused);
+        }
+        fprintf(f, "\n");
+    }
     for (int i = 0; i < nresults; i++)
         for (int sd = 0; sd < SIDE_COUNT; sd++) {
             const struct side_result *r = &results[i].side[sd];
@@ -676,6 +755,17 @@ static void json_side(struct jsonw *w, enum side sd, const struct side_result *r
         double on = r->paced_ok ? r->cpu_s / r->cpu_wall_s : 0.0 / 0.0;
         double off = r->nosnap_ok ? r->cpu_nosnap_s / r->cpu_nosnap_wall_s : 0.0 / 0.0;
 
+        jw_num(w, "setup_supervisor_cpu_s", r->sup_cpu_s);
+        if (r->reopened) {
+            jw_num(w, "reopen_closed", r->reclosed);
+            jw_num(w, "reopen_opened", r->reopened);
+            jw_num(w, "reopen_free_dirs", (double)r->reopen_free);
+            jw_num(w, "reopen_dirs_reused", (double)r->reopen_reused);
+            jw_num(w, "reopen_setup_per_s", r->reopen_rate);
+            jw_num(w, "reopen_setup_p50_us", r->reopen_setup.p50_us);
+            jw_num(w, "reopen_setup_p99_us", r->reopen_setup.p99_us);
+            jw_num(w, "reopen_supervisor_cpu_s", r->reopen_sup_cpu_s);
+        }
         jw_num(w, "snapshots_paced", r->paced_ok ? (double)r->snapshots : 0.0 / 0.0);
         jw_num(w, "cpu_paced_no_snapshots_s", r->nosnap_ok ? r->cpu_nosnap_s : 0.0 / 0.0);
         jw_num(w, "cpu_paced_no_snapshots_wall_s", r->nosnap_ok ? r->cpu_nosnap_wall_s

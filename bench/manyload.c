@@ -64,6 +64,53 @@ void many_close(struct many_set *m)
     m->epfd = -1;
 }
 
+/* Closing cleanly: `threads` threads each send CLOSE and wait for the edge's, one session
+ * after the other. */
+struct closer {
+    struct many_set *m;
+    atomic_int next, closed;
+    int timeout_ms;
+};
+
+static void *closer_main(void *arg)
+{
+    struct closer *cl = arg;
+
+    for (int i; (i = atomic_fetch_add(&cl->next, 1)) < cl->m->n && !proc_interrupted();) {
+        struct cessna_ep *ep = cl->m->conns[i].c.ep;
+        if (!ep)
+            continue;
+        epoll_ctl(cl->m->epfd, EPOLL_CTL_DEL, cl->m->conns[i].c.fd, NULL);
+        cessna_ep_set_nonblocking(ep, 0);
+        if (cessna_ep_close(ep, cl->timeout_ms) == 0)
+            atomic_fetch_add(&cl->closed, 1);
+        cessna_ep_free(ep);
+        cl->m->conns[i].c.ep = NULL;
+        cl->m->conns[i].c.fd = -1;
+    }
+    return NULL;
+}
+
+int many_close_clean(struct many_set *m, int threads, int timeout_ms)
+{
+    struct closer cl = { .m = m, .timeout_ms = timeout_ms };
+    pthread_t t[64];
+    int k = 0, closed;
+
+    if (threads > 64)
+        threads = 64;
+    for (; k < threads; k++)
+        if (pthread_create(&t[k], NULL, closer_main, &cl) != 0)
+            break;
+    if (!k)
+        closer_main(&cl);
+    while (k > 0)
+        pthread_join(t[--k], NULL);
+    closed = atomic_load(&cl.closed);
+    many_close(m);
+    return closed;
+}
+
 static int ms_until(uint64_t now, uint64_t t)
 {
     return t <= now ? 0 : (int)((t - now + 999999) / 1000000);

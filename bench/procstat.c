@@ -175,6 +175,17 @@ double ps_tree_cpu_s(pid_t root)
     return s;
 }
 
+double ps_cpu_s(pid_t pid)
+{
+    static const int cpu_fields[] = { 14, 15 };
+    unsigned long long t[2];
+    long tick = sysconf(_SC_CLK_TCK);
+
+    if (stat_fields(pid, t, cpu_fields, 2) < 0)
+        return 0;
+    return (double)(t[0] + t[1]) / (double)(tick > 0 ? tick : 100);
+}
+
 int ps_kernel_kib(uint64_t *kib)
 {
     static const char *const keys[] = { "Slab:", "PageTables:", "KernelStack:" };

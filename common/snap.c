@@ -423,16 +423,27 @@ static void spare_name(char *buf, size_t len, int i)
     snprintf(buf, len, "spare.%d", i);
 }
 
-/* Keep the file name in dfd as a spare, emptied (its blocks are freed now, as an unlink
- * would), or remove it when there are enough. 0 or -errno. */
-static int retire_file(int dfd, const char *name)
+int snap_is_spare(const char *name)
+{
+    char *end;
+    long i;
+
+    if (strncmp(name, "spare.", 6) != 0 || name[6] < '0' || name[6] > '9')
+        return 0;
+    i = strtol(name + 6, &end, 10);
+    return !*end && i < SNAP_SPARES && (i == 0 || name[6] != '0');
+}
+
+int snap_retire(int dfd, const char *name)
 {
     char spare[16];
 
+    if (snap_is_spare(name))
+        return 0;
     for (int i = 0; i < SNAP_SPARES; i++) {
         spare_name(spare, sizeof(spare), i);
         if (renameat2(dfd, name, dfd, spare, RENAME_NOREPLACE) == 0) {
-            int fd = openat(dfd, spare, O_WRONLY | O_TRUNC | O_CLOEXEC);
+            int fd = openat(dfd, spare, O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
             if (fd >= 0)
                 close(fd);
             return 0;
@@ -1159,7 +1170,7 @@ int snap_prune(const char *dir, uint64_t keep_from)
 
         if (parse_name(de->d_name, &pos, &kind, &tmp) || pos >= keep_from)
             continue;
-        int r = retire_file(dirfd(d), de->d_name);
+        int r = snap_retire(dirfd(d), de->d_name);
         if (r == 0)
             removed++;
         else

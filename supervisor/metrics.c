@@ -224,6 +224,12 @@ static void render(struct text *t)
     counter(t, "moves_total", "Sessions moved to another edge (drain, cessna-ctl move).",
             st->moves);
     counter(t, "zygote_restarts_total", "Restarts of the zygote.", st->zygote_restarts);
+    counter(t, "session_dirs_removed_total", "Session directories given back (recycled into "
+            "the free pool or removed).", st->dirs_removed);
+    gauge(t, "session_dirs_free", "Free session directories waiting for new sessions.",
+          sdir_free_dirs());
+    counter(t, "session_dirs_reused_total", "New sessions that got a free directory instead of "
+            "a new one.", st->dirs_reused);
     counter(t, "accept_fd_limit_total", "Accepts that failed for want of descriptors.",
             st->accept_fd_limit);
     gauge(t, "draining", "1 while the node moves its sessions away to stop.", S.draining ? 1 : 0);

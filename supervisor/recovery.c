@@ -259,7 +259,9 @@ void recovery_worker_end_sent(struct session *s)
     s->report_worker_fd = -1;
 }
 
-/* The session's snapshot directory. (The report socket is made with the first worker.) */
+/* The session's snapshot directory: a free one of an ended session (statedir.c, only empty
+ * spares in it) or a new one. Owned by the worker's user either way (worker_user may have
+ * changed since). (The report socket is made with the first worker.) */
 int recovery_setup(struct session *s, char *err, size_t errlen)
 {
     char dir[PATH_MAX];
@@ -267,7 +269,11 @@ int recovery_setup(struct session *s, char *err, size_t errlen)
     gid_t gid;
 
     snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
-    if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+    uint32_t spares;
+    int rc = sdir_take(s->id, &spares);   /* -EEXIST: it has one (a wake, a resume) */
+    if (rc == 0)
+        s->spares = spares;   /* its snapshots take those first (snap_set_spares) */
+    if (rc != 0 && rc != -EEXIST && mkdir(dir, 0700) == -1 && errno != EEXIST) {
         snprintf(err, errlen, "snapshot directory %s: %s", dir, strerror(errno));
         return -errno;
     }

@@ -501,7 +501,7 @@ static void clear_dir(struct session *s)
     if (!(d = opendir(dir)))
         return;
     while ((e = readdir(d)))
-        if (e->d_name[0] != '.') {
+        if (e->d_name[0] != '.' && !snap_is_spare(e->d_name)) {   /* spares hold nothing */
             snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
             unlink(path);
         }

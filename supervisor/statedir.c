@@ -5,10 +5,23 @@
  * process (a crash leaves no stale lock).
  *
  * Each session has STATE_DIR/ID (snapshots and event logs). A cleanly closed session's
- * directory is removed; a failed session's is kept for offline replay (cessna-replay), the
- * newest failed_sessions_keep of them. Directories found at startup (earlier runs) count as
- * kept, oldest first. Removal never blocks the loop: directories wait in a queue and
- * sdir_step(), called once per loop iteration, unlinks at most SDIR_STEP files. */
+ * directory is given back; a failed session's is kept for offline replay (cessna-replay),
+ * the newest failed_sessions_keep of them, and given back when a newer one evicts it.
+ * Directories found at startup (earlier runs) count as kept, oldest first.
+ *
+ * A directory given back is recycled rather than removed: its files become empty spares
+ * (snap_retire: at most 12, the rest are unlinked) and it is renamed STATE_DIR/.free-N, a
+ * name no session id can have, into a pool of at most SDIR_POOL_MAX (or max_sessions)
+ * directories. A new session's directory is the oldest of the pool renamed to its id
+ * (sdir_take), so that neither a mkdir nor its first snapshot files allocate an inode:
+ * on ext4, allocating among many recently freed inodes is slow, and a node with steady
+ * session churn frees them all the time. Past the cap a directory is removed as before.
+ * Free directories left by an earlier run are checked the same way and adopted.
+ *
+ * The work never blocks the loop: directories wait in a queue and sdir_step(), called once
+ * per loop iteration, retires or unlinks at most SDIR_STEP files. A directory enters the
+ * pool only after a whole pass over it found nothing but spares, so that a file a stray
+ * snapshot child wrote meanwhile is never handed to the next session. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -20,10 +33,17 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "snap.h"
+#include "statedir.h"
 #include "sup.h"
 
-#define SDIR_STEP 32   /* files unlinked per loop iteration at most */
+#define SDIR_STEP 32   /* files retired or unlinked per loop iteration at most */
 #define SDIR_PASSES 4  /* a directory that is still not empty after this many passes is left */
+#define SDIR_POOL_MAX 1024  /* free directories kept at most (or max_sessions, if fewer) */
+#define FREE_PREFIX ".free-"
+#define POOL_ENTRY(n, spares) ((n) << 4 | (spares))   /* spares: at most 12 */
+#define POOL_N(e)      ((e) >> 4)
+#define POOL_SPARES(e) ((uint32_t)((e) & 15))
 
 struct idq {           /* a FIFO of session ids */
     uint64_t *v;
@@ -33,10 +53,19 @@ struct idq {           /* a FIFO of session ids */
 static struct {
     int dfd;           /* state_dir */
     struct idq kept;   /* failed sessions' directories, oldest first */
-    struct idq doomed; /* directories to remove */
-    DIR *cur;          /* the directory being removed */
-    uint64_t cur_id;
+    struct idq doomed; /* session directories given back */
+    struct idq adopt;  /* free directories of an earlier run (their N), to check first */
+    struct idq pool;   /* free directories ready for new sessions, oldest first: each its N
+                        * and the spares in it, POOL_ENTRY(n, spares) */
+    uint64_t next_free;/* N of the next .free-N */
+    DIR *cur;          /* the directory being recycled or removed */
+    uint64_t cur_id;   /* its session, or 0: a free directory being adopted */
+    uint64_t cur_free; /* the N of that free directory */
+    char cur_name[32];
     int passes;
+    int recycle;       /* cur goes to the pool (files retired), else it is removed */
+    int dirty;         /* this pass over cur found something besides spares */
+    uint32_t spares;   /* the spares this pass over cur found */
 } D = { .dfd = -1 };
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
@@ -116,6 +145,34 @@ static int parse_id(const char *name, uint64_t *id)
     return *end || errno || !*id ? -EINVAL : 0;
 }
 
+/* ".free-N": N, or -EINVAL for any other name. */
+static int parse_free(const char *name, uint64_t *n)
+{
+    char *end;
+
+    if (strncmp(name, FREE_PREFIX, sizeof(FREE_PREFIX) - 1) != 0)
+        return -EINVAL;
+    name += sizeof(FREE_PREFIX) - 1;
+    if (name[0] < '0' || name[0] > '9' || (name[0] == '0' && name[1]))
+        return -EINVAL;   /* as free_name() writes it: no leading zero */
+    errno = 0;
+    *n = strtoull(name, &end, 10);
+    return *end || errno ? -EINVAL : 0;
+}
+
+static void free_name(char *buf, size_t len, uint64_t n)
+{
+    snprintf(buf, len, FREE_PREFIX "%llu", ull(n));
+}
+
+/* Free directories kept at most: SDIR_POOL_MAX, or max_sessions when that is fewer. */
+static size_t pool_cap(void)
+{
+    uint32_t m = S.cfg.max_sessions;
+
+    return m && m < SDIR_POOL_MAX ? m : SDIR_POOL_MAX;
+}
+
 struct found { uint64_t id; struct timespec mtime; };
 
 static int by_mtime(const void *a, const void *b)
@@ -158,9 +215,16 @@ void sdir_init(void)
     while ((d = readdir(dir))) {
         struct stat st;
         uint64_t id;
-        if (parse_id(d->d_name, &id) < 0 ||
+        int is_free = parse_free(d->d_name, &id) == 0;
+        if ((!is_free && parse_id(d->d_name, &id) < 0) ||
             fstatat(D.dfd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1 || !S_ISDIR(st.st_mode))
             continue;
+        if (is_free) {   /* checked by sdir_step before a session gets it */
+            idq_push(&D.adopt, id);
+            if (id >= D.next_free)
+                D.next_free = id + 1;
+            continue;
+        }
         if (n == cap) {
             size_t c = cap ? cap * 2 : 256;
             struct found *p = realloc(f, c * sizeof(*p));
@@ -181,6 +245,9 @@ void sdir_init(void)
     if (n)
         LOG(LOG_INFO, "msg=\"session directories of earlier runs\" found=%zu keep=%u removing=%zu",
             n, S.cfg.failed_sessions_keep, D.doomed.len);
+    if (D.adopt.len)
+        LOG(LOG_INFO, "msg=\"free session directories of earlier runs\" found=%zu pool_max=%zu",
+            D.adopt.len, pool_cap());
 }
 
 void sdir_session_ended(uint64_t id, int failed)
@@ -218,27 +285,170 @@ void sdir_reclaim(uint64_t id)
     }
 }
 
-int sdir_busy(void)
+int sdir_take(uint64_t id, uint32_t *spares)
 {
-    return D.cur || D.doomed.len;
+    char name[32], from[32];
+
+    if (!id || D.dfd < 0)
+        return -ENOENT;
+    snprintf(name, sizeof(name), "%llu", ull(id));
+    while (D.pool.len) {
+        uint64_t n = idq_pop(&D.pool);
+        free_name(from, sizeof(from), POOL_N(n));
+        if (renameat2(D.dfd, from, D.dfd, name, RENAME_NOREPLACE) == 0) {
+            S.stats.dirs_reused++;
+            *spares = POOL_SPARES(n);
+            return 0;
+        }
+        int e = errno;
+        if (e == EEXIST) {          /* the session has its directory already (a wake) */
+            idq_push(&D.pool, n);   /* n stays free (now the newest) */
+            return -EEXIST;
+        }
+        if (e != ENOENT) {          /* left where it is: the next start checks it again */
+            LOG(LOG_WARN, "msg=\"free session directory not used\" dir=%s/%s error=\"%s\"",
+                S.cfg.state_dir, from, strerror(e));
+            return -e;
+        }
+    }
+    return -ENOENT;
 }
 
+size_t sdir_free_dirs(void)
+{
+    return D.pool.len;
+}
+
+int sdir_busy(void)
+{
+    return D.cur || D.doomed.len || D.adopt.len;
+}
+
+/* Start over on cur, from its first entry. */
+static void next_pass(void)
+{
+    rewinddir(D.cur);
+    D.dirty = 0;
+    D.spares = 0;
+}
+
+/* Removing cur did not work: log it, leave it where it is. */
+static void give_up(const char *what, int e)
+{
+    LOG(LOG_WARN, "msg=\"%s\" dir=%s/%s error=\"%s\"", what, S.cfg.state_dir, D.cur_name,
+        strerror(e));
+    closedir(D.cur);
+    D.cur = NULL;
+}
+
+/* The end of a pass over cur. */
 static void finish_dir(void)
 {
-    char name[32];
-
-    snprintf(name, sizeof(name), "%llu", ull(D.cur_id));
-    if (unlinkat(D.dfd, name, AT_REMOVEDIR) == 0 || errno == ENOENT) {
-        S.stats.dirs_removed++;
+    if (D.recycle) {
+        char name[32];
+        if (D.dirty && ++D.passes < SDIR_PASSES) {
+            next_pass();   /* to see that the pass left only spares (and nothing came since) */
+            return;
+        }
+        if (!D.dirty) {
+            if (!D.cur_id) {   /* an adopted free directory: in place already */
+                idq_push(&D.pool, POOL_ENTRY(D.cur_free, D.spares));
+                closedir(D.cur);
+                D.cur = NULL;
+                return;
+            }
+            free_name(name, sizeof(name), D.next_free);
+            if (renameat2(D.dfd, D.cur_name, D.dfd, name, RENAME_NOREPLACE) == 0) {
+                idq_push(&D.pool, POOL_ENTRY(D.next_free, D.spares));
+                D.next_free++;
+                S.stats.dirs_removed++;
+                closedir(D.cur);
+                D.cur = NULL;
+                return;
+            }
+            if (errno == ENOENT) {
+                closedir(D.cur);
+                D.cur = NULL;
+                return;
+            }
+            if (errno == EEXIST) {   /* not made by us: the next name, at the next call */
+                D.next_free++;
+                return;
+            }
+            LOG(LOG_DEBUG, "msg=\"session directory not recycled\" dir=%s/%s error=\"%s\"",
+                S.cfg.state_dir, D.cur_name, strerror(errno));
+        }
+        D.recycle = 0;   /* something keeps writing there, or the rename failed: remove it */
+        D.passes = 0;
+        next_pass();
+        return;
+    }
+    if (unlinkat(D.dfd, D.cur_name, AT_REMOVEDIR) == 0 || errno == ENOENT) {
+        if (D.cur_id)
+            S.stats.dirs_removed++;
     } else if (errno == ENOTEMPTY && ++D.passes < SDIR_PASSES) {
-        rewinddir(D.cur);   /* a snapshot child wrote a file meanwhile */
+        next_pass();   /* a snapshot child wrote a file meanwhile */
         return;
     } else {
-        LOG(LOG_WARN, "msg=\"session directory not removed\" dir=%s/%s error=\"%s\"",
-            S.cfg.state_dir, name, strerror(errno));
+        give_up(D.cur_id ? "session directory not removed" : "free directory not removed",
+                errno);
+        return;
     }
     closedir(D.cur);
     D.cur = NULL;
+}
+
+/* Open the next directory to recycle or remove. 0, or -1 when it could not be opened (it is
+ * dropped: gone already, or logged). */
+static int open_next(void)
+{
+    if (D.doomed.len) {
+        D.cur_id = idq_pop(&D.doomed);
+        snprintf(D.cur_name, sizeof(D.cur_name), "%llu", ull(D.cur_id));
+    } else {
+        D.cur_id = 0;
+        D.cur_free = idq_pop(&D.adopt);
+        free_name(D.cur_name, sizeof(D.cur_name), D.cur_free);
+    }
+    D.passes = 0;
+    D.dirty = 0;
+    D.spares = 0;
+    D.recycle = D.pool.len < pool_cap();   /* decided now: only this code fills the pool */
+    int fd = openat(D.dfd, D.cur_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd == -1 || !(D.cur = fdopendir(fd))) {
+        if (errno != ENOENT)
+            LOG(LOG_WARN, "msg=\"session directory not removed\" dir=%s/%s error=\"%s\"",
+                S.cfg.state_dir, D.cur_name, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return 0;
+}
+
+/* One entry of cur: retired into a spare (recycling) or unlinked. */
+static void step_entry(const struct dirent *d)
+{
+    int fd = dirfd(D.cur), type = d->d_type;
+
+    if (D.recycle && type == DT_UNKNOWN) {
+        struct stat st;
+        if (fstatat(fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1)
+            return;   /* gone */
+        type = S_ISREG(st.st_mode) ? DT_REG : S_ISDIR(st.st_mode) ? DT_DIR : DT_UNKNOWN;
+    }
+    if (D.recycle && type == DT_DIR) {
+        D.recycle = 0;   /* not ours: the directory is removed (and left, as before) */
+        D.passes = 0;
+        D.dirty = 1;
+        return;
+    }
+    D.dirty = 1;
+    int r = D.recycle && type == DT_REG ? snap_retire(fd, d->d_name)
+                                        : unlinkat(fd, d->d_name, 0) == -1 ? -errno : 0;
+    if (r < 0 && r != -ENOENT)
+        LOG(LOG_DEBUG, "msg=\"unlink\" dir=%s file=%s error=\"%s\"", D.cur_name, d->d_name,
+            strerror(-r));
 }
 
 void sdir_step(void)
@@ -247,21 +457,9 @@ void sdir_step(void)
 
     while (budget > 0 && sdir_busy()) {
         struct dirent *d;
-        if (!D.cur) {
-            char name[32];
-            D.cur_id = idq_pop(&D.doomed);
-            D.passes = 0;
-            snprintf(name, sizeof(name), "%llu", ull(D.cur_id));
-            int fd = openat(D.dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (fd == -1 || !(D.cur = fdopendir(fd))) {
-                if (errno != ENOENT)
-                    LOG(LOG_WARN, "msg=\"session directory not removed\" dir=%s/%s error=\"%s\"",
-                        S.cfg.state_dir, name, strerror(errno));
-                if (fd >= 0)
-                    close(fd);
-                budget--;
-                continue;
-            }
+        if (!D.cur && open_next() < 0) {
+            budget--;
+            continue;
         }
         errno = 0;
         d = readdir(D.cur);
@@ -272,9 +470,11 @@ void sdir_step(void)
         }
         if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
             continue;
-        if (unlinkat(dirfd(D.cur), d->d_name, 0) == -1 && errno != ENOENT)
-            LOG(LOG_DEBUG, "msg=\"unlink\" dir=%llu file=%s error=\"%s\"", ull(D.cur_id),
-                d->d_name, strerror(errno));
+        if (D.recycle && snap_is_spare(d->d_name)) {
+            D.spares++;   /* it stays for the next session */
+            continue;
+        }
+        step_entry(d);
         budget--;
     }
 }

@@ -222,6 +222,7 @@ struct sup_stats {
     uint64_t hello_timeouts, connect_timeouts, idle_timeouts, forced_closes;
     uint64_t accept_fd_limit, accept_paused;     /* EMFILE/ENFILE, and pauses it caused */
     uint64_t zygote_restarts, dirs_removed, ctl_timeouts;
+    uint64_t dirs_reused;       /* session directories taken from the free pool (statedir.c) */
     uint64_t resumes, moves;                            /* sessions rebuilt here after another edge lost them */
     uint64_t events;            /* events ordered, every session */
     uint64_t sessions_ended;    /* sessions (with an id) whose slot was freed */

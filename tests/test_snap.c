@@ -1049,6 +1049,37 @@ Test(snap, prune_keeps_the_chain)
     rm_dir(dir);
 }
 
+/* snap_retire, as the supervisor uses it on a directory it recycles: any file becomes an
+ * empty spare (same inode), a spare stays as it is, and which names are spares. */
+Test(snap, retire_makes_empty_spares_and_leaves_spares)
+{
+    char *dir = tmp_dir(), p[600];
+    struct stat before, after;
+
+    cr_assert(snap_is_spare("spare.0") && snap_is_spare("spare.11"));
+    cr_assert(!snap_is_spare("spare.12") && !snap_is_spare("spare.01") &&
+              !snap_is_spare("spare.") && !snap_is_spare("spare.-1") &&
+              !snap_is_spare("spare.1x") && !snap_is_spare("snap-00000000000000000001.full"));
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    cr_assert(dfd >= 0);
+    snprintf(p, sizeof(p), "%s/events-00000000000000000001.log", dir);
+    int fd = open(p, O_WRONLY | O_CREAT, 0644);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, "some events", 11), 11);
+    close(fd);
+    cr_assert_eq(stat(p, &before), 0);
+    cr_assert_eq(snap_retire(dfd, "events-00000000000000000001.log"), 0);
+    cr_assert(!file_exists(dir, "events-00000000000000000001.log"));
+    snprintf(p, sizeof(p), "%s/spare.0", dir);
+    cr_assert_eq(stat(p, &after), 0);
+    cr_assert(after.st_ino == before.st_ino && after.st_size == 0, "the same inode, emptied");
+    cr_assert_eq(snap_retire(dfd, "spare.0"), 0, "a spare stays");
+    cr_assert(file_exists(dir, "spare.0") && !file_exists(dir, "spare.1"));
+    cr_assert_eq(snap_retire(dfd, "no-such-file"), 0, "gone already");
+    close(dfd);
+    rm_dir(dir);
+}
+
 /* What a prune retires, the next snapshot written takes over: the same inode, the new
  * contents, loadable; past 12 spares, retired files are removed. */
 Test(snap, written_snapshots_reuse_spares)

@@ -310,13 +310,22 @@ int wsnap_restore(const char *state_dir, uint64_t session_id, uint64_t position,
     wsnap_dir(dir, sizeof(dir), state_dir, session_id);
     for (uint64_t p = position; n < 256;) {
         struct snap_meta mm;
-        snap_name(name, sizeof(name), p, SNAP_FULL);
-        snprintf(path, sizeof(path), "%s/%s", dir, name);
-        if (access(path, R_OK) == -1) {
-            snap_name(name, sizeof(name), p, SNAP_DELTA);
+        /* The full at p, else the delta. A file of another session is passed over: the
+         * directory may have served an ended session before (supervisor/statedir.c). */
+        for (int k = 0; k < 2; k++) {
+            snap_name(name, sizeof(name), p, k ? SNAP_DELTA : SNAP_FULL);
             snprintf(path, sizeof(path), "%s/%s", dir, name);
+            if (!k && access(path, R_OK) == -1)
+                continue;
+            rc = snap_read(path, W.fingerprint, 0, &mm, err, errlen);
+            if (rc < 0)
+                return rc;
+            if (mm.session_id == session_id)
+                break;
+            snprintf(err, errlen, "%s holds session %llu", path,
+                     (unsigned long long)mm.session_id);
+            rc = -ESTALE;
         }
-        rc = snap_read(path, W.fingerprint, 0, &mm, err, errlen);
         if (rc < 0)
             return rc;
         chain[n++] = p;
