@@ -194,6 +194,16 @@ void connfd_prep(struct io_uring_sqe *sqe)
         sqe->flags |= IOSQE_FIXED_FILE;
 }
 
+/* A shutdown or setsockopt prepared on c's index: counted until OP_SOCK_CTL completes
+ * (a close waits for it, connfd_busy). */
+static void submit_ctl(struct session *s, struct conn *c, struct io_uring_sqe *sqe)
+{
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, UD(OP_SOCK_CTL, s->slot, c->side));
+    c->ctl_ops++;
+    s->inflight++;
+}
+
 void connfd_shutdown(struct session *s, struct conn *c, int how)
 {
     unsigned bits = how == SHUT_RD ? 1u : how == SHUT_WR ? 2u : 3u;
@@ -207,10 +217,7 @@ void connfd_shutdown(struct session *s, struct conn *c, int how)
     }
     struct io_uring_sqe *sqe = sup_sqe();
     io_uring_prep_shutdown(sqe, c->fd, how);
-    sqe->flags |= IOSQE_FIXED_FILE;
-    io_uring_sqe_set_data64(sqe, UD(OP_SOCK_CTL, s->slot, c->side));
-    c->ctl_ops++;
-    s->inflight++;
+    submit_ctl(s, c, sqe);
 }
 
 void connfd_linger0(struct session *s, struct conn *c)
@@ -223,10 +230,7 @@ void connfd_linger0(struct session *s, struct conn *c)
     }
     struct io_uring_sqe *sqe = sup_sqe();
     prep_setsockopt(sqe, c->fd, SOL_SOCKET, SO_LINGER, &linger0, sizeof(linger0));
-    sqe->flags |= IOSQE_FIXED_FILE;
-    io_uring_sqe_set_data64(sqe, UD(OP_SOCK_CTL, s->slot, c->side));
-    c->ctl_ops++;
-    s->inflight++;
+    submit_ctl(s, c, sqe);
 }
 
 void connfd_close(struct session *s, struct conn *c)
