@@ -495,13 +495,7 @@ static void fleet_run(struct fleet *f, const struct t_edge *e, const struct flee
 /* Wait until the edge holds no session (workers, standbys, snapshot children reaped). */
 static void wait_no_sessions(const struct t_edge *e, char *stats, size_t len)
 {
-    for (int i = 0; i < 1000; i++) {
-        t_ctl(e, "stats", stats, len);
-        if (t_field(stats, "sessions") == 0)
-            break;
-        sleep_ms(20);
-    }
-    cr_assert_eq(t_field(stats, "sessions"), 0, "sessions left: %s", stats);
+    cr_assert_eq(t_wait_sessions(e, 0, 20000, stats, len), 0, "sessions left: %s", stats);
 }
 
 struct fleet_result {

@@ -198,7 +198,10 @@ Test(logs, session_end_lines, .timeout = 60)
     local_addr(quiet, quiet_addr, sizeof(quiet_addr));
     close(quiet);
 
-    /* C and D fill max_sessions = 2: a third connection is refused at accept. */
+    /* C and D fill max_sessions = 2: a third connection is refused at accept. A and B hold
+     * their slots until their workers are reaped, a little after their end lines. */
+    char stats[4096];
+    cr_assert_eq(t_wait_sessions(&e, 0, 5000, stats, sizeof(stats)), 0, "%s", stats);
     struct cessna_ep *c = t_ep_connect(&e), *d = t_ep_connect(&e);
     uint64_t c_id = cessna_ep_session_id(c), d_id = cessna_ep_session_id(d);
     long c_start = t_now_ms();

@@ -439,12 +439,7 @@ Test(ops, server_endpoint_that_never_answers_hits_connect_timeout)
 
     /* The slot is free again: sessions = 0 soon. */
     char out[2048];
-    long deadline = t_now_ms() + 5000;
-    do {
-        usleep(50000);
-        t_ctl(&e, "stats", out, sizeof(out));
-    } while (t_field(out, "sessions") != 0 && t_now_ms() < deadline);
-    cr_assert_eq(t_field(out, "sessions"), 0, "%s", out);
+    cr_assert_eq(t_wait_sessions(&e, 0, 5000, out, sizeof(out)), 0, "%s", out);
     cr_assert_eq(t_field(out, "connect_timeouts"), 1, "%s", out);
     t_edge_stop(&e);
 }

@@ -174,13 +174,7 @@ Test(session, client_close_reaches_server_and_runs_shutdown)
     cr_assert_eq(srv.errors, 0);
     /* The worker is gone and the session freed. */
     char out[1024];
-    for (int i = 0; i < 200; i++) {
-        t_ctl(&e, "stats", out, sizeof(out));
-        if (t_field(out, "sessions") == 0)
-            break;
-        usleep(10000);
-    }
-    cr_assert_eq(t_field(out, "sessions"), 0, "%s", out);
+    cr_assert_eq(t_wait_sessions(&e, 0, 2000, out, sizeof(out)), 0, "%s", out);
     t_edge_stop(&e);
 }
 

@@ -182,6 +182,20 @@ void t_ctl(const struct t_edge *e, const char *cmd, char *out, size_t len)
     close(fd);
 }
 
+int t_wait_sessions(const struct t_edge *e, uint64_t n, int timeout_ms, char *out, size_t len)
+{
+    long deadline = t_now_ms() + timeout_ms;
+
+    for (;;) {
+        t_ctl(e, "stats", out, len);
+        if (t_field(out, "sessions") <= n)
+            return 0;
+        if (t_now_ms() >= deadline)
+            return -1;
+        usleep(10000);
+    }
+}
+
 int t_ctl_try(const char *control, const char *cmd, char *out, size_t len)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };

@@ -46,6 +46,10 @@ void t_ctl(const struct t_edge *e, const char *cmd, char *out, size_t len);
 int  t_ctl_try(const char *control, const char *cmd, char *out, size_t len);
 /* The value of key= in text (first match), or 0. */
 uint64_t t_field(const char *text, const char *key);
+/* Ask e for "stats" until its sessions= is at most n (an ended session holds its slot until
+ * its worker is reaped, a while after its end line) or timeout_ms passed; the last stats
+ * are in out. Returns 0 when reached, -1 on time out. */
+int t_wait_sessions(const struct t_edge *e, uint64_t n, int timeout_ms, char *out, size_t len);
 /* Whether e keeps its sessions' sockets as io_uring direct descriptors, not descriptors
  * (its start line says so; off before Linux 6.7 or with CESSNA_NO_DIRECT_FILES=1). */
 int  t_edge_direct_sockets(const struct t_edge *e);
