@@ -34,6 +34,9 @@ struct config {
     uint64_t snapshot_max_events;  /* events held past the newest written snapshot that ask for
                                     * a snapshot now, however recent the last (default 50000, 0 = off;
                                     * not with snapshot_interval_ms = 0) */
+    uint64_t snapshot_min_events;  /* the interval's snapshot waits for this many events past the
+                                    * newest written snapshot, up to SNAP_QUIET_INTERVALS
+                                    * intervals (default 4; 1 = every interval) */
     uint64_t snapshot_max_bytes;   /* the same in bytes of held events (default 8 MiB, 0 = off) */
     uint32_t hello_timeout_ms;     /* a connection without HELLO is closed (default 5000, 0 = off) */
     uint32_t connect_timeout_ms;   /* server endpoint connect + WELCOME (default 5000, 0 = off) */

@@ -50,6 +50,7 @@
 #include "sup.h"
 
 #define FULL_EVERY 8   /* a full snapshot after this many deltas */
+#define QUIET_INTERVALS 10   /* a session below snapshot_min_events waits at most this many */
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
 
@@ -415,15 +416,34 @@ static int held_too_much(const struct session *s)
  * snapshot, or snapshot_max_bytes of events held since its last durable one (counted only
  * when no written snapshot is on its way to durable: that one will let them go). A busy
  * session is snapshotted by how much it would replay, a quiet one by time. */
+static uint64_t events_past_written(const struct session *s)
+{
+    return s->next_pos - 1 > s->snap_written ? s->next_pos - 1 - s->snap_written : 0;
+}
+
 static int held_past_threshold(const struct session *s)
 {
-    uint64_t events = s->next_pos - 1 > s->snap_written ? s->next_pos - 1 - s->snap_written : 0;
+    uint64_t events = events_past_written(s);
 
     if (!S.cfg.snapshot_interval_ms)
         return 0;
     return (S.cfg.snapshot_max_events && events >= S.cfg.snapshot_max_events) ||
            (S.cfg.snapshot_max_bytes && !s->pend.valid &&
             evstore_bytes(&s->ev) >= S.cfg.snapshot_max_bytes);
+}
+
+/* The interval's snapshot is due: snapshot_interval_ms since the last request, and either
+ * snapshot_min_events events since the newest written snapshot or QUIET_INTERVALS intervals.
+ * A session that moves a little (a message a second: two events) is snapshotted every few
+ * seconds, not every second: replaying a few events costs less than a snapshot (at 10,000
+ * such sessions the snapshots were half of the node's work). */
+static int interval_due(const struct session *s, uint64_t now)
+{
+    uint64_t iv = S.cfg.snapshot_interval_ms, since = now - s->snap_requested_ms;
+
+    if (!iv || since < iv)
+        return 0;
+    return events_past_written(s) >= S.cfg.snapshot_min_events || since >= iv * QUIET_INTERVALS;
 }
 
 /* The event watchdog: a worker that spends more than max_event_ms on one event (not
@@ -551,9 +571,7 @@ void recovery_on_tick(void)
          * and its outputs out): nothing to take, whatever is held. */
         if (s->next_pos - 1 <= s->snap_written)
             continue;
-        if (!held_too_much(s) && !held_past_threshold(s) &&
-            (!S.cfg.snapshot_interval_ms ||
-             now - s->snap_requested_ms < S.cfg.snapshot_interval_ms))
+        if (!held_too_much(s) && !held_past_threshold(s) && !interval_due(s, now))
             continue;
         if (in_flight >= SNAPSHOTS_IN_FLIGHT)
             continue;   /* the next tick */

@@ -714,6 +714,7 @@ static void on_welcome(struct session *s, const struct wire_frame *f)
         return;
     }
     s->state = S_LIVE;
+    s->snap_requested_ms = tmo_now_ms();   /* the snapshot interval counts from the start */
     srv->up = 1;
     s->server_stores = (f->flags & WIRE_F_STORES) != 0;
     /* WELCOME to the client before anything the app says; the app starts now. */

@@ -458,6 +458,36 @@ Test(snapsync, held_bytes_threshold_snapshots_without_time, .timeout = 60)
     free(t.data);
 }
 
+/* snapshot_min_events: a session that moved by fewer events than that waits for up to ten
+ * intervals; once it holds that many, the next interval takes it. */
+Test(snapsync, a_session_that_moved_little_waits_for_min_events, .timeout = 60)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript t = { 0 };
+    char fault[512];
+
+    edge_with_hook(&e, &srv, fault, sizeof(fault),
+                   "snapshot_interval_ms = 300\nsnapshot_min_events = 6\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    round_trips(ep, &t, 0, 1, 64);   /* START, the message, its echo: 3 events */
+    long moved = t_now_ms();
+    sleep_ms(1200);                   /* four intervals */
+    cr_assert_eq(t_session_field(&e, id, "snapshots"), 0, "3 events of 6 yet a snapshot");
+    wait_field_at_least(&e, id, "snapshots", 1, 10000);   /* ten intervals: 3 s */
+    cr_assert_geq(t_now_ms() - moved, 2900, "the quiet session waited ten intervals");
+    round_trips(ep, &t, 1, 4, 64);   /* 6 events */
+    long busy = t_now_ms();
+    wait_field_at_least(&e, id, "snapshots", 2, 10000);
+    cr_assert_lt(t_now_ms() - busy, 2500, "6 events: the next interval's snapshot, not ten "
+                 "intervals later");
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    t_edge_stop(&e);
+    free(t.data);
+}
+
 /* A session that has not moved since its snapshot gets no other, however short the
  * interval. */
 Test(snapsync, no_snapshot_of_a_session_that_has_not_moved, .timeout = 60)
