@@ -37,6 +37,8 @@ struct config {
     uint64_t snapshot_min_events;  /* the interval's snapshot waits for this many events past the
                                     * newest written snapshot, up to SNAP_QUIET_INTERVALS
                                     * intervals (default 4; 1 = every interval) */
+    uint64_t snapshot_full_pages;  /* a state of at most this many pages is snapshotted full
+                                    * every time (default 16, 0 = deltas at every size) */
     uint64_t snapshot_max_bytes;   /* the same in bytes of held events (default 8 MiB, 0 = off) */
     uint32_t hello_timeout_ms;     /* a connection without HELLO is closed (default 5000, 0 = off) */
     uint32_t connect_timeout_ms;   /* server endpoint connect + WELCOME (default 5000, 0 = off) */

@@ -187,11 +187,12 @@ static void release(struct session *s)
     H.released = 1;
 }
 
-/* Stopping is over once the worker is reaped and none of its operations is in flight. */
+/* Stopping is over once the worker and its children are reaped and none of its operations is
+ * in flight. */
 static int stopped(const struct session *s)
 {
     return s->worker_reaped && !s->exit_armed && !s->doorbell_armed && !s->report_armed &&
-           !s->spawning;
+           !s->spawning && recovery_kids_reaped(s);   /* asleep: no process of its own */
 }
 
 static uint64_t mono_ns(void)

@@ -209,7 +209,11 @@ static void dispatch(struct io_uring_cqe *cqe)
         }
         S.stopping = 1;
         return;
-    case OP_REAP:       return recovery_on_reap(slot, (int)arg, cqe->res);
+    case OP_REAP:
+        recovery_on_reap(slot, (int)arg, cqe->res);
+        if (slot < S.slots && S.sessions[slot].state != S_FREE)
+            hib_after_op(&S.sessions[slot]);   /* the last child gone: asleep now */
+        return;
     case OP_TICK:       return recovery_on_tick();
     case OP_SWEEP:      return tmo_on_sweep();
     case OP_ZYGOTE:     return zygote_on_death(slot);

@@ -169,6 +169,7 @@ struct session {
     uint64_t snap_written_full;         /* the full that the written chain starts at */
     uint64_t snap_requested_ms;
     uint32_t deltas_since_full;
+    uint64_t state_pages;               /* the state's pages at the newest snapshot written */
     uint32_t spares;                    /* spare files believed in its directory (snap.c) */
     uint64_t pruned_full;               /* the full the last prune kept (older chains gone) */
     struct snapchild kids[SNAP_KIDS];   /* snapshot children alive, watched by pidfd */
@@ -300,6 +301,7 @@ void recovery_reap_strays(void);
  * once the worker is reaped, the report socket is read to its end and shut down. */
 void recovery_hibernate(struct session *s);
 void recovery_close_reports(struct session *s);
+int  recovery_kids_reaped(const struct session *s);   /* no standby or snapshot child left */
 /* Timed snapshots in flight at once, node-wide: each holds a child's pidfd (and a fork's
  * CPU); the rest wait for the next tick. */
 #define SNAPSHOTS_IN_FLIGHT 1024
