@@ -198,15 +198,59 @@ int echo_plain_many_main(void *arg)
     }
 }
 
-/* Native endpoint: each session accepted (the handshake blocks briefly), then read in
- * nonblocking mode; every message sent back. */
+/* Native endpoint: sessions are accepted by ACCEPTERS threads (cessna_ep_accept waits for
+ * the edge's HELLO: one thread accepting one after the other made the bench's server, not
+ * the edge, what capped the setup rate) and handed to the epoll thread, which reads them in
+ * nonblocking mode and sends every message back. */
+#define ACCEPTERS 8
+
+struct accepter {
+    int lfd, ep;
+};
+
+static void *accept_native(void *arg)
+{
+    const struct accepter *a = arg;
+
+    for (;;) {
+        char err[256];
+        struct cessna_ep *s = cessna_ep_accept(a->lfd, err, sizeof(err));
+        struct epoll_event ev = { .events = EPOLLIN };
+
+        if (!s) {
+            fprintf(stderr, "echo-native: cessna_ep_accept: %s\n", err);
+            continue;
+        }
+        cessna_ep_set_nonblocking(s, 1);
+        ev.data.ptr = s;
+        if (epoll_ctl(a->ep, EPOLL_CTL_ADD, cessna_ep_fd(s), &ev) == -1) {
+            fprintf(stderr, "echo-native: epoll_ctl: %s\n", strerror(errno));
+            cessna_ep_free(s);
+        }
+    }
+    return NULL;
+}
+
 int echo_native_many_main(void *arg)
 {
-    int lfd = *(const int *)arg, ep = many_epoll(lfd);
+    static struct accepter a;
     struct epoll_event evs[MANY_EVENTS];
 
-    if (ep < 0)
+    a.lfd = *(const int *)arg;
+    a.ep = epoll_create1(EPOLL_CLOEXEC);
+    if (a.ep == -1) {
+        fprintf(stderr, "echo-native: epoll: %s\n", strerror(errno));
         return -1;
+    }
+    for (int i = 0; i < ACCEPTERS; i++) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, accept_native, &a) != 0) {
+            fprintf(stderr, "echo-native: pthread_create failed\n");
+            return -1;
+        }
+        pthread_detach(th);
+    }
+    int ep = a.ep;
     for (;;) {
         int n = epoll_wait(ep, evs, MANY_EVENTS, -1);
 
@@ -215,23 +259,6 @@ int echo_native_many_main(void *arg)
             return -1;
         }
         for (int k = 0; k < n; k++) {
-            if (evs[k].data.ptr == LISTENER) {
-                char err[256];
-                struct cessna_ep *s = cessna_ep_accept(lfd, err, sizeof(err));
-                struct epoll_event ev = { .events = EPOLLIN };
-
-                if (!s) {
-                    fprintf(stderr, "echo-native: cessna_ep_accept: %s\n", err);
-                    continue;
-                }
-                cessna_ep_set_nonblocking(s, 1);
-                ev.data.ptr = s;
-                if (epoll_ctl(ep, EPOLL_CTL_ADD, cessna_ep_fd(s), &ev) == -1) {
-                    fprintf(stderr, "echo-native: epoll_ctl: %s\n", strerror(errno));
-                    cessna_ep_free(s);
-                }
-                continue;
-            }
             struct cessna_ep *s = evs[k].data.ptr;
             long r;
 
