@@ -171,18 +171,20 @@ int snap_restore_chain(const char *dir, const uint64_t *positions, int n,
 /* File name of a snapshot: "snap-%020llu.full" / ".delta" (zero-padded so names sort). */
 void snap_name(char *buf, size_t len, uint64_t position, uint32_t kind);
 
-/* Retire the file name of the directory dfd: it becomes an empty spare ("spare.N", at most
- * 12 in a directory; its blocks are freed now, as an unlink would) that the next snapshot
- * written there takes over instead of creating a file, or it is removed when there are
- * spares enough. A name that is a spare already stays as it is. 0 or -errno. */
-int snap_retire(int dfd, const char *name);
+/* Retire the file name of the directory dfd: it becomes a spare ("spare.N", at most 12 in a
+ * directory) that the next snapshot written there takes over instead of creating a file, or
+ * it is removed when there are spares enough. With empty, the spare is emptied too (a spare
+ * already is as well): for a directory another session gets next, which must not read this
+ * one's state. Without, its contents stay for the writer to write over (the same session;
+ * freeing blocks can mean a discard the caller waits for). 0 or -errno. */
+int snap_retire(int dfd, const char *name, int empty);
 
 /* 1 when name is one of the spares snap_retire() makes ("spare.0" .. "spare.11"). */
 int snap_is_spare(const char *name);
 
 /* Remove the snapshot files (and leftover temp files) of dir at positions older than
  * keep_from, which must name a full snapshot present in dir (else -ENOENT, nothing
- * removed). Up to 12 of them stay as empty "spare.N" files that the next snapshots written
+ * removed). Up to 12 of them stay as "spare.N" files (not emptied: the same session's) that the next snapshots written
  * in dir take over (snap_write_at) instead of creating new ones. Returns the number of files
  * removed or kept as spares, or -errno. */
 int snap_prune(const char *dir, uint64_t keep_from);

@@ -444,7 +444,7 @@ static void step_entry(const struct dirent *d)
         return;
     }
     D.dirty = 1;
-    int r = D.recycle && type == DT_REG ? snap_retire(fd, d->d_name)
+    int r = D.recycle && type == DT_REG ? snap_retire(fd, d->d_name, 1)
                                         : unlinkat(fd, d->d_name, 0) == -1 ? -errno : 0;
     if (r < 0 && r != -ENOENT)
         LOG(LOG_DEBUG, "msg=\"unlink\" dir=%s file=%s error=\"%s\"", D.cur_name, d->d_name,
@@ -471,7 +471,14 @@ void sdir_step(void)
         if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
             continue;
         if (D.recycle && snap_is_spare(d->d_name)) {
-            D.spares++;   /* it stays for the next session */
+            /* It stays for the next session, emptied: the ended session's prunes left its
+             * old contents there (snap_retire), which the next one must not read. */
+            int r = snap_retire(dirfd(D.cur), d->d_name, 1);
+            if (r < 0 && r != -ENOENT)
+                LOG(LOG_DEBUG, "msg=\"spare not emptied\" dir=%s file=%s error=\"%s\"",
+                    D.cur_name, d->d_name, strerror(-r));
+            D.spares += r == 0;
+            budget--;
             continue;
         }
         step_entry(d);

@@ -1038,7 +1038,8 @@ Test(snap, prune_keeps_the_chain)
     for (int i = 0; i < 3; i++) {
         struct stat st;
         snprintf(p, sizeof(p), "%s/spare.%d", dir, i);
-        cr_assert(stat(p, &st) == 0 && st.st_size == 0, "spare.%d is there, empty", i);
+        cr_assert(stat(p, &st) == 0 && st.st_size > 0, "spare.%d is there, not emptied (the "
+                  "same session's: the next write goes over it)", i);
     }
     cr_assert(file_exists(dir, "snap-00000000000000000030.full"));
     cr_assert(file_exists(dir, "snap-00000000000000000040.delta"));
@@ -1049,8 +1050,9 @@ Test(snap, prune_keeps_the_chain)
     rm_dir(dir);
 }
 
-/* snap_retire, as the supervisor uses it on a directory it recycles: any file becomes an
- * empty spare (same inode), a spare stays as it is, and which names are spares. */
+/* snap_retire, as the supervisor uses it on a directory it recycles (empty): any file becomes
+ * an empty spare (same inode), a spare is emptied, and which names are spares. Without
+ * empty (a prune of the same session's chain) the contents stay. */
 Test(snap, retire_makes_empty_spares_and_leaves_spares)
 {
     char *dir = tmp_dir(), p[600];
@@ -1068,14 +1070,21 @@ Test(snap, retire_makes_empty_spares_and_leaves_spares)
     cr_assert_eq(write(fd, "some events", 11), 11);
     close(fd);
     cr_assert_eq(stat(p, &before), 0);
-    cr_assert_eq(snap_retire(dfd, "events-00000000000000000001.log"), 0);
+    cr_assert_eq(snap_retire(dfd, "events-00000000000000000001.log", 0), 0);
     cr_assert(!file_exists(dir, "events-00000000000000000001.log"));
     snprintf(p, sizeof(p), "%s/spare.0", dir);
     cr_assert_eq(stat(p, &after), 0);
+    cr_assert(after.st_ino == before.st_ino && after.st_size == 11, "the same inode, as it was");
+    cr_assert_eq(snap_retire(dfd, "spare.0", 1), 0, "a spare stays, emptied");
+    cr_assert_eq(stat(p, &after), 0);
     cr_assert(after.st_ino == before.st_ino && after.st_size == 0, "the same inode, emptied");
-    cr_assert_eq(snap_retire(dfd, "spare.0"), 0, "a spare stays");
     cr_assert(file_exists(dir, "spare.0") && !file_exists(dir, "spare.1"));
-    cr_assert_eq(snap_retire(dfd, "no-such-file"), 0, "gone already");
+    snprintf(p, sizeof(p), "%s/other", dir);
+    store(p, "more", 4);
+    cr_assert_eq(snap_retire(dfd, "other", 1), 0);
+    snprintf(p, sizeof(p), "%s/spare.1", dir);
+    cr_assert(stat(p, &after) == 0 && after.st_size == 0, "retired and emptied");
+    cr_assert_eq(snap_retire(dfd, "no-such-file", 1), 0, "gone already");
     close(dfd);
     rm_dir(dir);
 }
@@ -1101,8 +1110,12 @@ Test(snap, written_snapshots_reuse_spares)
     cr_assert_eq(stat(p, &written), 0);
     cr_assert_eq(written.st_ino, spare.st_ino, "the delta was written over spare.11, the top");
     cr_assert(!file_exists(dir, "spare.11") && file_exists(dir, "spare.10"));
-    /* told there are 3 (spare.0-2), the writer takes spare.2 */
+    /* told there are 3 (spare.0-2), the writer takes spare.2, here longer than what goes
+     * over it: the file is cut to its own length (and loads) */
     snprintf(p, sizeof(p), "%s/spare.2", dir);
+    static char junk[100 * 1024];
+    memset(junk, 0x5a, sizeof(junk));
+    store(p, junk, sizeof(junk));
     cr_assert_eq(stat(p, &spare), 0);
     snap_set_spares(3);
     put_snap(dir, &w, 18, SNAP_DELTA, 17);
@@ -1110,6 +1123,7 @@ Test(snap, written_snapshots_reuse_spares)
     snprintf(p, sizeof(p), "%s/snap-00000000000000000018.delta", dir);
     cr_assert_eq(stat(p, &written), 0);
     cr_assert_eq(written.st_ino, spare.st_ino, "the delta was written over spare.2");
+    cr_assert_lt(written.st_size, (off_t)sizeof(junk), "cut to its own length");
     expect_chain(dir, (uint64_t[]){ 16, 17, 18 }, 3, "on spares", err, sizeof(err));
     rm_dir(dir);
 }
