@@ -506,7 +506,10 @@ int sess_spawn_worker(struct session *s, uint64_t restore_pos, char *err, size_t
 }
 
 /* From the tick: spawns that found the zygote's socket full go again, in slot order, until
- * it is full again; past zygote_answer_timeout_ms of trying, the session fails as before. */
+ * it is full again. They wait as long as the zygote keeps answering (a burst of 10,000 opens
+ * waits its turn: failing them after zygote_answer_timeout_ms of waiting failed sessions of a
+ * busy but working zygote); past zygote_answer_timeout_ms with no answer at all, the session
+ * fails as before (and zygote_check_spawns restarts the stuck zygote). */
 void sess_retry_spawns(void)
 {
     uint64_t now = tmo_now_ms();
@@ -523,7 +526,8 @@ void sess_retry_spawns(void)
             sess_maybe_free(s);
             continue;
         }
-        if (now - s->spawn_retry_since_ms > S.cfg.zygote_answer_timeout_ms) {
+        if (now - s->spawn_retry_since_ms > S.cfg.zygote_answer_timeout_ms &&
+            now - zygote_last_answer_ms() > S.cfg.zygote_answer_timeout_ms) {
             sess_spawn_failed(s, "zygote unreachable: too many spawns waiting");
             continue;
         }

@@ -642,6 +642,8 @@ int zygote_spawn(struct session *s, int memfd, int report_fd, uint64_t restore_p
     return 0;
 }
 
+static uint64_t last_answer_ms;   /* zygote_last_answer_ms */
+
 void zygote_on_reply(uint32_t gen, int res)
 {
     struct zygote *z = by_gen(gen);
@@ -657,6 +659,7 @@ void zygote_on_reply(uint32_t gen, int res)
         if (rc == -EAGAIN || rc == -EWOULDBLOCK)
             break;
         struct session *s = queue_pop(z);
+        last_answer_ms = tmo_now_ms();
         if (rc < 0 || rep.version != SPAWN_VERSION || rep.status != 0 || nfds != 1) {
             char why[128];
             snprintf(why, sizeof(why), "zygote could not fork a worker: %s",
@@ -683,6 +686,11 @@ void zygote_on_reply(uint32_t gen, int res)
     /* sess_spawn_failed may have freed the last session of an old zygote: z is gone then. */
     if (by_gen(gen) == z)
         arm_replies(z);
+}
+
+uint64_t zygote_last_answer_ms(void)
+{
+    return last_answer_ms;
 }
 
 uint32_t zygote_waiting(const struct session *s)

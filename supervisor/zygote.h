@@ -42,6 +42,7 @@ int  zygote_spawn(struct session *s, int memfd, int report_fd, uint64_t restore_
                   size_t errlen);
 /* Spawn requests the session's zygote has not answered yet; UINT32_MAX when it is down. */
 uint32_t zygote_waiting(const struct session *s);
+uint64_t zygote_last_answer_ms(void);    /* when a zygote last answered a spawn (tmo_now_ms) */
 void zygote_check_spawns(void);          /* the periodic tick: answer timeouts */
 int  zygote_tracked(pid_t pid);          /* a zygote's pid: the loop reaps it itself */
 

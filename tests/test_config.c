@@ -139,6 +139,8 @@ Test(config, defaults)
     cr_assert_eq(c.max_message_bytes, 1u << 20);
     cr_assert_eq(c.max_session_memory, 256ull << 20);
     cr_assert_eq(c.ring_bytes, 256u << 10, "rings do not follow max_message_bytes");
+    cr_assert_eq(c.snapshot_min_events, 4);
+    cr_assert_eq(c.snapshot_full_pages, 16);
 
     memset(&d, 0x5a, sizeof(d));
     config_defaults(&d);
@@ -146,6 +148,22 @@ Test(config, defaults)
     cr_assert_str_eq(d.listen, "");
     cr_assert_eq(d.max_sessions, 0);
     cr_assert_eq(d.snapshot_interval_ms, 1000);
+}
+
+/* The snapshot policy keys: snapshot_min_events is at least 1 (every interval); 0 is a
+ * meaningful snapshot_full_pages (deltas at every size). */
+Test(config, snapshot_policy_keys)
+{
+    struct config c;
+    char err[512];
+    const char *path = cfg_write("snap.ini", REQUIRED "snapshot_min_events = 1\n"
+                                                      "snapshot_full_pages = 0\n");
+
+    int rc = load(path, &c, err, sizeof(err));
+    cr_assert_eq(rc, 0, "config_load: %d %s", rc, err);
+    cr_assert_eq(c.snapshot_min_events, 1);
+    cr_assert_eq(c.snapshot_full_pages, 0);
+    expect_error(REQUIRED "snapshot_min_events = 0\n", 5, "want a whole number in 1..");
 }
 
 Test(config, control_follows_state_dir)
