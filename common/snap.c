@@ -20,6 +20,7 @@
 #include "snap.h"
 
 #define WBUF_CAP (256u * 1024u)
+#define SPARE_KEEP_BYTES (64 * 1024)   /* snap_retire: a spare this small keeps its contents */
 /* Store a page compressed only when that saves at least this much of it. */
 #define ZSTD_MAX_STORED (SNAP_PAGE - SNAP_PAGE / 8)
 
@@ -490,11 +491,17 @@ int snap_retire(int dfd, const char *name, int empty)
         return empty ? empty_file(dfd, name) : 0;
     for (int i = 0; i < SNAP_SPARES; i++) {
         spare_name(spare, sizeof(spare), i);
-        /* Not emptied: freeing its blocks would be a discard the caller waits for on a
-         * filesystem mounted with -o discard (the supervisor's loop stalled in it, 19% of
-         * the time with 3,000 sessions snapshotting); the writer overwrites it. */
-        if (renameat2(dfd, name, dfd, spare, RENAME_NOREPLACE) == 0)
-            return empty ? empty_file(dfd, spare) : 0;
+        /* Not emptied when small: freeing its blocks would be a discard the caller waits
+         * for on a filesystem mounted with -o discard (the supervisor's loop stalled in it,
+         * 19% of the time with 3,000 sessions snapshotting); the writer overwrites it. A
+         * large one is emptied all the same: spares must not double a session's disk. */
+        if (renameat2(dfd, name, dfd, spare, RENAME_NOREPLACE) == 0) {
+            struct stat st;
+            if (!empty && fstatat(dfd, spare, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                st.st_size <= SPARE_KEEP_BYTES)
+                return 0;
+            return empty_file(dfd, spare);
+        }
         if (errno != EEXIST)
             break;   /* ENOENT: gone already; anything else: remove it instead */
     }

@@ -175,8 +175,9 @@ void snap_name(char *buf, size_t len, uint64_t position, uint32_t kind);
  * directory) that the next snapshot written there takes over instead of creating a file, or
  * it is removed when there are spares enough. With empty, the spare is emptied too (a spare
  * already is as well): for a directory another session gets next, which must not read this
- * one's state. Without, its contents stay for the writer to write over (the same session;
- * freeing blocks can mean a discard the caller waits for). 0 or -errno. */
+ * one's state. Without, the contents of a file up to 64 KiB stay for the writer to write over
+ * (the same session; freeing blocks can mean a discard the caller waits for); a larger one is
+ * emptied all the same (spares must not double a session's disk use). 0 or -errno. */
 int snap_retire(int dfd, const char *name, int empty);
 
 /* 1 when name is one of the spares snap_retire() makes ("spare.0" .. "spare.11"). */

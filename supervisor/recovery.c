@@ -423,17 +423,18 @@ static int held_too_much(const struct session *s)
     return S.cfg.max_held_bytes && evstore_bytes(&s->ev) > S.cfg.max_held_bytes / 2;
 }
 
+/* Events ordered after the newest snapshot written. */
+static uint64_t events_past_written(const struct session *s)
+{
+    return s->next_pos - 1 > s->snap_written ? s->next_pos - 1 - s->snap_written : 0;
+}
+
 /* What the session holds asks for a snapshot now, however recent the last one (periodic
  * snapshots must be on: snapshot_interval_ms = 0 still means "only when asked", apart
  * from held_too_much's safety valve): snapshot_max_events events after its newest written
  * snapshot, or snapshot_max_bytes of events held since its last durable one (counted only
  * when no written snapshot is on its way to durable: that one will let them go). A busy
  * session is snapshotted by how much it would replay, a quiet one by time. */
-static uint64_t events_past_written(const struct session *s)
-{
-    return s->next_pos - 1 > s->snap_written ? s->next_pos - 1 - s->snap_written : 0;
-}
-
 static int held_past_threshold(const struct session *s)
 {
     uint64_t events = events_past_written(s);

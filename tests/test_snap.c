@@ -1084,6 +1084,12 @@ Test(snap, retire_makes_empty_spares_and_leaves_spares)
     cr_assert_eq(snap_retire(dfd, "other", 1), 0);
     snprintf(p, sizeof(p), "%s/spare.1", dir);
     cr_assert(stat(p, &after) == 0 && after.st_size == 0, "retired and emptied");
+    static char big[100 * 1024];
+    snprintf(p, sizeof(p), "%s/big", dir);
+    store(p, big, sizeof(big));
+    cr_assert_eq(snap_retire(dfd, "big", 0), 0);
+    snprintf(p, sizeof(p), "%s/spare.2", dir);
+    cr_assert(stat(p, &after) == 0 && after.st_size == 0, "over 64 KiB: emptied all the same");
     cr_assert_eq(snap_retire(dfd, "no-such-file", 1), 0, "gone already");
     close(dfd);
     rm_dir(dir);
