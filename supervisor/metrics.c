@@ -224,6 +224,8 @@ static void render(struct text *t)
     counter(t, "moves_total", "Sessions moved to another edge (drain, cessna-ctl move).",
             st->moves);
     counter(t, "zygote_restarts_total", "Restarts of the zygote.", st->zygote_restarts);
+    counter(t, "zygote_spawns_deferred_total", "Worker starts that waited in the supervisor "
+            "for room in the zygote's socket (a burst of new sessions).", st->spawns_deferred);
     counter(t, "session_dirs_removed_total", "Session directories given back (recycled into "
             "the free pool or removed).", st->dirs_removed);
     gauge(t, "session_dirs_free", "Free session directories waiting for new sessions.",
