@@ -540,7 +540,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
     ZSTD_CCtx *cctx = NULL, *own_cctx = NULL;
     uint8_t *zbuf = NULL;
     size_t zcap = ZSTD_compressBound(SNAP_PAGE);
-    int level = snap_level, dfd = -1, created = 0, rc;
+    int level = snap_level, dfd = -1, created = 0, reused = 0, rc;
     const char *step, *file = NULL;   /* what failed, and in which file of dir */
 
     set_err(err, errlen, "%s", "");
@@ -582,6 +582,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
     }
     file = tmp;
     w.fd = take_spare(dfd, tmp);
+    reused = w.fd != -1;
     if (w.fd == -1)
         w.fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (w.fd == -1) {
@@ -651,7 +652,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
     put64(trl + 24, XXH3_64bits_digest(w.xs));
     if ((rc = wbuf_raw(&w, trl, sizeof(trl))) || (rc = wbuf_flush(&w)))
         goto fail;
-    if (ftruncate(w.fd, (off_t)w.bytes) == -1) {   /* a spare's old tail, if longer */
+    if (reused && ftruncate(w.fd, (off_t)w.bytes) == -1) {   /* a spare's old tail, if longer */
         rc = -errno;
         step = "truncate";
         goto fail;

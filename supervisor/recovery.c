@@ -583,7 +583,7 @@ void recovery_on_tick(void)
         }
         /* Nothing moved since the newest snapshot written (durable, or on its way: synced
          * and its outputs out): nothing to take, whatever is held. */
-        if (s->next_pos - 1 <= s->snap_written)
+        if (!events_past_written(s))
             continue;
         if (!held_too_much(s) && !held_past_threshold(s) && !interval_due(s, now))
             continue;
