@@ -169,7 +169,7 @@ $(BUILD)/tests/cessna-soak: $(call obj,$(wildcard tests/soak/*.c) $(THELP_SRC)) 
 TEST_JOBS ?= 2
 test: deps
 	$(MAKE) all
-	$(BUILD)/tests/cessna-tests --jobs $(TEST_JOBS) $(TEST_ARGS)
+	scripts/run-tests.sh $(BUILD)/tests/cessna-tests --jobs $(TEST_JOBS) $(TEST_ARGS)
 
 # Kill storms for CESSNA_SOAK_SECONDS each (default 300) and 10,000 sessions under kills.
 soak: deps

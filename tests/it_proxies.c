@@ -477,17 +477,6 @@ Test(proxies, clients_that_give_up_right_after_hello_leave_nothing, .timeout = 1
     chain_stop(&c);
 }
 
-/* recv on fd within timeout_ms: bytes (> 0), 0 at a clean end, -errno (-ECONNRESET). */
-static long recv_wait(int fd, void *buf, size_t len, int timeout_ms)
-{
-    struct pollfd p = { .fd = fd, .events = POLLIN };
-
-    if (poll(&p, 1, timeout_ms) != 1)
-        return -ETIMEDOUT;
-    ssize_t n = recv(fd, buf, len, 0);
-    return n >= 0 ? n : -errno;
-}
-
 /* A plain client and a plain server with one session between them; "ping"/"pong" passed. */
 struct pair {
     int lfd, client, server;
@@ -528,10 +517,10 @@ Test(proxies, edge_killed_resets_both_plain_peers_after_resume_timeout_and_linge
     pair_start(&p, "1500");
     long t0 = t_now_ms();
     kill(p.c.edge.sup.pid, SIGKILL);
-    long rc = recv_wait(p.client, buf, sizeof(buf), 8000);
+    long rc = t_recv_wait(p.client, buf, sizeof(buf), 8000);
     cr_expect_eq(rc, -ECONNRESET, "the client sees a reset, got %ld", rc);
     cr_expect_geq(t_now_ms() - t0, 1400, "not before the resume timeout");
-    rc = recv_wait(p.server, buf, sizeof(buf), 8000);
+    rc = t_recv_wait(p.server, buf, sizeof(buf), 8000);
     cr_expect_eq(rc, -ECONNRESET, "the server sees a reset, got %ld", rc);
     close(p.client);
     close(p.server);
@@ -546,9 +535,9 @@ Test(proxies, orderly_close_is_a_clean_eof_at_both_plain_peers, .timeout = 60)
 
     pair_start(&p, NULL);
     shutdown(p.client, SHUT_WR);   /* the client is done: CLOSE through the edge */
-    long rc = recv_wait(p.server, buf, sizeof(buf), 5000);
+    long rc = t_recv_wait(p.server, buf, sizeof(buf), 5000);
     cr_expect_eq(rc, 0, "the server sees a clean end, got %ld", rc);
-    rc = recv_wait(p.client, buf, sizeof(buf), 5000);
+    rc = t_recv_wait(p.client, buf, sizeof(buf), 5000);
     cr_expect_eq(rc, 0, "the client sees a clean end, got %ld", rc);
     close(p.client);
     close(p.server);

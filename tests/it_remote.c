@@ -108,7 +108,7 @@ static int read_until(int fd, char *buf, size_t cap, size_t *len, const char *ne
         long left = deadline - t_now_ms();
         if (left <= 0 || *len >= cap)
             return -1;
-        long n = t_read_n(fd, buf + *len, 1, (int)left);   /* whatever arrives first */
+        long n = t_recv_wait(fd, buf + *len, cap - *len, (int)left);
         if (n <= 0)
             return -1;
         *len += (size_t)n;
@@ -205,7 +205,7 @@ Test(remote, slow_reader_when_the_node_dies_loses_nothing)
     edge_start(&w, a);
     size_t n_got = 0;
     for (long deadline = t_now_ms() + 60000; n_got < sizeof(got) && t_now_ms() < deadline; ) {
-        long n = t_read_n(sd.fd, got + n_got, sizeof(got) - n_got, 1000);
+        long n = t_recv_wait(sd.fd, got + n_got, sizeof(got) - n_got, 1000);
         if (n > 0)
             n_got += (size_t)n;
         else if (n != -ETIMEDOUT)

@@ -138,17 +138,6 @@ static int accept_within(int lfd, int timeout_ms)
     return accept(lfd, NULL, NULL);
 }
 
-/* recv within timeout_ms: bytes, 0 at a clean end, -errno (-ECONNRESET, -ETIMEDOUT). */
-static long recv_wait(int fd, void *buf, size_t len, int timeout_ms)
-{
-    struct pollfd p = { .fd = fd, .events = POLLIN };
-
-    if (poll(&p, 1, timeout_ms) != 1)
-        return -ETIMEDOUT;
-    ssize_t n = recv(fd, buf, len, 0);
-    return n >= 0 ? n : -errno;
-}
-
 static void expect_plain(int fd, const char *want)
 {
     char buf[256] = "";
@@ -503,7 +492,7 @@ Test(resume_proxy, server_resumes_after_edge_loss_with_chain_order_and_kept_data
     send_empty(n, WIRE_CLOSE);
     expect(n, WIRE_CLOSE, &f, "CLOSE");
     char c;
-    cr_expect_eq(recv_wait(s.target, &c, 1, 5000), 0, "the target sees a clean end");
+    cr_expect_eq(t_recv_wait(s.target, &c, 1, 5000), 0, "the target sees a clean end");
     close(n);
     ssess_close(&s);
 }
@@ -516,7 +505,7 @@ Test(resume_proxy, server_linger_expiry_resets_the_target)
     ssess_open(&s, (char *[]){ "--linger-ms", "400", NULL }, NULL);
     long t0 = t_now_ms();
     close(s.edge);
-    long rc = recv_wait(s.target, &c, 1, 5000);
+    long rc = t_recv_wait(s.target, &c, 1, 5000);
     cr_expect_eq(rc, -ECONNRESET, "the target sees a reset, got %ld", rc);
     cr_expect_geq(t_now_ms() - t0, 350, "not before the linger");
     /* The session is forgotten: a RESUME now is refused. */
@@ -540,11 +529,11 @@ Test(resume_proxy, server_fences_the_old_edge)
     expect(n, WIRE_RESUME_END, &f, "RESUME_END");
     /* The old connection is closed; what it sends is never acted on. */
     send_out(s.edge, 1, NULL, 0, "from the fenced edge");
-    long rc = recv_wait(s.edge, &c, 1, 5000);
+    long rc = t_recv_wait(s.edge, &c, 1, 5000);
     cr_expect(rc == 0 || rc == -ECONNRESET, "the old edge's connection ends, got %ld", rc);
     send_out(n, 1, NULL, 0, "new");
     expect_plain(s.target, "new");
-    cr_expect_eq(recv_wait(s.target, &c, 1, 300), -ETIMEDOUT, "nothing else reached the target");
+    cr_expect_eq(t_recv_wait(s.target, &c, 1, 300), -ETIMEDOUT, "nothing else reached the target");
     send_empty(n, WIRE_CLOSE);
     expect(n, WIRE_CLOSE, &f, "CLOSE");
     close(n);
@@ -691,7 +680,7 @@ Test(resume_proxy, client_resumes_at_the_next_edge_with_order_and_kept_data)
     expect(b, WIRE_CLOSE, &f, "CLOSE");
     send_empty(b, WIRE_CLOSE);
     char ch;
-    cr_expect_eq(recv_wait(c.plain, &ch, 1, 5000), 0, "a clean end for the client");
+    cr_expect_eq(t_recv_wait(c.plain, &ch, 1, 5000), 0, "a clean end for the client");
     close(b);
     csess_close(&c);
 }
@@ -763,7 +752,7 @@ Test(resume_proxy, client_error_auth_ends_the_session_with_a_reset)
     int b = b_accepts_resume(&c, &f, 3000);
     expect(b, WIRE_RESUME_END, &f, "RESUME_END");
     t_write_all(b, buf, wire_put_error(buf, sizeof(buf), WIRE_ERR_AUTH, "authentication failed"));
-    long rc = recv_wait(c.plain, &ch, 1, 5000);
+    long rc = t_recv_wait(c.plain, &ch, 1, 5000);
     cr_expect_eq(rc, -ECONNRESET, "the client sees a reset, got %ld", rc);
     close(b);
     csess_close(&c);
@@ -807,7 +796,7 @@ Test(resume_proxy, client_resume_timeout_resets_the_client)
     long t0 = t_now_ms();
     close(c.a);
     c.a = -1;
-    long rc = recv_wait(c.plain, &ch, 1, 5000);
+    long rc = t_recv_wait(c.plain, &ch, 1, 5000);
     cr_expect_eq(rc, -ECONNRESET, "the client sees a reset, got %ld", rc);
     cr_expect_geq(t_now_ms() - t0, 550, "not before the resume timeout");
     csess_close(&c);

@@ -395,6 +395,16 @@ long t_read_n(int fd, void *buf, size_t len, int timeout_ms)
     return (long)got;
 }
 
+long t_recv_wait(int fd, void *buf, size_t len, int timeout_ms)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+
+    if (poll(&p, 1, timeout_ms) != 1)
+        return -ETIMEDOUT;
+    ssize_t n = recv(fd, buf, len, 0);
+    return n >= 0 ? n : -errno;
+}
+
 long t_read_frame(int fd, void *buf, size_t cap, int timeout_ms)
 {
     uint8_t *p = buf;

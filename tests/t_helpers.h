@@ -81,6 +81,10 @@ void t_write_all_at(int fd, const void *buf, size_t len, const char *file, int l
  * ran out first, or -errno of a failed poll/read. What did arrive is in buf either way.
  * A timeout is never 0: a silent peer that stays open is not a closed one. */
 long t_read_n(int fd, void *buf, size_t len, int timeout_ms);
+/* One recv within timeout_ms: the bytes it read (> 0), 0 at a clean end, -errno
+ * (-ECONNRESET; -ETIMEDOUT when nothing arrived). For streams read in whatever pieces
+ * arrive: t_read_n's count of a read cut short by its timeout is not returned. */
+long t_recv_wait(int fd, void *buf, size_t len, int timeout_ms);
 /* Read one CESSNA frame within timeout_ms into buf; returns its total length, 0 on EOF (or
  * reset) before its first byte, -ETIMEDOUT on timeout, -EPROTO when the peer closed in the
  * middle of the frame. */
