@@ -480,27 +480,44 @@ static void print_row(FILE *f, int n, enum side side, const struct side_result *
         fprintf(f, "- |\n");
 }
 
+/* µs of CPU per paced round trip: the CPU of the paced window over the round trips in it. */
+static double us_per_rt(double cpu_s, double wall_s, const struct many_result *m)
+{
+    return m->msgs_per_s > 0 ? 1e6 * cpu_s / (m->msgs_per_s * wall_s) : 0.0 / 0.0;
+}
+
+/* µs of CPU per snapshot: what the edge with snapshots spent beyond its round trips at the
+ * cost of one without, over its snapshots. */
+static double us_per_snapshot(const struct side_result *e)
+{
+    if (!e->paced_ok || !e->nosnap_ok || !e->snapshots)
+        return 0.0 / 0.0;
+    double rt_off = us_per_rt(e->cpu_nosnap_s, e->cpu_nosnap_wall_s, &e->paced_nosnap);
+    double rts_on = e->paced.msgs_per_s * e->cpu_wall_s;
+    return (1e6 * e->cpu_s - rts_on * rt_off) / (double)e->snapshots;
+}
+
 static void print_cpu(FILE *f, const struct n_result *nr)
 {
     const struct side_result *e = &nr->side[SIDE_EDGE];
-    char nn[32];
+    char nn[32], mps[32];
 
     thousands(nn, sizeof(nn), nr->n);
     fprintf(f, "| %s | ", nn);
     if (!e->paced_ok) {
-        fprintf(f, "- | - | - | - | - | - | - |");
+        fprintf(f, "- | - | - | - | - | - | - | - | - |");
     } else {
-        /* CPU per second of each edge's own window; the snapshots' share is the difference */
-        double on = e->cpu_s / e->cpu_wall_s;
-        fprintf(f, "%d | %.2f in %.1f s (%.1f%%) | %" PRIu64 " | ", e->opened, e->cpu_s,
-                e->cpu_wall_s, 100.0 * on, e->snapshots);
+        thousands(mps, sizeof(mps), e->paced.msgs_per_s);
+        fprintf(f, "%d | %s | %.2f in %.1f s (%.0f%%) | %" PRIu64 " | %.0f | ", e->opened, mps,
+                e->cpu_s, e->cpu_wall_s, 100.0 * e->cpu_s / e->cpu_wall_s, e->snapshots,
+                us_per_rt(e->cpu_s, e->cpu_wall_s, &e->paced));
         if (e->nosnap_ok) {
-            double off = e->cpu_nosnap_s / e->cpu_nosnap_wall_s, d = on - off;
-            double snaps_per_s = (double)e->snapshots / e->cpu_wall_s;
-            fprintf(f, "%.2f in %.1f s (%.1f%%) | %.1f%% | %.1f | ", e->cpu_nosnap_s,
-                    e->cpu_nosnap_wall_s, 100.0 * off, 100.0 * d, 1e6 * d / e->opened);
+            thousands(mps, sizeof(mps), e->paced_nosnap.msgs_per_s);
+            fprintf(f, "%s | %.2f in %.1f s (%.0f%%) | %.0f | ", mps, e->cpu_nosnap_s,
+                    e->cpu_nosnap_wall_s, 100.0 * e->cpu_nosnap_s / e->cpu_nosnap_wall_s,
+                    us_per_rt(e->cpu_nosnap_s, e->cpu_nosnap_wall_s, &e->paced_nosnap));
             if (e->snapshots)
-                fprintf(f, "%.0f |", 1e6 * d / snaps_per_s);
+                fprintf(f, "%.0f |", us_per_snapshot(e));
             else
                 fprintf(f, "- |");
         } else {
@@ -511,8 +528,8 @@ static void print_cpu(FILE *f, const struct n_result *nr)
         const struct side_result *h = &nr->side[sd];
 
         if (h->paced_ok)
-            fprintf(f, " %.2f in %.1f s (%.1f%%) |", h->cpu_s, h->cpu_wall_s,
-                    100.0 * h->cpu_s / h->cpu_wall_s);
+            fprintf(f, " %.2f in %.1f s (%.0f%%), %.0f µs |", h->cpu_s, h->cpu_wall_s,
+                    100.0 * h->cpu_s / h->cpu_wall_s, us_per_rt(h->cpu_s, h->cpu_wall_s, &h->paced));
         else
             fprintf(f, " - |");
     }
@@ -554,15 +571,19 @@ static void print_section(FILE *f, const struct bench_opts *o)
         for (int sd = 0; sd < SIDE_COUNT; sd++)
             if (o->many_stacks & (1 << sd))
                 print_row(f, results[i].n, (enum side)sd, &results[i].side[sd]);
-    fprintf(f, "\nCPU during the paced run, warm-up and drain included (user + system of the "
-               "edge's tree, reaped snapshot children included; %% of one core), with snapshots "
-               "every %d ms and on a second edge without (as many sessions); the difference of "
-               "the two shares is the snapshots' cost. snapshots = the edge's stats counter "
-               "over the run:\n\n", SNAP_INTERVAL_MS);
-    fprintf(f, "| N | sessions | edge CPU s, snapshots | snapshots | edge CPU s, none | "
-               "snapshots' share of a core | µs CPU per session-second | µs CPU per snapshot | "
-               "HAProxy CPU s | HAProxy busy-polling CPU s |\n");
-    fprintf(f, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    fprintf(f, "\nCPU during the paced run, warm-up and drain included (%% of one core; the "
+               "edge's tree: supervisor, zygote, workers, reaped snapshot children; each "
+               "process's own time from its threads' run times, exact where /proc's clock "
+               "ticks round a short-lived worker's few milliseconds down to 0), with snapshots "
+               "every %d ms and on a second edge without (as many sessions). Per round trip: "
+               "that CPU over the paced round trips. Per snapshot: the CPU beyond the round "
+               "trips at the cost of one without snapshots, over the snapshots (the edge's "
+               "stats counter over the run):\n\n", SNAP_INTERVAL_MS);
+    fprintf(f, "| N | sessions | paced msgs/s, snapshots | edge CPU s, snapshots | snapshots | "
+               "µs CPU per round trip | paced msgs/s, none | edge CPU s, none | µs CPU per "
+               "round trip, none | µs CPU per snapshot | HAProxy CPU s, per round trip | "
+               "HAProxy busy-polling CPU s, per round trip |\n");
+    fprintf(f, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int i = 0; i < nresults; i++)
         print_cpu(f, &results[i]);
     fprintf(f, "\n");
@@ -751,6 +772,8 @@ static void json_side(struct jsonw *w, enum side sd, const struct side_result *r
     json_run(w, "saturating", &r->sat, r->sat_ok);
     jw_num(w, "cpu_paced_s", r->paced_ok ? r->cpu_s : 0.0 / 0.0);
     jw_num(w, "cpu_paced_wall_s", r->paced_ok ? r->cpu_wall_s : 0.0 / 0.0);
+    jw_num(w, "cpu_per_round_trip_us", r->paced_ok ? us_per_rt(r->cpu_s, r->cpu_wall_s, &r->paced)
+                                                   : 0.0 / 0.0);
     if (sd == SIDE_EDGE) {
         double on = r->paced_ok ? r->cpu_s / r->cpu_wall_s : 0.0 / 0.0;
         double off = r->nosnap_ok ? r->cpu_nosnap_s / r->cpu_nosnap_wall_s : 0.0 / 0.0;
@@ -778,8 +801,10 @@ static void json_side(struct jsonw *w, enum side sd, const struct side_result *r
         jw_num(w, "kib_per_session_asleep", kib_asleep(r));
         jw_num(w, "kib_per_session_asleep_marginal", kib_asleep_marginal(r));
         jw_num(w, "snapshots_cores", on - off);
-        jw_num(w, "cpu_per_snapshot_us", r->snapshots ?
-                   1e6 * (on - off) * r->cpu_wall_s / (double)r->snapshots : 0.0 / 0.0);
+        json_run(w, "paced_no_snapshots", &r->paced_nosnap, r->nosnap_ok);
+        jw_num(w, "cpu_per_round_trip_no_snapshots_us", r->nosnap_ok ?
+                   us_per_rt(r->cpu_nosnap_s, r->cpu_nosnap_wall_s, &r->paced_nosnap) : 0.0 / 0.0);
+        jw_num(w, "cpu_per_snapshot_us", us_per_snapshot(r));
     }
     jw_obj_end(w);
 }

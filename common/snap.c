@@ -36,6 +36,50 @@ void snap_set_spares(int n)
     snap_spares = n;
 }
 
+/* snap_keep_buffers: the writer's buffers, kept between files. */
+enum { SCRATCH_HASHES, SCRATCH_WRITE, SCRATCH_ZSTD, SCRATCHES };
+static int keep_buffers;
+static struct { void *p; size_t cap; } scratch_kept[SCRATCHES];
+static XXH3_state_t *xs_kept;
+
+void snap_keep_buffers(int on)
+{
+    keep_buffers = on;
+}
+
+static void *scratch_get(int which, size_t need)
+{
+    if (!keep_buffers)
+        return malloc(need);
+    if (scratch_kept[which].cap < need) {
+        free(scratch_kept[which].p);   /* its contents are of no use: no realloc copy */
+        scratch_kept[which].p = malloc(need);
+        scratch_kept[which].cap = scratch_kept[which].p ? need : 0;
+    }
+    return scratch_kept[which].p;
+}
+
+static void scratch_put(void *p)
+{
+    if (!keep_buffers)
+        free(p);
+}
+
+static XXH3_state_t *xs_get(void)
+{
+    if (!keep_buffers)
+        return XXH3_createState();
+    if (!xs_kept)
+        xs_kept = XXH3_createState();
+    return xs_kept;
+}
+
+static void xs_put(XXH3_state_t *xs)
+{
+    if (!keep_buffers)
+        XXH3_freeState(xs);
+}
+
 void snap_set_sync(int on)
 {
     snap_sync = on;
@@ -483,19 +527,32 @@ static int empty_file(int dfd, const char *name)
     return 0;
 }
 
-int snap_retire(int dfd, const char *name, int empty)
+/* snap_retire and snap_retire_one: name in dfd, or in dir when dir is not NULL (dfd is
+ * AT_FDCWD then); the spare slots are tried from `first` on. */
+static int retire(int dfd, const char *dir, const char *name, int empty, int first)
 {
-    char spare[16];
+    char from[PATH_MAX], spare[PATH_MAX];
+    int n;
 
+    n = dir ? snprintf(from, sizeof(from), "%s/%s", dir, name)
+            : snprintf(from, sizeof(from), "%s", name);
+    if (n < 0 || (size_t)n >= sizeof(from))
+        return -ENAMETOOLONG;
     if (snap_is_spare(name))
-        return empty ? empty_file(dfd, name) : 0;
-    for (int i = 0; i < SNAP_SPARES; i++) {
-        spare_name(spare, sizeof(spare), i);
+        return empty ? empty_file(dfd, from) : 0;
+    for (int k = 0; k < SNAP_SPARES; k++) {
+        int i = (first + k) % SNAP_SPARES;
+        char base[16];
+        spare_name(base, sizeof(base), i);
+        if (dir)
+            snprintf(spare, sizeof(spare), "%s/%s", dir, base);
+        else
+            snprintf(spare, sizeof(spare), "%s", base);
         /* Not emptied when small: freeing its blocks would be a discard the caller waits
          * for on a filesystem mounted with -o discard (the supervisor's loop stalled in it,
          * 19% of the time with 3,000 sessions snapshotting); the writer overwrites it. A
          * large one is emptied all the same: spares must not double a session's disk. */
-        if (renameat2(dfd, name, dfd, spare, RENAME_NOREPLACE) == 0) {
+        if (renameat2(dfd, from, dfd, spare, RENAME_NOREPLACE) == 0) {
             struct stat st;
             if (!empty && fstatat(dfd, spare, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
                 st.st_size <= SPARE_KEEP_BYTES)
@@ -505,7 +562,20 @@ int snap_retire(int dfd, const char *name, int empty)
         if (errno != EEXIST)
             break;   /* ENOENT: gone already; anything else: remove it instead */
     }
-    return unlinkat(dfd, name, 0) == 0 || errno == ENOENT ? 0 : -errno;
+    return unlinkat(dfd, from, 0) == 0 || errno == ENOENT ? 0 : -errno;
+}
+
+int snap_retire(int dfd, const char *name, int empty)
+{
+    return retire(dfd, NULL, name, empty, 0);
+}
+
+int snap_retire_one(const char *dir, uint64_t position, uint32_t kind, int first_spare)
+{
+    char name[64];
+
+    snap_name(name, sizeof(name), position, kind);
+    return retire(AT_FDCWD, dir, name, 0, first_spare < 0 ? 0 : first_spare % SNAP_SPARES);
 }
 
 /* A spare renamed to tmp and opened for writing, or -1 when none is there. Not emptied: the
@@ -555,7 +625,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
         set_err(err, errlen, "meta: %llu pages", (unsigned long long)total);
         return -EINVAL;
     }
-    newh = malloc(total ? total * sizeof(uint64_t) : 1);
+    newh = scratch_get(SCRATCH_HASHES, total ? total * sizeof(uint64_t) : 1);
     if (!newh) {
         rc = -ENOMEM;
         step = "malloc";
@@ -596,13 +666,13 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
      * every snapshot. */
     w.cap = SNAP_HDR_LEN + SNAP_TRAILER_LEN + nrec * (SNAP_REC_HDR_LEN + SNAP_PAGE);
     w.cap = w.cap < WBUF_CAP ? w.cap : WBUF_CAP;
-    w.buf = malloc(w.cap);
-    w.xs = XXH3_createState();
+    w.buf = scratch_get(SCRATCH_WRITE, w.cap);
+    w.xs = xs_get();
     if (level) {
         cctx = page_cctx(level);
         if (!cctx)
             cctx = own_cctx = ZSTD_createCCtx();
-        zbuf = malloc(zcap);
+        zbuf = scratch_get(SCRATCH_ZSTD, zcap);
     }
     if (!w.buf || !w.xs || (level && (!cctx || !zbuf))) {
         rc = -ENOMEM;
@@ -718,10 +788,10 @@ out:
     if (dfd != -1 && dfd != dirfd)
         close(dfd);
     ZSTD_freeCCtx(own_cctx);
-    XXH3_freeState(w.xs);
-    free(zbuf);
-    free(w.buf);
-    free(newh);
+    xs_put(w.xs);
+    scratch_put(zbuf);
+    scratch_put(w.buf);
+    scratch_put(newh);
     return rc;
 }
 

@@ -120,6 +120,12 @@ void snap_set_sync(int on);
  * name. -1 (the default): unknown, try them all. */
 void snap_set_spares(int n);
 
+/* With on, the writer keeps its buffers (page hashes, write buffer, compression output) from
+ * one file to the next instead of freeing them: a worker writing its small state itself on
+ * every snapshot then allocates, faults in and gives back nothing each time (only the pages
+ * a file touched stay resident). Off (the default): allocated and freed per file. */
+void snap_keep_buffers(int on);
+
 /* Write a snapshot of the regions (read from memory at their addresses) to dir/NAME where
  * NAME is snap_name(position, kind): a temp file (NAME.tmp.PID), fsync, rename, fsync(dir).
  * A FULL writes every page; a DELTA writes the pages whose hash differs from *hashes (with
@@ -179,6 +185,11 @@ void snap_name(char *buf, size_t len, uint64_t position, uint32_t kind);
  * (the same session; freeing blocks can mean a discard the caller waits for); a larger one is
  * emptied all the same (spares must not double a session's disk use). 0 or -errno. */
 int snap_retire(int dfd, const char *name, int empty);
+
+/* Retire one snapshot file of dir by its name (as snap_retire, contents kept), without
+ * reading the directory: for a caller that knows it is the only file to go. The spare
+ * slots are tried from first_spare (how many the caller believes there are) on. */
+int snap_retire_one(const char *dir, uint64_t position, uint32_t kind, int first_spare);
 
 /* 1 when name is one of the spares snap_retire() makes ("spare.0" .. "spare.11"). */
 int snap_is_spare(const char *name);

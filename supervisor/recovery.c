@@ -66,6 +66,9 @@ static int small_state(const struct session *s)
     return s->state_pages && s->state_pages <= S.cfg.snapshot_full_pages;
 }
 
+/* make_durable: a session's directory is read at least every this many prunes. */
+#define PRUNES_BY_NAME_MAX 64
+
 static uint64_t mono_ns(void)
 {
     struct timespec ts;
@@ -369,6 +372,10 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
     }
     int full = s->need_full || !s->snap_written || s->deltas_since_full >= FULL_EVERY ||
                small_state(s);
+    /* What the snapshot covers of each side's messages, for SNAP_DURABLE: known here, not
+     * read back from the file the worker wrote. */
+    s->snap_req_seq[SIDE_CLIENT] = s->pushed_seq[SIDE_CLIENT];
+    s->snap_req_seq[SIDE_SERVER] = s->pushed_seq[SIDE_SERVER];
     s->ctl->snap_base = full ? 0 : s->snap_written;
     s->snap_req_full = full;
     s->ctl->snap_gen = s->gen;
@@ -397,6 +404,7 @@ static void snapshot_failed(struct session *s, const char *fmt, ...)
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
     s->snap_inflight = 0;
+    s->lone_full = 0;   /* a writer that failed may have left a temp file: read the dir */
     s->snap_failures++;
     S.stats.snapshot_failures++;
     LOG(LOG_WARN, "session=%llu msg=\"snapshot failed\" request=%llu error=\"%s\"", ull(s->id),
@@ -609,14 +617,26 @@ static void make_durable(struct session *s, const struct snap_pending *p)
     snprintf(dir, sizeof(dir), "%s/%llu", S.cfg.state_dir, ull(s->id));
     /* Chains older than this one's full are not needed: only a new full leaves any (a delta
      * on the same full has nothing to prune, and reading the directory would cost the loop
-     * a getdents per snapshot). */
+     * a getdents per snapshot). When the chain before was one full, and no writer failed or
+     * died since, that file is all there is to retire: by its name (a small state, written
+     * full every time, is this case); the directory is read now and then all the same. */
     if (p->full != s->pruned_full) {
-        int pruned = snap_prune(dir, p->full);
+        int pruned;
+        if (s->lone_full && s->lone_full == s->pruned_full &&
+            s->prunes_by_name < PRUNES_BY_NAME_MAX) {
+            pruned = snap_retire_one(dir, s->lone_full, SNAP_FULL, (int)s->spares);
+            pruned = pruned < 0 ? pruned : 1;
+            s->prunes_by_name++;
+        } else {
+            pruned = snap_prune(dir, p->full);
+            s->prunes_by_name = 0;
+        }
         if (pruned >= 0)
             s->pruned_full = p->full;
         if (pruned > 0)   /* kept as spares, up to 12 (an estimate: writers take them) */
             s->spares = s->spares + (uint32_t)pruned > 12 ? 12 : s->spares + (uint32_t)pruned;
     }
+    s->lone_full = p->pos == p->full ? p->full : 0;
     s->snap_pos = p->pos;
     s->snapshots++;
     s->snap_bytes = r->bytes;
@@ -633,7 +653,7 @@ static void make_durable(struct session *s, const struct snap_pending *p)
         s->standby_wake_fd = p->wake_fd;
     }
     sess_order_durable(s, p->pos);
-    remote_snapshot_durable(s, p->pos, p->full);
+    remote_snapshot_durable(s, p->pos, p->full, p->seq);
     sess_resume_input(s);
     LOG(LOG_DEBUG, "session=%llu msg=\"snapshot durable\" position=%llu bytes=%llu "
         "pages=%llu/%llu write_us=%llu fork_us=%llu", ull(s->id), ull(p->pos), ull(r->bytes),
@@ -701,6 +721,7 @@ static void unlink_snapshot(struct session *s, uint64_t pos, uint32_t kind)
  * (the page hashes the children moved on describe files that are gone). */
 static void chain_lost(struct session *s)
 {
+    s->lone_full = 0;
     s->need_full = 1;
     s->snap_written = s->snap_pos;
 }
@@ -738,7 +759,8 @@ static void snapshot_written(struct session *s, const struct snap_report *r,
 {
     struct snap_pending p = { .valid = 1, .pos = r->position, .rep = *r,
                               .standby_pidfd = -1, .wake_fd = -1,
-                              .kind = s->snap_req_full ? SNAP_FULL : SNAP_DELTA };
+                              .kind = s->snap_req_full ? SNAP_FULL : SNAP_DELTA,
+                              .seq = { s->snap_req_seq[0], s->snap_req_seq[1] } };
 
     p.ticket = snapsync_written(s, r->fork_ns == 0);   /* fork_ns 0: the worker wrote it */
     if (!p.ticket) {
@@ -1009,6 +1031,7 @@ void recovery_start(struct session *s, const char *how, int own_fault)
     uint64_t consumed = atomic_load(&s->ctl->consumed), oom = oom_kills();
     char why[160];
 
+    s->lone_full = 0;   /* it may have died writing a snapshot: the next prune reads the dir */
     /* A SIGKILL is from outside (an operator, a test), unless the watchdog or the OOM
      * killer sent it: those are the app's own doing, and count toward a crash loop. */
     if (s->wd_killed) {

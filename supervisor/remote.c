@@ -68,24 +68,15 @@ static int open_snapshot(const struct session *s, uint64_t pos, int full, char *
     return open(path, O_RDONLY | O_CLOEXEC);
 }
 
-static void durable_here(struct session *s, uint64_t pos, int full)
+static void durable_here(struct session *s, uint64_t pos, const uint64_t seq[2])
 {
     uint8_t frame[WIRE_HDR_LEN + 24];
-    char path[PATH_MAX], err[256] = "";
-    struct snap_meta m;
-    int fd = open_snapshot(s, pos, full, path, sizeof(path));
 
-    if (fd < 0 || snap_read_header(fd, &m, err, sizeof(err)) < 0) {
-        LOG(LOG_WARN, "session=%llu msg=\"snapshot header unreadable\" file=%s error=\"%s\"",
-            ull(s->id), path, err[0] ? err : strerror(errno));
-    } else {
-        sess_send_all(s, frame, wire_put_snap_durable(frame, pos, m.seq[0], m.seq[1]));
-    }
-    if (fd >= 0)
-        close(fd);
+    sess_send_all(s, frame, wire_put_snap_durable(frame, pos, seq[0], seq[1]));
 }
 
-void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full)
+void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full,
+                             const uint64_t seq[2])
 {
     struct ship *sh = &s->ship;
     uint8_t frame[WIRE_HDR_LEN + 8];
@@ -93,7 +84,7 @@ void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full)
     if (!S.cfg.ship_snapshots || !s->server_stores) {
         /* Nowhere to store it: the session cannot move, so what the endpoints keep for a
          * new edge is of no use. Let them free it now (or they would stop at their cap). */
-        durable_here(s, pos, pos == full);
+        durable_here(s, pos, seq);
         return;
     }
     if (pos == full) {
@@ -236,16 +227,16 @@ void remote_sweep(uint64_t now_ms)
     if (!S.cfg.heartbeat_interval_ms)
         return;
     wire_put_empty(frame, WIRE_HEARTBEAT);
+    /* Only client endpoints watch for a silent edge (a server endpoint learns of a lost edge
+     * from its connection, and waits for the RESUME): the server's connection gets none. */
     for (uint32_t i = 0; i < S.slot_high; i++) {
         struct session *s = &S.sessions[i];
+        struct conn *c = &s->c[SIDE_CLIENT];
         if (s->state != S_LIVE && s->state != S_CLOSING)
             continue;
-        for (int k = 0; k < 2; k++) {
-            struct conn *c = &s->c[k];
-            if (reachable(c) && now_ms - c->last_tx_ms >= S.cfg.heartbeat_interval_ms) {
-                sess_queue(c, frame, sizeof(frame), NULL, 0);
-                sup_flush(s, c);
-            }
+        if (reachable(c) && now_ms - c->last_tx_ms >= S.cfg.heartbeat_interval_ms) {
+            sess_queue(c, frame, sizeof(frame), NULL, 0);
+            sup_flush(s, c);
         }
     }
 }

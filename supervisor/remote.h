@@ -13,8 +13,10 @@ enum side;
 
 void remote_init(struct session *s);
 void remote_end(struct session *s);
-/* A snapshot at pos (whose chain starts at the full at `full`) is durable on this node. */
-void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full);
+/* A snapshot at pos (whose chain starts at the full at `full`, covering the client's and
+ * the server's messages up to seq[0] and seq[1]) is durable on this node. */
+void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full,
+                             const uint64_t seq[2]);
 /* Ship more pieces while the server connection has room (after a send completed). */
 void remote_pump(struct session *s);
 /* RECEIPT, SNAP_ACK, HEARTBEAT from an endpoint of a live session: 0 handled, -ENOENT not

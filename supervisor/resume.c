@@ -411,6 +411,8 @@ static void rebuild(struct session *s)
     }
     /* The events after the snapshot, at their positions and times. */
     s->next_pos = P + 1;
+    s->pushed_seq[SIDE_CLIENT] = seq[SIDE_CLIENT];   /* push_entry moves them on */
+    s->pushed_seq[SIDE_SERVER] = seq[SIDE_SERVER];
     s->order_base = P + 1;
     s->order_len = 0;
     s->order_prev_time = P && entry_at(ord, lo, hi, P) ? entry_at(ord, lo, hi, P)->time_ms : 0;

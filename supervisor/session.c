@@ -263,6 +263,8 @@ int sess_push_event_at(struct session *s, uint16_t type, uint8_t src, uint64_t a
         return -ENOMEM;
     s->last_time = e.time_ms;
     s->next_pos++;
+    if (type == EV_CLIENT || type == EV_SERVER)
+        s->pushed_seq[type == EV_CLIENT ? SIDE_CLIENT : SIDE_SERVER] = a;
     S.stats.events++;
     tmo_touch(s);
     hib_on_event(s);   /* hibernate.c: a sleeping session wakes */

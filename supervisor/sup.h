@@ -111,6 +111,7 @@ struct snap_pending {
     uint64_t pos, full;     /* its position and the full its chain starts at */
     uint64_t ticket;        /* the sync batch that makes its file durable; 0 = synced */
     uint32_t kind;          /* SNAP_FULL or SNAP_DELTA: its file name */
+    uint64_t seq[2];        /* the last client / server message it covers */
     int standby_pidfd, wake_fd;
     pid_t standby_pid;
     struct snap_report rep;
@@ -172,6 +173,10 @@ struct session {
     uint64_t state_pages;               /* the state's pages at the newest snapshot written */
     uint32_t spares;                    /* spare files believed in its directory (snap.c) */
     uint64_t pruned_full;               /* the full the last prune kept (older chains gone) */
+    uint64_t lone_full;                 /* the durable chain is this full alone, and nothing
+                                         * else went wrong since: the next prune retires it
+                                         * by name (0: read the directory) */
+    uint32_t prunes_by_name;            /* since the directory was last read */
     struct snapchild kids[SNAP_KIDS];   /* snapshot children alive, watched by pidfd */
     struct snap_pending pend;           /* written, durable once its outputs are handed over */
     pid_t standby_pid;                  /* the hot standby, 0 = none */
@@ -187,6 +192,8 @@ struct session {
 
     /* event order */
     uint64_t next_pos;          /* position of the next event */
+    uint64_t pushed_seq[2];     /* the last client / server message given a position */
+    uint64_t snap_req_seq[2];   /* pushed_seq when the snapshot in flight was asked for */
     uint64_t last_time;
     uint8_t *order;             /* encoded entries from position order_base on */
     size_t order_len, order_cap;

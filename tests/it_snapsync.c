@@ -23,6 +23,7 @@
 
 #include "cessna_endpoint.h"
 #include "t_helpers.h"
+#include "wire.h"
 
 static void sleep_ms(long ms)
 {
@@ -581,4 +582,65 @@ Test(snapsync, large_state_forks, .timeout = 60)
 Test(snapsync, hot_standby_forks, .timeout = 60)
 {
     forks_for("standby = hot\nsnapshot_interval_ms = 0\n", "sequencer", "hello");
+}
+
+/* Read frames from a raw client connection until one of `type` arrives; counts the OUTs
+ * passed on the way. */
+static void next_frame_of(int fd, uint8_t type, struct wire_frame *f, int *outs)
+{
+    static uint8_t buf[1 << 17];
+
+    for (;;) {
+        long n = t_read_frame(fd, buf, sizeof(buf), 5000);
+        cr_assert_gt(n, 0, "waiting for a %s frame: %s", wire_type_name(type),
+                     n == 0 ? "EOF" : strerror((int)-n));
+        cr_assert_eq(wire_next(buf, (size_t)n, sizeof(buf), f), n);
+        if (f->type == WIRE_OUT && outs)
+            ++*outs;
+        if (f->type == type)
+            return;
+    }
+}
+
+/* SNAP_DURABLE tells both endpoints the last message of each side the snapshot covers, so
+ * each frees what it kept up to there and nothing after: the supervisor counts them as it
+ * gives messages their positions (it does not read them back from the worker's file). */
+Test(snapsync, snap_durable_names_the_messages_it_covers, .timeout = 60)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct wire_frame f;
+    uint8_t buf[256];
+    char cmd[64], out[256];
+    uint64_t seq = 0;
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, "snapshot_interval_ms = 0\n");
+    int fd = t_connect(e.sup.addr);
+    t_write_all(fd, buf, wire_put_hello(buf, WIRE_ROLE_CLIENT, 0, NULL));
+    next_frame_of(fd, WIRE_WELCOME, &f, NULL);
+    uint64_t id = f.u.welcome.session_id;
+    for (int round = 1; round <= 3; round++) {
+        int outs = 0, sent = round * 2;   /* 2, 4, 6 messages */
+        for (int i = 0; i < sent; i++) {
+            size_t n = wire_put_data_hdr(buf, ++seq, 5);
+            memcpy(buf + n, "hello", 5);
+            t_write_all(fd, buf, n + 5);
+        }
+        while (outs < sent)   /* each echoed: the server's messages are ordered too */
+            next_frame_of(fd, WIRE_OUT, &f, &outs);
+        snprintf(cmd, sizeof(cmd), "snapshot %llu", (unsigned long long)id);
+        t_ctl(&e, cmd, out, sizeof(out));
+        cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+        next_frame_of(fd, WIRE_SNAP_DURABLE, &f, NULL);
+        /* START, then each client message and its echo from the server */
+        cr_expect_eq(f.u.durable.position, 1 + 2 * seq, "position %llu",
+                     (unsigned long long)f.u.durable.position);
+        cr_expect_eq(f.u.durable.seq[0], seq, "client messages covered: %llu of %llu",
+                     (unsigned long long)f.u.durable.seq[0], (unsigned long long)seq);
+        cr_expect_eq(f.u.durable.seq[1], seq, "server messages covered: %llu of %llu",
+                     (unsigned long long)f.u.durable.seq[1], (unsigned long long)seq);
+    }
+    close(fd);
+    t_edge_stop(&e);
 }

@@ -1095,6 +1095,33 @@ Test(snap, retire_makes_empty_spares_and_leaves_spares)
     rm_dir(dir);
 }
 
+/* By name, without reading the directory: that one file becomes a spare, from the slot the
+ * caller believes free on (and past a taken one); the rest of the chain stays. */
+Test(snap, retire_one_by_name)
+{
+    char *dir = tmp_dir(), p[600], name[64];
+    struct stat before, after;
+
+    snap_name(name, sizeof(name), 7, SNAP_FULL);
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    store(p, "old full", 8);
+    cr_assert_eq(stat(p, &before), 0);
+    snap_name(name, sizeof(name), 9, SNAP_FULL);
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    store(p, "new full", 8);
+    snprintf(p, sizeof(p), "%s/spare.1", dir);
+    store(p, "", 0);
+    cr_assert_eq(snap_retire_one(dir, 7, SNAP_FULL, 1), 0);
+    cr_assert(!file_exists(dir, "snap-00000000000000000007.full"));
+    cr_assert(file_exists(dir, "snap-00000000000000000009.full"), "the newer one stays");
+    snprintf(p, sizeof(p), "%s/spare.2", dir);
+    cr_assert_eq(stat(p, &after), 0, "spare.1 was taken: spare.2");
+    cr_assert(after.st_ino == before.st_ino && after.st_size == 8, "the same inode, as it was");
+    cr_assert_eq(snap_retire_one(dir, 7, SNAP_FULL, 0), 0, "gone already");
+    cr_assert(!file_exists(dir, "spare.0") && !file_exists(dir, "spare.3"));
+    rm_dir(dir);
+}
+
 /* What a prune retires, the next snapshot written takes over: the same inode, the new
  * contents, loadable; past 12 spares, retired files are removed. */
 Test(snap, written_snapshots_reuse_spares)

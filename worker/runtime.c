@@ -31,6 +31,7 @@
 #include "proctitle.h"
 #include "sandbox.h"
 #include "shm.h"
+#include "snap.h"
 #include "wsnap.h"
 
 #define RT_MAX_TIMERS   4096
@@ -797,6 +798,7 @@ void rt_run(const struct rt_session *s)
      * worker keeps none of them resident (a fixed threshold also stops glibc from raising
      * it after the first free and serving them from the heap from then on). */
     mallopt(M_MMAP_THRESHOLD, 32 * 1024);
+    snap_keep_buffers(1);   /* snapshots written here reuse the writer's buffers */
     /* The first call into libc's allocator initializes it, which asks getrandom() for a key:
      * do it now, before the sandbox refuses that (under ASan, whose malloc replaces libc's,
      * the first call would otherwise be the malloc_trim after a snapshot written inline). */
