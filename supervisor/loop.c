@@ -64,7 +64,7 @@ void sup_arm_recv(struct session *s, struct conn *c)
 /* Start sending whatever is queued, if no send is in flight. */
 void sup_flush(struct session *s, struct conn *c)
 {
-    if (c->send_armed || c->fd < 0 || !c->up || c->dead || c->connect_armed)
+    if (S.flush_held || c->send_armed || c->fd < 0 || !c->up || c->dead || c->connect_armed)
         return;
     if (!c->sending.len && c->pending.len) {
         struct outbuf t = c->sending;

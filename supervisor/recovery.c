@@ -652,8 +652,13 @@ static void make_durable(struct session *s, const struct snap_pending *p)
         s->standby_pid = p->standby_pid;
         s->standby_wake_fd = p->wake_fd;
     }
+    /* The ORDER and SNAP_DURABLE (or RECEIPT) frames for an endpoint go in one send. */
+    S.flush_held = 1;
     sess_order_durable(s, p->pos);
     remote_snapshot_durable(s, p->pos, p->full, p->seq);
+    S.flush_held = 0;
+    sup_flush(s, &s->c[SIDE_CLIENT]);
+    sup_flush(s, &s->c[SIDE_SERVER]);
     sess_resume_input(s);
     LOG(LOG_DEBUG, "session=%llu msg=\"snapshot durable\" position=%llu bytes=%llu "
         "pages=%llu/%llu write_us=%llu fork_us=%llu", ull(s->id), ull(p->pos), ull(r->bytes),

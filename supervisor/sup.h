@@ -255,6 +255,7 @@ struct sup {
     size_t unfed_max, out_high_water;
 
     int futex_bells;            /* io_uring waits on and wakes futex words (doorbell.c) */
+    int flush_held;             /* sup_flush only queues: the caller flushes once after */
     int spawn_backlog_full;     /* the zygote's socket was full this tick (session.c) */
     int waitid_watch;           /* io_uring waits for a worker's exit by pid (exitwatch.c) */
     int direct;                 /* session sockets are direct descriptors (connfd.c) */
