@@ -67,7 +67,9 @@ static int small_state(const struct session *s)
 }
 
 /* make_durable: a session's directory is read at least every this many prunes. */
+#define LAZY_WAIT_MS 500   /* a periodic request waits this long for an event to ride on */
 #define PRUNES_BY_NAME_MAX 64
+#define STRAY_SWEEP_MS 5000   /* recovery_reap_strays at least this often */
 
 static uint64_t mono_ns(void)
 {
@@ -332,7 +334,22 @@ static void drop_pending(struct session *s)
 
 /* ---- requests ---- */
 
-int recovery_request_snapshot(struct session *s, char *msg, size_t len)
+/* A request in flight that was not rung (lazy): ring now. */
+static void ring_lazy_request(struct session *s)
+{
+    if (!s->snap_inflight || !s->snap_lazy)
+        return;
+    s->snap_lazy = 0;
+    s->snap_requested_ms = tmo_now_ms();   /* snapshot_timeout_ms counts from here */
+    sess_ring_worker(s);
+}
+
+/* lazy: the periodic snapshot of a session that moves: the request waits in the control
+ * page without waking the worker, which takes it before the next event it is woken for
+ * (the snapshot is at the same position: the worker acts when it has finished event P);
+ * the tick rings after LAZY_WAIT_MS if no event came. A sleeping worker woken only to
+ * write a snapshot costs two context switches and the futex operations, on every one. */
+static int request_snapshot(struct session *s, char *msg, size_t len, int lazy)
 {
     if (hib_holds(s)) {   /* hibernate.c: its snapshot at the last event is durable */
         snprintf(msg, len, "error: session %llu is hibernated (snapshot %llu is durable)\n",
@@ -344,6 +361,7 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
         return -ESRCH;
     }
     if (s->snap_inflight) {
+        ring_lazy_request(s);   /* asked for now: not after the lazy wait */
         snprintf(msg, len, "error: session %llu is taking a snapshot already\n", ull(s->id));
         return -EBUSY;
     }
@@ -385,11 +403,18 @@ int recovery_request_snapshot(struct session *s, char *msg, size_t len)
     atomic_store_explicit(&s->ctl->snap_pos, p, memory_order_release);
     atomic_store_explicit(&s->ctl->snap_req, ++s->snap_req_id, memory_order_release);
     s->snap_inflight = 1;
+    s->snap_lazy = lazy;
     s->snap_requested_ms = tmo_now_ms();
-    sess_ring_worker(s);
+    if (!lazy)
+        sess_ring_worker(s);
     snprintf(msg, len, "ok snapshot of session %llu at position %llu (%s) requested\n",
              ull(s->id), ull(p), full ? "full" : "delta");
     return 0;
+}
+
+int recovery_request_snapshot(struct session *s, char *msg, size_t len)
+{
+    return request_snapshot(s, msg, len, 0);
 }
 
 static void snapshot_failed(struct session *s, const char *fmt, ...)
@@ -570,13 +595,19 @@ void recovery_on_tick(void)
         oom_seen = oom_kills();   /* OOM kills from before we ran are not ours */
     uint32_t in_flight = 0;
     for (uint32_t i = 0; i < S.slot_high; i++)
-        in_flight += S.sessions[i].state != S_FREE && S.sessions[i].snap_inflight;
+        in_flight += S.sessions[i].state != S_FREE && S.sessions[i].snap_inflight &&
+                     !S.sessions[i].snap_lazy;
     for (uint32_t i = 0; i < S.slot_high; i++) {
         struct session *s = &S.sessions[i];
         watchdog(s, now);
         recovery_timed(s);
         if (s->state != S_LIVE)
             continue;
+        if (s->snap_inflight && s->snap_lazy) {
+            if (now - s->snap_requested_ms >= LAZY_WAIT_MS)
+                ring_lazy_request(s);
+            continue;
+        }
         if (s->snap_inflight) {
             if (s->out_stalled)
                 s->snap_requested_ms = now;   /* blocked by a slow reader, not stuck */
@@ -593,14 +624,27 @@ void recovery_on_tick(void)
          * and its outputs out): nothing to take, whatever is held. */
         if (!events_past_written(s))
             continue;
-        if (!held_too_much(s) && !held_past_threshold(s) && !interval_due(s, now))
+        int urgent = held_too_much(s) || held_past_threshold(s);
+        if (!urgent && !interval_due(s, now))
             continue;
         if (in_flight >= SNAPSHOTS_IN_FLIGHT)
             continue;   /* the next tick */
-        in_flight += recovery_request_snapshot(s, msg, sizeof(msg)) == 0 && s->snap_inflight;
+        /* Lazy only when the worker writes it itself: a forked child holds descriptors
+         * that SNAPSHOTS_IN_FLIGHT reserves, so those requests are rung and counted. */
+        int lazy = !urgent && S.cfg.standby != STANDBY_HOT && s->state_pages &&
+                   s->state_pages <= SNAP_INLINE_PAGES;
+        in_flight += request_snapshot(s, msg, sizeof(msg), lazy) == 0 && s->snap_inflight &&
+                     !lazy;
     }
     hib_tick(now);   /* hibernate.c: idle sessions sleep, waiting wakes retry */
-    recovery_reap_strays();
+    /* The sweep walks every child of ours in the kernel (waitid P_ALL, 10,000 workers):
+     * only after a worker ended, and every few seconds all the same. */
+    static uint64_t swept_ms;
+    if (S.strays_possible || now - swept_ms >= STRAY_SWEEP_MS) {
+        S.strays_possible = 0;
+        swept_ms = now;
+        recovery_reap_strays();
+    }
     sess_retry_spawns();
     zygote_check_spawns();
     recovery_tick_arm();

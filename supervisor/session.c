@@ -1314,6 +1314,7 @@ void sess_on_worker_exit(struct session *s, int res)
         return;
     }
     s->worker_reaped = 1;
+    S.strays_possible = 1;   /* a snapshot child of its may never have been announced */
     if (s->pidfd >= 0)
         close(s->pidfd);
     s->pidfd = -1;

@@ -162,6 +162,8 @@ struct session {
     dev_t report_worker_dev;            /* ... and is known by its inode after that */
     ino_t report_worker_ino;
     unsigned report_armed : 1, snap_inflight : 1, need_full : 1;
+    unsigned snap_lazy : 1;             /* the request in flight was not rung: the worker
+                                         * takes it when it next wakes (recovery.c) */
     unsigned snap_req_full : 1;         /* the request in flight is for a full snapshot */
     uint64_t gen;                       /* worker generation: stale reports are ignored */
     uint64_t snap_req_id;               /* id of the newest snapshot request */
@@ -256,6 +258,7 @@ struct sup {
 
     int futex_bells;            /* io_uring waits on and wakes futex words (doorbell.c) */
     int flush_held;             /* sup_flush only queues: the caller flushes once after */
+    int strays_possible;        /* a worker ended since the last stray-child sweep */
     int spawn_backlog_full;     /* the zygote's socket was full this tick (session.c) */
     int waitid_watch;           /* io_uring waits for a worker's exit by pid (exitwatch.c) */
     int direct;                 /* session sockets are direct descriptors (connfd.c) */
