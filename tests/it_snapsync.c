@@ -71,8 +71,10 @@ static void set_fault(const char *path, const char *word)
     fclose(f);
 }
 
-/* Snapshot files (not temp files) in the session's directory. */
-static int count_snapshot_files(const struct t_edge *e, uint64_t id, const char *suffix)
+/* Files in the session's directory named prefix..., holding part (if not NULL), temp files
+ * ("...tmp...") only with with_tmp. 0 when the directory is not there. */
+static int count_files(const struct t_edge *e, uint64_t id, const char *prefix,
+                       const char *part, int with_tmp)
 {
     char dir[600];
     struct dirent *d;
@@ -83,11 +85,16 @@ static int count_snapshot_files(const struct t_edge *e, uint64_t id, const char 
     if (!dp)
         return 0;
     while ((d = readdir(dp)))
-        if (strncmp(d->d_name, "snap-", 5) == 0 && !strstr(d->d_name, ".tmp") &&
-            (!suffix || strstr(d->d_name, suffix)))
-            n++;
+        n += strncmp(d->d_name, prefix, strlen(prefix)) == 0 &&
+             (with_tmp || !strstr(d->d_name, ".tmp")) && (!part || strstr(d->d_name, part));
     closedir(dp);
     return n;
+}
+
+/* Snapshot files (not temp files) in the session's directory. */
+static int count_snapshot_files(const struct t_edge *e, uint64_t id, const char *suffix)
+{
+    return count_files(e, id, "snap-", suffix, 0);
 }
 
 /* What the client of a session receives, kept for the comparison. */
@@ -648,17 +655,7 @@ Test(snapsync, snap_durable_names_the_messages_it_covers, .timeout = 60)
 /* Files in the session's directory whose name holds `part`. */
 static int count_named(const struct t_edge *e, uint64_t id, const char *part)
 {
-    char dir[600];
-    struct dirent *d;
-    int n = 0;
-
-    snprintf(dir, sizeof(dir), "%s/state/%llu", e->dir, (unsigned long long)id);
-    DIR *dp = opendir(dir);
-    cr_assert(dp, "%s: %s", dir, strerror(errno));
-    while ((d = readdir(dp)))
-        n += strstr(d->d_name, part) != NULL;
-    closedir(dp);
-    return n;
+    return count_files(e, id, "", part, 1);
 }
 
 /* One snapshot more, durable: its position. */
