@@ -460,3 +460,78 @@ Test(native_resume, error_auth_ends_the_session)
     cessna_ep_free(ep);
     world_stop(&w);
 }
+
+/* Lockstep: messages from..to of the session, each echoed before the next goes. */
+static void lockstep(struct cessna_ep *ep, int from, int to)
+{
+    for (int i = from; i <= to; i++) {
+        char msg[64];
+        const void *data;
+        int len = snprintf(msg, sizeof(msg), "msg %d", i);
+        cr_assert_eq(cessna_ep_send(ep, msg, (size_t)len), 0, "send %d: %s", i,
+                     cessna_ep_error(ep));
+        long n = cessna_ep_recv(ep, &data);
+        cr_assert(n == len && memcmp(data, msg, (size_t)len) == 0, "echo %d: %ld %s", i, n,
+                  n < 0 ? cessna_ep_error(ep) : "other bytes");
+    }
+}
+
+static void *continue_later(void *p)
+{
+    usleep(1500 * 1000);
+    kill(*(pid_t *)p, SIGCONT);
+    return NULL;
+}
+
+/* Two faults together: the node holding a session dies while the edge it resumes at cannot
+ * start workers (its zygote hangs, and a burst of new sessions there fills the zygote's
+ * socket, so their spawns wait in the supervisor). The resumed session's worker waits with
+ * them; when the zygote goes on, every session starts and nothing is lost or repeated. */
+Test(native_resume, resumed_where_spawns_wait_for_a_hung_zygote)
+{
+    enum { BURST = 600 };
+    static struct world w;
+    static struct cessna_ep *burst[BURST];
+    char out[4096], addr[64], err[512];
+    pthread_t th;
+
+    world_start(&w);
+    struct cessna_ep *ep = client_connect(&w);
+    uint64_t epoch0 = cessna_ep_epoch(ep);
+    lockstep(ep, 1, 50);
+    int a = holding_edge(&w);
+    cr_assert_geq(a, 0);
+    int b = (a + 1) % EDGES;   /* the client tries the next edge of its list first */
+    edge_ctl(&w, b, "stats", out, sizeof(out));
+    pid_t z = (pid_t)t_field(out, "zygote_pid");
+    cr_assert_gt(z, 0, "%s", out);
+    kill(z, SIGSTOP);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", w.port[b]);
+    for (int i = 0; i < BURST; i++) {
+        burst[i] = cessna_ep_connect(addr, err, sizeof(err));
+        cr_assert(burst[i], "burst session %d: %s", i, err);
+    }
+    usleep(300 * 1000);   /* a few ticks find the zygote's socket full */
+    edge_ctl(&w, b, "stats", out, sizeof(out));
+    uint64_t deferred = t_field(out, "zygote_spawns_deferred");
+    kill_node(&w, a);
+    pthread_create(&th, NULL, continue_later, &z);
+    lockstep(ep, 51, 100);   /* resumes at b, its worker spawned once the zygote goes on */
+    pthread_join(th, NULL);
+    cr_assert_gt(deferred, 0, "the burst should not fit in the zygote's socket: %s", out);
+    cr_expect_gt(cessna_ep_epoch(ep), epoch0, "the session never resumed");
+    edge_ctl(&w, b, "stats", out, sizeof(out));
+    cr_expect_geq(t_field(out, "resumes"), 1, "%s", out);
+    for (int i = 0; i < BURST; i++) {
+        lockstep(burst[i], 1, 1);
+        cessna_ep_close(burst[i], 5000);
+        cessna_ep_free(burst[i]);
+    }
+    edge_ctl(&w, b, "stats", out, sizeof(out));
+    cr_expect_eq(t_field(out, "sessions_failed"), 0, "%s", out);
+    cr_expect_eq(w.server_bad, 0, "%s", w.server_why);
+    cr_expect_eq(w.server_got, 100 + BURST, "the server got %d messages", w.server_got);
+    cessna_ep_close(ep, 10000);
+    cessna_ep_free(ep);
+    world_stop(&w);
+}
