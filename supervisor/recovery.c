@@ -394,6 +394,7 @@ static int request_snapshot(struct session *s, char *msg, size_t len, int lazy)
      * read back from the file the worker wrote. */
     s->snap_req_seq[SIDE_CLIENT] = s->pushed_seq[SIDE_CLIENT];
     s->snap_req_seq[SIDE_SERVER] = s->pushed_seq[SIDE_SERVER];
+    s->snap_req_pos = p;
     s->ctl->snap_base = full ? 0 : s->snap_written;
     s->snap_req_full = full;
     s->ctl->snap_gen = s->gen;
@@ -430,6 +431,10 @@ static void snapshot_failed(struct session *s, const char *fmt, ...)
     va_end(ap);
     s->snap_inflight = 0;
     s->lone_full = 0;   /* a writer that failed may have left a temp file: read the dir */
+    /* A request given up on may still be written late, its report then ignored: the
+     * worker's page hashes would describe that file, not snap_written, and a delta on
+     * snap_written would miss pages. The next snapshot is full. */
+    s->need_full = 1;
     s->snap_failures++;
     S.stats.snapshot_failures++;
     LOG(LOG_WARN, "session=%llu msg=\"snapshot failed\" request=%llu error=\"%s\"", ull(s->id),
@@ -631,8 +636,9 @@ void recovery_on_tick(void)
             continue;   /* the next tick */
         /* Lazy only when the worker writes it itself: a forked child holds descriptors
          * that SNAPSHOTS_IN_FLIGHT reserves, so those requests are rung and counted. */
+        /* (Half the limit: a state that grew since its last snapshot still writes inline.) */
         int lazy = !urgent && S.cfg.standby != STANDBY_HOT && s->state_pages &&
-                   s->state_pages <= SNAP_INLINE_PAGES;
+                   s->state_pages <= SNAP_INLINE_PAGES / 2;
         in_flight += request_snapshot(s, msg, sizeof(msg), lazy) == 0 && s->snap_inflight &&
                      !lazy;
     }
@@ -838,6 +844,8 @@ static void snapshot_written(struct session *s, const struct snap_report *r,
     } else {
         close_fd(&wake_fd);
     }
+    if (s->pend.valid)
+        s->lone_full = 0;   /* the file it replaces stays: the next prune reads the dir */
     drop_pending(s);   /* a newer one covers it */
     s->pend = p;
     recovery_outputs_drained(s);
@@ -940,6 +948,18 @@ static void on_done(struct session *s, struct snap_report *r, int wake_fd)
     if (r->status != 0) {
         close_fd(&wake_fd);
         snapshot_failed(s, "position %llu: %s", ull(r->position), r->text);
+        return;
+    }
+    if (r->position != s->snap_req_pos) {
+        /* Not what was asked for (a worker that read a newer request's position with this
+         * one's id, or lies): SNAP_DURABLE's counts are the asked position's, and its file
+         * moved the worker's page hashes on. Neither is used: the next snapshot is full. */
+        kill_kid(k);
+        close_fd(&wake_fd);
+        unlink_snapshot(s, r->position, s->snap_req_full ? SNAP_FULL : SNAP_DELTA);
+        chain_lost(s);
+        snapshot_failed(s, "reported position %llu, asked for %llu", ull(r->position),
+                        ull(s->snap_req_pos));
         return;
     }
     s->snap_inflight = 0;

@@ -196,6 +196,7 @@ struct session {
     uint64_t next_pos;          /* position of the next event */
     uint64_t pushed_seq[2];     /* the last client / server message given a position */
     uint64_t snap_req_seq[2];   /* pushed_seq when the snapshot in flight was asked for */
+    uint64_t snap_req_pos;      /* the position it was asked for (its seqs are of that one) */
     uint64_t last_time;
     uint8_t *order;             /* encoded entries from position order_base on */
     size_t order_len, order_cap;

@@ -706,6 +706,10 @@ static void report_snapshot_failure(const struct wsnap_request *rq, int rc, cons
 
 static void take_snapshot(void)
 {
+    /* The request id first, then what it asks for: the supervisor writes them the other
+     * way round, so these are never older than the id (a newer request's position with an
+     * older id is refused by the supervisor, which checks the position it asked for). */
+    uint64_t req = atomic_load_explicit(&L.ctl->snap_req, memory_order_acquire);
     struct wsnap_request rq = {
         .state_dir = L.state_dir, .dirfd = L.session_dirfd, .session_id = L.st->session_id,
         .position = atomic_load(&L.ctl->snap_pos), .base = L.ctl->snap_base,
@@ -715,7 +719,7 @@ static void take_snapshot(void)
     char why[96];
     int rc;
 
-    rq.req = atomic_load_explicit(&L.ctl->snap_req, memory_order_acquire);
+    rq.req = req;
     L.snap_req_done = rq.req;
     if (rq.position != L.st->pos) {
         snprintf(why, sizeof(why), "asked for position %llu, the worker is at %llu",
