@@ -66,10 +66,9 @@ static int small_state(const struct session *s)
     return s->state_pages && s->state_pages <= S.cfg.snapshot_full_pages;
 }
 
-/* make_durable: a session's directory is read at least every this many prunes. */
-#define LAZY_WAIT_MS 500   /* a periodic request waits this long for an event to ride on */
-#define PRUNES_BY_NAME_MAX 64
-#define STRAY_SWEEP_MS 5000   /* recovery_reap_strays at least this often */
+#define LAZY_WAIT_MS 500       /* a periodic request waits this long for an event to ride on */
+#define PRUNES_BY_NAME_MAX 64   /* make_durable reads a session's directory at least this often */
+#define STRAY_SWEEP_MS 5000     /* recovery_reap_strays at least this often */
 
 static uint64_t mono_ns(void)
 {
@@ -634,9 +633,9 @@ void recovery_on_tick(void)
             continue;
         if (in_flight >= SNAPSHOTS_IN_FLIGHT)
             continue;   /* the next tick */
-        /* Lazy only when the worker writes it itself: a forked child holds descriptors
-         * that SNAPSHOTS_IN_FLIGHT reserves, so those requests are rung and counted. */
-        /* (Half the limit: a state that grew since its last snapshot still writes inline.) */
+        /* Lazy only when the worker writes it itself (up to half the inline limit, so a
+         * state that grew since still does): a forked child holds descriptors that
+         * SNAPSHOTS_IN_FLIGHT reserves, so those requests are rung and counted. */
         int lazy = !urgent && S.cfg.standby != STANDBY_HOT && s->state_pages &&
                    s->state_pages <= SNAP_INLINE_PAGES / 2;
         in_flight += request_snapshot(s, msg, sizeof(msg), lazy) == 0 && s->snap_inflight &&

@@ -142,6 +142,20 @@ static void same(const struct transcript *a, const struct transcript *b)
     cr_assert(memcmp(a->data, b->data, a->len) == 0, "transcripts differ");
 }
 
+/* The end of a test with a session under test and its reference: both close, the edge
+ * stops, the transcripts go. */
+static void end_pair(struct t_edge *e, struct cessna_ep *ep, struct cessna_ep *rp,
+                     struct transcript *ref, struct transcript *got)
+{
+    cessna_ep_close(ep, 5000);
+    cessna_ep_close(rp, 5000);
+    cessna_ep_free(ep);
+    cessna_ep_free(rp);
+    t_edge_stop(e);
+    free(ref->data);
+    free(got->data);
+}
+
 /* The edge, started with the sync test hook pointing at fault (which says "ok" at first). */
 static void edge_with_hook(struct t_edge *e, struct t_echo_ep *srv, char *fault, size_t len,
                            const char *extra)
@@ -213,13 +227,7 @@ static void written_not_durable_before_sync(const char *extra)
     cr_assert_geq(t_session_field(&e, id, "recoveries"), 2);
     same(&ref, &got);
     cr_assert_geq(stat_field(&e, "snapshot_syncs"), 2);
-    cessna_ep_close(ep, 5000);
-    cessna_ep_close(rp, 5000);
-    cessna_ep_free(ep);
-    cessna_ep_free(rp);
-    t_edge_stop(&e);
-    free(ref.data);
-    free(got.data);
+    end_pair(&e, ep, rp, &ref, &got);
 }
 
 Test(snapsync, written_not_durable_before_sync_cold, .timeout = 90)
@@ -282,13 +290,7 @@ static void failed_sync_loses_nothing(const char *extra)
     ctl_ok(&e, "kill-worker %llu", id);
     round_trips(ep, &got, 60, 100, 300);
     same(&ref, &got);
-    cessna_ep_close(ep, 5000);
-    cessna_ep_close(rp, 5000);
-    cessna_ep_free(ep);
-    cessna_ep_free(rp);
-    t_edge_stop(&e);
-    free(ref.data);
-    free(got.data);
+    end_pair(&e, ep, rp, &ref, &got);
 }
 
 Test(snapsync, failed_sync_is_reported_and_loses_nothing_cold, .timeout = 90)
@@ -334,13 +336,7 @@ Test(snapsync, periodic_snapshots_through_failing_syncs, .timeout = 120)
     }
     wait_field_at_least(&e, id, "snapshots", 1, 10000);
     same(&ref, &got);
-    cessna_ep_close(ep, 5000);
-    cessna_ep_close(rp, 5000);
-    cessna_ep_free(ep);
-    cessna_ep_free(rp);
-    t_edge_stop(&e);
-    free(ref.data);
-    free(got.data);
+    end_pair(&e, ep, rp, &ref, &got);
 }
 
 /* A real full disk: state_dir on a small tmpfs. Snapshots fail (ENOSPC) and are reported,
@@ -399,14 +395,8 @@ Test(snapsync, full_disk_reported_and_loses_nothing, .timeout = 90)
     ctl_ok(&e, "kill-worker %llu", id);
     round_trips(ep, &got, 40, 60, 300);
     same(&ref, &got);
-    cessna_ep_close(ep, 5000);
-    cessna_ep_close(rp, 5000);
-    cessna_ep_free(ep);
-    cessna_ep_free(rp);
-    t_edge_stop(&e);
+    end_pair(&e, ep, rp, &ref, &got);
     umount2(state, MNT_DETACH);
-    free(ref.data);
-    free(got.data);
 }
 
 /* Held events ask for a snapshot without time: the interval is a day, yet every 50 events
@@ -433,13 +423,7 @@ Test(snapsync, held_events_threshold_snapshots_without_time, .timeout = 60)
     ctl_ok(&e, "kill-worker %llu", id);
     round_trips(ep, &got, 100, 200, 64);
     same(&ref, &got);
-    cessna_ep_close(ep, 5000);
-    cessna_ep_close(rp, 5000);
-    cessna_ep_free(ep);
-    cessna_ep_free(rp);
-    t_edge_stop(&e);
-    free(ref.data);
-    free(got.data);
+    end_pair(&e, ep, rp, &ref, &got);
 }
 
 /* The same by bytes: 64 KiB of held events ask for a snapshot, a few small ones do not. */
@@ -551,13 +535,7 @@ Test(snapsync, small_state_written_without_fork, .timeout = 90)
     uint64_t inl = stat_field(&e, "snapshots_without_fork");
     cr_assert_geq(inl, stat_field(&e, "snapshots") / 2, "small states still fork: %llu",
                   (unsigned long long)inl);
-    cessna_ep_close(ep, 5000);
-    cessna_ep_close(rp, 5000);
-    cessna_ep_free(ep);
-    cessna_ep_free(rp);
-    t_edge_stop(&e);
-    free(ref.data);
-    free(got.data);
+    end_pair(&e, ep, rp, &ref, &got);
 }
 
 static void forks_for(const char *extra, const char *app, const char *first)
@@ -706,11 +684,5 @@ Test(snapsync, old_fulls_go_by_name_and_a_dead_writers_leftover_goes_after_it, .
     cr_assert_eq(count_snapshot_files(&e, id, NULL), 1);
     round_trips(ep, &got, 35, 40, 100);
     same(&ref, &got);
-    cessna_ep_close(ep, 5000);
-    cessna_ep_close(rp, 5000);
-    cessna_ep_free(ep);
-    cessna_ep_free(rp);
-    t_edge_stop(&e);
-    free(ref.data);
-    free(got.data);
+    end_pair(&e, ep, rp, &ref, &got);
 }
