@@ -198,7 +198,7 @@ int busiest_edge(struct world *w)
 
 int edge_session_ids(struct world *w, int i, uint64_t *ids, int max)
 {
-    static char out[1 << 16];
+    char out[1 << 16];   /* not static: the tests call these from several threads */
     int n = 0;
 
     if (edge_ctl_try(w, i, "sessions", out, sizeof(out)) < 0)
@@ -214,7 +214,7 @@ int edge_session_ids(struct world *w, int i, uint64_t *ids, int max)
 
 uint64_t edge_session_field(struct world *w, int i, uint64_t id, const char *key)
 {
-    static char out[1 << 16];
+    char out[1 << 16];   /* not static: the tests call these from several threads */
     char pat[40];
 
     if (edge_ctl_try(w, i, "sessions", out, sizeof(out)) < 0)
