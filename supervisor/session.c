@@ -302,7 +302,7 @@ static void update_spin_policy(void)
 {
     uint32_t workers = 0, spin;
 
-    for (uint32_t i = 0; i < S.slot_high; i++)
+    for (uint32_t i = 0; i < S.slot_high && workers < S.ncpu; i++)   /* enough to know */
         if (S.sessions[i].ctl && !S.sessions[i].worker_reaped)
             workers++;
     spin = S.cfg.busy_poll && workers < S.ncpu ? WORKER_SPIN_NS : 0;

@@ -157,6 +157,7 @@ int main(int argc, char **argv)
     if (blen > 3 && strcmp(base + blen - 3, ".so") == 0)
         blen -= 3;
     proctitle_set("cessna-zygote", "cessna-worker zygote app=%.*s", (int)blen, base);
+    rt_prepare_heap();
     report_ready(sock, 0, "ready");
 
     for (;;) {

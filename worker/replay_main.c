@@ -203,6 +203,7 @@ static int start_worker(struct replay *r, uint64_t session_id, uint64_t restore_
             .report_fd = sv[1], .restore_pos = restore_pos,
             .max_memory = 256ull << 20,   /* the default; a snapshot's arena holds its own */
         };
+        rt_prepare_heap();
         rt_run(&s);
     }
     close(memfd);

@@ -790,6 +790,20 @@ static int spin_for_input(void)
     return 0;
 }
 
+void rt_prepare_heap(void)
+{
+    /* Buffers of 32 KiB and more are mappings of their own, unmapped when freed, so an idle
+     * worker keeps none of them resident (a fixed threshold also stops glibc from raising it
+     * after the first free and serving them from the heap from then on). */
+    mallopt(M_MMAP_THRESHOLD, 32 * 1024);
+    /* Free chunks merged and the heap's top given back now, once: a worker that did this
+     * itself (mallopt merges first) wrote to every free chunk the zygote's loading left,
+     * copying each of those pages (14% of the machine while 10,000 sessions opened). It is
+     * also the allocator's first call, which asks getrandom() for a key before any sandbox
+     * refuses that. */
+    malloc_trim(0);
+}
+
 void rt_run(const struct rt_session *s)
 {
     size_t total = shm_total_size(s->ring_size);
@@ -797,16 +811,7 @@ void rt_run(const struct rt_session *s)
     char err[256];
 
     log_init("cessna-worker");
-    /* libc's heap serves the worker outside events (a snapshot written without a fork):
-     * buffers of 32 KiB and more are mappings of their own, unmapped when freed, so an idle
-     * worker keeps none of them resident (a fixed threshold also stops glibc from raising
-     * it after the first free and serving them from the heap from then on). */
-    mallopt(M_MMAP_THRESHOLD, 32 * 1024);
     snap_keep_buffers(1);   /* snapshots written here reuse the writer's buffers */
-    /* The first call into libc's allocator initializes it, which asks getrandom() for a key:
-     * do it now, before the sandbox refuses that (under ASan, whose malloc replaces libc's,
-     * the first call would otherwise be the malloc_trim after a snapshot written inline). */
-    malloc_trim(0);
     if (base == MAP_FAILED) {
         LOG(LOG_ERROR, "session=%llu msg=\"cannot map session memory\" error=\"%s\"",
             (unsigned long long)s->session_id, strerror(errno));

@@ -42,6 +42,9 @@ uint64_t *rt_rand_state(void);
 int replay_main(int argc, char **argv);
 
 /* Worker: run the session until it ends; never returns. */
+/* libc's heap settings and a trimmed heap, done once in the zygote (or cessna-replay) before
+ * any worker is forked: the workers inherit both. */
+void rt_prepare_heap(void);
 void rt_run(const struct rt_session *s) __attribute__((noreturn));
 
 #endif
