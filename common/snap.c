@@ -80,6 +80,62 @@ static void xs_put(XXH3_state_t *xs)
         XXH3_freeState(xs);
 }
 
+/* A written page's encoding, kept (with the writer's buffers) for the next file: a page
+ * whose hash did not change is written as it was encoded then instead of being compressed
+ * again. A small state is written full every time, and most of its pages do not move (an
+ * app module's data page took 17-26 us to compress, more than the rest of the file). Only
+ * for states of at most ENC_PAGES pages (a worker writes those itself); the bytes are
+ * appended, and everything is forgotten when they would pass ENC_BYTES. Matched by content
+ * hash, as a delta's unchanged pages are: a forked writer's copy is as good as the
+ * worker's. */
+#define ENC_PAGES 64
+#define ENC_BYTES (24u << 10)   /* under libc's mmap threshold (32 KiB in a worker) */
+
+static struct {
+    uint64_t hash[ENC_PAGES];
+    uint32_t flags[ENC_PAGES], len[ENC_PAGES], off[ENC_PAGES];
+    uint8_t known[ENC_PAGES];
+    uint8_t *bytes;
+    uint32_t used;
+} enc;
+
+static int enc_take(uint64_t g, uint64_t hash, uint32_t *flags, uint32_t *len,
+                    const uint8_t **data)
+{
+    if (g >= ENC_PAGES || !enc.known[g] || enc.hash[g] != hash)
+        return 0;
+    *flags = enc.flags[g];
+    *len = enc.len[g];
+    if (*flags == SNAP_REC_ZSTD)
+        *data = enc.bytes + enc.off[g];
+    return 1;
+}
+
+static void enc_note(uint64_t g, uint64_t hash, uint32_t flags, uint32_t len,
+                     const uint8_t *data)
+{
+    if (g >= ENC_PAGES)
+        return;
+    enc.known[g] = 0;
+    if (flags == SNAP_REC_ZSTD) {
+        if (!enc.bytes && !(enc.bytes = malloc(ENC_BYTES)))
+            return;
+        if (len > ENC_BYTES - enc.used) {   /* full of old encodings: start again */
+            memset(enc.known, 0, sizeof(enc.known));
+            enc.used = 0;
+            if (len > ENC_BYTES)
+                return;
+        }
+        memcpy(enc.bytes + enc.used, data, len);
+        enc.off[g] = enc.used;
+        enc.used += len;
+    }
+    enc.hash[g] = hash;
+    enc.flags[g] = flags;
+    enc.len[g] = len;
+    enc.known[g] = 1;
+}
+
 void snap_set_sync(int on)
 {
     snap_sync = on;
@@ -610,7 +666,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
     ZSTD_CCtx *cctx = NULL, *own_cctx = NULL;
     uint8_t *zbuf = NULL;
     size_t zcap = ZSTD_compressBound(SNAP_PAGE);
-    int level = snap_level, dfd = -1, created = 0, reused = 0, rc;
+    int level = snap_level, dfd = -1, created = 0, reused = 0, use_enc, rc;
     const char *step, *file = NULL;   /* what failed, and in which file of dir */
 
     set_err(err, errlen, "%s", "");
@@ -680,6 +736,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
         goto fail;
     }
     XXH3_64bits_reset(w.xs);
+    use_enc = keep_buffers && cctx && !own_cctx && total <= ENC_PAGES;
 
     step = "write";
     hdr_encode(hdr, m, level ? SNAP_HF_ZSTD : 0, nrec);
@@ -695,7 +752,9 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
 
             if (!must_write(m, hashes, r, i, newh[first[r] + i]))
                 continue;
-            if (page_is_zero(page)) {
+            if (use_enc && enc_take(first[r] + i, newh[first[r] + i], &flags, &len, &data)) {
+                /* as the last file had it */
+            } else if (page_is_zero(page)) {
                 flags = SNAP_REC_ZERO;
                 len = 0;
             } else if (cctx) {
@@ -707,6 +766,8 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
                     len = (uint32_t)cs;
                     data = zbuf;
                 }
+                if (use_enc)
+                    enc_note(first[r] + i, newh[first[r] + i], flags, len, data);
             }
             put32(rec, r);
             put32(rec + 4, flags);

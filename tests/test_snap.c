@@ -280,6 +280,40 @@ static void round_trip(int level)
 }
 
 Test(snap, round_trip_compressed) { round_trip(1); }
+
+/* With the writer's buffers kept (a worker), an unchanged page is written as the last file
+ * encoded it; a changed one never is. Many files, two pages changing in each, so the kept
+ * encodings fill up and start again several times; every file restores to what it was. */
+Test(snap, unchanged_pages_keep_their_encoding, .timeout = 60)
+{
+    char *dir = tmp_dir(), path[512], err[512];
+    struct world w;
+    struct snap_meta m, got;
+    struct snap_stats st;
+
+    snap_keep_buffers(1);
+    snap_set_compression(1);
+    world_init(&w, 8);
+    fill_pattern(w.a, 8 * PG, 1);
+    fill_pattern(w.b, B_LEN * PG, 2);
+    for (uint64_t pos = 1; pos <= 120; pos++) {
+        /* a new text on two pages: compressible, so each is a new zstd frame */
+        fill_pattern(w.a + (pos % 8) * PG, PG, 1000 + pos);
+        fill_pattern(w.b + (pos % B_LEN) * PG, PG, 5000 + pos);
+        m = world_meta(&w, pos, SNAP_FULL, 0);
+        write_ok(dir, &m, &w.hs, &st);
+        cr_assert_eq(st.pages_written, 8 + B_LEN);
+        struct image im = image_save(&w);
+        world_wipe(&w);
+        snap_path(path, sizeof(path), dir, pos, SNAP_FULL);
+        cr_assert_eq(snap_read(path, w.fp, 1, &got, err, sizeof(err)), 0, "%s", err);
+        image_check(&w, &im, "a full written with kept encodings");
+        free(im.bytes);
+        unlink(path);
+    }
+    snap_keep_buffers(0);
+    rm_dir(dir);
+}
 Test(snap, round_trip_uncompressed) { round_trip(0); }
 
 /* The header alone: what an edge reads before it ships a file (the rest is not checked). */
