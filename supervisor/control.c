@@ -183,6 +183,13 @@ static size_t stats(char *out, size_t cap)
                  (unsigned long long)(y->sync_ns_max / 1000), (unsigned long long)y->waiting,
                  (unsigned long long)y->inline_files);
     len += n < 0 ? 0 : (size_t)n >= cap - len ? cap - len - 1 : (size_t)n;
+    /* Sessions whose worker's bell the loop waits on (doorbell.c): those that owe it
+     * something; an idle one is not waited on. */
+    uint32_t waits = 0;
+    for (uint32_t i = 0; i < S.slot_high; i++)
+        waits += S.sessions[i].state != S_FREE && S.sessions[i].doorbell_armed;
+    n = snprintf(out + len, cap - len, " bell_waits=%u", waits);
+    len += n < 0 ? 0 : (size_t)n >= cap - len ? cap - len - 1 : (size_t)n;
     if (len + 1 < cap) {
         out[len++] = '\n';
         out[len] = 0;

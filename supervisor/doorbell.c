@@ -54,12 +54,38 @@ void sess_ring_own_doorbell(struct session *s)
 {
     uint64_t one = 1;
 
+    sess_expect_worker(s);   /* a wait to complete: "come back to this session" */
     bell_add(&s->ctl->bell_out);
     if (S.futex_bells)
         bell_wake(&s->ctl->bell_out);
     else if (write(s->doorbell_out, &one, sizeof(one)) == -1)
         LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", (unsigned long long)s->id,
             strerror(errno));
+}
+
+/* The supervisor waits on a worker's bell only while the worker owes it something (an
+ * event fed and not yet processed, its outputs, room in the input ring): an idle
+ * worker's session has no waiter in the kernel's futex hash, which every shared futex of
+ * every process shares (10,000 idle sessions were 10,000 more waiters for each wake to walk
+ * past). The wait is armed again from the bell's value at the last drain, so a ring since
+ * then ends it at once. */
+void sess_expect_worker(struct session *s)
+{
+    if (!s->doorbell_armed && s->ctl && s->state != S_FREE && !s->worker_reaped &&
+        !s->worker_done)
+        sess_arm_doorbell(s, s->bell_out_seen);
+}
+
+/* On the tick, for a session whose bell nobody waits on: a worker that rang all the same
+ * is seen within the tick; one that owes something after all (thorough: every second, as
+ * it reads more of the session's memory) within a second. */
+void sess_bell_check(struct session *s, int thorough)
+{
+    if (!s->doorbell_armed && s->ctl && s->state != S_FREE && !s->worker_reaped &&
+        !s->worker_done &&
+        (bell_seen(&s->ctl->bell_out) != s->bell_out_seen ||
+         (thorough && !sess_worker_owes_nothing(s))))
+        sess_arm_doorbell(s, s->bell_out_seen);
 }
 
 void sess_ring_worker(struct session *s)

@@ -597,6 +597,8 @@ void recovery_on_tick(void)
 
     if (!started++)
         oom_seen = oom_kills();   /* OOM kills from before we ran are not ours */
+    static unsigned ticks;
+    int thorough = ++ticks % 20 == 0;   /* every second */
     uint32_t in_flight = 0;
     for (uint32_t i = 0; i < S.slot_high; i++)
         in_flight += S.sessions[i].state != S_FREE && S.sessions[i].snap_inflight &&
@@ -605,6 +607,7 @@ void recovery_on_tick(void)
         struct session *s = &S.sessions[i];
         watchdog(s, now);
         recovery_timed(s);
+        sess_bell_check(s, thorough);
         if (s->state != S_LIVE)
             continue;
         if (s->snap_inflight && s->snap_lazy) {

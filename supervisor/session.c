@@ -229,6 +229,7 @@ void sess_feed(struct session *s)
         return;   /* hibernate.c: no worker; the events wait in the store for the wake */
     if (s->pid <= 0 || s->worker_reaped || !evstore_feed(&s->ev, &s->in))
         return;
+    sess_expect_worker(s);
     if (!s->in_dirty) {
         s->in_dirty = 1;
         s->next_dirty = S.dirty;
@@ -460,8 +461,10 @@ void sess_watch_worker(struct session *s, pid_t pid, int pidfd)
     s->pid = pid;
     sess_keep_pidfd(s, pidfd);
     s->worker_reaped = 0;
-    if (!s->doorbell_armed)
-        sess_arm_doorbell(s, bell_seen(&s->ctl->bell_out));
+    if (!s->doorbell_armed) {
+        s->bell_out_seen = bell_seen(&s->ctl->bell_out);
+        sess_arm_doorbell(s, s->bell_out_seen);
+    }
     sess_arm_exit_watch(s);
     update_spin_policy();
     /* A worker may write before we watch it (the timers a resumed one announces): a record
@@ -588,6 +591,7 @@ static int new_memory(struct session *s, char *err, size_t errlen)
         memcpy(m, s->shm, SHM_CTL_LEN);
         atomic_store(&((struct shm_ctl *)m)->bell_in, 0);
         atomic_store(&((struct shm_ctl *)m)->bell_out, 0);
+        s->bell_out_seen = 0;
         munmap(s->shm, s->shm_len);
     } else {
         struct shm_ctl *c = m;
@@ -1259,19 +1263,35 @@ static void drain_worker(struct session *s)
     }
 }
 
+/* Nothing between the session and its worker that the worker is to answer with its bell:
+ * every event fed has been processed and its outputs taken, no input waits for room, no
+ * timer announcement. (Snapshots are answered on the report socket, not the bell.) */
+int sess_worker_owes_nothing(const struct session *s)
+{
+    uint32_t len;
+
+    return s->state == S_LIVE && s->ctl && s->pid > 0 && !s->spawning &&
+           evstore_unfed(&s->ev) == 0 &&
+           atomic_load(&s->ctl->consumed) == s->next_pos - 1 &&
+           !s->ctl->announce_timers_at && !s->out_stalled && ring_empty(&s->out) &&
+           !ring_asm_partial(&s->out_asm, &len);
+}
+
 void sess_on_doorbell(struct session *s, int res)
 {
     /* Read before draining: a ring after this point makes the next wait return at once. */
     uint32_t seen = s->ctl ? bell_seen(&s->ctl->bell_out) : 0;
 
     s->doorbell_armed = 0;
+    s->bell_out_seen = seen;
     sess_release_op(s);
     if (res < 0 && res != -EINTR && res != -ECANCELED && res != -EAGAIN)
         LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(-res));
     if (s->state != S_DEAD || !s->worker_done)
         drain_worker(s);
+    /* Waited on again only while the worker owes something (doorbell.c) */
     if (!s->doorbell_armed && !s->worker_reaped && s->ctl && s->state != S_FREE &&
-        !s->worker_done)
+        !s->worker_done && !sess_worker_owes_nothing(s))
         sess_arm_doorbell(s, seen);
     sess_maybe_free(s);
 }

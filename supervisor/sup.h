@@ -137,6 +137,7 @@ struct session {
     struct ring in, out;
     struct ring_asm out_asm;    /* an output arriving in pieces (session.c drain_worker) */
     uint64_t doorbell_val;
+    uint32_t bell_out_seen;     /* bell_out as the last drain found it (doorbell.c) */
     unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, exit_armed : 1;
     unsigned out_stalled : 1, in_dirty : 1;
     unsigned spawning : 1;      /* a worker was asked of the zygote; its reply is pending */
@@ -388,6 +389,9 @@ int sess_signal_worker(struct session *s, int sig);
 void sess_arm_doorbell(struct session *s, uint32_t seen);   /* wait for bell_out != seen */
 void sess_ring_own_doorbell(struct session *s);         /* complete our own wait */
 void sess_ring_worker(struct session *s);               /* wake the worker (bell_in) */
+void sess_expect_worker(struct session *s);             /* wait for its bell, if not yet */
+void sess_bell_check(struct session *s, int thorough);  /* the tick's look at an idle one */
+int  sess_worker_owes_nothing(const struct session *s);
 
 /* control.c: control connections are served through io_uring, never blocking the loop */
 int  ctl_listen(const char *path, char *err, size_t errlen);

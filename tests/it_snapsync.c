@@ -686,3 +686,65 @@ Test(snapsync, old_fulls_go_by_name_and_a_dead_writers_leftover_goes_after_it, .
     same(&ref, &got);
     end_pair(&e, ep, rp, &ref, &got);
 }
+
+/* The loop waits on a worker's bell only while the worker owes it something: once every
+ * session has had its round trip and taken its snapshot, no bell is waited on. Then every
+ * session still answers at once (a fed event arms the wait again), a killed idle worker
+ * recovers, and the waits go back to none. */
+static uint64_t bell_waits(const struct t_edge *e)
+{
+    char out[4096];
+
+    t_ctl(e, "stats", out, sizeof(out));
+    cr_assert(strstr(out, " bell_waits="), "stats has no bell_waits: %s", out);
+    return t_field(out, "bell_waits");
+}
+
+static void wait_no_bell_waits(const struct t_edge *e, const char *when)
+{
+    long deadline = t_now_ms() + 10000;
+    uint64_t n;
+
+    while ((n = bell_waits(e)) != 0) {
+        cr_assert(t_now_ms() < deadline, "%s: %llu bells still waited on after 10 s", when,
+                  (unsigned long long)n);
+        sleep_ms(20);
+    }
+}
+
+Test(snapsync, idle_workers_are_not_waited_on, .timeout = 90)
+{
+    enum { N = 20 };
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct cessna_ep *ep[N];
+    struct transcript ref = { 0 }, got[N];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("sequencer"), srv.addr, "snapshot_interval_ms = 50\n");
+    struct cessna_ep *rp = t_ep_connect(&e);
+    round_trips(rp, &ref, 0, 40, 100);
+    memset(got, 0, sizeof(got));
+    for (int i = 0; i < N; i++) {
+        ep[i] = t_ep_connect(&e);
+        round_trips(ep[i], &got[i], 0, 10, 100);
+    }
+    cr_assert_eq(stat_field(&e, "sessions"), N + 1);
+    wait_no_bell_waits(&e, "after the first round trips");
+    for (int i = 0; i < N; i++) {
+        if (i % 5 == 0)
+            ctl_ok(&e, "kill-worker %llu", cessna_ep_session_id(ep[i]));
+        round_trips(ep[i], &got[i], 10, 40, 100);
+        same(&ref, &got[i]);
+    }
+    wait_no_bell_waits(&e, "after kills and more round trips");
+    for (int i = 0; i < N; i++) {
+        cessna_ep_close(ep[i], 5000);
+        cessna_ep_free(ep[i]);
+        free(got[i].data);
+    }
+    cessna_ep_close(rp, 5000);
+    cessna_ep_free(rp);
+    t_edge_stop(&e);
+    free(ref.data);
+}
