@@ -69,10 +69,17 @@ void sess_ring_own_doorbell(struct session *s)
  * every process shares (10,000 idle sessions were 10,000 more waiters for each wake to walk
  * past). The wait is armed again from the bell's value at the last drain, so a ring since
  * then ends it at once. */
+static int worker_running(const struct session *s)
+{
+    return s->ctl && s->state != S_FREE && s->pid > 0 && !s->spawning && !s->worker_reaped &&
+           !s->worker_done;
+}
+
+/* (Only for a worker that runs: a wait armed before a spawn that then fails would hold the
+ * session's slot for good; sess_watch_worker arms the first one.) */
 void sess_expect_worker(struct session *s)
 {
-    if (!s->doorbell_armed && s->ctl && s->state != S_FREE && !s->worker_reaped &&
-        !s->worker_done)
+    if (!s->doorbell_armed && worker_running(s))
         sess_arm_doorbell(s, s->bell_out_seen);
 }
 
@@ -81,8 +88,7 @@ void sess_expect_worker(struct session *s)
  * it reads more of the session's memory) within a second. */
 void sess_bell_check(struct session *s, int thorough)
 {
-    if (!s->doorbell_armed && s->ctl && s->state != S_FREE && !s->worker_reaped &&
-        !s->worker_done &&
+    if (!s->doorbell_armed && worker_running(s) &&
         (bell_seen(&s->ctl->bell_out) != s->bell_out_seen ||
          (thorough && !sess_worker_owes_nothing(s))))
         sess_arm_doorbell(s, s->bell_out_seen);

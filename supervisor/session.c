@@ -586,8 +586,12 @@ static int new_memory(struct session *s, char *err, size_t errlen)
         return -ENOMEM;
     }
     if (s->shm) {
-        if (s->doorbell_armed)
-            sess_ring_own_doorbell(s);  /* the pending wait is on the old memory: end it */
+        if (s->doorbell_armed) {
+            /* The pending wait is on the old memory: end it. Submitted first: one queued
+             * in this pass would otherwise start after the ring, on memory about to go. */
+            io_uring_submit(&S.ring);
+            sess_ring_own_doorbell(s);
+        }
         memcpy(m, s->shm, SHM_CTL_LEN);
         atomic_store(&((struct shm_ctl *)m)->bell_in, 0);
         atomic_store(&((struct shm_ctl *)m)->bell_out, 0);
@@ -1210,7 +1214,7 @@ static int take_output(struct session *s, uint16_t type, const void *rec, uint32
  * the session. */
 static void drain_worker(struct session *s)
 {
-    unsigned budget = DRAIN_BUDGET;
+    unsigned budget = DRAIN_BUDGET, popped = 0;
 
     for (;;) {
         uint16_t type;
@@ -1242,10 +1246,14 @@ static void drain_worker(struct session *s)
                     break;
             }
             ring_pop(&s->out);
+            popped++;
         }
         if (s->out.broken && s->state != S_DEAD)
             sess_fail(s, WIRE_ERR_SESSION, "worker broke its output ring: %s", s->out.broken);
-        if (ring_producer_waits(&s->out))
+        /* Room made: a worker waiting for it goes on. (Nothing taken, as while a slow
+         * reader stalls the session: ringing it would only have it find no room and ring
+         * back, the two waking each other until the reader caught up.) */
+        if (popped && ring_producer_waits(&s->out))
             sess_ring_worker(s);
         sup_flush(s, &s->c[SIDE_CLIENT]);
         sup_flush(s, &s->c[SIDE_SERVER]);
