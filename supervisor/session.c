@@ -1251,8 +1251,8 @@ static void drain_worker(struct session *s)
         if (s->out.broken && s->state != S_DEAD)
             sess_fail(s, WIRE_ERR_SESSION, "worker broke its output ring: %s", s->out.broken);
         /* Room made: a worker waiting for it goes on. (Nothing taken, as while a slow
-         * reader stalls the session: ringing it would only have it find no room and ring
-         * back, the two waking each other until the reader caught up.) */
+         * reader stalls the session, means no room: the flag stays for the drain that
+         * makes some.) */
         if (popped && ring_producer_waits(&s->out))
             sess_ring_worker(s);
         sup_flush(s, &s->c[SIDE_CLIENT]);
