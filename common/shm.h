@@ -95,9 +95,6 @@ enum shm_out {
  * the supervisor acts only on processes that provably belong to the session, never on a
  * pid a worker merely names. */
 #define SNAP_REPORT_VERSION 2u
-/* A state of at most this many pages is written by the worker itself, without a fork
- * (worker/snapshot.c; never when a hot standby is asked for: that is the frozen child). */
-#define SNAP_INLINE_PAGES 64
 enum snap_report_kind { SNAP_STARTED = 1, SNAP_DONE = 2 };
 struct snap_report {
     uint32_t version;

@@ -84,11 +84,10 @@ static void xs_put(XXH3_state_t *xs)
  * whose hash did not change is written as it was encoded then instead of being compressed
  * again. A small state is written full every time, and most of its pages do not move (an
  * app module's data page took 17-26 us to compress, more than the rest of the file). Only
- * for states of at most ENC_PAGES pages (a worker writes those itself); the bytes are
- * appended, and everything is forgotten when they would pass ENC_BYTES. Matched by content
- * hash, as a delta's unchanged pages are: a forked writer's copy is as good as the
- * worker's. */
-#define ENC_PAGES 64
+ * for the states a worker writes itself (SNAP_INLINE_PAGES); the bytes are appended, and
+ * everything is forgotten when they would pass ENC_BYTES. Matched by content hash, as a
+ * delta's unchanged pages are: a forked writer's copy is as good as the worker's. */
+#define ENC_PAGES SNAP_INLINE_PAGES
 #define ENC_BYTES (24u << 10)   /* under libc's mmap threshold (32 KiB in a worker) */
 
 static struct {

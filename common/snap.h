@@ -58,6 +58,9 @@
 #define SNAP_HDR_LEN     272u
 #define SNAP_REC_HDR_LEN 20u
 #define SNAP_TRAILER_LEN 32u
+/* A state of at most this many pages is written by the worker itself, without a fork
+ * (worker/snapshot.c; never when a hot standby is asked for: that is the frozen child). */
+#define SNAP_INLINE_PAGES 64
 
 enum snap_kind { SNAP_FULL = 1, SNAP_DELTA = 2 };
 

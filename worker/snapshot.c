@@ -250,9 +250,9 @@ int wsnap_take(const struct wsnap_request *rq, int report_fd)
 
     /* A small state needs no fork: the worker is at an event boundary, so it writes the
      * file itself (hashing every page and compressing the changed ones of at most
-     * WSNAP_INLINE_PAGES pages costs less than a fork and a child's exit), with libc's heap
+     * SNAP_INLINE_PAGES pages costs less than a fork and a child's exit), with libc's heap
      * (outside an event nothing reaches the arena). A hot standby needs the frozen child. */
-    if (!rq->hot && state_pages() <= WSNAP_INLINE_PAGES) {
+    if (!rq->hot && state_pages() <= SNAP_INLINE_PAGES) {
         struct snap_report rep;
         /* The writer keeps its buffers for the next file (snap_keep_buffers, set in
          * rt_run): sized to this file, only the pages it touched stay resident. Giving them

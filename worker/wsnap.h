@@ -7,7 +7,6 @@
 #include <stdint.h>
 
 #include "snap.h"
-#include "shm.h"
 
 struct wsnap_request {
     const char *state_dir;
@@ -29,8 +28,6 @@ int  wsnap_init(const char *app_path, char *err, size_t errlen);
 int  wsnap_setup(char *err, size_t errlen);
 /* The layout fingerprint of this zygote's workers (after wsnap_init). */
 const uint8_t *wsnap_fingerprint(void);
-/* A state of at most this many pages is written by the worker itself, without a fork. */
-#define WSNAP_INLINE_PAGES SNAP_INLINE_PAGES
 
 /* Fork the frozen child that writes the snapshot and reports on report_fd (with the fork's
  * duration); the worker reports the child's birth with its pidfd first. 0 in the worker, 1
