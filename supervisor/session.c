@@ -1297,10 +1297,8 @@ void sess_on_doorbell(struct session *s, int res)
         LOG(LOG_WARN, "session=%llu msg=\"doorbell\" error=\"%s\"", ull(s->id), strerror(-res));
     if (s->state != S_DEAD || !s->worker_done)
         drain_worker(s);
-    /* Waited on again only while the worker owes something (doorbell.c) */
-    if (!s->doorbell_armed && !s->worker_reaped && s->ctl && s->state != S_FREE &&
-        !s->worker_done && !sess_worker_owes_nothing(s))
-        sess_arm_doorbell(s, seen);
+    if (!sess_worker_owes_nothing(s))
+        sess_expect_worker(s);   /* waited on again only while it owes something */
     sess_maybe_free(s);
 }
 
