@@ -26,8 +26,8 @@ struct shm_ctl {
     uint32_t pad;
     _Atomic uint64_t consumed;  /* position of the last event the worker finished */
     _Atomic uint32_t spin_ns;   /* how long the worker may poll for input before sleeping */
-    uint32_t pad2;
-    /* Doorbells (bell.h): futex words, one per direction. */
+    _Atomic uint32_t in_asleep; /* 1: the worker sleeps on its report socket (bell.h) */
+    /* Doorbells (bell.h): counters, one per direction. */
     _Atomic uint32_t bell_in;   /* the supervisor rings it: events, room for outputs, a request */
     _Atomic uint32_t bell_out;  /* the worker rings it: outputs, room for events, its end */
     /* A snapshot request: the supervisor fills the fields, then snap_pos (release); the

@@ -1,11 +1,12 @@
-/* doorbell.c - waking a worker and being woken by it, without a descriptor per session
- * (common/bell.h): the supervisor waits on shm_ctl.bell_out with IORING_OP_FUTEX_WAIT and
- * wakes shm_ctl.bell_in with IORING_OP_FUTEX_WAKE in the loop's next submission. A kernel
- * without io_uring futex operations (before 6.7) gets the eventfd it had before for the
- * worker-to-supervisor direction, and a futex_wake syscall for the other. */
+/* doorbell.c - waking a worker and being woken by it, without a descriptor of their own
+ * (common/bell.h): the supervisor waits on shm_ctl.bell_out with IORING_OP_FUTEX_WAIT, and
+ * wakes a sleeping worker with a byte on its report socket in the loop's next submission.
+ * A kernel without io_uring futex operations (before 6.7) gets the eventfd it had before
+ * for the worker-to-supervisor direction. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "bell.h"
@@ -14,7 +15,6 @@
 
 /* Not in Debian 12's liburing and kernel headers yet. */
 #define OP_FUTEX_WAIT 51
-#define OP_FUTEX_WAKE 52
 #define FUTEX2_U32    0x02          /* FUTEX2_SIZE_U32; shared (not FUTEX2_PRIVATE) */
 #define FUTEX_ANY     0xffffffffu   /* FUTEX_BITSET_MATCH_ANY */
 
@@ -28,8 +28,7 @@ void doorbell_probe(void)
 {
     struct io_uring_probe *p = io_uring_get_probe_ring(&S.ring);
 
-    S.futex_bells = p && io_uring_opcode_supported(p, OP_FUTEX_WAIT) &&
-                    io_uring_opcode_supported(p, OP_FUTEX_WAKE);
+    S.futex_bells = p && io_uring_opcode_supported(p, OP_FUTEX_WAIT);
     if (p)
         io_uring_free_probe(p);
     if (!S.futex_bells)
@@ -96,17 +95,20 @@ void sess_bell_check(struct session *s, int thorough)
 
 void sess_ring_worker(struct session *s)
 {
+    static const char byte;
+
     bell_add(&s->ctl->bell_in);
-    if (!S.futex_bells) {
-        bell_wake(&s->ctl->bell_in);
+    /* A worker that is not asleep sees the count before it sleeps; one that is gets a byte
+     * on its report socket (bell.h), sent with the loop's next submission beside the other
+     * sends. Every close of a report socket submits first (recovery_close_report), so the
+     * byte cannot reach a descriptor that took the number since. */
+    if (s->report_fd < 0 || !bell_claim_sleeper(&s->ctl->in_asleep))
         return;
-    }
-    /* The wake goes out with the loop's next submission, beside the sends. A stale one
-     * (the memory went meanwhile) fails harmlessly or wakes nobody who minds. */
     struct io_uring_sqe *sqe = sup_sqe();
-    prep_futex(sqe, OP_FUTEX_WAKE, &s->ctl->bell_in, 1);
-    /* Only a failure comes back: a completion for each wake was one more pass of the loop,
-     * and one more io_uring_enter, per message (kernels with futex operations skip them). */
-    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_prep_send(sqe, s->report_fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    /* Only a failure comes back (a worker that died meanwhile: harmless); a completion for
+     * each ring was one more pass of the loop per message. */
+    if (S.futex_bells)   /* Linux 6.7: CQE_SKIP_SUCCESS (5.17) is there */
+        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
     io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
 }

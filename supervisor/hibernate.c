@@ -177,7 +177,9 @@ static void release(struct session *s)
     ring_asm_reset(&s->out_asm);
     close_fd(&s->memfd);
     close_fd(&s->doorbell_out);
-    close_fd(&s->report_fd);
+    if (s->report_fd >= 0)
+        recovery_close_report(s->report_fd);
+    s->report_fd = -1;
     close_fd(&s->report_worker_fd);
     s->pid = 0;
     trim_conn(&s->c[SIDE_CLIENT]);

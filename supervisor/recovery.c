@@ -218,6 +218,15 @@ int recovery_worker_owner(uid_t *uid, gid_t *gid)
     return known;
 }
 
+/* Our end of a report socket, closed: the loop's queued submissions go first, so that a
+ * ring's byte (sess_ring_worker) queued for this descriptor cannot reach the next file to
+ * take its number. */
+void recovery_close_report(int fd)
+{
+    io_uring_submit(&S.ring);
+    close(fd);
+}
+
 /* A new report socketpair. We keep our end; the worker's end goes to the zygote with the
  * spawn request and is closed here once sent (recovery_worker_end_sent): one descriptor per
  * session, not two. What identifies the worker's end afterwards is its inode, which no
@@ -248,7 +257,7 @@ static int new_report_pair(struct session *s, char *err, size_t errlen)
             io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
             s->report_armed = 0;   /* the cancelled poll closes `old` (recovery_on_report) */
         } else {
-            close(old);
+            recovery_close_report(old);
         }
     }
     /* Our end never blocks the loop; the worker's end stays blocking. */
@@ -1001,7 +1010,7 @@ void recovery_on_report(struct session *s, int fd, int res)
 {
     sess_release_op(s);
     if (fd != s->report_fd) {   /* replaced for a new worker (new_report_pair) */
-        close(fd);
+        recovery_close_report(fd);
         return;
     }
     s->report_armed = 0;

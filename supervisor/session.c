@@ -1507,7 +1507,7 @@ void sess_maybe_free(struct session *s)
     if (s->memfd >= 0)
         close(s->memfd);
     if (s->report_fd >= 0)
-        close(s->report_fd);
+        recovery_close_report(s->report_fd);
     if (s->report_worker_fd >= 0)
         close(s->report_worker_fd);
     evstore_free(&s->ev);

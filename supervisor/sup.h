@@ -258,7 +258,7 @@ struct sup {
      * holds it while a side is slow, instead of in rings resident for every session. */
     size_t unfed_max, out_high_water;
 
-    int futex_bells;            /* io_uring waits on and wakes futex words (doorbell.c) */
+    int futex_bells;            /* io_uring waits on futex words (doorbell.c) */
     int flush_held;             /* sup_flush only queues: the caller flushes once after */
     int strays_possible;        /* a worker ended since the last stray-child sweep */
     int spawn_backlog_full;     /* the zygote's socket was full this tick (session.c) */
@@ -314,6 +314,7 @@ void recovery_reap_strays(void);
  * once the worker is reaped, the report socket is read to its end and shut down. */
 void recovery_hibernate(struct session *s);
 void recovery_close_reports(struct session *s);
+void recovery_close_report(int fd);        /* our end, after submitting what is queued */
 int  recovery_kids_reaped(const struct session *s);   /* no standby or snapshot child left */
 /* Timed snapshots in flight at once, node-wide: each holds a child's pidfd (and a fork's
  * CPU); the rest wait for the next tick. */

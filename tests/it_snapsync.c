@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -690,7 +691,8 @@ Test(snapsync, old_fulls_go_by_name_and_a_dead_writers_leftover_goes_after_it, .
 /* The loop waits on a worker's bell only while the worker owes it something: once every
  * session has had its round trip and taken its snapshot, no bell is waited on. Then every
  * session still answers at once (a fed event arms the wait again), a killed idle worker
- * recovers, and the waits go back to none. */
+ * recovers, and the waits go back to none. The idle workers, the new ones too, sleep in
+ * read() on their report sockets: none waits in the kernel's futex hash either. */
 static uint64_t bell_waits(const struct t_edge *e)
 {
     char out[4096];
@@ -709,6 +711,47 @@ static void wait_no_bell_waits(const struct t_edge *e, const char *when)
         cr_assert(t_now_ms() < deadline, "%s: %llu bells still waited on after 10 s", when,
                   (unsigned long long)n);
         sleep_ms(20);
+    }
+}
+
+/* An idle worker sleeps in read() on its report socket, not on a futex (common/bell.h):
+ * /proc/PID/syscall names the call it is blocked in and its first argument. */
+static int asleep_on_a_socket(pid_t pid, char *what, size_t len)
+{
+    char path[64], buf[256], link[128];
+    long nr;
+    unsigned long fd;
+    FILE *f;
+    ssize_t n;
+
+    snprintf(path, sizeof(path), "/proc/%d/syscall", (int)pid);
+    if (!(f = fopen(path, "r")))
+        return snprintf(what, len, "%s: %s", path, strerror(errno)), 0;
+    if (!fgets(buf, sizeof(buf), f))
+        buf[0] = 0;
+    fclose(f);
+    buf[strcspn(buf, "\n")] = 0;
+    snprintf(what, len, "worker %d in syscall \"%.60s\"", (int)pid, buf);
+    if (sscanf(buf, "%ld %lx", &nr, &fd) != 2 || nr != SYS_read)
+        return 0;
+    snprintf(path, sizeof(path), "/proc/%d/fd/%lu", (int)pid, fd);
+    n = readlink(path, link, sizeof(link) - 1);
+    link[n > 0 ? n : 0] = 0;
+    snprintf(what, len, "worker %d reads fd %lu (%s)", (int)pid, fd, link);
+    return strncmp(link, "socket:", 7) == 0;
+}
+
+static void wait_workers_asleep(const struct t_edge *e, struct cessna_ep **ep, int n)
+{
+    for (int i = 0; i < n; i++) {
+        long deadline = t_now_ms() + 10000;
+        pid_t pid = (pid_t)t_session_field(e, cessna_ep_session_id(ep[i]), "worker");
+        char what[256];
+
+        while (!asleep_on_a_socket(pid, what, sizeof(what))) {
+            cr_assert(t_now_ms() < deadline, "session %d idle 10 s, and %s", i, what);
+            sleep_ms(20);
+        }
     }
 }
 
@@ -731,6 +774,7 @@ Test(snapsync, idle_workers_are_not_waited_on, .timeout = 90)
     }
     cr_assert_eq(stat_field(&e, "sessions"), N + 1);
     wait_no_bell_waits(&e, "after the first round trips");
+    wait_workers_asleep(&e, ep, N);
     for (int i = 0; i < N; i++) {
         if (i % 5 == 0)
             ctl_ok(&e, "kill-worker %llu", cessna_ep_session_id(ep[i]));
@@ -738,6 +782,7 @@ Test(snapsync, idle_workers_are_not_waited_on, .timeout = 90)
         same(&ref, &got[i]);
     }
     wait_no_bell_waits(&e, "after kills and more round trips");
+    wait_workers_asleep(&e, ep, N);   /* the new ones too */
     for (int i = 0; i < N; i++) {
         cessna_ep_close(ep[i], 5000);
         cessna_ep_free(ep[i]);

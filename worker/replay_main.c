@@ -54,10 +54,21 @@ struct replay {
     struct ring_asm out_asm;    /* outputs in pieces */
     uint32_t fed_part;          /* payload bytes of the event at the feed offset in the ring */
     int bell_out, pidfd;   /* bell_out: an eventfd the worker rings (bell.h) */
+    int report;            /* our end of the worker's report socket: its wake-ups (bell.h) */
     pid_t pid;
     uint64_t outputs[2], last_pos;
     uint64_t closed_at;    /* the app ended the session at this event (0: it did not) */
 };
+
+/* Wake the worker, as the supervisor does (bell.h). */
+static void ring_worker(struct replay *r)
+{
+    static const char byte;
+
+    bell_add(&r->ctl->bell_in);
+    if (bell_claim_sleeper(&r->ctl->in_asleep))
+        (void)!send(r->report, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
 
 /* Drain the worker's outputs; returns 1 when it said DONE or FAIL. */
 static int drain(struct replay *r)
@@ -104,7 +115,7 @@ static int drain(struct replay *r)
         ring_pop(&r->out);
     }
     if (ring_producer_waits(&r->out)) {
-        bell_ring(&r->ctl->bell_in);
+        ring_worker(r);
     }
     return done;
 }
@@ -130,7 +141,7 @@ static void feed(struct replay *r, const struct evlog_reader *ev, size_t *off)
         *off += (8 + (size_t)len + 7) & ~(size_t)7;
     }
     if (fed && ring_wants_wakeup(&r->in))
-        bell_ring(&r->ctl->bell_in);
+        ring_worker(r);
 }
 
 /* Say how the replay ended: 0 no crash, 3 the app crashed, 1 the worker stopped. */
@@ -181,6 +192,7 @@ static int start_worker(struct replay *r, uint64_t session_id, uint64_t restore_
     if (base == MAP_FAILED)
         return -errno;
     r->ctl = base;
+    r->report = sv[0];
     r->ctl->magic = SHM_MAGIC;
     r->ctl->ring_size = ring_size;
     r->ctl->session_id = session_id;

@@ -177,10 +177,11 @@ static void ring_out_bell(void)
         ;
 }
 
-/* Sleep until the supervisor rings, unless it rang since `seen` was read. */
+/* Sleep until the supervisor rings, unless it rang since `seen` was read: in read() on the
+ * report socket, out of the kernel's futex hash (bell.h). */
 static void wait_bell(uint32_t seen)
 {
-    bell_wait(&L.ctl->bell_in, seen);
+    bell_sleep(&L.ctl->bell_in, &L.ctl->in_asleep, seen, L.report_fd);
 }
 
 /* Tell the supervisor about outputs, if it is waiting for them. */
