@@ -56,10 +56,10 @@ static inline void bell_ring(_Atomic uint32_t *w)
  * checked, and a ringer adds to the counter before it looks at `asleep` (both sequentially
  * consistent): either the check sees the ring, or the ringer sees the sleeper and sends a
  * byte to `fd`. A byte sent to a worker that then did not sleep stays queued and ends its
- * next sleep early: one extra look, nothing lost. Returns on a ring or a signal (callers
- * loop); if the socket is closed (the supervisor is gone) it falls back to the futex. */
-static inline void bell_sleep(_Atomic uint32_t *w, _Atomic uint32_t *asleep, uint32_t seen,
-                              int fd)
+ * next sleep early: one extra look, nothing lost. Returns 0 on a ring or a signal (callers
+ * loop), -EPIPE when the other end is closed, or -errno: nobody can wake the caller then. */
+static inline int bell_sleep(_Atomic uint32_t *w, _Atomic uint32_t *asleep, uint32_t seen,
+                             int fd)
 {
     char byte;
     ssize_t n = 1;
@@ -68,8 +68,9 @@ static inline void bell_sleep(_Atomic uint32_t *w, _Atomic uint32_t *asleep, uin
     if (atomic_load(w) == seen)
         n = read(fd, &byte, 1);
     atomic_store(asleep, 0);
-    if (n == 0 || (n < 0 && errno != EINTR))
-        bell_wait(w, seen);
+    if (n == 0)
+        return -EPIPE;
+    return n < 0 && errno != EINTR ? -errno : 0;
 }
 
 /* The ringer, after bell_add: 1 when it must send the sleeper its byte. Taking the flag

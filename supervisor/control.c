@@ -188,7 +188,8 @@ static size_t stats(char *out, size_t cap)
     uint32_t waits = 0;
     for (uint32_t i = 0; i < S.slot_high; i++)
         waits += S.sessions[i].state != S_FREE && S.sessions[i].doorbell_armed;
-    n = snprintf(out + len, cap - len, " bell_waits=%u", waits);
+    n = snprintf(out + len, cap - len, " bell_waits=%u lazy_rings=%llu", waits,
+                 (unsigned long long)S.stats.lazy_rings);
     len += n < 0 ? 0 : (size_t)n >= cap - len ? cap - len - 1 : (size_t)n;
     if (len + 1 < cap) {
         out[len++] = '\n';

@@ -82,11 +82,16 @@ void sess_expect_worker(struct session *s)
         sess_arm_doorbell(s, s->bell_out_seen);
 }
 
+static void wake_retry(struct session *s);
+
 /* On the tick, for a session whose bell nobody waits on: a worker that rang all the same
  * is seen within the tick; one that owes something after all (thorough: every second, as
- * it reads more of the session's memory) within a second. */
+ * it reads more of the session's memory) within a second. And a worker whose wake-up byte
+ * failed is rung again. */
 void sess_bell_check(struct session *s, int thorough)
 {
+    if (s->wake_failed)
+        wake_retry(s);
     if (!s->doorbell_armed && worker_running(s) &&
         (bell_seen(&s->ctl->bell_out) != s->bell_out_seen ||
          (thorough && !sess_worker_owes_nothing(s))))
@@ -106,9 +111,30 @@ void sess_ring_worker(struct session *s)
         return;
     struct io_uring_sqe *sqe = sup_sqe();
     io_uring_prep_send(sqe, s->report_fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-    /* Only a failure comes back (a worker that died meanwhile: harmless); a completion for
-     * each ring was one more pass of the loop per message. */
+    /* Only a failure comes back (sess_wake_failed); a completion for each ring was one more
+     * pass of the loop per message. */
     if (S.futex_bells)   /* Linux 6.7: CQE_SKIP_SUCCESS (5.17) is there */
         sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-    io_uring_sqe_set_data64(sqe, UD(OP_IGNORE, 0, 0));
+    io_uring_sqe_set_data64(sqe, UD(OP_WAKE, s->slot, 0));
+}
+
+/* The byte did not go (no memory for it, say): the worker may sleep on with nobody to wake
+ * it, since the ring took its flag. The tick rings it again. A worker that died meanwhile
+ * (EPIPE) is left to its exit watch; a slot freed and taken again gets one needless ring. */
+void sess_wake_failed(uint32_t slot, int res)
+{
+    if (res >= 0 || slot >= S.slots || S.sessions[slot].state == S_FREE)
+        return;
+    S.sessions[slot].wake_failed = 1;
+    LOG(LOG_DEBUG, "session=%llu msg=\"wake-up byte not sent; the tick rings again\" "
+        "error=\"%s\"", (unsigned long long)S.sessions[slot].id, strerror(-res));
+}
+
+static void wake_retry(struct session *s)
+{
+    s->wake_failed = 0;
+    if (!worker_running(s))
+        return;
+    atomic_store(&s->ctl->in_asleep, 1);   /* as if asleep: at worst one needless wake */
+    sess_ring_worker(s);
 }

@@ -220,6 +220,7 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_ZYGOTE_RESTART: return zygote_on_restart_timer(slot);
     case OP_ZYGOTE_READY:   return zygote_on_ready(slot, cqe->res);
     case OP_IGNORE:     return;
+    case OP_WAKE:       return sess_wake_failed(slot, cqe->res);
     case OP_ZYGOTE_REPLY: return zygote_on_reply(slot, cqe->res);
     case OP_SNAPSYNC:   return snapsync_on_done(cqe->res);
     case OP_METRICS_ACCEPT: return metrics_on_accept(cqe->res, cqe->flags);
@@ -265,6 +266,7 @@ static int run_loop(void)
             LOG(LOG_ERROR, "msg=\"io_uring_submit_and_wait\" error=\"%s\"", strerror(-rc));
             return 1;
         }
+        recovery_close_late();   /* report sockets whose close waited for the queue */
         io_uring_for_each_cqe(&S.ring, head, cqe) {
             dispatch(cqe);
             n++;

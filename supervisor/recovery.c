@@ -66,7 +66,7 @@ static int small_state(const struct session *s)
     return s->state_pages && s->state_pages <= S.cfg.snapshot_full_pages;
 }
 
-#define LAZY_WAIT_MS 500       /* a periodic request waits this long for an event to ride on */
+#define LAZY_WAIT_MIN_MS 500   /* a periodic request waits at least this long for an event */
 #define PRUNES_BY_NAME_MAX 64   /* make_durable reads a session's directory at least this often */
 #define STRAY_SWEEP_MS 5000     /* recovery_reap_strays at least this often */
 
@@ -218,13 +218,44 @@ int recovery_worker_owner(uid_t *uid, gid_t *gid)
     return known;
 }
 
+/* Our ends of report sockets whose close waits for the submission queue to empty. */
+static struct {
+    int *fds;
+    size_t n, cap;
+} late;
+
 /* Our end of a report socket, closed: the loop's queued submissions go first, so that a
  * ring's byte (sess_ring_worker) queued for this descriptor cannot reach the next file to
- * take its number. */
+ * take its number. If the kernel did not take them all (its completion queue full, say),
+ * the close waits until a submission did (recovery_close_late). */
 void recovery_close_report(int fd)
 {
     io_uring_submit(&S.ring);
-    close(fd);
+    if (!io_uring_sq_ready(&S.ring)) {
+        close(fd);
+        return;
+    }
+    if (late.n == late.cap) {
+        size_t cap = late.cap ? 2 * late.cap : 16;
+        int *p = realloc(late.fds, cap * sizeof(*p));
+        if (!p) {   /* the descriptor stays open for good rather than risk the byte */
+            LOG(LOG_ERROR, "msg=\"out of memory: a report socket is left open\" fd=%d", fd);
+            return;
+        }
+        late.fds = p;
+        late.cap = cap;
+    }
+    late.fds[late.n++] = fd;
+}
+
+/* After each submission of the loop: the closes that waited, once nothing is queued. */
+void recovery_close_late(void)
+{
+    if (!late.n || io_uring_sq_ready(&S.ring))
+        return;
+    for (size_t i = 0; i < late.n; i++)
+        close(late.fds[i]);
+    late.n = 0;
 }
 
 /* A new report socketpair. We keep our end; the worker's end goes to the zygote with the
@@ -355,8 +386,10 @@ static void ring_lazy_request(struct session *s)
 /* lazy: the periodic snapshot of a session that moves: the request waits in the control
  * page without waking the worker, which takes it before the next event it is woken for
  * (the snapshot is at the same position: the worker acts when it has finished event P);
- * the tick rings after LAZY_WAIT_MS if no event came. A sleeping worker woken only to
- * write a snapshot costs two context switches and the futex operations, on every one. */
+ * the tick rings it (lazy_rings) if none came within an interval (snapshot_interval_ms, at
+ * least LAZY_WAIT_MIN_MS): a session that moves once an interval then carries nearly all of
+ * its requests itself (with 500 ms at a message a second, half of them were rung). A
+ * sleeping worker woken only to write a snapshot costs two context switches and a wake. */
 static int request_snapshot(struct session *s, char *msg, size_t len, int lazy)
 {
     if (hib_holds(s)) {   /* hibernate.c: its snapshot at the last event is durable */
@@ -609,6 +642,8 @@ void recovery_on_tick(void)
     static unsigned ticks;
     int thorough = ++ticks % 20 == 0;   /* every second */
     uint32_t in_flight = 0;
+    uint64_t lazy_wait = S.cfg.snapshot_interval_ms > LAZY_WAIT_MIN_MS ?
+                         S.cfg.snapshot_interval_ms : LAZY_WAIT_MIN_MS;
     for (uint32_t i = 0; i < S.slot_high; i++)
         in_flight += S.sessions[i].state != S_FREE && S.sessions[i].snap_inflight &&
                      !S.sessions[i].snap_lazy;
@@ -620,8 +655,10 @@ void recovery_on_tick(void)
         if (s->state != S_LIVE)
             continue;
         if (s->snap_inflight && s->snap_lazy) {
-            if (now - s->snap_requested_ms >= LAZY_WAIT_MS)
+            if (now - s->snap_requested_ms >= lazy_wait) {
+                S.stats.lazy_rings++;
                 ring_lazy_request(s);
+            }
             continue;
         }
         if (s->snap_inflight) {

@@ -35,6 +35,7 @@ enum op {
     OP_METRICS_ACCEPT, OP_METRICS_RECV, OP_METRICS_SEND,   /* metrics.c; slot = connection */
     OP_SOCK_CTL, OP_SOCK_CLOSE,   /* a direct socket's shutdown or setsockopt, its close
                                    * (connfd.c); arg = side */
+    OP_WAKE,           /* a worker's wake-up byte, completed only if it failed (doorbell.c) */
 };
 #define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
 #define UD_OP(ud)   ((int)((ud) >> 56))
@@ -138,6 +139,7 @@ struct session {
     struct ring_asm out_asm;    /* an output arriving in pieces (session.c drain_worker) */
     uint64_t doorbell_val;
     uint32_t bell_out_seen;     /* bell_out as the last drain found it (doorbell.c) */
+    int wake_failed;            /* a wake-up byte was not sent: the tick rings again */
     unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, exit_armed : 1;
     unsigned out_stalled : 1, in_dirty : 1;
     unsigned spawning : 1;      /* a worker was asked of the zygote; its reply is pending */
@@ -230,6 +232,7 @@ struct session {
 struct sup_stats {
     uint64_t sessions_total, sessions_failed, worker_deaths, recoveries, bad_frames;
     uint64_t snapshots, snapshot_failures, hot_takeovers, cold_restores, log_failures;
+    uint64_t lazy_rings;        /* periodic requests no event came to carry: rung (recovery.c) */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
     uint64_t hello_timeouts, connect_timeouts, idle_timeouts, forced_closes;
     uint64_t accept_fd_limit, accept_paused;     /* EMFILE/ENFILE, and pauses it caused */
@@ -315,6 +318,7 @@ void recovery_reap_strays(void);
 void recovery_hibernate(struct session *s);
 void recovery_close_reports(struct session *s);
 void recovery_close_report(int fd);        /* our end, after submitting what is queued */
+void recovery_close_late(void);            /* the loop, after submitting: closes that waited */
 int  recovery_kids_reaped(const struct session *s);   /* no standby or snapshot child left */
 /* Timed snapshots in flight at once, node-wide: each holds a child's pidfd (and a fork's
  * CPU); the rest wait for the next tick. */
@@ -392,6 +396,7 @@ void sess_ring_own_doorbell(struct session *s);         /* complete our own wait
 void sess_ring_worker(struct session *s);               /* wake the worker (bell_in) */
 void sess_expect_worker(struct session *s);             /* wait for its bell, if not yet */
 void sess_bell_check(struct session *s, int thorough);  /* the tick's look at an idle one */
+void sess_wake_failed(uint32_t slot, int res);         /* OP_WAKE: a byte was not sent */
 int  sess_worker_owes_nothing(const struct session *s);
 
 /* control.c: control connections are served through io_uring, never blocking the loop */

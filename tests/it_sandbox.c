@@ -411,6 +411,14 @@ Test(sandbox, forged_snapshot_reports_harm_nobody)
     run_row(&(struct row){ "FORGE%s", EXPECT_REPLY, "done forged", NULL, 0, 1 });
 }
 
+/* An app that closes the worker's own descriptors (allowed: close is) hurts only its own
+ * session: the worker cannot be woken without its report socket, so its next sleep ends the
+ * session with an error naming that socket, rather than a session that hangs. */
+Test(sandbox, closing_the_workers_descriptors_ends_only_that_session)
+{
+    run_row(&(struct row){ "CLOSEFDS%s", EXPECT_ERROR, "report socket", NULL, 0, 0 });
+}
+
 /* The same in a promoted hot standby (another pid, the same filter). */
 Test(sandbox, a_promoted_standby_is_confined_too)
 {

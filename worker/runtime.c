@@ -177,11 +177,18 @@ static void ring_out_bell(void)
         ;
 }
 
+__attribute__((noreturn, format(printf, 1, 2)))
+static void rt_fail(const char *fmt, ...);
+
 /* Sleep until the supervisor rings, unless it rang since `seen` was read: in read() on the
  * report socket, out of the kernel's futex hash (bell.h). */
 static void wait_bell(uint32_t seen)
 {
-    bell_sleep(&L.ctl->bell_in, &L.ctl->in_asleep, seen, L.report_fd);
+    int rc = bell_sleep(&L.ctl->bell_in, &L.ctl->in_asleep, seen, L.report_fd);
+
+    if (rc < 0)   /* the supervisor's end is gone, or the app took the descriptor */
+        rt_fail("the report socket (fd %d), where the supervisor wakes this worker: %s",
+                L.report_fd, strerror(-rc));
 }
 
 /* Tell the supervisor about outputs, if it is waiting for them. */

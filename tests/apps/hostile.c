@@ -17,6 +17,8 @@
  *   FORGE               send made-up snapshot reports naming the supervisor's pid (a child
  *                       just started; a hot standby) on every socket the worker holds
  *   ABORT               abort() (a crash, not a violation: the session dies of signal 6)
+ *   CLOSEFDS            close every descriptor from 3 up, the worker's own among them (the
+ *                       report socket it sleeps on); no answer
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -193,6 +195,9 @@ static void on_client(const void *data, size_t len)
         forge();
     } else if (strcmp(cmd, "ABORT") == 0) {
         abort();
+    } else if (strcmp(cmd, "CLOSEFDS") == 0) {
+        for (int fd = 3; fd < 1024; fd++)
+            close(fd);
     } else {
         cessna_send_msg_to_server(data, len);   /* ECHO and anything else */
     }
