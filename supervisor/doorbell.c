@@ -120,7 +120,8 @@ void sess_ring_worker(struct session *s)
 
 /* The byte did not go (no memory for it, say): the worker may sleep on with nobody to wake
  * it, since the ring took its flag. The tick rings it again. A worker that died meanwhile
- * (EPIPE) is left to its exit watch; a slot freed and taken again gets one needless ring. */
+ * (EPIPE) is rung again only until its exit is seen; a slot freed and taken again gets one
+ * needless ring. On kernels before 6.7 every wake completes: res 1, nothing to do. */
 void sess_wake_failed(uint32_t slot, int res)
 {
     if (res >= 0 || slot >= S.slots || S.sessions[slot].state == S_FREE)

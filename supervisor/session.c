@@ -1233,6 +1233,12 @@ static void drain_worker(struct session *s)
             rc = ring_asm_take(&s->out_asm, type, s->out.peeked_flags, rec, len,
                                S.cfg.max_message_bytes + (uint32_t)sizeof(struct shm_rec),
                                &whole, &wlen);
+            if (rc < 0 && type == OUT_FAIL && s->out.peeked_flags == 0) {
+                /* The worker gave up while writing a long record (it can no longer be
+                 * woken, say): its reason, not the record it left half written. */
+                take_output(s, type, rec, len);
+                break;
+            }
             if (rc < 0) {
                 sess_fail(s, WIRE_ERR_SESSION, "worker wrote a bad long record (type %u): %s",
                           type, s->out_asm.err);

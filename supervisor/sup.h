@@ -35,7 +35,7 @@ enum op {
     OP_METRICS_ACCEPT, OP_METRICS_RECV, OP_METRICS_SEND,   /* metrics.c; slot = connection */
     OP_SOCK_CTL, OP_SOCK_CLOSE,   /* a direct socket's shutdown or setsockopt, its close
                                    * (connfd.c); arg = side */
-    OP_WAKE,           /* a worker's wake-up byte, completed only if it failed (doorbell.c) */
+    OP_WAKE,           /* a worker's wake-up byte: completes if it failed (doorbell.c) */
 };
 #define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
 #define UD_OP(ud)   ((int)((ud) >> 56))

@@ -419,6 +419,13 @@ Test(sandbox, closing_the_workers_descriptors_ends_only_that_session)
     run_row(&(struct row){ "CLOSEFDS%s", EXPECT_ERROR, "report socket", NULL, 0, 0 });
 }
 
+/* The same while the worker waits for room in its ring in the middle of a long message:
+ * the reason still gets out, not "a bad long record". */
+Test(sandbox, closing_the_workers_descriptors_in_a_long_message)
+{
+    run_row(&(struct row){ "CLOSEFDSBIG%s", EXPECT_ERROR, "report socket", NULL, 0, 0 });
+}
+
 /* The same in a promoted hot standby (another pid, the same filter). */
 Test(sandbox, a_promoted_standby_is_confined_too)
 {

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,6 +200,14 @@ static void flush_outputs(void)
         ring_out_bell();
 }
 
+static long long mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
 /* The session fails with the reason in L.ctl->error: an OUT_FAIL record, the bell, exit.
  * Async-signal-safe (the sandbox's SIGSYS handler ends here through fail_text). */
 __attribute__((noreturn))
@@ -207,6 +216,13 @@ static void fail_out(void)
     struct shm_rec *r;
 
     r = ring_reserve(&L.out, OUT_FAIL, sizeof(*r));
+    /* A full ring (it failed while waiting for room): the supervisor drains it once rung.
+     * Wait a little for room, with nothing the sandbox refuses, so the reason gets out. */
+    for (long long until = mono_ns() + 1000000000LL; !r && mono_ns() < until;) {
+        ring_out_bell();
+        sched_yield();
+        r = ring_reserve(&L.out, OUT_FAIL, sizeof(*r));
+    }
     if (r) {
         memset(r, 0, sizeof(*r));
         r->pos = L.st ? L.st->pos : 0;
@@ -646,14 +662,6 @@ static void handle_event(uint16_t type, const struct shm_rec *ev, uint32_t len)
     }
     if (st->closing)
         finish();   /* cessna_close_session: no event after this one reaches the app */
-}
-
-static long long mono_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
 /* A new edge rebuilt this session from a snapshot it fetched (remote recovery): once the

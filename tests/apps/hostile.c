@@ -19,6 +19,8 @@
  *   ABORT               abort() (a crash, not a violation: the session dies of signal 6)
  *   CLOSEFDS            close every descriptor from 3 up, the worker's own among them (the
  *                       report socket it sleeps on); no answer
+ *   CLOSEFDSBIG         the same, then a 900 KB message to the server: it fails while it
+ *                       waits for room in its ring, in the middle of a long record
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -195,9 +197,14 @@ static void on_client(const void *data, size_t len)
         forge();
     } else if (strcmp(cmd, "ABORT") == 0) {
         abort();
-    } else if (strcmp(cmd, "CLOSEFDS") == 0) {
+    } else if (strncmp(cmd, "CLOSEFDS", 8) == 0) {
         for (int fd = 3; fd < 1024; fd++)
             close(fd);
+        if (strcmp(cmd, "CLOSEFDSBIG") == 0) {
+            static char big[900 * 1024];
+            memset(big, 'x', sizeof(big));
+            cessna_send_msg_to_server(big, sizeof(big));
+        }
     } else {
         cessna_send_msg_to_server(data, len);   /* ECHO and anything else */
     }
