@@ -210,6 +210,10 @@ int echo_plain_main(void *arg);
 int echo_native_main(void *arg);
 int echo_plain_many_main(void *arg);   /* one thread, epoll: the sessions section */
 int echo_native_many_main(void *arg);
+/* By name, for a child that runs one after exec'ing the bench itself (procs.c): the name
+ * of a main (NULL for any other function), the main of a name (NULL for an unknown one). */
+const char *echo_child_name(proc_main_fn fn);
+proc_main_fn echo_child_by_name(const char *name);
 
 /* ---- load.c: the drivers ---- */
 

@@ -286,3 +286,31 @@ int echo_native_many_main(void *arg)
         }
     }
 }
+
+/* ---- by name: a child runs one of these after exec'ing the bench (procs.c) ---- */
+
+static const struct {
+    const char *name;
+    proc_main_fn fn;
+} children[] = {
+    { "echo", echo_plain_main },
+    { "echo-native", echo_native_main },
+    { "echo-many", echo_plain_many_main },
+    { "echo-native-many", echo_native_many_main },
+};
+
+const char *echo_child_name(proc_main_fn fn)
+{
+    for (size_t i = 0; i < sizeof(children) / sizeof(children[0]); i++)
+        if (children[i].fn == fn)
+            return children[i].name;
+    return NULL;
+}
+
+proc_main_fn echo_child_by_name(const char *name)
+{
+    for (size_t i = 0; i < sizeof(children) / sizeof(children[0]); i++)
+        if (strcmp(children[i].name, name) == 0)
+            return children[i].fn;
+    return NULL;
+}
