@@ -1359,6 +1359,22 @@ void sess_on_worker_exit(struct session *s, int res)
         /* hibernate.c stopped it at a durable snapshot: nothing to recover */
     } else if (!s->worker_done && (s->state == S_LIVE || s->state == S_CLOSING)) {
         recovery_start(s, how, !(si.si_code == CLD_KILLED && si.si_status == SIGKILL));
+    } else if (!s->worker_done && s->state == S_CONNECTING &&
+               si.si_code == CLD_KILLED && si.si_status == SIGKILL &&
+               s->prelive_respawns < PRELIVE_RESPAWNS_MAX) {
+        /* Killed while the server endpoint had not answered yet: it was handed nothing (the
+         * start event goes in at WELCOME), so a fresh worker replaces it. */
+        char err[256];
+        pid_t old = s->pid;
+
+        S.stats.worker_deaths++;
+        s->prelive_respawns++;
+        if (sess_spawn_worker(s, 0, err, sizeof(err)) < 0)
+            sess_fail(s, WIRE_ERR_SESSION, "worker pid %d died before the session started "
+                      "(%s) and no new one could start: %s", (int)old, how, err);
+        else
+            LOG(LOG_WARN, "session=%llu msg=\"worker died before the session started; a "
+                "fresh one replaces it\" old=%d status=\"%s\"", ull(s->id), (int)old, how);
     } else if (!s->worker_done && s->state != S_DEAD) {
         S.stats.worker_deaths++;
         sess_fail(s, WIRE_ERR_SESSION, "worker pid %d died before the session started: %s",

@@ -86,6 +86,7 @@ enum sess_state {
 
 /* Snapshots on their way to the server endpoint (remote.c). */
 #define SHIP_QUEUE 16
+#define PRELIVE_RESPAWNS_MAX 8   /* then a kill before WELCOME fails the session */
 struct ship {
     struct { uint64_t pos; int full; } q[SHIP_QUEUE];   /* durable here, not shipped yet */
     int nq;
@@ -140,6 +141,7 @@ struct session {
     uint64_t doorbell_val;
     uint32_t bell_out_seen;     /* bell_out as the last drain found it (doorbell.c) */
     int wake_failed;            /* a wake-up byte was not sent: the tick rings again */
+    uint32_t prelive_respawns;  /* workers killed before WELCOME, each replaced (session.c) */
     unsigned worker_done : 1, worker_reaped : 1, doorbell_armed : 1, exit_armed : 1;
     unsigned out_stalled : 1, in_dirty : 1;
     unsigned spawning : 1;      /* a worker was asked of the zygote; its reply is pending */

@@ -10,6 +10,7 @@
  * the same edge without faults receives for the same messages. A small state is written by
  * the worker itself, without a fork; a large one and a hot standby still fork. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -792,4 +793,68 @@ Test(snapsync, idle_workers_are_not_waited_on, .timeout = 90)
     cessna_ep_free(rp);
     t_edge_stop(&e);
     free(ref.data);
+}
+
+/* A worker killed while its session waits for the server endpoint's WELCOME (the worker is
+ * spawned at the client's HELLO, in parallel) was handed nothing yet: a fresh one replaces
+ * it, and the session goes live and answers as one never killed. The server endpoint does
+ * not accept until the kills are done, so the session stays connecting meanwhile. */
+static void *connect_thread(void *arg)
+{
+    const struct t_edge *e = arg;
+
+    return t_ep_connect(e);
+}
+
+Test(snapsync, a_worker_killed_before_welcome_is_replaced, .timeout = 60)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript ref = { 0 }, got = { 0 };
+    pthread_t th;
+    void *ret;
+    char out[4096];
+
+    t_echo_ep_listen(&srv);
+    t_edge_start(&e, t_app("sequencer"), srv.addr, "");
+    pthread_create(&th, NULL, connect_thread, &e);
+    uint64_t id = 0;
+    pid_t first = 0, now = 0;
+    for (long deadline = t_now_ms() + 10000; !first; sleep_ms(10)) {
+        cr_assert(t_now_ms() < deadline, "no connecting session with a worker in 10 s");
+        t_ctl(&e, "sessions", out, sizeof(out));
+        id = t_field(out, "id");
+        if (id && strstr(out, "state=connecting"))
+            first = (pid_t)t_field(out, "worker");
+    }
+    for (int k = 0; k < 3; k++) {   /* three kills, each of the worker that replaced the last */
+        pid_t victim = now ? now : first;
+        ctl_ok(&e, "kill-worker %llu", (unsigned long long)id);
+        for (long deadline = t_now_ms() + 10000;; sleep_ms(10)) {
+            cr_assert(t_now_ms() < deadline, "kill %d: worker %d not replaced in 10 s", k,
+                      (int)victim);
+            t_ctl(&e, "sessions", out, sizeof(out));
+            cr_assert(strstr(out, "state=connecting"), "kill %d: the session is not "
+                      "connecting any more: '%s'", k, out);
+            now = (pid_t)t_field(out, "worker");
+            if (now > 0 && now != victim)
+                break;
+        }
+    }
+    t_echo_ep_serve(&srv);
+    pthread_join(th, &ret);
+    struct cessna_ep *ep = ret;
+    cr_assert_not_null(ep);
+    struct cessna_ep *rp = t_ep_connect(&e);
+    round_trips(rp, &ref, 0, 20, 100);   /* a session never killed */
+    round_trips(ep, &got, 0, 20, 100);
+    same(&ref, &got);
+    cr_assert_eq(t_session_field(&e, id, "recoveries"), 0);
+    cessna_ep_close(ep, 5000);
+    cessna_ep_free(ep);
+    cessna_ep_close(rp, 5000);
+    cessna_ep_free(rp);
+    t_edge_stop(&e);
+    free(ref.data);
+    free(got.data);
 }

@@ -279,18 +279,29 @@ static void *echo_ep_accept(void *arg)
     return NULL;
 }
 
-void t_echo_ep_start(struct t_echo_ep *e)
+void t_echo_ep_listen(struct t_echo_ep *e)
 {
     char err[256];
-    pthread_t t;
 
     memset(e, 0, sizeof(*e));
     e->listen_fd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
     if (e->listen_fd < 0)
         cr_assert_fail("cessna_ep_listen: %s", err);
     snprintf(e->addr, sizeof(e->addr), "127.0.0.1:%d", addr_local_port(e->listen_fd));
+}
+
+void t_echo_ep_serve(struct t_echo_ep *e)
+{
+    pthread_t t;
+
     pthread_create(&t, NULL, echo_ep_accept, e);
     pthread_detach(t);
+}
+
+void t_echo_ep_start(struct t_echo_ep *e)
+{
+    t_echo_ep_listen(e);
+    t_echo_ep_serve(e);
 }
 
 static void *echo_tcp_conn(void *arg)

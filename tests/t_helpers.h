@@ -64,6 +64,10 @@ struct t_echo_ep {
     volatile int closes, errors, sessions;
 };
 void t_echo_ep_start(struct t_echo_ep *e);
+/* The same in two steps: connections queue in the backlog (their HELLO unanswered) until
+ * serve. */
+void t_echo_ep_listen(struct t_echo_ep *e);
+void t_echo_ep_serve(struct t_echo_ep *e);
 
 /* A plain TCP echo server, one thread per connection. */
 struct t_echo_tcp {
