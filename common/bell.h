@@ -30,26 +30,15 @@ static inline uint32_t bell_seen(_Atomic uint32_t *w)
     return atomic_load(w);
 }
 
-/* Returns when the counter differs from `seen`, on a ring, or on a signal (callers loop). */
-static inline void bell_wait(_Atomic uint32_t *w, uint32_t seen)
-{
-    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT, seen, NULL, NULL, 0);
-}
-
 static inline void bell_add(_Atomic uint32_t *w)
 {
     atomic_fetch_add(w, 1);
 }
 
+/* bell_out's futex wake (the supervisor waits on the word through io_uring). */
 static inline void bell_wake(_Atomic uint32_t *w)
 {
     syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, 1, NULL, NULL, 0);
-}
-
-static inline void bell_ring(_Atomic uint32_t *w)
-{
-    bell_add(w);
-    bell_wake(w);
 }
 
 /* The worker: sleep until a ring after `seen`. `asleep` is raised before the counter is
