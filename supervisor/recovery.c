@@ -43,6 +43,7 @@
 #include "cachelog.h"
 #include "log.h"
 #include "metrics.h"
+#include "notice.h"
 #include "snap.h"
 #include "spawn.h"
 #include "remote.h"
@@ -656,6 +657,7 @@ void recovery_on_tick(void)
         sess_bell_check(s, thorough);
         if (s->state != S_LIVE)
             continue;
+        notice_tick(s, now);
         if (s->snap_inflight && s->snap_lazy) {
             if (now - s->snap_requested_ms >= lazy_wait) {
                 S.stats.lazy_rings++;
@@ -744,6 +746,7 @@ static void make_durable(struct session *s, const struct snap_pending *p)
     s->snap_fork_ns = r->fork_ns;
     S.stats.snapshots++;
     metrics_observe_snapshot(r->fork_ns + r->write_ns);
+    size_t held = evstore_bytes(&s->ev);
     evstore_drop_through(&s->ev, p->pos);
     cachelog_drop_through(s, p->pos);
     if (p->standby_pidfd >= 0) {
@@ -752,11 +755,17 @@ static void make_durable(struct session *s, const struct snap_pending *p)
         s->standby_pid = p->standby_pid;
         s->standby_wake_fd = p->wake_fd;
     }
-    /* The ORDER and SNAP_DURABLE (or RECEIPT) frames for an endpoint go in one send. */
-    S.flush_held = 1;
-    sess_order_durable(s, p->pos);
-    remote_snapshot_durable(s, p->pos, p->full, p->seq);
-    S.flush_held = 0;
+    if (S.cfg.ship_snapshots && s->server_stores) {
+        /* The ORDER and RECEIPT frames for an endpoint go in one send. */
+        S.flush_held = 1;
+        sess_order_durable(s, p->pos);
+        remote_snapshot_durable(s, p->pos, p->full);
+        S.flush_held = 0;
+    } else {
+        /* Nowhere to store it: the endpoints may free what they keep for a new edge,
+         * with the next frames that go to them (notice.c). */
+        notice_durable(s, p->pos, p->seq, held - evstore_bytes(&s->ev));
+    }
     sup_flush(s, &s->c[SIDE_CLIENT]);
     sup_flush(s, &s->c[SIDE_SERVER]);
     sess_resume_input(s);

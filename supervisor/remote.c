@@ -68,25 +68,11 @@ static int open_snapshot(const struct session *s, uint64_t pos, int full, char *
     return open(path, O_RDONLY | O_CLOEXEC);
 }
 
-static void durable_here(struct session *s, uint64_t pos, const uint64_t seq[2])
-{
-    uint8_t frame[WIRE_HDR_LEN + 24];
-
-    sess_send_all(s, frame, wire_put_snap_durable(frame, pos, seq[0], seq[1]));
-}
-
-void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full,
-                             const uint64_t seq[2])
+void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full)
 {
     struct ship *sh = &s->ship;
     uint8_t frame[WIRE_HDR_LEN + 8];
 
-    if (!S.cfg.ship_snapshots || !s->server_stores) {
-        /* Nowhere to store it: the session cannot move, so what the endpoints keep for a
-         * new edge is of no use. Let them free it now (or they would stop at their cap). */
-        durable_here(s, pos, seq);
-        return;
-    }
     if (pos == full) {
         /* A full makes every older file irrelevant: the ones not started yet go. */
         sh->nq = 0;

@@ -13,10 +13,10 @@ enum side;
 
 void remote_init(struct session *s);
 void remote_end(struct session *s);
-/* A snapshot at pos (whose chain starts at the full at `full`, covering the client's and
- * the server's messages up to seq[0] and seq[1]) is durable on this node. */
-void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full,
-                             const uint64_t seq[2]);
+/* A snapshot at pos (whose chain starts at the full at `full`) is durable on this node and
+ * the server endpoint stores snapshots: RECEIPT, then ship it (SNAP_DURABLE after its
+ * SNAP_ACK). Sessions whose server stores nothing tell their endpoints with notice.c. */
+void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full);
 /* Ship more pieces while the server connection has room (after a send completed). */
 void remote_pump(struct session *s);
 /* RECEIPT, SNAP_ACK, HEARTBEAT from an endpoint of a live session: 0 handled, -ENOENT not

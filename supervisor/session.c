@@ -26,6 +26,7 @@
 #include "cred.h"
 #include "connfd.h"
 #include "log.h"
+#include "notice.h"
 #include "order.h"
 #include "remote.h"
 #include "sup.h"
@@ -1261,6 +1262,7 @@ static void drain_worker(struct session *s)
          * makes some.) */
         if (popped && ring_producer_waits(&s->out))
             sess_ring_worker(s);
+        notice_ride(s);
         sup_flush(s, &s->c[SIDE_CLIENT]);
         sup_flush(s, &s->c[SIDE_SERVER]);
         order_trim(s);

@@ -68,6 +68,7 @@ struct conn {
     unsigned reset : 1;     /* close with a reset, never a FIN (the session moves on) */
     unsigned closed : 1;    /* the endpoint said CLOSE (or ERROR) */
     unsigned shut : 2;      /* shut down so far: 1 reads, 2 writes (connfd.c) */
+    unsigned notice_owed : 1; /* a SNAP_DURABLE waits for the next frames (notice.c) */
     uint16_t ctl_ops;       /* its shutdowns and setsockopts in flight (connfd.c) */
     uint64_t next_seq;      /* DATA sequence number expected next */
     uint64_t last_tx_ms;    /* when something was last queued (HEARTBEAT when quiet) */
@@ -173,6 +174,9 @@ struct session {
     uint64_t gen;                       /* worker generation: stale reports are ignored */
     uint64_t snap_req_id;               /* id of the newest snapshot request */
     uint64_t snap_pos;                  /* newest durable snapshot, 0 = none */
+    uint64_t notice_pos, notice_seq[2]; /* the SNAP_DURABLE owed to the endpoints (notice.c) */
+    uint64_t notice_since_ms;           /* owed since (0: none owed) */
+    uint64_t notice_bytes;              /* held bytes freed since a notice last went */
     uint64_t snap_written;              /* newest snapshot file written (a delta's base) */
     uint64_t snap_written_full;         /* the full that the written chain starts at */
     uint64_t snap_requested_ms;

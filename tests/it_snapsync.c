@@ -632,6 +632,88 @@ Test(snapsync, snap_durable_names_the_messages_it_covers, .timeout = 60)
     t_edge_stop(&e);
 }
 
+/* Client messages of `len` bytes (at most 64 KiB) on a raw connection, each echoed. */
+static void echo_round(int fd, uint64_t *seq, int count, size_t len)
+{
+    static uint8_t buf[WIRE_HDR_LEN + 16 + (64 << 10)];
+    struct wire_frame f;
+    int outs = 0;
+
+    for (int i = 0; i < count; i++) {
+        size_t n = wire_put_data_hdr(buf, ++*seq, (uint32_t)len);
+        memset(buf + n, 'a' + i % 26, len);
+        t_write_all(fd, buf, n + len);
+    }
+    while (outs < count)
+        next_frame_of(fd, WIRE_OUT, &f, &outs);
+}
+
+/* A session whose server stores nothing hears SNAP_DURABLE with the next frames that go
+ * to it, not in a send of its own (notice.c): after a durable snapshot, the next message's
+ * echo comes first and the notice right behind it. A notice freeing more than 64 KiB of
+ * held events goes at once, and one with nothing to ride on goes within two intervals. */
+Test(snapsync, durable_notices_ride_with_the_next_output, .timeout = 60)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct wire_frame f;
+    uint8_t buf[256];
+    char cmd[64], out[256];
+    uint64_t seq = 0;
+
+    t_echo_ep_start(&srv);
+    /* No periodic snapshot gets in the way (1,000 events wanted, or 20 s quiet); notices
+     * wait 4 s. No HEARTBEAT comes between. */
+    t_edge_start(&e, t_app("passthrough"), srv.addr,
+                 "snapshot_interval_ms = 2000\nsnapshot_min_events = 1000\n"
+                 "heartbeat_interval_ms = 60000\n");
+    int fd = t_connect(e.sup.addr);
+    t_write_all(fd, buf, wire_put_hello(buf, WIRE_ROLE_CLIENT, 0, NULL));
+    next_frame_of(fd, WIRE_WELCOME, &f, NULL);
+    uint64_t id = f.u.welcome.session_id;
+    snprintf(cmd, sizeof(cmd), "snapshot %llu", (unsigned long long)id);
+
+    /* Small: the notice waits for the next output. */
+    echo_round(fd, &seq, 2, 5);
+    t_ctl(&e, cmd, out, sizeof(out));
+    cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+    wait_field_at_least(&e, id, "snapshots", 1, 10000);
+    long t0 = t_now_ms();
+    echo_round(fd, &seq, 1, 5);   /* a SNAP_DURABLE before the echo is passed over here */
+    long n = t_read_frame(fd, buf, sizeof(buf), 5000);
+    cr_assert_gt(n, 0, "no frame after the echo: %s", n == 0 ? "EOF" : strerror((int)-n));
+    cr_assert_eq(wire_next(buf, (size_t)n, sizeof(buf), &f), n);
+    cr_assert_eq(f.type, WIRE_SNAP_DURABLE, "after the echo: %s, not SNAP_DURABLE",
+                 wire_type_name(f.type));
+    cr_expect_lt(t_now_ms() - t0, 3000, "the notice came with the echo, not at the tick");
+    cr_expect_eq(f.u.durable.seq[0], 2, "covers the 2 messages before the snapshot: %llu",
+                 (unsigned long long)f.u.durable.seq[0]);
+
+    /* 40 x 4 KiB held: the notice goes at once, with no output to ride on. */
+    echo_round(fd, &seq, 40, 4096);
+    t0 = t_now_ms();
+    t_ctl(&e, cmd, out, sizeof(out));
+    cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+    next_frame_of(fd, WIRE_SNAP_DURABLE, &f, NULL);
+    cr_expect_lt(t_now_ms() - t0, 3000, "a large notice waited %ld ms", t_now_ms() - t0);
+    cr_expect_eq(f.u.durable.seq[0], seq, "covers all %llu: %llu", (unsigned long long)seq,
+                 (unsigned long long)f.u.durable.seq[0]);
+
+    /* Small and nothing follows: the tick sends it after two intervals (4 s). */
+    echo_round(fd, &seq, 1, 5);
+    t0 = t_now_ms();
+    t_ctl(&e, cmd, out, sizeof(out));
+    cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+    long got = t_read_frame(fd, buf, sizeof(buf), 10000);
+    cr_assert_gt(got, 0, "no notice within 10 s");
+    cr_assert_eq(wire_next(buf, (size_t)got, sizeof(buf), &f), got);
+    cr_assert_eq(f.type, WIRE_SNAP_DURABLE, "%s", wire_type_name(f.type));
+    cr_expect_geq(t_now_ms() - t0, 3500, "came after %ld ms: it did not wait for an output",
+                  t_now_ms() - t0);
+    close(fd);
+    t_edge_stop(&e);
+}
+
 /* Files in the session's directory whose name holds `part`. */
 static int count_named(const struct t_edge *e, uint64_t id, const char *part)
 {
