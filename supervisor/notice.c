@@ -6,9 +6,12 @@
  * endpoint per snapshot (with a message a second per session, a third of the edge's
  * sends). Now it waits for the next frames going to that endpoint (an OUT, after which the
  * endpoint has the order up to the snapshot) and goes in the same send; the tick sends
- * whatever waited NOTICE_WAIT_INTERVALS snapshot intervals (an idle or one-way session),
- * and a notice that frees more than NOTICE_RIDE_MAX_BYTES of held events goes at once (an
- * endpoint's keep is capped: a fast sender must not stop on notices still to come). */
+ * whatever waited NOTICE_WAIT_INTERVALS snapshot intervals (an idle or one-way session).
+ * An endpoint's keep is capped (past it, it stops reading from its program), and the edge
+ * does not know the cap, so: a notice that frees more than NOTICE_RIDE_MAX_BYTES of held
+ * events goes at once (a fast sender must not stop on notices still to come), and one that
+ * frees NOTICE_QUIET_BYTES goes at the next tick to an endpoint that sent no DATA since it
+ * was owed (which is how an endpoint stopped at a small cap looks). */
 #include <string.h>
 
 #include "notice.h"
@@ -17,6 +20,7 @@
 #include "wire.h"
 
 #define NOTICE_RIDE_MAX_BYTES (64u << 10)
+#define NOTICE_QUIET_BYTES (4u << 10)
 #define NOTICE_WAIT_INTERVALS 2
 #define NOTICE_WAIT_MIN_MS 500
 
@@ -69,8 +73,12 @@ void notice_durable(struct session *s, uint64_t pos, const uint64_t seq[2], size
     s->notice_bytes += freed;
     if (!s->notice_since_ms)
         s->notice_since_ms = tmo_now_ms();
-    for (int i = 0; i < 2; i++)
-        s->c[i].notice_owed = reachable(&s->c[i]);
+    for (int i = 0; i < 2; i++) {
+        struct conn *c = &s->c[i];
+        if (!c->notice_owed)
+            c->notice_seq = c->next_seq;   /* a DATA after this: it is not stopped */
+        c->notice_owed = reachable(c);
+    }
     if (s->notice_bytes > NOTICE_RIDE_MAX_BYTES)
         notice_send_now(s);
 }
@@ -90,6 +98,19 @@ void notice_tick(struct session *s, uint64_t now)
 
     if (wait < NOTICE_WAIT_MIN_MS)
         wait = NOTICE_WAIT_MIN_MS;
-    if (s->notice_since_ms && now - s->notice_since_ms >= wait)
+    if (!s->notice_since_ms)
+        return;
+    if (now - s->notice_since_ms >= wait) {
         notice_send_now(s);
+        return;
+    }
+    if (s->notice_bytes < NOTICE_QUIET_BYTES)
+        return;
+    for (int i = 0; i < 2; i++) {
+        struct conn *c = &s->c[i];
+        if (c->notice_owed && c->next_seq == c->notice_seq) {
+            notice_send_now(s);
+            return;
+        }
+    }
 }

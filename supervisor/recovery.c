@@ -655,9 +655,10 @@ void recovery_on_tick(void)
         watchdog(s, now);
         recovery_timed(s);
         sess_bell_check(s, thorough);
+        if (s->state == S_LIVE || s->state == S_CLOSING)
+            notice_tick(s, now);
         if (s->state != S_LIVE)
             continue;
-        notice_tick(s, now);
         if (s->snap_inflight && s->snap_lazy) {
             if (now - s->snap_requested_ms >= lazy_wait) {
                 S.stats.lazy_rings++;

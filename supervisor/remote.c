@@ -22,6 +22,7 @@
 #include "connfd.h"
 #include "drain.h"
 #include "log.h"
+#include "notice.h"
 #include "remote.h"
 #include "snap.h"
 #include "sup.h"
@@ -222,6 +223,7 @@ void remote_sweep(uint64_t now_ms)
             continue;
         if (reachable(c) && now_ms - c->last_tx_ms >= S.cfg.heartbeat_interval_ms) {
             sess_queue(c, frame, sizeof(frame), NULL, 0);
+            notice_ride(s);   /* an owed SNAP_DURABLE goes in the same send */
             sup_flush(s, c);
         }
     }

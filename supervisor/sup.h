@@ -73,6 +73,7 @@ struct conn {
     uint64_t next_seq;      /* DATA sequence number expected next */
     uint64_t last_tx_ms;    /* when something was last queued (HEARTBEAT when quiet) */
     uint64_t order_sent;    /* event position up to which this endpoint has the order */
+    uint64_t notice_seq;    /* next_seq when a SNAP_DURABLE became owed to it (notice.c) */
 };
 
 enum sess_state {

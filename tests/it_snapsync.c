@@ -651,7 +651,8 @@ static void echo_round(int fd, uint64_t *seq, int count, size_t len)
 /* A session whose server stores nothing hears SNAP_DURABLE with the next frames that go
  * to it, not in a send of its own (notice.c): after a durable snapshot, the next message's
  * echo comes first and the notice right behind it. A notice freeing more than 64 KiB of
- * held events goes at once, and one with nothing to ride on goes within two intervals. */
+ * held events goes at once; one freeing 4 KiB, at the next tick to an endpoint that sent
+ * nothing since; a small one with nothing to ride on, after two intervals. */
 Test(snapsync, durable_notices_ride_with_the_next_output, .timeout = 60)
 {
     struct t_echo_ep srv;
@@ -698,6 +699,16 @@ Test(snapsync, durable_notices_ride_with_the_next_output, .timeout = 60)
     cr_expect_lt(t_now_ms() - t0, 3000, "a large notice waited %ld ms", t_now_ms() - t0);
     cr_expect_eq(f.u.durable.seq[0], seq, "covers all %llu: %llu", (unsigned long long)seq,
                  (unsigned long long)f.u.durable.seq[0]);
+
+    /* 2 x 4 KiB held and no DATA after: what an endpoint stopped at a small keep cap looks
+     * like; the notice goes at the next tick. */
+    echo_round(fd, &seq, 2, 4096);
+    t0 = t_now_ms();
+    t_ctl(&e, cmd, out, sizeof(out));
+    cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+    next_frame_of(fd, WIRE_SNAP_DURABLE, &f, NULL);
+    cr_expect_lt(t_now_ms() - t0, 3000, "a notice to a quiet endpoint waited %ld ms",
+                 t_now_ms() - t0);
 
     /* Small and nothing follows: the tick sends it after two intervals (4 s). */
     echo_round(fd, &seq, 1, 5);
