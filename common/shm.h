@@ -15,7 +15,7 @@
 
 #include "ring.h"
 
-#define SHM_MAGIC   0x43534d31u /* "CSM1" */
+#define SHM_MAGIC   0x43534d32u /* "CSM2": the layout below changed (snap_reuse) */
 #define SHM_CTL_LEN 4096u
 
 struct shm_ctl {
@@ -37,6 +37,8 @@ struct shm_ctl {
     uint32_t snap_hot;          /* 1: the child stays, stopped, as the hot standby */
     uint32_t snap_spares;       /* spare files the supervisor believes are in the session's
                                  * directory (common/snap.c): where the writer looks first */
+    uint64_t snap_reuse;        /* a full no longer needed (its position; 0: none): the
+                                 * writer takes its file before any spare (snap_set_reuse) */
     _Atomic uint64_t snap_pos;
     /* Each request has a new id (written last, release): a worker acts once per id, so a
      * retry at a position it forked at before is still answered. */

@@ -36,6 +36,13 @@ void snap_set_spares(int n)
     snap_spares = n;
 }
 
+static uint64_t snap_reuse;   /* snap_set_reuse */
+
+void snap_set_reuse(uint64_t position)
+{
+    snap_reuse = position;
+}
+
 /* snap_keep_buffers: the writer's buffers, kept between files. */
 enum { SCRATCH_HASHES, SCRATCH_WRITE, SCRATCH_ZSTD, SCRATCHES };
 static int keep_buffers;
@@ -655,6 +662,37 @@ static int take_spare(int dfd, const char *tmp)
     return -1;
 }
 
+/* The full the supervisor gave up (snap_set_reuse) renamed to tmp and opened for writing,
+ * or -1 when none was given or it is not there (retired by a prune, taken by another
+ * writer). One rename instead of the supervisor's retire plus the writer's take_spare. Its
+ * header must name this session and that position: a writer outliving its session (a child
+ * forked just before its worker was killed) may be in a directory someone else has now,
+ * whose file of that name is not to be taken; it goes back. */
+static int take_reuse(int dfd, const char *tmp, uint64_t session_id)
+{
+    uint8_t h[SNAP_HDR_LEN];
+    char name[64];
+    uint64_t pos = snap_reuse;
+
+    if (!pos)
+        return -1;
+    snap_name(name, sizeof(name), pos, SNAP_FULL);
+    snap_reuse = 0;
+    if (renameat(dfd, name, dfd, tmp) == -1)
+        return -1;
+    int fd = openat(dfd, tmp, O_RDWR | O_CLOEXEC);
+    if (fd >= 0 && (pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
+                    memcmp(h, hdr_magic, 8) != 0 || get64(h + 32) != session_id ||
+                    get64(h + 40) != pos)) {
+        close(fd);
+        renameat(dfd, tmp, dfd, name);
+        return -1;
+    }
+    if (fd == -1)
+        unlinkat(dfd, tmp, 0);
+    return fd;
+}
+
 int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
                   struct snap_hashes *hashes, struct snap_stats *stats, char *err, size_t errlen)
 {
@@ -706,7 +744,9 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
         goto fail;
     }
     file = tmp;
-    w.fd = take_spare(dfd, tmp);
+    w.fd = take_reuse(dfd, tmp, m->session_id);
+    if (w.fd == -1)
+        w.fd = take_spare(dfd, tmp);
     reused = w.fd != -1;
     if (w.fd == -1)
         w.fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

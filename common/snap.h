@@ -122,6 +122,9 @@ void snap_set_sync(int on);
  * numbered from 0 up): it looks at spare.N-1 down to spare.0 only, instead of trying every
  * name. -1 (the default): unknown, try them all. */
 void snap_set_spares(int n);
+/* The next write takes the file of the full snapshot at `position` (no longer needed: the
+ * supervisor says so) for its own, before any spare; 0: none. Used once. */
+void snap_set_reuse(uint64_t position);
 
 /* With on, the writer keeps its buffers (page hashes, write buffer, compression output) from
  * one file to the next instead of freeing them: a worker writing its small state itself on

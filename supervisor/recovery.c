@@ -69,6 +69,7 @@ static int small_state(const struct session *s)
 
 #define LAZY_WAIT_MIN_MS 500   /* a periodic request waits at least this long for an event */
 #define PRUNES_BY_NAME_MAX 64   /* make_durable reads a session's directory at least this often */
+#define REUSE_MAX_BYTES (64u << 10)   /* a larger full is retired (emptied), not handed on */
 #define STRAY_SWEEP_MS 5000     /* recovery_reap_strays at least this often */
 
 static uint64_t mono_ns(void)
@@ -444,7 +445,11 @@ static int request_snapshot(struct session *s, char *msg, size_t len, int lazy)
     s->ctl->snap_gen = s->gen;
     s->ctl->snap_hot = S.cfg.standby == STANDBY_HOT;
     s->ctl->snap_spares = s->spares;
-    s->spares -= s->spares > 0;   /* the writer takes one */
+    s->ctl->snap_reuse = s->reuse_full;
+    if (s->reuse_full)
+        s->reuse_full = 0;   /* the writer takes that file (a failure reads the dir) */
+    else
+        s->spares -= s->spares > 0;   /* the writer takes one */
     atomic_store_explicit(&s->ctl->snap_pos, p, memory_order_release);
     atomic_store_explicit(&s->ctl->snap_req, ++s->snap_req_id, memory_order_release);
     s->snap_inflight = 1;
@@ -722,17 +727,26 @@ static void make_durable(struct session *s, const struct snap_pending *p)
      * on the same full has nothing to prune, and reading the directory would cost the loop
      * a getdents per snapshot). When the chain before was one full, and no writer failed or
      * died since, that file is all there is to retire: by its name (a small state, written
-     * full every time, is this case); the directory is read now and then all the same. */
-    if (p->full != s->pruned_full) {
+     * full every time, is this case), and when small it is not even renamed here: the next
+     * snapshot request hands it to its writer, which writes over it (reuse_full). The
+     * directory is read now and then all the same. A file still being shipped (remote.c
+     * reads it piece by piece) is left alone: the next durable snapshot prunes. */
+    if (p->full != s->pruned_full && !(s->ship.active && s->ship.pos < p->full)) {
         int pruned;
         if (s->lone_full && s->lone_full == s->pruned_full &&
             s->prunes_by_name < PRUNES_BY_NAME_MAX) {
-            pruned = snap_retire_one(dir, s->lone_full, SNAP_FULL, (int)s->spares);
-            pruned = pruned < 0 ? pruned : 1;
+            if (!s->reuse_full && s->lone_full_bytes <= REUSE_MAX_BYTES) {
+                s->reuse_full = s->lone_full;   /* the next writer takes it: no rename here */
+                pruned = 0;
+            } else {
+                pruned = snap_retire_one(dir, s->lone_full, SNAP_FULL, (int)s->spares);
+                pruned = pruned < 0 ? pruned : 1;
+            }
             s->prunes_by_name++;
         } else {
             pruned = snap_prune(dir, p->full);
             s->prunes_by_name = 0;
+            s->reuse_full = 0;   /* retired by the prune if it was there: a spare now */
         }
         if (pruned >= 0)
             s->pruned_full = p->full;
@@ -740,6 +754,7 @@ static void make_durable(struct session *s, const struct snap_pending *p)
             s->spares = s->spares + (uint32_t)pruned > 12 ? 12 : s->spares + (uint32_t)pruned;
     }
     s->lone_full = p->pos == p->full ? p->full : 0;
+    s->lone_full_bytes = r->bytes;
     s->snap_pos = p->pos;
     s->snapshots++;
     s->snap_bytes = r->bytes;

@@ -189,6 +189,11 @@ struct session {
                                          * else went wrong since: the next prune retires it
                                          * by name (0: read the directory) */
     uint32_t prunes_by_name;            /* since the directory was last read */
+    uint64_t lone_full_bytes;           /* the size of lone_full's file */
+    uint64_t reuse_full;                /* a full no longer needed whose file the next
+                                         * snapshot request hands its writer (shm_ctl
+                                         * snap_reuse) instead of retiring it here: one
+                                         * rename fewer per snapshot; 0 = none */
     struct snapchild kids[SNAP_KIDS];   /* snapshot children alive, watched by pidfd */
     struct snap_pending pend;           /* written, durable once its outputs are handed over */
     pid_t standby_pid;                  /* the hot standby, 0 = none */

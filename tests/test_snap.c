@@ -63,6 +63,20 @@ static int count_files(const char *dir)
     return n;
 }
 
+/* Names in dir that hold `part`. */
+static int count_named_like(const char *dir, const char *part)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int n = 0;
+
+    cr_assert_not_null(d, "opendir %s", dir);
+    while ((de = readdir(d)))
+        n += strstr(de->d_name, part) != NULL;
+    closedir(d);
+    return n;
+}
+
 static int file_exists(const char *dir, const char *name)
 {
     char path[512];
@@ -1192,5 +1206,64 @@ Test(snap, written_snapshots_reuse_spares)
     cr_assert_eq(written.st_ino, spare.st_ino, "the delta was written over spare.2");
     cr_assert_lt(written.st_size, (off_t)sizeof(junk), "cut to its own length");
     expect_chain(dir, (uint64_t[]){ 16, 17, 18 }, 3, "on spares", err, sizeof(err));
+    rm_dir(dir);
+}
+
+/* The supervisor hands the next writer a full it no longer needs (snap_set_reuse): the new
+ * file is written over that one (the same inode, nothing created, no spare taken), loads,
+ * and the hand-over is used once; a full that is gone already (a prune retired it) sends
+ * the writer to the spares as before. */
+Test(snap, a_full_handed_on_is_written_over)
+{
+    char *dir = tmp_dir(), err[1024], p[600];
+    struct world w;
+    struct stat old, spare, written;
+
+    world_init(&w, 2);
+    put_snap(dir, &w, 5, SNAP_FULL, 0);
+    put_snap(dir, &w, 6, SNAP_FULL, 0);
+    snprintf(p, sizeof(p), "%s/spare.0", dir);
+    store(p, "", 0);
+    cr_assert_eq(stat(p, &spare), 0);
+    snprintf(p, sizeof(p), "%s/snap-00000000000000000005.full", dir);
+    cr_assert_eq(stat(p, &old), 0);
+    snap_set_spares(1);
+    snap_set_reuse(5);
+    put_snap(dir, &w, 7, SNAP_FULL, 0);
+    snprintf(p, sizeof(p), "%s/snap-00000000000000000007.full", dir);
+    cr_assert_eq(stat(p, &written), 0);
+    cr_assert_eq(written.st_ino, old.st_ino, "written over the full handed on");
+    cr_assert(!file_exists(dir, "snap-00000000000000000005.full"));
+    cr_assert(file_exists(dir, "spare.0"), "the spare is still there");
+    expect_chain(dir, (uint64_t[]){ 7 }, 1, "over the old full", err, sizeof(err));
+
+    /* used once: the next write takes the spare */
+    put_snap(dir, &w, 8, SNAP_DELTA, 7);
+    snprintf(p, sizeof(p), "%s/snap-00000000000000000008.delta", dir);
+    cr_assert_eq(stat(p, &written), 0);
+    cr_assert_eq(written.st_ino, spare.st_ino, "then the spare");
+
+    /* handed on but gone: a spare, else a new file */
+    snap_set_reuse(5);
+    put_snap(dir, &w, 9, SNAP_DELTA, 8);
+    expect_chain(dir, (uint64_t[]){ 7, 8, 9 }, 3, "after a missing hand-over", err, sizeof(err));
+    cr_assert(file_exists(dir, "snap-00000000000000000006.full"), "nothing else was touched");
+
+    /* another session's file of that name (a writer outliving its session, in a directory
+     * someone else has now) is left where it was */
+    struct snap_meta m = world_meta(&w, 6, SNAP_FULL, 0);
+    m.session_id = 78;
+    snprintf(p, sizeof(p), "%s/snap-00000000000000000006.full", dir);
+    unlink(p);
+    write_ok(dir, &m, NULL, NULL);
+    cr_assert_eq(stat(p, &old), 0);
+    snap_set_reuse(6);
+    put_snap(dir, &w, 10, SNAP_DELTA, 9);
+    snap_set_spares(-1);
+    cr_assert_eq(stat(p, &written), 0, "another session's file stays under its name");
+    cr_assert_eq(written.st_ino, old.st_ino);
+    cr_assert_eq(count_named_like(dir, ".tmp"), 0, "no temp file left");
+    expect_chain(dir, (uint64_t[]){ 7, 8, 9, 10 }, 4, "after a refused hand-over", err,
+                 sizeof(err));
     rm_dir(dir);
 }

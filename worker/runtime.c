@@ -730,7 +730,7 @@ static void take_snapshot(void)
         .state_dir = L.state_dir, .dirfd = L.session_dirfd, .session_id = L.st->session_id,
         .position = atomic_load(&L.ctl->snap_pos), .base = L.ctl->snap_base,
         .gen = L.ctl->snap_gen, .hot = (int)L.ctl->snap_hot, .max_message = L.max_message,
-        .spares = L.ctl->snap_spares,
+        .spares = L.ctl->snap_spares, .reuse = L.ctl->snap_reuse,
     };
     char why[96];
     int rc;

@@ -167,6 +167,7 @@ static void write_file(const struct wsnap_request *rq, struct snap_report *rep,
      * sync of the filesystem (supervisor/snapsync.c) before it counts any of them. */
     snap_set_sync(0);
     snap_set_spares((int)rq->spares);
+    snap_set_reuse(rq->reuse);
     rep->status = snap_write_at(rq->dirfd, dir, &m, &W.hashes, &st, rep->text,
                                 sizeof(rep->text));
     rep->write_ns = (uint64_t)(mono_ns() - t0);

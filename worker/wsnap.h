@@ -18,6 +18,7 @@ struct wsnap_request {
     uint64_t req;           /* the request id, echoed in the report */
     int hot;                /* the child stays as the hot standby */
     uint32_t spares;        /* spare files believed to be in the directory (snap_set_spares) */
+    uint64_t reuse;         /* a full no longer needed, its file taken first (snap_set_reuse) */
     uint32_t max_message;   /* the edge's max_message_bytes, recorded in the header */
     uint64_t seq[2], out_no[2];
 };
