@@ -822,7 +822,11 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
     put64(trl + 24, XXH3_64bits_digest(w.xs));
     if ((rc = wbuf_raw(&w, trl, sizeof(trl))) || (rc = wbuf_flush(&w)))
         goto fail;
-    if (reused && ftruncate(w.fd, (off_t)w.bytes) == -1) {   /* a spare's old tail, if longer */
+    /* A reused file's old tail, if it was longer. Most often it is as long (a small state,
+     * the same pages): then no truncate, which costs a filesystem update even for nothing. */
+    struct stat st;
+    if (reused && (fstat(w.fd, &st) == -1 || st.st_size > (off_t)w.bytes) &&
+        ftruncate(w.fd, (off_t)w.bytes) == -1) {
         rc = -errno;
         step = "truncate";
         goto fail;
