@@ -298,8 +298,11 @@ Test(install, man_pages_name_every_option_and_key, .timeout = 60)
         snprintf(path, sizeof(path), "%s/bin/%s --help 2>&1", CESSNA_BUILD_DIR, pages[i][0]);
         FILE *p = popen(path, "r");
         int options = 0;
+        char first[160] = "";
         cr_assert(p);
-        while (fgets(line, sizeof(line), p))
+        while (fgets(line, sizeof(line), p)) {
+            if (!first[0])
+                snprintf(first, sizeof(first), "%s", line);
             for (char *o = strstr(line, "--"); o; o = strstr(o + 2, "--")) {
                 size_t n = 2;
                 while (o[n] == '-' || (o[n] >= 'a' && o[n] <= 'z'))
@@ -312,8 +315,10 @@ Test(install, man_pages_name_every_option_and_key, .timeout = 60)
                           opt);
                 options++;
             }
-        pclose(p);
-        cr_expect_gt(options, 1, "%s --help named no options", pages[i][0]);
+        }
+        int status = pclose(p);
+        cr_expect_gt(options, 1, "%s --help named no options (wait status %d, first line: %s)",
+                     pages[i][0], status, first);
         free(man);
     }
 
