@@ -589,6 +589,32 @@ static void next_frame_of(int fd, uint8_t type, struct wire_frame *f, int *outs)
     }
 }
 
+/* A raw client connection to a new edge (passthrough, cfg) before an echo server: its
+ * session id in *id. */
+static int raw_session(struct t_edge *e, struct t_echo_ep *srv, const char *cfg, uint64_t *id)
+{
+    struct wire_frame f;
+    uint8_t buf[64];
+
+    t_echo_ep_start(srv);
+    t_edge_start(e, t_app("passthrough"), srv->addr, cfg);
+    int fd = t_connect(e->sup.addr);
+    t_write_all(fd, buf, wire_put_hello(buf, WIRE_ROLE_CLIENT, 0, NULL));
+    next_frame_of(fd, WIRE_WELCOME, &f, NULL);
+    *id = f.u.welcome.session_id;
+    return fd;
+}
+
+/* The next frame on a raw connection, whatever it is, within timeout_ms. */
+static void read_one_frame(int fd, struct wire_frame *f, int timeout_ms, const char *what)
+{
+    static uint8_t buf[1 << 17];
+    long n = t_read_frame(fd, buf, sizeof(buf), timeout_ms);
+
+    cr_assert_gt(n, 0, "%s: %s", what, n == 0 ? "EOF" : strerror((int)-n));
+    cr_assert_eq(wire_next(buf, (size_t)n, sizeof(buf), f), n);
+}
+
 /* SNAP_DURABLE tells both endpoints the last message of each side the snapshot covers, so
  * each frees what it kept up to there and nothing after: the supervisor counts them as it
  * gives messages their positions (it does not read them back from the worker's file). */
@@ -598,15 +624,9 @@ Test(snapsync, snap_durable_names_the_messages_it_covers, .timeout = 60)
     struct t_edge e;
     struct wire_frame f;
     uint8_t buf[256];
-    char cmd[64], out[256];
-    uint64_t seq = 0;
+    uint64_t seq = 0, id;
+    int fd = raw_session(&e, &srv, "snapshot_interval_ms = 0\n", &id);
 
-    t_echo_ep_start(&srv);
-    t_edge_start(&e, t_app("passthrough"), srv.addr, "snapshot_interval_ms = 0\n");
-    int fd = t_connect(e.sup.addr);
-    t_write_all(fd, buf, wire_put_hello(buf, WIRE_ROLE_CLIENT, 0, NULL));
-    next_frame_of(fd, WIRE_WELCOME, &f, NULL);
-    uint64_t id = f.u.welcome.session_id;
     for (int round = 1; round <= 3; round++) {
         int outs = 0, sent = round * 2;   /* 2, 4, 6 messages */
         for (int i = 0; i < sent; i++) {
@@ -616,9 +636,7 @@ Test(snapsync, snap_durable_names_the_messages_it_covers, .timeout = 60)
         }
         while (outs < sent)   /* each echoed: the server's messages are ordered too */
             next_frame_of(fd, WIRE_OUT, &f, &outs);
-        snprintf(cmd, sizeof(cmd), "snapshot %llu", (unsigned long long)id);
-        t_ctl(&e, cmd, out, sizeof(out));
-        cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+        ctl_ok(&e, "snapshot %llu", id);
         next_frame_of(fd, WIRE_SNAP_DURABLE, &f, NULL);
         /* START, then each client message and its echo from the server */
         cr_expect_eq(f.u.durable.position, 1 + 2 * seq, "position %llu",
@@ -658,32 +676,19 @@ Test(snapsync, durable_notices_ride_with_the_next_output, .timeout = 60)
     struct t_echo_ep srv;
     struct t_edge e;
     struct wire_frame f;
-    uint8_t buf[256];
-    char cmd[64], out[256];
-    uint64_t seq = 0;
-
-    t_echo_ep_start(&srv);
+    uint64_t seq = 0, id;
     /* No periodic snapshot gets in the way (1,000 events wanted, or 20 s quiet); notices
      * wait 4 s. No HEARTBEAT comes between. */
-    t_edge_start(&e, t_app("passthrough"), srv.addr,
-                 "snapshot_interval_ms = 2000\nsnapshot_min_events = 1000\n"
-                 "heartbeat_interval_ms = 60000\n");
-    int fd = t_connect(e.sup.addr);
-    t_write_all(fd, buf, wire_put_hello(buf, WIRE_ROLE_CLIENT, 0, NULL));
-    next_frame_of(fd, WIRE_WELCOME, &f, NULL);
-    uint64_t id = f.u.welcome.session_id;
-    snprintf(cmd, sizeof(cmd), "snapshot %llu", (unsigned long long)id);
+    int fd = raw_session(&e, &srv, "snapshot_interval_ms = 2000\nsnapshot_min_events = 1000\n"
+                         "heartbeat_interval_ms = 60000\n", &id);
 
     /* Small: the notice waits for the next output. */
     echo_round(fd, &seq, 2, 5);
-    t_ctl(&e, cmd, out, sizeof(out));
-    cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+    ctl_ok(&e, "snapshot %llu", id);
     wait_field_at_least(&e, id, "snapshots", 1, 10000);
     long t0 = t_now_ms();
     echo_round(fd, &seq, 1, 5);   /* a SNAP_DURABLE before the echo is passed over here */
-    long n = t_read_frame(fd, buf, sizeof(buf), 5000);
-    cr_assert_gt(n, 0, "no frame after the echo: %s", n == 0 ? "EOF" : strerror((int)-n));
-    cr_assert_eq(wire_next(buf, (size_t)n, sizeof(buf), &f), n);
+    read_one_frame(fd, &f, 5000, "no frame after the echo");
     cr_assert_eq(f.type, WIRE_SNAP_DURABLE, "after the echo: %s, not SNAP_DURABLE",
                  wire_type_name(f.type));
     cr_expect_lt(t_now_ms() - t0, 3000, "the notice came with the echo, not at the tick");
@@ -693,8 +698,7 @@ Test(snapsync, durable_notices_ride_with_the_next_output, .timeout = 60)
     /* 40 x 4 KiB held: the notice goes at once, with no output to ride on. */
     echo_round(fd, &seq, 40, 4096);
     t0 = t_now_ms();
-    t_ctl(&e, cmd, out, sizeof(out));
-    cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+    ctl_ok(&e, "snapshot %llu", id);
     next_frame_of(fd, WIRE_SNAP_DURABLE, &f, NULL);
     cr_expect_lt(t_now_ms() - t0, 3000, "a large notice waited %ld ms", t_now_ms() - t0);
     cr_expect_eq(f.u.durable.seq[0], seq, "covers all %llu: %llu", (unsigned long long)seq,
@@ -704,8 +708,7 @@ Test(snapsync, durable_notices_ride_with_the_next_output, .timeout = 60)
      * like; the notice goes at the next tick. */
     echo_round(fd, &seq, 2, 4096);
     t0 = t_now_ms();
-    t_ctl(&e, cmd, out, sizeof(out));
-    cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
+    ctl_ok(&e, "snapshot %llu", id);
     next_frame_of(fd, WIRE_SNAP_DURABLE, &f, NULL);
     cr_expect_lt(t_now_ms() - t0, 3000, "a notice to a quiet endpoint waited %ld ms",
                  t_now_ms() - t0);
@@ -713,11 +716,8 @@ Test(snapsync, durable_notices_ride_with_the_next_output, .timeout = 60)
     /* Small and nothing follows: the tick sends it after two intervals (4 s). */
     echo_round(fd, &seq, 1, 5);
     t0 = t_now_ms();
-    t_ctl(&e, cmd, out, sizeof(out));
-    cr_assert(strncmp(out, "ok", 2) == 0, "%s", out);
-    long got = t_read_frame(fd, buf, sizeof(buf), 10000);
-    cr_assert_gt(got, 0, "no notice within 10 s");
-    cr_assert_eq(wire_next(buf, (size_t)got, sizeof(buf), &f), got);
+    ctl_ok(&e, "snapshot %llu", id);
+    read_one_frame(fd, &f, 10000, "no notice within 10 s");
     cr_assert_eq(f.type, WIRE_SNAP_DURABLE, "%s", wire_type_name(f.type));
     cr_expect_geq(t_now_ms() - t0, 3500, "came after %ld ms: it did not wait for an output",
                   t_now_ms() - t0);
