@@ -12,8 +12,6 @@
  * events goes at once (a fast sender must not stop on notices still to come), and one that
  * frees NOTICE_QUIET_BYTES goes at the next tick to an endpoint that sent no DATA since it
  * was owed (which is how an endpoint stopped at a small cap looks). */
-#include <string.h>
-
 #include "notice.h"
 #include "sup.h"
 #include "timeouts.h"
@@ -23,11 +21,6 @@
 #define NOTICE_QUIET_BYTES (4u << 10)
 #define NOTICE_WAIT_INTERVALS 2
 #define NOTICE_WAIT_MIN_MS 500
-
-static int reachable(const struct conn *c)
-{
-    return c->fd >= 0 && c->up && !c->dead && !c->draining;
-}
 
 static void queue_notice(struct session *s, struct conn *c)
 {
@@ -52,7 +45,7 @@ static void notice_send_now(struct session *s)
     sess_order_durable(s, s->notice_pos);
     for (int i = 0; i < 2; i++) {
         struct conn *c = &s->c[i];
-        if (c->notice_owed && reachable(c))
+        if (c->notice_owed && conn_reachable(c))
             queue_notice(s, c);
         c->notice_owed = 0;
     }
@@ -77,7 +70,7 @@ void notice_durable(struct session *s, uint64_t pos, const uint64_t seq[2], size
         struct conn *c = &s->c[i];
         if (!c->notice_owed)
             c->notice_seq = c->next_seq;   /* a DATA after this: it is not stopped */
-        c->notice_owed = reachable(c);
+        c->notice_owed = conn_reachable(c);
     }
     if (s->notice_bytes > NOTICE_RIDE_MAX_BYTES)
         notice_send_now(s);
@@ -87,7 +80,7 @@ void notice_ride(struct session *s)
 {
     for (int i = 0; i < 2; i++) {
         struct conn *c = &s->c[i];
-        if (c->notice_owed && c->pending.len && reachable(c) && c->order_sent >= s->notice_pos)
+        if (c->notice_owed && c->pending.len && conn_reachable(c) && c->order_sent >= s->notice_pos)
             queue_notice(s, c);
     }
 }
@@ -96,10 +89,10 @@ void notice_tick(struct session *s, uint64_t now)
 {
     uint64_t wait = NOTICE_WAIT_INTERVALS * S.cfg.snapshot_interval_ms;
 
-    if (wait < NOTICE_WAIT_MIN_MS)
-        wait = NOTICE_WAIT_MIN_MS;
     if (!s->notice_since_ms)
         return;
+    if (wait < NOTICE_WAIT_MIN_MS)
+        wait = NOTICE_WAIT_MIN_MS;
     if (now - s->notice_since_ms >= wait) {
         notice_send_now(s);
         return;

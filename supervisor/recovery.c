@@ -735,7 +735,8 @@ static void make_durable(struct session *s, const struct snap_pending *p)
         int pruned;
         if (s->lone_full && s->lone_full == s->pruned_full &&
             s->prunes_by_name < PRUNES_BY_NAME_MAX) {
-            if (!s->reuse_full && s->lone_full_bytes <= REUSE_MAX_BYTES) {
+            /* snap_bytes is still lone_full's size here: set for this one below */
+            if (!s->reuse_full && s->snap_bytes <= REUSE_MAX_BYTES) {
                 s->reuse_full = s->lone_full;   /* the next writer takes it: no rename here */
                 pruned = 0;
             } else {
@@ -754,7 +755,6 @@ static void make_durable(struct session *s, const struct snap_pending *p)
             s->spares = s->spares + (uint32_t)pruned > 12 ? 12 : s->spares + (uint32_t)pruned;
     }
     s->lone_full = p->pos == p->full ? p->full : 0;
-    s->lone_full_bytes = r->bytes;
     s->snap_pos = p->pos;
     s->snapshots++;
     s->snap_bytes = r->bytes;

@@ -31,11 +31,6 @@
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
 
-static int reachable(const struct conn *c)
-{
-    return c->fd >= 0 && c->up && !c->dead && !c->draining;
-}
-
 /* ---- shipping ---- */
 
 static void ship_close(struct session *s)
@@ -88,7 +83,7 @@ void remote_snapshot_durable(struct session *s, uint64_t pos, uint64_t full)
     sh->q[sh->nq].pos = pos;
     sh->q[sh->nq].full = pos == full;
     sh->nq++;
-    if (reachable(&s->c[SIDE_CLIENT])) {
+    if (conn_reachable(&s->c[SIDE_CLIENT])) {
         sess_queue(&s->c[SIDE_CLIENT], frame, wire_put_u64(frame, WIRE_RECEIPT, pos), NULL, 0);
         sup_flush(s, &s->c[SIDE_CLIENT]);
     }
@@ -138,7 +133,7 @@ void remote_pump(struct session *s)
     struct conn *srv = &s->c[SIDE_SERVER];
     static uint8_t piece[WIRE_SNAP_PUT_HDR_LEN + WIRE_SNAP_PIECE];
 
-    if (s->state != S_LIVE || !reachable(srv))
+    if (s->state != S_LIVE || !conn_reachable(srv))
         return;
     if (!sh->active) {
         if (!sh->nq || sh->q[0].pos > s->receipt)
@@ -221,7 +216,7 @@ void remote_sweep(uint64_t now_ms)
         struct conn *c = &s->c[SIDE_CLIENT];
         if (s->state != S_LIVE && s->state != S_CLOSING)
             continue;
-        if (reachable(c) && now_ms - c->last_tx_ms >= S.cfg.heartbeat_interval_ms) {
+        if (conn_reachable(c) && now_ms - c->last_tx_ms >= S.cfg.heartbeat_interval_ms) {
             sess_queue(c, frame, sizeof(frame), NULL, 0);
             notice_ride(s);   /* an owed SNAP_DURABLE goes in the same send */
             sup_flush(s, c);

@@ -119,19 +119,13 @@ static int order_append(struct session *s, const struct order_entry *e)
     return 0;
 }
 
-/* An endpoint that can still be sent its order (a gone one holds back nothing). */
-static int order_reachable(const struct conn *c)
-{
-    return c->fd >= 0 && c->up && !c->dead && !c->draining;
-}
-
-/* Drop the entries that both endpoints already hold. */
+/* Drop the entries that both endpoints already hold (a gone one holds back nothing). */
 static void order_trim(struct session *s)
 {
     uint64_t have[2];
 
     for (int i = 0; i < 2; i++)
-        have[i] = order_reachable(&s->c[i]) ? s->c[i].order_sent : s->next_pos - 1;
+        have[i] = conn_reachable(&s->c[i]) ? s->c[i].order_sent : s->next_pos - 1;
     uint64_t upto = have[0] < have[1] ? have[0] : have[1];
     uint64_t drop = upto >= s->order_base ? upto - s->order_base + 1 : 0;
     uint64_t held = s->next_pos - s->order_base;
@@ -197,7 +191,7 @@ void sess_order_durable(struct session *s, uint64_t p)
         uint32_t len;
         uint8_t hdr[WIRE_HDR_LEN];
 
-        if (!order_reachable(c) || c->order_sent >= p || p >= s->next_pos)
+        if (!conn_reachable(c) || c->order_sent >= p || p >= s->next_pos)
             continue;
         order_delta(s, c, p, &rest, &len);
         if (len) {

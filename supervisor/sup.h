@@ -76,6 +76,12 @@ struct conn {
     uint64_t notice_seq;    /* next_seq when a SNAP_DURABLE became owed to it (notice.c) */
 };
 
+/* Frames may be queued to c: connected, greeted, not failed, not closing. */
+static inline int conn_reachable(const struct conn *c)
+{
+    return c->fd >= 0 && c->up && !c->dead && !c->draining;
+}
+
 enum sess_state {
     S_FREE = 0,
     S_HELLO,       /* client accepted, waiting for its HELLO */
@@ -189,7 +195,6 @@ struct session {
                                          * else went wrong since: the next prune retires it
                                          * by name (0: read the directory) */
     uint32_t prunes_by_name;            /* since the directory was last read */
-    uint64_t lone_full_bytes;           /* the size of lone_full's file */
     uint64_t reuse_full;                /* a full no longer needed whose file the next
                                          * snapshot request hands its writer (shm_ctl
                                          * snap_reuse) instead of retiring it here: one
