@@ -15,7 +15,7 @@
 
 #include "ring.h"
 
-#define SHM_MAGIC   0x43534d32u /* "CSM2": the layout below changed (snap_reuse) */
+#define SHM_MAGIC   0x43534d33u /* "CSM3": OUT_SNAP_DONE (before it, CSM2: snap_reuse) */
 #define SHM_CTL_LEN 4096u
 
 struct shm_ctl {
@@ -83,6 +83,9 @@ enum shm_out {
     OUT_LOG,          /* a = the session's line number (1, 2, ...), b = level; the line's
                        * fields follow (app=NAME msg="..."), at most SHM_LOG_MAX bytes. The
                        * supervisor writes each number once: a replay's lines are dropped */
+    OUT_SNAP_DONE,    /* a struct snap_report (SNAP_DONE) follows: a snapshot the worker
+                       * wrote itself, reported behind the outputs of the events it holds
+                       * (the report socket when the ring had no room) */
 };
 
 #define SHM_LOG_MAX 800
@@ -90,9 +93,11 @@ enum shm_out {
 /* The session's report socket carries two fixed-size, versioned records per snapshot:
  *   SNAP_STARTED from the worker right after the fork, with the child's pidfd attached
  *                (SCM_RIGHTS): the supervisor watches every child from birth;
- *   SNAP_DONE    from the child once the file is durable (or it failed), with, for a hot
+ *   SNAP_DONE    from the child once the file is written (or it failed), with, for a hot
  *                standby, an eventfd attached: the standby waits on it, and only the
  *                supervisor can release it (a stray SIGCONT cannot).
+ * A snapshot the worker writes itself (a small state, no fork) has no SNAP_STARTED, and its
+ * SNAP_DONE goes in the output ring (OUT_SNAP_DONE) unless the ring has no room.
  * `fd_no` is the number the attached descriptor has in the sender (checked with kcmp), so
  * the supervisor acts only on processes that provably belong to the session, never on a
  * pid a worker merely names. */

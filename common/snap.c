@@ -662,35 +662,50 @@ static int take_spare(int dfd, const char *tmp)
     return -1;
 }
 
-/* The full the supervisor gave up (snap_set_reuse) renamed to tmp and opened for writing,
- * or -1 when none was given or it is not there (retired by a prune, taken by another
- * writer). One rename instead of the supervisor's retire plus the writer's take_spare. Its
- * header must name this session and that position: a writer outliving its session (a child
- * forked just before its worker was killed) may be in a directory someone else has now,
- * whose file of that name is not to be taken; it goes back. */
-static int take_reuse(int dfd, const char *tmp, uint64_t session_id)
+/* The full the supervisor gave up (snap_set_reuse), opened for writing and renamed to the
+ * new snapshot's name, or -1 when none was given or it is not there (retired by a prune).
+ * One rename instead of the supervisor's retire, the writer's take_spare and its rename of
+ * the temp file: the new name is in place before the file is written, which is safe because
+ * nothing trusts a snapshot by its name alone (the supervisor only after this writer's
+ * SNAP_DONE and a sync, cessna-replay only a file whose checksum holds), and the supervisor
+ * hands a file on to one request only. Its header must name this session and that position:
+ * a writer outliving its session (a child forked just before its worker was killed) may be
+ * in a directory someone else has now, whose file of that name is not to be taken. */
+static int take_reuse(int dfd, const char *name, uint64_t session_id)
 {
     uint8_t h[SNAP_HDR_LEN];
-    char name[64];
+    char old[64];
     uint64_t pos = snap_reuse;
 
     if (!pos)
         return -1;
-    snap_name(name, sizeof(name), pos, SNAP_FULL);
+    snap_name(old, sizeof(old), pos, SNAP_FULL);
     snap_reuse = 0;
-    if (renameat(dfd, name, dfd, tmp) == -1)
+    int fd = openat(dfd, old, O_RDWR | O_CLOEXEC);
+    if (fd == -1)
         return -1;
-    int fd = openat(dfd, tmp, O_RDWR | O_CLOEXEC);
-    if (fd >= 0 && (pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
-                    memcmp(h, hdr_magic, 8) != 0 || get64(h + 32) != session_id ||
-                    get64(h + 40) != pos)) {
+    if (pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) || memcmp(h, hdr_magic, 8) != 0 ||
+        get64(h + 32) != session_id || get64(h + 40) != pos ||
+        renameat(dfd, old, dfd, name) == -1) {
         close(fd);
-        renameat(dfd, tmp, dfd, name);
         return -1;
     }
-    if (fd == -1)
-        unlinkat(dfd, tmp, 0);
     return fd;
+}
+
+/* A failed write's file goes: its temp name, or the new name of a handed-on file (if that
+ * name still names the file fd has open; fd -1: closed already). */
+static void drop_written(int dfd, const char *name, int fd)
+{
+    struct stat ours, named;
+    int nfd = fd == -1 ? -1 : openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+
+    /* (openat and fstat: a worker's filter refuses a stat by path) */
+    if (fd == -1 || (nfd != -1 && fstat(fd, &ours) == 0 && fstat(nfd, &named) == 0 &&
+                     ours.st_ino == named.st_ino && ours.st_dev == named.st_dev))
+        unlinkat(dfd, name, 0);
+    if (nfd != -1)
+        close(nfd);
 }
 
 int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
@@ -703,7 +718,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
     ZSTD_CCtx *cctx = NULL, *own_cctx = NULL;
     uint8_t *zbuf = NULL;
     size_t zcap = ZSTD_compressBound(SNAP_PAGE);
-    int level = snap_level, dfd = -1, created = 0, reused = 0, use_enc, rc;
+    int level = snap_level, dfd = -1, created = 0, reused = 0, in_place = 0, use_enc, rc;
     const char *step, *file = NULL;   /* what failed, and in which file of dir */
 
     set_err(err, errlen, "%s", "");
@@ -743,8 +758,9 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
         step = "open dir";
         goto fail;
     }
-    file = tmp;
-    w.fd = take_reuse(dfd, tmp, m->session_id);
+    w.fd = take_reuse(dfd, name, m->session_id);
+    in_place = w.fd != -1;
+    file = in_place ? name : tmp;
     if (w.fd == -1)
         w.fd = take_spare(dfd, tmp);
     reused = w.fd != -1;
@@ -844,7 +860,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
         step = "close";
         goto fail;
     }
-    if (renameat(dfd, tmp, dfd, name) == -1) {
+    if (!in_place && renameat(dfd, tmp, dfd, name) == -1) {
         rc = -errno;
         step = "rename";
         goto fail;
@@ -885,10 +901,10 @@ fail:
     set_err(err, errlen, "%s %s%s%s: %s", step, dir, file ? "/" : "", file ? file : "",
             strerror(-rc));
 out:
+    if (created)
+        drop_written(dfd, in_place ? name : tmp, w.fd);
     if (w.fd != -1)
         close(w.fd);
-    if (created)
-        unlinkat(dfd, tmp, 0);
     if (dfd != -1 && dfd != dirfd)
         close(dfd);
     ZSTD_freeCCtx(own_cctx);

@@ -1070,6 +1070,24 @@ static int read_reports(struct session *s)
     }
 }
 
+int recovery_ring_report(struct session *s, const void *rep, size_t len)
+{
+    struct snap_report r;
+
+    if (len != sizeof(r)) {
+        sess_fail(s, WIRE_ERR_SESSION, "worker wrote a snapshot report of %zu bytes", len);
+        return -EPROTO;
+    }
+    memcpy(&r, rep, sizeof(r));   /* shared memory: copied once, then checked */
+    if (r.version != SNAP_REPORT_VERSION || r.kind != SNAP_DONE || r.hot || r.fork_ns) {
+        sess_fail(s, WIRE_ERR_SESSION, "worker wrote a bad snapshot report (version %u, "
+                  "kind %u)", r.version, r.kind);
+        return -EPROTO;
+    }
+    on_done(s, &r, -1);
+    return 0;
+}
+
 void recovery_on_report(struct session *s, int fd, int res)
 {
     sess_release_op(s);

@@ -1192,6 +1192,8 @@ static int take_output(struct session *s, uint16_t type, const void *rec, uint32
             break;   /* rebuilt at a new edge: the lost edge wrote these lines */
         app_log_line(s, (int)r.b, payload, plen);
         break;
+    case OUT_SNAP_DONE:
+        return recovery_ring_report(s, payload, plen);
     case OUT_FAIL:
         worker_error(s, text, sizeof(text));
         sess_fail(s, WIRE_ERR_SESSION, "session failed at event %llu: %s", ull(r.pos), text);

@@ -317,6 +317,9 @@ void sup_flush(struct session *s, struct conn *c);
 void recovery_tick_arm(void);
 void recovery_on_tick(void);
 void recovery_on_report(struct session *s, int fd, int res);
+/* OUT_SNAP_DONE: the report of a snapshot the worker wrote itself, from its output ring.
+ * 0, or -EPROTO when it makes no sense (the session is failed). */
+int recovery_ring_report(struct session *s, const void *rep, size_t len);
 void recovery_on_reap(uint32_t slot, int pidfd, int res);
 /* After outputs were taken from the worker's ring: a pending snapshot may become durable. */
 void recovery_outputs_drained(struct session *s);

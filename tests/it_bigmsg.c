@@ -491,3 +491,39 @@ Test(bigmsg, pieces_that_do_not_add_up_fail_their_session_only)
     cessna_ep_free(good);
     t_edge_stop(&e);
 }
+
+/* A snapshot report in the output ring (OUT_SNAP_DONE: what a worker writing its own small
+ * snapshot sends) is checked like any record from the worker: one of the wrong size fails
+ * that session with an ERROR naming it, and another session goes on. */
+Test(bigmsg, a_bad_snapshot_report_in_the_ring_fails_its_session_only)
+{
+    struct big_srv srv;
+    struct t_edge e;
+    const void *got;
+    char out[2048];
+    uint8_t buf[1000], want[1000];
+
+    big_srv_start(&srv, 1u << 20);
+    t_edge_start(&e, t_test_app("ringbreaker"), srv.addr, RINGBREAKER_CONFIG);
+    struct cessna_ep *good = connect_big(&e, 1u << 20), *bad = connect_big(&e, 1u << 20);
+    make_msg(buf, sizeof(buf), 1);
+    cr_assert_eq(cessna_ep_send(good, buf, sizeof(buf)), 0);
+    expect_echo(good, 1, sizeof(buf), want);
+
+    cr_assert_eq(cessna_ep_send(bad, "SNAPBAD", 7), 0);
+    long n = cessna_ep_recv(bad, &got);
+    cr_assert_eq(n, -ECONNABORTED, "recv: %ld %s", n, cessna_ep_error(bad));
+    cr_assert(strstr(cessna_ep_error(bad), "snapshot report of 10 bytes"), "error: %s",
+              cessna_ep_error(bad));
+    for (uint32_t i = 2; i < 6; i++) {
+        make_msg(buf, sizeof(buf), i);
+        cr_assert_eq(cessna_ep_send(good, buf, sizeof(buf)), 0);
+        expect_echo(good, i, sizeof(buf), want);
+    }
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_assert_eq(t_field(out, "sessions_failed"), 1, "%s", out);
+    cessna_ep_free(bad);
+    cr_assert_eq(cessna_ep_close(good, 5000), 0);
+    cessna_ep_free(good);
+    t_edge_stop(&e);
+}

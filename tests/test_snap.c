@@ -1265,5 +1265,26 @@ Test(snap, a_full_handed_on_is_written_over)
     cr_assert_eq(count_named_like(dir, ".tmp"), 0, "no temp file left");
     expect_chain(dir, (uint64_t[]){ 7, 8, 9, 10 }, 4, "after a refused hand-over", err,
                  sizeof(err));
+
+    /* The hand-over takes its new name before it is written: a write that fails leaves
+     * nothing under that name (nor under the old one: it was given up). */
+    struct rlimit lim, was;
+    int rc;
+    w.a_len = 16;
+    cr_assert_eq(getrlimit(RLIMIT_FSIZE, &was), 0);
+    lim = was;
+    lim.rlim_cur = 8192;
+    signal(SIGXFSZ, SIG_IGN);
+    snap_set_reuse(7);
+    m = world_meta(&w, 11, SNAP_FULL, 0);
+    fill_random(w.a, 16 * PG, 3);
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    rc = snap_write(dir, &m, NULL, NULL, err, sizeof(err));
+    setrlimit(RLIMIT_FSIZE, &was);
+    cr_assert_eq(rc, -EFBIG, "rc %d %s", rc, err);
+    cr_assert(strstr(err, "snap-00000000000000000011.full"), "names the file: %s", err);
+    cr_assert(!file_exists(dir, "snap-00000000000000000011.full"), "nothing under the new name");
+    cr_assert(!file_exists(dir, "snap-00000000000000000007.full"), "the old name was given up");
+    cr_assert_eq(count_named_like(dir, ".tmp"), 0, "no temp file left");
     rm_dir(dir);
 }

@@ -720,6 +720,25 @@ static void report_snapshot_failure(const struct wsnap_request *rq, int rc, cons
         LOG(LOG_WARN, "msg=\"snapshot report lost\"");
 }
 
+/* The SNAP_DONE of a snapshot the worker wrote itself goes behind the event's outputs in
+ * the output ring, which the supervisor drains anyway (a send on the report socket costs a
+ * wakeup, a poll completion and two receives there); on the socket when the ring has no
+ * room (a slow reader). */
+static void report_written(const struct snap_report *rep)
+{
+    struct shm_rec *r = ring_reserve(&L.out, OUT_SNAP_DONE, (uint32_t)(sizeof(*r) + sizeof(*rep)));
+
+    if (r) {
+        memset(r, 0, sizeof(*r));
+        r->pos = L.st->pos;
+        memcpy(r + 1, rep, sizeof(*rep));
+        ring_commit(&L.out);
+        flush_outputs();
+    } else if (send(L.report_fd, rep, sizeof(*rep), MSG_NOSIGNAL) == -1) {
+        LOG(LOG_WARN, "msg=\"snapshot report lost\"");
+    }
+}
+
 static void take_snapshot(void)
 {
     /* The request id first, then what it asks for: the supervisor writes them the other
@@ -732,6 +751,7 @@ static void take_snapshot(void)
         .gen = L.ctl->snap_gen, .hot = (int)L.ctl->snap_hot, .max_message = L.max_message,
         .spares = L.ctl->snap_spares, .reuse = L.ctl->snap_reuse,
     };
+    struct snap_report rep;
     char why[96];
     int rc;
 
@@ -746,7 +766,11 @@ static void take_snapshot(void)
     memcpy(rq.seq, L.st->seq, sizeof(rq.seq));
     memcpy(rq.out_no, L.st->out_no, sizeof(rq.out_no));
     flush_outputs();
-    rc = wsnap_take(&rq, L.report_fd);
+    rc = wsnap_take(&rq, L.report_fd, &rep);
+    if (rc == 2) {
+        report_written(&rep);
+        return;
+    }
     if (rc == 1) {
         /* We are the hot standby, woken to take over: the supervisor has reset the rings
          * and feeds us the events after our position (whole: drop any partial one, whose

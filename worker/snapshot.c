@@ -244,7 +244,7 @@ static uint64_t state_pages(void)
     return n;
 }
 
-int wsnap_take(const struct wsnap_request *rq, int report_fd)
+int wsnap_take(const struct wsnap_request *rq, int report_fd, struct snap_report *rep)
 {
     struct snap_report started;
     int pidfd = -1, rc;
@@ -254,15 +254,12 @@ int wsnap_take(const struct wsnap_request *rq, int report_fd)
      * SNAP_INLINE_PAGES pages costs less than a fork and a child's exit), with libc's heap
      * (outside an event nothing reaches the arena). A hot standby needs the frozen child. */
     if (!rq->hot && state_pages() <= SNAP_INLINE_PAGES) {
-        struct snap_report rep;
         /* The writer keeps its buffers for the next file (snap_keep_buffers, set in
          * rt_run): sized to this file, only the pages it touched stay resident. Giving them
          * back every time (malloc_trim: four madvise calls, their TLB flushes and the page
          * faults of the next snapshot) was a sixth of a worker's CPU at 1,000 sessions. */
-        write_file(rq, &rep, 0);   /* fork_ns 0: written without a fork */
-        if (send(report_fd, &rep, sizeof(rep), MSG_NOSIGNAL) == -1)
-            return -errno;
-        return 0;
+        write_file(rq, rep, 0);   /* fork_ns 0: written without a fork */
+        return 2;
     }
     fork_started_ns = mono_ns();
     pid_t pid = proc_fork(PROC_SIBLING, &pidfd);

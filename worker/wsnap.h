@@ -8,6 +8,8 @@
 
 #include "snap.h"
 
+struct snap_report;
+
 struct wsnap_request {
     const char *state_dir;
     int dirfd;              /* STATE_DIR/SESSION_ID, open: the file goes there */
@@ -30,11 +32,12 @@ int  wsnap_setup(char *err, size_t errlen);
 /* The layout fingerprint of this zygote's workers (after wsnap_init). */
 const uint8_t *wsnap_fingerprint(void);
 
-/* Fork the frozen child that writes the snapshot and reports on report_fd (with the fork's
- * duration); the worker reports the child's birth with its pidfd first. 0 in the worker, 1
- * in a hot standby the supervisor woke to take over, -errno if the fork (or that first
+/* Write the snapshot: a small state in the worker itself (2: *rep is its SNAP_DONE, which
+ * the caller delivers), else in a frozen child that reports on report_fd (with the fork's
+ * duration), after the worker reported the child's birth with its pidfd (0 in the worker;
+ * 1 in a hot standby the supervisor woke to take over). -errno if the fork (or that first
  * report) failed. */
-int  wsnap_take(const struct wsnap_request *rq, int report_fd);
+int  wsnap_take(const struct wsnap_request *rq, int report_fd, struct snap_report *rep);
 /* Fresh worker: restore the session's snapshot at `position` (its chain) into memory. */
 int  wsnap_restore(const char *state_dir, uint64_t session_id, uint64_t position,
                    struct snap_meta *m, char *err, size_t errlen);

@@ -4,6 +4,7 @@
  *   "BREAK"   a record whose length runs past the ring
  *   "PIECES"  a long record whose first piece announces 100000 bytes, then a whole record
  *             of the same type in the middle of it
+ *   "SNAPBAD" a snapshot report (OUT_SNAP_DONE) of the wrong size
  * It finds the session memory through /proc/self/maps, so it needs `sandbox = off`
  * (the sandbox refuses the open, which is a defence of its own).
  * Build: cc -shared -fPIC -I include ringbreaker.c -o ringbreaker.so */
@@ -19,6 +20,7 @@
 #define CTL_LEN      4096u
 #define RING_HDR     192u     /* struct ring_shared */
 #define OUT_CLIENT   16u
+#define OUT_SNAP_DONE 25u
 #define F_FIRST      1u
 
 static char *session_memory(void)
@@ -79,8 +81,37 @@ static void break_pieces(void)
     cessna_send_msg_to_client("broken", 6);   /* rings the supervisor's doorbell */
 }
 
+/* A whole record of `type` with `len` zero bytes, at the ring's tail. */
+static void put_whole(uint16_t type, uint32_t len)
+{
+    char *base = session_memory();
+    uint32_t ring_size, off;
+
+    if (!base) {
+        cessna_send_msg_to_client("no session memory found", 23);
+        return;
+    }
+    memcpy(&ring_size, base + 4, 4);
+    char *out = base + CTL_LEN + RING_HDR + ring_size;
+    char *data = out + RING_HDR;
+    uint64_t tail = __atomic_load_n((uint64_t *)out, __ATOMIC_ACQUIRE);
+    off = (uint32_t)(tail & (ring_size - 1));
+    if (ring_size - off < len + 16) {   /* pad to the end first */
+        tail += put_rec(data + off, ring_size - off - 8, 0, 0);
+        off = 0;
+    }
+    memset(data + off + 8, 0, len);
+    tail += put_rec(data + off, len, type, 0);
+    __atomic_store_n((uint64_t *)out, tail, __ATOMIC_RELEASE);
+    cessna_send_msg_to_client("broken", 6);   /* rings the supervisor's doorbell */
+}
+
 static void recv_client_msg(const void *data, size_t len)
 {
+    if (len == 7 && memcmp(data, "SNAPBAD", 7) == 0) {
+        put_whole(OUT_SNAP_DONE, 32 + 10);
+        return;
+    }
     if (len == 5 && memcmp(data, "BREAK", 5) == 0) {
         char *base = session_memory();
         if (!base) {
