@@ -668,10 +668,13 @@ static int take_spare(int dfd, const char *tmp)
  * the temp file: the new name is in place before the file is written, which is safe because
  * nothing trusts a snapshot by its name alone (the supervisor only after this writer's
  * SNAP_DONE and a sync, cessna-replay only a file whose checksum holds), and the supervisor
- * hands a file on to one request only. Its header must name this session and that position:
- * a writer outliving its session (a child forked just before its worker was killed) may be
- * in a directory someone else has now, whose file of that name is not to be taken. */
-static int take_reuse(int dfd, const char *name, uint64_t session_id)
+ * hands a file on to one request only. The new name must be free (RENAME_NOREPLACE): a file
+ * there is another writer's of the same position (a writer outliving its worker), perhaps
+ * durable, and stays; this write then takes the temp path. Its header must name this session
+ * and that position: a writer outliving its session may be in a directory someone else has
+ * now, whose file of that name is not to be taken. *st: the file as taken (its identity,
+ * its old length). */
+static int take_reuse(int dfd, const char *name, uint64_t session_id, struct stat *st)
 {
     uint8_t h[SNAP_HDR_LEN];
     char old[64];
@@ -685,27 +688,26 @@ static int take_reuse(int dfd, const char *name, uint64_t session_id)
     if (fd == -1)
         return -1;
     if (pread(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) || memcmp(h, hdr_magic, 8) != 0 ||
-        get64(h + 32) != session_id || get64(h + 40) != pos ||
-        renameat(dfd, old, dfd, name) == -1) {
+        get64(h + 32) != session_id || get64(h + 40) != pos || fstat(fd, st) == -1 ||
+        renameat2(dfd, old, dfd, name, RENAME_NOREPLACE) == -1) {
         close(fd);
         return -1;
     }
     return fd;
 }
 
-/* A failed write's file goes: its temp name, or the new name of a handed-on file (if that
- * name still names the file fd has open; fd -1: closed already). */
-static void drop_written(int dfd, const char *name, int fd)
+/* A failed write into a handed-on file: its new name goes if it still names that file
+ * (ours, as taken). openat and fstat: a worker's filter refuses a stat by path. */
+static void drop_in_place(int dfd, const char *name, const struct stat *ours)
 {
-    struct stat ours, named;
-    int nfd = fd == -1 ? -1 : openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    struct stat named;
+    int nfd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 
-    /* (openat and fstat: a worker's filter refuses a stat by path) */
-    if (fd == -1 || (nfd != -1 && fstat(fd, &ours) == 0 && fstat(nfd, &named) == 0 &&
-                     ours.st_ino == named.st_ino && ours.st_dev == named.st_dev))
+    if (nfd == -1)
+        return;
+    if (fstat(nfd, &named) == 0 && ours->st_ino == named.st_ino && ours->st_dev == named.st_dev)
         unlinkat(dfd, name, 0);
-    if (nfd != -1)
-        close(nfd);
+    close(nfd);
 }
 
 int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
@@ -713,6 +715,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
 {
     char why[160], name[64], tmp[96];
     uint8_t hdr[SNAP_HDR_LEN], trl[SNAP_TRAILER_LEN], rec[SNAP_REC_HDR_LEN];
+    struct stat st;   /* a reused file as taken */
     uint64_t first[SNAP_MAX_REGIONS] = { 0 }, total, nrec = 0, *newh = NULL;
     struct wbuf w = { .fd = -1 };
     ZSTD_CCtx *cctx = NULL, *own_cctx = NULL;
@@ -758,7 +761,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
         step = "open dir";
         goto fail;
     }
-    w.fd = take_reuse(dfd, name, m->session_id);
+    w.fd = take_reuse(dfd, name, m->session_id, &st);
     in_place = w.fd != -1;
     file = in_place ? name : tmp;
     if (w.fd == -1)
@@ -840,8 +843,7 @@ int snap_write_at(int dirfd, const char *dir, const struct snap_meta *m,
         goto fail;
     /* A reused file's old tail, if it was longer. Most often it is as long (a small state,
      * the same pages): then no truncate, which costs a filesystem update even for nothing. */
-    struct stat st;
-    if (reused && (fstat(w.fd, &st) == -1 || st.st_size > (off_t)w.bytes) &&
+    if (reused && ((!in_place && fstat(w.fd, &st) == -1) || st.st_size > (off_t)w.bytes) &&
         ftruncate(w.fd, (off_t)w.bytes) == -1) {
         rc = -errno;
         step = "truncate";
@@ -901,8 +903,10 @@ fail:
     set_err(err, errlen, "%s %s%s%s: %s", step, dir, file ? "/" : "", file ? file : "",
             strerror(-rc));
 out:
-    if (created)
-        drop_written(dfd, in_place ? name : tmp, w.fd);
+    if (created && in_place)
+        drop_in_place(dfd, name, &st);
+    else if (created)
+        unlinkat(dfd, tmp, 0);
     if (w.fd != -1)
         close(w.fd);
     if (dfd != -1 && dfd != dirfd)

@@ -383,6 +383,7 @@ static void ring_lazy_request(struct session *s)
     s->snap_lazy = 0;
     s->snap_requested_ms = tmo_now_ms();   /* snapshot_timeout_ms counts from here */
     sess_ring_worker(s);
+    sess_expect_worker(s);   /* its report may come in the output ring */
 }
 
 /* lazy: the periodic snapshot of a session that moves: the request waits in the control
@@ -455,8 +456,10 @@ static int request_snapshot(struct session *s, char *msg, size_t len, int lazy)
     s->snap_inflight = 1;
     s->snap_lazy = lazy;
     s->snap_requested_ms = tmo_now_ms();
-    if (!lazy)
+    if (!lazy) {
         sess_ring_worker(s);
+        sess_expect_worker(s);   /* its report may come in the output ring */
+    }
     snprintf(msg, len, "ok snapshot of session %llu at position %llu (%s) requested\n",
              ull(s->id), ull(p), full ? "full" : "delta");
     return 0;

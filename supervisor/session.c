@@ -1277,7 +1277,9 @@ static void drain_worker(struct session *s)
 
 /* Nothing between the session and its worker that the worker is to answer with its bell:
  * every event fed has been processed and its outputs taken, no input waits for room, no
- * timer announcement. (Snapshots are answered on the report socket, not the bell.) */
+ * timer announcement, no snapshot request it was rung for (a snapshot the worker writes
+ * itself is reported in the output ring; a lazy request waits for the next event, which is
+ * owed anyway). */
 int sess_worker_owes_nothing(const struct session *s)
 {
     uint32_t len;
@@ -1285,7 +1287,8 @@ int sess_worker_owes_nothing(const struct session *s)
     return s->state == S_LIVE && s->ctl && s->pid > 0 && !s->spawning &&
            evstore_unfed(&s->ev) == 0 &&
            atomic_load(&s->ctl->consumed) == s->next_pos - 1 &&
-           !s->ctl->announce_timers_at && !s->out_stalled && ring_empty(&s->out) &&
+           !s->ctl->announce_timers_at && !(s->snap_inflight && !s->snap_lazy) &&
+           !s->out_stalled && ring_empty(&s->out) &&
            !ring_asm_partial(&s->out_asm, &len);
 }
 

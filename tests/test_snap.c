@@ -1286,5 +1286,24 @@ Test(snap, a_full_handed_on_is_written_over)
     cr_assert(!file_exists(dir, "snap-00000000000000000011.full"), "nothing under the new name");
     cr_assert(!file_exists(dir, "snap-00000000000000000007.full"), "the old name was given up");
     cr_assert_eq(count_named_like(dir, ".tmp"), 0, "no temp file left");
+    signal(SIGXFSZ, SIG_DFL);
+
+    /* A file already under the new name (another writer's of that position, perhaps
+     * durable) is never replaced by a hand-over still to be written: the hand-over stays
+     * where it was, and the write takes a temp name. */
+    w.a_len = 2;
+    put_snap(dir, &w, 12, SNAP_FULL, 0);
+    put_snap(dir, &w, 13, SNAP_FULL, 0);
+    snprintf(p, sizeof(p), "%s/snap-00000000000000000012.full", dir);
+    cr_assert_eq(stat(p, &old), 0);
+    snprintf(p, sizeof(p), "%s/snap-00000000000000000013.full", dir);
+    cr_assert_eq(stat(p, &spare), 0);
+    snap_set_reuse(12);
+    put_snap(dir, &w, 13, SNAP_FULL, 0);
+    cr_assert_eq(stat(p, &written), 0);
+    cr_assert_neq(written.st_ino, old.st_ino, "the hand-over did not take the name");
+    cr_assert(file_exists(dir, "snap-00000000000000000012.full"), "the hand-over stays");
+    cr_assert_eq(count_named_like(dir, ".tmp"), 0, "no temp file left");
+    expect_chain(dir, (uint64_t[]){ 13 }, 1, "written again by its temp name", err, sizeof(err));
     rm_dir(dir);
 }
