@@ -624,6 +624,25 @@ static void print_load(FILE *f, const char *when, double la[3])
     fflush(f);
 }
 
+#define STEAL_WARN_PCT 5.0
+
+/* The machine's time the hypervisor gave to others over the whole run (a shared host): with
+ * a warning above STEAL_WARN_PCT. NaN when /proc/stat is unreadable. */
+static double print_steal(FILE *f, uint64_t steal0, uint64_t total0)
+{
+    uint64_t steal1, total1;
+    double pct = 0.0 / 0.0;
+
+    if (ps_steal(&steal1, &total1) == 0)
+        pct = ps_steal_pct(steal0, total0, steal1, total1);
+    if (pct != pct)
+        return pct;
+    fprintf(f, "Time stolen by the hypervisor over the run: %.1f%% of the machine's (/proc/stat "
+            "steal).%s\n\n", pct, pct > STEAL_WARN_PCT ? " **Warning: a shared host took part "
+            "of this machine: the figures are lower than the code's.**" : "");
+    return pct;
+}
+
 static void json_loadavg(struct jsonw *w, const char *key, const double la[3])
 {
     jw_key(w, key);
@@ -636,8 +655,8 @@ static void json_loadavg(struct jsonw *w, const char *key, const double la[3])
 /* --json FILE: the load average, the paths and the sessions section. */
 static int write_json(const struct bench_opts *o,
                       struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES],
-                      const double la_start[3], const double la_end[3], char *err,
-                      size_t errlen)
+                      const double la_start[3], const double la_end[3], double steal_pct,
+                      char *err, size_t errlen)
 {
     FILE *f = fopen(o->json, "w");
     struct jsonw w = { .f = f };
@@ -651,6 +670,7 @@ static int write_json(const struct bench_opts *o,
     jw_num(&w, "cpus", (double)sysconf(_SC_NPROCESSORS_ONLN));
     json_loadavg(&w, "loadavg_start", la_start);
     json_loadavg(&w, "loadavg_end", la_end);
+    jw_num(&w, "steal_pct", steal_pct);
     jw_str(&w, "busy_poll", o->busy_poll_off ? "off" : "auto");
     jw_str(&w, "sandbox", o->sandbox_off ? "off" : "on");
     if (any_path(o))
@@ -668,7 +688,8 @@ static int write_json(const struct bench_opts *o,
 
 int main(int argc, char **argv)
 {
-    double la_start[3], la_end[3];
+    double la_start[3], la_end[3], steal_pct;
+    uint64_t steal0 = 0, total0 = 0;
     static struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES];
     struct bench_opts o;
     char err[BENCH_ERRLEN];
@@ -700,6 +721,7 @@ int main(int argc, char **argv)
         return 1;
     }
     print_load(stdout, "start", la_start);
+    ps_steal(&steal0, &total0);
     proc_raise_nofile(stdout, nofile_wanted(&o));
     if (o.plot[0] && mkdir(o.plot, 0755) == -1 && errno != EEXIST) {
         fprintf(stderr, "cessna-bench: --plot %s: %s\n", o.plot, strerror(errno));
@@ -716,7 +738,8 @@ int main(int argc, char **argv)
     if (run_sections(stdout, &o) < 0)
         failed = 1;
     print_load(stdout, "end", la_end);
-    if (o.json[0] && write_json(&o, res, la_start, la_end, err, sizeof(err)) < 0) {
+    steal_pct = total0 ? print_steal(stdout, steal0, total0) : 0.0 / 0.0;
+    if (o.json[0] && write_json(&o, res, la_start, la_end, steal_pct, err, sizeof(err)) < 0) {
         fprintf(stderr, "cessna-bench: %s\n", err);
         output_failed = 1;
     }

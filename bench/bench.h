@@ -382,6 +382,11 @@ double ps_tree_cpu_s(pid_t root);
 double ps_cpu_s(pid_t pid);                 /* one process: user + system, its own */
 int    ps_kernel_kib(uint64_t *kib);        /* meminfo Slab + PageTables + KernelStack */
 int    ps_loadavg(double la[3]);
+/* The machine's time stolen by the hypervisor and all its CPU time so far (/proc/stat's cpu
+ * line, clock ticks). 0, or -errno. */
+int    ps_steal(uint64_t *steal, uint64_t *total);
+/* The stolen share of the machine's time between two ps_steal readings, in %, or NaN. */
+double ps_steal_pct(uint64_t steal0, uint64_t total0, uint64_t steal1, uint64_t total1);
 
 /* ---- jsonw.c ---- */
 

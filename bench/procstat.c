@@ -240,6 +240,33 @@ int ps_kernel_kib(uint64_t *kib)
     return found == 3 ? 0 : -ENOENT;
 }
 
+int ps_steal(uint64_t *steal, uint64_t *total)
+{
+    unsigned long long v[8] = { 0 };
+    FILE *f = fopen("/proc/stat", "re");
+    int n;
+
+    if (!f)
+        return -errno;
+    n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+               &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n != 8)
+        return -EINVAL;
+    *steal = v[7];
+    *total = 0;
+    for (int i = 0; i < 8; i++)
+        *total += v[i];
+    return 0;
+}
+
+double ps_steal_pct(uint64_t steal0, uint64_t total0, uint64_t steal1, uint64_t total1)
+{
+    if (total1 <= total0 || steal1 < steal0)
+        return 0.0 / 0.0;
+    return 100.0 * (double)(steal1 - steal0) / (double)(total1 - total0);
+}
+
 int ps_loadavg(double la[3])
 {
     FILE *f = fopen("/proc/loadavg", "re");
