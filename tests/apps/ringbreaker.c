@@ -46,64 +46,75 @@ static uint32_t put_rec(char *p, uint32_t len, uint16_t type, uint16_t flags)
     return (8 + len + 7) & ~7u;
 }
 
-static void break_pieces(void)
+/* The output ring's tail, where the next record goes. */
+struct tail {
+    char *out, *data;    /* the ring's shared header (tail first), its data */
+    uint32_t size, off;  /* data bytes; the tail's offset in them */
+    uint64_t tail;
+};
+
+/* Found, with room for `need` bytes before the ring's end (else padded to it). 0, or -1
+ * (told to the client) when the session memory is not found. */
+static int tail_find(struct tail *t, uint32_t need)
 {
     char *base = session_memory();
-    uint32_t ring_size, off, first_len = 8 + 32 + 1000, whole_len = 32 + 40;
 
     if (!base) {
         cessna_send_msg_to_client("no session memory found", 23);
+        return -1;
+    }
+    memcpy(&t->size, base + 4, 4);
+    t->out = base + CTL_LEN + RING_HDR + t->size;
+    t->data = t->out + RING_HDR;
+    t->tail = __atomic_load_n((uint64_t *)t->out, __ATOMIC_ACQUIRE);
+    t->off = (uint32_t)(t->tail & (t->size - 1));
+    if (need && t->size - t->off < need) {   /* pad to the end first */
+        t->tail += put_rec(t->data + t->off, t->size - t->off - 8, 0, 0);
+        t->off = 0;
+    }
+    return 0;
+}
+
+/* Publish what was written up to t->tail, and ring the supervisor's doorbell. */
+static void tail_publish(const struct tail *t)
+{
+    __atomic_store_n((uint64_t *)t->out, t->tail, __ATOMIC_RELEASE);
+    cessna_send_msg_to_client("broken", 6);
+}
+
+static void break_pieces(void)
+{
+    uint32_t first_len = 8 + 32 + 1000, whole_len = 32 + 40;
+    struct tail t;
+
+    if (tail_find(&t, 2048) < 0)   /* both records before the end */
         return;
-    }
-    memcpy(&ring_size, base + 4, 4);
-    char *out = base + CTL_LEN + RING_HDR + ring_size;
-    char *data = out + RING_HDR;
-    uint64_t tail = __atomic_load_n((uint64_t *)out, __ATOMIC_ACQUIRE);
-    off = (uint32_t)(tail & (ring_size - 1));
-    if (ring_size - off < 2048) {   /* keep both records before the end: pad to it */
-        tail += put_rec(data + off, ring_size - off - 8, 0, 0);
-        off = 0;
-    }
     /* the first piece: 100000 bytes announced, an honest-looking shm_rec, 1000 bytes */
     uint64_t total = 100000;
-    char *p = data + off;
+    char *p = t.data + t.off;
     uint32_t n = put_rec(p, first_len, OUT_CLIENT, F_FIRST);
     memcpy(p + 8, &total, 8);
     memset(p + 16, 0, first_len - 8);
-    off += n;
-    tail += n;
+    t.off += n;
+    t.tail += n;
     /* then a whole record in the middle of it */
-    p = data + off;
+    p = t.data + t.off;
     n = put_rec(p, whole_len, OUT_CLIENT, 0);
     memset(p + 8, 0, whole_len);
-    tail += n;
-    __atomic_store_n((uint64_t *)out, tail, __ATOMIC_RELEASE);
-    cessna_send_msg_to_client("broken", 6);   /* rings the supervisor's doorbell */
+    t.tail += n;
+    tail_publish(&t);
 }
 
 /* A whole record of `type` with `len` zero bytes, at the ring's tail. */
 static void put_whole(uint16_t type, uint32_t len)
 {
-    char *base = session_memory();
-    uint32_t ring_size, off;
+    struct tail t;
 
-    if (!base) {
-        cessna_send_msg_to_client("no session memory found", 23);
+    if (tail_find(&t, len + 16) < 0)
         return;
-    }
-    memcpy(&ring_size, base + 4, 4);
-    char *out = base + CTL_LEN + RING_HDR + ring_size;
-    char *data = out + RING_HDR;
-    uint64_t tail = __atomic_load_n((uint64_t *)out, __ATOMIC_ACQUIRE);
-    off = (uint32_t)(tail & (ring_size - 1));
-    if (ring_size - off < len + 16) {   /* pad to the end first */
-        tail += put_rec(data + off, ring_size - off - 8, 0, 0);
-        off = 0;
-    }
-    memset(data + off + 8, 0, len);
-    tail += put_rec(data + off, len, type, 0);
-    __atomic_store_n((uint64_t *)out, tail, __ATOMIC_RELEASE);
-    cessna_send_msg_to_client("broken", 6);   /* rings the supervisor's doorbell */
+    memset(t.data + t.off + 8, 0, len);
+    t.tail += put_rec(t.data + t.off, len, type, 0);
+    tail_publish(&t);
 }
 
 static void recv_client_msg(const void *data, size_t len)
@@ -113,23 +124,12 @@ static void recv_client_msg(const void *data, size_t len)
         return;
     }
     if (len == 5 && memcmp(data, "BREAK", 5) == 0) {
-        char *base = session_memory();
-        if (!base) {
-            cessna_send_msg_to_client("no session memory found", 23);
+        struct tail t;   /* a record whose length runs past the ring */
+        if (tail_find(&t, 0) < 0)
             return;
-        }
-        uint32_t ring_size;
-        memcpy(&ring_size, base + 4, 4);
-        char *out = base + CTL_LEN + RING_HDR + ring_size;
-        uint64_t tail = __atomic_load_n((uint64_t *)out, __ATOMIC_ACQUIRE);
-        char *rec = out + RING_HDR + (tail & (ring_size - 1));
-        uint32_t bogus = 0x7ffffff0u;
-        uint16_t type = 16;   /* OUT_CLIENT */
-        memcpy(rec, &bogus, 4);
-        memcpy(rec + 4, &type, 2);
-        memset(rec + 6, 0, 2);
-        __atomic_store_n((uint64_t *)out, tail + 8, __ATOMIC_RELEASE);
-        cessna_send_msg_to_client("broken", 6);   /* rings the supervisor's doorbell */
+        put_rec(t.data + t.off, 0x7ffffff0u, OUT_CLIENT, 0);
+        t.tail += 8;
+        tail_publish(&t);
         return;
     }
     if (len == 6 && memcmp(data, "PIECES", 6) == 0) {
