@@ -210,8 +210,7 @@ static int paced_with_cpu(struct many_set *m, struct bench_stack *s, struct many
     *wall_s = (double)(ectl_now_ns() - t0) / 1e9;
     *steal_pct = have_steal && ps_steal(&st1, &tot1) == 0 ? ps_steal_pct(st0, tot0, st1, tot1)
                                                           : 0.0 / 0.0;
-    if (snapshots)
-        *snapshots = edge_stat(s, "snapshots") - n0;
+    *snapshots = edge_stat(s, "snapshots") - n0;
     return rc;
 }
 

@@ -375,6 +375,14 @@ static void drop_pending(struct session *s)
 
 /* ---- requests ---- */
 
+/* Wake the worker for its request, and wait on its bell: a snapshot it writes itself is
+ * reported in its output ring (OUT_SNAP_DONE), seen only when its bell is waited on. */
+static void ring_for_snapshot(struct session *s)
+{
+    sess_ring_worker(s);
+    sess_expect_worker(s);
+}
+
 /* A request in flight that was not rung (lazy): ring now. */
 static void ring_lazy_request(struct session *s)
 {
@@ -382,8 +390,7 @@ static void ring_lazy_request(struct session *s)
         return;
     s->snap_lazy = 0;
     s->snap_requested_ms = tmo_now_ms();   /* snapshot_timeout_ms counts from here */
-    sess_ring_worker(s);
-    sess_expect_worker(s);   /* its report may come in the output ring */
+    ring_for_snapshot(s);
 }
 
 /* lazy: the periodic snapshot of a session that moves: the request waits in the control
@@ -456,10 +463,8 @@ static int request_snapshot(struct session *s, char *msg, size_t len, int lazy)
     s->snap_inflight = 1;
     s->snap_lazy = lazy;
     s->snap_requested_ms = tmo_now_ms();
-    if (!lazy) {
-        sess_ring_worker(s);
-        sess_expect_worker(s);   /* its report may come in the output ring */
-    }
+    if (!lazy)
+        ring_for_snapshot(s);
     snprintf(msg, len, "ok snapshot of session %llu at position %llu (%s) requested\n",
              ull(s->id), ull(p), full ? "full" : "delta");
     return 0;
