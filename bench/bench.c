@@ -107,6 +107,10 @@ static void usage(FILE *f)
             "                        cleanly and open N again on the same supervisor\n"
             "                        (its session directories recycled): both openings'\n"
             "                        rates and the supervisor's own CPU for each\n"
+            "  --dirs-ahead on|off   sessions: the edge makes its N session directories ahead\n"
+            "                        (session_dirs_ahead = N) and the opening starts once\n"
+            "                        they are made (default on; off: each new session\n"
+            "                        makes its own)\n"
             "  --json FILE    write the run's numbers to FILE as JSON (load average, the\n"
             "                 paths, the sessions section)\n"
             "  --plot DIR     write each plot's data (DIR/*.dat) and draw PNG plots in DIR\n"
@@ -390,6 +394,7 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         { "setup-inflight", required_argument, NULL, 'F' },
         { "plot", required_argument, NULL, 'P' },
         { "sessions-reopen", no_argument, NULL, 'O' },
+        { "dirs-ahead", required_argument, NULL, 'A' },
         { NULL, 0, NULL, 0 },
     };
     double messages = 0, seconds = 0, snap_runs = 0, rec_runs = 0, rec_msgs = 0, interval = 0;
@@ -458,6 +463,13 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
             break;
         case 'P': snprintf(o->plot, sizeof(o->plot), "%s", optarg); break;
         case 'O': o->many_reopen = 1; break;
+        case 'A':
+            if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
+                fprintf(stderr, "cessna-bench: --dirs-ahead takes on or off\n");
+                return -EINVAL;
+            }
+            o->many_dirs_ahead_off = strcmp(optarg, "off") == 0;
+            break;
         default: rc = -EINVAL; break;
         }
         if (rc < 0)

@@ -98,6 +98,7 @@ struct bench_opts {
     double many_seconds;            /* sessions: length of each paced run */
     int    many_inflight;           /* sessions: opens in flight at once */
     int    many_reopen;             /* sessions: close the edge's N cleanly, open N again */
+    int    many_dirs_ahead_off;     /* sessions: no session_dirs_ahead (each makes its own) */
     int    many_stacks;             /* sessions: bit per stack (MANY_STACK_*) */
     char   json[PATH_MAX];          /* --json FILE: the run's numbers; "" none */
     char   plot[PATH_MAX];          /* --plot DIR: data files and PNG plots; "" none */
@@ -177,6 +178,7 @@ struct edge_spec {
     int         busy_poll_off;        /* busy_poll = off whatever --busy-poll says */
     int         many;                 /* the one-thread epoll echo server (sessions) */
     unsigned    hibernate_after_ms;   /* 0: the default (30000) */
+    unsigned    dirs_ahead;           /* session_dirs_ahead (0: none) */
 };
 
 const char *stack_path_name(enum bench_path path);

@@ -77,6 +77,7 @@ struct side_result {
     uint64_t asleep_pss_kib;
     int64_t  asleep_kernel_kib;       /* meminfo change from before the opening */
     double   sup_cpu_s;               /* edge: the supervisor's own CPU over the opening */
+    double   ahead_s;                 /* edge: making its N session directories ahead */
     int      reopen_ok;               /* edge, --sessions-reopen: the second opening */
     int      reclosed, reopened;      /* closed cleanly; opened again */
     double   reopen_rate, reopen_wait_s, reopen_sup_cpu_s;
@@ -92,6 +93,7 @@ struct n_result {
 static struct n_result results[BENCH_MAX_MANY];
 static int nresults;
 static double paced_seconds, sat_seconds;
+static int dirs_ahead;   /* the edges made their N session directories ahead (--dirs-ahead) */
 
 static void thousands(char *out, size_t len, double v)
 {
@@ -180,18 +182,49 @@ static int haproxy_maxconn(int n, int *capped)
     return *capped ? max : n;
 }
 
+/* The edge's free session directories (session_dirs_ahead = n): wait until it has made them
+ * all, as a node that had time to get ready would have; the seconds it took in *ahead_s. */
+static int wait_dirs_ahead(struct bench_stack *s, int n, double *ahead_s, char *err,
+                           size_t errlen)
+{
+    uint64_t t0 = ectl_now_ns(), free_dirs = 0;
+
+    while (!proc_interrupted() && (free_dirs = edge_stat(s, "dirs_free")) < (uint64_t)n) {
+        if (stack_check(s, err, errlen) < 0)
+            return -ESRCH;
+        if (ectl_now_ns() - t0 > 120ull * 1000000000ull) {
+            snprintf(err, errlen, "the edge made %llu of its %d session directories ahead in "
+                     "120 s", (unsigned long long)free_dirs, n);
+            return -ETIMEDOUT;
+        }
+        usleep(20000);
+    }
+    *ahead_s = (double)(ectl_now_ns() - t0) / 1e9;
+    return 0;
+}
+
 static int bring_up(struct bench_stack *s, enum side side, int n, unsigned interval_ms,
-                    const struct bench_opts *o, int *capped, char *err, size_t errlen)
+                    const struct bench_opts *o, int *capped, double *ahead_s, char *err,
+                    size_t errlen)
 {
     *capped = 0;
+    *ahead_s = 0;
     if (side != SIDE_EDGE)
         return stack_up_haproxy(s, o, haproxy_maxconn(n, capped), side == SIDE_HAPROXY_BUSY,
                                 err, errlen);
     struct edge_spec e = { .app = "passthrough.so", .snapshot_interval_ms = interval_ms,
                            .many = 1,
-                           .max_sessions = (unsigned)(n > 64 ? n : 64) };
+                           .max_sessions = (unsigned)(n > 64 ? n : 64),
+                           .dirs_ahead = o->many_dirs_ahead_off ? 0 : (unsigned)n };
     snprintf(e.tag, sizeof(e.tag), "sessions-%d-%ums", n, interval_ms);
-    return stack_up_edge(s, &e, o, err, errlen);
+    int rc = stack_up_edge(s, &e, o, err, errlen);
+    if (rc < 0 || !e.dirs_ahead)
+        return rc;
+    rc = wait_dirs_ahead(s, n, ahead_s, err, errlen);
+    if (rc == 0)
+        fprintf(stderr, "cessna-bench: sessions N=%d edge-native: %d session directories made "
+                "ahead in %.1f s\n", n, n, *ahead_s);
+    return rc;
 }
 
 /* The paced run with the tree's CPU time around it, and the share of the machine's time
@@ -339,7 +372,8 @@ static void measure_side(struct side_result *r, enum side side, int n,
     r->tried = 1;
     fprintf(stderr, "cessna-bench: sessions N=%d %s: starting, opening %d, %d in flight\n", n,
             side_names[side], n, o->many_inflight);
-    if (bring_up(&s, side, n, SNAP_INTERVAL_MS, o, &r->capped, err, sizeof(err)) < 0) {
+    if (bring_up(&s, side, n, SNAP_INTERVAL_MS, o, &r->capped, &r->ahead_s, err,
+                 sizeof(err)) < 0) {
         if (side != SIDE_EDGE && !proc_interrupted()) { /* it checks its fd limit first */
             r->refused = 1;
             snprintf(r->why, sizeof(r->why), "refused at 0 connections: HAProxy with maxconn "
@@ -411,10 +445,11 @@ static void measure_nosnap(struct side_result *r, int n, const struct bench_opts
     struct many_set m = { .epfd = -1 };
     char err[BENCH_ERRLEN];
     int capped, want = r->opened; /* as many as the first edge held */
+    double ahead_s;
 
     fprintf(stderr, "cessna-bench: sessions N=%d edge-native without snapshots: %d sessions, "
             "paced, %.0f s\n", n, want, paced_seconds);
-    if (bring_up(&s, SIDE_EDGE, n, 0, o, &capped, err, sizeof(err)) < 0)
+    if (bring_up(&s, SIDE_EDGE, n, 0, o, &capped, &ahead_s, err, sizeof(err)) < 0)
         fail(r, &s, n, "setup (no snapshots)", err);
     else if (many_open(&m, s.entry, 1, want, o->many_inflight, err, sizeof(err)) < 0)
         fail(r, &s, n, "opening (no snapshots)", err);
@@ -563,7 +598,7 @@ static void print_section(FILE *f, const struct bench_opts *o)
                "busy-polling (haproxy1-busy), all driven by the same one-thread epoll load "
                "generator. Setup: N opened with %d opens in flight at once (threads), each "
                "proven by one echo; sessions/s over what opened; setup ms = one open, "
-               "connect to first echo, p50 / p99. PSS: smaps_rollup summed over the edge's "
+               "connect to first echo, p50 / p99. %s PSS: smaps_rollup summed over the edge's "
                "tree (supervisor, zygote, workers) or HAProxy alone; procs = processes in it. "
                "Kernel: change of meminfo Slab + PageTables + KernelStack over the opening, "
                "machine-wide (the client's and echo server's sockets included, for every "
@@ -577,6 +612,11 @@ static void print_section(FILE *f, const struct bench_opts *o)
                "(hibernate_after_ms = %d): how many did, how long after the saturating run, "
                "and per sleeping session all in / marginal, as above.\n\n",
             SNAP_INTERVAL_MS, o->busy_poll_off ? "off" : "auto", o->many_inflight,
+            o->many_dirs_ahead_off
+                ? "The edge makes each new session's directory as it opens (--dirs-ahead off)."
+                : "The edge runs with session_dirs_ahead = N: the opening starts once it has "
+                  "made its N session directories (the time each took is on stderr and in "
+                  "--json), so no session makes one (--dirs-ahead off: each does).",
             paced_seconds, sat_seconds, proc_machine_nofile(), nofile_limit(),
             proc_nofile_hard(), HIBERNATE_AFTER_MS);
     fprintf(f, "| N | stack | opened | sessions/s | setup ms p50 / p99 | PSS MiB | procs | "
@@ -720,6 +760,7 @@ int manybench_run(FILE *f, const struct bench_opts *o)
 
     memset(results, 0, sizeof(results));
     paced_seconds = o->many_seconds;
+    dirs_ahead = !o->many_dirs_ahead_off;
     sat_seconds = o->seconds;
     nresults = o->nmany;
     for (int i = 0; i < o->nmany && !proc_interrupted(); i++) {
@@ -783,6 +824,8 @@ static void json_side(struct jsonw *w, enum side sd, const struct side_result *r
     jw_num(w, "setup_per_s", r->open_rate);
     jw_num(w, "setup_p50_us", r->opened ? r->setup.p50_us : 0.0 / 0.0);
     jw_num(w, "setup_p99_us", r->opened ? r->setup.p99_us : 0.0 / 0.0);
+    if (sd == SIDE_EDGE)
+        jw_num(w, "dirs_ahead_s", dirs_ahead ? r->ahead_s : 0.0 / 0.0);
     jw_num(w, "pss_before_kib", (double)r->base_pss_kib);
     jw_num(w, "pss_kib", (double)r->pss_kib);
     jw_num(w, "procs", r->procs);
@@ -844,6 +887,7 @@ void manybench_json(struct jsonw *w)
     jw_num(w, "snapshot_interval_ms", SNAP_INTERVAL_MS);
     jw_num(w, "paced_rate_hz", RATE_HZ);
     jw_num(w, "paced_seconds", paced_seconds);
+    jw_num(w, "dirs_ahead", dirs_ahead);
     jw_num(w, "saturating_seconds", sat_seconds);
     jw_key(w, "runs");
     jw_arr(w);

@@ -304,12 +304,13 @@ static int write_supervisor_ini(const char *ini, const struct bench_opts *o,
              "max_session_memory = 4293918720\n"   /* ballast up to MAX_STATE (1 GiB) */
              "busy_poll = %s\n"
              "sandbox = %s\n"
-             "hibernate_after_ms = %u\n",
+             "hibernate_after_ms = %u\n"
+             "session_dirs_ahead = %u\n",
              server, app, state, control, e->hot ? "hot" : "cold", e->snapshot_interval_ms,
              e->max_sessions ? e->max_sessions : 64,
              o->busy_poll_off || e->busy_poll_off ? "off" : "auto",
              o->sandbox_off ? "off" : "on",
-             e->hibernate_after_ms ? e->hibernate_after_ms : 30000);
+             e->hibernate_after_ms ? e->hibernate_after_ms : 30000, e->dirs_ahead);
     return write_text(ini, text, err, errlen);
 }
 

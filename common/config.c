@@ -72,6 +72,7 @@ static const struct key keys[] = {
     { "zygote_backoff_max_ms", K_U32, offsetof(struct config, zygote_backoff_max_ms), 0, 100, 3600000, 0 },
     { "hibernate_after_ms", K_U64, offsetof(struct config, hibernate_after_ms), 0, 0, 604800000, 0 },
     { "failed_sessions_keep", K_U32, offsetof(struct config, failed_sessions_keep), 0, 0, 1000000, 0 },
+    { "session_dirs_ahead", K_U32, offsetof(struct config, session_dirs_ahead), 0, 0, 65536, 0 },
     STR(worker_user, K_STRING, 0),
     { "sandbox", K_ONOFF, offsetof(struct config, sandbox), 0, 0, 0, 0 },
     STR(edge_secret_file, K_STRING, 0),

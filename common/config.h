@@ -54,6 +54,8 @@ struct config {
     uint64_t hibernate_after_ms;   /* a live session with no event for this long gives up its
                                     * worker until its next event (default 30000, 0 = off) */
     uint32_t failed_sessions_keep; /* directories of failed sessions kept (default 100) */
+    uint32_t session_dirs_ahead;   /* free session directories made ahead, in the loop's spare
+                                    * turns, so that new sessions need no mkdir (default 0) */
     char     worker_user[64];      /* workers run as this user when the edge is root (nobody) */
     int      sandbox;              /* 1 = confine workers (default), 0 = off (docs/sandbox.md) */
     char     edge_secret_file[PATH_MAX]; /* the secret proved to the server endpoint ("" = none) */

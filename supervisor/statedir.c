@@ -18,6 +18,11 @@
  * session churn frees them all the time. Past the cap a directory is removed as before.
  * Free directories left by an earlier run are checked the same way and adopted.
  *
+ * session_dirs_ahead = N makes free directories ahead (mkdir .free-N, a few per loop
+ * iteration once nothing else waits) until the live sessions and the free directories
+ * together number N, so that a burst of new sessions after a start needs no mkdir in the
+ * loop (and makes none: each takes a free one); the pool's cap is then at least N.
+ *
  * The work never blocks the loop: directories wait in a queue and sdir_step(), called once
  * per loop iteration, retires or unlinks at most SDIR_STEP files. A directory enters the
  * pool only after a whole pass over it found nothing but spares, so that a file a stray
@@ -30,6 +35,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -40,6 +46,7 @@
 #define SDIR_STEP 32   /* files retired or unlinked per loop iteration at most */
 #define SDIR_PASSES 4  /* a directory that is still not empty after this many passes is left */
 #define SDIR_POOL_MAX 1024  /* free directories kept at most (or max_sessions, if fewer) */
+#define SDIR_AHEAD_STEP 4   /* directories made ahead per loop iteration at most */
 #define FREE_PREFIX ".free-"
 #define POOL_ENTRY(n, spares) ((n) << 4 | (spares))   /* spares: at most 12 */
 #define POOL_N(e)      ((e) >> 4)
@@ -66,6 +73,10 @@ static struct {
     int recycle;       /* cur goes to the pool (files retired), else it is removed */
     int dirty;         /* this pass over cur found something besides spares */
     uint32_t spares;   /* the spares this pass over cur found */
+    uint32_t ahead_failed; /* session_dirs_ahead when a mkdir ahead failed (0: none did):
+                            * not tried again until the key changes (a reload) */
+    int ahead_logged;  /* the pool reached session_dirs_ahead once: said so */
+    struct timespec ahead_start;   /* when making them began */
 } D = { .dfd = -1 };
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
@@ -165,12 +176,31 @@ static void free_name(char *buf, size_t len, uint64_t n)
     snprintf(buf, len, FREE_PREFIX "%llu", ull(n));
 }
 
-/* Free directories kept at most: SDIR_POOL_MAX, or max_sessions when that is fewer. */
+/* Free directories made ahead at most: session_dirs_ahead, or max_sessions when fewer. */
+static size_t ahead_target(void)
+{
+    uint32_t m = S.cfg.max_sessions, a = S.cfg.session_dirs_ahead;
+
+    return m && m < a ? m : a;
+}
+
+/* Free directories kept at most: SDIR_POOL_MAX, or max_sessions when that is fewer; at least
+ * the directories made ahead. */
 static size_t pool_cap(void)
 {
     uint32_t m = S.cfg.max_sessions;
+    size_t cap = m && m < SDIR_POOL_MAX ? m : SDIR_POOL_MAX;
 
-    return m && m < SDIR_POOL_MAX ? m : SDIR_POOL_MAX;
+    return cap > ahead_target() ? cap : ahead_target();
+}
+
+/* The live sessions' directories and the free ones are fewer than session_dirs_ahead (a
+ * session that takes a free one leaves the sum as it was: a burst makes none), and making
+ * them has not failed. */
+static int ahead_short(void)
+{
+    return D.dfd >= 0 && D.pool.len + S.nsessions < ahead_target() &&
+           D.ahead_failed != S.cfg.session_dirs_ahead;
 }
 
 struct found { uint64_t id; struct timespec mtime; };
@@ -319,9 +349,52 @@ size_t sdir_free_dirs(void)
     return D.pool.len;
 }
 
-int sdir_busy(void)
+static int recycling(void)
 {
     return D.cur || D.doomed.len || D.adopt.len;
+}
+
+int sdir_busy(void)
+{
+    return recycling() || ahead_short();
+}
+
+/* Make up to budget free directories ahead (after the recycling: it fills the pool too). */
+static void make_ahead(int budget)
+{
+    char name[32];
+
+    if (!D.ahead_start.tv_sec)
+        clock_gettime(CLOCK_MONOTONIC, &D.ahead_start);
+    while (budget-- > 0 && ahead_short()) {
+        free_name(name, sizeof(name), D.next_free);
+        if (mkdirat(D.dfd, name, 0700) == -1) {
+            if (errno == EEXIST) {   /* not made by us: the next name */
+                D.next_free++;
+                continue;
+            }
+            LOG(LOG_WARN, "msg=\"free session directories not made ahead: new sessions make "
+                "their own\" dir=%s/%s made=%zu wanted=%zu error=\"%s\"", S.cfg.state_dir, name,
+                D.pool.len, ahead_target(), strerror(errno));
+            D.ahead_failed = S.cfg.session_dirs_ahead;
+            return;
+        }
+        if (idq_push(&D.pool, POOL_ENTRY(D.next_free, 0)) < 0) {
+            unlinkat(D.dfd, name, AT_REMOVEDIR);
+            D.ahead_failed = S.cfg.session_dirs_ahead;
+            return;
+        }
+        D.next_free++;
+    }
+    if (!D.ahead_logged && !ahead_short()) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        LOG(LOG_INFO, "msg=\"free session directories ready\" free=%zu session_dirs_ahead=%u "
+            "seconds=%.3f", D.pool.len, S.cfg.session_dirs_ahead,
+            (double)(now.tv_sec - D.ahead_start.tv_sec) +
+            (double)(now.tv_nsec - D.ahead_start.tv_nsec) / 1e9);
+        D.ahead_logged = 1;
+    }
 }
 
 /* Start over on cur, from its first entry. */
@@ -455,7 +528,7 @@ void sdir_step(void)
 {
     int budget = SDIR_STEP;
 
-    while (budget > 0 && sdir_busy()) {
+    while (budget > 0 && recycling()) {
         struct dirent *d;
         if (!D.cur && open_next() < 0) {
             budget--;
@@ -484,4 +557,6 @@ void sdir_step(void)
         step_entry(d);
         budget--;
     }
+    if (budget > 0 && !recycling() && ahead_short())
+        make_ahead(budget < SDIR_AHEAD_STEP ? budget : SDIR_AHEAD_STEP);
 }

@@ -2,7 +2,8 @@
  * directories: given back after a clean close, kept (the newest failed_sessions_keep) after
  * a failure; one given back is recycled (its files retired into empty spares, the directory
  * renamed into a pool of free ones that new sessions take) or, past the pool's cap, removed,
- * a few files per loop iteration so the loop never blocks on it. */
+ * a few files per loop iteration so the loop never blocks on it; session_dirs_ahead free
+ * directories are made ahead the same way. */
 #ifndef CESSNA_STATEDIR_H
 #define CESSNA_STATEDIR_H
 
@@ -22,7 +23,9 @@ void sdir_reclaim(uint64_t id);
  * the directory (mkdir) as without a pool. */
 int  sdir_take(uint64_t id, uint32_t *spares);
 size_t sdir_free_dirs(void);             /* free directories in the pool now */
-int  sdir_busy(void);                    /* files wait for removal: the loop must not sleep */
-void sdir_step(void);                    /* retire or remove at most a few files */
+/* Files wait for removal, or directories to be made ahead: the loop must not sleep. */
+int  sdir_busy(void);
+/* Retire or remove at most a few files; else make a few free directories ahead. */
+void sdir_step(void);
 
 #endif

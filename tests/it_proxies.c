@@ -545,24 +545,6 @@ Test(proxies, orderly_close_is_a_clean_eof_at_both_plain_peers, .timeout = 60)
     chain_stop(&p.c);
 }
 
-/* CPU time of a process so far, in clock ticks (utime + stime of /proc/PID/stat). */
-static long cpu_ticks(pid_t pid)
-{
-    char path[64], buf[1024];
-    unsigned long ut = 0, st = 0;
-
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    cr_assert(f, "open %s", path);
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    cr_assert(p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
-                          &st) == 2, "parse %s", path);
-    return (long)(ut + st);
-}
-
 Test(proxies, out_of_descriptors_pauses_accepting_without_spinning, .timeout = 60)
 {
     struct t_echo_tcp echo;
@@ -594,9 +576,9 @@ Test(proxies, out_of_descriptors_pauses_accepting_without_spinning, .timeout = 6
     for (int i = 0; i < n_conns; i++)   /* silent edges: some accepted, then EMFILE */
         fds[i] = t_connect(sp.addr);
     usleep(200000);
-    long t0 = cpu_ticks(sp.pid);
+    long t0 = t_cpu_ticks(sp.pid);
     usleep(1000000);
-    long used = cpu_ticks(sp.pid) - t0;
+    long used = t_cpu_ticks(sp.pid) - t0;
     cr_expect_lt(used, 20, "the proxy used %ld ticks in 1 s while out of descriptors", used);
     for (int i = 0; i < n_conns; i++)
         close(fds[i]);

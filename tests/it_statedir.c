@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -566,4 +567,114 @@ Test(statedir, a_wake_keeps_its_directory_and_the_pool)
     t_edge_stop(&e);
     free(ta.buf);
     free(tb.buf);
+}
+
+/* Is ino one of the n in set? */
+static int ino_in(ino_t ino, const ino_t *set, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (set[i] == ino)
+            return 1;
+    return 0;
+}
+
+/* session_dirs_ahead = 6: six free directories are made before any session; four sessions
+ * opening at once each take one of those very directories (no mkdir), and none is made to
+ * replace them (sessions and free ones together stay at 6); given back, they are free again;
+ * a reload to 8 makes two more. */
+Test(statedir, directories_made_ahead_serve_a_burst)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct cessna_ep *ep[4];
+    struct transcript t = { 0 };
+    ino_t ahead[8], now[8];
+    char path[800];
+
+    t_echo_ep_start(&srv);
+    t_edge_start(&e, t_app("passthrough"), srv.addr,
+                 "max_sessions = 8\nsession_dirs_ahead = 6\nsnapshot_interval_ms = 20\n");
+    cr_assert(wait_stat(&e, "dirs_free", 6, 5000), "six made ahead");
+    cr_assert_eq(free_dirs(&e, ahead, 8, NULL, NULL), 6);
+    cr_assert(log_has(e.sup.log, "msg=\"free session directories ready\" free=6"),
+              "the log says so (%s)", e.sup.log);
+
+    for (int i = 0; i < 4; i++)
+        ep[i] = t_ep_connect(&e);
+    for (int i = 0; i < 4; i++) {
+        round_trip(ep[i], i, &t);
+        session_path(&e, cessna_ep_session_id(ep[i]), path, sizeof(path));
+        cr_assert(ino_in(ino_of(path), ahead, 6), "session %d's directory was made ahead", i);
+    }
+    cr_assert_eq(stat_of(&e, "dirs_reused"), 4);
+    usleep(300000);   /* a refill would have happened by now: the loop runs every tick */
+    cr_assert_eq(stat_of(&e, "dirs_free"), 2, "none made to replace the four taken");
+    cr_assert_eq(count_dirs(&e, 1), 2);
+
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(cessna_ep_close(ep[i], 5000), 0, "close: %s", cessna_ep_error(ep[i]));
+        cessna_ep_free(ep[i]);
+    }
+    cr_assert(wait_stat(&e, "dirs_free", 6, 5000), "the four are free again");
+    cr_assert_eq(free_dirs(&e, now, 8, NULL, NULL), 6);
+    for (int i = 0; i < 6; i++)
+        cr_assert(ino_in(now[i], ahead, 6), "the same six directories, no new one");
+
+    write_config(&e, srv.addr, "max_sessions = 8\nsession_dirs_ahead = 8\n");
+    kill(e.sup.pid, SIGHUP);
+    cr_assert(wait_stat(&e, "dirs_free", 8, 5000), "a reload to 8 makes two more");
+    free(t.buf);
+    t_edge_stop(&e);
+}
+
+/* A state_dir with room for a few directories only (a tmpfs of 8 inodes): making them ahead
+ * stops at the first failure with a warning naming the cause, the loop does not spin on it,
+ * and a session still gets one of those made. Needs root for the mount (skipped otherwise). */
+Test(statedir, directories_ahead_stop_at_a_full_disk)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript t = { 0 };
+    char state[600], cfg[700];
+
+    if (geteuid() != 0)
+        cr_skip_test("mounting a tmpfs needs root");
+    const char *tmp = t_tmpdir();
+    snprintf(state, sizeof(state), "%s/state", tmp);
+    cr_assert_eq(mkdir(state, 0755), 0);
+    if (mount("cessna-test", state, "tmpfs", 0, "nr_inodes=8") == -1)
+        cr_skip_test("mount tmpfs: %s", strerror(errno));
+    t_echo_ep_start(&srv);
+    snprintf(e.dir, sizeof(e.dir), "%s", tmp);
+    snprintf(e.control, sizeof(e.control), "%s/control.sock", tmp);
+    write_config(&e, srv.addr, "session_dirs_ahead = 100\n");
+    snprintf(cfg, sizeof(cfg), "%s/edge.ini", tmp);
+    char *argv[] = { (char *)t_bin("cessna-supervisor"), "-c", cfg, NULL };
+    t_start(&e.sup, e.dir, "supervisor", argv);
+    long deadline = t_now_ms() + 5000;
+    while (!log_has(e.sup.log, "msg=\"free session directories not made ahead: new sessions "
+                               "make their own\"")) {
+        cr_assert(t_now_ms() < deadline, "no warning (log: %s)", e.sup.log);
+        usleep(20000);
+    }
+    cr_assert(log_has(e.sup.log, "error=\"No space left on device\""), "the cause is named");
+    uint64_t made = stat_of(&e, "dirs_free");
+    cr_assert(made >= 1 && made < 8, "%llu made before the disk was full",
+              (unsigned long long)made);
+
+    /* The loop sleeps again: the supervisor uses next to no CPU over a second. */
+    long t0 = t_cpu_ticks(e.sup.pid);
+    usleep(1000000);
+    long used = t_cpu_ticks(e.sup.pid) - t0;
+    cr_assert(used < sysconf(_SC_CLK_TCK) / 5, "the supervisor used %ld ticks of CPU in a "
+              "second idle", used);
+
+    struct cessna_ep *ep = t_ep_connect(&e);
+    round_trip(ep, 0, &t);
+    cr_assert_eq(stat_of(&e, "dirs_reused"), 1, "the session took one made ahead");
+    cr_assert_eq(cessna_ep_close(ep, 5000), 0, "close: %s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    free(t.buf);
+    t_edge_stop(&e);
+    umount2(state, MNT_DETACH);
 }

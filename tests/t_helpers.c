@@ -535,3 +535,21 @@ uint64_t t_session_field(const struct t_edge *e, uint64_t id, const char *key)
             return t_field(line, key);
     return 0;
 }
+
+/* CPU time of a process so far, in clock ticks (utime + stime of /proc/PID/stat). */
+long t_cpu_ticks(pid_t pid)
+{
+    char path[64], buf[1024];
+    unsigned long ut = 0, st = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "open %s", path);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    cr_assert(p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
+                          &st) == 2, "parse %s", path);
+    return (long)(ut + st);
+}

@@ -112,4 +112,7 @@ struct cessna_ep *t_ep_connect(const struct t_edge *e);
 /* Deterministic pseudo-random bytes. */
 void t_fill(void *buf, size_t len, uint64_t seed);
 
+/* CPU time of a process so far, in clock ticks (utime + stime of /proc/PID/stat). */
+long t_cpu_ticks(pid_t pid);
+
 #endif
