@@ -188,8 +188,9 @@ static size_t stats(char *out, size_t cap)
     uint32_t waits = 0;
     for (uint32_t i = 0; i < S.slot_high; i++)
         waits += S.sessions[i].state != S_FREE && S.sessions[i].doorbell_armed;
-    n = snprintf(out + len, cap - len, " bell_waits=%u lazy_rings=%llu", waits,
-                 (unsigned long long)S.stats.lazy_rings);
+    n = snprintf(out + len, cap - len, " bell_waits=%u lazy_rings=%llu "
+                 "snapshot_reports_ring_full=%llu", waits, (unsigned long long)S.stats.lazy_rings,
+                 (unsigned long long)S.stats.snap_reports_ring_full);
     len += n < 0 ? 0 : (size_t)n >= cap - len ? cap - len - 1 : (size_t)n;
     if (len + 1 < cap) {
         out[len++] = '\n';

@@ -1071,8 +1071,11 @@ static int read_reports(struct session *s)
         }
         if (r.kind == SNAP_STARTED)
             on_started(s, &r, fd);
-        else if (r.kind == SNAP_DONE)
+        else if (r.kind == SNAP_DONE) {
+            if (!r.status && !r.fork_ns && !r.hot)   /* the worker wrote it: ring full */
+                S.stats.snap_reports_ring_full++;
             on_done(s, &r, fd);
+        }
         else
             close_fd(&fd);
     }

@@ -250,6 +250,8 @@ struct sup_stats {
     uint64_t sessions_total, sessions_failed, worker_deaths, recoveries, bad_frames;
     uint64_t snapshots, snapshot_failures, hot_takeovers, cold_restores, log_failures;
     uint64_t lazy_rings;        /* periodic requests no event came to carry: rung (recovery.c) */
+    uint64_t snap_reports_ring_full; /* a worker's own snapshot reported on its socket: its
+                                      * output ring had no room for the record */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
     uint64_t hello_timeouts, connect_timeouts, idle_timeouts, forced_closes;
     uint64_t accept_fd_limit, accept_paused;     /* EMFILE/ENFILE, and pauses it caused */
