@@ -151,7 +151,8 @@ static size_t stats(char *out, size_t cap)
         "hot_takeovers=%llu cold_restores=%llu snapshots=%llu snapshot_failures=%llu "
         "log_failures=%llu hello_timeouts=%llu connect_timeouts=%llu idle_timeouts=%llu "
         "forced_closes=%llu accept_fd_limit=%llu accept_paused=%llu zygote_restarts=%llu "
-        "dirs_removed=%llu dirs_free=%zu dirs_reused=%llu ctl_timeouts=%llu resumes=%llu moves=%llu "
+        "dirs_removed=%llu dirs_free=%zu dirs_reused=%llu dirs_ahead_pending=%zu "
+        "ctl_timeouts=%llu resumes=%llu moves=%llu "
         "draining=%d",
         S.nsessions, (unsigned long long)S.stats.sessions_total,
         (unsigned long long)S.stats.sessions_failed, (unsigned long long)S.stats.worker_deaths,
@@ -165,7 +166,7 @@ static size_t stats(char *out, size_t cap)
         (unsigned long long)S.stats.forced_closes, (unsigned long long)S.stats.accept_fd_limit,
         (unsigned long long)S.stats.accept_paused, (unsigned long long)S.stats.zygote_restarts,
         (unsigned long long)S.stats.dirs_removed, sdir_free_dirs(),
-        (unsigned long long)S.stats.dirs_reused,
+        (unsigned long long)S.stats.dirs_reused, sdir_ahead_pending(),
         (unsigned long long)S.stats.ctl_timeouts, (unsigned long long)S.stats.resumes,
         (unsigned long long)S.stats.moves, S.draining);
     size_t len = n < 0 ? 0 : (size_t)n >= cap ? cap - 1 : (size_t)n;

@@ -75,8 +75,9 @@ static struct {
     uint32_t spares;   /* the spares this pass over cur found */
     uint32_t ahead_failed; /* session_dirs_ahead when a mkdir ahead failed (0: none did):
                             * not tried again until the key changes (a reload) */
-    int ahead_logged;  /* the pool reached session_dirs_ahead once: said so */
-    struct timespec ahead_start;   /* when making them began */
+    uint32_t ahead_round;  /* the session_dirs_ahead being made now (a reload starts anew) */
+    uint32_t ahead_said;   /* the session_dirs_ahead whose "ready" was logged */
+    struct timespec ahead_start;   /* when this round began */
 } D = { .dfd = -1 };
 
 static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
@@ -359,13 +360,29 @@ int sdir_busy(void)
     return recycling() || ahead_short();
 }
 
+/* A directory could not be made ahead: no more are tried until the key changes. */
+static void stop_ahead(const char *name, int e)
+{
+    LOG(LOG_WARN, "msg=\"free session directories not made ahead: new sessions make their "
+        "own\" dir=%s/%s free=%zu sessions=%u wanted=%zu error=\"%s\"", S.cfg.state_dir, name,
+        D.pool.len, S.nsessions, ahead_target(), strerror(e));
+    D.ahead_failed = S.cfg.session_dirs_ahead;
+}
+
+size_t sdir_ahead_pending(void)
+{
+    return ahead_short() ? ahead_target() - D.pool.len - S.nsessions : 0;
+}
+
 /* Make up to budget free directories ahead (after the recycling: it fills the pool too). */
 static void make_ahead(int budget)
 {
     char name[32];
 
-    if (!D.ahead_start.tv_sec)
+    if (D.ahead_round != S.cfg.session_dirs_ahead) {
+        D.ahead_round = S.cfg.session_dirs_ahead;
         clock_gettime(CLOCK_MONOTONIC, &D.ahead_start);
+    }
     while (budget-- > 0 && ahead_short()) {
         free_name(name, sizeof(name), D.next_free);
         if (mkdirat(D.dfd, name, 0700) == -1) {
@@ -373,27 +390,24 @@ static void make_ahead(int budget)
                 D.next_free++;
                 continue;
             }
-            LOG(LOG_WARN, "msg=\"free session directories not made ahead: new sessions make "
-                "their own\" dir=%s/%s made=%zu wanted=%zu error=\"%s\"", S.cfg.state_dir, name,
-                D.pool.len, ahead_target(), strerror(errno));
-            D.ahead_failed = S.cfg.session_dirs_ahead;
+            stop_ahead(name, errno);
             return;
         }
         if (idq_push(&D.pool, POOL_ENTRY(D.next_free, 0)) < 0) {
             unlinkat(D.dfd, name, AT_REMOVEDIR);
-            D.ahead_failed = S.cfg.session_dirs_ahead;
+            stop_ahead(name, ENOMEM);
             return;
         }
         D.next_free++;
     }
-    if (!D.ahead_logged && !ahead_short()) {
+    if (D.ahead_said != D.ahead_round && !ahead_short()) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
         LOG(LOG_INFO, "msg=\"free session directories ready\" free=%zu session_dirs_ahead=%u "
             "seconds=%.3f", D.pool.len, S.cfg.session_dirs_ahead,
             (double)(now.tv_sec - D.ahead_start.tv_sec) +
             (double)(now.tv_nsec - D.ahead_start.tv_nsec) / 1e9);
-        D.ahead_logged = 1;
+        D.ahead_said = D.ahead_round;
     }
 }
 

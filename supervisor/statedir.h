@@ -23,6 +23,8 @@ void sdir_reclaim(uint64_t id);
  * the directory (mkdir) as without a pool. */
 int  sdir_take(uint64_t id, uint32_t *spares);
 size_t sdir_free_dirs(void);             /* free directories in the pool now */
+/* Directories still to be made ahead (session_dirs_ahead); 0 once made, or when that failed. */
+size_t sdir_ahead_pending(void);
 /* Files wait for removal, or directories to be made ahead: the loop must not sleep. */
 int  sdir_busy(void);
 /* Retire or remove at most a few files; else make a few free directories ahead. */

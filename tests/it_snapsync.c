@@ -353,6 +353,7 @@ Test(snapsync, full_disk_reported_and_loses_nothing, .timeout = 90)
 
     if (geteuid() != 0)
         cr_skip_test("mounting a tmpfs needs root");
+    t_own_mounts();
     const char *tmp = t_tmpdir();
     snprintf(state, sizeof(state), "%s/small", tmp);
     cr_assert_eq(mkdir(state, 0755), 0);

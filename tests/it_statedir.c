@@ -595,6 +595,7 @@ Test(statedir, directories_made_ahead_serve_a_burst)
     t_edge_start(&e, t_app("passthrough"), srv.addr,
                  "max_sessions = 8\nsession_dirs_ahead = 6\nsnapshot_interval_ms = 20\n");
     cr_assert(wait_stat(&e, "dirs_free", 6, 5000), "six made ahead");
+    cr_assert_eq(stat_of(&e, "dirs_ahead_pending"), 0);
     cr_assert_eq(free_dirs(&e, ahead, 8, NULL, NULL), 6);
     cr_assert(log_has(e.sup.log, "msg=\"free session directories ready\" free=6"),
               "the log says so (%s)", e.sup.log);
@@ -639,6 +640,7 @@ Test(statedir, directories_ahead_stop_at_a_full_disk)
 
     if (geteuid() != 0)
         cr_skip_test("mounting a tmpfs needs root");
+    t_own_mounts();
     const char *tmp = t_tmpdir();
     snprintf(state, sizeof(state), "%s/state", tmp);
     cr_assert_eq(mkdir(state, 0755), 0);
@@ -657,7 +659,9 @@ Test(statedir, directories_ahead_stop_at_a_full_disk)
         cr_assert(t_now_ms() < deadline, "no warning (log: %s)", e.sup.log);
         usleep(20000);
     }
-    cr_assert(log_has(e.sup.log, "error=\"No space left on device\""), "the cause is named");
+    cr_assert(log_has(e.sup.log, "wanted=100 error=\"No space left on device\""),
+              "the warning names the cause (log: %s)", e.sup.log);
+    cr_assert_eq(stat_of(&e, "dirs_ahead_pending"), 0, "nothing more to make");
     uint64_t made = stat_of(&e, "dirs_free");
     cr_assert(made >= 1 && made < 8, "%llu made before the disk was full",
               (unsigned long long)made);
@@ -676,5 +680,4 @@ Test(statedir, directories_ahead_stop_at_a_full_disk)
     cessna_ep_free(ep);
     free(t.buf);
     t_edge_stop(&e);
-    umount2(state, MNT_DETACH);
 }

@@ -115,4 +115,8 @@ void t_fill(void *buf, size_t len, uint64_t seed);
 /* CPU time of a process so far, in clock ticks (utime + stime of /proc/PID/stat). */
 long t_cpu_ticks(pid_t pid);
 
+/* Give this test process a mount namespace of its own (it runs as root), so that what it
+ * mounts goes with it even when an assertion ends it early; skips the test if it cannot. */
+void t_own_mounts(void);
+
 #endif
