@@ -324,6 +324,17 @@ static int parse_state(struct bench_opts *o, const char *s)
     return 0;
 }
 
+/* An option that is `on` (or `auto`, as named) or off: *off set for "off". */
+static int parse_off(const char *opt, const char *on, const char *arg, int *off)
+{
+    if (strcmp(arg, on) && strcmp(arg, "off")) {
+        fprintf(stderr, "cessna-bench: %s takes %s or off\n", opt, on);
+        return -EINVAL;
+    }
+    *off = strcmp(arg, "off") == 0;
+    return 0;
+}
+
 static int parse_number(const char *opt, const char *s, double lo, double hi, double *out)
 {
     char *end;
@@ -423,20 +434,8 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
         case 's': rc = parse_number("--seconds", optarg, 0.1, 3600, &seconds); break;
         case 'q': quick = 1; break;
         case 'k': o->keep_tmp = 1; break;
-        case 'B':
-            if (strcmp(optarg, "auto") && strcmp(optarg, "off")) {
-                fprintf(stderr, "cessna-bench: --busy-poll takes auto or off\n");
-                return -EINVAL;
-            }
-            o->busy_poll_off = strcmp(optarg, "off") == 0;
-            break;
-        case 'X':
-            if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
-                fprintf(stderr, "cessna-bench: --sandbox takes on or off\n");
-                return -EINVAL;
-            }
-            o->sandbox_off = strcmp(optarg, "off") == 0;
-            break;
+        case 'B': rc = parse_off("--busy-poll", "auto", optarg, &o->busy_poll_off); break;
+        case 'X': rc = parse_off("--sandbox", "on", optarg, &o->sandbox_off); break;
         case 'b': snprintf(o->build, sizeof(o->build), "%s", optarg); break;
         case 'x': snprintf(o->haproxy, sizeof(o->haproxy), "%s", optarg); break;
         case 'z': rc = parse_sizes(o, optarg); break;
@@ -463,13 +462,7 @@ static int parse_options(struct bench_opts *o, int argc, char **argv)
             break;
         case 'P': snprintf(o->plot, sizeof(o->plot), "%s", optarg); break;
         case 'O': o->many_reopen = 1; break;
-        case 'A':
-            if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
-                fprintf(stderr, "cessna-bench: --dirs-ahead takes on or off\n");
-                return -EINVAL;
-            }
-            o->many_dirs_ahead_off = strcmp(optarg, "off") == 0;
-            break;
+        case 'A': rc = parse_off("--dirs-ahead", "on", optarg, &o->many_dirs_ahead_off); break;
         default: rc = -EINVAL; break;
         }
         if (rc < 0)
