@@ -630,22 +630,33 @@ static void print_load(FILE *f, const char *when, double la[3])
 }
 
 #define STEAL_WARN_PCT 5.0
+#define OTHERS_WARN_PCT 5.0
 
-/* The machine's time the hypervisor gave to others over the whole run (a shared host): with
- * a warning above STEAL_WARN_PCT. NaN when /proc/stat is unreadable. */
-static double print_steal(FILE *f, uint64_t steal0, uint64_t total0)
+/* The machine's time that went elsewhere over the whole run: what the hypervisor gave to
+ * others (a shared host), and what ran outside the bench's own processes (other programs,
+ * kernel threads such as DAMON's kdamond); each with a warning above 5%. NaN when
+ * /proc/stat is unreadable. */
+static void print_elsewhere(FILE *f, const struct ps_machine *m0, double *steal_pct,
+                            double *others_pct)
 {
-    uint64_t steal1, total1;
-    double pct = 0.0 / 0.0;
+    struct ps_machine m1;
 
-    if (ps_steal(&steal1, &total1) == 0)
-        pct = ps_steal_pct(steal0, total0, steal1, total1);
-    if (pct != pct)
-        return pct;
-    fprintf(f, "Time stolen by the hypervisor over the run: %.1f%% of the machine's (/proc/stat "
-            "steal).%s\n\n", pct, pct > STEAL_WARN_PCT ? " **Warning: a shared host took part "
-            "of this machine: the figures are lower than the code's.**" : "");
-    return pct;
+    *steal_pct = *others_pct = 0.0 / 0.0;
+    if (ps_machine_read(&m1) < 0)
+        return;
+    *steal_pct = ps_steal_pct(m0, &m1);
+    *others_pct = ps_others_pct(m0, &m1);
+    if (*steal_pct == *steal_pct)
+        fprintf(f, "Time stolen by the hypervisor over the run: %.1f%% of the machine's "
+                "(/proc/stat steal).%s\n\n", *steal_pct, *steal_pct > STEAL_WARN_PCT ?
+                " **Warning: a shared host took part of this machine: the figures are lower "
+                "than the code's.**" : "");
+    if (*others_pct == *others_pct)
+        fprintf(f, "Time other work took over the run: %.1f%% of the machine's (its busy time "
+                "outside the bench and the stacks it started: other programs, kernel threads "
+                "such as kdamond; /proc/stat's busy time less our processes' run times).%s\n\n",
+                *others_pct, *others_pct > OTHERS_WARN_PCT ? " **Warning: other work took "
+                "part of this machine: the figures are lower than the code's.**" : "");
 }
 
 static void json_loadavg(struct jsonw *w, const char *key, const double la[3])
@@ -661,7 +672,7 @@ static void json_loadavg(struct jsonw *w, const char *key, const double la[3])
 static int write_json(const struct bench_opts *o,
                       struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES],
                       const double la_start[3], const double la_end[3], double steal_pct,
-                      char *err, size_t errlen)
+                      double others_pct, char *err, size_t errlen)
 {
     FILE *f = fopen(o->json, "w");
     struct jsonw w = { .f = f };
@@ -676,6 +687,7 @@ static int write_json(const struct bench_opts *o,
     json_loadavg(&w, "loadavg_start", la_start);
     json_loadavg(&w, "loadavg_end", la_end);
     jw_num(&w, "steal_pct", steal_pct);
+    jw_num(&w, "others_pct", others_pct);
     jw_str(&w, "busy_poll", o->busy_poll_off ? "off" : "auto");
     jw_str(&w, "sandbox", o->sandbox_off ? "off" : "on");
     if (any_path(o))
@@ -693,8 +705,8 @@ static int write_json(const struct bench_opts *o,
 
 int main(int argc, char **argv)
 {
-    double la_start[3], la_end[3], steal_pct;
-    uint64_t steal0 = 0, total0 = 0;
+    double la_start[3], la_end[3], steal_pct, others_pct;
+    struct ps_machine m0;
     static struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES];
     struct bench_opts o;
     char err[BENCH_ERRLEN];
@@ -726,7 +738,7 @@ int main(int argc, char **argv)
         return 1;
     }
     print_load(stdout, "start", la_start);
-    ps_steal(&steal0, &total0);
+    ps_machine_read(&m0);   /* all zero when unreadable: the shares are then NaN */
     proc_raise_nofile(stdout, nofile_wanted(&o));
     if (o.plot[0] && mkdir(o.plot, 0755) == -1 && errno != EEXIST) {
         fprintf(stderr, "cessna-bench: --plot %s: %s\n", o.plot, strerror(errno));
@@ -743,8 +755,9 @@ int main(int argc, char **argv)
     if (run_sections(stdout, &o) < 0)
         failed = 1;
     print_load(stdout, "end", la_end);
-    steal_pct = total0 ? print_steal(stdout, steal0, total0) : 0.0 / 0.0;
-    if (o.json[0] && write_json(&o, res, la_start, la_end, steal_pct, err, sizeof(err)) < 0) {
+    print_elsewhere(stdout, &m0, &steal_pct, &others_pct);
+    if (o.json[0] && write_json(&o, res, la_start, la_end, steal_pct, others_pct, err,
+                                sizeof(err)) < 0) {
         fprintf(stderr, "cessna-bench: %s\n", err);
         output_failed = 1;
     }

@@ -384,11 +384,18 @@ double ps_tree_cpu_s(pid_t root);
 double ps_cpu_s(pid_t pid);                 /* one process: user + system, its own */
 int    ps_kernel_kib(uint64_t *kib);        /* meminfo Slab + PageTables + KernelStack */
 int    ps_loadavg(double la[3]);
-/* The machine's time stolen by the hypervisor and all its CPU time so far (/proc/stat's cpu
- * line, clock ticks). 0, or -errno. */
-int    ps_steal(uint64_t *steal, uint64_t *total);
-/* The stolen share of the machine's time between two ps_steal readings, in %, or NaN. */
-double ps_steal_pct(uint64_t steal0, uint64_t total0, uint64_t steal1, uint64_t total1);
+/* The machine's time (/proc/stat) and this process tree's CPU (the bench, its load
+ * generator's threads, every stack it started, reaped ones included) at one moment. */
+struct ps_machine {
+    uint64_t steal, busy, total;   /* ticks: stolen; neither idle, iowait nor stolen; all */
+    double   ours_s;
+};
+int    ps_machine_read(struct ps_machine *m);
+/* Between two readings, in % of the machine's time, or NaN: what the hypervisor took
+ * (steal), and what ran outside this tree (other programs, kernel threads such as kdamond;
+ * softirq work the kernel defers to ksoftirqd counts there too, even for our traffic). */
+double ps_steal_pct(const struct ps_machine *a, const struct ps_machine *b);
+double ps_others_pct(const struct ps_machine *a, const struct ps_machine *b);
 
 /* ---- jsonw.c ---- */
 

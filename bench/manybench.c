@@ -68,8 +68,9 @@ struct side_result {
     double   cpu_s;                   /* during the paced run */
     double   cpu_wall_s;              /* its wall time (warm-up and drain included) */
     double   steal_pct;               /* the machine's time the hypervisor took meanwhile */
+    double   others_pct;              /* and what ran outside the bench's processes */
     int      nosnap_ok;               /* edge: the second edge, without snapshots */
-    double   cpu_nosnap_s, cpu_nosnap_wall_s, steal_nosnap_pct;
+    double   cpu_nosnap_s, cpu_nosnap_wall_s, steal_nosnap_pct, others_nosnap_pct;
     struct many_result paced_nosnap;
     uint64_t snapshots_nosnap;
     int      asleep;                  /* edge: sessions hibernated after the runs */
@@ -242,22 +243,26 @@ static int bring_up(struct bench_stack *s, enum side side, int n, unsigned inter
     return rc;
 }
 
-/* The paced run with the tree's CPU time around it, and the share of the machine's time
- * the hypervisor took meanwhile (on a shared host, what makes one run differ from the next). */
+/* The paced run with the tree's CPU time around it, and the shares of the machine's time
+ * that went elsewhere meanwhile: to the hypervisor (steal) and to work outside the bench's
+ * processes (kdamond, other programs): on a shared host, what makes one run differ from the
+ * next. */
 static int paced_with_cpu(struct many_set *m, struct bench_stack *s, struct many_result *res,
-                          double *cpu_s, double *wall_s, double *steal_pct,
+                          double *cpu_s, double *wall_s, double *steal_pct, double *others_pct,
                           uint64_t *snapshots, char *err, size_t errlen)
 {
     pid_t root = s->procs[1].pid;
-    uint64_t n0 = edge_stat(s, "snapshots"), t0 = ectl_now_ns(), st0 = 0, tot0 = 0, st1, tot1;
+    uint64_t n0 = edge_stat(s, "snapshots"), t0 = ectl_now_ns();
     double c0 = ps_tree_cpu_s(root);
-    int have_steal = ps_steal(&st0, &tot0) == 0;
+    struct ps_machine m0, m1;
+    int have_machine = ps_machine_read(&m0) == 0;
     int rc = many_paced(m, RATE_HZ, paced_seconds, res, err, errlen);
 
     *cpu_s = ps_tree_cpu_s(root) - c0;
     *wall_s = (double)(ectl_now_ns() - t0) / 1e9;
-    *steal_pct = have_steal && ps_steal(&st1, &tot1) == 0 ? ps_steal_pct(st0, tot0, st1, tot1)
-                                                          : 0.0 / 0.0;
+    have_machine = have_machine && ps_machine_read(&m1) == 0;
+    *steal_pct = have_machine ? ps_steal_pct(&m0, &m1) : 0.0 / 0.0;
+    *others_pct = have_machine ? ps_others_pct(&m0, &m1) : 0.0 / 0.0;
     *snapshots = edge_stat(s, "snapshots") - n0;
     return rc;
 }
@@ -430,7 +435,7 @@ static void measure_side(struct side_result *r, enum side side, int n,
     fprintf(stderr, "cessna-bench: sessions N=%d %s: paced, %.0f s\n", n, side_names[side],
             paced_seconds);
     if (paced_with_cpu(&m, &s, &r->paced, &r->cpu_s, &r->cpu_wall_s, &r->steal_pct,
-                       &r->snapshots, err, sizeof(err)) < 0) {
+                       &r->others_pct, &r->snapshots, err, sizeof(err)) < 0) {
         fail(r, &s, n, "paced run", err);
         goto out;
     }
@@ -469,7 +474,8 @@ static void measure_nosnap(struct side_result *r, int n, const struct bench_opts
     else if (many_open(&m, s.entry, 1, want, o->many_inflight, err, sizeof(err)) < 0)
         fail(r, &s, n, "opening (no snapshots)", err);
     else if (paced_with_cpu(&m, &s, &r->paced_nosnap, &r->cpu_nosnap_s, &r->cpu_nosnap_wall_s,
-                            &r->steal_nosnap_pct, &r->snapshots_nosnap, err, sizeof(err)) < 0)
+                            &r->steal_nosnap_pct, &r->others_nosnap_pct,
+                            &r->snapshots_nosnap, err, sizeof(err)) < 0)
         fail(r, &s, n, "paced run (no snapshots)", err);
     else
         r->nosnap_ok = 1;
@@ -552,20 +558,22 @@ static double us_per_snapshot(const struct side_result *e)
     return (1e6 * e->cpu_s - rts_on * rt_off) / (double)e->snapshots;
 }
 
-/* "; 3% stolen" when the hypervisor took a share of the machine's time during a run. */
-static const char *stolen(char *buf, size_t len, double pct)
+/* "; 4% stolen; 16% other work": the machine's time that went elsewhere during a run, each
+ * shown from 0.5%. */
+static const char *elsewhere(char *buf, size_t len, double steal, double others)
 {
-    if (pct >= 0.5)
-        snprintf(buf, len, "; %.0f%% stolen", pct);
-    else
-        buf[0] = 0;
+    buf[0] = 0;
+    if (steal >= 0.5)
+        snprintf(buf, len, "; %.0f%% stolen", steal);
+    if (others >= 0.5)
+        snprintf(buf + strlen(buf), len - strlen(buf), "; %.0f%% other work", others);
     return buf;
 }
 
 static void print_cpu(FILE *f, const struct n_result *nr)
 {
     const struct side_result *e = &nr->side[SIDE_EDGE];
-    char nn[32], mps[32], st[32];
+    char nn[32], mps[32], st[64];
 
     thousands(nn, sizeof(nn), nr->n);
     fprintf(f, "| %s | ", nn);
@@ -575,13 +583,14 @@ static void print_cpu(FILE *f, const struct n_result *nr)
         thousands(mps, sizeof(mps), e->paced.msgs_per_s);
         fprintf(f, "%d | %s | %.2f in %.1f s (%.0f%%%s) | %" PRIu64 " | %.0f | ", e->opened, mps,
                 e->cpu_s, e->cpu_wall_s, 100.0 * e->cpu_s / e->cpu_wall_s,
-                stolen(st, sizeof(st), e->steal_pct), e->snapshots,
+                elsewhere(st, sizeof(st), e->steal_pct, e->others_pct), e->snapshots,
                 us_per_rt(e->cpu_s, e->cpu_wall_s, &e->paced));
         if (e->nosnap_ok) {
             thousands(mps, sizeof(mps), e->paced_nosnap.msgs_per_s);
             fprintf(f, "%s | %.2f in %.1f s (%.0f%%%s) | %.0f | ", mps, e->cpu_nosnap_s,
                     e->cpu_nosnap_wall_s, 100.0 * e->cpu_nosnap_s / e->cpu_nosnap_wall_s,
-                    stolen(st, sizeof(st), e->steal_nosnap_pct),
+                    elsewhere(st, sizeof(st), e->steal_nosnap_pct,
+                              e->others_nosnap_pct),
                     us_per_rt(e->cpu_nosnap_s, e->cpu_nosnap_wall_s, &e->paced_nosnap));
             if (e->snapshots)
                 fprintf(f, "%.0f |", us_per_snapshot(e));
@@ -596,7 +605,8 @@ static void print_cpu(FILE *f, const struct n_result *nr)
 
         if (h->paced_ok)
             fprintf(f, " %.2f in %.1f s (%.0f%%%s), %.0f µs |", h->cpu_s, h->cpu_wall_s,
-                    100.0 * h->cpu_s / h->cpu_wall_s, stolen(st, sizeof(st), h->steal_pct),
+                    100.0 * h->cpu_s / h->cpu_wall_s,
+                    elsewhere(st, sizeof(st), h->steal_pct, h->others_pct),
                     us_per_rt(h->cpu_s, h->cpu_wall_s, &h->paced));
         else
             fprintf(f, " - |");
@@ -652,9 +662,12 @@ static void print_section(FILE *f, const struct bench_opts *o)
                "that CPU over the paced round trips. Per snapshot: the CPU beyond the round "
                "trips at the cost of one without snapshots, over the snapshots (the edge's "
                "stats counter over the run). \"stolen\": the share of the machine's time the "
-               "hypervisor gave to others during that run (/proc/stat steal; shown from "
-               "0.5%%): the run had that much less machine, which is what makes runs on a "
-               "shared host differ:\n\n", SNAP_INTERVAL_MS);
+               "hypervisor gave to others during that run (/proc/stat steal); \"other work\": "
+               "the share that went to work outside the bench and its stacks (other programs, "
+               "kernel threads such as DAMON's kdamond, which walks the mappings of pages "
+               "thousands of workers share; /proc/stat's busy time less our processes' run "
+               "times); each shown from 0.5%%: the run had that much less machine, which is "
+               "what makes runs on a shared host differ:\n\n", SNAP_INTERVAL_MS);
     fprintf(f, "| N | sessions | paced msgs/s, snapshots | edge CPU s, snapshots | snapshots | "
                "µs CPU per round trip | paced msgs/s, none | edge CPU s, none | µs CPU per "
                "round trip, none | µs CPU per snapshot | HAProxy CPU s, per round trip | "
@@ -854,6 +867,7 @@ static void json_side(struct jsonw *w, enum side sd, const struct side_result *r
     jw_num(w, "cpu_per_round_trip_us", r->paced_ok ? us_per_rt(r->cpu_s, r->cpu_wall_s, &r->paced)
                                                    : 0.0 / 0.0);
     jw_num(w, "steal_paced_pct", r->paced_ok ? r->steal_pct : 0.0 / 0.0);
+    jw_num(w, "others_paced_pct", r->paced_ok ? r->others_pct : 0.0 / 0.0);
     if (sd == SIDE_EDGE) {
         double on = r->paced_ok ? r->cpu_s / r->cpu_wall_s : 0.0 / 0.0;
         double off = r->nosnap_ok ? r->cpu_nosnap_s / r->cpu_nosnap_wall_s : 0.0 / 0.0;
@@ -875,6 +889,8 @@ static void json_side(struct jsonw *w, enum side sd, const struct side_result *r
                                                                 : 0.0 / 0.0);
         jw_num(w, "steal_paced_no_snapshots_pct", r->nosnap_ok ? r->steal_nosnap_pct
                                                                : 0.0 / 0.0);
+        jw_num(w, "others_paced_no_snapshots_pct", r->nosnap_ok ? r->others_nosnap_pct
+                                                                 : 0.0 / 0.0);
         jw_num(w, "asleep", r->asleep);
         jw_num(w, "asleep_wait_s", r->asleep ? r->asleep_wait_s : 0.0 / 0.0);
         jw_num(w, "asleep_pss_kib", r->asleep ? (double)r->asleep_pss_kib : 0.0 / 0.0);

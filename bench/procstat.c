@@ -240,12 +240,13 @@ int ps_kernel_kib(uint64_t *kib)
     return found == 3 ? 0 : -ENOENT;
 }
 
-int ps_steal(uint64_t *steal, uint64_t *total)
+int ps_machine_read(struct ps_machine *m)
 {
     unsigned long long v[8] = { 0 };
     FILE *f = fopen("/proc/stat", "re");
     int n;
 
+    memset(m, 0, sizeof(*m));
     if (!f)
         return -errno;
     n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
@@ -253,18 +254,34 @@ int ps_steal(uint64_t *steal, uint64_t *total)
     fclose(f);
     if (n != 8)
         return -EINVAL;
-    *steal = v[7];
-    *total = 0;
+    m->steal = v[7];
+    /* user, nice, system, irq, softirq: our processes' run times include the interrupts
+     * and softirqs that ran in their context (this kernel's ticks put them in irq and
+     * softirq, and no IRQ time accounting takes them out of the tasks' times) */
+    m->busy = v[0] + v[1] + v[2] + v[5] + v[6];
     for (int i = 0; i < 8; i++)
-        *total += v[i];
+        m->total += v[i];
+    m->ours_s = ps_tree_cpu_s(getpid());
     return 0;
 }
 
-double ps_steal_pct(uint64_t steal0, uint64_t total0, uint64_t steal1, uint64_t total1)
+double ps_steal_pct(const struct ps_machine *a, const struct ps_machine *b)
 {
-    if (total1 <= total0 || steal1 < steal0)
+    if (!a->total || b->total <= a->total || b->steal < a->steal)
         return 0.0 / 0.0;
-    return 100.0 * (double)(steal1 - steal0) / (double)(total1 - total0);
+    return 100.0 * (double)(b->steal - a->steal) / (double)(b->total - a->total);
+}
+
+double ps_others_pct(const struct ps_machine *a, const struct ps_machine *b)
+{
+    long tick = sysconf(_SC_CLK_TCK);
+    double hz = (double)(tick > 0 ? tick : 100);
+
+    if (!a->total || b->total <= a->total || b->busy < a->busy)
+        return 0.0 / 0.0;
+    double others = (double)(b->busy - a->busy) / hz - (b->ours_s - a->ours_s);
+    double pct = 100.0 * others / ((double)(b->total - a->total) / hz);
+    return pct > 0 ? pct : 0;   /* ticks against exact run times: a little below 0 is 0 */
 }
 
 int ps_loadavg(double la[3])

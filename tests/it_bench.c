@@ -1,6 +1,7 @@
 /* it_bench.c - cessna-bench run as a user runs it: the sessions section on a small N, the
  * edge only (no HAProxy needed), with its JSON, once with the session directories made
- * ahead (the default) and once without. Real processes on loopback. */
+ * ahead (the default) and once without; the shares of the machine that went elsewhere.
+ * Real processes on loopback. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <stdio.h>
@@ -75,6 +76,10 @@ Test(bench, sessions_section_with_and_without_directories_made_ahead)
               "the wait for them is reported:\n%s", err);
     cr_assert(strstr(json, "\"dirs_ahead\":1") && strstr(json, "\"dirs_ahead_s\":"),
               "and in the JSON:\n%.2000s", json);
+    /* The machine's time that went elsewhere, over the run and per paced run. */
+    cr_assert(strstr(out, "Time other work took over the run: "), "%s", out);
+    cr_assert(strstr(json, "\"others_pct\":") && strstr(json, "\"others_paced_pct\":"),
+              "%.2000s", json);
 
     run_sessions("off", out, sizeof(out), err, sizeof(err), json, sizeof(json));
     cr_assert(strstr(out, "| " N " | edge-native | " N " | "), "all " N " opened:\n%s", out);
