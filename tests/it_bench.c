@@ -32,16 +32,6 @@ static void read_all(int fd, char *buf, size_t len)
     close(fd);
 }
 
-static void file_text(const char *path, char *buf, size_t len)
-{
-    FILE *f = fopen(path, "r");
-
-    cr_assert(f, "%s: %s", path, strerror(errno));
-    size_t n = fread(buf, 1, len - 1, f);
-    buf[n] = 0;
-    fclose(f);
-}
-
 /* Run the sessions section; its table (stdout) in out, its stderr in err, its JSON in json. */
 static void run_sessions(const char *ahead, char *out, size_t outlen, char *err, size_t errlen,
                          char *json, size_t jsonlen)
@@ -59,10 +49,10 @@ static void run_sessions(const char *ahead, char *out, size_t outlen, char *err,
     read_all(fd, out, outlen);
     int st = t_wait(pid, 150000);
     snprintf(log, sizeof(log), "%s/%s.log", tmp, name);
-    file_text(log, err, errlen);
+    t_read_file(log, err, errlen);
     cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
               "cessna-bench --dirs-ahead %s: status %d\n%s", ahead, st, err);
-    file_text(json_path, json, jsonlen);
+    t_read_file(json_path, json, jsonlen);
 }
 
 Test(bench, sessions_section_with_and_without_directories_made_ahead)

@@ -50,15 +50,6 @@ static void write_file(const char *path, const char *text)
     fclose(f);
 }
 
-static void read_file(const char *path, char *buf, size_t len)
-{
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-    size_t n = fread(buf, 1, len - 1, f);
-    buf[n] = 0;
-    fclose(f);
-}
-
 static void expect_file(const char *root, const char *rel, mode_t type)
 {
     char path[1024];
@@ -148,13 +139,13 @@ Test(install, destdir_out_of_tree_app_and_shared_endpoint, .timeout = 180)
 
     /* Generated with the install's prefix. */
     snprintf(path, sizeof(path), "%s/usr/lib/systemd/system/cessna-supervisor@.service", dest);
-    read_file(path, buf, sizeof(buf));
+    t_read_file(path, buf, sizeof(buf));
     cr_assert(strstr(buf, "\nExecStart=/usr/bin/cessna-supervisor -c /etc/cessna/%i.ini\n"),
               "unit: %s", buf);
     cr_assert(strstr(buf, "\nRestart=on-failure\n"));
     cr_assert(!strstr(buf, "@BINDIR@") && !strstr(buf, "@SYSCONFDIR@"), "unsubstituted: %s", buf);
     snprintf(path, sizeof(path), "%s/usr/lib/pkgconfig/cessna.pc", dest);
-    read_file(path, buf, sizeof(buf));
+    t_read_file(path, buf, sizeof(buf));
     cr_assert(strstr(buf, "prefix=/usr\n") && strstr(buf, "includedir=/usr/include\n"),
               "cessna.pc: %s", buf);
 
@@ -163,7 +154,7 @@ Test(install, destdir_out_of_tree_app_and_shared_endpoint, .timeout = 180)
      * newer than this test binary's CESSNA_VERSION), the same for all. */
     char version[64], first[256] = "";
     snprintf(path, sizeof(path), "%s/VERSION", CESSNA_SRC_DIR);
-    read_file(path, version, sizeof(version));
+    t_read_file(path, version, sizeof(version));
     version[strcspn(version, "\n")] = 0;
     cr_assert(strncmp(CESSNA_VERSION, version, strlen(version)) == 0, "%s", CESSNA_VERSION);
     for (size_t i = 0; i < sizeof(bins) / sizeof(bins[0]); i++) {
@@ -174,7 +165,7 @@ Test(install, destdir_out_of_tree_app_and_shared_endpoint, .timeout = 180)
                      v ? "-V" : "--version");
             cr_assert_eq(sh(tmp, log, cmd), 0, "%s", cmd);
             snprintf(path, sizeof(path), "%s/%s.log", tmp, log);
-            read_file(path, buf, sizeof(buf));
+            t_read_file(path, buf, sizeof(buf));
             snprintf(want, sizeof(want), "%s %s", bins[i], version);
             cr_assert(strncmp(buf, want, strlen(want)) == 0 && strchr(buf, '\n'), "%s: %s", cmd,
                       buf);
@@ -233,11 +224,11 @@ Test(install, destdir_out_of_tree_app_and_shared_endpoint, .timeout = 180)
              sup.addr);
     int rc = sh(tmp, "ep", cmd);
     snprintf(path, sizeof(path), "%s/ep.log", tmp);
-    read_file(path, buf, sizeof(buf));
+    t_read_file(path, buf, sizeof(buf));
     cr_assert_eq(rc, 0, "endpoint program failed: %s", buf);
     cr_assert_str_eq(buf, "got=app:hello\n");
     snprintf(path, sizeof(path), "%s/ldd.txt", appdir);
-    read_file(path, buf, sizeof(buf));
+    t_read_file(path, buf, sizeof(buf));
     snprintf(path, sizeof(path), "%s/usr/lib/libcessna-endpoint.so.0", dest);
     cr_assert(strstr(buf, path), "not linked against the installed shared library: %s", buf);
     t_stop(&sup);
@@ -247,7 +238,7 @@ Test(install, destdir_out_of_tree_app_and_shared_endpoint, .timeout = 180)
              "--sizes 64 --messages 200 --seconds 0.5", tmp, dest);
     rc = sh(tmp, "bench", cmd);
     snprintf(path, sizeof(path), "%s/bench.log", tmp);
-    read_file(path, buf, sizeof(buf));
+    t_read_file(path, buf, sizeof(buf));
     cr_assert_eq(rc, 0, "the installed bench failed: %s", buf);
     cr_assert(strstr(buf, "| edge-native"), "no edge-native row: %s", buf);
 
@@ -260,7 +251,7 @@ Test(install, destdir_out_of_tree_app_and_shared_endpoint, .timeout = 180)
     cr_assert_eq(sh(tmp, "uninstall", cmd), 0, "make uninstall failed: see %s/uninstall.log",
                  tmp);
     snprintf(path, sizeof(path), "%s/uninstall.log", tmp);
-    read_file(path, buf, sizeof(buf));
+    t_read_file(path, buf, sizeof(buf));
     char *left = strstr(buf, dest);
     cr_assert_null(left, "left after uninstall: %s", left ? left : "");
 }

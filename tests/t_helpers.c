@@ -561,3 +561,13 @@ void t_own_mounts(void)
     if (unshare(CLONE_NEWNS) == -1 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == -1)
         cr_skip_test("a mount namespace of its own: %s", strerror(errno));
 }
+
+void t_read_file(const char *path, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "r");
+
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    size_t n = fread(buf, 1, len - 1, f);
+    buf[n] = 0;
+    fclose(f);
+}

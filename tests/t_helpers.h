@@ -115,6 +115,10 @@ void t_fill(void *buf, size_t len, uint64_t seed);
 /* CPU time of a process so far, in clock ticks (utime + stime of /proc/PID/stat). */
 long t_cpu_ticks(pid_t pid);
 
+/* A file's text, NUL-terminated, at most len - 1 bytes of it (the test fails if it cannot be
+ * opened). */
+void t_read_file(const char *path, char *buf, size_t len);
+
 /* Give this test process a mount namespace of its own (it runs as root), so that what it
  * mounts goes with it even when an assertion ends it early; skips the test if it cannot. */
 void t_own_mounts(void);
