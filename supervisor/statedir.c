@@ -571,6 +571,6 @@ void sdir_step(void)
         step_entry(d);
         budget--;
     }
-    if (budget > 0 && !recycling() && ahead_short())
+    if (budget > 0 && ahead_short())   /* budget left: the recycling is done */
         make_ahead(budget < SDIR_AHEAD_STEP ? budget : SDIR_AHEAD_STEP);
 }
