@@ -78,13 +78,13 @@ void free(void *p)
 }
 
 /* libc's usable size, for a block allocated before the session that moves into the arena. */
+static void *real_usable_size;
+
 static size_t libc_usable_size(void *p)
 {
-    static size_t (*real)(void *);
-
-    if (!real)
-        real = (size_t (*)(void *))dlsym(RTLD_NEXT, "malloc_usable_size");
-    return real ? real(p) : 0;
+    if (!real_usable_size)
+        real_usable_size = dlsym(RTLD_NEXT, "malloc_usable_size");
+    return real_usable_size ? ((size_t (*)(void *))real_usable_size)(p) : 0;
 }
 
 void *realloc(void *p, size_t n)
@@ -186,13 +186,15 @@ static void *next_sym(void **cache, const char *name)
     return *cache;
 }
 
+/* libc's own clocks, for the runtime outside an event. */
+static void *real_clock_gettime, *real_gettimeofday, *real_time, *real_clock;
+
 int clock_gettime(clockid_t id, struct timespec *ts)
 {
-    static void *real;
-
     if (!active) {
         int (*f)(clockid_t, struct timespec *) =
-            (int (*)(clockid_t, struct timespec *))next_sym(&real, "clock_gettime");
+            (int (*)(clockid_t, struct timespec *))next_sym(&real_clock_gettime,
+                                                            "clock_gettime");
         return f ? f(id, ts) : -1;
     }
     /* Realtime and monotonic alike: the event's time, which the orderer keeps monotonic.
@@ -205,11 +207,9 @@ int clock_gettime(clockid_t id, struct timespec *ts)
 
 int gettimeofday(struct timeval *restrict tv, void *restrict tz)
 {
-    static void *real;
-
     if (!active) {
         int (*f)(struct timeval *, void *) =
-            (int (*)(struct timeval *, void *))next_sym(&real, "gettimeofday");
+            (int (*)(struct timeval *, void *))next_sym(&real_gettimeofday, "gettimeofday");
         return f ? f(tv, tz) : -1;
     }
     uint64_t ms = cessna_now_ms();
@@ -222,10 +222,8 @@ int gettimeofday(struct timeval *restrict tv, void *restrict tz)
 
 time_t time(time_t *t)
 {
-    static void *real;
-
     if (!active) {
-        time_t (*f)(time_t *) = (time_t (*)(time_t *))next_sym(&real, "time");
+        time_t (*f)(time_t *) = (time_t (*)(time_t *))next_sym(&real_time, "time");
         return f ? f(t) : (time_t)-1;
     }
     time_t now = (time_t)(cessna_now_ms() / 1000);
@@ -243,13 +241,24 @@ int timespec_get(struct timespec *ts, int base)
 
 clock_t clock(void)
 {
-    static void *real;
-
     if (!active) {
-        clock_t (*f)(void) = (clock_t (*)(void))next_sym(&real, "clock");
+        clock_t (*f)(void) = (clock_t (*)(void))next_sym(&real_clock, "clock");
         return f ? f() : (clock_t)-1;
     }
     return (clock_t)0;   /* CPU time used: not a function of the inputs; none, then */
+}
+
+/* Look up libc's own functions once, in the zygote: a lookup in each forked worker (the
+ * first time its runtime read a clock) was the dynamic linker's share of setting one up. */
+void determ_resolve_libc(void)
+{
+    next_sym(&real_clock_gettime, "clock_gettime");
+    next_sym(&real_gettimeofday, "gettimeofday");
+    next_sym(&real_time, "time");
+    next_sym(&real_clock, "clock");
+#ifndef __SANITIZE_ADDRESS__
+    next_sym(&real_usable_size, "malloc_usable_size");
+#endif
 }
 
 /* ---- randomness: the session's PRNG ---- */

@@ -14,5 +14,6 @@
 
 void determ_enter(void);   /* the app is about to run for the current event */
 void determ_leave(void);   /* back in the runtime */
+void determ_resolve_libc(void);   /* once, before forking workers: libc's clocks looked up */
 
 #endif

@@ -18,6 +18,7 @@
 #include "cessna_version.h"
 #include "log.h"
 #include "proc.h"
+#include "determ.h"
 #include "proctitle.h"
 #include "runtime.h"
 #include "sandbox.h"
@@ -127,7 +128,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_init("cessna-zygote");
-    rt_ensure_no_aslr(argv);
+    rt_reexec_for_workers(argv);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -157,6 +158,7 @@ int main(int argc, char **argv)
     if (blen > 3 && strcmp(base + blen - 3, ".so") == 0)
         blen -= 3;
     proctitle_set("cessna-zygote", "cessna-worker zygote app=%.*s", (int)blen, base);
+    determ_resolve_libc();   /* before rt_prepare_heap: a lookup may allocate */
     rt_prepare_heap();
     report_ready(sock, 0, "ready");
 

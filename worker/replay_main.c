@@ -256,7 +256,7 @@ int replay_main(int argc, char **argv)
         return 2;
     }
     log_init("cessna-replay");
-    rt_ensure_no_aslr(argv);
+    rt_reexec_for_workers(argv);
     signal(SIGPIPE, SIG_IGN);
     rt_set_state_dir(state_dir);
     /* A module named without a directory is a file here, not a library on the search path. */

@@ -25,8 +25,9 @@ struct rt_session {
 };
 
 /* Re-exec this program with ASLR off unless it is off already: the layout must be the
- * same in every process that runs the app (snapshots hold raw pointers). */
-void rt_ensure_no_aslr(char **argv);
+ * same in every process that runs the app (snapshots hold raw pointers). LD_BIND_NOW is
+ * set for that exec too, so workers forked later find every symbol resolved. */
+void rt_reexec_for_workers(char **argv);
 /* Zygote: load and check the app module; reserve the arena. 0, or -errno with a reason. */
 int rt_load_app(const char *path, char *err, size_t errlen);
 int rt_reserve_arena(char *err, size_t errlen);
