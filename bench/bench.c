@@ -668,11 +668,28 @@ static void json_loadavg(struct jsonw *w, const char *key, const double la[3])
     jw_arr_end(w);
 }
 
-/* --json FILE: the load average, the paths and the sessions section. */
+/* What the run learnt of the machine it ran on. */
+struct run_machine {
+    double la_start[3], la_end[3];   /* load average */
+    double steal_pct, others_pct;    /* over the run */
+    struct hostcost costs;           /* measured at the start */
+};
+
+static void json_hostcost(struct jsonw *w, const struct hostcost *h)
+{
+    jw_key(w, "machine_costs_us");
+    jw_obj(w);
+    jw_num(w, "syscall", h->syscall_us);
+    jw_num(w, "wake_round_trip", h->wake_round_trip_us);
+    jw_num(w, "fork", h->fork_us);
+    jw_num(w, "page_fault", h->page_fault_us);
+    jw_obj_end(w);
+}
+
+/* --json FILE: the machine, the paths and the sessions section. */
 static int write_json(const struct bench_opts *o,
                       struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES],
-                      const double la_start[3], const double la_end[3], double steal_pct,
-                      double others_pct, char *err, size_t errlen)
+                      const struct run_machine *m, char *err, size_t errlen)
 {
     FILE *f = fopen(o->json, "w");
     struct jsonw w = { .f = f };
@@ -684,10 +701,11 @@ static int write_json(const struct bench_opts *o,
     }
     jw_obj(&w);
     jw_num(&w, "cpus", (double)sysconf(_SC_NPROCESSORS_ONLN));
-    json_loadavg(&w, "loadavg_start", la_start);
-    json_loadavg(&w, "loadavg_end", la_end);
-    jw_num(&w, "steal_pct", steal_pct);
-    jw_num(&w, "others_pct", others_pct);
+    json_loadavg(&w, "loadavg_start", m->la_start);
+    json_loadavg(&w, "loadavg_end", m->la_end);
+    jw_num(&w, "steal_pct", m->steal_pct);
+    jw_num(&w, "others_pct", m->others_pct);
+    json_hostcost(&w, &m->costs);
     jw_str(&w, "busy_poll", o->busy_poll_off ? "off" : "auto");
     jw_str(&w, "sandbox", o->sandbox_off ? "off" : "on");
     if (any_path(o))
@@ -705,7 +723,7 @@ static int write_json(const struct bench_opts *o,
 
 int main(int argc, char **argv)
 {
-    double la_start[3], la_end[3], steal_pct, others_pct;
+    struct run_machine run;
     struct ps_machine m0;
     static struct bench_result res[PATH_COUNT][BENCH_MAX_SIZES];
     struct bench_opts o;
@@ -737,7 +755,9 @@ int main(int argc, char **argv)
         proc_tmpdir_remove(o.tmpdir);
         return 1;
     }
-    print_load(stdout, "start", la_start);
+    print_load(stdout, "start", run.la_start);
+    hostcost_measure(&run.costs);
+    hostcost_print(stdout, &run.costs);
     ps_machine_read(&m0);   /* all zero when unreadable: the shares are then NaN */
     proc_raise_nofile(stdout, nofile_wanted(&o));
     if (o.plot[0] && mkdir(o.plot, 0755) == -1 && errno != EEXIST) {
@@ -754,10 +774,9 @@ int main(int argc, char **argv)
     }
     if (run_sections(stdout, &o) < 0)
         failed = 1;
-    print_load(stdout, "end", la_end);
-    print_elsewhere(stdout, &m0, &steal_pct, &others_pct);
-    if (o.json[0] && write_json(&o, res, la_start, la_end, steal_pct, others_pct, err,
-                                sizeof(err)) < 0) {
+    print_load(stdout, "end", run.la_end);
+    print_elsewhere(stdout, &m0, &run.steal_pct, &run.others_pct);
+    if (o.json[0] && write_json(&o, res, &run, err, sizeof(err)) < 0) {
         fprintf(stderr, "cessna-bench: %s\n", err);
         output_failed = 1;
     }

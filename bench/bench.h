@@ -20,6 +20,7 @@
  *                HAProxy with as many connections (setup rate, memory, msgs/s, snapshot CPU)
  *   manyload.c   the load generator of N connections (edge sessions or plain TCP), one thread
  *   procstat.c   /proc: a process tree's PSS and CPU time, kernel memory, load average
+ *   hostcost.c   the machine's own cost of a system call, a wake-up, a fork, a page fault
  *   jsonw.c      a tiny JSON writer (--json)
  *   plot.c       --plot DIR: each section's data and gnuplot script, PNGs drawn at the end
  *
@@ -396,6 +397,18 @@ int    ps_machine_read(struct ps_machine *m);
  * softirq work the kernel defers to ksoftirqd counts there too, even for our traffic). */
 double ps_steal_pct(const struct ps_machine *a, const struct ps_machine *b);
 double ps_others_pct(const struct ps_machine *a, const struct ps_machine *b);
+
+/* ---- hostcost.c ---- */
+
+/* This machine's own costs, measured at the start of a run; -1 where one failed. */
+struct hostcost {
+    double syscall_us;           /* getppid() */
+    double wake_round_trip_us;   /* a byte to another process over a pipe and back */
+    double fork_us;              /* fork, the child's _exit, waitpid */
+    double page_fault_us;        /* first touch of a fresh anonymous page */
+};
+void hostcost_measure(struct hostcost *h);
+void hostcost_print(FILE *f, const struct hostcost *h);
 
 /* ---- jsonw.c ---- */
 

@@ -70,6 +70,14 @@ Test(bench, sessions_section_with_and_without_directories_made_ahead)
     cr_assert(strstr(out, "Time other work took over the run: "), "%s", out);
     cr_assert(strstr(json, "\"others_pct\":") && strstr(json, "\"others_paced_pct\":"),
               "%.2000s", json);
+    /* The machine's own costs, each measured (a failed one would be -1). */
+    const char *costs = strstr(json, "\"machine_costs_us\":{");
+    double sc = -1, wake = -1, fk = -1, pf = -1;
+    cr_assert(costs && sscanf(costs, "\"machine_costs_us\":{\"syscall\":%lf,\"wake_round_trip\":"
+                              "%lf,\"fork\":%lf,\"page_fault\":%lf", &sc, &wake, &fk, &pf) == 4,
+              "%.2000s", json);
+    cr_assert(sc > 0 && wake > 0 && fk > 0 && pf > 0, "%g %g %g %g", sc, wake, fk, pf);
+    cr_assert(strstr(out, "This machine's own costs, measured now"), "%.2000s", out);
 
     run_sessions("off", out, sizeof(out), err, sizeof(err), json, sizeof(json));
     cr_assert(strstr(out, "| " N " | edge-native | " N " | "), "all " N " opened:\n%s", out);
