@@ -63,6 +63,7 @@ struct zygote {
     struct __kernel_timespec ts, ready_ts;
     struct pending_spawn *q;         /* spawn requests not answered yet */
     uint32_t head, count, cap;
+    uint64_t answered_ms;            /* its last answer (tmo_now_ms) */
     int armed;                       /* a poll for replies is armed */
 };
 
@@ -659,7 +660,7 @@ void zygote_on_reply(uint32_t gen, int res)
         if (rc == -EAGAIN || rc == -EWOULDBLOCK)
             break;
         struct session *s = queue_pop(z);
-        last_answer_ms = tmo_now_ms();
+        last_answer_ms = z->answered_ms = tmo_now_ms();
         if (rc < 0 || rep.version != SPAWN_VERSION || rep.status != 0 || nfds != 1) {
             char why[128];
             snprintf(why, sizeof(why), "zygote could not fork a worker: %s",
@@ -700,14 +701,21 @@ uint32_t zygote_waiting(const struct session *s)
     return z && z->sock >= 0 ? z->count : UINT32_MAX;
 }
 
-/* From the periodic tick: a zygote that leaves the oldest request unanswered too long is
- * killed (its death watch restarts it, and the waiting spawns fail). */
+/* From the periodic tick: a zygote that answers nothing for too long while a request waits
+ * is killed (its death watch restarts it, and the waiting spawns fail). The wait counts from
+ * the oldest request's sending or the zygote's last answer, whichever came later: a burst
+ * of spawns waits its turn, and a zygote that works through one slowly but steadily is not
+ * hung (it was killed, with every spawn of the burst failed, when the head's wait counted
+ * its time behind the others: 100 sessions waking at once under the sanitizers). */
 void zygote_check_spawns(void)
 {
     for (int i = 0; i < ZYGOTES; i++) {
         struct zygote *z = &Z.z[i];
-        if (z->role == Z_FREE || !z->count || z->sock < 0 ||
-            tmo_now_ms() - z->q[z->head].sent_ms < S.cfg.zygote_answer_timeout_ms)
+        if (z->role == Z_FREE || !z->count || z->sock < 0)
+            continue;
+        uint64_t since = z->q[z->head].sent_ms > z->answered_ms ? z->q[z->head].sent_ms
+                                                                : z->answered_ms;
+        if (tmo_now_ms() - since < S.cfg.zygote_answer_timeout_ms)
             continue;
         LOG(LOG_ERROR, "msg=\"the %szygote did not answer; killing it\" pid=%d gen=%u "
             "zygote_answer_timeout_ms=%u", role_name(z), (int)z->pid, z->gen,

@@ -155,3 +155,75 @@ Test(zygote, a_burst_larger_than_its_socket_waits, .timeout = 120)
     cr_assert_eq(t_field(out, "sessions_failed"), 0, "%s", out);
     t_edge_stop(&e);
 }
+
+/* The zygote runs only in short windows (stopped and continued by a thread, a fork or two
+ * each time), so a burst of spawns takes many times zygote_answer_timeout_ms to go through
+ * while no gap between two answers comes near it: a slow but steady zygote is not hung.
+ * (Counted from each request's sending, the head of such a queue passed the timeout, and the
+ * zygote was killed with every spawn of the burst failed.) */
+#ifdef __SANITIZE_ADDRESS__
+enum { SLOW_TIMEOUT_MS = 3000, SLOW_RUN_US = 30000, SLOW_STOP_US = 400000 };
+#else
+enum { SLOW_TIMEOUT_MS = 1000, SLOW_RUN_US = 10000, SLOW_STOP_US = 200000 };
+#endif
+
+struct stutter { pid_t pid; volatile int stop; };
+
+static void *stutter_loop(void *p)
+{
+    struct stutter *s = p;
+
+    while (!s->stop) {
+        kill(s->pid, SIGCONT);
+        usleep(SLOW_RUN_US);
+        kill(s->pid, SIGSTOP);
+        usleep(SLOW_STOP_US);
+    }
+    kill(s->pid, SIGCONT);
+    return NULL;
+}
+
+Test(zygote, a_slow_but_steady_zygote_is_not_hung, .timeout = 180)
+{
+    enum { N = 200 };
+    static struct cessna_ep *eps[N];
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct stutter st = { 0 };
+    pthread_t th;
+    char out[4096], err[256], msg[32], extra[128];
+
+    t_echo_ep_start(&srv);
+    snprintf(extra, sizeof(extra), "zygote_answer_timeout_ms = %d\n", SLOW_TIMEOUT_MS);
+    t_edge_start(&e, t_app("passthrough"), srv.addr, extra);
+    t_ctl(&e, "stats", out, sizeof(out));
+    st.pid = (pid_t)t_field(out, "zygote_pid");
+    cr_assert(st.pid > 0, "%s", out);
+    kill(st.pid, SIGSTOP);
+    long t0 = t_now_ms();
+    for (int i = 0; i < N; i++) {
+        eps[i] = cessna_ep_connect(e.sup.addr, err, sizeof(err));
+        cr_assert(eps[i], "session %d: %s", i, err);
+    }
+    pthread_create(&th, NULL, stutter_loop, &st);
+    for (int i = 0; i < N; i++) {
+        const void *got;
+        int len = snprintf(msg, sizeof(msg), "message %d", i);
+        cr_assert_eq(cessna_ep_send(eps[i], msg, (size_t)len), 0);
+        long n = cessna_ep_recv(eps[i], &got);
+        cr_assert(n == len && memcmp(got, msg, (size_t)len) == 0, "session %d: %ld %s", i, n,
+                  cessna_ep_error(eps[i]));
+    }
+    long took = t_now_ms() - t0;
+    st.stop = 1;
+    pthread_join(th, NULL);
+    t_ctl(&e, "stats", out, sizeof(out));
+    cr_log_info("%d spawns through a stuttering zygote in %ld ms", N, took);
+    cr_assert_gt(took, 3 * SLOW_TIMEOUT_MS / 2, "the burst should outlast the timeout: %ld ms",
+                 took);
+    cr_assert_eq(t_field(out, "sessions_failed"), 0, "%s", out);
+    cr_assert_eq(t_field(out, "zygote_restarts"), 0, "%s", out);
+    for (int i = 0; i < N; i++)
+        cessna_ep_free(eps[i]);
+    t_edge_stop(&e);
+}
