@@ -149,7 +149,11 @@ static void edge_start(struct world *w, int i)
     cr_assert_not_null(f);
     fprintf(f, "[edge]\nlisten = 127.0.0.1:%d\nserver = %s\napp = %s\nstate_dir = %s\n"
                "control = %s/edge%d.sock\nsnapshot_interval_ms = 50\nship_snapshots = on\n"
-               "heartbeat_interval_ms = 100\nedge_secret_file = %s\nsandbox = off\n",
+               "heartbeat_interval_ms = 100\nedge_secret_file = %s\nsandbox = off\n"
+               /* resumed_where_spawns_wait_for_a_hung_zygote stops a zygote while 600
+                * sessions open and 1.8 s more: past the default 5 s where opens are slow
+                * (under the sanitizers on a VM whose forks cost a millisecond) */
+               "zygote_answer_timeout_ms = 30000\n",
             w->port[i], w->server_addr, t_app("passthrough"), state, w->dir, i,
             w->secret_file);
     fclose(f);

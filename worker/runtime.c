@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/personality.h>
 #include <sys/socket.h>
@@ -108,7 +109,9 @@ void rt_reexec_for_workers(char **argv)
     if (pers != -1 && !(pers & ADDR_NO_RANDOMIZE) &&
         personality((unsigned long)pers | ADDR_NO_RANDOMIZE) != -1)
         again = 1;
-    if (!getenv("LD_BIND_NOW") && setenv("LD_BIND_NOW", "1", 1) == 0)
+    /* Not for a secure-execution program: its loader may drop LD_ variables, and the
+     * re-exec would find it unset again, every time. */
+    if (!getauxval(AT_SECURE) && !getenv("LD_BIND_NOW") && setenv("LD_BIND_NOW", "1", 1) == 0)
         again = 1;
     if (!again)
         return;
