@@ -116,6 +116,22 @@ Test(zygote, a_stopped_zygote_stalls_no_live_session, .timeout = 60)
     t_edge_stop(&e);
 }
 
+/* Each session sends "message I" and must get it back; then it is freed. */
+static void echo_each_and_free(struct cessna_ep **eps, int n)
+{
+    char msg[32];
+
+    for (int i = 0; i < n; i++) {
+        const void *got;
+        int len = snprintf(msg, sizeof(msg), "message %d", i);
+        cr_assert_eq(cessna_ep_send(eps[i], msg, (size_t)len), 0);
+        long got_len = cessna_ep_recv(eps[i], &got);
+        cr_assert(got_len == len && memcmp(got, msg, (size_t)len) == 0, "session %d: %ld %s", i,
+                  got_len, cessna_ep_error(eps[i]));
+        cessna_ep_free(eps[i]);
+    }
+}
+
 /* A burst of new sessions larger than the zygote's socket can hold (the zygote is stopped
  * while they open): the spawn requests that do not fit wait in the supervisor and go when
  * there is room again. Every session echoes; none fails. */
@@ -125,7 +141,7 @@ Test(zygote, a_burst_larger_than_its_socket_waits, .timeout = 120)
     static struct cessna_ep *eps[N];
     struct t_echo_ep srv;
     struct t_edge e;
-    char out[4096], err[256], msg[32];
+    char out[4096], err[256];
 
     t_echo_ep_start(&srv);
     t_edge_start(&e, t_app("passthrough"), srv.addr, "max_sessions = 700\n");
@@ -142,15 +158,7 @@ Test(zygote, a_burst_larger_than_its_socket_waits, .timeout = 120)
     kill(z, SIGCONT);
     cr_assert_gt(t_field(out, "zygote_spawns_deferred"), 0,
                  "the burst should not fit in the zygote's socket: %s", out);
-    for (int i = 0; i < N; i++) {
-        const void *got;
-        int len = snprintf(msg, sizeof(msg), "message %d", i);
-        cr_assert_eq(cessna_ep_send(eps[i], msg, (size_t)len), 0);
-        long n = cessna_ep_recv(eps[i], &got);
-        cr_assert(n == len && memcmp(got, msg, (size_t)len) == 0, "session %d: %ld %s", i, n,
-                  cessna_ep_error(eps[i]));
-        cessna_ep_free(eps[i]);
-    }
+    echo_each_and_free(eps, N);
     t_ctl(&e, "stats", out, sizeof(out));
     cr_assert_eq(t_field(out, "sessions_failed"), 0, "%s", out);
     t_edge_stop(&e);
@@ -191,7 +199,7 @@ Test(zygote, a_slow_but_steady_zygote_is_not_hung, .timeout = 180)
     struct t_edge e;
     struct stutter st = { 0 };
     pthread_t th;
-    char out[4096], err[256], msg[32], extra[128];
+    char out[4096], err[256], extra[128];
 
     t_echo_ep_start(&srv);
     snprintf(extra, sizeof(extra), "zygote_answer_timeout_ms = %d\n", SLOW_TIMEOUT_MS);
@@ -205,14 +213,7 @@ Test(zygote, a_slow_but_steady_zygote_is_not_hung, .timeout = 180)
         eps[i] = cessna_ep_connect(e.sup.addr, err, sizeof(err));
         cr_assert(eps[i], "session %d: %s", i, err);
     }
-    for (int i = 0; i < N; i++) {
-        const void *got;
-        int len = snprintf(msg, sizeof(msg), "message %d", i);
-        cr_assert_eq(cessna_ep_send(eps[i], msg, (size_t)len), 0);
-        long n = cessna_ep_recv(eps[i], &got);
-        cr_assert(n == len && memcmp(got, msg, (size_t)len) == 0, "session %d: %ld %s", i, n,
-                  cessna_ep_error(eps[i]));
-    }
+    echo_each_and_free(eps, N);
     long took = t_now_ms() - t0;
     st.stop = 1;
     pthread_join(th, NULL);
@@ -224,7 +225,5 @@ Test(zygote, a_slow_but_steady_zygote_is_not_hung, .timeout = 180)
                 SLOW_TIMEOUT_MS);
     cr_assert_eq(t_field(out, "sessions_failed"), 0, "%s", out);
     cr_assert_eq(t_field(out, "zygote_restarts"), 0, "%s", out);
-    for (int i = 0; i < N; i++)
-        cessna_ep_free(eps[i]);
     t_edge_stop(&e);
 }
