@@ -37,6 +37,14 @@ void determ_leave(void)
     active = 0;
 }
 
+/* libc's own definition of a function this file replaces, looked up once into *cache. */
+static void *next_sym(void **cache, const char *name)
+{
+    if (!*cache)
+        *cache = dlsym(RTLD_NEXT, name);
+    return *cache;
+}
+
 /* ---- heap ---- */
 
 #if !defined(__SANITIZE_ADDRESS__)
@@ -82,9 +90,9 @@ static void *real_usable_size;
 
 static size_t libc_usable_size(void *p)
 {
-    if (!real_usable_size)
-        real_usable_size = dlsym(RTLD_NEXT, "malloc_usable_size");
-    return real_usable_size ? ((size_t (*)(void *))real_usable_size)(p) : 0;
+    size_t (*f)(void *) = (size_t (*)(void *))next_sym(&real_usable_size, "malloc_usable_size");
+
+    return f ? f(p) : 0;
 }
 
 void *realloc(void *p, size_t n)
@@ -178,13 +186,6 @@ size_t malloc_usable_size(void *p)
 #endif /* !__SANITIZE_ADDRESS__ */
 
 /* ---- clocks: every clock reads the current event's time ---- */
-
-static void *next_sym(void **cache, const char *name)
-{
-    if (!*cache)
-        *cache = dlsym(RTLD_NEXT, name);
-    return *cache;
-}
 
 /* libc's own clocks, for the runtime outside an event. */
 static void *real_clock_gettime, *real_gettimeofday, *real_time, *real_clock;
