@@ -288,7 +288,7 @@ static void kill_in_flight(const char *extra)
     uint64_t id = cessna_ep_session_id(ep);
     /* At most 8 messages (8 MiB) in flight: an echo server that waits to write stops
      * reading, so a client that pipelines without bound deadlocks any relay with bounded
-     * buffers (README, Backpressure); the old rings only moved where that happens. */
+     * buffers (docs/design.md, Backpressure); the old rings only moved where that happens. */
     struct receiver rcv = { .ep = ep, .lens = lens, .count = COUNT };
     struct sender snd = { .ep = ep, .lens = lens, .count = COUNT, .echoed = &rcv.got, .window = 8 };
     pthread_create(&tr, NULL, recv_all, &rcv);
