@@ -1208,23 +1208,28 @@ static int take_output(struct session *s, uint16_t type, const void *rec, uint32
 #define DRAIN_BUDGET 4096   /* records per turn: one busy worker cannot starve the others */
 
 /* Take the worker's outputs: numbered messages go out with their order delta. Never frees
- * the session. */
+ * the session.
+ * A worker that has exited is drained whole, past a slow reader's stall and the budget: its
+ * ring no longer grows (so this queues at most a ring's worth), and whether it ended the
+ * session itself (OUT_DONE) or died is decided by what the ring holds, at once. */
 static void drain_worker(struct session *s)
 {
     unsigned budget = DRAIN_BUDGET, popped = 0;
+    int exited = s->worker_reaped;
 
     for (;;) {
         uint16_t type;
         uint32_t len;
         const void *rec;
 
-        while (!s->out_stalled && budget && s->state != S_DEAD &&
+        while ((!s->out_stalled || exited) && (budget || exited) && s->state != S_DEAD &&
                (rec = ring_peek(&s->out, &type, &len))) {
             const void *whole;
             uint32_t wlen;
             int rc;
 
-            budget--;
+            if (!exited)
+                budget--;
             /* A record in pieces is put back together first; a worker whose pieces do not
              * add up fails its session. */
             rc = ring_asm_take(&s->out_asm, type, s->out.peeked_flags, rec, len,

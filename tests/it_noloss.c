@@ -1,6 +1,7 @@
 /* it_noloss.c - no silent loss and no wedged snapshots, with faults combined: a worker
  * killed while its reader is slow, a stray SIGCONT to the hot standby, a snapshot child
- * killed mid-write, a snapshot that fails on a session that then idles, held events under
+ * killed mid-write, a snapshot that fails on a session that then idles, an app that ends its
+ * session while its reader is slow, held events under
  * their cap with snapshots off, and no zombie left after many short sessions. */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -10,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -388,5 +392,91 @@ Test(noloss, order_trimmed_at_durable_snapshots, .timeout = 60)
                  (unsigned long long)held);
     cessna_ep_close(ep, 5000);
     cessna_ep_free(ep);
+    t_edge_stop(&e);
+}
+
+/* A server endpoint that sends `count` messages of `len` bytes (make_msg) on the one
+ * session it accepts, then reads until the session ends. */
+struct pusher {
+    int lfd, count;
+    size_t len;
+    volatile int sent;
+};
+
+static void *push_all(void *p)
+{
+    struct pusher *ps = p;
+    char err[256];
+    const void *msg;
+    struct cessna_ep *ep = cessna_ep_accept(ps->lfd, err, sizeof(err));
+    uint8_t *buf = malloc(ps->len);
+
+    for (int i = 0; ep && i < ps->count; i++) {
+        make_msg(buf, ps->len, (uint32_t)i);
+        if (cessna_ep_send(ep, buf, ps->len) < 0)
+            break;
+    }
+    ps->sent = 1;
+    while (ep && cessna_ep_recv(ep, &msg) >= 0)
+        ;
+    if (ep)
+        cessna_ep_free(ep);
+    free(buf);
+    return NULL;
+}
+
+/* The app ends its own session while its client reads slowly: more than the high-water mark
+ * waits for the client, so the supervisor has stopped taking the worker's outputs; the
+ * worker (room left in its 16 MiB ring) goes on, takes a malformed reading, writes its end
+ * record and exits 0, with events queued behind the close. Its end is in its ring, not a
+ * crash: no recovery, every message arrives, then the app's own ERROR. (Taken for a crash,
+ * it was recovered, replayed to the same end, and the session failed "died again".) */
+Test(noloss, app_close_while_the_reader_is_slow_is_no_crash, .timeout = 90)
+{
+    struct pusher ps = { .count = 300, .len = 65536 };
+    char err[256], stats[2048];
+    struct t_edge e;
+    pthread_t t;
+
+    ps.lfd = cessna_ep_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert(ps.lfd >= 0, "listen: %s", err);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char srv[64];
+    cr_assert(getsockname(ps.lfd, (struct sockaddr *)&ss, &sl) == 0);
+    snprintf(srv, sizeof(srv), "127.0.0.1:%u",
+             ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    pthread_create(&t, NULL, push_all, &ps);
+    t_edge_start(&e, t_app("iotagg"), srv,
+                 "ring_bytes = 16777216\nsnapshot_interval_ms = 100\nsnapshot_min_events = 1\n"
+                 "hibernate_after_ms = 0\n");
+    struct cessna_ep *ep = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    int small = 65536;
+    setsockopt(cessna_ep_fd(ep), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    /* Every server message taken by the worker; the client has read none of them. */
+    while (!ps.sent)
+        sleep_ms(10);
+    wait_field_at_least(&e, id, "events", (uint64_t)ps.count + 1, 20000);
+    uint64_t sent_on = t_session_field(&e, id, "to_client");
+    cr_assert_lt(sent_on, (uint64_t)ps.count, "no stall: all %llu outputs taken before the "
+                 "close (the test would prove nothing)", (unsigned long long)sent_on);
+    cr_assert_eq(cessna_ep_send(ep, "t01 five", 8), 0);
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(cessna_ep_send(ep, "t02 5", 5), 0);
+    sleep_ms(1000);   /* the worker ends meanwhile, its outputs still waiting */
+    expect_echoes(ep, ps.count, ps.len);
+    const void *msg;
+    long n = cessna_ep_recv(ep, &msg);
+    cr_assert_lt(n, 0, "a message after the last one: %ld bytes", n);
+    cr_assert(strstr(cessna_ep_error(ep), "app error 2: iotagg: bad reading \"t01 five\""),
+              "the session ended with: %s", cessna_ep_error(ep));
+    cessna_ep_free(ep);
+    t_ctl(&e, "stats", stats, sizeof(stats));
+    cr_assert_eq(t_field(stats, "worker_deaths"), 0, "%s", stats);
+    cr_assert_eq(t_field(stats, "recoveries"), 0, "%s", stats);
+    cr_assert_eq(t_field(stats, "sessions_failed"), 0, "%s", stats);
+    pthread_join(t, NULL);
+    close(ps.lfd);
     t_edge_stop(&e);
 }
