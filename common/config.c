@@ -61,6 +61,7 @@ static const struct key keys[] = {
     { "snapshot_max_events", K_U64, offsetof(struct config, snapshot_max_events), 0, 0, 1ull << 40, 0 },
     { "snapshot_min_events", K_U64, offsetof(struct config, snapshot_min_events), 0, 1, 1ull << 40, 0 },
     { "snapshot_full_pages", K_U64, offsetof(struct config, snapshot_full_pages), 0, 0, 1u << 20, 0 },
+    { "snapshot_sync_gap_ms", K_U32, offsetof(struct config, snapshot_sync_gap_ms), 0, 0, 10000, 0 },
     { "snapshot_max_bytes", K_U64, offsetof(struct config, snapshot_max_bytes), 0, 0, 1ull << 40, 0 },
     { "hello_timeout_ms", K_U32, offsetof(struct config, hello_timeout_ms), 0, 0, 3600000, 0 },
     { "connect_timeout_ms", K_U32, offsetof(struct config, connect_timeout_ms), 0, 0, 3600000, 0 },
@@ -102,6 +103,7 @@ void config_defaults(struct config *c)
     c->max_held_bytes = 64ull << 20;
     c->snapshot_max_events = 50000;
     c->snapshot_min_events = 4;
+    c->snapshot_sync_gap_ms = 20;
     c->snapshot_full_pages = 16;
     c->snapshot_max_bytes = 8ull << 20;
     c->max_event_ms = 5000;

@@ -40,6 +40,8 @@ struct config {
     uint64_t snapshot_full_pages;  /* a state of at most this many pages is snapshotted full
                                     * every time (default 16, 0 = deltas at every size) */
     uint64_t snapshot_max_bytes;   /* the same in bytes of held events (default 8 MiB, 0 = off) */
+    uint32_t snapshot_sync_gap_ms; /* at most one sync of state_dir's filesystem per this many ms;
+                                    * snapshots written meanwhile share the next (default 20) */
     uint32_t hello_timeout_ms;     /* a connection without HELLO is closed (default 5000, 0 = off) */
     uint32_t connect_timeout_ms;   /* server endpoint connect + WELCOME (default 5000, 0 = off) */
     uint32_t idle_timeout_ms;      /* a live session with no event is ended (default 0 = off) */

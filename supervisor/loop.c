@@ -223,6 +223,7 @@ static void dispatch(struct io_uring_cqe *cqe)
     case OP_WAKE:       return sess_wake_failed(slot, cqe->res);
     case OP_ZYGOTE_REPLY: return zygote_on_reply(slot, cqe->res);
     case OP_SNAPSYNC:   return snapsync_on_done(cqe->res);
+    case OP_SNAPSYNC_GAP: return snapsync_on_gap();
     case OP_METRICS_ACCEPT: return metrics_on_accept(cqe->res, cqe->flags);
     case OP_METRICS_RECV:   return metrics_on_recv(slot, cqe->res);
     case OP_METRICS_SEND:   return metrics_on_send(slot, cqe->res);

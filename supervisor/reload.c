@@ -29,7 +29,7 @@
 static const char *const runtime_keys[] = {
     "max_sessions", "hello_timeout_ms", "connect_timeout_ms", "idle_timeout_ms",
     "snapshot_interval_ms", "snapshot_timeout_ms", "snapshot_max_events", "snapshot_min_events", "snapshot_full_pages",
-    "snapshot_max_bytes",
+    "snapshot_max_bytes", "snapshot_sync_gap_ms",
     "max_held_bytes", "max_event_ms", "hibernate_after_ms", "heartbeat_interval_ms",
     "drain_timeout_ms", "failed_sessions_keep", "session_dirs_ahead", "log_level",
 };

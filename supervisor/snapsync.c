@@ -11,6 +11,12 @@
  * flight; what arrives meanwhile waits for the next one. So a lone snapshot waits for one
  * sync, and under load one sync covers everything written during the previous one: the
  * latency stays about two syncs, the cost one sync per batch, whatever the number of files.
+ * And at most one batch starts per snapshot_sync_gap_ms (default 20): at a few hundred
+ * snapshots a second a sync in flight covered one or two files, and each syncfs walks the
+ * filesystem's inodes and commits ext4's journal with a device flush. Waiting up to the gap
+ * lets a batch gather: the edge's CPU per snapshot fell from 933-1,040 to 768-828 us at
+ * 1,000 paced sessions (cessna-bench, alternating runs). A lone snapshot after a quiet
+ * spell does not wait.
  *
  * A failed sync (EIO, ENOSPC found at writeback) fails, loudly, every snapshot written and
  * not yet synced, not only the batch's: after a writeback error the kernel may have dropped
@@ -55,6 +61,9 @@ static struct {
     uint64_t next;          /* the batch a file reported now joins (starts at 1) */
     uint64_t running;       /* the batch in flight, 0 = none */
     uint64_t efd_buf;       /* the eventfd read lands here */
+    uint64_t started_ns;    /* when the last batch started */
+    int gap_armed;          /* a timeout ends the gap before the next batch */
+    struct __kernel_timespec gap_ts;
     struct waiter *w;       /* written files waiting for a sync, in ticket order */
     size_t nw, cap;
     const char *fault;
@@ -195,10 +204,35 @@ uint64_t snapsync_written(struct session *s, int inline_write)
     return Y.next;
 }
 
+/* Files wait while the gap since the last batch's start runs: a timeout wakes the loop at
+ * its end, whose before-sleep hook then starts the batch. */
+static void gap_wait(uint64_t ns)
+{
+    if (Y.gap_armed || S.stopping)
+        return;
+    Y.gap_ts.tv_sec = (long long)(ns / 1000000000);
+    Y.gap_ts.tv_nsec = (long long)(ns % 1000000000);
+    struct io_uring_sqe *sqe = sup_sqe();
+    io_uring_prep_timeout(sqe, &Y.gap_ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, UD(OP_SNAPSYNC_GAP, 0, 0));
+    Y.gap_armed = 1;
+}
+
+void snapsync_on_gap(void)
+{
+    Y.gap_armed = 0;   /* the before-sleep hook starts the batch */
+}
+
 void snapsync_kick(void)
 {
     if (Y.running || !Y.nw || Y.w[Y.nw - 1].ticket != Y.next || Y.efd < 0)
         return;
+    uint64_t now = mono_ns(), gap = (uint64_t)S.cfg.snapshot_sync_gap_ms * 1000000;
+    if (Y.started_ns && now - Y.started_ns < gap) {
+        gap_wait(gap - (now - Y.started_ns));
+        return;
+    }
+    Y.started_ns = now;
     Y.running = Y.next++;
     pthread_mutex_lock(&Y.mu);
     Y.want = Y.running;

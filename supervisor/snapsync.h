@@ -25,6 +25,8 @@ int  snapsync_init(char *err, size_t errlen);
 uint64_t snapsync_written(struct session *s, int inline_write);
 /* The before-sleep hook: start a sync when files wait and none is in flight. */
 void snapsync_kick(void);
+/* The gap between two batches' starts is over (OP_SNAPSYNC_GAP). */
+void snapsync_on_gap(void);
 /* The sync thread finished a batch (OP_SNAPSYNC). */
 void snapsync_on_done(int res);
 const struct snapsync_stats *snapsync_stats(void);

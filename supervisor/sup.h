@@ -36,6 +36,7 @@ enum op {
     OP_SOCK_CTL, OP_SOCK_CLOSE,   /* a direct socket's shutdown or setsockopt, its close
                                    * (connfd.c); arg = side */
     OP_WAKE,           /* a worker's wake-up byte: completes if it failed (doorbell.c) */
+    OP_SNAPSYNC_GAP,   /* the gap before the next snapshot sync is over (snapsync.c) */
 };
 #define UD(op, slot, arg) (((uint64_t)(op) << 56) | ((uint64_t)(slot) << 24) | ((uint64_t)(arg) & 0xffffff))
 #define UD_OP(ud)   ((int)((ud) >> 56))

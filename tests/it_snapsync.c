@@ -541,6 +541,47 @@ Test(snapsync, small_state_written_without_fork, .timeout = 90)
     end_pair(&e, ep, rp, &ref, &got);
 }
 
+/* snapshot_sync_gap_ms: at most one sync per gap, the files written meanwhile share it,
+ * and none waits forever. A session snapshotting every 20 ms, killed now and then, and a
+ * reference beside it: the syncs are spaced by the gap (their count is bounded by the time
+ * over the gap), several files share one, the transcripts match byte for byte, and once the
+ * traffic stops the last snapshot is durable within a gap or two. */
+Test(snapsync, syncs_wait_out_their_gap_and_lose_nothing, .timeout = 90)
+{
+    struct t_echo_ep srv;
+    struct t_edge e;
+    struct transcript ref = { 0 }, got = { 0 };
+    char fault[512];
+
+    edge_with_hook(&e, &srv, fault, sizeof(fault), "standby = cold\nsnapshot_interval_ms = 20\n"
+                   "snapshot_min_events = 1\nsnapshot_sync_gap_ms = 300\n");
+    struct cessna_ep *ep = t_ep_connect(&e), *rp = t_ep_connect(&e);
+    uint64_t id = cessna_ep_session_id(ep);
+    uint64_t syncs0 = stat_field(&e, "snapshot_syncs"), files0 = stat_field(&e, "snapshot_sync_files");
+    long t0 = t_now_ms();
+    for (int i = 0; i < 400; i += 20) {
+        round_trips(rp, &ref, i, i + 20, 100);
+        round_trips(ep, &got, i, i + 20, 100);
+        sleep_ms(50);
+        if (i % 100 == 40)
+            ctl_ok(&e, "kill-worker %llu", id);
+    }
+    long took = t_now_ms() - t0;
+    uint64_t syncs = stat_field(&e, "snapshot_syncs") - syncs0;
+    uint64_t files = stat_field(&e, "snapshot_sync_files") - files0;
+    same(&ref, &got);
+    cr_assert_geq(t_session_field(&e, id, "recoveries"), 4);
+    cr_assert_leq(syncs, (uint64_t)(took / 300 + 2), "%llu syncs in %ld ms with a 300 ms gap",
+                  (unsigned long long)syncs, took);
+    cr_assert_gt(files, 2 * syncs, "%llu files in %llu syncs: no batch gathered",
+                 (unsigned long long)files, (unsigned long long)syncs);
+    /* Quiet now: the last snapshot of each session is durable soon (a gap, a sync). */
+    wait_field_at_least(&e, id, "snapshot", t_session_field(&e, id, "ordered"), 3000);
+    uint64_t rid = cessna_ep_session_id(rp);
+    wait_field_at_least(&e, rid, "snapshot", t_session_field(&e, rid, "ordered"), 3000);
+    end_pair(&e, ep, rp, &ref, &got);
+}
+
 static void forks_for(const char *extra, const char *app, const char *first)
 {
     struct t_echo_ep srv;
