@@ -228,6 +228,12 @@ int store_put(struct store *st, const struct wire_frame *f, char *err, size_t er
 {
     int rc;
 
+    /* A first piece while a file is half assembled: its sender is gone (an edge lost, hung
+     * or timed out while shipping it; edges ship a session's files one after the other), and
+     * the edge that took the session over starts its own. The half file was never part of
+     * the chain: it goes. (Refused as out of order, it ended the session at its new edge.) */
+    if (st->busy && f->u.snap_put.offset == 0)
+        abort_assembly(st);
     if (!st->busy && (rc = begin(st, f, err, errlen)) < 0)
         return rc;
     if (f->u.snap_put.position != st->position || f->u.snap_put.base != st->base ||
