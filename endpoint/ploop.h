@@ -57,6 +57,8 @@ struct psess {
     uint64_t material_seq;  /* client proxy: the last DATA in the RESUME being made */
     int64_t detach_start, detach_deadline;  /* when the edge was lost, when to give up */
     int64_t retry_at;       /* P_DETACHED: when spec->retry runs (0: never) */
+    int64_t plain_unread;   /* at the last drain deadline: bytes the program had not taken
+                             * from the kernel yet (SIOCOUTQ), -1 before the first */
     uint8_t verifier[WIRE_VERIFIER_LEN];    /* server proxy: of the client's credential */
     void *priv;             /* the proxy's own per-session data */
     struct sockaddr_storage addr;   /* what P_HS_CONNECT connects to */

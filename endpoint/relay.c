@@ -171,7 +171,10 @@ void relay_edge_gone(struct relay *r, const char *why)
     LOG(LOG_WARN, "session=%llu msg=\"edge connection lost\" why=\"%s\"%s",
         (unsigned long long)r->session_id, why,
         r->resumable && !r->done ? " next=resume" : "");
-    r->edge_dead = r->edge_lost = true;
+    /* After the session's end (its CLOSE or ERROR came, or ours went) the edge going away
+     * loses nothing: the program still gets what is left, then a FIN, not a reset. */
+    r->edge_dead = true;
+    r->edge_lost = !r->done;
     outq_clear(&r->to_edge);
     if (r->resumable && !r->done)
         r->detached = true;

@@ -21,7 +21,8 @@
 
 #define RELAY_LIMIT      (4u << 20)  /* stop reading a side past this much pending output */
 #define RELAY_IN_MIN     (64u << 10) /* initial edge input buffer, and least read size */
-#define RELAY_DRAIN_MS   5000        /* flushing what is left once the session ended */
+#define RELAY_DRAIN_MS   5000        /* flushing what is left once the session ended: the
+                                      * longest wait for the program to read more */
 #define HANDSHAKE_MS     10000       /* default: connect + HELLO/WELCOME, per attempt */
 #define CLOSE_WAIT_MS    5000        /* default wait for the edge's CLOSE after the plain EOF */
 #define MAX_MESSAGE_MAX  (1u << 30)

@@ -799,3 +799,69 @@ Test(proxies, an_edge_that_does_not_read_stops_the_client_within_bounded_memory,
     close(lfd);
     t_stop(&cp);
 }
+
+/* A plain server that writes len bytes (t_fill, seed 5) on the one connection it accepts,
+ * then ends it (FIN) and reads until the peer's end. */
+struct blaster {
+    int lfd;
+    size_t len;
+};
+
+static void *blaster_main(void *p)
+{
+    struct blaster *b = p;
+    int fd = accept(b->lfd, NULL, NULL);
+    uint8_t *buf = malloc(b->len);
+    char sink[4096];
+
+    if (fd >= 0) {
+        t_fill(buf, b->len, 5);
+        t_write_all(fd, buf, b->len);
+        shutdown(fd, SHUT_WR);
+        while (read(fd, sink, sizeof(sink)) > 0)
+            ;
+        close(fd);
+    }
+    free(buf);
+    return NULL;
+}
+
+/* The server ends the session (an orderly end) while its client, behind the client proxy,
+ * reads slowly: 8 MB at about 700 kB/s, so the proxy still holds most of it well past its
+ * 5 s drain deadline after the CLOSE. A reader that keeps reading gets every byte, then a
+ * clean EOF (the deadline counted from the CLOSE cut it short with a FIN, ~2 MB missing). */
+Test(proxies, a_slow_reader_gets_everything_after_an_orderly_end, .timeout = 90)
+{
+    static uint8_t want[8 << 20], got[8 << 20];
+    struct blaster b = { .len = sizeof(want) };
+    struct chain c;
+    pthread_t th;
+    size_t n = 0;
+    long rc = 0;
+
+    char err[128], target[64];
+    b.lfd = addr_listen("127.0.0.1:0", err, sizeof(err));
+    cr_assert_geq(b.lfd, 0, "%s", err);
+    snprintf(target, sizeof(target), "127.0.0.1:%d", addr_local_port(b.lfd));
+    chain_start(&c, t_app("passthrough"), target);
+    pthread_create(&th, NULL, blaster_main, &b);
+    int fd = t_connect(c.cproxy.addr);
+    t_write_all(fd, "hello", 5);   /* the session's first message: the server connects */
+    for (long deadline = t_now_ms() + 60000; n < sizeof(got) && t_now_ms() < deadline;) {
+        size_t ask = sizeof(got) - n < 16384 ? sizeof(got) - n : 16384;
+        rc = t_recv_wait(fd, got + n, ask, 6000);
+        if (rc <= 0)
+            break;
+        n += (size_t)rc;
+        usleep(20000);   /* about 16 KiB per 20 ms */
+    }
+    cr_assert_eq(n, sizeof(got), "%zu of %zu bytes, then %ld", n, sizeof(got), rc);
+    t_fill(want, sizeof(want), 5);
+    cr_assert(memcmp(got, want, sizeof(got)) == 0, "the bytes differ");
+    rc = t_recv_wait(fd, got, 16, 6000);
+    cr_assert_eq(rc, 0, "after the last byte: %ld, not a clean EOF", rc);
+    close(fd);
+    pthread_join(th, NULL);
+    close(b.lfd);
+    chain_stop(&c);
+}
