@@ -619,3 +619,49 @@ Test(remote_ops, drain_while_workers_die)
     world_stop(&w);
     compare(&clean, &w);
 }
+
+/* A move asked for while the session's last snapshot waits for its sync (held by the test
+ * hook): the move's own request is refused then, and with no periodic snapshots nothing
+ * asked again, so the move waited for its deadline (drain_timeout_ms). It goes once the sync
+ * does, and the transcripts match a run without the move. */
+Test(remote_ops, a_move_asked_while_a_snapshot_waits_for_its_sync)
+{
+    static struct world clean, w;
+    struct w_clients c;
+    uint64_t ids[W_SESSIONS_MAX];
+    char cmd[64], out[4096], fault[512];
+    struct w_opts o = base;
+    int to = -1;
+
+    o.snapshot_interval_ms = -1;
+    o.edge_extra[0] = "drain_timeout_ms = 30000\n";
+    clean_run(&clean, &o);
+    snprintf(fault, sizeof(fault), "%s/syncfault", t_tmpdir());
+    FILE *f = fopen(fault, "w");
+    cr_assert(f && fputs("ok", f) >= 0 && fclose(f) == 0);
+    setenv("CESSNA_FAULT_SNAPSYNC", fault, 1);
+    start_busy(&w, &o, &c, 40);
+    unsetenv("CESSNA_FAULT_SNAPSYNC");
+    cr_assert_eq(edge_session_ids(&w, 0, ids, W_SESSIONS_MAX), SESSIONS);
+    f = fopen(fault, "w");
+    cr_assert(f && fputs("hold", f) >= 0 && fclose(f) == 0);
+    snprintf(cmd, sizeof(cmd), "snapshot %llu", (unsigned long long)ids[0]);
+    edge_ctl(&w, 0, cmd, out, sizeof(out));
+    cr_expect(strncmp(out, "ok", 2) == 0, "snapshot: %s", out);
+    usleep(300 * 1000);   /* written, waiting for the held sync; the session moves on */
+    snprintf(cmd, sizeof(cmd), "move %llu", (unsigned long long)ids[0]);
+    edge_ctl(&w, 0, cmd, out, sizeof(out));
+    cr_expect(strstr(out, "ok moving"), "move: %s", out);
+    usleep(300 * 1000);
+    f = fopen(fault, "w");
+    cr_assert(f && fputs("ok", f) >= 0 && fclose(f) == 0);
+    long t0 = t_now_ms();
+    while (t_now_ms() - t0 < 10000 && (to = edge_of(&w, ids[0])) <= 0)
+        usleep(10000);
+    cr_assert(to > 0, "session %llu had not moved %ld ms after the sync went on",
+              (unsigned long long)ids[0], t_now_ms() - t0);
+    cr_expect_eq(edge_stat(&w, 0, "moves"), 1);
+    finish(&w, &c);
+    world_stop(&w);
+    compare(&clean, &w);
+}
