@@ -192,7 +192,9 @@ static int snap_piece(struct session *s, const struct wire_frame *f)
                          "continue the chain", ull(f->u.snap_put.position));
             return -EPROTO;
         }
-        snprintf(rs->tmp, sizeof(rs->tmp), "%s/fetch.tmp", dir);
+        /* Named by slot: two copies of one resume (a client that retried while the first
+         * was still fetching) each have their own, and one's cleanup is not the other's. */
+        snprintf(rs->tmp, sizeof(rs->tmp), "%s/fetch-%u.tmp", dir, s->slot);
         rs->fd = open(rs->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (rs->fd < 0) {
             abort_resume(s, WIRE_ERR_UNAVAILABLE, "cannot store the fetched snapshot: %s: %s",
