@@ -191,6 +191,30 @@ const void *ring_peek(struct ring *r, uint16_t *type, uint32_t *len)
     return NULL;
 }
 
+int ring_holds_type(const struct ring *r, uint16_t type)
+{
+    uint64_t tail = atomic_load_explicit(&r->sh->tail, memory_order_acquire);
+
+    if (r->broken || tail - r->chead > r->size)
+        return 0;
+    for (uint64_t at = r->chead; at != tail;) {
+        uint32_t off = (uint32_t)(at & (r->size - 1)), to_end = r->size - off, len, space;
+        uint16_t t;
+
+        if ((off & 7) || to_end < RING_HDR_LEN)
+            return 0;
+        memcpy(&len, r->data + off, 4);
+        memcpy(&t, r->data + off + 4, 2);
+        space = len <= r->size ? rec_space(len) : 0;
+        if (!space || space > to_end || space > tail - at)
+            return 0;
+        if (t == type)
+            return 1;
+        at += space;
+    }
+    return 0;
+}
+
 void ring_pop(struct ring *r)
 {
     /* the length checked by ring_peek, not whatever the producer wrote since */

@@ -87,6 +87,10 @@ uint32_t ring_put_need(const struct ring *r, uint64_t total, uint32_t done);
 const void *ring_peek(struct ring *r, uint16_t *type, uint32_t *len);
 /* Consumer: release the record returned by ring_peek. */
 void ring_pop(struct ring *r);
+/* Consumer: whether a record of this type waits anywhere in the ring, looked for without
+ * taking anything (0 too for a ring whose indexes or lengths are out of range). For a ring
+ * whose producer is gone: another may still be writing. */
+int ring_holds_type(const struct ring *r, uint16_t type);
 
 /* Consumer: putting long records back together. The pieces are copied into a buffer of
  * the process's own (mmap, outside any allocator: in a worker it must not touch the arena;

@@ -451,8 +451,10 @@ static void on_send(struct psess *s, enum pside side, int res)
         /* The session is over and its program reads what is left: the drain's deadline
          * counts from the last progress (step sets it again), so a slow reader gets all of
          * it; a fixed one cut a client reading under ~1 MB/s short, with a FIN. */
-        if (side == PS_PLAIN && s->r.done && res > 0)
+        if (side == PS_PLAIN && s->r.done && res > 0) {
             s->r.deadline = 0;
+            s->plain_unread = -1;   /* the kernel's queue was refilled: measure anew */
+        }
     }
     step(s);
 }

@@ -174,7 +174,7 @@ void relay_edge_gone(struct relay *r, const char *why)
     /* After the session's end (its CLOSE or ERROR came, or ours went) the edge going away
      * loses nothing: the program still gets what is left, then a FIN, not a reset. */
     r->edge_dead = true;
-    r->edge_lost = !r->done;
+    r->edge_lost = r->edge_lost || !r->done;
     outq_clear(&r->to_edge);
     if (r->resumable && !r->done)
         r->detached = true;

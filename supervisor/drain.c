@@ -165,10 +165,11 @@ void drain_sweep(uint64_t now)
             }
         } else if (s->moving && now >= s->move_deadline_ms) {
             finish_move(s, "timeout");
-        } else if (s->moving && s->remote_pos < s->move_pos && !s->snap_inflight &&
-                   !s->pend.valid && !s->ship.active) {
+        } else if (s->moving && s->remote_pos < s->move_pos && s->snap_written < s->move_pos &&
+                   !s->snap_inflight && !s->pend.valid && !s->ship.active) {
             /* The move's request was refused (a snapshot in flight or waiting for its sync,
-             * older than the move's position), and that one is stored now: ask again, or
+             * older than the move's position), and none at or past that position is written
+             * or on its way: ask again (once: that one then ships), or
              * the move waits for a periodic snapshot (none with snapshot_interval_ms = 0)
              * or its deadline. */
             recovery_request_snapshot(s, msg, sizeof(msg));

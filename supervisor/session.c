@@ -1209,13 +1209,15 @@ static int take_output(struct session *s, uint16_t type, const void *rec, uint32
 
 /* Take the worker's outputs: numbered messages go out with their order delta. Never frees
  * the session.
- * A worker that has exited is drained whole, past a slow reader's stall and the budget: its
- * ring no longer grows (so this queues at most a ring's worth), and whether it ended the
- * session itself (OUT_DONE) or died is decided by what the ring holds, at once. */
+ * A worker that exited after ending the session itself (its OUT_DONE waits in its ring) is
+ * drained whole, past a slow reader's stall and the budget: its ring no longer grows (at most
+ * a ring's worth is queued, once), and the end must be seen before a crash is assumed. A
+ * worker that died without one is left as it was: its replay makes its outputs again. */
 static void drain_worker(struct session *s)
 {
     unsigned budget = DRAIN_BUDGET, popped = 0;
-    int exited = s->worker_reaped;
+    int exited = s->worker_reaped && !s->spawning && !s->worker_done &&
+                 ring_holds_type(&s->out, OUT_DONE);
 
     for (;;) {
         uint16_t type;

@@ -1160,3 +1160,35 @@ Test(ring, producer_waiting_on_a_full_ring_is_woken_at_half, .timeout = 5)
     cr_assert_eq(woken, 1, "once");
     tring_free(&t);
 }
+
+/* ring_holds_type finds a record anywhere between head and tail without taking it, across
+ * the wrap, and not one already taken. */
+Test(ring, holds_type_looks_without_taking)
+{
+    struct tring t;
+
+    tring_new(&t, 4096);
+    cr_assert_not(ring_holds_type(&t.c, rec_type(7)), "an empty ring holds nothing");
+    cr_assert(push(&t, 1, 100));
+    cr_assert(push(&t, 7, 0));
+    cr_assert(push(&t, 2, 5));
+    cr_assert(ring_holds_type(&t.c, rec_type(7)));
+    cr_assert(ring_holds_type(&t.c, rec_type(2)));
+    cr_assert_not(ring_holds_type(&t.c, rec_type(9)));
+    pop_expect(&t, 1, 100);
+    cr_assert(ring_holds_type(&t.c, rec_type(7)), "still there after an earlier one was taken");
+    pop_expect(&t, 7, 0);
+    cr_assert_not(ring_holds_type(&t.c, rec_type(7)), "taken: no longer held");
+    pop_expect(&t, 2, 5);
+    /* Across the end of the ring: records go round past the wrap, the one after it is found. */
+    for (int i = 0; i < 20; i++) {
+        cr_assert(push(&t, 3, 150));
+        pop_expect(&t, 3, 150);
+    }
+    cr_assert(push(&t, 3, 1000));
+    cr_assert(push(&t, 3, 1000));
+    cr_assert(push(&t, 8, 16));
+    cr_assert(ring_holds_type(&t.c, rec_type(8)));
+    cr_assert_not(ring_holds_type(&t.c, rec_type(7)));
+    tring_free(&t);
+}
