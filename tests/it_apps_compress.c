@@ -41,8 +41,13 @@ static void stack_start(struct stack *s, int nedges, const char *target, const c
                       "--target", (char *)target, NULL };
     t_start(&s->sproxy, dir, "server-proxy", sargv);
     s->nedges = nedges;
+    /* The client proxy below gives up on an edge silent for 500 ms: a live edge must speak
+     * more often than that (its default heartbeat is 1 s; a quiet second while it recovers a
+     * worker under load was taken for a lost edge, and the kills then landed in resumes). */
+    char cfg[512];
+    snprintf(cfg, sizeof(cfg), "heartbeat_interval_ms = 150\n%s", extra ? extra : "");
     for (int i = 0; i < nedges; i++) {
-        t_edge_start(&s->edge[i], t_app("compress"), s->sproxy.addr, extra);
+        t_edge_start(&s->edge[i], t_app("compress"), s->sproxy.addr, cfg);
         size_t n = strlen(edges);
         snprintf(edges + n, sizeof(edges) - n, "%s%s", i ? "," : "", s->edge[i].sup.addr);
     }
