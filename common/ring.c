@@ -12,6 +12,27 @@ static inline uint32_t rec_space(uint32_t len)
     return (RING_HDR_LEN + len + 7u) & ~7u;
 }
 
+/* The record header at position at (head <= at < tail), checked against the ring's bounds:
+ * NULL and its type, length and space, or what is wrong with it. The producer is not
+ * trusted. */
+static inline const char *rec_header(const struct ring *r, uint64_t at, uint64_t tail,
+                                     uint16_t *type, uint32_t *len, uint32_t *space)
+{
+    uint32_t off = (uint32_t)(at & (r->size - 1)), to_end = r->size - off;
+    const uint8_t *p = r->data + off;
+
+    if ((off & 7) || to_end < RING_HDR_LEN)
+        return "ring indexes out of range";
+    memcpy(len, p, 4);
+    memcpy(type, p + 4, 2);
+    *space = *len <= r->size ? rec_space(*len) : 0;
+    if (!*space || *space > to_end || *space > tail - at)
+        return "record length out of range";
+    if (*type == RING_PAD && *space != to_end)
+        return "padding record that does not end at the ring's end";
+    return NULL;
+}
+
 size_t ring_mem_size(uint32_t size)
 {
     return sizeof(struct ring_shared) + size;
@@ -156,33 +177,23 @@ const void *ring_peek(struct ring *r, uint16_t *type, uint32_t *len)
     while (!r->broken) {
         uint64_t head = r->chead;
         uint64_t tail = atomic_load_explicit(&r->sh->tail, memory_order_acquire);
-        uint32_t off = (uint32_t)(head & (r->size - 1)), to_end = r->size - off, space;
-        const uint8_t *p;
+        uint32_t space;
         uint16_t t;
 
         if (head == tail)
             return NULL;
-        if (tail - head > r->size || (off & 7) || to_end < RING_HDR_LEN) {
+        if (tail - head > r->size) {
             r->broken = "ring indexes out of range";
             return NULL;
         }
-        p = r->data + off;
-        memcpy(len, p, 4);
-        memcpy(&t, p + 4, 2);
-        space = *len <= r->size ? rec_space(*len) : 0;
-        if (!space || space > to_end || space > tail - head) {
-            r->broken = "record length out of range";
+        if ((r->broken = rec_header(r, head, tail, &t, len, &space)))
             return NULL;
-        }
         if (t == RING_PAD) {
-            if (space != to_end) {
-                r->broken = "padding record that does not end at the ring's end";
-                return NULL;
-            }
             r->chead = head + space;
             atomic_store_explicit(&r->sh->head, r->chead, memory_order_release);
             continue;
         }
+        const uint8_t *p = r->data + (head & (r->size - 1));
         *type = t;
         memcpy(&r->peeked_flags, p + 6, 2);
         r->peeked_space = space;
@@ -198,15 +209,10 @@ int ring_holds_type(const struct ring *r, uint16_t type)
     if (r->broken || tail - r->chead > r->size)
         return 0;
     for (uint64_t at = r->chead; at != tail;) {
-        uint32_t off = (uint32_t)(at & (r->size - 1)), to_end = r->size - off, len, space;
+        uint32_t len, space;
         uint16_t t;
 
-        if ((off & 7) || to_end < RING_HDR_LEN)
-            return 0;
-        memcpy(&len, r->data + off, 4);
-        memcpy(&t, r->data + off + 4, 2);
-        space = len <= r->size ? rec_space(len) : 0;
-        if (!space || space > to_end || space > tail - at)
+        if (rec_header(r, at, tail, &t, &len, &space))
             return 0;
         if (t == type)
             return 1;

@@ -528,10 +528,11 @@ static void on_tick(void)
                 ploop_drop(s, side);
                 L.spec->connected(s, side, -ETIMEDOUT);
             }
-        } else if (s->state == P_LIVE && s->r.deadline && now >= s->r.deadline &&
-                   plain_reading(s)) {
-            s->r.deadline = now + RELAY_DRAIN_MS;   /* slow, but reading: it gets the rest */
         } else if (s->state == P_LIVE && s->r.deadline && now >= s->r.deadline) {
+            if (plain_reading(s)) {
+                s->r.deadline = now + RELAY_DRAIN_MS;   /* slow, but reading: it gets the rest */
+                continue;
+            }
             LOG(LOG_WARN, "session=%llu msg=\"gave up waiting\" closing=%s",
                 (unsigned long long)s->r.session_id, s->r.done ? "flush" : "edge CLOSE");
             if (!s->r.done)

@@ -1216,21 +1216,21 @@ static int take_output(struct session *s, uint16_t type, const void *rec, uint32
 static void drain_worker(struct session *s)
 {
     unsigned budget = DRAIN_BUDGET, popped = 0;
-    int exited = s->worker_reaped && !s->spawning && !s->worker_done &&
-                 ring_holds_type(&s->out, OUT_DONE);
+    int ended_itself = s->worker_reaped && !s->spawning && !s->worker_done &&
+                       ring_holds_type(&s->out, OUT_DONE);
 
     for (;;) {
         uint16_t type;
         uint32_t len;
         const void *rec;
 
-        while ((!s->out_stalled || exited) && (budget || exited) && s->state != S_DEAD &&
-               (rec = ring_peek(&s->out, &type, &len))) {
+        while ((!s->out_stalled || ended_itself) && (budget || ended_itself) &&
+               s->state != S_DEAD && (rec = ring_peek(&s->out, &type, &len))) {
             const void *whole;
             uint32_t wlen;
             int rc;
 
-            if (!exited)
+            if (!ended_itself)
                 budget--;
             /* A record in pieces is put back together first; a worker whose pieces do not
              * add up fails its session. */
